@@ -1,0 +1,5 @@
+"""`python -m sockd`."""
+
+from sockd.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""The `sockd` command: argument parsing and exit codes; the only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+import structlog
+
+from sockd import config as sockd_config
+from sockd import log as sockd_log
+from sockd._version import __version__
+from sockd.errors import EX_CONFIG, EX_OK, EX_USAGE, SockdError, UsageError
+
+EXIT_CODES = f"""exit codes:
+  {EX_OK}   stopped cleanly (or the config is valid, for check)
+  {EX_USAGE}  usage error on the command line
+  71  the operating system refused (bind, fork, pid file)
+  77  no permission (a privileged port, or dropping privileges)
+  {EX_CONFIG}  configuration error (file, environment from systemd, handler)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for `sockd`."""
+    parser = _Parser(
+        prog="sockd",
+        description="A systemd-native forking socket server.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sockd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="serve until stopped", epilog=EXIT_CODES)
+    run.add_argument("--config", metavar="FILE", help=f"default {sockd_config.DEFAULT_PATH}")
+    run.add_argument("--handler", metavar="SPEC", help="one service: a built-in or module:Class")
+    run.add_argument(
+        "--listen", metavar="ADDR", action="append", default=[], help="with --handler; repeatable"
+    )
+    run.add_argument("--name", help="with --handler: the service name (FileDescriptorName=)")
+    run.add_argument("--log-format", choices=["json", "console"], help="default: by stderr")
+    run.add_argument("--daemon", action="store_true", help="detach (not under systemd)")
+    run.add_argument("--pidfile", metavar="PATH", help="with --daemon")
+    run.add_argument("--log-file", metavar="PATH", help="with --daemon: where logs go")
+    check = commands.add_parser("check", help="validate and print the effective config")
+    check.add_argument("--config", metavar="FILE", default=sockd_config.DEFAULT_PATH)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the `sockd` command line and exit with its status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        sys.exit(_check(args.config))
+    sys.exit(_run(args))
+
+
+def _check(path: str) -> int:
+    try:
+        config = sockd_config.load(path)
+    except SockdError as exc:
+        print(f"sockd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(sockd_config.to_toml(config), end="")
+    return EX_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sockd import startup  # noqa: PLC0415 (check needs none of it)
+
+    sockd_log.configure(args.log_format)
+    try:
+        options = startup.RunOptions(
+            config=_run_config(args),
+            log_format=args.log_format,
+            detach=args.daemon,
+            pidfile=args.pidfile,
+            log_file=args.log_file,
+        )
+        startup.run(options)
+    except SockdError as exc:
+        structlog.get_logger().error("startup_failed", error=str(exc), exit_code=exc.exit_code)
+        return exc.exit_code
+    return EX_OK
+
+
+def _run_config(args: argparse.Namespace) -> sockd_config.Config:
+    if args.daemon and not (args.pidfile and args.log_file):
+        raise UsageError("--daemon needs --pidfile PATH and --log-file PATH")
+    if not args.daemon and (args.pidfile or args.log_file):
+        raise UsageError("--pidfile and --log-file only go with --daemon")
+    if args.handler is None:
+        if args.listen or args.name:
+            raise UsageError("--listen and --name only go with --handler")
+        return sockd_config.load(args.config or sockd_config.DEFAULT_PATH)
+    if args.config:
+        raise UsageError("give either --config or --handler, not both")
+    name = args.name or args.handler.rpartition(":")[2]
+    return sockd_config.one_service(args.handler, args.listen, name)

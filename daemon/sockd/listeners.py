@@ -1,0 +1,249 @@
+"""Listening sockets: adoption of systemd's (sd_listen_fds(3)) and binding of our own."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sockd.errors import ConfigError, OSFailure, PermissionFailure
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping, Sequence
+
+    from sockd.config import ListenAddress, ServiceConfig
+
+SD_LISTEN_FDS_START = 3
+_LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+@dataclass(frozen=True)
+class InheritedFd:
+    """A file descriptor passed by systemd, with its `FileDescriptorName=`."""
+
+    fd: int
+    name: str | None
+
+
+@dataclass
+class Endpoint:
+    """Where one server listens: an adopted socket, or an address to bind."""
+
+    service: str
+    family: int
+    sockaddr: str | tuple[str, int] | tuple[str, int, int, int]
+    address: ListenAddress | None = None
+    adopted: socket.socket | None = None
+    fd_name: str | None = None
+
+
+def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]:
+    """Return the sockets systemd passed to process `pid`, as sd_listen_fds(3) does.
+
+    The LISTEN_* variables are removed from `environ` in every case, so no child
+    ever sees them. Each passed descriptor gets FD_CLOEXEC.
+
+    Raises:
+        ConfigError: a variable is garbage, or names and descriptors disagree.
+    """
+    pid_text, count_text, names_text = (environ.pop(name, None) for name in _LISTEN_VARS)
+    if pid_text is None or count_text is None:
+        return []
+    if not pid_text.isdigit() or int(pid_text) == 0:
+        raise ConfigError(f"environment: LISTEN_PID={pid_text!r} is not a process id")
+    if int(pid_text) != pid:
+        return []  # meant for another process (our parent, typically)
+    if not count_text.isdigit():
+        raise ConfigError(f"environment: LISTEN_FDS={count_text!r} is not a count")
+    count = int(count_text)
+    names: list[str | None] = [None] * count
+    if names_text is not None:
+        names = list(names_text.split(":"))
+        if len(names) != count:
+            msg = (
+                f"environment: LISTEN_FDNAMES has {len(names)} names"
+                f" for LISTEN_FDS={count} descriptors"
+            )
+            raise ConfigError(msg)
+    inherited = []
+    for offset, name in enumerate(names):
+        fd = SD_LISTEN_FDS_START + offset
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            msg = f"environment: LISTEN_FDS={count} but file descriptor {fd} is not open"
+            raise ConfigError(msg) from None
+        inherited.append(InheritedFd(fd, name or None))
+    return inherited
+
+
+def adopt(inherited: InheritedFd) -> socket.socket:
+    """Wrap an inherited descriptor; it must be a listening stream socket.
+
+    Raises:
+        ConfigError: it is not a socket, not a stream socket, or not listening.
+    """
+    where = f"socket from systemd (fd {inherited.fd}, name {inherited.name!r})"
+    try:
+        sock = socket.socket(fileno=inherited.fd)
+    except OSError as exc:
+        raise ConfigError(f"{where}: not a socket: {exc.strerror}") from None
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+        raise ConfigError(f"{where}: not a stream socket (use ListenStream=)")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ConfigError(f"{where}: not listening (Accept=yes is not supported)")
+    return sock
+
+
+def plan(
+    services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]
+) -> list[Endpoint]:
+    """Decide where every service listens.
+
+    Inherited sockets go to the service named by `FileDescriptorName=`, else to
+    the service with a matching `listen` address, else to the only service. A
+    service that receives any inherited socket uses only those; the others bind
+    their own `listen` addresses.
+
+    Raises:
+        ConfigError: an inherited socket matches no service, an address does not
+            resolve, or a service ends up with nowhere to listen.
+    """
+    endpoints = []
+    by_name = {service.name: service for service in services}
+    for fd in inherited:
+        sock = adopt(fd)
+        service = by_name.get(fd.name or "") or _match_address(services, sock)
+        if service is None and len(services) == 1:
+            service = services[0]
+        if service is None:
+            msg = (
+                f"socket from systemd (fd {fd.fd}, name {fd.name!r},"
+                f" {describe(sock.getsockname())}) matches no service"
+            )
+            raise ConfigError(msg)
+        endpoints.append(
+            Endpoint(service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name)
+        )
+    served = {endpoint.service for endpoint in endpoints}
+    for service in services:
+        if service.name in served:
+            continue
+        if not service.listen:
+            msg = f"service {service.name!r}: no listen address and no socket from systemd"
+            raise ConfigError(msg)
+        for index, address in enumerate(service.listen):
+            where = f"service {service.name!r}: listen[{index}]"
+            endpoints += [
+                Endpoint(service.name, family, sockaddr, address)
+                for family, sockaddr in resolve(address, where)
+            ]
+    return endpoints
+
+
+def resolve(address: ListenAddress, where: str) -> list[tuple[int, str | tuple[str, int]]]:
+    """Return the distinct (family, sockaddr) pairs an address stands for.
+
+    Raises:
+        ConfigError: the host name does not resolve.
+    """
+    if address.kind == "unix":
+        return [(socket.AF_UNIX, address.path)]
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"{where}: cannot resolve {address.host!r}: {exc.strerror}") from None
+    result: list[tuple[int, str | tuple[str, int]]] = []
+    for family, _, _, _, sockaddr in infos:
+        pair = (int(family), (str(sockaddr[0]), int(sockaddr[1])))
+        if pair not in result:
+            result.append(pair)
+    return result
+
+
+def _match_address(services: Sequence[ServiceConfig], sock: socket.socket) -> ServiceConfig | None:
+    name = sock.getsockname()
+    for service in services:
+        for address in service.listen:
+            if sockname_matches(name, address):
+                return service
+    return None
+
+
+def sockname_matches(sockname: object, address: ListenAddress) -> bool:
+    """Tell whether a bound socket's name is the configured `address`."""
+    if address.kind == "unix":
+        return isinstance(sockname, str) and sockname == address.path
+    if not isinstance(sockname, tuple) or sockname[1] != address.port:
+        return False
+    try:
+        resolved = resolve(address, "")
+    except ConfigError:
+        return False
+    host = ipaddress.ip_address(sockname[0])
+    return any(ipaddress.ip_address(sa[0]) == host for _, sa in resolved if isinstance(sa, tuple))
+
+
+def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
+    """Bind our own socket for `endpoint` (TCP: SO_REUSEADDR, IPv6-only; UNIX: file mode).
+
+    Raises:
+        OSFailure: the address is in use or unavailable.
+        PermissionFailure: binding needs privileges we lack.
+        ConfigError: a UNIX path is taken by a file that is not a socket.
+    """
+    where = f"service {endpoint.service!r}: listen {endpoint.address}"
+    try:
+        if sock.family == socket.AF_UNIX:
+            assert isinstance(endpoint.sockaddr, str)  # noqa: S101 (AF_UNIX implies a path)
+            _remove_stale_socket(endpoint.sockaddr, where)
+            old_umask = os.umask(0o777 & ~unix_mode)
+            try:
+                sock.bind(endpoint.sockaddr)
+            finally:
+                os.umask(old_umask)
+            os.chmod(endpoint.sockaddr, unix_mode)
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(endpoint.sockaddr)
+    except PermissionError as exc:
+        raise PermissionFailure(f"{where}: cannot bind: {exc.strerror}") from None
+    except OSError as exc:
+        raise OSFailure(f"{where}: cannot bind: {exc.strerror}") from None
+
+
+def _remove_stale_socket(path: str, where: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"{where}: {path} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+        else:
+            raise OSFailure(f"{where}: {path} is in use by another process")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def describe(sockname: object) -> str:
+    if isinstance(sockname, tuple):
+        host, port = sockname[0], sockname[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{sockname}"
+
+

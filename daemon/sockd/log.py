@@ -1,0 +1,121 @@
+"""structlog set-up: one JSON event per line on stderr, journald priorities, tracebacks as data."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any, Literal
+
+import structlog
+
+LogFormat = Literal["json", "console"]
+
+# syslog(3) priorities by structlog method, for journald's `<N>` line prefix.
+_PRIORITIES = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+    "fatal": 2,
+}
+_INFO = 20
+
+
+class FdLogger:
+    """Writes each rendered event with one write(2), so concurrent children never interleave."""
+
+    def __init__(self, fd: int = 2) -> None:
+        """Write to file descriptor `fd` (stderr by default)."""
+        self.fd = fd
+
+    def msg(self, message: str) -> None:
+        """Write `message` and a newline; a closed or full stderr drops the line."""
+        data = (message + "\n").encode("utf-8", "backslashreplace")
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            pass  # nowhere left to report it; never let logging kill the daemon
+
+    info = warning = error = critical = debug = log = msg
+
+
+_pid = os.getpid()
+
+
+def _add_pid_and_order(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Add our pid unless the event names another; put the fields people scan for first."""
+    event.setdefault("pid", _pid)
+    head = {key: event.pop(key) for key in ("timestamp", "level", "event") if key in event}
+    return head | event
+
+
+def stderr_is_journal(fd: int = 2) -> bool:
+    """Tell whether `fd` is the journal stream systemd connected (JOURNAL_STREAM)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
+def configure(log_format: LogFormat | None = None, fd: int = 2) -> None:
+    """Configure structlog for this process; call again after fd 2 changes (daemonizing).
+
+    Args:
+        log_format: "json" or "console"; None picks console on a TTY, JSON otherwise.
+        fd: where events go.
+    """
+    global _pid  # noqa: PLW0603 (the one per-process value, refreshed after fork)
+    _pid = os.getpid()
+    if log_format is None:
+        log_format = "console" if os.isatty(fd) else "json"
+    renderer: Any
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    if stderr_is_journal(fd):
+        renderer = _JournalPrefix(renderer)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_pid_and_order,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_INFO),
+        logger_factory=lambda *_: FdLogger(fd),
+        cache_logger_on_first_use=False,
+    )
+
+
+def reset_after_fork() -> None:
+    """Set up logging afresh in a forked child: its own pid on every event."""
+    global _pid  # noqa: PLW0603 (see configure)
+    _pid = os.getpid()
+
+
+class _JournalPrefix:
+    """Prefix the rendered line with `<N>` so journald records its priority."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        return f"<{_PRIORITIES.get(method, 6)}>{self.renderer(logger, method, event)}"
+
+
+def exception_fields(exc: BaseException) -> dict[str, Any]:
+    """Describe `exc` as data: type, message and frames (never local variables)."""
+    frames = [
+        {"file": frame.filename, "line": frame.lineno, "function": frame.name}
+        for frame in traceback.extract_tb(exc.__traceback__)
+    ]
+    return {"type": type(exc).__qualname__, "message": str(exc), "frames": frames}

@@ -1,0 +1,107 @@
+"""sd_notify(3) through `sdnotify`: never raises, and a no-op without NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+log = structlog.get_logger()
+
+STATUS_INTERVAL = 1.0
+
+
+class Notifier:
+    """The daemon's channel to systemd: readiness, status, reload, stop and watchdog.
+
+    It takes NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID out of the
+    environment when created, so children never inherit them.
+    """
+
+    def __init__(self, environ: MutableMapping[str, str], pid: int) -> None:
+        """Read and remove systemd's notification variables from `environ`."""
+        address = environ.pop("NOTIFY_SOCKET", "")
+        watchdog_usec = environ.pop("WATCHDOG_USEC", "")
+        watchdog_pid = environ.pop("WATCHDOG_PID", "")
+        self._socket = None
+        self.watchdog_interval: float | None = None
+        self._last_status = float("-inf")
+        self._pending_status: str | None = None
+        self._next_watchdog = float("inf")
+        if not address:
+            return
+        import sdnotify  # noqa: PLC0415 (only needed under systemd)
+
+        saved = os.environ.get("NOTIFY_SOCKET")
+        os.environ["NOTIFY_SOCKET"] = address  # sdnotify reads it from os.environ
+        try:
+            self._socket = sdnotify.SystemdNotifier(debug=True)
+        except OSError as exc:
+            log.warning("notify_failed", socket=address, error=str(exc))
+        finally:
+            if saved is None:
+                os.environ.pop("NOTIFY_SOCKET", None)
+            else:
+                os.environ["NOTIFY_SOCKET"] = saved
+        if watchdog_usec.isdigit() and int(watchdog_usec) > 0:
+            if not watchdog_pid or watchdog_pid == str(pid):
+                self.watchdog_interval = int(watchdog_usec) / 2e6
+                self._next_watchdog = time.monotonic()
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is a NOTIFY_SOCKET to talk to."""
+        return self._socket is not None
+
+    def send(self, state: str) -> None:
+        """Send `state`; a failure is logged, never raised."""
+        if self._socket is None:
+            return
+        try:
+            self._socket.notify(state)
+        except OSError as exc:
+            log.warning("notify_failed", state=state.split("\n", 1)[0], error=str(exc))
+
+    def ready(self, status: str) -> None:
+        """Tell systemd we serve: READY=1 with a first STATUS=."""
+        self.send(f"READY=1\nSTATUS={status}")
+        self._last_status = time.monotonic()
+
+    def reloading(self) -> None:
+        """RELOADING=1 with the CLOCK_MONOTONIC timestamp systemd expects."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
+    def stopping(self) -> None:
+        """STOPPING=1."""
+        self.send("STOPPING=1")
+
+    def status(self, text: str) -> None:
+        """Queue STATUS=text; `tick()` sends it at most once a second."""
+        self._pending_status = text
+
+    def tick(self) -> float:
+        """Send what is due (watchdog, status); return seconds until the next duty."""
+        now = time.monotonic()
+        if now >= self._next_watchdog and self.watchdog_interval is not None:
+            self.send("WATCHDOG=1")
+            self._next_watchdog = now + self.watchdog_interval
+        if self._pending_status is not None and now - self._last_status >= STATUS_INTERVAL:
+            self.send(f"STATUS={self._pending_status}")
+            self._pending_status = None
+            self._last_status = now
+        due = self._next_watchdog
+        if self._pending_status is not None:
+            due = min(due, self._last_status + STATUS_INTERVAL)
+        return max(0.0, due - now)
+
+    def close(self) -> None:
+        """Drop the connection to systemd (in a forked child, say)."""
+        if self._socket is not None and self._socket.socket is not None:
+            self._socket.socket.close()
+        self._socket = None

@@ -1,0 +1,292 @@
+"""The forking server: one instance per listening socket, with socketserver's hooks overridden."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import socketserver
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from sockd import listeners
+from sockd import log as sockd_log
+from sockd.access import AccessRules
+from sockd.children import Children
+from sockd.handlers import load_handler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sockd.config import ServiceConfig
+    from sockd.listeners import Endpoint
+
+log = structlog.get_logger()
+
+# Signals the daemon handles; a child gets them back at their defaults.
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGCHLD,
+)
+# accept(2) errors that concern one connection only, not the listener.
+_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+
+
+@dataclass
+class Stats:
+    """Counters behind the STATUS= line."""
+
+    served: int = 0
+    denied: int = 0
+    errors: int = 0
+
+
+@dataclass
+class Shared:
+    """State all servers of one daemon share: the children and the counters.
+
+    `close_in_child` is set by the main loop: it closes every descriptor a
+    forked child must not keep (all listeners, the selector, signal pipe,
+    notify socket).
+    """
+
+    children: Children = field(default_factory=Children)
+    stats: Stats = field(default_factory=Stats)
+    close_in_child: Callable[[], None] = lambda: None
+
+    def reap(self) -> int:
+        """Reap exited children without blocking, logging `connection_closed` for each."""
+        exits = self.children.reap()
+        for record in exits:
+            self.stats.errors += record.failed
+            log.info("connection_closed", **record.fields())
+        return len(exits)
+
+
+class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
+    """One listening socket (TCP or UNIX, bound or adopted) of one service.
+
+    Each accepted connection is served by `RequestHandlerClass` in a forked
+    child. The main loop of `sockd.mainloop` drives it with `accept_ready()`;
+    `serve_forever()` is not used, so one selector serves every listener.
+    """
+
+    request_queue_size = socket.SOMAXCONN
+    block_on_close = False  # the main loop waits for children, with a deadline
+
+    def __init__(self, endpoint: Endpoint, service: ServiceConfig, shared: Shared) -> None:
+        """Create the socket (or take the adopted one), bind and activate it.
+
+        Raises:
+            SockdError: binding failed, or an adopted socket is unusable.
+        """
+        socketserver.BaseServer.__init__(self, endpoint.sockaddr, load_handler(service.handler))
+        self.endpoint = endpoint
+        self.service = service
+        self.rules = AccessRules.of(service)
+        self.shared = shared
+        self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
+        self.address_family = self.socket.family
+        try:
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
+
+    @property
+    def adopted(self) -> bool:
+        """True when the socket came from systemd."""
+        return self.endpoint.adopted is not None
+
+    def server_bind(self) -> None:
+        """Bind the socket, unless systemd passed it already bound.
+
+        May be overridden.
+        """
+        if not self.adopted:
+            listeners.bind(self.socket, self.endpoint, self.service.unix_mode)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listen on a socket we bound; an adopted one is already listening (checked).
+
+        May be overridden.
+        """
+        if not self.adopted:
+            self.socket.listen(self.request_queue_size)
+        self.socket.setblocking(False)  # the main loop accepts until EAGAIN
+
+    def server_close(self) -> None:
+        """Close the listener, and remove a UNIX socket file we created.
+
+        May be extended, do not override.
+        """
+        path = self.server_address if self.socket.family == socket.AF_UNIX else None
+        self.socket.close()
+        if path and not self.adopted and isinstance(path, str):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def describe(self) -> dict[str, Any]:
+        """The listener as the `starting` event shows it."""
+        return {
+            "service": self.service.name,
+            "address": listeners.describe(self.server_address),
+            "origin": "adopted" if self.adopted else "bound",
+            "fd_name": self.endpoint.fd_name,
+        }
+
+    def apply(self, service: ServiceConfig) -> None:
+        """Take a reloaded service's handler and rules; the socket stays.
+
+        May be extended, do not override.
+        """
+        self.service = service
+        self.rules = AccessRules.of(service)
+        self.RequestHandlerClass = load_handler(service.handler)
+
+    def accept_ready(self, budget: int) -> int:
+        """Accept and serve up to `budget` pending connections; return how many were taken.
+
+        Raises:
+            OSError: accept(2) failed in a way that concerns the listener (EMFILE, say).
+        """
+        for taken in range(budget):
+            try:
+                request, client_address = self.get_request()
+            except BlockingIOError:
+                return taken
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
+                    continue
+                raise
+            if not self.verify_request(request, client_address):
+                self.shutdown_request(request)
+                continue
+            try:
+                self.process_request(request, client_address)
+            except Exception:  # noqa: BLE001 (fork failed: log it and go on serving)
+                self.handle_error(request, client_address)
+                self.shutdown_request(request)
+        return budget
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Apply the service's allow/deny rules; log `connection_denied` on refusal.
+
+        May be overridden.
+        """
+        reason = self.rules.refusal(client_address)
+        if reason is None:
+            return True
+        self.shared.stats.denied += 1
+        client = client_text(request, client_address)
+        log.info("connection_denied", service=self.service.name, client=client, reason=reason)
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Fork; the child serves the connection and ends in `os._exit`.
+
+        Signals stay blocked across fork(), so a signal aimed at the new child
+        meets its default action instead of the daemon's handler.
+
+        May be extended, do not override.
+        """
+        client = client_text(request, client_address)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            raise
+        if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            self.shared.children.add(pid, self.service.name, client)
+            self.shared.stats.served += 1
+            self.close_request(request)
+            return
+        self._serve_in_child(request, client_address)
+
+    def _serve_in_child(self, request: Any, client_address: Any) -> None:
+        status = 1
+        try:
+            for signum in HANDLED_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            self.shared.close_in_child()
+            sockd_log.reset_after_fork()
+            if self.service.max_duration:
+                # SIGALRM's default action ends the child; the parent logs the signal.
+                signal.setitimer(signal.ITIMER_REAL, self.service.max_duration)
+            self.finish_request(request, client_address)
+            status = 0
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # noqa: BLE001 (reported by handle_error, then exit status 1)
+            self.handle_error(request, client_address)
+        finally:
+            try:
+                self.shutdown_request(request)
+            finally:
+                os._exit(status)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log the exception being handled as one `handler_error` event, as data.
+
+        May be overridden.
+        """
+        exc = sys.exception()
+        if exc is None:
+            return
+        try:
+            log.error(
+                "handler_error",
+                service=self.service.name,
+                client=client_text(request, client_address),
+                exception=sockd_log.exception_fields(exc),
+            )
+        except Exception:  # noqa: BLE001, S110 (the error path must not raise)
+            pass
+
+    def collect_children(self, *, blocking: bool = False) -> None:  # noqa: ARG002
+        """Reap exited children of every service; never blocks, whatever `blocking` says.
+
+        May be extended, do not override.
+        """
+        self.shared.reap()
+
+    def handle_timeout(self) -> None:
+        """Reap exited children.
+
+        May be overridden.
+        """
+        self.collect_children()
+
+    def service_actions(self) -> None:
+        """Reap exited children.
+
+        May be overridden.
+        """
+        self.collect_children()
+
+
+def client_text(request: Any, client_address: Any) -> str:
+    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED."""
+    if isinstance(client_address, tuple):
+        return listeners.describe(client_address)
+    try:
+        creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "unix"
+    pid, uid, _ = struct.unpack("3i", creds)
+    return f"unix:uid={uid},pid={pid}"
