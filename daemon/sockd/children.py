@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import resource
     from collections.abc import Iterator
 
 
@@ -42,7 +43,7 @@ class Exit:
         return self.exit_code != 0
 
     def fields(self) -> dict[str, object]:
-        """The fields of the `connection_closed` log event."""
+        """Return the fields of the `connection_closed` log event."""
         return {
             "service": self.child.service,
             "client": self.child.client,
@@ -102,7 +103,7 @@ class Children:
                 os.kill(pid, signum)
 
 
-def _exit_record(pid: int, child: Child, status: int, usage: os.struct_rusage) -> Exit:
+def _exit_record(pid: int, child: Child, status: int, usage: resource.struct_rusage) -> Exit:
     code = os.waitstatus_to_exitcode(status)
     return Exit(
         pid=pid,

@@ -94,19 +94,23 @@ def parse_listen(text: str) -> ListenAddress:
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise ValueError("expected HOST:PORT, [IPV6]:PORT or unix:/path")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return ListenAddress("tcp", host=_parse_host(host), port=int(port_text))
+
+
+def _parse_host(host: str) -> str:
     if host.startswith("["):
         if not host.endswith("]"):
             raise ValueError("an IPv6 address needs its closing ']'")
-        host = host[1:-1]
-        if not isinstance(_ip(host), ipaddress.IPv6Address):
-            raise ValueError(f"{host!r} is not an IPv6 address")
-    elif ":" in host:
+        if not isinstance(_ip(host[1:-1]), ipaddress.IPv6Address):
+            raise ValueError(f"{host[1:-1]!r} is not an IPv6 address")
+        return host[1:-1]
+    if ":" in host:
         raise ValueError("write an IPv6 address in brackets: [ADDR]:PORT")
-    elif _ip(host) is None and not _HOSTNAME.fullmatch(host):
+    if _ip(host) is None and not _HOSTNAME.fullmatch(host):
         raise ValueError(f"{host!r} is neither an IP address nor a host name")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
-    return ListenAddress("tcp", host=host, port=int(port_text))
+    return host
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

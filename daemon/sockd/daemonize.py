@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import TYPE_CHECKING
 
@@ -34,17 +35,20 @@ def detach(pidfile: str, log_file: str, keep_fds: Iterable[int]) -> None:
     Raises:
         OSFailure: the log file cannot be opened or another process holds the pid file.
     """
-    import daemon  # noqa: PLC0415 (python-daemon is only needed here)
-    import daemon.pidfile  # noqa: PLC0415
+    # python-daemon is only needed here. It is imported by name because type
+    # checkers running from the repository would take our source root, also
+    # called daemon/, for it.
+    python_daemon = importlib.import_module("daemon")
+    importlib.import_module("daemon.pidfile")
     import lockfile  # noqa: PLC0415 (python-daemon's own dependency)
 
     try:
         log = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (kept open)
     except OSError as exc:
         raise OSFailure(f"--log-file {log_file}: cannot open: {exc.strerror}") from None
-    lock = daemon.pidfile.TimeoutPIDLockFile(os.path.abspath(pidfile), acquire_timeout=0)
+    lock = python_daemon.pidfile.TimeoutPIDLockFile(os.path.abspath(pidfile), acquire_timeout=0)
     _break_stale_lock(lock, pidfile)
-    context = daemon.DaemonContext(
+    context = python_daemon.DaemonContext(
         working_directory="/",
         umask=UMASK,
         pidfile=lock,
@@ -55,7 +59,7 @@ def detach(pidfile: str, log_file: str, keep_fds: Iterable[int]) -> None:
     )
     try:
         context.open()
-    except (lockfile.Error, daemon.daemon.DaemonError, OSError) as exc:
+    except (lockfile.Error, python_daemon.daemon.DaemonError, OSError) as exc:
         raise OSFailure(f"--pidfile {pidfile}: cannot detach: {exc}") from None
 
 

@@ -241,6 +241,7 @@ def _remove_stale_socket(path: str, where: str) -> None:
 
 
 def describe(sockname: object) -> str:
+    """Write a socket address as the config does: `host:port`, `[v6]:port`, `unix:/path`."""
     if isinstance(sockname, tuple):
         host, port = sockname[0], sockname[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
 
 LogFormat = Literal["json", "console"]
 
@@ -46,11 +49,13 @@ class FdLogger:
 _pid = os.getpid()
 
 
-def _add_pid_and_order(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_pid_and_order(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> dict[str, Any]:
     """Add our pid unless the event names another; put the fields people scan for first."""
     event.setdefault("pid", _pid)
     head = {key: event.pop(key) for key in ("timestamp", "level", "event") if key in event}
-    return head | event
+    return head | dict(event)
 
 
 def stderr_is_journal(fd: int = 2) -> bool:

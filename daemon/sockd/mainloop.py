@@ -137,10 +137,7 @@ class MainLoop:
         self.notifier.reloading()
         path = self.config.path
         try:
-            if path is None:
-                msg = "the service was given on the command line: there is no file to reload"
-                raise ConfigError(msg)
-            new = sockd_config.load(path)
+            new = sockd_config.load(_reload_path(path))
             _check_reloadable(self.config, new)
         except ConfigError as exc:
             log.error("reload_failed", config=path, error=str(exc))
@@ -214,6 +211,18 @@ class MainLoop:
         self.selector.close()
         os.close(self._wakeup_read)
         os.close(self._wakeup_write)
+
+
+def _reload_path(path: str | None) -> str:
+    """Return the file to reload.
+
+    Raises:
+        ConfigError: sockd runs from the command line, with no file.
+    """
+    if path is None:
+        msg = "the service was given on the command line: there is no file to reload"
+        raise ConfigError(msg)
+    return path
 
 
 def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> None:

@@ -48,10 +48,10 @@ class Notifier:
                 os.environ.pop("NOTIFY_SOCKET", None)
             else:
                 os.environ["NOTIFY_SOCKET"] = saved
-        if watchdog_usec.isdigit() and int(watchdog_usec) > 0:
-            if not watchdog_pid or watchdog_pid == str(pid):
-                self.watchdog_interval = int(watchdog_usec) / 2e6
-                self._next_watchdog = time.monotonic()
+        ours = not watchdog_pid or watchdog_pid == str(pid)
+        if watchdog_usec.isdigit() and int(watchdog_usec) > 0 and ours:
+            self.watchdog_interval = int(watchdog_usec) / 2e6
+            self._next_watchdog = time.monotonic()
 
     @property
     def enabled(self) -> bool:

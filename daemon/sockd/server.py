@@ -138,7 +138,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 os.unlink(path)
 
     def describe(self) -> dict[str, Any]:
-        """The listener as the `starting` event shows it."""
+        """Return the listener as the `starting` event shows it."""
         return {
             "service": self.service.name,
             "address": listeners.describe(self.server_address),
@@ -248,15 +248,13 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         exc = sys.exception()
         if exc is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # the error path must not raise
             log.error(
                 "handler_error",
                 service=self.service.name,
                 client=client_text(request, client_address),
                 exception=sockd_log.exception_fields(exc),
             )
-        except Exception:  # noqa: BLE001, S110 (the error path must not raise)
-            pass
 
     def collect_children(self, *, blocking: bool = False) -> None:  # noqa: ARG002
         """Reap exited children of every service; never blocks, whatever `blocking` says.

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from sockd import config as sockd_config
 from sockd import daemonize, listeners
 from sockd import log as sockd_log
 from sockd._version import __version__
@@ -63,11 +62,11 @@ def run(options: RunOptions) -> None:
     try:
         by_name = {service.name: service for service in config.services}
         for endpoint in listeners.plan(config.services, inherited):
-            servers.append(ServiceServer(endpoint, by_name[endpoint.service], shared))
+            # One at a time, so the ones made are closed if a later one fails.
+            servers.append(ServiceServer(endpoint, by_name[endpoint.service], shared))  # noqa: PERF401
         if options.detach:
-            assert options.pidfile and options.log_file  # noqa: S101 (the CLI requires them)
             keep = [server.fileno() for server in servers]
-            daemonize.detach(options.pidfile, options.log_file, keep)
+            daemonize.detach(str(options.pidfile), str(options.log_file), keep)
         drop_privileges(config.daemon, servers)
     except BaseException:
         for server in servers:
@@ -104,7 +103,7 @@ def drop_privileges(daemon: DaemonConfig, servers: list[ServiceServer]) -> None:
         raise PermissionFailure(msg)
     for server in servers:
         if server.socket.family == socket.AF_UNIX and not server.adopted:
-            os.chown(server.server_address, user.pw_uid, gid)
+            os.chown(str(server.endpoint.sockaddr), user.pw_uid, gid)
     os.initgroups(user.pw_name, gid)
     os.setgid(gid)
     os.setuid(user.pw_uid)
