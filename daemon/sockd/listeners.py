@@ -100,9 +100,7 @@ def adopt(inherited: InheritedFd) -> socket.socket:
     return sock
 
 
-def plan(
-    services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]
-) -> list[Endpoint]:
+def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) -> list[Endpoint]:
     """Decide where every service listens.
 
     Inherited sockets go to the service named by `FileDescriptorName=`, else to
@@ -246,5 +244,3 @@ def describe(sockname: object) -> str:
         host, port = sockname[0], sockname[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"unix:{sockname}"
-
-
