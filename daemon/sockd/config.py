@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import ipaddress
 import pwd
 import re
 import sys
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,7 +26,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 CHARGEN_DEFAULT_MAX_DURATION = 60.0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ListenAddress:
     """One `listen` entry: a TCP host and port, or a UNIX socket path."""
 
@@ -44,7 +44,7 @@ class ListenAddress:
         return f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ServiceConfig:
     """One `[[service]]` table."""
 
@@ -58,7 +58,7 @@ class ServiceConfig:
     max_duration: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DaemonConfig:
     """The `[daemon]` table."""
 
@@ -69,11 +69,11 @@ class DaemonConfig:
     pythonpath: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole configuration; `path` is None when it came from the command line."""
 
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    daemon: DaemonConfig = dataclasses.field(default_factory=DaemonConfig)
     services: tuple[ServiceConfig, ...] = ()
     path: str | None = None
 
@@ -167,7 +167,7 @@ def one_service(handler: str, listen: Iterable[str], name: str) -> Config:
         ConfigError: naming the option and the problem.
     """
     data = {"service": [{"name": name, "handler": handler, "listen": list(listen)}]}
-    return from_dict(data, "command line")
+    return dataclasses.replace(from_dict(data, "command line"), path=None)
 
 
 def _daemon(table: _Table) -> DaemonConfig:

@@ -93,10 +93,14 @@ def adopt(inherited: InheritedFd) -> socket.socket:
         sock = socket.socket(fileno=inherited.fd)
     except OSError as exc:
         raise ConfigError(f"{where}: not a socket: {exc.strerror}") from None
+    problem = None
     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
-        raise ConfigError(f"{where}: not a stream socket (use ListenStream=)")
-    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        raise ConfigError(f"{where}: not listening (Accept=yes is not supported)")
+        problem = "not a stream socket (use ListenStream=)"
+    elif not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        problem = "not listening (Accept=yes is not supported)"
+    if problem:
+        sock.close()
+        raise ConfigError(f"{where}: {problem}")
     return sock
 
 
@@ -112,22 +116,14 @@ def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) ->
         ConfigError: an inherited socket matches no service, an address does not
             resolve, or a service ends up with nowhere to listen.
     """
-    endpoints = []
-    by_name = {service.name: service for service in services}
-    for fd in inherited:
-        sock = adopt(fd)
-        service = by_name.get(fd.name or "") or _match_address(services, sock)
-        if service is None and len(services) == 1:
-            service = services[0]
-        if service is None:
-            msg = (
-                f"socket from systemd (fd {fd.fd}, name {fd.name!r},"
-                f" {describe(sock.getsockname())}) matches no service"
-            )
-            raise ConfigError(msg)
-        endpoints.append(
-            Endpoint(service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name)
-        )
+    endpoints: list[Endpoint] = []
+    try:
+        endpoints += [_adopted_endpoint(services, fd) for fd in inherited]
+    except ConfigError:
+        for endpoint in endpoints:
+            if endpoint.adopted is not None:
+                endpoint.adopted.close()
+        raise
     served = {endpoint.service for endpoint in endpoints}
     for service in services:
         if service.name in served:
@@ -142,6 +138,20 @@ def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) ->
                 for family, sockaddr in resolve(address, where)
             ]
     return endpoints
+
+
+def _adopted_endpoint(services: Sequence[ServiceConfig], fd: InheritedFd) -> Endpoint:
+    sock = adopt(fd)
+    service = next((s for s in services if s.name == fd.name), None)
+    service = service or _match_address(services, sock)
+    if service is None and len(services) == 1:
+        service = services[0]
+    if service is None:
+        name = sock.getsockname()
+        sock.close()
+        msg = f"socket from systemd (fd {fd.fd}, name {fd.name!r}, {describe(name)}) matches no service"
+        raise ConfigError(msg)
+    return Endpoint(service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name)
 
 
 def resolve(address: ListenAddress, where: str) -> list[tuple[int, str | tuple[str, int]]]:

@@ -1,0 +1,34 @@
+"""Fixtures shared by every test: a real sockd process, and systemd's notify socket."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import Notifications, Sockd
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def notifications(tmp_path: Path) -> Iterator[Notifications]:
+    """A bound NOTIFY_SOCKET that records what sockd tells systemd."""
+    with Notifications(tmp_path / "notify.sock") as notify:
+        yield notify
+
+
+@pytest.fixture
+def sockd(tmp_path: Path) -> Iterator[Callable[..., Sockd]]:
+    """Start sockd processes; every one is killed at teardown."""
+    started: list[Sockd] = []
+
+    def start(*args: str, **kwargs: object) -> Sockd:
+        process = Sockd(list(args), tmp_path, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,0 +1,251 @@
+"""Test harness: run sockd as a real process, read its JSON events and notifications."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+TESTS = Path(__file__).parent
+WAIT = 10.0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
+    """Poll `condition` until it returns something true; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            msg = f"timed out waiting for {what or condition}"
+            raise AssertionError(msg)
+        time.sleep(0.01)
+
+
+class Notifications:
+    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.setblocking(False)
+        self.messages: list[str] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.socket.close()
+
+    def poll(self) -> list[str]:
+        """Read every message that has arrived."""
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.messages.append(self.socket.recv(4096).decode())
+        return self.messages
+
+    def wait_for(self, line: str, timeout: float = WAIT, after: int = 0) -> int:
+        """Wait for a message with `line` among its lines; return its index."""
+
+        def find() -> int | None:
+            for index, message in enumerate(self.poll()[after:], after):
+                if any(part.startswith(line) for part in message.split("\n")):
+                    return index + 1
+            return None
+
+        return int(wait_until(find, timeout, f"notification {line!r}")) - 1
+
+
+class Sockd:
+    """sockd running as a real process in its own session, stderr to a file."""
+
+    def __init__(
+        self,
+        args: list[str],
+        tmp_path: Path,
+        *,
+        notify: Notifications | None = None,
+        env: dict[str, str] | None = None,
+        prefix: Iterable[str] = (),
+        wait: bool = True,
+    ) -> None:
+        self.log_path = tmp_path / f"sockd-{time.monotonic_ns()}.log"
+        environ = {key: value for key, value in os.environ.items() if not key.startswith(
+            ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "JOURNAL_STREAM"))}
+        if notify is not None:
+            environ["NOTIFY_SOCKET"] = str(notify.path)
+        environ.update(env or {})
+        self.notify = notify
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "sockd", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=environ,
+                start_new_session=True,
+            )
+        self.pid = self.process.pid
+        if wait:
+            self.wait_event("ready")
+
+    def lines(self) -> list[str]:
+        """Return what sockd wrote so far, line by line."""
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        """Return the JSON events logged so far, optionally only matching ones."""
+        found = []
+        for line in self.lines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event is not None and record.get("event") != event:
+                continue
+            if all(record.get(key) == value for key, value in match.items()):
+                found.append(record)
+        return found
+
+    def wait_event(self, event: str, count: int = 1, timeout: float = WAIT, **match: Any) -> list[
+        dict[str, Any]
+    ]:
+        """Wait until `count` matching events are logged; fail early if sockd exits."""
+
+        def enough() -> list[dict[str, Any]]:
+            found = self.events(event, **match)
+            if len(found) < count and self.process.poll() is not None:
+                log = "\n".join(self.lines()[-20:])
+                msg = f"sockd exited {self.process.returncode} before {event!r}:\n{log}"
+                raise AssertionError(msg)
+            return found if len(found) >= count else []
+
+        return list(wait_until(enough, timeout, f"{count} x {event!r}"))
+
+    def address(self, index: int = 0) -> str:
+        """Return a listener's address from the `starting` event."""
+        return str(self.events("starting")[0]["listeners"][index]["address"])
+
+    def port(self, index: int = 0) -> int:
+        """Return a TCP listener's port."""
+        return int(self.address(index).rpartition(":")[2])
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the daemon process."""
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        """Wait for the daemon to exit; return its exit status."""
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = WAIT) -> int:
+        """SIGTERM and wait."""
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        """Kill the whole session (daemon and children), whatever state it is in."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+    def children(self) -> list[tuple[int, str]]:
+        """Return (pid, state) of the daemon's children, from /proc."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rpartition(")")[2].split()
+            if int(fields[1]) == self.pid:
+                found.append((int(entry.name), fields[0]))
+        return found
+
+
+def connect(address: str, *, source: str | None = None, timeout: float = WAIT) -> socket.socket:
+    """Connect to `host:port`, `[v6]:port` or `unix:/path`."""
+    if address.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address.removeprefix("unix:"))
+        return sock
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    if source:
+        sock.bind((source, 0))
+    sock.connect((host, int(port)))
+    return sock
+
+
+def exchange(address: str, data: bytes, **kwargs: Any) -> bytes:
+    """Send `data`, half-close, and read everything until the server closes."""
+    with connect(address, **kwargs) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return recv_all(sock)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Read until end of file."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def write_config(path: Path, text: str) -> str:
+    """Write a config file and return its path as a string."""
+    path.write_text(text)
+    return str(path)
+
+
+def in_child(function: Callable[[], Any]) -> Any:
+    """Run `function` in a forked child and return its result (or re-raise its error).
+
+    For tests that must change process-wide state, such as file descriptor 3.
+    """
+    import pickle  # noqa: PLC0415
+
+    read_end, pipe_write = os.pipe()
+    # Far from 3 and 4, which tests use as LISTEN_FDS.
+    write_end = fcntl.fcntl(pipe_write, fcntl.F_DUPFD_CLOEXEC, 200)
+    os.close(pipe_write)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.close(read_end)
+            try:
+                payload = pickle.dumps((True, function()))
+            except BaseException as exc:  # noqa: BLE001
+                payload = pickle.dumps((False, exc))
+            os.write(write_end, payload)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(data)  # noqa: S301 (our own child)
+    if not ok:
+        raise value
+    return value

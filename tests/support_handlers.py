@@ -1,0 +1,52 @@
+"""Python handlers the tests load by `module:Class` (this directory is on `pythonpath`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socketserver
+import time
+
+
+def explode(secret: str) -> None:
+    """Raise, with a local variable that must never reach the log."""
+    raise ValueError("boom " + secret[:2])
+
+
+class Boom(socketserver.BaseRequestHandler):
+    """Raise on every connection."""
+
+    def handle(self) -> None:
+        """Fail."""
+        explode("42-local-secret")
+
+
+class Quick(socketserver.BaseRequestHandler):
+    """Send one byte and exit at once."""
+
+    def handle(self) -> None:
+        """Send b'.'."""
+        self.request.sendall(b".")
+
+
+class Report(socketserver.StreamRequestHandler):
+    """Report the child's identity and environment as one JSON line."""
+
+    def handle(self) -> None:
+        """Write uid, gid, pid and environment variable names."""
+        report = {
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "pid": os.getpid(),
+            "environ": sorted(os.environ),
+        }
+        self.wfile.write(json.dumps(report).encode() + b"\n")
+
+
+class Sleep(socketserver.BaseRequestHandler):
+    """Sleep for ever (until a signal or the duration limit)."""
+
+    def handle(self) -> None:
+        """Sleep."""
+        self.request.sendall(b"sleeping\n")
+        time.sleep(3600)

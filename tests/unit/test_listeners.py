@@ -1,0 +1,239 @@
+"""Tests of sockd.listeners: sd_listen_fds(3) rules, adoption, planning and binding."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import in_child
+
+from sockd import listeners
+from sockd.config import ServiceConfig, parse_listen
+from sockd.errors import ConfigError, OSFailure
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def service(name: str, *listen: str) -> ServiceConfig:
+    return ServiceConfig(name, "echo", tuple(parse_listen(text) for text in listen))
+
+
+def listening(address: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((address, 0))
+    sock.listen()
+    return sock
+
+
+class TestListenFds:
+    def test_absent(self) -> None:
+        """Without LISTEN_PID/LISTEN_FDS nothing is inherited."""
+        assert listeners.listen_fds({}, 123) == []
+
+    def test_other_pid_is_ignored_and_variables_removed(self) -> None:
+        """Variables meant for another process are ignored, and removed all the same."""
+        environ = {"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "a:b", "KEEP": "x"}
+        assert listeners.listen_fds(environ, 123) == []
+        assert environ == {"KEEP": "x"}
+
+    @pytest.mark.parametrize(
+        ("environ", "problem"),
+        [
+            ({"LISTEN_PID": "abc", "LISTEN_FDS": "1"}, "LISTEN_PID='abc' is not a process id"),
+            ({"LISTEN_PID": "0", "LISTEN_FDS": "1"}, "LISTEN_PID='0' is not a process id"),
+            ({"LISTEN_PID": "123", "LISTEN_FDS": "-1"}, "LISTEN_FDS='-1' is not a count"),
+            ({"LISTEN_PID": "123", "LISTEN_FDS": "x"}, "LISTEN_FDS='x' is not a count"),
+            (
+                {"LISTEN_PID": "123", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "a:b"},
+                "LISTEN_FDNAMES has 2 names for LISTEN_FDS=1",
+            ),
+        ],
+    )
+    def test_garbage_is_rejected(self, environ: dict[str, str], problem: str) -> None:
+        """Malformed variables are a config error (exit 78), and are removed."""
+        with pytest.raises(ConfigError, match=problem) as caught:
+            listeners.listen_fds(environ, 123)
+        assert caught.value.exit_code == 78
+        assert environ == {}
+
+    def test_names_mapped_and_cloexec_set(self) -> None:
+        """Descriptors start at 3, carry their names in order, and get FD_CLOEXEC."""
+
+        def child() -> list[tuple[int, str | None, bool]]:
+            first, second = listening(), listening()
+            os.dup2(first.fileno(), 3, inheritable=True)
+            os.dup2(second.fileno(), 4, inheritable=True)
+            environ = {
+                "LISTEN_PID": str(os.getpid()),
+                "LISTEN_FDS": "2",
+                "LISTEN_FDNAMES": "echo:daytime",
+            }
+            found = listeners.listen_fds(environ, os.getpid())
+            return [
+                (fd.fd, fd.name, bool(fcntl.fcntl(fd.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+                for fd in found
+            ]
+
+        assert in_child(child) == [(3, "echo", True), (4, "daytime", True)]
+
+    def test_closed_descriptor(self) -> None:
+        """LISTEN_FDS counting a descriptor that is not open is an error."""
+
+        def child() -> None:
+            with contextlib.suppress(OSError):
+                os.close(3)
+            listeners.listen_fds({"LISTEN_PID": "7", "LISTEN_FDS": "1"}, 7)
+
+        with pytest.raises(ConfigError, match="file descriptor 3 is not open"):
+            in_child(child)
+
+
+class TestAdopt:
+    def test_listening_stream_socket(self) -> None:
+        """A listening stream socket is adopted as it is."""
+        sock = listening()
+        fd = os.dup(sock.fileno())
+        adopted = listeners.adopt(listeners.InheritedFd(fd, "x"))
+        assert adopted.getsockname() == sock.getsockname()
+        adopted.close()
+        sock.close()
+
+    def test_not_listening(self) -> None:
+        """A bound but not listening socket is refused with a clear reason."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            with pytest.raises(ConfigError, match="not listening"):
+                listeners.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
+
+    def test_datagram(self) -> None:
+        """A datagram socket is refused: sockd serves streams."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            with pytest.raises(ConfigError, match="not a stream socket"):
+                listeners.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
+
+    def test_not_a_socket(self, tmp_path: Path) -> None:
+        """A plain file descriptor is refused."""
+        fd = os.open(tmp_path, os.O_RDONLY)
+        with pytest.raises(ConfigError, match="not a socket"):
+            listeners.adopt(listeners.InheritedFd(fd, None))
+
+
+class TestPlan:
+    def inherit(self, sock: socket.socket, name: str | None) -> listeners.InheritedFd:
+        return listeners.InheritedFd(os.dup(sock.fileno()), name)
+
+    def test_by_name_then_address_then_bind(self) -> None:
+        """Names map first, then addresses; a service with no inherited socket binds its own."""
+        named, by_address = listening(), listening()
+        port = by_address.getsockname()[1]
+        services = [
+            service("echo", "127.0.0.1:1"),
+            service("daytime", f"127.0.0.1:{port}"),
+            service("time", "127.0.0.1:0"),
+        ]
+        plan = listeners.plan(
+            services, [self.inherit(named, "echo"), self.inherit(by_address, "sockd.socket")]
+        )
+        assert [(e.service, e.adopted is not None) for e in plan] == [
+            ("echo", True),
+            ("daytime", True),
+            ("time", False),
+        ]
+        assert plan[2].sockaddr == ("127.0.0.1", 0)
+        for endpoint in plan[:2]:
+            assert endpoint.adopted is not None
+            endpoint.adopted.close()
+        named.close()
+        by_address.close()
+
+    def test_single_service_takes_all(self) -> None:
+        """With one service, unnamed sockets that match nothing are its own."""
+        with listening() as sock:
+            plan = listeners.plan([service("only")], [self.inherit(sock, None)])
+        assert [e.service for e in plan] == ["only"]
+        assert plan[0].adopted is not None
+        plan[0].adopted.close()
+
+    def test_unmatched_socket_is_a_config_error(self) -> None:
+        """With several services, a socket that matches none stops start-up (exit 78)."""
+        services = [service("a", "127.0.0.1:1"), service("b", "127.0.0.1:2")]
+        with listening() as sock, pytest.raises(
+            ConfigError, match="name 'zzz', 127.0.0.1:.* matches no service"
+        ):
+            listeners.plan(services, [self.inherit(sock, "zzz")])
+
+    def test_nowhere_to_listen(self) -> None:
+        """A service with no listen address needs a socket from systemd."""
+        with pytest.raises(ConfigError, match="no listen address and no socket from systemd"):
+            listeners.plan([service("a"), service("b", "127.0.0.1:0")], [])
+
+    def test_unresolvable_host(self) -> None:
+        """A host name that does not resolve names the service and entry."""
+        with pytest.raises(ConfigError, match=r"service 'a': listen\[0\]: cannot resolve"):
+            listeners.plan([service("a", "no-such-host.invalid:80")], [])
+
+    def test_sockname_matches(self) -> None:
+        """Bound names compare equal to the configured address, resolving host names."""
+        assert listeners.sockname_matches(("127.0.0.1", 80), parse_listen("localhost:80"))
+        assert not listeners.sockname_matches(("127.0.0.1", 81), parse_listen("localhost:80"))
+        assert listeners.sockname_matches(("::1", 80, 0, 0), parse_listen("[::1]:80"))
+        assert listeners.sockname_matches("/run/a.sock", parse_listen("unix:/run/a.sock"))
+        assert not listeners.sockname_matches("/run/a.sock", parse_listen("127.0.0.1:80"))
+
+
+class TestBind:
+    def endpoint(self, text: str) -> listeners.Endpoint:
+        address = parse_listen(text)
+        family, sockaddr = listeners.resolve(address, "")[0]
+        return listeners.Endpoint("svc", family, sockaddr, address)
+
+    def test_ipv6_is_v6only(self) -> None:
+        """An IPv6 listener never takes IPv4 too, so [::] and 0.0.0.0 can coexist."""
+        with socket.socket(socket.AF_INET6) as sock:
+            listeners.bind(sock, self.endpoint("[::1]:0"), 0o666)
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+
+    def test_unix_mode_and_stale_socket(self, tmp_path: Path) -> None:
+        """A stale socket file is replaced, and the new one gets the configured mode."""
+        path = tmp_path / "s.sock"
+        with socket.socket(socket.AF_UNIX) as stale:
+            stale.bind(str(path))
+        with socket.socket(socket.AF_UNIX) as sock:
+            listeners.bind(sock, self.endpoint(f"unix:{path}"), 0o640)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+    def test_unix_path_is_not_a_socket(self, tmp_path: Path) -> None:
+        """A regular file where the socket should be is left alone, with an error."""
+        path = tmp_path / "file"
+        path.write_text("precious")
+        with socket.socket(socket.AF_UNIX) as sock, pytest.raises(
+            ConfigError, match="exists and is not a socket"
+        ):
+            listeners.bind(sock, self.endpoint(f"unix:{path}"), 0o666)
+        assert path.read_text() == "precious"
+
+    def test_unix_socket_in_use(self, tmp_path: Path) -> None:
+        """A socket file someone listens on is not stolen."""
+        path = tmp_path / "live.sock"
+        with socket.socket(socket.AF_UNIX) as live:
+            live.bind(str(path))
+            live.listen()
+            with socket.socket(socket.AF_UNIX) as sock, pytest.raises(OSFailure, match="in use"):
+                listeners.bind(sock, self.endpoint(f"unix:{path}"), 0o666)
+
+    def test_address_in_use(self) -> None:
+        """A taken port is an OS error (exit 71) naming the service and address."""
+        taken = listening()
+        port = taken.getsockname()[1]
+        with socket.socket() as sock, pytest.raises(OSFailure) as caught:
+            listeners.bind(sock, self.endpoint(f"127.0.0.1:{port}"), 0o666)
+        assert f"service 'svc': listen 127.0.0.1:{port}: cannot bind" in str(caught.value)
+        assert caught.value.exit_code == 71
+        taken.close()
