@@ -1,0 +1,64 @@
+"""Tests of sockd.children: bookkeeping and non-blocking reaping of real forked children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from harness import wait_until
+
+from sockd.children import Children, Exit
+
+
+def fork(action: str) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            if action == "sleep":
+                time.sleep(60)
+            os._exit(3 if action == "three" else 0)
+        finally:
+            os._exit(99)
+    return pid
+
+
+class TestChildren:
+    def test_reap_records_exit_codes_and_signals(self) -> None:
+        """Exits are reaped with their code or signal name, duration and resource use."""
+        children = Children()
+        quick, three, killed = fork("zero"), fork("three"), fork("sleep")
+        children.add(quick, "echo", "127.0.0.1:1")
+        children.add(three, "echo", "127.0.0.1:2")
+        children.add(killed, "time", "127.0.0.1:3")
+        assert (len(children), children.count("echo"), children.count("time")) == (3, 2, 1)
+        os.kill(killed, signal.SIGKILL)
+        exits: dict[int, Exit] = {}
+        wait_until(lambda: exits.update({e.pid: e for e in children.reap()}) or len(exits) == 3)
+        assert (exits[quick].exit_code, exits[quick].signal) == (0, None)
+        assert exits[three].exit_code == 3
+        assert exits[three].failed
+        assert (exits[killed].exit_code, exits[killed].signal) == (None, "SIGKILL")
+        fields = exits[three].fields()
+        assert fields["service"] == "echo"
+        assert fields["client"] == "127.0.0.1:2"
+        assert fields["max_rss_kib"] > 0
+        assert fields["duration"] >= 0
+        assert len(children) == 0
+        assert children.count("echo") == 0
+
+    def test_reap_never_blocks(self) -> None:
+        """With a child still running, reap returns at once with nothing."""
+        children = Children()
+        pid = fork("sleep")
+        children.add(pid, "echo", "x")
+        started = time.monotonic()
+        assert children.reap() == []
+        assert time.monotonic() - started < 1.0
+        children.signal_all(signal.SIGTERM)
+        wait_until(children.reap)
+        assert len(children) == 0
+
+    def test_reap_with_no_children(self) -> None:
+        """ECHILD is tolerated."""
+        assert Children().reap() == []

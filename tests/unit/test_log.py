@@ -1,0 +1,112 @@
+"""Tests of sockd.log: JSON lines, journald priority prefixes, exceptions as data."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+import structlog
+
+from sockd import log
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    os.close(read_end)
+    os.close(write_end)
+    structlog.reset_defaults()
+
+
+def read_lines(fd: int) -> list[str]:
+    return os.read(fd, 65536).decode().splitlines()
+
+
+class TestConfigure:
+    def test_json_line_per_event(self, pipe: tuple[int, int]) -> None:
+        """Each event is one JSON line with timestamp, level, event and our pid first."""
+        log.configure("json", fd=pipe[1])
+        structlog.get_logger().info("ready", service="echo", note="two\nlines")
+        (line,) = read_lines(pipe[0])
+        record = json.loads(line)
+        assert list(record)[:3] == ["timestamp", "level", "event"]
+        assert record["event"] == "ready"
+        assert record["level"] == "info"
+        assert record["pid"] == os.getpid()
+        assert record["note"] == "two\nlines"
+
+    def test_event_pid_is_kept(self, pipe: tuple[int, int]) -> None:
+        """An event about a child (connection_closed) keeps the child's pid."""
+        log.configure("json", fd=pipe[1])
+        structlog.get_logger().info("connection_closed", pid=42)
+        assert json.loads(read_lines(pipe[0])[0])["pid"] == 42
+
+    def test_journal_prefix(self, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+        """When stderr is the journal stream, lines start with the syslog priority."""
+        info = os.fstat(pipe[1])
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        log.configure("json", fd=pipe[1])
+        logger = structlog.get_logger()
+        logger.error("handler_error")
+        logger.info("ready")
+        logger.warning("stop_timeout")
+        error, info_line, warning = read_lines(pipe[0])
+        assert error.startswith('<3>{"timestamp"')
+        assert info_line.startswith("<6>{")
+        assert warning.startswith("<4>{")
+
+    def test_no_prefix_for_another_stream(
+        self, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A JOURNAL_STREAM naming another file (inherited by a child) adds no prefix."""
+        monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+        log.configure("json", fd=pipe[1])
+        structlog.get_logger().info("ready")
+        assert read_lines(pipe[0])[0].startswith("{")
+
+    def test_console_format(self, pipe: tuple[int, int]) -> None:
+        """The console format is readable text, not JSON."""
+        log.configure("console", fd=pipe[1])
+        structlog.get_logger().info("ready", service="echo")
+        (line,) = read_lines(pipe[0])
+        assert "ready" in line
+        assert "service=echo" in line
+        assert not line.startswith("{")
+
+    def test_reset_after_fork(self, pipe: tuple[int, int]) -> None:
+        """A forked child's events carry the child's pid."""
+        log.configure("json", fd=pipe[1])
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            try:
+                log.reset_after_fork()
+                structlog.get_logger().info("child")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert json.loads(read_lines(pipe[0])[0])["pid"] == pid
+
+
+def raising(secret: str) -> None:
+    raise KeyError(secret[:3])
+
+
+class TestExceptionFields:
+    def test_frames_without_locals(self) -> None:
+        """Exceptions become type, message and frames (file, line, function), never locals."""
+        try:
+            raising("hunter2-password")
+        except KeyError as exc:
+            fields = log.exception_fields(exc)
+        assert fields["type"] == "KeyError"
+        assert fields["message"] == "'hun'"
+        assert fields["frames"][-1]["function"] == "raising"
+        assert fields["frames"][-1]["file"] == __file__
+        assert isinstance(fields["frames"][-1]["line"], int)
+        assert "hunter2" not in json.dumps(fields)

@@ -1,0 +1,100 @@
+"""Tests of sockd.notify: what reaches a real NOTIFY_SOCKET, and when."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+import structlog
+from harness import Notifications
+
+from sockd.notify import Notifier
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class TestNotifier:
+    def test_no_socket_is_a_no_op(self) -> None:
+        """Without NOTIFY_SOCKET nothing is sent and nothing fails."""
+        notifier = Notifier({}, os.getpid())
+        assert not notifier.enabled
+        notifier.ready("x")
+        notifier.stopping()
+        assert notifier.tick() > 0
+
+    def test_variables_are_removed(self, notifications: Notifications) -> None:
+        """Children never inherit NOTIFY_SOCKET or WATCHDOG_*."""
+        environ = {
+            "NOTIFY_SOCKET": str(notifications.path),
+            "WATCHDOG_USEC": "1000000",
+            "WATCHDOG_PID": str(os.getpid()),
+            "OTHER": "1",
+        }
+        Notifier(environ, os.getpid()).close()
+        assert environ == {"OTHER": "1"}
+        assert "NOTIFY_SOCKET" not in os.environ
+
+    def test_ready_reload_stop(self, notifications: Notifications) -> None:
+        """READY=1 carries STATUS=; RELOADING=1 carries MONOTONIC_USEC= of CLOCK_MONOTONIC."""
+        notifier = Notifier({"NOTIFY_SOCKET": str(notifications.path)}, os.getpid())
+        notifier.ready("0 active")
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        notifier.reloading()
+        notifier.stopping()
+        notifications.wait_for("STOPPING=1")
+        ready, reloading, stopping = notifications.messages
+        assert ready == "READY=1\nSTATUS=0 active"
+        first, usec = reloading.split("\n")
+        assert first == "RELOADING=1"
+        assert before <= int(usec.removeprefix("MONOTONIC_USEC=")) <= before + 5_000_000
+        assert stopping == "STOPPING=1"
+        notifier.close()
+
+    def test_status_at_most_once_a_second(self, notifications: Notifications) -> None:
+        """Queued STATUS= updates are coalesced: the newest is sent when a second has passed."""
+        notifier = Notifier({"NOTIFY_SOCKET": str(notifications.path)}, os.getpid())
+        notifier.ready("first")
+        for index in range(5):
+            notifier.status(f"update {index}")
+            notifier.tick()
+        notifications.wait_for("READY=1")
+        assert notifications.poll() == ["READY=1\nSTATUS=first"]
+        wait = notifier.tick()
+        assert 0 < wait <= 1.0
+        time.sleep(wait)
+        notifier.tick()
+        notifications.wait_for("STATUS=update 4", after=1)
+        assert notifications.poll()[1:] == ["STATUS=update 4"]
+        notifier.close()
+
+    def test_watchdog_at_half_the_interval(self, notifications: Notifications) -> None:
+        """WATCHDOG=1 goes out at once, then every WATCHDOG_USEC/2."""
+        environ = {"NOTIFY_SOCKET": str(notifications.path), "WATCHDOG_USEC": "400000"}
+        notifier = Notifier(environ, os.getpid())
+        assert notifier.watchdog_interval == pytest.approx(0.2)
+        assert notifier.tick() == pytest.approx(0.2, abs=0.05)
+        notifications.wait_for("WATCHDOG=1")
+        notifier.close()
+
+    def test_watchdog_for_another_pid(self, notifications: Notifications) -> None:
+        """WATCHDOG_PID naming another process disables the watchdog."""
+        environ = {
+            "NOTIFY_SOCKET": str(notifications.path),
+            "WATCHDOG_USEC": "400000",
+            "WATCHDOG_PID": "1",
+        }
+        notifier = Notifier(environ, os.getpid())
+        assert notifier.watchdog_interval is None
+        notifier.close()
+
+    def test_failed_send_is_logged_not_raised(self, tmp_path: Path) -> None:
+        """When systemd's socket goes away, sending logs `notify_failed` and goes on."""
+        with Notifications(tmp_path / "gone.sock") as notifications:
+            notifier = Notifier({"NOTIFY_SOCKET": str(notifications.path)}, os.getpid())
+        with structlog.testing.capture_logs() as logs:
+            notifier.ready("x")
+        assert [entry["event"] for entry in logs] == ["notify_failed"]
+        notifier.close()
