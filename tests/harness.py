@@ -181,19 +181,23 @@ class Sockd:
 
 def connect(address: str, *, source: str | None = None, timeout: float = WAIT) -> socket.socket:
     """Connect to `host:port`, `[v6]:port` or `unix:/path`."""
+    target: str | tuple[str, int]
     if address.startswith("unix:"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(address.removeprefix("unix:"))
-        return sock
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        family, target = socket.AF_UNIX, address.removeprefix("unix:")
+    else:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        target = (host, int(port))
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    if source:
-        sock.bind((source, 0))
-    sock.connect((host, int(port)))
+    try:
+        sock.settimeout(timeout)
+        if source:
+            sock.bind((source, 0))
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 

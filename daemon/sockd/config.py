@@ -247,6 +247,8 @@ def _check_unique(services: list[ServiceConfig], path: str) -> None:
             raise ConfigError(f"{path}: service {service.name!r}: name: duplicate service name")
         names.add(service.name)
         for address in service.listen:
+            if address.kind == "tcp" and address.port == 0:
+                continue  # the kernel picks a distinct port for each
             if address in addresses:
                 other = addresses[address]
                 msg = f"{path}: service {service.name!r}: listen: {address} is also in {other!r}"
