@@ -360,12 +360,12 @@ class Generator:
         self.window_end = start + self.duration
         while True:
             now = time.perf_counter()
+            self._expire(now)
             if now < self.window_end:
-                while len(self.active) < self.clients:
-                    self._open()
+                for _ in range(self.clients - len(self.active)):
+                    self._open()  # once per free slot: a refused connect must not spin here
             elif not self.active:
                 break
-            self._expire(now)
             wait = self.window_end - now if now < self.window_end else self.timeout
             if self.active:
                 wait = min(wait, next(iter(self.active.values())).deadline - now)
@@ -630,8 +630,7 @@ def table(rows: Sequence[Summary]) -> str:
             f"{row.p99_ms:.2f}",
             f"{row.max_ms:.2f}",
             _errors_text(row.errors),
-            f"{row.cpu_us_per_conn:.0f} ({row.parent_us_per_conn:.0f}+"
-            f"{row.children_us_per_conn:.0f})",
+            _cpu_text(row),
             "ref" if row.server == "stdlib" else _ratio_text(row.ratio),
         )
         for row in rows
@@ -650,6 +649,12 @@ def table(rows: Sequence[Summary]) -> str:
         if row.server == "sockd"
     )
     return "\n".join(lines)
+
+
+def _cpu_text(row: Summary) -> str:
+    return (
+        f"{row.cpu_us_per_conn:.0f} ({row.parent_us_per_conn:.0f}+{row.children_us_per_conn:.0f})"
+    )
 
 
 def _ratio_text(ratio: float | None) -> str:
@@ -748,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         _pin(0, pinning.generator_cpu)
     meta = {
         "interpreter": sys.executable,
+        "interpreter_realpath": str(Path(sys.executable).resolve()),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "sockd": importlib.metadata.version("sockd"),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -755,7 +761,10 @@ def main(argv: list[str] | None = None) -> int:
         "settings": asdict(settings),
         "payload": PAYLOAD.decode(),
     }
-    print(f"interpreter: {sys.executable} ({meta['python']}), sockd {meta['sockd']}")
+    print(
+        f"interpreter: {sys.executable} -> {meta['interpreter_realpath']} ({meta['python']}),"
+        f" sockd {meta['sockd']}"
+    )
     print(f"date: {meta['date']}")
     print(f"cpu pinning: {pinning.describe()}")
     print(

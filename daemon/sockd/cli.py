@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
 import structlog
 
 from sockd import config as sockd_config
+from sockd import daemonize
 from sockd import log as sockd_log
 from sockd._version import __version__
 from sockd.errors import EX_CONFIG, EX_OK, EX_USAGE, SockdError, UsageError
@@ -75,6 +77,11 @@ def _check(path: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     from sockd import startup  # noqa: PLC0415 (check needs none of it)
 
+    try:
+        _check_run_options(args)
+    except UsageError as exc:
+        print(f"sockd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     sockd_log.configure(args.log_format)
     try:
         options = startup.RunOptions(
@@ -91,16 +98,21 @@ def _run(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _run_config(args: argparse.Namespace) -> sockd_config.Config:
+def _check_run_options(args: argparse.Namespace) -> None:
     if args.daemon and not (args.pidfile and args.log_file):
         raise UsageError("--daemon needs --pidfile PATH and --log-file PATH")
     if not args.daemon and (args.pidfile or args.log_file):
         raise UsageError("--pidfile and --log-file only go with --daemon")
-    if args.handler is None:
-        if args.listen or args.name:
-            raise UsageError("--listen and --name only go with --handler")
-        return sockd_config.load(args.config or sockd_config.DEFAULT_PATH)
-    if args.config:
+    if args.handler is None and (args.listen or args.name):
+        raise UsageError("--listen and --name only go with --handler")
+    if args.handler is not None and args.config:
         raise UsageError("give either --config or --handler, not both")
+    if args.daemon:
+        daemonize.refuse_under_systemd(os.environ)
+
+
+def _run_config(args: argparse.Namespace) -> sockd_config.Config:
+    if args.handler is None:
+        return sockd_config.load(args.config or sockd_config.DEFAULT_PATH)
     name = args.name or args.handler.rpartition(":")[2]
     return sockd_config.one_service(args.handler, args.listen, name)

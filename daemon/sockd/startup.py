@@ -54,8 +54,6 @@ def run(options: RunOptions) -> None:
         SockdError: a step failed; nothing was announced as ready.
     """
     config = options.config
-    if options.detach:
-        daemonize.refuse_under_systemd(os.environ)
     inherited = listeners.listen_fds(os.environ, os.getpid())
     shared = Shared()
     servers: list[ServiceServer] = []

@@ -1,0 +1,204 @@
+"""Serving connections: own binding, children and their exits, caps, handler errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import TESTS, Notifications, Sockd, connect, exchange, wait_until, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def config_file(tmp_path: Path, services: str, daemon: str = "") -> str:
+    return write_config(
+        tmp_path / "sockd.toml", f'[daemon]\npythonpath = ["{TESTS}"]\n{daemon}\n{services}'
+    )
+
+
+class TestOwnBinding:
+    def test_ipv4_ipv6_and_unix(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
+        """One service listens on IPv4, IPv6 and a UNIX socket, and answers on each."""
+        listen = ['"127.0.0.1:0"', f'"unix:{tmp_path}/echo.sock"']
+        if has_ipv6_loopback():
+            listen.append('"[::1]:0"')
+        config = config_file(
+            tmp_path,
+            f"""
+            [[service]]
+            name = "echo"
+            handler = "echo"
+            listen = [{", ".join(listen)}]
+            unix_mode = 0o600
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        listeners = daemon.events("starting")[0]["listeners"]
+        assert len(listeners) == len(listen)
+        assert all(item["origin"] == "bound" for item in listeners)
+        for index in range(len(listen)):
+            assert exchange(daemon.address(index), b"hi %d" % index) == b"hi %d" % index
+        assert (tmp_path / "echo.sock").stat().st_mode & 0o777 == 0o600
+        assert daemon.stop() == 0
+        assert not (tmp_path / "echo.sock").exists(), "sockd removes the socket files it made"
+
+    def test_port_in_use(self, sockd: Callable[..., Sockd]) -> None:
+        """A port already taken is a one-line startup failure with exit 71."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            daemon = sockd("run", "--handler", "echo", "--listen", f"127.0.0.1:{port}", wait=False)
+            assert daemon.wait() == 71
+        (failure,) = daemon.events("startup_failed")
+        assert failure["error"] == (
+            f"service 'echo': listen 127.0.0.1:{port}: cannot bind: Address already in use"
+        )
+
+
+class TestChildren:
+    def test_no_zombies_after_500_connections(self, sockd: Callable[..., Sockd]) -> None:
+        """500 connections through a handler that exits at once leave no zombie."""
+        daemon = sockd(
+            "run", "--handler", "support_handlers:Quick", "--listen", "127.0.0.1:0",
+            env={"PYTHONPATH": str(TESTS)},
+        )
+        address = daemon.address()
+        for _ in range(500):
+            assert exchange(address, b"") == b"."
+        closed = daemon.wait_event("connection_closed", count=500)
+        assert all(event["exit_code"] == 0 for event in closed)
+        wait_until(lambda: not daemon.children(), what="no children left")
+        assert daemon.stop() == 0
+
+    def test_child_killed_by_signal_is_logged(self, sockd: Callable[..., Sockd]) -> None:
+        """A child killed with SIGKILL is reaped and logged with its signal and costs."""
+        daemon = sockd(
+            "run", "--handler", "support_handlers:Sleep", "--listen", "127.0.0.1:0",
+            env={"PYTHONPATH": str(TESTS)},
+        )
+        with connect(daemon.address()) as client:
+            assert client.recv(100) == b"sleeping\n"
+            ((pid, state),) = daemon.children()
+            os.kill(pid, signal.SIGKILL)
+            (closed,) = daemon.wait_event("connection_closed")
+        assert closed["pid"] == pid
+        assert closed["signal"] == "SIGKILL"
+        assert closed["exit_code"] is None
+        assert closed["service"] == "Sleep"
+        for key in ("duration", "cpu_user", "cpu_system", "max_rss_kib"):
+            assert isinstance(closed[key], int | float)
+        assert daemon.children() == []
+        assert daemon.stop() == 0
+
+    def test_max_children_waits_without_blocking_signals(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """At max_children the third client waits; signals still act; it is served on a close."""
+        config = config_file(
+            tmp_path,
+            '[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:0"]\n',
+            daemon="max_children = 2",
+        )
+        daemon = sockd("run", "--config", config, notify=notifications)
+        address = daemon.address()
+        first, second = connect(address), connect(address)
+        for client in (first, second):
+            client.sendall(b"held\n")
+            assert client.recv(100) == b"held\n"
+        third = connect(address, timeout=0.5)  # completes in the kernel backlog
+        third.sendall(b"third\n")
+        with pytest.raises(TimeoutError):
+            third.recv(100)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        first.close()
+        third.settimeout(10)
+        assert third.recv(100) == b"third\n"
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_event("stopping")
+        second.sendall(b"still\n")
+        assert second.recv(100) == b"still\n"
+        second.close()
+        third.close()
+        assert daemon.wait() == 0
+
+
+class TestHandlerErrors:
+    def test_one_json_line_and_serving_goes_on(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A raising handler gives exactly one error line with the exception as data."""
+        config = config_file(
+            tmp_path,
+            """
+            [[service]]
+            name = "boom"
+            handler = "support_handlers:Boom"
+            listen = ["127.0.0.1:0"]
+            [[service]]
+            name = "echo"
+            handler = "echo"
+            listen = ["127.0.0.1:0"]
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        assert exchange(daemon.address(0), b"") == b""
+        (closed,) = daemon.wait_event("connection_closed", service="boom")
+        assert closed["exit_code"] == 1
+        error_lines = [line for line in daemon.lines() if '"level": "error"' in line]
+        assert len(error_lines) == 1
+        error = json.loads(error_lines[0])
+        assert error["event"] == "handler_error"
+        assert error["service"] == "boom"
+        assert error["pid"] == closed["pid"]
+        assert error["client"].startswith("127.0.0.1:")
+        assert error["exception"]["type"] == "ValueError"
+        assert error["exception"]["message"] == "boom 42"
+        assert error["exception"]["frames"][-1]["function"] == "explode"
+        assert "local-secret" not in error_lines[0]
+        assert exchange(daemon.address(1), b"next") == b"next"
+        assert exchange(daemon.address(0), b"") == b""
+        daemon.wait_event("connection_closed", count=2, service="boom")
+        assert daemon.stop() == 0
+
+    def test_child_environment_and_denied_clients(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """Children see no NOTIFY_SOCKET or WATCHDOG_*; a denied client is closed and logged."""
+        config = config_file(
+            tmp_path,
+            """
+            [[service]]
+            name = "report"
+            handler = "support_handlers:Report"
+            listen = ["127.0.0.1:0"]
+            deny = ["127.0.0.3"]
+            """,
+        )
+        daemon = sockd(
+            "run", "--config", config, notify=notifications, env={"WATCHDOG_USEC": "10000000"}
+        )
+        report = json.loads(exchange(daemon.address(), b""))
+        assert not [name for name in report["environ"] if name.startswith(("NOTIFY", "WATCHDOG"))]
+        assert exchange(daemon.address(), b"", source="127.0.0.3") == b""
+        (denied,) = daemon.wait_event("connection_denied")
+        assert denied["reason"] == "deny 127.0.0.3/32"
+        assert denied["client"].startswith("127.0.0.3:")
+        assert denied["service"] == "report"
+        assert daemon.stop() == 0

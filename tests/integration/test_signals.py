@@ -1,0 +1,170 @@
+"""Signals acted on by the main loop: graceful and immediate stop, reload; status and watchdog."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import TESTS, Notifications, Sockd, connect, exchange, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+ECHO = """
+[daemon]
+stop_timeout = {stop_timeout}
+pythonpath = ["{tests}"]
+[[service]]
+name = "echo"
+handler = "{handler}"
+listen = ["127.0.0.1:0"]
+deny = [{deny}]
+"""
+
+
+def echo_config(
+    path: Path, *, stop_timeout: float = 10, handler: str = "echo", deny: str = ""
+) -> str:
+    text = ECHO.format(stop_timeout=stop_timeout, tests=TESTS, handler=handler, deny=deny)
+    return write_config(path / "sockd.toml", text)
+
+
+class TestStop:
+    def test_graceful_stop_lets_a_connection_finish(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """SIGTERM: STOPPING=1, no new connections, the one in progress completes, exit 0."""
+        daemon = sockd("run", "--config", echo_config(tmp_path), notify=notifications)
+        address = daemon.address()
+        with connect(address) as client:
+            client.sendall(b"before\n")
+            assert client.recv(100) == b"before\n"
+            daemon.signal(signal.SIGTERM)
+            notifications.wait_for("STOPPING=1")
+            daemon.wait_event("stopping")
+            with pytest.raises(ConnectionRefusedError):
+                connect(address)
+            client.sendall(b"during\n")
+            assert client.recv(100) == b"during\n"
+            assert daemon.process.poll() is None, "sockd waits for the connection"
+        assert daemon.wait() == 0
+        (closed,) = daemon.events("connection_closed")
+        assert closed["exit_code"] == 0
+        assert daemon.events("stopped")
+
+    def test_stop_timeout_terminates_children(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A child still running at stop_timeout gets SIGTERM; sockd still exits 0."""
+        config = echo_config(tmp_path, stop_timeout=0.3, handler="support_handlers:Sleep")
+        daemon = sockd("run", "--config", config)
+        with connect(daemon.address()) as client:
+            assert client.recv(100) == b"sleeping\n"
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait() == 0
+        (timeout,) = daemon.events("stop_timeout")
+        assert timeout["action"] == "SIGTERM"
+        (closed,) = daemon.events("connection_closed")
+        assert closed["signal"] == "SIGTERM"
+
+    def test_sigquit_stops_at_once(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
+        """SIGQUIT kills children and exits without waiting for stop_timeout."""
+        config = echo_config(tmp_path, stop_timeout=60, handler="support_handlers:Sleep")
+        daemon = sockd("run", "--config", config)
+        with connect(daemon.address()) as client:
+            assert client.recv(100) == b"sleeping\n"
+            started = time.monotonic()
+            daemon.signal(signal.SIGQUIT)
+            assert daemon.wait() == 0
+            assert time.monotonic() - started < 30
+        (closed,) = daemon.events("connection_closed")
+        assert closed["signal"] == "SIGKILL"
+
+    def test_sigint_is_a_graceful_stop(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
+        """SIGINT (Ctrl-C in the foreground) stops like SIGTERM, without a traceback."""
+        daemon = sockd("run", "--config", echo_config(tmp_path))
+        daemon.signal(signal.SIGINT)
+        assert daemon.wait() == 0
+        assert "Traceback" not in "\n".join(daemon.lines())
+        assert daemon.events("stopped")
+
+
+class TestReload:
+    def test_reload_applies_and_keeps_the_listener(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """SIGHUP applies a new rule to new connections; the listener and open ones stay."""
+        daemon = sockd("run", "--config", echo_config(tmp_path), notify=notifications)
+        address = daemon.address()
+        held = connect(address)
+        held.sendall(b"1")
+        assert held.recv(10) == b"1"
+        echo_config(tmp_path, deny='"127.0.0.1"')
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        reloading = notifications.wait_for("RELOADING=1")
+        assert notifications.messages[reloading].split("\n")[1].startswith("MONOTONIC_USEC=")
+        notifications.wait_for("READY=1", after=reloading)
+        assert exchange(address, b"x") == b"", "the new deny rule refuses 127.0.0.1"
+        daemon.wait_event("connection_denied")
+        assert exchange(address, b"x", source="127.0.0.2") == b"x", "same listener"
+        held.sendall(b"2")
+        assert held.recv(10) == b"2"
+        held.close()
+        assert daemon.stop() == 0
+
+    def test_broken_config_keeps_the_old_one(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """A reload with a broken file logs why and the old config goes on serving."""
+        config = echo_config(tmp_path)
+        daemon = sockd("run", "--config", config, notify=notifications)
+        (tmp_path / "sockd.toml").write_text("[[service]]\nname = 'echo'\nhandler = 42\n")
+        daemon.signal(signal.SIGHUP)
+        (failed,) = daemon.wait_event("reload_failed")
+        assert failed["level"] == "error"
+        assert "service 'echo': handler: expected a string, got int" in failed["error"]
+        reloading = notifications.wait_for("RELOADING=1")
+        notifications.wait_for("READY=1", after=reloading)
+        assert exchange(daemon.address(), b"still") == b"still"
+        assert daemon.stop() == 0
+
+    def test_listener_change_needs_restart(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Changing `listen` is refused on reload, naming the key."""
+        daemon = sockd("run", "--config", echo_config(tmp_path))
+        text = (tmp_path / "sockd.toml").read_text().replace("127.0.0.1:0", "127.0.0.1:1")
+        (tmp_path / "sockd.toml").write_text(text)
+        daemon.signal(signal.SIGHUP)
+        (failed,) = daemon.wait_event("reload_failed")
+        assert "service 'echo': listen: changing it needs a restart" in failed["error"]
+        assert daemon.stop() == 0
+
+
+class TestNotify:
+    def test_ready_status_and_watchdog(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """READY=1 follows `starting`; STATUS= counts connections; WATCHDOG=1 keeps coming."""
+        daemon = sockd(
+            "run",
+            "--config",
+            echo_config(tmp_path, deny='"127.0.0.9"'),
+            notify=notifications,
+            env={"WATCHDOG_USEC": "200000"},
+        )
+        ready = notifications.wait_for("READY=1")
+        assert notifications.messages[ready] == (
+            "READY=1\nSTATUS=0 active, 0 served, 0 denied, 0 errors"
+        )
+        assert exchange(daemon.address(), b"a") == b"a"
+        assert exchange(daemon.address(), b"b", source="127.0.0.9") == b""
+        daemon.wait_event("connection_closed")
+        notifications.wait_for("STATUS=0 active, 1 served, 1 denied, 0 errors", timeout=5)
+        first = notifications.wait_for("WATCHDOG=1")
+        notifications.wait_for("WATCHDOG=1", after=first + 1)
+        assert daemon.stop() == 0
