@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,7 +14,6 @@ from harness import TESTS, Notifications, Sockd, connect, exchange, wait_until, 
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 
 def has_ipv6_loopback() -> bool:
@@ -201,4 +201,28 @@ class TestHandlerErrors:
         assert denied["reason"] == "deny 127.0.0.3/32"
         assert denied["client"].startswith("127.0.0.3:")
         assert denied["service"] == "report"
+        assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+class TestPrivileges:
+    def test_children_never_run_as_root(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
+        """Started as root with user/group: binds first, then every child runs as that user."""
+        config = config_file(
+            tmp_path,
+            f"""
+            [[service]]
+            name = "report"
+            handler = "support_handlers:Report"
+            listen = ["127.0.0.1:0", "unix:{tmp_path}/report.sock"]
+            """,
+            daemon='user = "nobody"\ngroup = "nogroup"',
+        )
+        daemon = sockd("run", "--config", config)
+        report = json.loads(exchange(daemon.address(), b""))
+        assert (report["uid"], report["gid"]) == (65534, 65534)
+        assert os.stat(tmp_path / "report.sock").st_uid == 65534
+        proc_status = Path(f"/proc/{daemon.pid}/status").read_text().splitlines()
+        uids = next(line for line in proc_status if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["65534"] * 4
         assert daemon.stop() == 0

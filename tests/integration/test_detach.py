@@ -1,0 +1,84 @@
+"""`sockd run --daemon`: detaching with python-daemon when there is no systemd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import exchange, wait_until
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def read_pid(pidfile: Path) -> str:
+    try:
+        return pidfile.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def start(tmp_path: Path, pidfile: Path, name: str = "echo") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable, "-m", "sockd", "run", "--handler", "echo",
+            "--listen", f"unix:{tmp_path}/{name}.sock", "--daemon",
+            "--pidfile", str(pidfile), "--log-file", str(tmp_path / "sockd.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"},
+    )
+
+
+class TestDetach:
+    def test_detaches_serves_logs_and_stops(self, tmp_path: Path) -> None:
+        """The command returns; the daemon writes its pid file, serves, logs to the file."""
+        pidfile = tmp_path / "sockd.pid"
+        result = start(tmp_path, pidfile)
+        assert result.returncode == 0, result.stderr
+        pid = int(wait_until(lambda: read_pid(pidfile)))
+        try:
+            assert exchange(f"unix:{tmp_path}/echo.sock", b"detached") == b"detached"
+            assert os.getsid(pid) != os.getsid(0), "detached from our session"
+            assert os.getppid() != pid
+            assert os.readlink(f"/proc/{pid}/cwd") == "/"
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert "Umask:\t0027" in status
+            events = wait_until(
+                lambda: [
+                    json.loads(line)["event"]
+                    for line in (tmp_path / "sockd.log").read_text().splitlines()
+                ]
+                if "connection_closed" in (tmp_path / "sockd.log").read_text()
+                else None
+            )
+            assert events[:2] == ["starting", "ready"]
+            second = start(tmp_path, pidfile, "other")
+            assert second.returncode == 71
+            assert f"sockd is already running as pid {pid}" in second.stderr
+        finally:
+            os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not alive(pid), what="daemon exit")
+        assert not pidfile.exists()
+        assert "stopped" in (tmp_path / "sockd.log").read_text()
+
+    def test_stale_pidfile_is_replaced(self, tmp_path: Path) -> None:
+        """A pid file left by a dead process does not keep sockd from starting."""
+        pidfile = tmp_path / "sockd.pid"
+        pidfile.write_text("999999999\n")
+        assert start(tmp_path, pidfile).returncode == 0
+        pid = int(wait_until(lambda: read_pid(pidfile).replace("999999999", "")))
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not alive(pid), what="daemon exit")
