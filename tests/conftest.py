@@ -24,9 +24,11 @@ def sockd(tmp_path: Path) -> Iterator[Callable[..., Sockd]]:
     """Start sockd processes; every one is killed at teardown."""
     started: list[Sockd] = []
 
-    def start(*args: str, **kwargs: object) -> Sockd:
+    def start(*args: str, wait: bool = True, **kwargs: object) -> Sockd:
         process = Sockd(list(args), tmp_path, **kwargs)  # type: ignore[arg-type]
         started.append(process)
+        if wait:
+            process.wait_event("ready")
         return process
 
     yield start

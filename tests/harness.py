@@ -80,7 +80,6 @@ class Sockd:
         notify: Notifications | None = None,
         env: dict[str, str] | None = None,
         prefix: Iterable[str] = (),
-        wait: bool = True,
     ) -> None:
         self.log_path = tmp_path / f"sockd-{time.monotonic_ns()}.log"
         environ = {key: value for key, value in os.environ.items() if not key.startswith(
@@ -99,8 +98,6 @@ class Sockd:
                 start_new_session=True,
             )
         self.pid = self.process.pid
-        if wait:
-            self.wait_event("ready")
 
     def lines(self) -> list[str]:
         """Return what sockd wrote so far, line by line."""
@@ -157,26 +154,39 @@ class Sockd:
         return self.wait(timeout)
 
     def kill(self) -> None:
-        """Kill the whole session (daemon and children), whatever state it is in."""
+        """Kill the daemon, its forker and their children, whatever state they are in."""
+        for pid, _ in children_of(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the forker leads its own group
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
 
+    def forker(self) -> int:
+        """Return the pid of the daemon's forker."""
+        (pid,) = [pid for pid, _ in children_of(self.pid)]
+        return pid
+
     def children(self) -> list[tuple[int, str]]:
-        """Return (pid, state) of the daemon's children, from /proc."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rpartition(")")[2].split()
-            if int(fields[1]) == self.pid:
-                found.append((int(entry.name), fields[0]))
-        return found
+        """Return (pid, state) of the children serving connections, from /proc."""
+        return children_of(self.forker())
+
+
+def children_of(parent: int) -> list[tuple[int, str]]:
+    """Return (pid, state) of the children of `parent`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == parent:
+            found.append((int(entry.name), fields[0]))
+    return found
 
 
 def connect(address: str, *, source: str | None = None, timeout: float = WAIT) -> socket.socket:

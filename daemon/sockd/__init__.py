@@ -1,17 +1,27 @@
 """sockd: a systemd-native forking socket server built on socketserver."""
 
-from sockd._version import __version__
-from sockd.config import Config, DaemonConfig, ListenAddress, ServiceConfig
-from sockd.errors import ConfigError, SockdError
-from sockd.server import ServiceServer
+from __future__ import annotations
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DaemonConfig",
-    "ListenAddress",
-    "ServiceConfig",
-    "ServiceServer",
-    "SockdError",
-    "__version__",
-]
+import importlib
+
+from sockd._version import __version__
+
+# Re-exported lazily: the forker imports this package and must stay small.
+_EXPORTS = {
+    "Config": "sockd.config",
+    "ConfigError": "sockd.errors",
+    "DaemonConfig": "sockd.config",
+    "ListenAddress": "sockd.config",
+    "ServiceConfig": "sockd.config",
+    "ServiceServer": "sockd.server",
+    "SockdError": "sockd.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    msg = f"module 'sockd' has no attribute {name!r}"
+    raise AttributeError(msg)

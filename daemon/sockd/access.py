@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from sockd.config import IPNetwork, ServiceConfig
+    from collections.abc import Iterable
+
+    IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
 class AccessRules:
     """A service's `allow` and `deny` networks: deny wins; an empty allow admits everyone.
 
@@ -18,13 +18,12 @@ class AccessRules:
     the socket file's mode (`unix_mode`).
     """
 
-    allow: tuple[IPNetwork, ...] = ()
-    deny: tuple[IPNetwork, ...] = ()
+    __slots__ = ("allow", "deny")
 
-    @classmethod
-    def of(cls, service: ServiceConfig) -> AccessRules:
-        """Return the rules configured for `service`."""
-        return cls(service.allow, service.deny)
+    def __init__(self, allow: Iterable[str | IPNetwork] = (), deny: Iterable[str | IPNetwork] = ()) -> None:
+        """Take networks, or their text (`10.0.0.0/8`, `::1`)."""
+        self.allow = tuple(ipaddress.ip_network(n, strict=False) for n in allow)
+        self.deny = tuple(ipaddress.ip_network(n, strict=False) for n in deny)
 
     def refusal(self, client_address: object) -> str | None:
         """Return why `client_address` is refused, or None to admit it."""

@@ -1,41 +1,50 @@
-"""Bookkeeping of forked children: who serves what, reaping, and exit records."""
+"""Bookkeeping of forked children: who serves what, reaping, and exit records.
+
+Like everything the forker imports, it avoids heavy modules (dataclasses,
+typing): the forker's size is the cost of every fork.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource  # noqa: F401 (os.wait4 imports it on first use: maybe after dropping root)
 import signal
 import time
-from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import resource
     from collections.abc import Iterator
 
 
-@dataclass(frozen=True)
 class Child:
     """A running child: the service and client it serves, and when it started."""
 
-    service: str
-    client: str
-    started: float
+    __slots__ = ("client", "service", "started")
+
+    def __init__(self, service: str, client: str, started: float) -> None:
+        """Record what the child serves."""
+        self.service = service
+        self.client = client
+        self.started = started
 
 
-@dataclass(frozen=True)
 class Exit:
     """How a reaped child ended and what it cost."""
 
-    pid: int
-    child: Child
-    exit_code: int | None
-    signal: str | None
-    duration: float
-    cpu_user: float
-    cpu_system: float
-    max_rss_kib: int
+    __slots__ = ("child", "cpu_system", "cpu_user", "duration", "exit_code", "max_rss_kib", "pid", "signal")
+
+    def __init__(self, pid: int, child: Child, status: int, usage: resource.struct_rusage) -> None:
+        """Decode a wait4(2) result."""
+        code = os.waitstatus_to_exitcode(status)
+        self.pid = pid
+        self.child = child
+        self.exit_code: int | None = code if code >= 0 else None
+        self.signal: str | None = signal.Signals(-code).name if code < 0 else None
+        self.duration = time.monotonic() - child.started
+        self.cpu_user = usage.ru_utime
+        self.cpu_system = usage.ru_stime
+        self.max_rss_kib = usage.ru_maxrss
 
     @property
     def failed(self) -> bool:
@@ -62,7 +71,7 @@ class Children:
 
     def __init__(self) -> None:
         self._running: dict[int, Child] = {}
-        self._per_service: Counter[str] = Counter()
+        self._per_service: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._running)
@@ -72,12 +81,12 @@ class Children:
 
     def count(self, service: str) -> int:
         """Return how many children serve `service` now."""
-        return self._per_service[service]
+        return self._per_service.get(service, 0)
 
     def add(self, pid: int, service: str, client: str) -> None:
         """Record a child just forked."""
         self._running[pid] = Child(service, client, time.monotonic())
-        self._per_service[service] += 1
+        self._per_service[service] = self._per_service.get(service, 0) + 1
 
     def reap(self) -> list[Exit]:
         """Collect every child that has exited, without blocking."""
@@ -93,7 +102,7 @@ class Children:
             if child is None:
                 continue  # not one of ours (a grandchild reparented to us, say)
             self._per_service[child.service] -= 1
-            exits.append(_exit_record(pid, child, status, usage))
+            exits.append(Exit(pid, child, status, usage))
         return exits
 
     def signal_all(self, signum: int) -> None:
@@ -101,17 +110,3 @@ class Children:
         for pid in self._running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-
-
-def _exit_record(pid: int, child: Child, status: int, usage: resource.struct_rusage) -> Exit:
-    code = os.waitstatus_to_exitcode(status)
-    return Exit(
-        pid=pid,
-        child=child,
-        exit_code=code if code >= 0 else None,
-        signal=signal.Signals(-code).name if code < 0 else None,
-        duration=time.monotonic() - child.started,
-        cpu_user=usage.ru_utime,
-        cpu_system=usage.ru_stime,
-        max_rss_kib=usage.ru_maxrss,
-    )

@@ -91,11 +91,10 @@ def _run(args: argparse.Namespace) -> int:
             pidfile=args.pidfile,
             log_file=args.log_file,
         )
-        startup.run(options)
+        return startup.run(options)
     except SockdError as exc:
         structlog.get_logger().error("startup_failed", error=str(exc), exit_code=exc.exit_code)
         return exc.exit_code
-    return EX_OK
 
 
 def _check_run_options(args: argparse.Namespace) -> None:

@@ -312,6 +312,19 @@ _KIND_NAMES: dict[Any, str] = {
 }
 
 
+def service_record(service: ServiceConfig) -> dict[str, Any]:
+    """Return the service as plain values, for the forker (which never imports this module)."""
+    return {
+        "name": service.name,
+        "handler": service.handler,
+        "max_children": service.max_children,
+        "max_duration": service.max_duration,
+        "unix_mode": service.unix_mode,
+        "allow": [str(network) for network in service.allow],
+        "deny": [str(network) for network in service.deny],
+    }
+
+
 def to_toml(config: Config) -> str:
     """Render the effective config (defaults filled in) as TOML."""
     lines = [f"# effective configuration of {config.path or 'the command line'}", "[daemon]"]

@@ -8,11 +8,10 @@ import ipaddress
 import os
 import socket
 import stat
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sockd.errors import ConfigError, OSFailure, PermissionFailure
 
+TYPE_CHECKING = False  # typing is not imported at run time: the forker stays small
 if TYPE_CHECKING:
     from collections.abc import MutableMapping, Sequence
 
@@ -22,24 +21,47 @@ SD_LISTEN_FDS_START = 3
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
-@dataclass(frozen=True)
 class InheritedFd:
     """A file descriptor passed by systemd, with its `FileDescriptorName=`."""
 
-    fd: int
-    name: str | None
+    __slots__ = ("fd", "name")
+
+    def __init__(self, fd: int, name: str | None) -> None:
+        """Name descriptor `fd`."""
+        self.fd = fd
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InheritedFd) and (self.fd, self.name) == (other.fd, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.fd, self.name))
+
+    def __repr__(self) -> str:
+        return f"InheritedFd({self.fd}, {self.name!r})"
 
 
-@dataclass
 class Endpoint:
     """Where one server listens: an adopted socket, or an address to bind."""
 
-    service: str
-    family: int
-    sockaddr: str | tuple[str, int] | tuple[str, int, int, int]
-    address: ListenAddress | None = None
-    adopted: socket.socket | None = None
-    fd_name: str | None = None
+    __slots__ = ("address", "adopted", "fd_name", "family", "service", "sockaddr")
+
+    def __init__(  # noqa: PLR0913 (one value per attribute)
+        self,
+        service: str,
+        family: int,
+        sockaddr: str | tuple[str, int] | tuple[str, int, int, int],
+        address: ListenAddress | None = None,
+        adopted: socket.socket | None = None,
+        fd_name: str | None = None,
+    ) -> None:
+        """Describe a listener of `service`."""
+        self.service = service
+        self.family = family
+        self.sockaddr = sockaddr
+        self.address = address
+        self.adopted = adopted
+        self.fd_name = fd_name
 
 
 def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]:
@@ -93,15 +115,24 @@ def adopt(inherited: InheritedFd) -> socket.socket:
         sock = socket.socket(fileno=inherited.fd)
     except OSError as exc:
         raise ConfigError(f"{where}: not a socket: {exc.strerror}") from None
-    problem = None
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
-        problem = "not a stream socket (use ListenStream=)"
-    elif not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        problem = "not listening (Accept=yes is not supported)"
-    if problem:
+    try:
+        check_listening(sock, where)
+    except ConfigError:
         sock.close()
-        raise ConfigError(f"{where}: {problem}")
+        raise
     return sock
+
+
+def check_listening(sock: socket.socket, where: str) -> None:
+    """Check that an inherited socket is a listening stream socket (SO_TYPE, SO_ACCEPTCONN).
+
+    Raises:
+        ConfigError: naming `where` and what is wrong.
+    """
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+        raise ConfigError(f"{where}: not a stream socket (use ListenStream=)")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise ConfigError(f"{where}: not listening (Accept=yes is not supported)")
 
 
 def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) -> list[Endpoint]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import traceback
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
@@ -115,12 +114,3 @@ class _JournalPrefix:
 
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
         return f"<{_PRIORITIES.get(method, 6)}>{self.renderer(logger, method, event)}"
-
-
-def exception_fields(exc: BaseException) -> dict[str, Any]:
-    """Describe `exc` as data: type, message and frames (never local variables)."""
-    frames = [
-        {"file": frame.filename, "line": frame.lineno, "function": frame.name}
-        for frame in traceback.extract_tb(exc.__traceback__)
-    ]
-    return {"type": type(exc).__qualname__, "message": str(exc), "frames": frames}

@@ -1,4 +1,4 @@
-"""The main loop: one selector over every listener, signals, reload, stop, sd_notify."""
+"""The daemon's main loop: signals, sd_notify, reload, stop, and the forker's events logged."""
 
 from __future__ import annotations
 
@@ -6,211 +6,175 @@ import contextlib
 import os
 import selectors
 import signal
-import time
-from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from sockd import config as sockd_config
-from sockd.errors import ConfigError
-from sockd.server import HANDLED_SIGNALS
+from sockd import ipc
+from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
 
 if TYPE_CHECKING:
     from types import FrameType
 
+    from sockd.forker import ForkerProcess
     from sockd.notify import Notifier
-    from sockd.server import ServiceServer, Shared
+    from sockd.server import ServiceServer
 
 log = structlog.get_logger()
 
-KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to children at stop
-ACCEPT_BATCH = 64  # connections accepted per listener per loop turn
-ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
+DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD)
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode")
 
 
 class MainLoop:
-    """Serves until stopped; signals only record themselves, this loop acts on them."""
+    """Supervises the forker; signals only record themselves, this loop acts on them."""
 
     def __init__(
         self,
         config: sockd_config.Config,
+        forker: ForkerProcess,
         servers: list[ServiceServer],
-        shared: Shared,
         notifier: Notifier,
     ) -> None:
-        """Take over the bound and activated `servers`."""
+        """Supervise a freshly spawned `forker`; `servers` are our copies of its listeners."""
         self.config = config
+        self.forker = forker
         self.servers = servers
-        self.shared = shared
         self.notifier = notifier
+        self.events = ipc.Reader(forker.events)
         self.selector = selectors.DefaultSelector()
-        self.pending: deque[int] = deque()
-        self.accepting: set[ServiceServer] = set()
-        self.paused_until = 0.0
-        self.stop_phase: str | None = None  # None, "wait", "term", "kill"
-        self.phase_deadline = 0.0
+        self.pending: list[int] = []
+        self.ready = False
+        self.stopping = False
+        self.forker_status: int | None = None
+        self.failure: tuple[str, int] | None = None
+        self.reload_pending = False
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        shared.close_in_child = self._close_in_child
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
 
-    def run(self) -> None:
-        """Install signal handlers, send READY=1, and serve until stopped."""
+    def run(self) -> int:
+        """Serve until the forker has stopped; return the exit code."""
         signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
-        for signum in HANDLED_SIGNALS:
+        for signum in DAEMON_SIGNALS:
             signal.signal(signum, self._record_signal)
-        self.selector.register(self._wakeup_read, selectors.EVENT_READ, None)
-        self._update_accepting()
-        log.info("ready", services=[service.name for service in self.config.services])
-        self.notifier.ready(self._status())
+        self.selector.register(self._wakeup_read, selectors.EVENT_READ, "wakeup")
+        self.selector.register(self.events.fd, selectors.EVENT_READ, "events")
         try:
-            while self.stop_phase is None or len(self.shared.children):
+            while self.forker_status is None or not self.events.eof:
                 self._turn()
         finally:
-            self._close()
-        log.info("stopped")
+            signal.set_wakeup_fd(-1)
+            self.selector.close()
+            for fd in (self._wakeup_read, self._wakeup_write, self.forker.control, self.forker.events):
+                os.close(fd)
+        return self._exit_code()
 
     def _turn(self) -> None:
-        timeout = min(self.notifier.tick(), self._next_deadline() - time.monotonic())
-        for key, _ in self.selector.select(max(0.0, timeout)):
-            if key.data is None:
+        timeout = min(self.notifier.tick(), IDLE_WAKEUP)
+        if self.forker_status is not None:
+            timeout = 0.05  # draining the forker's last events
+        for key, _ in self.selector.select(timeout):
+            if key.data == "wakeup":
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wakeup_read, 512):
                         pass
             else:
-                self._accept(key.data)
+                for record in self.events.read():
+                    self._on_event(record)
+                if self.events.eof:
+                    self.selector.unregister(self.events.fd)
         while self.pending:
-            self._act_on(self.pending.popleft())
-        if self.shared.reap():
-            self._update_accepting()
-            self.notifier.status(self._status())
-        self._advance_stop()
-        if self.paused_until and time.monotonic() >= self.paused_until:
-            self.paused_until = 0.0
-            self._update_accepting()
+            self._act_on(self.pending.pop(0))
+        if self.forker_status is not None and not self.events.eof:
+            for record in self.events.read():
+                self._on_event(record)
 
-    def _accept(self, server: ServiceServer) -> None:
-        budget = min(ACCEPT_BATCH, self._room(server))
-        try:
-            taken = server.accept_ready(budget)
-        except OSError as exc:
-            log.error("accept_failed", service=server.service.name, error=exc.strerror)
-            self.paused_until = time.monotonic() + ACCEPT_PAUSE
-            taken = 1
-        if taken:
-            self._update_accepting()
-            self.notifier.status(self._status())
-
-    def _room(self, server: ServiceServer) -> int:
-        children = self.shared.children
-        room = self.config.daemon.max_children - len(children)
-        if server.service.max_children is not None:
-            room = min(room, server.service.max_children - children.count(server.service.name))
-        return max(0, room)
-
-    def _update_accepting(self) -> None:
-        """Select on exactly the listeners that may accept now (below every cap)."""
-        for server in self.servers:
-            wanted = not self.stop_phase and not self.paused_until and self._room(server) > 0
-            if wanted and server not in self.accepting:
-                self.selector.register(server, selectors.EVENT_READ, server)
-                self.accepting.add(server)
-            elif not wanted and server in self.accepting:
-                self.selector.unregister(server)
-                self.accepting.discard(server)
+    def _on_event(self, record: ipc.Record) -> None:
+        kind = record[0]
+        if kind == "log":
+            _, level, event, fields = record
+            getattr(log, str(level))(event, **fields)  # type: ignore[arg-type]
+        elif kind == "status":
+            active, served, denied, errors = record[1:]
+            self.notifier.status(
+                f"{active} active, {served} served, {denied} denied, {errors} errors"
+            )
+        elif kind == "ready" and not self.stopping:
+            self.ready = True
+            log.info("ready", services=[service.name for service in self.config.services])
+            self.notifier.ready(self.notifier.last_status_text)
+        elif kind in ("reloaded", "reload_failed"):
+            self._reload_done(None if kind == "reloaded" else str(record[1]))
+        elif kind == "fatal":
+            self.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
 
     def _act_on(self, signum: int) -> None:
-        if signum == signal.SIGHUP and self.stop_phase is None:
+        if signum == signal.SIGCHLD:
+            self._reap_forker()
+        elif signum == signal.SIGHUP and self.ready and not self.stopping:
             self.reload()
-        elif signum in (signal.SIGTERM, signal.SIGINT) and self.stop_phase is None:
-            self.stop(graceful=True)
+        elif signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+            self._stop(("stop", self.config.daemon.stop_timeout))
         elif signum == signal.SIGQUIT:
-            self.stop(graceful=False)
+            self._stop(("quit",))
 
-    def reload(self) -> None:
-        """Apply the config file again, keeping the listeners; a broken one changes nothing."""
-        self.notifier.reloading()
-        path = self.config.path
-        try:
-            new = sockd_config.load(_reload_path(path))
-            _check_reloadable(self.config, new)
-        except ConfigError as exc:
-            log.error("reload_failed", config=path, error=str(exc))
-        else:
-            by_name = {service.name: service for service in new.services}
-            for server in self.servers:
-                server.apply(by_name[server.service.name])
-            self.config = new
-            self._update_accepting()
-            log.info("reloaded", config=path)
-        self.notifier.ready(self._status())
-
-    def stop(self, *, graceful: bool) -> None:
-        """Stop accepting; wait for children (graceful) or kill them at once."""
-        first = self.stop_phase is None
-        if graceful:
-            self.stop_phase = "wait"
-            self.phase_deadline = time.monotonic() + self.config.daemon.stop_timeout
-        else:
-            self.stop_phase = "kill"
-        if first:
-            log.info("stopping", graceful=graceful, children=len(self.shared.children))
+    def _stop(self, command: ipc.Record) -> None:
+        if not self.stopping:
+            log.info("stopping", graceful=command[0] == "stop")
             self.notifier.stopping()
-            self._update_accepting()
+            # Our copies too: new connections are refused, not left in a backlog.
             for server in self.servers:
                 server.server_close()
-        if not graceful:
-            self.shared.children.signal_all(signal.SIGKILL)
+        self.stopping = True
+        self.forker.send(command)
 
-    def _advance_stop(self) -> None:
-        if self.stop_phase not in ("wait", "term") or time.monotonic() < self.phase_deadline:
+    def reload(self) -> None:
+        """Validate the config file again and hand it to the forker; a broken one changes nothing."""
+        if self.reload_pending:
             return
-        if self.stop_phase == "wait":
-            log.warning("stop_timeout", children=len(self.shared.children), action="SIGTERM")
-            self.shared.children.signal_all(signal.SIGTERM)
-            self.stop_phase = "term"
-            self.phase_deadline = time.monotonic() + KILL_GRACE
+        self.notifier.reloading()
+        try:
+            new = sockd_config.load(_reload_path(self.config.path))
+            _check_reloadable(self.config, new)
+        except ConfigError as exc:
+            log.error("reload_failed", config=self.config.path, error=str(exc))
+            self.notifier.ready(self.notifier.last_status_text)
+            return
+        self.reload_pending = True
+        self.next_config = new
+        self.forker.send(("reload", [sockd_config.service_record(s) for s in new.services]))
+
+    def _reload_done(self, error: str | None) -> None:
+        self.reload_pending = False
+        if error is None:
+            self.config = self.next_config
+            log.info("reloaded", config=self.config.path)
         else:
-            log.warning("stop_timeout", children=len(self.shared.children), action="SIGKILL")
-            self.shared.children.signal_all(signal.SIGKILL)
-            self.stop_phase = "kill"
+            log.error("reload_failed", config=self.config.path, error=error)
+        self.notifier.ready(self.notifier.last_status_text)
 
-    def _next_deadline(self) -> float:
-        now = time.monotonic()
-        deadlines = [now + IDLE_WAKEUP]
-        if self.stop_phase in ("wait", "term"):
-            deadlines.append(self.phase_deadline)
-        if self.paused_until:
-            deadlines.append(self.paused_until)
-        return min(deadlines)
+    def _reap_forker(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            pid, status = os.waitpid(self.forker.pid, os.WNOHANG)
+            if pid == self.forker.pid:
+                self.forker_status = os.waitstatus_to_exitcode(status)
 
-    def _status(self) -> str:
-        stats = self.shared.stats
-        return (
-            f"{len(self.shared.children)} active, {stats.served} served,"
-            f" {stats.denied} denied, {stats.errors} errors"
-        )
-
-    def _close_in_child(self) -> None:
-        for server in self.servers:
-            server.socket.close()
-        self.selector.close()
-        os.close(self._wakeup_read)
-        os.close(self._wakeup_write)
-        self.notifier.close()
-
-    def _close(self) -> None:
-        signal.set_wakeup_fd(-1)
-        for server in self.servers:
-            server.server_close()
-        self.selector.close()
-        os.close(self._wakeup_read)
-        os.close(self._wakeup_write)
+    def _exit_code(self) -> int:
+        if self.failure is not None:
+            error, code = self.failure
+            log.error("startup_failed", error=error, exit_code=code)
+            return code
+        if not self.stopping or self.forker_status != 0:
+            fields: dict[str, Any] = {"exit_status": self.forker_status}
+            log.error("forker_died", **fields)
+            return EX_SOFTWARE
+        log.info("stopped")
+        return EX_OK
 
 
 def _reload_path(path: str | None) -> str:

@@ -32,6 +32,7 @@ class Notifier:
         self.watchdog_interval: float | None = None
         self._last_status = float("-inf")
         self._pending_status: str | None = None
+        self.last_status_text = "0 active, 0 served, 0 denied, 0 errors"
         self._next_watchdog = float("inf")
         if not address:
             return
@@ -84,6 +85,7 @@ class Notifier:
     def status(self, text: str) -> None:
         """Queue STATUS=text; `tick()` sends it at most once a second."""
         self._pending_status = text
+        self.last_status_text = text
 
     def tick(self) -> float:
         """Send what is due (watchdog, status); return seconds until the next duty."""

@@ -1,4 +1,9 @@
-"""The forking server: one instance per listening socket, with socketserver's hooks overridden."""
+"""The forking server: one instance per listening socket, with socketserver's hooks overridden.
+
+It runs in the forker (see `sockd.forker`), whose size is the cost of every
+fork: it imports nothing heavy, and reports what it logs as records that the
+daemon renders with structlog.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +15,21 @@ import socket
 import socketserver
 import struct
 import sys
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import structlog
+import traceback
 
 from sockd import listeners
-from sockd import log as sockd_log
 from sockd.access import AccessRules
 from sockd.children import Children
 from sockd.handlers import load_handler
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
-    from sockd.config import ServiceConfig
     from sockd.listeners import Endpoint
 
-log = structlog.get_logger()
-
-# Signals the daemon handles; a child gets them back at their defaults.
+# Signals the forker handles; a child gets them back at their defaults.
 HANDLED_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -39,36 +39,64 @@ HANDLED_SIGNALS = (
 )
 # accept(2) errors that concern one connection only, not the listener.
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+# An error record must fit one atomic pipe write: frames are trimmed to fit.
+_MAX_ERROR_RECORD = 3800
 
 
-@dataclass
+class Service:
+    """What a server needs of its service's settings, built from a plain record."""
+
+    __slots__ = ("handler", "max_children", "max_duration", "name", "record", "rules", "unix_mode")
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        """Load the handler and rules that `record` (from `config.service_record`) names."""
+        self.record = record
+        self.name: str = record["name"]
+        self.handler = load_handler(record["handler"])
+        self.max_children: int | None = record["max_children"]
+        self.max_duration: float | None = record["max_duration"]
+        self.unix_mode: int = record["unix_mode"]
+        self.rules = AccessRules(record["allow"], record["deny"])
+
+
 class Stats:
     """Counters behind the STATUS= line."""
 
-    served: int = 0
-    denied: int = 0
-    errors: int = 0
+    __slots__ = ("denied", "errors", "served")
+
+    def __init__(self) -> None:
+        self.served = 0
+        self.denied = 0
+        self.errors = 0
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        """Return (served, denied, errors)."""
+        return (self.served, self.denied, self.errors)
 
 
-@dataclass
+def _ignore(level: str, event: str, fields: dict[str, Any]) -> None:
+    """Drop an event (until the forker connects its reporter)."""
+
+
 class Shared:
-    """State all servers of one daemon share: the children and the counters.
+    """State all servers of one forker share: children, counters, and where events go.
 
-    `close_in_child` is set by the main loop: it closes every descriptor a
-    forked child must not keep (all listeners, the selector, signal pipe,
-    notify socket).
+    `report(level, event, fields)` delivers an event to the daemon's log;
+    `close_in_child` closes every descriptor a forked child must not keep.
     """
 
-    children: Children = field(default_factory=Children)
-    stats: Stats = field(default_factory=Stats)
-    close_in_child: Callable[[], None] = lambda: None
+    def __init__(self) -> None:
+        self.children = Children()
+        self.stats = Stats()
+        self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
+        self.close_in_child: Callable[[], None] = lambda: None
 
     def reap(self) -> int:
-        """Reap exited children without blocking, logging `connection_closed` for each."""
+        """Reap exited children without blocking, reporting `connection_closed` for each."""
         exits = self.children.reap()
         for record in exits:
             self.stats.errors += record.failed
-            log.info("connection_closed", **record.fields())
+            self.report("info", "connection_closed", record.fields())
         return len(exits)
 
 
@@ -76,23 +104,22 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
     """One listening socket (TCP or UNIX, bound or adopted) of one service.
 
     Each accepted connection is served by `RequestHandlerClass` in a forked
-    child. The main loop of `sockd.mainloop` drives it with `accept_ready()`;
-    `serve_forever()` is not used, so one selector serves every listener.
+    child. The forker's loop drives it with `accept_ready()`; `serve_forever()`
+    is not used, so one selector serves every listener.
     """
 
     request_queue_size = socket.SOMAXCONN
-    block_on_close = False  # the main loop waits for children, with a deadline
+    block_on_close = False  # the forker waits for children, with a deadline
 
-    def __init__(self, endpoint: Endpoint, service: ServiceConfig, shared: Shared) -> None:
+    def __init__(self, endpoint: Endpoint, service: Service, shared: Shared) -> None:
         """Create the socket (or take the adopted one), bind and activate it.
 
         Raises:
             SockdError: binding failed, or an adopted socket is unusable.
         """
-        socketserver.BaseServer.__init__(self, endpoint.sockaddr, load_handler(service.handler))
+        socketserver.BaseServer.__init__(self, endpoint.sockaddr, service.handler)
         self.endpoint = endpoint
         self.service = service
-        self.rules = AccessRules.of(service)
         self.shared = shared
         self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
         self.address_family = self.socket.family
@@ -105,11 +132,11 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
     @property
     def adopted(self) -> bool:
-        """True when the socket came from systemd."""
+        """True when the socket was inherited (from systemd, or by the forker from the daemon)."""
         return self.endpoint.adopted is not None
 
     def server_bind(self) -> None:
-        """Bind the socket, unless systemd passed it already bound.
+        """Bind the socket, unless it was inherited already bound.
 
         May be overridden.
         """
@@ -118,13 +145,15 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:
-        """Listen on a socket we bound; an adopted one is already listening (checked).
+        """Listen on a socket we bound; an inherited one must be listening already.
 
         May be overridden.
         """
-        if not self.adopted:
+        if self.adopted:
+            listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
+        else:
             self.socket.listen(self.request_queue_size)
-        self.socket.setblocking(False)  # the main loop accepts until EAGAIN
+        self.socket.setblocking(False)  # the forker accepts until EAGAIN
 
     def server_close(self) -> None:
         """Close the listener, and remove a UNIX socket file we created.
@@ -146,14 +175,13 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             "fd_name": self.endpoint.fd_name,
         }
 
-    def apply(self, service: ServiceConfig) -> None:
+    def apply(self, service: Service) -> None:
         """Take a reloaded service's handler and rules; the socket stays.
 
         May be extended, do not override.
         """
         self.service = service
-        self.rules = AccessRules.of(service)
-        self.RequestHandlerClass = load_handler(service.handler)
+        self.RequestHandlerClass = service.handler
 
     def accept_ready(self, budget: int) -> int:
         """Accept and serve up to `budget` pending connections; return how many were taken.
@@ -175,29 +203,30 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 continue
             try:
                 self.process_request(request, client_address)
-            except Exception:  # noqa: BLE001 (fork failed: log it and go on serving)
+            except Exception:  # noqa: BLE001 (fork failed: report it and go on serving)
                 self.handle_error(request, client_address)
                 self.shutdown_request(request)
         return budget
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Apply the service's allow/deny rules; log `connection_denied` on refusal.
+        """Apply the service's allow/deny rules; report `connection_denied` on refusal.
 
         May be overridden.
         """
-        reason = self.rules.refusal(client_address)
+        reason = self.service.rules.refusal(client_address)
         if reason is None:
             return True
         self.shared.stats.denied += 1
         client = client_text(request, client_address)
-        log.info("connection_denied", service=self.service.name, client=client, reason=reason)
+        fields = {"service": self.service.name, "client": client, "reason": reason}
+        self.shared.report("info", "connection_denied", fields)
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Fork; the child serves the connection and ends in `os._exit`.
 
         Signals stay blocked across fork(), so a signal aimed at the new child
-        meets its default action instead of the daemon's handler.
+        meets its default action instead of the forker's handler.
 
         May be extended, do not override.
         """
@@ -224,9 +253,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             signal.set_wakeup_fd(-1)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.shared.close_in_child()
-            sockd_log.reset_after_fork()
             if self.service.max_duration:
-                # SIGALRM's default action ends the child; the parent logs the signal.
+                # SIGALRM's default action ends the child; the forker reports the signal.
                 signal.setitimer(signal.ITIMER_REAL, self.service.max_duration)
             self.finish_request(request, client_address)
             status = 0
@@ -241,7 +269,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 os._exit(status)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log the exception being handled as one `handler_error` event, as data.
+        """Report the exception being handled as one `handler_error` event, as data.
 
         May be overridden.
         """
@@ -249,12 +277,13 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         if exc is None:
             return
         with contextlib.suppress(Exception):  # the error path must not raise
-            log.error(
-                "handler_error",
-                service=self.service.name,
-                client=client_text(request, client_address),
-                exception=sockd_log.exception_fields(exc),
-            )
+            fields = {
+                "service": self.service.name,
+                "client": client_text(request, client_address),
+                "pid": os.getpid(),
+                "exception": exception_fields(exc),
+            }
+            self.shared.report("error", "handler_error", fields)
 
     def collect_children(self, *, blocking: bool = False) -> None:  # noqa: ARG002
         """Reap exited children of every service; never blocks, whatever `blocking` says.
@@ -276,6 +305,28 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         May be overridden.
         """
         self.collect_children()
+
+
+def exception_fields(exc: BaseException, limit: int = _MAX_ERROR_RECORD) -> dict[str, Any]:
+    """Describe `exc` as data: type, message and frames (never local variables).
+
+    Frames are dropped from the middle, and the message shortened, until the
+    description fits in `limit` bytes of text.
+    """
+    frames = [
+        {"file": frame.filename, "line": frame.lineno, "function": frame.name}
+        for frame in traceback.extract_tb(exc.__traceback__)
+    ]
+    fields: dict[str, Any] = {"type": type(exc).__qualname__, "message": str(exc)[:1000]}
+    omitted = 0
+    while True:
+        fields["frames"] = frames
+        if omitted:
+            fields["frames_omitted"] = omitted
+        if len(repr(fields)) <= limit or len(frames) <= 2:
+            return fields
+        del frames[len(frames) // 2]
+        omitted += 1
 
 
 def client_text(request: Any, client_address: Any) -> str:

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
-from sockd import daemonize, listeners
+from sockd import config as sockd_config
+from sockd import daemonize, listeners, privileges
 from sockd import log as sockd_log
 from sockd._version import __version__
-from sockd.errors import PermissionFailure
+from sockd.errors import OSFailure
+from sockd.forker import spawn
 from sockd.mainloop import MainLoop
 from sockd.notify import Notifier
-from sockd.server import ServiceServer, Shared
+from sockd.server import Service, ServiceServer, Shared
 
 if TYPE_CHECKING:
-    from sockd.config import Config, DaemonConfig
+    from sockd.config import Config
 
 log = structlog.get_logger()
 
@@ -36,8 +36,8 @@ class RunOptions:
     log_file: str | None = None
 
 
-def run(options: RunOptions) -> None:
-    """Start sockd and serve until it is stopped.
+def run(options: RunOptions) -> int:
+    """Start sockd, serve until it is stopped, and return the exit code.
 
     The order is strict, and each step says why it comes where it does:
 
@@ -45,63 +45,54 @@ def run(options: RunOptions) -> None:
     2. Listeners are adopted (LISTEN_PID names this process, so before any
        fork) or bound (perhaps to privileged ports, so while still root).
     3. Detach, if asked, keeping the listeners.
-    4. Drop privileges, so no child ever runs as root.
-    5. Configure logging again: stderr may now be a log file or the journal.
-    6. Take systemd's notify variables out of the environment children inherit.
-    7. Install signal handlers, send READY=1, serve (`MainLoop.run`).
+    4. Configure logging again: stderr may now be a log file or the journal.
+    5. Take systemd's notify variables out of the environment children inherit.
+    6. Start the forker with the listeners (as root: it may need to read
+       handler modules only root can); it drops privileges before it accepts.
+    7. Drop privileges here too, so nothing of sockd's serves as root.
+    8. Install signal handlers; READY=1 once the forker reports it accepts;
+       serve (`MainLoop.run`).
 
     Raises:
         SockdError: a step failed; nothing was announced as ready.
     """
     config = options.config
+    who = privileges.identity(config.daemon.user, config.daemon.group)
     inherited = listeners.listen_fds(os.environ, os.getpid())
-    shared = Shared()
     servers: list[ServiceServer] = []
     try:
-        by_name = {service.name: service for service in config.services}
+        services = {s.name: Service(sockd_config.service_record(s)) for s in config.services}
+        shared = Shared()
         for endpoint in listeners.plan(config.services, inherited):
             # One at a time, so the ones made are closed if a later one fails.
-            servers.append(ServiceServer(endpoint, by_name[endpoint.service], shared))  # noqa: PERF401
+            servers.append(ServiceServer(endpoint, services[endpoint.service], shared))  # noqa: PERF401
         if options.detach:
             keep = [server.fileno() for server in servers]
             daemonize.detach(str(options.pidfile), str(options.log_file), keep)
-        drop_privileges(config.daemon, servers)
-    except BaseException:
+        _chown_socket_files(servers, who)
+        sockd_log.configure(options.log_format)
+        notifier = Notifier(os.environ, os.getpid())
+        log.info(
+            "starting",
+            version=__version__,
+            config=config.path,
+            listeners=[server.describe() for server in servers],
+        )
+        try:
+            forker = spawn(servers, config.daemon, who)
+        except OSError as exc:
+            raise OSFailure(f"cannot start the forker: {exc.strerror}") from None
+        privileges.become(who)
+        return MainLoop(config, forker, servers, notifier).run()
+    finally:
         for server in servers:
             server.server_close()
-        raise
-    sockd_log.configure(options.log_format)
-    notifier = Notifier(os.environ, os.getpid())
-    log.info(
-        "starting",
-        version=__version__,
-        config=config.path,
-        listeners=[server.describe() for server in servers],
-    )
-    MainLoop(config, servers, shared, notifier).run()
 
 
-def drop_privileges(daemon: DaemonConfig, servers: list[ServiceServer]) -> None:
-    """Become `daemon.user`/`daemon.group`; our UNIX socket files change owner with us.
-
-    Raises:
-        PermissionFailure: not root, and asked to become someone else.
-    """
-    if daemon.user is None and daemon.group is None:
+def _chown_socket_files(servers: list[ServiceServer], who: privileges.Identity | None) -> None:
+    """Give the UNIX socket files we made to the user we become."""
+    if who is None:
         return
-    user = pwd.getpwnam(daemon.user) if daemon.user else pwd.getpwuid(os.getuid())
-    gid = grp.getgrnam(daemon.group).gr_gid if daemon.group else user.pw_gid
-    if os.geteuid() != 0:
-        if (os.geteuid(), os.getegid()) == (user.pw_uid, gid):
-            return
-        msg = (
-            f"daemon.user/group: running as uid {os.geteuid()}, cannot become"
-            f" {user.pw_name}:{gid}; start sockd as root to drop privileges"
-        )
-        raise PermissionFailure(msg)
     for server in servers:
         if server.socket.family == socket.AF_UNIX and not server.adopted:
-            os.chown(str(server.endpoint.sockaddr), user.pw_uid, gid)
-    os.initgroups(user.pw_name, gid)
-    os.setgid(gid)
-    os.setuid(user.pw_uid)
+            os.chown(str(server.endpoint.sockaddr), who[1], who[2])

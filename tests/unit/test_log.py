@@ -91,22 +91,3 @@ class TestConfigure:
                 os._exit(0)
         os.waitpid(pid, 0)
         assert json.loads(read_lines(pipe[0])[0])["pid"] == pid
-
-
-def raising(secret: str) -> None:
-    raise KeyError(secret[:3])
-
-
-class TestExceptionFields:
-    def test_frames_without_locals(self) -> None:
-        """Exceptions become type, message and frames (file, line, function), never locals."""
-        try:
-            raising("hunter2-password")
-        except KeyError as exc:
-            fields = log.exception_fields(exc)
-        assert fields["type"] == "KeyError"
-        assert fields["message"] == "'hun'"
-        assert fields["frames"][-1]["function"] == "raising"
-        assert fields["frames"][-1]["file"] == __file__
-        assert isinstance(fields["frames"][-1]["line"], int)
-        assert "hunter2" not in json.dumps(fields)

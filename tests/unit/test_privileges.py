@@ -1,4 +1,4 @@
-"""Tests of sockd.startup: dropping privileges (in forked children, as it changes the process)."""
+"""Tests of sockd.privileges: dropping root (in forked children, as it changes the process)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import pwd
 import pytest
 from harness import in_child
 
-from sockd.config import DaemonConfig
 from sockd.errors import PermissionFailure
-from sockd.startup import drop_privileges
+from sockd.privileges import become, identity
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 
@@ -20,7 +19,7 @@ class TestDropPrivileges:
         """Without user or group, the process keeps its identity."""
 
         def child() -> tuple[int, int]:
-            drop_privileges(DaemonConfig(), [])
+            become(identity(None, None))
             return os.geteuid(), os.getegid()
 
         assert in_child(child) == (os.geteuid(), os.getegid())
@@ -31,7 +30,7 @@ class TestDropPrivileges:
         nobody = pwd.getpwnam("nobody")
 
         def child() -> tuple[int, int, int, list[int], bool]:
-            drop_privileges(DaemonConfig(user="nobody", group="nogroup"), [])
+            become(identity("nobody", "nogroup"))
             try:
                 os.setuid(0)
                 regained = True
@@ -52,7 +51,7 @@ class TestDropPrivileges:
             if os.geteuid() == 0:
                 os.setgid(65534)
                 os.setuid(65534)
-            drop_privileges(DaemonConfig(user="root"), [])
+            identity("root", None)
 
         with pytest.raises(PermissionFailure, match="start sockd as root") as caught:
             in_child(child)

@@ -1,0 +1,340 @@
+"""The forker: a small process that accepts connections and forks a child for each.
+
+Forking costs time in proportion to the memory of the process that forks
+(page tables copied at fork(), copy-on-write faults while the child runs,
+teardown at its exit). The daemon itself carries structlog, tomllib and
+the config dataclasses; the forker carries only socketserver, the handlers
+and what they import, so each connection forks the smallest process it can.
+
+The daemon starts it with `python -S -m sockd.forker CONTROL EVENTS` (no
+site packages scanned: `sys.path` comes with the set-up record), hands it the
+listening sockets, and talks to it through two pipes of `sockd.ipc` records:
+
+- control, daemon -> forker: ("setup", {...}), ("reload", [services]),
+  ("stop", stop_timeout), ("quit",). End of file (the daemon died): quit.
+- events, forker and its children -> daemon: ("ready",), ("status", active,
+  served, denied, errors), ("log", level, event, fields), ("reloaded",),
+  ("reload_failed", error), ("fatal", error, exit_code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from sockd import ipc, privileges
+from sockd.errors import EX_SOFTWARE, SockdError
+from sockd.listeners import Endpoint
+from sockd.server import HANDLED_SIGNALS, Service, ServiceServer, Shared, exception_fields
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any
+
+    from sockd.config import DaemonConfig
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to children at stop
+ACCEPT_BATCH = 64  # connections accepted per listener per loop turn
+ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
+IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
+
+
+class ForkerProcess:
+    """The daemon's handle on its forker: pid and both pipe ends."""
+
+    __slots__ = ("control", "events", "pid")
+
+    def __init__(self, pid: int, control: int, events: int) -> None:
+        """Hold the forker's pid, our control write end and events read end."""
+        self.pid = pid
+        self.control = control
+        self.events = events
+
+    def send(self, record: ipc.Record) -> None:
+        """Send a control record; a forker that is gone is noticed by its exit, not here."""
+        with contextlib.suppress(BrokenPipeError):
+            ipc.send(self.control, record)
+
+
+def spawn(
+    servers: list[ServiceServer], daemon: DaemonConfig, who: privileges.Identity | None
+) -> ForkerProcess:
+    """Start the forker with the daemon's listeners (`posix_spawn`, so no fork of the daemon).
+
+    Raises:
+        OSError: the interpreter could not be started.
+    """
+    control_read, control_write = os.pipe2(os.O_CLOEXEC)
+    events_read, events_write = os.pipe2(os.O_CLOEXEC)
+    passed = [server.fileno() for server in servers] + [control_read, events_write]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # noqa: PTH120
+    environ = dict(os.environ, PYTHONPATH=package_root)
+    argv = [sys.executable, "-S", "-m", "sockd.forker", str(control_read), str(events_write)]
+    try:
+        for fd in passed:
+            os.set_inheritable(fd, True)
+        # Its own process group: a Ctrl-C at the terminal reaches the daemon
+        # only, which stops the forker gracefully.
+        pid = os.posix_spawn(sys.executable, argv, environ, setpgroup=0)
+    finally:
+        for fd in passed:
+            os.set_inheritable(fd, False)
+        os.close(control_read)
+        os.close(events_write)
+    os.set_blocking(events_read, False)
+    setup = {
+        "listeners": [
+            [server.fileno(), server.service.name, server.endpoint.fd_name] for server in servers
+        ],
+        "services": [server.service.record for server in servers],
+        "max_children": daemon.max_children,
+        "stop_timeout": daemon.stop_timeout,
+        "identity": list(who) if who else None,
+        "sys_path": sys.path,
+    }
+    forker = ForkerProcess(pid, control_write, events_read)
+    forker.send(("setup", setup))
+    return forker
+
+
+class Forker:
+    """The forker's loop: accept below the caps, fork, reap, report; obey the daemon."""
+
+    def __init__(
+        self,
+        servers: list[ServiceServer],
+        shared: Shared,
+        control: ipc.Reader,
+        events: int,
+        max_children: int,
+        stop_timeout: float,
+    ) -> None:
+        """Serve `servers`; obey commands from `control`, write events to `events`."""
+        self.servers = servers
+        self.shared = shared
+        self.control = control
+        self.events = events
+        self.max_children = max_children
+        self.stop_timeout = stop_timeout  # for a SIGTERM sent to the forker itself
+        self.selector = selectors.DefaultSelector()
+        self.pending: list[int] = []
+        self.accepting: set[ServiceServer] = set()
+        self.paused_until = 0.0
+        self.stop_phase: str | None = None  # None, "wait", "term", "kill"
+        self.phase_deadline = 0.0
+        self.last_status: tuple[int, ...] = ()
+        self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        shared.report = self.report
+        shared.close_in_child = self._close_in_child
+
+    def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        """Send a log event to the daemon (from the forker or one of its children)."""
+        with contextlib.suppress(BrokenPipeError):
+            ipc.send(self.events, ("log", level, event, fields))
+
+    def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.pending.append(signum)  # NO LOGGING: the loop acts on it
+
+    def run(self) -> None:
+        """Serve until told to stop and every child has ended."""
+        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._record_signal)
+        self.selector.register(self._wakeup_read, selectors.EVENT_READ, "wakeup")
+        self.selector.register(self.control.fd, selectors.EVENT_READ, "control")
+        self._update_accepting()
+        self._obey()  # commands that came with the set-up record (an early stop)
+        # Everything loaded so far lives as long as the forker: keep the
+        # collector's hands off it, so no child copies those pages to scan them.
+        gc.freeze()
+        ipc.send(self.events, ("ready",))
+        while self.stop_phase is None or len(self.shared.children):
+            self._turn()
+        self._close()
+
+    def _turn(self) -> None:
+        timeout = self._next_deadline() - time.monotonic()
+        for key, _ in self.selector.select(max(0.0, timeout)):
+            if key.data == "wakeup":
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wakeup_read, 512):
+                        pass
+            elif key.data == "control":
+                self._obey()
+            else:
+                self._accept(key.data)
+        while self.pending:
+            if self.pending.pop() == signal.SIGTERM:
+                self.stop(self.stop_timeout)
+        if self.shared.reap():
+            self._update_accepting()
+        self._advance_stop()
+        if self.paused_until and time.monotonic() >= self.paused_until:
+            self.paused_until = 0.0
+            self._update_accepting()
+        status = (len(self.shared.children), *self.shared.stats.as_tuple())
+        if status != self.last_status:
+            self.last_status = status
+            ipc.send(self.events, ("status", *status))
+
+    def _obey(self) -> None:
+        for record in self.control.read():
+            command = record[0]
+            if command == "reload":
+                self._reload(record[1])  # type: ignore[arg-type]
+            elif command == "stop":
+                self.stop(float(record[1]))  # type: ignore[arg-type]
+            elif command == "quit":
+                self.quit()
+        if self.control.eof:
+            self.selector.unregister(self.control.fd)
+            self.quit()  # the daemon is gone: nobody would log or supervise us
+
+    def _reload(self, records: list[dict[str, Any]]) -> None:
+        try:
+            services = {record["name"]: Service(record) for record in records}
+            for server in self.servers:
+                server.apply(services[server.service.name])
+        except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
+            ipc.send(self.events, ("reload_failed", f"{type(exc).__name__}: {exc}"))
+            return
+        self._update_accepting()
+        ipc.send(self.events, ("reloaded",))
+
+    def _accept(self, server: ServiceServer) -> None:
+        budget = min(ACCEPT_BATCH, self._room(server))
+        try:
+            taken = server.accept_ready(budget)
+        except OSError as exc:
+            self.report("error", "accept_failed", {"service": server.service.name, "error": exc.strerror})
+            self.paused_until = time.monotonic() + ACCEPT_PAUSE
+            taken = 1
+        if taken:
+            self._update_accepting()
+
+    def _room(self, server: ServiceServer) -> int:
+        children = self.shared.children
+        room = self.max_children - len(children)
+        if server.service.max_children is not None:
+            room = min(room, server.service.max_children - children.count(server.service.name))
+        return max(0, room)
+
+    def _update_accepting(self) -> None:
+        """Select on exactly the listeners that may accept now (below every cap)."""
+        for server in self.servers:
+            wanted = not self.stop_phase and not self.paused_until and self._room(server) > 0
+            if wanted and server not in self.accepting:
+                self.selector.register(server, selectors.EVENT_READ, server)
+                self.accepting.add(server)
+            elif not wanted and server in self.accepting:
+                self.selector.unregister(server)
+                self.accepting.discard(server)
+
+    def stop(self, stop_timeout: float) -> None:
+        """Stop accepting; wait up to `stop_timeout` for children, then SIGTERM, then SIGKILL."""
+        if self.stop_phase is not None:
+            return
+        self.stop_phase = "wait"
+        self.phase_deadline = time.monotonic() + stop_timeout
+        self._stop_accepting()
+
+    def quit(self) -> None:
+        """Stop now: kill every child."""
+        if self.stop_phase is None:
+            self._stop_accepting()
+        self.stop_phase = "kill"
+        self.shared.children.signal_all(signal.SIGKILL)
+
+    def _stop_accepting(self) -> None:
+        self._update_accepting()
+        for server in self.servers:
+            server.server_close()
+
+    def _advance_stop(self) -> None:
+        if self.stop_phase not in ("wait", "term") or time.monotonic() < self.phase_deadline:
+            return
+        action = "SIGTERM" if self.stop_phase == "wait" else "SIGKILL"
+        self.report("warning", "stop_timeout", {"children": len(self.shared.children), "action": action})
+        if self.stop_phase == "wait":
+            self.shared.children.signal_all(signal.SIGTERM)
+            self.stop_phase = "term"
+            self.phase_deadline = time.monotonic() + KILL_GRACE
+        else:
+            self.shared.children.signal_all(signal.SIGKILL)
+            self.stop_phase = "kill"
+
+    def _next_deadline(self) -> float:
+        deadline = time.monotonic() + IDLE_WAKEUP
+        if self.stop_phase in ("wait", "term"):
+            deadline = min(deadline, self.phase_deadline)
+        if self.paused_until:
+            deadline = min(deadline, self.paused_until)
+        return deadline
+
+    def _close_in_child(self) -> None:
+        for server in self.servers:
+            server.socket.close()
+        self.selector.close()
+        os.close(self._wakeup_read)
+        os.close(self._wakeup_write)
+        os.close(self.control.fd)
+
+    def _close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for server in self.servers:
+            server.server_close()
+        self.selector.close()
+
+
+def _servers(setup: dict[str, Any], shared: Shared) -> list[ServiceServer]:
+    services = {record["name"]: Service(record) for record in setup["services"]}
+    servers = []
+    for fd, name, fd_name in setup["listeners"]:
+        os.set_inheritable(fd, False)
+        sock = socket.socket(fileno=fd)
+        endpoint = Endpoint(name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd_name)
+        servers.append(ServiceServer(endpoint, services[name], shared))
+    return servers
+
+
+def main() -> None:
+    """Entry point of `python -S -m sockd.forker CONTROL EVENTS`."""
+    control, events = int(sys.argv[1]), int(sys.argv[2])
+    os.environ.pop("PYTHONPATH", None)  # set only to find sockd; children inherit os.environ
+    os.set_blocking(control, False)
+    for fd in (control, events):
+        os.set_inheritable(fd, False)  # no program a child execs may hold them
+    commands = ipc.Reader(control)
+    record = commands.read_blocking()
+    if record is None or record[0] != "setup":
+        os._exit(EX_SOFTWARE)
+    setup: dict[str, Any] = record[1]  # type: ignore[assignment]
+    sys.path.extend(entry for entry in setup["sys_path"] if entry not in sys.path)
+    shared = Shared()
+    try:
+        servers = _servers(setup, shared)
+        privileges.become(tuple(setup["identity"]) if setup["identity"] else None)  # type: ignore[arg-type]
+    except SockdError as exc:
+        ipc.send(events, ("fatal", str(exc), exc.exit_code))
+        os._exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 (reported to the daemon, which exits)
+        ipc.send(events, ("fatal", f"forker: {type(exc).__name__}: {exc}", EX_SOFTWARE))
+        os._exit(EX_SOFTWARE)
+    forker = Forker(servers, shared, commands, events, setup["max_children"], setup["stop_timeout"])
+    try:
+        forker.run()
+    except Exception as exc:  # noqa: BLE001 (a bug: report it as data, then die)
+        forker.report("critical", "forker_crashed", {"exception": exception_fields(exc)})
+        forker.quit()
+        os._exit(EX_SOFTWARE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Length-prefixed records between the daemon and its forker, over pipes.
+
+A record is a tuple of plain values (str, int, float, None, lists, dicts),
+encoded with `marshal`: built in, fast, and free of code execution for
+these types. Records up to PIPE_BUF bytes are written with one write(2), so
+the forker and its children can share one pipe without interleaving.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import select
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PIPE_BUF = select.PIPE_BUF
+_HEADER = struct.Struct("!I")
+Record = tuple[object, ...]
+
+
+def encode(record: Record) -> bytes:
+    """Frame one record."""
+    data = marshal.dumps(record)
+    return _HEADER.pack(len(data)) + data
+
+
+def send(fd: int, record: Record) -> None:
+    """Write one record to a blocking pipe.
+
+    Raises:
+        OSError: the reader is gone (EPIPE).
+    """
+    data = encode(record)
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class Reader:
+    """Reassembles records from a non-blocking pipe."""
+
+    def __init__(self, fd: int) -> None:
+        """Read records from `fd`."""
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+
+    def read(self) -> Iterator[Record]:
+        """Yield every complete record available now; set `eof` at end of file."""
+        try:
+            while chunk := os.read(self.fd, 65536):
+                self.buffer += chunk
+            self.eof = True
+        except BlockingIOError:
+            pass
+        while len(self.buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self.buffer)
+            end = _HEADER.size + length
+            if len(self.buffer) < end:
+                break
+            record = marshal.loads(self.buffer[_HEADER.size : end])
+            self.buffer = self.buffer[end:]
+            yield record
+
+    def read_blocking(self) -> Record | None:
+        """Wait for one record (start-up only); None at end of file."""
+        while True:
+            for record in self.read():
+                return record
+            if self.eof:
+                return None
+            select.select([self.fd], [], [])
