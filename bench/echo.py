@@ -179,16 +179,24 @@ class Server:
         if code is not None:
             raise BenchError(f"{self.name} exited with status {code} during the benchmark")
 
+    def forking_pid(self) -> int:
+        """Return the pid of the process that forks per connection."""
+        return self.process.pid
+
     def cpu_seconds(self) -> tuple[float, float]:
-        """Return CPU time of the process itself and of its reaped children."""
-        text = Path(f"/proc/{self.process.pid}/stat").read_text()
-        # Fields after the ")" that ends the command name: state is [0], utime [11] ... cstime [14].
-        ticks = [int(value) for value in text.rpartition(")")[2].split()[11:15]]
-        return (ticks[0] + ticks[1]) / CLK_TCK, (ticks[2] + ticks[3]) / CLK_TCK
+        """Return CPU time of the server's own processes and of their reaped children."""
+        own = reaped = 0.0
+        for pid in {self.process.pid, self.forking_pid()}:
+            text = Path(f"/proc/{pid}/stat").read_text()
+            # Fields after the ")" that ends the command name: utime is [11] ... cstime [14].
+            ticks = [int(value) for value in text.rpartition(")")[2].split()[11:15]]
+            own += (ticks[0] + ticks[1]) / CLK_TCK
+            reaped += (ticks[2] + ticks[3]) / CLK_TCK
+        return own, reaped
 
     def settle(self) -> None:
         """Wait (bounded) until the server has reaped every child, so cutime/cstime are complete."""
-        pid = self.process.pid
+        pid = self.forking_pid()
         children = Path(f"/proc/{pid}/task/{pid}/children")
         deadline = time.monotonic() + SETTLE_LIMIT
         while time.monotonic() < deadline:
@@ -220,6 +228,12 @@ class Sockd(Server):
         """Take over a ready sockd whose stderr goes to `log_path`."""
         super().__init__(process, port)
         self.log_path = log_path
+        pid = process.pid
+        self.forker = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+
+    def forking_pid(self) -> int:
+        """Return the pid of sockd's forker (the daemon's one child; it forks per connection)."""
+        return self.forker
 
     @classmethod
     def start(cls, log_path: Path, cpu: int | None) -> Sockd:

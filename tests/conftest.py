@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def notifications(tmp_path: Path) -> Iterator[Notifications]:
-    """A bound NOTIFY_SOCKET that records what sockd tells systemd."""
+    """Bind a NOTIFY_SOCKET that records what sockd tells systemd."""
     with Notifications(tmp_path / "notify.sock") as notify:
         yield notify
 
@@ -25,7 +25,7 @@ def sockd(tmp_path: Path) -> Iterator[Callable[..., Sockd]]:
     started: list[Sockd] = []
 
     def start(*args: str, wait: bool = True, **kwargs: object) -> Sockd:
-        process = Sockd(list(args), tmp_path, **kwargs)  # type: ignore[arg-type]
+        process = Sockd(list(args), tmp_path, **kwargs)  # type: ignore[arg-type,unused-ignore]
         started.append(process)
         if wait:
             process.wait_event("ready")

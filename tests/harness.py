@@ -82,8 +82,11 @@ class Sockd:
         prefix: Iterable[str] = (),
     ) -> None:
         self.log_path = tmp_path / f"sockd-{time.monotonic_ns()}.log"
-        environ = {key: value for key, value in os.environ.items() if not key.startswith(
-            ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "JOURNAL_STREAM"))}
+        environ = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "JOURNAL_STREAM"))
+        }
         if notify is not None:
             environ["NOTIFY_SOCKET"] = str(notify.path)
         environ.update(env or {})
@@ -117,9 +120,9 @@ class Sockd:
                 found.append(record)
         return found
 
-    def wait_event(self, event: str, count: int = 1, timeout: float = WAIT, **match: Any) -> list[
-        dict[str, Any]
-    ]:
+    def wait_event(
+        self, event: str, count: int = 1, timeout: float = WAIT, **match: Any
+    ) -> list[dict[str, Any]]:
         """Wait until `count` matching events are logged; fail early if sockd exits."""
 
         def enough() -> list[dict[str, Any]]:

@@ -17,7 +17,16 @@ _EXPORTS = {
     "SockdError": "sockd.errors",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DaemonConfig",
+    "ListenAddress",
+    "ServiceConfig",
+    "ServiceServer",
+    "SockdError",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -20,7 +20,9 @@ class AccessRules:
 
     __slots__ = ("allow", "deny")
 
-    def __init__(self, allow: Iterable[str | IPNetwork] = (), deny: Iterable[str | IPNetwork] = ()) -> None:
+    def __init__(
+        self, allow: Iterable[str | IPNetwork] = (), deny: Iterable[str | IPNetwork] = ()
+    ) -> None:
         """Take networks, or their text (`10.0.0.0/8`, `::1`)."""
         self.allow = tuple(ipaddress.ip_network(n, strict=False) for n in allow)
         self.deny = tuple(ipaddress.ip_network(n, strict=False) for n in deny)

@@ -1,7 +1,8 @@
 """Bookkeeping of forked children: who serves what, reaping, and exit records.
 
-Like everything the forker imports, it avoids heavy modules (dataclasses,
-typing): the forker's size is the cost of every fork.
+The forker runs this between forks, while children share its memory: every
+page it writes then is copied. So the hot path keeps to plain tuples and
+dicts, and the decoding for the log (`closed_fields`) is left to the daemon.
 """
 
 from __future__ import annotations
@@ -16,61 +17,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-
-class Child:
-    """A running child: the service and client it serves, and when it started."""
-
-    __slots__ = ("client", "service", "started")
-
-    def __init__(self, service: str, client: str, started: float) -> None:
-        """Record what the child serves."""
-        self.service = service
-        self.client = client
-        self.started = started
-
-
-class Exit:
-    """How a reaped child ended and what it cost."""
-
-    __slots__ = ("child", "cpu_system", "cpu_user", "duration", "exit_code", "max_rss_kib", "pid", "signal")
-
-    def __init__(self, pid: int, child: Child, status: int, usage: resource.struct_rusage) -> None:
-        """Decode a wait4(2) result."""
-        code = os.waitstatus_to_exitcode(status)
-        self.pid = pid
-        self.child = child
-        self.exit_code: int | None = code if code >= 0 else None
-        self.signal: str | None = signal.Signals(-code).name if code < 0 else None
-        self.duration = time.monotonic() - child.started
-        self.cpu_user = usage.ru_utime
-        self.cpu_system = usage.ru_stime
-        self.max_rss_kib = usage.ru_maxrss
-
-    @property
-    def failed(self) -> bool:
-        """A non-zero exit or death by a signal."""
-        return self.exit_code != 0
-
-    def fields(self) -> dict[str, object]:
-        """Return the fields of the `connection_closed` log event."""
-        return {
-            "service": self.child.service,
-            "client": self.child.client,
-            "pid": self.pid,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "duration": round(self.duration, 6),
-            "cpu_user": round(self.cpu_user, 6),
-            "cpu_system": round(self.cpu_system, 6),
-            "max_rss_kib": self.max_rss_kib,
-        }
+    # pid, service, client, wait status, seconds, user CPU, system CPU, max RSS (KiB)
+    RawExit = tuple[int, str, object, int, float, float, float, int]
 
 
 class Children:
     """All children of every service, reaped without ever blocking."""
 
     def __init__(self) -> None:
-        self._running: dict[int, Child] = {}
+        self._running: dict[int, tuple[str, object, float]] = {}
         self._per_service: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -83,12 +38,12 @@ class Children:
         """Return how many children serve `service` now."""
         return self._per_service.get(service, 0)
 
-    def add(self, pid: int, service: str, client: str) -> None:
-        """Record a child just forked."""
-        self._running[pid] = Child(service, client, time.monotonic())
+    def add(self, pid: int, service: str, client: object) -> None:
+        """Record a child just forked; `client` is its address, or a text for UNIX peers."""
+        self._running[pid] = (service, client, time.monotonic())
         self._per_service[service] = self._per_service.get(service, 0) + 1
 
-    def reap(self) -> list[Exit]:
+    def reap(self) -> list[RawExit]:
         """Collect every child that has exited, without blocking."""
         exits = []
         while self._running:
@@ -98,11 +53,24 @@ class Children:
                 break
             if pid == 0:
                 break
-            child = self._running.pop(pid, None)
-            if child is None:
+            entry = self._running.pop(pid, None)
+            if entry is None:
                 continue  # not one of ours (a grandchild reparented to us, say)
-            self._per_service[child.service] -= 1
-            exits.append(Exit(pid, child, status, usage))
+            service, client, started = entry
+            self._per_service[service] -= 1
+            duration = time.monotonic() - started
+            exits.append(
+                (
+                    pid,
+                    service,
+                    client,
+                    status,
+                    duration,
+                    usage.ru_utime,
+                    usage.ru_stime,
+                    usage.ru_maxrss,
+                )
+            )
         return exits
 
     def signal_all(self, signum: int) -> None:
@@ -110,3 +78,22 @@ class Children:
         for pid in self._running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+
+
+def closed_fields(raw: RawExit) -> dict[str, object]:
+    """Return the fields of the `connection_closed` event for a reaped child."""
+    from sockd.listeners import describe  # noqa: PLC0415 (the daemon's side only)
+
+    pid, service, client, status, duration, cpu_user, cpu_system, max_rss_kib = raw
+    code = os.waitstatus_to_exitcode(status)
+    return {
+        "service": service,
+        "client": client if isinstance(client, str) else describe(client),
+        "pid": pid,
+        "exit_code": code if code >= 0 else None,
+        "signal": signal.Signals(-code).name if code < 0 else None,
+        "duration": round(duration, 6),
+        "cpu_user": round(cpu_user, 6),
+        "cpu_system": round(cpu_system, 6),
+        "max_rss_kib": max_rss_kib,
+    }

@@ -44,9 +44,9 @@ class InheritedFd:
 class Endpoint:
     """Where one server listens: an adopted socket, or an address to bind."""
 
-    __slots__ = ("address", "adopted", "fd_name", "family", "service", "sockaddr")
+    __slots__ = ("address", "adopted", "family", "fd_name", "service", "sockaddr")
 
-    def __init__(  # noqa: PLR0913 (one value per attribute)
+    def __init__(  # noqa: PLR0913, PLR0917 (one value per attribute)
         self,
         service: str,
         family: int,
@@ -180,7 +180,8 @@ def _adopted_endpoint(services: Sequence[ServiceConfig], fd: InheritedFd) -> End
     if service is None:
         name = sock.getsockname()
         sock.close()
-        msg = f"socket from systemd (fd {fd.fd}, name {fd.name!r}, {describe(name)}) matches no service"
+        where = f"fd {fd.fd}, name {fd.name!r}, {describe(name)}"
+        msg = f"socket from systemd ({where}) matches no service"
         raise ConfigError(msg)
     return Endpoint(service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name)
 

@@ -12,6 +12,7 @@ import structlog
 
 from sockd import config as sockd_config
 from sockd import ipc
+from sockd.children import closed_fields
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
 
 if TYPE_CHECKING:
@@ -70,7 +71,12 @@ class MainLoop:
         finally:
             signal.set_wakeup_fd(-1)
             self.selector.close()
-            for fd in (self._wakeup_read, self._wakeup_write, self.forker.control, self.forker.events):
+            for fd in (
+                self._wakeup_read,
+                self._wakeup_write,
+                self.forker.control,
+                self.forker.events,
+            ):
                 os.close(fd)
         return self._exit_code()
 
@@ -96,7 +102,9 @@ class MainLoop:
 
     def _on_event(self, record: ipc.Record) -> None:
         kind = record[0]
-        if kind == "log":
+        if kind == "closed":
+            log.info("connection_closed", **closed_fields(record[1:]))  # type: ignore[arg-type]
+        elif kind == "log":
             _, level, event, fields = record
             getattr(log, str(level))(event, **fields)  # type: ignore[arg-type]
         elif kind == "status":
@@ -134,7 +142,7 @@ class MainLoop:
         self.forker.send(command)
 
     def reload(self) -> None:
-        """Validate the config file again and hand it to the forker; a broken one changes nothing."""
+        """Validate the config file again and hand it to the forker; a bad one changes nothing."""
         if self.reload_pending:
             return
         self.notifier.reloading()

@@ -15,11 +15,10 @@ import socket
 import socketserver
 import struct
 import sys
-import traceback
 
 from sockd import listeners
 from sockd.access import AccessRules
-from sockd.children import Children
+from sockd.children import Children, closed_fields
 from sockd.handlers import load_handler
 
 TYPE_CHECKING = False
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from sockd.children import RawExit
     from sockd.listeners import Endpoint
 
 # Signals the forker handles; a child gets them back at their defaults.
@@ -81,22 +81,27 @@ def _ignore(level: str, event: str, fields: dict[str, Any]) -> None:
 class Shared:
     """State all servers of one forker share: children, counters, and where events go.
 
-    `report(level, event, fields)` delivers an event to the daemon's log;
-    `close_in_child` closes every descriptor a forked child must not keep.
+    `report(level, event, fields)` delivers an event to the daemon's log, and
+    `closed(raw_exit)` a reaped child (the forker sends it raw, for the daemon
+    to decode); `close_in_child` closes every descriptor a child must not keep.
     """
 
     def __init__(self) -> None:
         self.children = Children()
         self.stats = Stats()
         self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
+        self.closed: Callable[[RawExit], None] = self._report_closed
         self.close_in_child: Callable[[], None] = lambda: None
+
+    def _report_closed(self, raw: RawExit) -> None:
+        self.report("info", "connection_closed", closed_fields(raw))
 
     def reap(self) -> int:
         """Reap exited children without blocking, reporting `connection_closed` for each."""
         exits = self.children.reap()
-        for record in exits:
-            self.stats.errors += record.failed
-            self.report("info", "connection_closed", record.fields())
+        for raw in exits:
+            self.stats.errors += raw[3] != 0
+            self.closed(raw)
         return len(exits)
 
 
@@ -230,7 +235,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
         May be extended, do not override.
         """
-        client = client_text(request, client_address)
+        # The text is made later, by the daemon, except for UNIX peers (their credentials).
+        client = client_address or client_text(request, client_address)
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
@@ -313,6 +319,8 @@ def exception_fields(exc: BaseException, limit: int = _MAX_ERROR_RECORD) -> dict
     Frames are dropped from the middle, and the message shortened, until the
     description fits in `limit` bytes of text.
     """
+    import traceback  # noqa: PLC0415 (the error path only: the forker stays small)
+
     frames = [
         {"file": frame.filename, "line": frame.lineno, "function": frame.name}
         for frame in traceback.extract_tb(exc.__traceback__)

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 def activate(*listen: str, names: tuple[str, ...] = (), notify: Notifications) -> list[str]:
-    """The systemd-socket-activate prefix: it passes only PATH and -E variables.
+    """Return the systemd-socket-activate prefix: it passes only PATH and -E variables.
 
     Like a socket unit, it starts sockd at the first connection to any socket.
     """
@@ -90,7 +90,9 @@ class TestSocketActivation:
         for forbidden in (b"NOTIFY_SOCKET", b"LISTEN_FDS", b"LISTEN_PID", b"LISTEN_FDNAMES"):
             assert forbidden not in report
         (starting,) = daemon.events("starting")
-        assert {(item["service"], item["origin"], item["fd_name"]) for item in starting["listeners"]} == {
+        assert {
+            (item["service"], item["origin"], item["fd_name"]) for item in starting["listeners"]
+        } == {
             ("echo", "adopted", "echo"),
             ("report", "adopted", "report"),
         }

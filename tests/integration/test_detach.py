@@ -30,9 +30,19 @@ def read_pid(pidfile: Path) -> str:
 def start(tmp_path: Path, pidfile: Path, name: str = "echo") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            sys.executable, "-m", "sockd", "run", "--handler", "echo",
-            "--listen", f"unix:{tmp_path}/{name}.sock", "--daemon",
-            "--pidfile", str(pidfile), "--log-file", str(tmp_path / "sockd.log"),
+            sys.executable,
+            "-m",
+            "sockd",
+            "run",
+            "--handler",
+            "echo",
+            "--listen",
+            f"unix:{tmp_path}/{name}.sock",
+            "--daemon",
+            "--pidfile",
+            str(pidfile),
+            "--log-file",
+            str(tmp_path / "sockd.log"),
         ],
         capture_output=True,
         text=True,
@@ -57,12 +67,14 @@ class TestDetach:
             status = Path(f"/proc/{pid}/status").read_text()
             assert "Umask:\t0027" in status
             events = wait_until(
-                lambda: [
-                    json.loads(line)["event"]
-                    for line in (tmp_path / "sockd.log").read_text().splitlines()
-                ]
-                if "connection_closed" in (tmp_path / "sockd.log").read_text()
-                else None
+                lambda: (
+                    [
+                        json.loads(line)["event"]
+                        for line in (tmp_path / "sockd.log").read_text().splitlines()
+                    ]
+                    if "connection_closed" in (tmp_path / "sockd.log").read_text()
+                    else None
+                )
             )
             assert events[:2] == ["starting", "ready"]
             second = start(tmp_path, pidfile, "other")

@@ -75,7 +75,11 @@ class TestChildren:
     def test_no_zombies_after_500_connections(self, sockd: Callable[..., Sockd]) -> None:
         """500 connections through a handler that exits at once leave no zombie."""
         daemon = sockd(
-            "run", "--handler", "support_handlers:Quick", "--listen", "127.0.0.1:0",
+            "run",
+            "--handler",
+            "support_handlers:Quick",
+            "--listen",
+            "127.0.0.1:0",
             env={"PYTHONPATH": str(TESTS)},
         )
         address = daemon.address()
@@ -89,12 +93,16 @@ class TestChildren:
     def test_child_killed_by_signal_is_logged(self, sockd: Callable[..., Sockd]) -> None:
         """A child killed with SIGKILL is reaped and logged with its signal and costs."""
         daemon = sockd(
-            "run", "--handler", "support_handlers:Sleep", "--listen", "127.0.0.1:0",
+            "run",
+            "--handler",
+            "support_handlers:Sleep",
+            "--listen",
+            "127.0.0.1:0",
             env={"PYTHONPATH": str(TESTS)},
         )
         with connect(daemon.address()) as client:
             assert client.recv(100) == b"sleeping\n"
-            ((pid, state),) = daemon.children()
+            ((pid, _state),) = daemon.children()
             os.kill(pid, signal.SIGKILL)
             (closed,) = daemon.wait_event("connection_closed")
         assert closed["pid"] == pid

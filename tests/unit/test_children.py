@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from harness import wait_until
 
-from sockd.children import Children, Exit
+from sockd.children import Children, closed_fields
+
+if TYPE_CHECKING:
+    from sockd.children import RawExit
 
 
 def fork(action: str) -> int:
@@ -28,22 +32,26 @@ class TestChildren:
         """Exits are reaped with their code or signal name, duration and resource use."""
         children = Children()
         quick, three, killed = fork("zero"), fork("three"), fork("sleep")
-        children.add(quick, "echo", "127.0.0.1:1")
-        children.add(three, "echo", "127.0.0.1:2")
-        children.add(killed, "time", "127.0.0.1:3")
+        children.add(quick, "echo", ("127.0.0.1", 1))
+        children.add(three, "echo", ("::1", 2, 0, 0))
+        children.add(killed, "time", "unix:uid=0,pid=1")
         assert (len(children), children.count("echo"), children.count("time")) == (3, 2, 1)
         os.kill(killed, signal.SIGKILL)
-        exits: dict[int, Exit] = {}
-        wait_until(lambda: exits.update({e.pid: e for e in children.reap()}) or len(exits) == 3)
-        assert (exits[quick].exit_code, exits[quick].signal) == (0, None)
-        assert exits[three].exit_code == 3
-        assert exits[three].failed
-        assert (exits[killed].exit_code, exits[killed].signal) == (None, "SIGKILL")
-        fields = exits[three].fields()
-        assert fields["service"] == "echo"
-        assert fields["client"] == "127.0.0.1:2"
-        assert fields["max_rss_kib"] > 0
-        assert fields["duration"] >= 0
+        exits: dict[int, RawExit] = {}
+        wait_until(lambda: exits.update({e[0]: e for e in children.reap()}) or len(exits) == 3)
+        fields = {pid: closed_fields(raw) for pid, raw in exits.items()}
+        assert (fields[quick]["exit_code"], fields[quick]["signal"]) == (0, None)
+        assert fields[quick]["client"] == "127.0.0.1:1"
+        assert fields[three]["exit_code"] == 3
+        assert fields[three]["client"] == "[::1]:2"
+        assert (fields[killed]["exit_code"], fields[killed]["signal"]) == (None, "SIGKILL")
+        assert fields[killed]["client"] == "unix:uid=0,pid=1"
+        assert fields[three]["service"] == "echo"
+        assert fields[three]["pid"] == three
+        max_rss = fields[three]["max_rss_kib"]
+        assert isinstance(max_rss, int)
+        assert max_rss > 0
+        assert isinstance(fields[three]["duration"], float)
         assert len(children) == 0
         assert children.count("echo") == 0
 

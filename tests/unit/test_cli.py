@@ -38,7 +38,9 @@ class TestUsage:
             ["run", "--log-format", "xml"],
         ],
     )
-    def test_usage_errors_exit_64(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    def test_usage_errors_exit_64(
+        self, argv: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
         """Argument errors exit 64 (EX_USAGE) with a usage line."""
         assert run_main(argv) == 64
         assert "usage: sockd" in capsys.readouterr().err
@@ -47,7 +49,7 @@ class TestUsage:
         ("argv", "problem"),
         [
             (["run", "--daemon"], "--daemon needs --pidfile PATH and --log-file PATH"),
-            (["run", "--pidfile", "/tmp/x"], "--pidfile and --log-file only go with --daemon"),
+            (["run", "--pidfile", "sockd.pid"], "--pidfile and --log-file only go with --daemon"),
             (["run", "--listen", "127.0.0.1:1"], "--listen and --name only go with --handler"),
             (["run", "--handler", "echo", "--config", "x"], "either --config or --handler"),
         ],
@@ -63,9 +65,7 @@ class TestUsage:
 
 
 class TestCheck:
-    def test_valid_config_prints_effective_toml(
-        self, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_valid_config_prints_effective_toml(self, capsys: pytest.CaptureFixture[str]) -> None:
         """`sockd check` on the example prints TOML with every default filled in, exit 0."""
         assert run_main(["check", "--config", str(EXAMPLES / "sockd.toml")]) == 0
         effective = tomllib.loads(capsys.readouterr().out)
@@ -110,9 +110,21 @@ class TestRunErrors:
         """--daemon with NOTIFY_SOCKET set is refused: systemd would lose the process."""
         result = subprocess.run(
             [
-                sys.executable, "-m", "sockd", "run", "--handler", "echo",
-                "--listen", "127.0.0.1:0", "--daemon", "--pidfile", str(tmp_path / "p"),
-                "--log-file", str(tmp_path / "l"), "--log-format", "json",
+                sys.executable,
+                "-m",
+                "sockd",
+                "run",
+                "--handler",
+                "echo",
+                "--listen",
+                "127.0.0.1:0",
+                "--daemon",
+                "--pidfile",
+                str(tmp_path / "p"),
+                "--log-file",
+                str(tmp_path / "l"),
+                "--log-format",
+                "json",
             ],
             capture_output=True,
             text=True,

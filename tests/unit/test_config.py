@@ -106,12 +106,14 @@ class TestLoad:
                 "TCPServer is not a socketserver.BaseRequestHandler subclass",
             ),
             (
-                "[[service]]\nname = 'e'\nhandler = 'echo'\n[[service]]\nname = 'e'\nhandler = 'echo'\n",
+                "[[service]]\nname = 'e'\nhandler = 'echo'\n" * 2,
                 "service 'e': name: duplicate service name",
             ),
             (
-                "[[service]]\nname = 'a'\nhandler = 'echo'\nlisten = ['127.0.0.1:9']\n"
-                "[[service]]\nname = 'b'\nhandler = 'echo'\nlisten = ['127.0.0.1:9']\n",
+                (
+                    "[[service]]\nname = 'a'\nhandler = 'echo'\nlisten = ['127.0.0.1:9']\n"
+                    "[[service]]\nname = 'b'\nhandler = 'echo'\nlisten = ['127.0.0.1:9']\n"
+                ),
                 "service 'b': listen: 127.0.0.1:9 is also in 'a'",
             ),
             ("[daemon]\n", "no [[service]] defined"),
@@ -130,7 +132,7 @@ class TestLoad:
 
     def test_missing_file(self, tmp_path: Path) -> None:
         """An unreadable file is a config error naming it."""
-        with pytest.raises(ConfigError, match="nope.toml: cannot read: No such file"):
+        with pytest.raises(ConfigError, match=r"nope\.toml: cannot read: No such file"):
             config.load(str(tmp_path / "nope.toml"))
 
     def test_pythonpath_is_relative_to_the_file(self, tmp_path: Path) -> None:
@@ -195,5 +197,5 @@ class TestEffectiveConfig:
         built = config.one_service("echo", ["127.0.0.1:0"], "echo")
         assert built.path is None
         assert [service.name for service in built.services] == ["echo"]
-        with pytest.raises(ConfigError, match="^command line: service 'x': listen"):
+        with pytest.raises(ConfigError, match=r"^command line: service 'x': listen"):
             config.one_service("echo", ["bogus"], "x")

@@ -81,7 +81,7 @@ class TestBuiltins:
         """A client closing ends chargen quietly, not with a handler error."""
         server_end, client_end = socket.socketpair()
         client_end.close()
-        Chargen(server_end, ("127.0.0.1", 1), SimpleNamespace())
+        Chargen(server_end, ("127.0.0.1", 1), SimpleNamespace())  # type: ignore[arg-type]
         server_end.close()
 
 
@@ -94,7 +94,9 @@ class TestLoadHandler:
     def test_module_class(self) -> None:
         """`module:Class` loads a BaseRequestHandler subclass, StreamRequestHandler included."""
         assert load_handler("support_handlers:Report").__name__ == "Report"
-        assert issubclass(load_handler("support_handlers:Report"), socketserver.StreamRequestHandler)
+        assert issubclass(
+            load_handler("support_handlers:Report"), socketserver.StreamRequestHandler
+        )
 
     @pytest.mark.parametrize(
         ("spec", "error"),

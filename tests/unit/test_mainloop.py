@@ -26,7 +26,9 @@ class TestCheckReloadable:
     def test_live_settings(self) -> None:
         """Handler, rules, caps and timeouts change live."""
         new = with_service(handler="daytime", max_children=3, deny=(), max_duration=5.0)
-        _check_reloadable(OLD, dataclasses.replace(new, daemon=DaemonConfig(user="nobody", stop_timeout=1)))
+        _check_reloadable(
+            OLD, dataclasses.replace(new, daemon=DaemonConfig(user="nobody", stop_timeout=1))
+        )
 
     @pytest.mark.parametrize(
         ("new", "problem"),

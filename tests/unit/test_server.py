@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def record(**changes: Any) -> dict[str, Any]:
-    base = {
+    base: dict[str, Any] = {
         "name": "svc",
         "handler": "echo",
         "max_children": None,
@@ -66,14 +67,14 @@ class TestServiceServer:
         self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]]
     ) -> None:
         """A connection is served in a forked child; reaping reports connection_closed."""
-        with socket.create_connection(server.server_address, timeout=5) as client:
+        with socket.create_connection(server.server_address[:2], timeout=5) as client:  # type: ignore[arg-type]
             assert wait_until(lambda: server.accept_ready(1)) == 1
             client.sendall(b"ping")
             assert client.recv(10) == b"ping"
             # The forked child holds a copy of this very socket: only shutdown() ends it.
             client.shutdown(socket.SHUT_WR)
         assert len(server.shared.children) == 1
-        wait_until(lambda: server.shared.reap(), what="the child to exit")
+        wait_until(server.shared.reap, what="the child to exit")
         ((level, event, fields),) = events
         assert (level, event) == ("info", "connection_closed")
         assert fields["exit_code"] == 0
@@ -101,13 +102,13 @@ class TestServiceServer:
         """ForkingMixIn's blocking wait is gone: collect_children(blocking=True) returns at once."""
         pid = os.fork()
         if pid == 0:  # pragma: no cover (the child)
-            os.pause()
+            signal.pause()
         server.shared.children.add(pid, "svc", "x")
         server.collect_children(blocking=True)
         server.handle_timeout()
         assert len(server.shared.children) == 1
         os.kill(pid, 9)
-        wait_until(lambda: server.shared.reap())
+        wait_until(server.shared.reap)
 
 
 def raising(secret: str) -> None:
