@@ -31,12 +31,6 @@ class InheritedFd:
         self.fd = fd
         self.name = name
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, InheritedFd) and (self.fd, self.name) == (other.fd, other.name)
-
-    def __hash__(self) -> int:
-        return hash((self.fd, self.name))
-
     def __repr__(self) -> str:
         return f"InheritedFd({self.fd}, {self.name!r})"
 

@@ -76,7 +76,7 @@ def configure(log_format: LogFormat | None = None, fd: int = 2) -> None:
         log_format: "json" or "console"; None picks console on a TTY, JSON otherwise.
         fd: where events go.
     """
-    global _pid  # noqa: PLW0603 (the one per-process value, refreshed after fork)
+    global _pid  # noqa: PLW0603 (the one per-process value: detaching changes it)
     _pid = os.getpid()
     if log_format is None:
         log_format = "console" if os.isatty(fd) else "json"
@@ -98,12 +98,6 @@ def configure(log_format: LogFormat | None = None, fd: int = 2) -> None:
         logger_factory=lambda *_: FdLogger(fd),
         cache_logger_on_first_use=False,
     )
-
-
-def reset_after_fork() -> None:
-    """Set up logging afresh in a forked child: its own pid on every event."""
-    global _pid  # noqa: PLW0603 (see configure)
-    _pid = os.getpid()
 
 
 class _JournalPrefix:

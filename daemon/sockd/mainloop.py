@@ -53,6 +53,7 @@ class MainLoop:
         self.forker_status: int | None = None
         self.failure: tuple[str, int] | None = None
         self.reload_pending = False
+        self.next_config = config
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:

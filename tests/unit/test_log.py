@@ -78,16 +78,3 @@ class TestConfigure:
         assert "ready" in line
         assert "service=echo" in line
         assert not line.startswith("{")
-
-    def test_reset_after_fork(self, pipe: tuple[int, int]) -> None:
-        """A forked child's events carry the child's pid."""
-        log.configure("json", fd=pipe[1])
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (the child)
-            try:
-                log.reset_after_fork()
-                structlog.get_logger().info("child")
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
-        assert json.loads(read_lines(pipe[0])[0])["pid"] == pid
