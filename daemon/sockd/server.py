@@ -7,6 +7,7 @@ daemon renders with structlog.
 
 from __future__ import annotations
 
+import _signal
 import contextlib
 import errno
 import os
@@ -37,6 +38,11 @@ HANDLED_SIGNALS = (
     signal.SIGQUIT,
     signal.SIGCHLD,
 )
+# signal.pthread_sigmask turns the old mask it returns into a set of Signals
+# enums: a fifth of the forker's time per connection when profiled, and pages
+# of enum objects written while children share them. The C function returns
+# plain ints.
+_sigmask = _signal.pthread_sigmask
 # accept(2) errors that concern one connection only, not the listener.
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 # An error record must fit one atomic pipe write: frames are trimmed to fit.
@@ -128,6 +134,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         self.shared = shared
         self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
         self.address_family = self.socket.family
+        self._family = int(self.socket.family)
         try:
             self.server_bind()
             self.server_activate()
@@ -188,6 +195,17 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         self.service = service
         self.RequestHandlerClass = service.handler
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection.
+
+        Like socket.accept(), without the enum conversions of the family and
+        type properties on every call (measured: several percent per connection).
+
+        May be overridden.
+        """
+        fd, client_address = self.socket._accept()  # type: ignore[attr-defined]  # noqa: SLF001
+        return socket.socket(self._family, socket.SOCK_STREAM, 0, fileno=fd), client_address
+
     def accept_ready(self, budget: int) -> int:
         """Accept and serve up to `budget` pending connections; return how many were taken.
 
@@ -237,14 +255,14 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         """
         # The text is made later, by the daemon, except for UNIX peers (their credentials).
         client = client_address or client_text(request, client_address)
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        _sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except BaseException:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             raise
         if pid:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.shared.children.add(pid, self.service.name, client)
             self.shared.stats.served += 1
             self.close_request(request)
@@ -257,7 +275,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.shared.close_in_child()
             if self.service.max_duration:
                 # SIGALRM's default action ends the child; the forker reports the signal.
