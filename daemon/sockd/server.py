@@ -7,7 +7,7 @@ daemon renders with structlog.
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]  # the C module behind signal
 import contextlib
 import errno
 import os
@@ -24,7 +24,7 @@ from sockd.handlers import load_handler
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
     from sockd.children import RawExit
@@ -42,7 +42,7 @@ HANDLED_SIGNALS = (
 # enums: a fifth of the forker's time per connection when profiled, and pages
 # of enum objects written while children share them. The C function returns
 # plain ints.
-_sigmask = _signal.pthread_sigmask
+_sigmask: Callable[[int, Iterable[int]], set[int]] = _signal.pthread_sigmask
 # accept(2) errors that concern one connection only, not the listener.
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 # An error record must fit one atomic pipe write: frames are trimmed to fit.
