@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socketserver
 import time
 
@@ -50,3 +51,11 @@ class Sleep(socketserver.BaseRequestHandler):
         """Sleep."""
         self.request.sendall(b"sleeping\n")
         time.sleep(3600)
+
+
+class RealTimeSignal(socketserver.BaseRequestHandler):
+    """End the child with a real-time signal (SIGRTMIN+6)."""
+
+    def handle(self) -> None:
+        """Kill ourselves."""
+        os.kill(os.getpid(), signal.SIGRTMIN + 6)

@@ -91,9 +91,17 @@ def closed_fields(raw: RawExit) -> dict[str, object]:
         "client": client if isinstance(client, str) else describe(client),
         "pid": pid,
         "exit_code": code if code >= 0 else None,
-        "signal": signal.Signals(-code).name if code < 0 else None,
+        "signal": signal_name(-code) if code < 0 else None,
         "duration": round(duration, 6),
         "cpu_user": round(cpu_user, 6),
         "cpu_system": round(cpu_system, 6),
         "max_rss_kib": max_rss_kib,
     }
+
+
+def signal_name(signum: int) -> str:
+    """Name a signal, real-time ones included (`SIGRTMIN+6`)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"

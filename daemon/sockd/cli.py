@@ -13,11 +13,13 @@ from sockd import config as sockd_config
 from sockd import daemonize
 from sockd import log as sockd_log
 from sockd._version import __version__
-from sockd.errors import EX_CONFIG, EX_OK, EX_USAGE, SockdError, UsageError
+from sockd.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, SockdError, UsageError
+from sockd.server import exception_fields
 
 EXIT_CODES = f"""exit codes:
   {EX_OK}   stopped cleanly (or the config is valid, for check)
   {EX_USAGE}  usage error on the command line
+  {EX_SOFTWARE}  internal error (logged as `crashed` or `forker_died`)
   71  the operating system refused (bind, fork, pid file)
   77  no permission (a privileged port, or dropping privileges)
   {EX_CONFIG}  configuration error (file, environment from systemd, handler)
@@ -95,6 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     except SockdError as exc:
         structlog.get_logger().error("startup_failed", error=str(exc), exit_code=exc.exit_code)
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 (a bug: one event with the traceback as data)
+        structlog.get_logger().critical("crashed", exception=exception_fields(exc))
+        return EX_SOFTWARE
 
 
 def _check_run_options(args: argparse.Namespace) -> None:
@@ -112,6 +117,7 @@ def _check_run_options(args: argparse.Namespace) -> None:
 
 def _run_config(args: argparse.Namespace) -> sockd_config.Config:
     if args.handler is None:
-        return sockd_config.load(args.config or sockd_config.DEFAULT_PATH)
+        # Absolute: --daemon changes to / and a reload must find the same file.
+        return sockd_config.load(os.path.abspath(args.config or sockd_config.DEFAULT_PATH))
     name = args.name or args.handler.rpartition(":")[2]
     return sockd_config.one_service(args.handler, args.listen, name)

@@ -224,6 +224,8 @@ def _service(table: _Table) -> ServiceConfig:
         load_handler(handler)
     except (ImportError, ValueError, TypeError, AttributeError) as exc:
         table.fail("handler", f"cannot load {handler!r}: {exc}")
+    except Exception as exc:  # noqa: BLE001 (the module itself fails as it is imported)
+        table.fail("handler", f"cannot load {handler!r}: {type(exc).__name__}: {exc}")
     return ServiceConfig(
         name, handler, tuple(listen), max_children, allow, deny, unix_mode, max_duration
     )
@@ -233,6 +235,8 @@ def _networks(table: _Table, key: str) -> tuple[IPNetwork, ...]:
     networks = []
     for index, text in enumerate(table.get(key, list, [])):
         try:
+            if not isinstance(text, str):
+                raise TypeError  # noqa: TRY301 (one message for every bad entry)
             networks.append(ipaddress.ip_network(text, strict=False))
         except (ValueError, TypeError):
             table.fail(f"{key}[{index}]", f"{text!r} is not an address or CIDR network")

@@ -10,7 +10,8 @@ The daemon starts it with `python -S -m sockd.forker CONTROL EVENTS FD...` (no
 site packages scanned: `sys.path` comes with the set-up record), hands it the
 listening sockets, and talks to it through two pipes of `sockd.ipc` records:
 
-- control, daemon -> forker: ("setup", {...}), ("reload", [services]),
+- control, daemon -> forker: ("setup", {...}), ("reload", [services],
+  max_children, stop_timeout),
   ("stop", stop_timeout), ("quit",). End of file (the daemon died): quit.
 - events, forker and its children -> daemon: ("ready",), ("status", active,
   served, denied, errors), ("log", level, event, fields), ("closed", *RawExit),
@@ -201,20 +202,21 @@ class Forker:
     # unless a cap or a stop is waiting for exits (see _watch_exits).
     def _turn(self) -> None:
         timeout = self._next_deadline() - time.monotonic()
-        for fd, _ in self.poller.poll(max(0.0, timeout)):
-            server = self.listening.get(fd)
-            if server is not None:
-                self._accept(server)
-            elif fd == self._wakeup_read:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wakeup_read, 4096)
-            else:
-                self._obey()
+        ready = self.poller.poll(max(0.0, timeout))
+        for fd, _ in ready:
+            self._dispatch(fd)
         while self.pending:
             if self.pending.pop() == signal.SIGTERM:
                 self.stop(self.stop_timeout)
-        if len(self.shared.children) and self.shared.reap():
-            self._update_accepting()
+        children = len(self.shared.children)
+        if children:
+            # Every server's hook reaps the children of all (one registry): call one.
+            if ready:
+                self.servers[0].service_actions()
+            else:
+                self.servers[0].handle_timeout()
+            if len(self.shared.children) != children:
+                self._update_accepting()
         if self.stop_phase:
             self._advance_stop()
         if self.paused_until and time.monotonic() >= self.paused_until:
@@ -223,6 +225,16 @@ class Forker:
         self._send_status()
         if self.batch_due and time.monotonic() >= self.batch_due:
             self._flush()
+
+    def _dispatch(self, fd: int) -> None:
+        server = self.listening.get(fd)
+        if server is not None:
+            self._accept(server)
+        elif fd == self._wakeup_read:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wakeup_read, 4096)
+        elif fd == self.control.fd:
+            self._obey()
 
     def _send_status(self) -> None:
         status = (len(self.shared.children), *self.shared.stats.as_tuple())
@@ -240,7 +252,7 @@ class Forker:
         for record in self.control.read():
             command = record[0]
             if command == "reload":
-                self._reload(record[1])  # type: ignore[arg-type]
+                self._reload(record[1], record[2], record[3])  # type: ignore[arg-type]
             elif command == "stop":
                 self.stop(float(record[1]))  # type: ignore[arg-type]
             elif command == "quit":
@@ -249,14 +261,18 @@ class Forker:
             self.poller.unregister(self.control.fd)
             self.quit()  # the daemon is gone: nobody would log or supervise us
 
-    def _reload(self, records: list[dict[str, Any]]) -> None:
+    def _reload(
+        self, records: list[dict[str, Any]], max_children: int, stop_timeout: float
+    ) -> None:
         try:
             services = {record["name"]: Service(record) for record in records}
-            for server in self.servers:
-                server.apply(services[server.service.name])
         except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
             ipc.send(self.events, ("reload_failed", f"{type(exc).__name__}: {exc}"))
             return
+        for server in self.servers:
+            server.apply(services[server.service.name])
+        self.max_children = max_children
+        self.stop_timeout = stop_timeout
         self._update_accepting()
         ipc.send(self.events, ("reloaded",))
 
@@ -269,7 +285,8 @@ class Forker:
                 "error", "accept_failed", {"service": server.service.name, "error": exc.strerror}
             )
             self.paused_until = time.monotonic() + ACCEPT_PAUSE
-            taken = 1
+            self._update_accepting()  # level-triggered: stop polling, or it fires at once
+            return
         if taken and not self._room(server):
             self._update_accepting()  # a cap reached: stop polling this listener
 

@@ -40,6 +40,13 @@ def send(fd: int, record: Record) -> None:
         data = data[os.write(fd, data) :]
 
 
+class GarbledError(Exception):
+    """The stream is not a sequence of records (a writer broke the framing)."""
+
+
+MAX_RECORD = 1 << 20
+
+
 class Reader:
     """Reassembles records from a non-blocking pipe."""
 
@@ -50,22 +57,36 @@ class Reader:
         self.eof = False
 
     def read(self) -> Iterator[Record]:
-        """Yield every complete record available now; set `eof` at end of file."""
+        """Yield every complete record available now; set `eof` at end of file.
+
+        Raises:
+            GarbledError: a record does not decode; what was buffered is dropped.
+        """
         try:
             while chunk := os.read(self.fd, 65536):
                 self.buffer += chunk
-            self.eof = True
         except BlockingIOError:
             pass
-        while len(self.buffer) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self.buffer)
-            end = _HEADER.size + length
-            if len(self.buffer) < end:
+        else:
+            self.eof = True
+        buffer, offset = self.buffer, 0
+        self.buffer = b""
+        while len(buffer) - offset >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer, offset)
+            end = offset + _HEADER.size + length
+            if length > MAX_RECORD:
+                msg = f"a record claims {length} bytes"
+                raise GarbledError(msg)
+            if len(buffer) < end:
                 break
-            # Our own processes write this pipe; marshal builds no code from these types.
-            record = marshal.loads(self.buffer[_HEADER.size : end])  # noqa: S302
-            self.buffer = self.buffer[end:]
+            try:
+                # Our own processes write this pipe; marshal builds no code from these types.
+                record = marshal.loads(buffer[offset + _HEADER.size : end])  # noqa: S302
+            except (EOFError, ValueError, TypeError) as exc:
+                raise GarbledError(str(exc)) from None
+            offset = end
             yield record
+        self.buffer = buffer[offset:]
 
     def read_blocking(self) -> Record | None:
         """Wait for one record (start-up only); None at end of file."""

@@ -6,6 +6,7 @@ import contextlib
 import os
 import selectors
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD)
+# No SIGCHLD: a pidfd tells when the forker exits.
+DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+DRAIN_LIMIT = 1.0  # seconds to collect the last events once the forker has exited
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode")
@@ -53,6 +56,7 @@ class MainLoop:
         self.forker_status: int | None = None
         self.failure: tuple[str, int] | None = None
         self.reload_pending = False
+        self.reload_requested = False
         self.next_config = config
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -64,15 +68,20 @@ class MainLoop:
         signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         for signum in DAEMON_SIGNALS:
             signal.signal(signum, self._record_signal)
+        # Readable once the forker has exited, even if that happened already.
+        forker_exit = os.pidfd_open(self.forker.pid)
         self.selector.register(self._wakeup_read, selectors.EVENT_READ, "wakeup")
         self.selector.register(self.events.fd, selectors.EVENT_READ, "events")
+        self.selector.register(forker_exit, selectors.EVENT_READ, "forker")
         try:
-            while self.forker_status is None or not self.events.eof:
+            while self.forker_status is None:
                 self._turn()
+            self._drain()
         finally:
             signal.set_wakeup_fd(-1)
             self.selector.close()
             for fd in (
+                forker_exit,
                 self._wakeup_read,
                 self._wakeup_write,
                 self.forker.control,
@@ -83,23 +92,36 @@ class MainLoop:
 
     def _turn(self) -> None:
         timeout = min(self.notifier.tick(), IDLE_WAKEUP)
-        if self.forker_status is not None:
-            timeout = 0.05  # draining the forker's last events
         for key, _ in self.selector.select(timeout):
             if key.data == "wakeup":
                 with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wakeup_read, 512):
-                        pass
+                    os.read(self._wakeup_read, 4096)
+            elif key.data == "events":
+                self._read_events()
             else:
-                for record in self.events.read():
-                    self._on_event(record)
-                if self.events.eof:
-                    self.selector.unregister(self.events.fd)
+                self._reap_forker()
         while self.pending:
             self._act_on(self.pending.pop(0))
-        if self.forker_status is not None and not self.events.eof:
+
+    def _read_events(self) -> None:
+        try:
             for record in self.events.read():
                 self._on_event(record)
+        except ipc.GarbledError as exc:
+            log.error("events_garbled", error=str(exc))
+        if self.events.eof:
+            self.selector.unregister(self.events.fd)
+
+    def _drain(self) -> None:
+        """Log what the forker and its children sent last, waiting a bounded time.
+
+        A child may outlive the forker and hold the pipe open (a handler's own
+        child, say), so the end of file may never come.
+        """
+        deadline = time.monotonic() + DRAIN_LIMIT
+        while not self.events.eof and time.monotonic() < deadline:
+            if self.selector.select(max(0.0, deadline - time.monotonic())):
+                self._read_events()
 
     def _on_event(self, record: ipc.Record) -> None:
         kind = record[0]
@@ -117,16 +139,19 @@ class MainLoop:
             self.ready = True
             log.info("ready", services=[service.name for service in self.config.services])
             self.notifier.ready(self.notifier.last_status_text)
+            if self.reload_requested:
+                self.reload()
         elif kind in ("reloaded", "reload_failed"):
             self._reload_done(None if kind == "reloaded" else str(record[1]))
         elif kind == "fatal":
             self.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
 
     def _act_on(self, signum: int) -> None:
-        if signum == signal.SIGCHLD:
-            self._reap_forker()
-        elif signum == signal.SIGHUP and self.ready and not self.stopping:
-            self.reload()
+        if signum == signal.SIGHUP and not self.stopping:
+            if self.ready:
+                self.reload()
+            else:
+                self.reload_requested = True  # acted on at READY
         elif signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             self._stop(("stop", self.config.daemon.stop_timeout))
         elif signum == signal.SIGQUIT:
@@ -154,9 +179,16 @@ class MainLoop:
             log.error("reload_failed", config=self.config.path, error=str(exc))
             self.notifier.ready(self.notifier.last_status_text)
             return
+        except Exception as exc:  # noqa: BLE001 (whatever goes wrong, the old config serves on)
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("reload_failed", config=self.config.path, error=error)
+            self.notifier.ready(self.notifier.last_status_text)
+            return
         self.reload_pending = True
         self.next_config = new
-        self.forker.send(("reload", [sockd_config.service_record(s) for s in new.services]))
+        services = [sockd_config.service_record(service) for service in new.services]
+        daemon = new.daemon
+        self.forker.send(("reload", services, daemon.max_children, daemon.stop_timeout))
 
     def _reload_done(self, error: str | None) -> None:
         self.reload_pending = False
@@ -172,6 +204,10 @@ class MainLoop:
             pid, status = os.waitpid(self.forker.pid, os.WNOHANG)
             if pid == self.forker.pid:
                 self.forker_status = os.waitstatus_to_exitcode(status)
+        if self.forker_status is not None:
+            # Its children are in its process group: none may serve on unsupervised.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.forker.pid, signal.SIGKILL)
 
     def _exit_code(self) -> int:
         if self.failure is not None:
@@ -207,6 +243,8 @@ def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> Non
     where = new.path
     if (old.daemon.user, old.daemon.group) != (new.daemon.user, new.daemon.group):
         raise ConfigError(f"{where}: daemon.user/group: changing them needs a restart")
+    if old.daemon.pythonpath != new.daemon.pythonpath:
+        raise ConfigError(f"{where}: daemon.pythonpath: changing it needs a restart")
     old_services = {service.name: service for service in old.services}
     new_services = {service.name: service for service in new.services}
     if old_services.keys() != new_services.keys():

@@ -33,10 +33,19 @@ def identity(user: str | None, group: str | None) -> Identity | None:
 
 
 def become(who: Identity | None) -> None:
-    """Take the user's groups, then the group, then the user: for good."""
+    """Take the user's groups, then the group, then the user: for good.
+
+    Raises:
+        PermissionFailure: the system refused.
+    """
     if who is None:
         return
     name, uid, gid = who
-    os.initgroups(name, gid)
-    os.setgid(gid)
-    os.setuid(uid)
+    try:
+        os.initgroups(name, gid)
+        os.setgid(gid)
+        os.setuid(uid)
+    except PermissionError as exc:
+        raise PermissionFailure(
+            f"daemon.user/group: cannot become {name}: {exc.strerror}"
+        ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # the C module behind signal
 import contextlib
 import errno
+import marshal
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import sys
 from sockd import listeners
 from sockd.access import AccessRules
 from sockd.children import Children, closed_fields
+from sockd.errors import OSFailure
 from sockd.handlers import load_handler
 
 TYPE_CHECKING = False
@@ -132,7 +134,12 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         self.endpoint = endpoint
         self.service = service
         self.shared = shared
-        self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
+        self.bound_path: str | None = None  # a UNIX socket file we created, to remove
+        try:
+            self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            where = f"service {service.name!r}: listen {endpoint.address}"
+            raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
         self.address_family = self.socket.family
         self._family = int(self.socket.family)
         try:
@@ -154,6 +161,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         """
         if not self.adopted:
             listeners.bind(self.socket, self.endpoint, self.service.unix_mode)
+            if self.socket.family == socket.AF_UNIX:
+                self.bound_path = str(self.endpoint.sockaddr)
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:
@@ -172,9 +181,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
         May be extended, do not override.
         """
-        path = self.server_address if self.socket.family == socket.AF_UNIX else None
         self.socket.close()
-        if path and not self.adopted and isinstance(path, str):
+        if self.bound_path:
+            # Once only: a new instance may own the path after a long stop.
+            path, self.bound_path = self.bound_path, None
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
@@ -226,8 +236,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 continue
             try:
                 self.process_request(request, client_address)
-            except Exception:  # noqa: BLE001 (fork failed: report it and go on serving)
-                self.handle_error(request, client_address)
+            except OSError as exc:  # fork failed (EAGAIN, ENOMEM): report it, go on serving
+                self.shared.stats.errors += 1
+                fields = {"service": self.service.name, "error": exc.strerror}
+                self.shared.report("error", "fork_failed", fields)
                 self.shutdown_request(request)
         return budget
 
@@ -334,8 +346,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 def exception_fields(exc: BaseException, limit: int = _MAX_ERROR_RECORD) -> dict[str, Any]:
     """Describe `exc` as data: type, message and frames (never local variables).
 
-    Frames are dropped from the middle, and the message shortened, until the
-    description fits in `limit` bytes of text.
+    Frames are dropped from the middle, then the message shortened, until the
+    description encodes to at most `limit` bytes.
     """
     import traceback  # noqa: PLC0415 (the error path only: the forker stays small)
 
@@ -343,16 +355,22 @@ def exception_fields(exc: BaseException, limit: int = _MAX_ERROR_RECORD) -> dict
         {"file": frame.filename, "line": frame.lineno, "function": frame.name}
         for frame in traceback.extract_tb(exc.__traceback__)
     ]
-    fields: dict[str, Any] = {"type": type(exc).__qualname__, "message": str(exc)[:1000]}
-    omitted = 0
+    fields: dict[str, Any] = {"type": type(exc).__qualname__, "message": str(exc)}
+    total = len(frames)
+    keep = total
     while True:
-        fields["frames"] = frames
-        if omitted:
-            fields["frames_omitted"] = omitted
-        if len(repr(fields)) <= limit or len(frames) <= 2:
+        if keep < total:
+            fields["frames"] = frames[: keep // 2] + frames[total - (keep - keep // 2) :]
+            fields["frames_omitted"] = total - keep
+        else:
+            fields["frames"] = frames
+        size = len(marshal.dumps(fields))
+        if size <= limit:
             return fields
-        del frames[len(frames) // 2]
-        omitted += 1
+        if keep > 2:
+            keep = max(2, keep * limit // size - 1)
+        else:
+            fields["message"] = fields["message"][: len(fields["message"]) * limit // size // 2]
 
 
 def client_text(request: Any, client_address: Any) -> str:

@@ -95,4 +95,8 @@ def _chown_socket_files(servers: list[ServiceServer], who: privileges.Identity |
         return
     for server in servers:
         if server.socket.family == socket.AF_UNIX and not server.adopted:
-            os.chown(str(server.endpoint.sockaddr), who[1], who[2])
+            try:
+                os.chown(str(server.endpoint.sockaddr), who[1], who[2])
+            except OSError as exc:
+                msg = f"service {server.service.name!r}: cannot chown {server.endpoint.sockaddr}"
+                raise OSFailure(f"{msg}: {exc.strerror}") from None

@@ -114,6 +114,44 @@ class TestChildren:
         assert daemon.children() == []
         assert daemon.stop() == 0
 
+    def test_real_time_signal_is_named(self, sockd: Callable[..., Sockd]) -> None:
+        """A child ended by a real-time signal is logged with its name; serving goes on."""
+        daemon = sockd(
+            "run",
+            "--handler",
+            "support_handlers:RealTimeSignal",
+            "--listen",
+            "127.0.0.1:0",
+            env={"PYTHONPATH": str(TESTS)},
+        )
+        exchange(daemon.address(), b"")
+        (closed,) = daemon.wait_event("connection_closed")
+        assert closed["signal"] == "SIGRTMIN+6"
+        exchange(daemon.address(), b"")
+        daemon.wait_event("connection_closed", count=2)
+        assert daemon.stop() == 0
+
+    def test_forker_death_is_noticed(self, sockd: Callable[..., Sockd]) -> None:
+        """If the forker dies, its children are killed and the daemon exits 70."""
+        daemon = sockd(
+            "run",
+            "--handler",
+            "support_handlers:Sleep",
+            "--listen",
+            "127.0.0.1:0",
+            env={"PYTHONPATH": str(TESTS)},
+        )
+        with connect(daemon.address()) as client:
+            assert client.recv(100) == b"sleeping\n"
+            forker = daemon.forker()
+            ((child, _),) = daemon.children()
+            os.kill(forker, signal.SIGKILL)
+            assert daemon.wait() == 70
+            assert client.recv(100) == b"", "the orphaned child was killed"
+        wait_until(lambda: not Path(f"/proc/{child}").exists(), what="child gone")
+        (died,) = daemon.events("forker_died")
+        assert died["exit_status"] == -signal.SIGKILL
+
     def test_max_children_waits_without_blocking_signals(
         self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
     ) -> None:

@@ -132,6 +132,29 @@ class TestReload:
         assert exchange(daemon.address(), b"still") == b"still"
         assert daemon.stop() == 0
 
+    def test_reload_applies_daemon_caps(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
+        """A reloaded [daemon] max_children takes effect for new connections at once."""
+        path = tmp_path / "sockd.toml"
+        config = echo_config(tmp_path)
+        path.write_text(path.read_text().replace("[daemon]", "[daemon]\nmax_children = 1"))
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        first = connect(address)
+        first.sendall(b"1")
+        assert first.recv(10) == b"1"
+        second = connect(address, timeout=0.5)
+        second.sendall(b"2")
+        with pytest.raises(TimeoutError):
+            second.recv(10)
+        path.write_text(path.read_text().replace("max_children = 1", "max_children = 5"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        second.settimeout(10)
+        assert second.recv(10) == b"2"
+        first.close()
+        second.close()
+        assert daemon.stop() == 0
+
     def test_listener_change_needs_restart(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:

@@ -86,6 +86,10 @@ class TestLoad:
                 "service 'e': listen: expected a list, got str",
             ),
             (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nallow = [5]\n",
+                "service 'e': allow[0]: 5 is not an address or CIDR network",
+            ),
+            (
                 "[[service]]\nname = 'e'\nhandler = 'echo'\nallow = ['10.0.0.300']\n",
                 "service 'e': allow[0]: '10.0.0.300' is not an address or CIDR network",
             ),
@@ -100,6 +104,10 @@ class TestLoad:
             (
                 "[[service]]\nname = 'e'\nhandler = 'no_such_module_x:H'\n",
                 "service 'e': handler: cannot load 'no_such_module_x:H': No module named",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'broken_at_import:H'\n",
+                "cannot load 'broken_at_import:H': RuntimeError: this module is broken on purpose",
             ),
             (
                 "[[service]]\nname = 'e'\nhandler = 'socketserver:TCPServer'\n",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from harness import wait_until
 
+from sockd import ipc
 from sockd.listeners import Endpoint
 from sockd.server import Service, ServiceServer, Shared, client_text, exception_fields
 
@@ -111,8 +112,8 @@ class TestServiceServer:
         wait_until(server.shared.reap)
 
 
-def raising(secret: str) -> None:
-    raise KeyError(secret[:3])
+def raising(secret: str, kind: type[Exception] = KeyError) -> None:
+    raise kind(secret[:3] if kind is KeyError else secret)
 
 
 def recurse(depth: int) -> None:
@@ -141,11 +142,21 @@ class TestExceptionFields:
             recurse(200)
         except RuntimeError as exc:
             fields = exception_fields(exc)
-        assert len(repr(fields)) <= 3800
+        record = ipc.encode(("log", "error", "handler_error", {"exception": fields}))
+        assert len(record) <= ipc.PIPE_BUF
         assert fields["frames_omitted"] > 0
         assert fields["frames"][0]["function"] == "test_deep_traceback_fits_one_pipe_write"
         assert fields["frames"][-1]["function"] == "recurse"
-        assert len(fields["message"]) == 1000
+        assert fields["message"].startswith("deep deep")
+
+    def test_wide_characters_count_as_bytes(self) -> None:
+        """A message of 4-byte characters is cut by its encoded size, not its length."""
+        try:
+            raising("\N{GRINNING FACE}" * 1000, ValueError)
+        except ValueError as exc:
+            fields = exception_fields(exc)
+        assert len(ipc.encode(("log", "error", "handler_error", {"exception": fields}))) <= 4096
+        assert fields["message"].startswith("\N{GRINNING FACE}")
 
 
 class TestClientText:

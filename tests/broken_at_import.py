@@ -1,0 +1,3 @@
+"""A handler module that fails while it is imported."""
+
+raise RuntimeError("this module is broken on purpose")
