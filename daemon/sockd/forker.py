@@ -13,7 +13,7 @@ listening sockets, and talks to it through two pipes of `sockd.ipc` records:
 - control, daemon -> forker: ("setup", {...}), ("reload", [services],
   max_children, stop_timeout),
   ("stop", stop_timeout), ("quit",). End of file (the daemon died): quit.
-- events, forker and its children -> daemon: ("ready",), ("status", active,
+- events, forker and its children -> daemon: ("ready",), ("alive",), ("status", active,
   served, denied, errors), ("log", level, event, fields), ("closed", *RawExit),
   ("reloaded",),
   ("reload_failed", error), ("fatal", error, exit_code).
@@ -50,6 +50,7 @@ IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due
 REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits for it
 STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= is 1/s)
 EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
+HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
 
 
 class ForkerProcess:
@@ -141,6 +142,7 @@ class Forker:
         self.status_due = 0.0
         self.batch = b""  # exit records not yet sent, at most PIPE_BUF bytes
         self.batch_due = 0.0
+        self.heartbeat_due = 0.0
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed
@@ -172,6 +174,7 @@ class Forker:
                 os.write(self.events, self.batch)
             self.batch = b""
             self.batch_due = 0.0
+        self.heartbeat_due = 0.0
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
@@ -217,14 +220,21 @@ class Forker:
                 self.servers[0].handle_timeout()
             if len(self.shared.children) != children:
                 self._update_accepting()
+        self._timed_duties()
+
+    def _timed_duties(self) -> None:
         if self.stop_phase:
             self._advance_stop()
-        if self.paused_until and time.monotonic() >= self.paused_until:
+        now = time.monotonic()
+        if self.paused_until and now >= self.paused_until:
             self.paused_until = 0.0
             self._update_accepting()
         self._send_status()
-        if self.batch_due and time.monotonic() >= self.batch_due:
+        if self.batch_due and now >= self.batch_due:
             self._flush()
+        if now >= self.heartbeat_due:
+            self.heartbeat_due = now + HEARTBEAT
+            ipc.send(self.events, ("alive",))
 
     def _dispatch(self, fd: int) -> None:
         server = self.listening.get(fd)
@@ -365,7 +375,7 @@ class Forker:
             deadline = min(deadline, self.status_due)
         if self.batch_due:
             deadline = min(deadline, self.batch_due)
-        return deadline
+        return min(deadline, self.heartbeat_due)
 
     def _close_in_child(self) -> None:
         for server in self.servers:

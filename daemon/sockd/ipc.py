@@ -12,6 +12,7 @@ import marshal
 import os
 import select
 import struct
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Reader:
         self.fd = fd
         self.buffer = b""
         self.eof = False
+        self.last_read = time.monotonic()
 
     def read(self) -> Iterator[Record]:
         """Yield every complete record available now; set `eof` at end of file.
@@ -65,6 +67,7 @@ class Reader:
         try:
             while chunk := os.read(self.fd, 65536):
                 self.buffer += chunk
+                self.last_read = time.monotonic()
         except BlockingIOError:
             pass
         else:

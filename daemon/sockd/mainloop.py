@@ -28,6 +28,9 @@ log = structlog.get_logger()
 # No SIGCHLD: a pidfd tells when the forker exits.
 DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 DRAIN_LIMIT = 1.0  # seconds to collect the last events once the forker has exited
+# The forker writes at least every HEARTBEAT (2 s); silent this long, it is
+# stuck, and WATCHDOG=1 stops, so that systemd restarts us (with WatchdogSec=).
+FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode")
@@ -91,7 +94,8 @@ class MainLoop:
         return self._exit_code()
 
     def _turn(self) -> None:
-        timeout = min(self.notifier.tick(), IDLE_WAKEUP)
+        forker_alive = time.monotonic() - self.events.last_read < FORKER_SILENCE
+        timeout = min(self.notifier.tick(healthy=forker_alive), IDLE_WAKEUP)
         for key, _ in self.selector.select(timeout):
             if key.data == "wakeup":
                 with contextlib.suppress(BlockingIOError):

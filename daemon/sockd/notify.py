@@ -87,11 +87,17 @@ class Notifier:
         self._pending_status = text
         self.last_status_text = text
 
-    def tick(self) -> float:
-        """Send what is due (watchdog, status); return seconds until the next duty."""
+    def tick(self, *, healthy: bool = True) -> float:
+        """Send what is due (watchdog, status); return seconds until the next duty.
+
+        Args:
+            healthy: False withholds WATCHDOG=1, so that systemd's watchdog
+                catches a daemon that runs but no longer serves.
+        """
         now = time.monotonic()
         if now >= self._next_watchdog and self.watchdog_interval is not None:
-            self.send("WATCHDOG=1")
+            if healthy:
+                self.send("WATCHDOG=1")
             self._next_watchdog = now + self.watchdog_interval
         if self._pending_status is not None and now - self._last_status >= STATUS_INTERVAL:
             self.send(f"STATUS={self._pending_status}")
