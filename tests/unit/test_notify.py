@@ -79,6 +79,21 @@ class TestNotifier:
         notifications.wait_for("WATCHDOG=1")
         notifier.close()
 
+    def test_watchdog_withheld_when_unhealthy(self, notifications: Notifications) -> None:
+        """While the daemon is not healthy (a silent forker), WATCHDOG=1 is not sent."""
+        environ = {"NOTIFY_SOCKET": str(notifications.path), "WATCHDOG_USEC": "100000"}
+        notifier = Notifier(environ, os.getpid())
+        notifier.tick(healthy=False)
+        time.sleep(0.06)
+        notifier.tick(healthy=False)
+        notifier.ready("x")
+        notifications.wait_for("READY=1")
+        assert not [m for m in notifications.poll() if "WATCHDOG" in m]
+        time.sleep(0.06)
+        notifier.tick(healthy=True)
+        notifications.wait_for("WATCHDOG=1")
+        notifier.close()
+
     def test_watchdog_for_another_pid(self, notifications: Notifications) -> None:
         """WATCHDOG_PID naming another process disables the watchdog."""
         environ = {
