@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib
 import os
 from typing import TYPE_CHECKING
@@ -61,6 +63,19 @@ def detach(pidfile: str, log_file: str, keep_fds: Iterable[int]) -> None:
         context.open()
     except (lockfile.Error, python_daemon.daemon.DaemonError, OSError) as exc:
         raise OSFailure(f"--pidfile {pidfile}: cannot detach: {exc}") from None
+    # python-daemon releases the lock at exit and raises if it cannot: after
+    # dropping root, the pid file's directory is usually not ours to change.
+    # Remove it if we may; a stale one is replaced at the next start.
+    atexit.unregister(context.close)
+    atexit.register(_remove_pidfile, os.path.abspath(pidfile), os.getpid())
+
+
+def _remove_pidfile(path: str, pid: int) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        with open(path, encoding="ascii") as file:
+            if int(file.read().strip()) != pid:
+                return
+        os.unlink(path)
 
 
 def _break_stale_lock(lock: object, pidfile: str) -> None:

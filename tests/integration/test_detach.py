@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness import exchange, wait_until
 
 
@@ -94,3 +95,42 @@ class TestDetach:
         pid = int(wait_until(lambda: read_pid(pidfile).replace("999999999", "")))
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not alive(pid), what="daemon exit")
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+    def test_detached_with_user_stops_without_traceback(self, tmp_path: Path) -> None:
+        """Detached and then unprivileged, sockd still stops cleanly: no traceback in its log."""
+        config = tmp_path / "sockd.toml"
+        config.write_text(
+            '[daemon]\nuser = "nobody"\n[[service]]\nname = "echo"\nhandler = "echo"\n'
+            f'listen = ["unix:{tmp_path}/echo.sock"]\n'
+        )
+        pidfile, log = tmp_path / "sockd.pid", tmp_path / "sockd.log"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sockd",
+                "run",
+                "--config",
+                str(config),
+                "--daemon",
+                "--pidfile",
+                str(pidfile),
+                "--log-file",
+                str(log),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"},
+        )
+        assert result.returncode == 0, result.stderr
+        pid = int(wait_until(lambda: read_pid(pidfile)))
+        wait_until(lambda: "ready" in log.read_text(), what="ready")
+        assert exchange(f"unix:{tmp_path}/echo.sock", b"x") == b"x"
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not alive(pid), what="daemon exit")
+        text = log.read_text()
+        assert '"event": "stopped"' in text
+        assert "Traceback" not in text
