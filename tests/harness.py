@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -215,11 +216,22 @@ def connect(address: str, *, source: str | None = None, timeout: float = WAIT) -
 
 
 def exchange(address: str, data: bytes, **kwargs: Any) -> bytes:
-    """Send `data`, half-close, and read everything until the server closes."""
+    """Send `data`, half-close, and read everything until the server closes.
+
+    A server that closes at once (a refused client) reads as b"", whether the
+    client saw the close or a reset.
+    """
     with connect(address, **kwargs) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        return recv_all(sock)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise
+        try:
+            return recv_all(sock)
+        except ConnectionResetError:
+            return b""
 
 
 def recv_all(sock: socket.socket) -> bytes:

@@ -14,10 +14,6 @@ import select
 import struct
 import time
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 PIPE_BUF = select.PIPE_BUF
 _HEADER = struct.Struct("!I")
 Record = tuple[object, ...]
@@ -58,8 +54,11 @@ class Reader:
         self.eof = False
         self.last_read = time.monotonic()
 
-    def read(self) -> Iterator[Record]:
-        """Yield every complete record available now; set `eof` at end of file.
+    def read(self) -> list[Record]:
+        """Return every complete record available now; set `eof` at end of file.
+
+        A list, not a generator: a caller that stops early must not lose the
+        records read behind the one it wanted.
 
         Raises:
             GarbledError: a record does not decode; what was buffered is dropped.
@@ -74,6 +73,7 @@ class Reader:
             self.eof = True
         buffer, offset = self.buffer, 0
         self.buffer = b""
+        records = []
         while len(buffer) - offset >= _HEADER.size:
             (length,) = _HEADER.unpack_from(buffer, offset)
             end = offset + _HEADER.size + length
@@ -88,14 +88,17 @@ class Reader:
             except (EOFError, ValueError, TypeError) as exc:
                 raise GarbledError(str(exc)) from None
             offset = end
-            yield record
+            records.append(record)
         self.buffer = buffer[offset:]
+        return records
 
     def read_blocking(self) -> Record | None:
         """Wait for one record (start-up only); None at end of file."""
         while True:
-            for record in self.read():
-                return record
+            records = self.read()
+            if records:
+                self.buffer = b"".join(encode(record) for record in records[1:]) + self.buffer
+                return records[0]
             if self.eof:
                 return None
             select.select([self.fd], [], [])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from sockd import ipc
 
 
@@ -16,11 +18,11 @@ class TestRecords:
         records = [("log", "info", "x", {"pid": 1, "n": [1.5, None]}), ("status", 1, 2, 3, 4)]
         data = b"".join(ipc.encode(record) for record in records)
         os.write(write_end, data[:5])
-        assert list(reader.read()) == []
+        assert reader.read() == []
         os.write(write_end, data[5:])
-        assert list(reader.read()) == records
+        assert reader.read() == records
         os.close(write_end)
-        assert list(reader.read()) == []
+        assert reader.read() == []
         assert reader.eof
         os.close(read_end)
 
@@ -33,4 +35,29 @@ class TestRecords:
         assert reader.read_blocking() == ("ready",)
         os.close(write_end)
         assert reader.read_blocking() is None
+        os.close(read_end)
+
+    def test_records_behind_the_first_are_kept(self) -> None:
+        """A set-up record and an early stop in one read: the stop is not lost."""
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        reader = ipc.Reader(read_end)
+        os.write(write_end, ipc.encode(("setup", {})) + ipc.encode(("stop", 1.0)))
+        assert reader.read_blocking() == ("setup", {})
+        assert reader.read() == [("stop", 1.0)]
+        os.close(write_end)
+        os.close(read_end)
+
+    def test_garbage_is_reported(self) -> None:
+        """A broken length or payload raises GarbledError instead of stalling for ever."""
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        reader = ipc.Reader(read_end)
+        os.write(write_end, b"\xff\xff\xff\xff")
+        with pytest.raises(ipc.GarbledError, match="claims"):
+            reader.read()
+        os.write(write_end, b"\x00\x00\x00\x02\xff\xff")
+        with pytest.raises(ipc.GarbledError):
+            reader.read()
+        os.close(write_end)
         os.close(read_end)
