@@ -123,6 +123,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
     request_queue_size = socket.SOMAXCONN
     block_on_close = False  # the forker waits for children, with a deadline
+    # ForkingMixIn's own cap blocks in waitpid() and is never reached here:
+    # the forker enforces the configured caps by not polling a capped listener.
+    max_children = sys.maxsize
+    timeout = None
 
     def __init__(self, endpoint: Endpoint, service: Service, shared: Shared) -> None:
         """Create the socket (or take the adopted one), bind and activate it.
