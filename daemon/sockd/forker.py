@@ -187,6 +187,9 @@ class Forker:
                 signal.signal(signum, self._record_signal)
         self.poller.register(self._wakeup_read, select.EPOLLIN)
         self.poller.register(self.control.fd, select.EPOLLIN)
+        self.child_closes = [server.fileno() for server in self.servers]
+        self.child_closes += [self.poller.fileno(), self._wakeup_read, self._wakeup_write]
+        self.child_closes.append(self.control.fd)
         self._update_accepting()
         self._obey()  # commands that came with the set-up record (an early stop)
         # Everything loaded so far lives as long as the forker: keep the
@@ -378,12 +381,11 @@ class Forker:
         return min(deadline, self.heartbeat_due)
 
     def _close_in_child(self) -> None:
-        for server in self.servers:
-            server.socket.close()
-        self.poller.close()
-        os.close(self._wakeup_read)
-        os.close(self._wakeup_write)
-        os.close(self.control.fd)
+        # Raw descriptors: closing the socket and epoll objects would write to
+        # pages the child shares with us, and each costs the child a copy.
+        # (So `self.server.socket` in a handler is a closed descriptor.)
+        for fd in self.child_closes:
+            os.close(fd)
 
     def _close(self) -> None:
         signal.set_wakeup_fd(-1)

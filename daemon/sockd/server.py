@@ -45,6 +45,10 @@ HANDLED_SIGNALS = (
 # of enum objects written while children share them. The C function returns
 # plain ints.
 _sigmask: Callable[[int, Iterable[int]], set[int]] = _signal.pthread_sigmask
+# Likewise signal.signal, which converts the old handler to an enum: the child
+# resets five handlers, each conversion writing pages it shares.
+_set_handler: Callable[[int, int], object] = _signal.signal
+_SIG_DFL = int(signal.SIG_DFL)
 # accept(2) errors that concern one connection only, not the listener.
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 # An error record must fit one atomic pipe write: frames are trimmed to fit.
@@ -289,8 +293,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         status = 1
         try:
             for signum in HANDLED_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
+                _set_handler(signum, _SIG_DFL)
+            _signal.set_wakeup_fd(-1)
             _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.shared.close_in_child()
             if self.service.max_duration:
