@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import socket
 import stat
@@ -221,6 +220,8 @@ def sockname_matches(sockname: object, address: ListenAddress) -> bool:
         resolved = resolve(address, "")
     except ConfigError:
         return False
+    import ipaddress  # noqa: PLC0415 (the daemon's side only: the forker stays small)
+
     host = ipaddress.ip_address(sockname[0])
     return any(ipaddress.ip_address(sa[0]) == host for _, sa in resolved if isinstance(sa, tuple))
 

@@ -130,7 +130,8 @@ class MainLoop:
     def _on_event(self, record: ipc.Record) -> None:
         kind = record[0]
         if kind == "closed":
-            log.info("connection_closed", **closed_fields(record[1:]))  # type: ignore[arg-type]
+            for raw in record[1]:  # type: ignore[attr-defined]
+                log.info("connection_closed", **closed_fields(raw))
         elif kind == "log":
             _, level, event, fields = record
             getattr(log, str(level))(event, **fields)  # type: ignore[arg-type]
