@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sockd.children import RawExit
-    from sockd.config import DaemonConfig
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to children at stop
 ACCEPT_BATCH = 1  # per listener per turn: select() says one is there, so no EAGAIN to raise
@@ -52,64 +51,6 @@ STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= i
 EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
 EXITS_PER_RECORD = 16  # each encodes to under 200 bytes: a record stays under PIPE_BUF
 HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
-
-
-class ForkerProcess:
-    """The daemon's handle on its forker: pid and both pipe ends."""
-
-    __slots__ = ("control", "events", "pid")
-
-    def __init__(self, pid: int, control: int, events: int) -> None:
-        """Hold the forker's pid, our control write end and events read end."""
-        self.pid = pid
-        self.control = control
-        self.events = events
-
-    def send(self, record: ipc.Record) -> None:
-        """Send a control record; a forker that is gone is noticed by its exit, not here."""
-        with contextlib.suppress(BrokenPipeError):
-            ipc.send(self.control, record)
-
-
-def spawn(
-    servers: list[ServiceServer], daemon: DaemonConfig, who: privileges.Identity | None
-) -> ForkerProcess:
-    """Start the forker with the daemon's listeners (`posix_spawn`, so no fork of the daemon).
-
-    Raises:
-        OSError: the interpreter could not be started.
-    """
-    control_read, control_write = os.pipe2(os.O_CLOEXEC)
-    events_read, events_write = os.pipe2(os.O_CLOEXEC)
-    passed = [control_read, events_write] + [server.fileno() for server in servers]
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environ = dict(os.environ, PYTHONPATH=package_root)
-    argv = [sys.executable, "-S", "-m", "sockd.forker", *(str(fd) for fd in passed)]
-    try:
-        for fd in passed:
-            os.set_inheritable(fd, True)
-        # Its own process group: a Ctrl-C at the terminal reaches the daemon
-        # only, which stops the forker gracefully.
-        pid = os.posix_spawn(sys.executable, argv, environ, setpgroup=0)
-    finally:
-        for fd in passed:
-            os.set_inheritable(fd, False)
-        os.close(control_read)
-        os.close(events_write)
-    os.set_blocking(events_read, False)
-    setup = {
-        "listeners": [
-            [server.fileno(), server.service.name, server.endpoint.fd_name] for server in servers
-        ],
-        "services": [server.service.record for server in servers],
-        "max_children": daemon.max_children,
-        "stop_timeout": daemon.stop_timeout,
-        "identity": list(who) if who else None,
-        "sys_path": sys.path,
-    }
-    forker = ForkerProcess(pid, control_write, events_read)
-    forker.send(("setup", setup))
-    return forker
 
 
 class Forker:
@@ -144,6 +85,7 @@ class Forker:
         self.batch: list[RawExit] = []  # exits not yet sent
         self.batch_due = 0.0
         self.heartbeat_due = 0.0
+        self.child_closes: list[int] = []  # descriptors a child closes first
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed

@@ -1,4 +1,7 @@
-"""The daemon's main loop: signals, sd_notify, reload, stop, and the forker's events logged."""
+"""The daemon's side: start and supervise the forker, log its events, act on signals.
+
+The forker's side, and the protocol between the two, are in sockd.forker.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import contextlib
 import os
 import selectors
 import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +23,8 @@ from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
 if TYPE_CHECKING:
     from types import FrameType
 
-    from sockd.forker import ForkerProcess
+    from sockd import privileges
+    from sockd.config import DaemonConfig
     from sockd.notify import Notifier
     from sockd.server import ServiceServer
 
@@ -34,6 +39,64 @@ FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode")
+
+
+class ForkerProcess:
+    """The daemon's handle on its forker: pid and both pipe ends."""
+
+    __slots__ = ("control", "events", "pid")
+
+    def __init__(self, pid: int, control: int, events: int) -> None:
+        """Hold the forker's pid, our control write end and events read end."""
+        self.pid = pid
+        self.control = control
+        self.events = events
+
+    def send(self, record: ipc.Record) -> None:
+        """Send a control record; a forker that is gone is noticed by its exit, not here."""
+        with contextlib.suppress(BrokenPipeError):
+            ipc.send(self.control, record)
+
+
+def spawn(
+    servers: list[ServiceServer], daemon: DaemonConfig, who: privileges.Identity | None
+) -> ForkerProcess:
+    """Start the forker with the daemon's listeners (`posix_spawn`, so no fork of the daemon).
+
+    Raises:
+        OSError: the interpreter could not be started.
+    """
+    control_read, control_write = os.pipe2(os.O_CLOEXEC)
+    events_read, events_write = os.pipe2(os.O_CLOEXEC)
+    passed = [control_read, events_write] + [server.fileno() for server in servers]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environ = dict(os.environ, PYTHONPATH=package_root)
+    argv = [sys.executable, "-S", "-m", "sockd.forker", *(str(fd) for fd in passed)]
+    try:
+        for fd in passed:
+            os.set_inheritable(fd, True)
+        # Its own process group: a Ctrl-C at the terminal reaches the daemon
+        # only, which stops the forker gracefully.
+        pid = os.posix_spawn(sys.executable, argv, environ, setpgroup=0)
+    finally:
+        for fd in passed:
+            os.set_inheritable(fd, False)
+        os.close(control_read)
+        os.close(events_write)
+    os.set_blocking(events_read, False)
+    setup = {
+        "listeners": [
+            [server.fileno(), server.service.name, server.endpoint.fd_name] for server in servers
+        ],
+        "services": [server.service.record for server in servers],
+        "max_children": daemon.max_children,
+        "stop_timeout": daemon.stop_timeout,
+        "identity": list(who) if who else None,
+        "sys_path": sys.path,
+    }
+    forker = ForkerProcess(pid, control_write, events_read)
+    forker.send(("setup", setup))
+    return forker
 
 
 class MainLoop:

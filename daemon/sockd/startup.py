@@ -14,8 +14,7 @@ from sockd import daemonize, listeners, privileges
 from sockd import log as sockd_log
 from sockd._version import __version__
 from sockd.errors import OSFailure
-from sockd.forker import spawn
-from sockd.mainloop import MainLoop
+from sockd.mainloop import MainLoop, spawn
 from sockd.notify import Notifier
 from sockd.server import Service, ServiceServer, Shared
 
