@@ -25,6 +25,14 @@ def has_ipv6_loopback() -> bool:
     return True
 
 
+def serve_test_handler(sockd: Callable[..., Sockd], name: str) -> Sockd:
+    """Run one service with a handler of tests/support_handlers.py, on a kernel-chosen port."""
+    spec = f"support_handlers:{name}"
+    return sockd(
+        "run", "--handler", spec, "--listen", "127.0.0.1:0", env={"PYTHONPATH": str(TESTS)}
+    )
+
+
 def config_file(tmp_path: Path, services: str, daemon: str = "") -> str:
     return write_config(
         tmp_path / "sockd.toml", f'[daemon]\npythonpath = ["{TESTS}"]\n{daemon}\n{services}'
@@ -74,14 +82,7 @@ class TestOwnBinding:
 class TestChildren:
     def test_no_zombies_after_500_connections(self, sockd: Callable[..., Sockd]) -> None:
         """500 connections through a handler that exits at once leave no zombie."""
-        daemon = sockd(
-            "run",
-            "--handler",
-            "support_handlers:Quick",
-            "--listen",
-            "127.0.0.1:0",
-            env={"PYTHONPATH": str(TESTS)},
-        )
+        daemon = serve_test_handler(sockd, "Quick")
         address = daemon.address()
         for _ in range(500):
             assert exchange(address, b"") == b"."
@@ -92,14 +93,7 @@ class TestChildren:
 
     def test_child_killed_by_signal_is_logged(self, sockd: Callable[..., Sockd]) -> None:
         """A child killed with SIGKILL is reaped and logged with its signal and costs."""
-        daemon = sockd(
-            "run",
-            "--handler",
-            "support_handlers:Sleep",
-            "--listen",
-            "127.0.0.1:0",
-            env={"PYTHONPATH": str(TESTS)},
-        )
+        daemon = serve_test_handler(sockd, "Sleep")
         with connect(daemon.address()) as client:
             assert client.recv(100) == b"sleeping\n"
             ((pid, _state),) = daemon.children()
@@ -116,14 +110,7 @@ class TestChildren:
 
     def test_real_time_signal_is_named(self, sockd: Callable[..., Sockd]) -> None:
         """A child ended by a real-time signal is logged with its name; serving goes on."""
-        daemon = sockd(
-            "run",
-            "--handler",
-            "support_handlers:RealTimeSignal",
-            "--listen",
-            "127.0.0.1:0",
-            env={"PYTHONPATH": str(TESTS)},
-        )
+        daemon = serve_test_handler(sockd, "RealTimeSignal")
         exchange(daemon.address(), b"")
         (closed,) = daemon.wait_event("connection_closed")
         assert closed["signal"] == "SIGRTMIN+6"
@@ -133,14 +120,7 @@ class TestChildren:
 
     def test_forker_death_is_noticed(self, sockd: Callable[..., Sockd]) -> None:
         """If the forker dies, its children are killed and the daemon exits 70."""
-        daemon = sockd(
-            "run",
-            "--handler",
-            "support_handlers:Sleep",
-            "--listen",
-            "127.0.0.1:0",
-            env={"PYTHONPATH": str(TESTS)},
-        )
+        daemon = serve_test_handler(sockd, "Sleep")
         with connect(daemon.address()) as client:
             assert client.recv(100) == b"sleeping\n"
             forker = daemon.forker()
