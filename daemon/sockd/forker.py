@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from sockd.children import RawExit
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to children at stop
-ACCEPT_BATCH = 1  # per listener per turn: select() says one is there, so no EAGAIN to raise
+MAX_ACCEPT_BURST = 16  # connections accepted per listener per turn, at most
 ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
 IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due
 REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits for it
@@ -76,6 +76,7 @@ class Forker:
         self.poller = select.epoll()
         self.pending: list[int] = []
         self.listening: dict[int, ServiceServer] = {}
+        self.bursts: dict[ServiceServer, int] = {}
         self.watching_exits = False
         self.paused_until = 0.0
         self.stop_phase: str | None = None  # None, "wait", "term", "kill"
@@ -232,7 +233,11 @@ class Forker:
         ipc.send(self.events, ("reloaded",))
 
     def _accept(self, server: ServiceServer) -> None:
-        budget = min(ACCEPT_BATCH, self._room(server))
+        # Accept one per turn while connections come one at a time (trying a
+        # second would end in BlockingIOError, an exception per connection);
+        # double the batch while the backlog keeps up, so a burst costs fewer turns.
+        burst = self.bursts.get(server, 1)
+        budget = min(burst, self._room(server))
         try:
             taken = server.accept_ready(budget)
         except OSError as exc:
@@ -242,6 +247,7 @@ class Forker:
             self.paused_until = time.monotonic() + ACCEPT_PAUSE
             self._update_accepting()  # level-triggered: stop polling, or it fires at once
             return
+        self.bursts[server] = min(burst * 2, MAX_ACCEPT_BURST) if taken == budget else 1
         if taken and not self._room(server):
             self._update_accepting()  # a cap reached: stop polling this listener
 
