@@ -235,7 +235,8 @@ class Forker:
     def _accept(self, server: ServiceServer) -> None:
         # Accept one per turn while connections come one at a time (trying a
         # second would end in BlockingIOError, an exception per connection);
-        # double the batch while the backlog keeps up, so a burst costs fewer turns.
+        # while several are served at once and the backlog keeps up, double the
+        # batch, so a burst costs fewer turns.
         burst = self.bursts.get(server, 1)
         budget = min(burst, self._room(server))
         try:
@@ -247,7 +248,8 @@ class Forker:
             self.paused_until = time.monotonic() + ACCEPT_PAUSE
             self._update_accepting()  # level-triggered: stop polling, or it fires at once
             return
-        self.bursts[server] = min(burst * 2, MAX_ACCEPT_BURST) if taken == budget else 1
+        busy = taken == budget and len(self.shared.children) > 1
+        self.bursts[server] = min(burst * 2, MAX_ACCEPT_BURST) if busy else 1
         if taken and not self._room(server):
             self._update_accepting()  # a cap reached: stop polling this listener
 
