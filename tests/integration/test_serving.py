@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -251,4 +253,25 @@ class TestPrivileges:
         proc_status = Path(f"/proc/{daemon.pid}/status").read_text().splitlines()
         uids = next(line for line in proc_status if line.startswith("Uid:"))
         assert uids.split()[1:] == ["65534"] * 4
+        assert daemon.stop() == 0
+
+
+class TestAcceptFailures:
+    def test_emfile_pauses_accepting_and_recovers(self, sockd: Callable[..., Sockd]) -> None:
+        """Out of descriptors: accept_failed is logged a bounded number of times; it recovers."""
+        daemon = sockd("run", "--handler", "echo", "--listen", "127.0.0.1:0")
+        forker = daemon.forker()
+        open_fds = len(list(Path(f"/proc/{forker}/fd").iterdir()))
+        soft, hard = resource.prlimit(forker, resource.RLIMIT_NOFILE)
+        resource.prlimit(forker, resource.RLIMIT_NOFILE, (open_fds, hard))
+        waiting = connect(daemon.address())
+        daemon.wait_event("accept_failed")
+        time.sleep(1.0)
+        failures = daemon.events("accept_failed")
+        assert failures[0]["error"] == "Too many open files"
+        assert len(failures) <= 15, "accepting pauses 0.1 s after a failure"
+        resource.prlimit(forker, resource.RLIMIT_NOFILE, (soft, hard))
+        waiting.sendall(b"late")
+        assert waiting.recv(10) == b"late"
+        waiting.close()
         assert daemon.stop() == 0
