@@ -27,7 +27,7 @@ _INFO = 20
 
 
 class FdLogger:
-    """Writes each rendered event with one write(2), so concurrent children never interleave."""
+    """Writes each rendered event with one write(2), so other writers to stderr never split it."""
 
     def __init__(self, fd: int = 2) -> None:
         """Write to file descriptor `fd` (stderr by default)."""

@@ -109,7 +109,7 @@ class Notifier:
         return max(0.0, due - now)
 
     def close(self) -> None:
-        """Drop the connection to systemd (in a forked child, say)."""
+        """Drop the connection to systemd."""
         if self._socket is not None and self._socket.socket is not None:
             self._socket.socket.close()
         self._socket = None

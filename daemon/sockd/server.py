@@ -124,7 +124,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
     Each accepted connection is served by `RequestHandlerClass` in a forked
     child. The forker's loop drives it with `accept_ready()`; `serve_forever()`
-    is not used, so one selector serves every listener.
+    is not used, so one epoll serves every listener.
     """
 
     request_queue_size = socket.SOMAXCONN
