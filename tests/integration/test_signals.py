@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import TESTS, Notifications, Sockd, connect, exchange, write_config
+from harness import TESTS, Notifications, Sockd, connect, exchange, wait_until, write_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,6 +23,14 @@ handler = "{handler}"
 listen = ["127.0.0.1:0"]
 deny = [{deny}]
 """
+
+
+def refused(address: str) -> bool:
+    try:
+        connect(address).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def echo_config(
@@ -45,8 +53,8 @@ class TestStop:
             daemon.signal(signal.SIGTERM)
             notifications.wait_for("STOPPING=1")
             daemon.wait_event("stopping")
-            with pytest.raises(ConnectionRefusedError):
-                connect(address)
+            # Refused once the daemon and the forker have both closed the listener.
+            wait_until(lambda: refused(address), what="new connections refused")
             client.sendall(b"during\n")
             assert client.recv(100) == b"during\n"
             assert daemon.process.poll() is None, "sockd waits for the connection"
