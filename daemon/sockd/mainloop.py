@@ -11,7 +11,7 @@ import selectors
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,6 +19,7 @@ from sockd import config as sockd_config
 from sockd import ipc
 from sockd.children import closed_fields
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
+from sockd.notify import status_text
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -199,10 +200,7 @@ class MainLoop:
             _, level, event, fields = record
             getattr(log, str(level))(event, **fields)  # type: ignore[arg-type]
         elif kind == "status":
-            active, served, denied, errors = record[1:]
-            self.notifier.status(
-                f"{active} active, {served} served, {denied} denied, {errors} errors"
-            )
+            self.notifier.status(status_text(*record[1:]))  # type: ignore[arg-type]
         elif kind == "ready" and not self.stopping:
             self.ready = True
             log.info("ready", services=[service.name for service in self.config.services])
@@ -244,13 +242,10 @@ class MainLoop:
             new = sockd_config.load(_reload_path(self.config.path))
             _check_reloadable(self.config, new)
         except ConfigError as exc:
-            log.error("reload_failed", config=self.config.path, error=str(exc))
-            self.notifier.ready(self.notifier.last_status_text)
+            self._reload_done(str(exc))
             return
         except Exception as exc:  # noqa: BLE001 (whatever goes wrong, the old config serves on)
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("reload_failed", config=self.config.path, error=error)
-            self.notifier.ready(self.notifier.last_status_text)
+            self._reload_done(f"{type(exc).__name__}: {exc}")
             return
         self.reload_pending = True
         self.next_config = new
@@ -283,8 +278,7 @@ class MainLoop:
             log.error("startup_failed", error=error, exit_code=code)
             return code
         if not self.stopping or self.forker_status != 0:
-            fields: dict[str, Any] = {"exit_status": self.forker_status}
-            log.error("forker_died", **fields)
+            log.error("forker_died", exit_status=self.forker_status)
             return EX_SOFTWARE
         log.info("stopped")
         return EX_OK

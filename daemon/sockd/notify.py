@@ -16,6 +16,11 @@ log = structlog.get_logger()
 STATUS_INTERVAL = 1.0
 
 
+def status_text(active: int, served: int, denied: int, errors: int) -> str:
+    """Return the STATUS= text for the daemon's counters."""
+    return f"{active} active, {served} served, {denied} denied, {errors} errors"
+
+
 class Notifier:
     """The daemon's channel to systemd: readiness, status, reload, stop and watchdog.
 
@@ -32,7 +37,7 @@ class Notifier:
         self.watchdog_interval: float | None = None
         self._last_status = float("-inf")
         self._pending_status: str | None = None
-        self.last_status_text = "0 active, 0 served, 0 denied, 0 errors"
+        self.last_status_text = status_text(0, 0, 0, 0)
         self._next_watchdog = float("inf")
         if not address:
             return
