@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-file", metavar="PATH", help="with --daemon: where logs go")
     check = commands.add_parser("check", help="validate and print the effective config")
     check.add_argument("--config", metavar="FILE", default=sockd_config.DEFAULT_PATH)
+    check.add_argument("--quiet", "-q", action="store_true", help="print nothing when valid")
     return parser
 
 
@@ -62,17 +63,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Run the `sockd` command line and exit with its status."""
     args = build_parser().parse_args(argv)
     if args.command == "check":
-        sys.exit(_check(args.config))
+        sys.exit(_check(args.config, quiet=args.quiet))
     sys.exit(_run(args))
 
 
-def _check(path: str) -> int:
+def _check(path: str, *, quiet: bool) -> int:
     try:
         config = sockd_config.load(path)
     except SockdError as exc:
         print(f"sockd: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(sockd_config.to_toml(config), end="")
+    if not quiet:
+        print(sockd_config.to_toml(config), end="")
     return EX_OK
 
 
