@@ -1,0 +1,101 @@
+"""The Debian package: lintian-clean, hardened valid units, install, remove and purge."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from conftest import REPO
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from nspawn import Container
+
+UNITS = ("sockd.socket", "sockd.service", "sockd@.socket", "sockd@.service")
+MAX_EXPOSURE = 2.0
+
+
+def test_lintian_reports_no_error_and_no_warning(deb: Path) -> None:
+    """lintian on the .deb and the .changes: informational notes at most."""
+    report = (REPO / "build/deb/lintian.log").read_text()
+    assert not [line for line in report.splitlines() if line[:2] in {"E:", "W:"}], report
+    assert list(deb.parent.glob("sockd_*.changes"))
+
+
+def test_package_version_is_the_project_version(deb: Path) -> None:
+    """The .deb's version comes from daemon/sockd/_version.py (the build checks it)."""
+    text = (REPO / "daemon/sockd/_version.py").read_text()
+    version = re.search(r'__version__ = "(.*)"', text)
+    assert version is not None
+    assert deb.name == f"sockd_{version[1]}_all.deb"
+
+
+def test_units_verify_clean_and_the_service_is_hardened(machine: Container) -> None:
+    """`systemd-analyze verify` says nothing of any unit; exposure is at most 2.0."""
+    paths = [f"/lib/systemd/system/{unit}" for unit in UNITS]
+    verify = machine.run("systemd-analyze", "verify", *paths, check=False)
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+    for unit in ("sockd.service", "sockd@.service"):
+        security = machine.run(
+            "systemd-analyze", "security", "--offline=yes", f"/lib/systemd/system/{unit}"
+        ).stdout
+        score = re.search(r"Overall exposure level for \S+: (\d+\.\d)", security)
+        assert score is not None, security
+        assert float(score[1]) <= MAX_EXPOSURE, security
+
+
+def test_install_creates_the_user_and_starts_only_the_socket(machine: Container) -> None:
+    """After `apt install`: sockd.socket listens, sockd itself waits for a connection."""
+    assert machine.show("sockd.socket", "ActiveState") == "active"
+    assert machine.show("sockd.socket", "UnitFileState") == "enabled"
+    assert machine.show("sockd.service", "ActiveState") == "inactive"
+    user = machine.run("getent", "passwd", "sockd").stdout.strip().split(":")
+    assert user[0] == "sockd"
+    assert int(user[2]) < 1000  # a system user
+    assert user[6] == "/usr/sbin/nologin"
+    conffiles = machine.run("dpkg-query", "-W", "-f=${Conffiles}", "sockd").stdout
+    assert "/etc/sockd/sockd.toml" in conffiles
+
+
+def test_remove_then_purge_leave_nothing_of_ours(machine: Container) -> None:
+    """No process, unit, socket or file survives remove and purge (the user may)."""
+    machine.write("/etc/sockd/extra.toml", EXTRA_INSTANCE)
+    machine.run("systemctl", "start", "sockd@extra.socket")
+    with machine.connect("127.0.0.1", 7) as client:  # starts sockd.service
+        client.sendall(b"hi\n")
+        assert client.recv(10) == b"hi\n"
+    with machine.connect_unix("/run/sockd/extra.sock") as client:  # starts sockd@extra
+        client.sendall(b"hi\n")
+        assert client.recv(10) == b"hi\n"
+    assert machine.run("pgrep", "-u", "sockd", check=False).stdout.split()
+
+    machine.run("apt-get", "remove", "-y", "-q", "sockd")
+    assert machine.run("pgrep", "-u", "sockd", check=False).stdout == ""
+    assert _our_units(machine, "list-units", "--state=active") == ""
+    assert _our_units(machine, "list-unit-files") == ""
+    assert machine.run("test", "-e", "/run/sockd/extra.sock", check=False).returncode != 0
+    assert machine.run("test", "-e", "/etc/sockd/sockd.toml", check=False).returncode == 0
+
+    machine.run("apt-get", "purge", "-y", "-q", "sockd")
+    assert _our_units(machine, "list-units", "--all") == ""
+    assert machine.run("dpkg-query", "-W", "sockd", check=False).returncode != 0
+    assert machine.run("test", "-e", "/etc/sockd/sockd.toml", check=False).returncode != 0
+    places = ("/etc", "/lib", "/usr/bin", "/usr/lib", "/usr/share", "/var/lib", "/run")
+    leftovers = machine.run("find", *places, "-name", "*sockd*").stdout.split()
+    # The administrator's own config of the instance is theirs, not ours.
+    assert leftovers == ["/etc/sockd"]
+    assert machine.run("ls", "/etc/sockd").stdout.split() == ["extra.toml"]
+
+
+def _our_units(machine: Container, *listing: str) -> str:
+    """Return what `systemctl LISTING sockd*` lists (it exits 1 when that is nothing)."""
+    command = ("systemctl", *listing, "--plain", "--no-legend", "sockd*")
+    return machine.run(*command, check=False).stdout.strip()
+
+
+EXTRA_INSTANCE = """
+[[service]]
+name = "extra"
+handler = "echo"
+"""
