@@ -1,6 +1,7 @@
 # The quick start: `make run` serves examples/sockd.toml in the foreground;
-# `make test` sets up and runs every check (lint, types, tests).
-.PHONY: setup run test lint bench clean
+# `make test` sets up and runs every check (lint, types, tests, and as root the
+# system tests: the .deb built, installed and driven in a booted systemd).
+.PHONY: setup run test lint bench deb clean
 
 setup:
 	./scripts/setup
@@ -16,8 +17,11 @@ lint: setup
 test: lint
 	.venv/bin/python -m pytest
 
+deb:
+	./scripts/build-deb
+
 bench: setup
 	.venv/bin/python bench/echo.py
 
 clean:
-	rm -rf .venv build *.egg-info daemon/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv build dist *.egg-info daemon/*.egg-info .pytest_cache .mypy_cache .ruff_cache

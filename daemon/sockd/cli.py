@@ -71,7 +71,9 @@ def _check(path: str, *, quiet: bool) -> int:
     try:
         config = sockd_config.load(path)
     except SockdError as exc:
-        print(f"sockd: {exc}", file=sys.stderr)
+        # Under systemd (ExecStartPre=, ExecReload=) the journal files it as an error.
+        priority = "<3>" if sockd_log.stderr_is_journal() else ""
+        print(f"{priority}sockd: {exc}", file=sys.stderr)
         return exc.exit_code
     if not quiet:
         print(sockd_config.to_toml(config), end="")

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from harness import TESTS
-from nspawn import Container, rootfs
+from nspawn import HANDLERS_DIR, Container, rootfs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 REPO = TESTS.parent
-HANDLERS_DIR = "/usr/local/lib/sockd-tests"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,14 +40,14 @@ def deb() -> Path:
 
 @pytest.fixture(scope="session")
 def root(deb: Path) -> Path:
-    """The container's rootfs, cached across runs (built after the package: root is checked)."""
+    """Return the container's rootfs, cached across runs (after `deb`, which checks for root)."""
     assert deb.exists()
     return rootfs()
 
 
 @pytest.fixture
 def machine(deb: Path, root: Path, tmp_path: Path) -> Iterator[Container]:
-    """A freshly booted container with sockd installed by apt, as an administrator would."""
+    """Boot a fresh container and install sockd with apt, as an administrator would."""
     container = Container(f"sockd-{os.getpid()}", deb.parent, tmp_path)
     try:
         container.boot(root)
@@ -59,6 +58,7 @@ def machine(deb: Path, root: Path, tmp_path: Path) -> Iterator[Container]:
         yield container
     finally:
         if container.leader:
-            # Shown with a failing test's output.
-            print(container.run("journalctl", "-b", "--no-pager", "-n", "80", check=False).stdout)
+            print(  # noqa: T201 (shown with a failing test's output)
+                container.run("journalctl", "-b", "--no-pager", "-n", "80", check=False).stdout
+            )
         container.shutdown()

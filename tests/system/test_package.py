@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from conftest import REPO
+from harness import TESTS
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 
 UNITS = ("sockd.socket", "sockd.service", "sockd@.socket", "sockd@.service")
 MAX_EXPOSURE = 2.0
+REPO = TESTS.parent
 
 
 def test_lintian_reports_no_error_and_no_warning(deb: Path) -> None:
-    """lintian on the .deb and the .changes: informational notes at most."""
+    """Lintian on the .deb and the .changes: informational notes at most."""
     report = (REPO / "build/deb/lintian.log").read_text()
     assert not [line for line in report.splitlines() if line[:2] in {"E:", "W:"}], report
     assert list(deb.parent.glob("sockd_*.changes"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -87,6 +88,27 @@ class TestCheck:
             f"sockd: {path}: service 'x': listen[0]: bad address 'nowhere':"
             " expected HOST:PORT, [IPV6]:PORT or unix:/path\n"
         )
+
+    def test_quiet_prints_nothing_when_valid(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`sockd check --quiet` (ExecStartPre=, ExecReload=) says nothing on success."""
+        assert run_main(["check", "--quiet", "--config", str(EXAMPLES / "sockd.toml")]) == 0
+        assert capsys.readouterr() == ("", "")
+
+    def test_error_to_the_journal_carries_priority_err(self, tmp_path: Path) -> None:
+        """With stderr the journal stream (JOURNAL_STREAM), the line starts with <3>."""
+        path = tmp_path / "bad.toml"
+        path.write_text("[daemon\n")
+        stderr = tmp_path / "stderr"
+        with stderr.open("w") as file:
+            info = os.fstat(file.fileno())
+            result = subprocess.run(
+                [sys.executable, "-m", "sockd", "check", "--quiet", "--config", str(path)],
+                stderr=file,
+                env={"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}", "PATH": "/usr/bin:/bin"},
+                check=False,
+            )
+        assert result.returncode == 78
+        assert stderr.read_text().startswith(f"<3>sockd: {path}: invalid TOML")
 
 
 class TestRunErrors:

@@ -1,0 +1,301 @@
+"""sockd under a real systemd: activation, readiness, journal, reload, restart, stop, instances."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import re
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from harness import recv_all, wait_until
+from nspawn import HANDLERS_DIR
+
+if TYPE_CHECKING:
+    from nspawn import Container
+
+CONFIG = "/etc/sockd/sockd.toml"
+STATUS = re.compile(r"\d+ active, \d+ served, \d+ denied, \d+ errors")
+DAYTIME = re.compile(rb"\w+, \w+ \d+, \d{4} \d\d:\d\d:\d\d-\w+\r\n")
+
+
+def echo(machine: Container, line: bytes = b"hi\n", port: int = 7) -> bytes:
+    """Send `line` to a TCP port of the container, half-close, return all the answer."""
+    with machine.connect("127.0.0.1", port) as client:
+        client.sendall(line)
+        client.shutdown(socket.SHUT_WR)
+        return recv_all(client)
+
+
+def events(machine: Container, unit: str = "sockd.service") -> list[dict[str, Any]]:
+    """Return sockd's events in the unit's journal (not `sockd check`'s plain lines)."""
+    return [
+        json.loads(entry["MESSAGE"])
+        for entry in machine.journal("-u", unit, "SYSLOG_IDENTIFIER=sockd")
+        if entry["MESSAGE"].startswith("{")
+    ]
+
+
+def listener(machine: Container, port: int) -> str:
+    """Return `ss`'s one line for the listening TCP socket on `port` (processes, inode)."""
+    lines = machine.run("ss", "-Hltnpe", f"sport = :{port}").stdout.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def inode(line: str) -> str:
+    found = re.search(r"ino:(\d+)", line)
+    assert found is not None, line
+    return found[1]
+
+
+def config(*services: str, daemon: str = "") -> str:
+    """Return a config with `[daemon]` settings and the given `[[service]]` bodies."""
+    return f"[daemon]\n{daemon}\n" + "".join(f"\n[[service]]\n{body}\n" for body in services)
+
+
+PYTHONPATH = f'pythonpath = ["{HANDLERS_DIR}"]'
+
+
+ECHO = 'name = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:7"]'
+
+
+def timestamp(text: str) -> dt.datetime:
+    """Parse `systemctl show --timestamp=us+utc` or sockd's ISO 8601 timestamps."""
+    text = text.removesuffix(" UTC").removesuffix("Z")
+    return dt.datetime.fromisoformat(text.split(" ", 1)[-1]).replace(tzinfo=dt.UTC)
+
+
+def test_first_connection_starts_sockd_as_its_user_on_the_socket_units_socket(
+    machine: Container,
+) -> None:
+    """Socket activation: answered by sockd running as `sockd`, holding systemd's listener."""
+    assert machine.show("sockd.service", "ActiveState") == "inactive"
+    before = listener(machine, 7)
+
+    assert echo(machine) == b"hi\n"
+
+    assert machine.show("sockd.service", "SubState") == "running"
+    main = machine.show("sockd.service", "MainPID")
+    cgroup = machine.show("sockd.service", "ControlGroup")
+    pids = machine.run("cat", f"/sys/fs/cgroup{cgroup}/cgroup.procs").stdout.split()
+    users = machine.run("ps", "-o", "user=", "-p", ",".join(pids)).stdout.split()
+    assert len(users) >= 2  # the daemon and its forker
+    assert set(users) == {"sockd"}
+    # One listening socket, systemd's, now shared with sockd: adopted, not bound again.
+    after = listener(machine, 7)
+    assert inode(after) == inode(before)
+    assert f'"sockd",pid={main},' in after
+    assert '"systemd",pid=1,' in after
+    (starting,) = [event for event in events(machine) if event["event"] == "starting"]
+    assert starting["listeners"] == [
+        {"service": "echo", "address": "127.0.0.1:7", "origin": "adopted", "fd_name": "echo"}
+    ]
+
+
+SLOW_START = """
+import socketserver, time
+time.sleep(1.0)  # every import of this module: in `sockd check`, the daemon and the forker
+
+class Hello(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(b"hello\\n")
+"""
+
+
+def test_service_is_active_only_after_ready_and_shows_sockds_status(machine: Container) -> None:
+    """Type=notify: `activating` until sockd's READY=1, then `running` with STATUS= text."""
+    machine.write(f"{HANDLERS_DIR}/slow_start.py", SLOW_START)
+    slow = 'name = "slow"\nhandler = "slow_start:Hello"\nlisten = ["127.0.0.1:8001"]'
+    machine.write(CONFIG, config(ECHO, slow, daemon=PYTHONPATH))
+    machine.run("systemctl", "start", "--no-block", "sockd.service")
+    seen = set()
+    while (state := machine.show("sockd.service", "ActiveState")) != "active":
+        assert state in {"inactive", "activating"}, state
+        seen.add((state, machine.show("sockd.service", "SubState")))
+    assert ("activating", "start") in seen  # sockd's own start-up, before READY=1
+
+    show = machine.run(
+        "systemctl",
+        "show",
+        "--timestamp=us+utc",
+        "-P",
+        "ExecMainStartTimestamp",
+        "-P",
+        "ActiveEnterTimestamp",
+        "sockd.service",
+    )
+    exec_main, active = (timestamp(line) for line in show.stdout.splitlines())
+    (ready,) = [e for e in events(machine) if e["event"] == "ready"]
+    # The daemon and the forker each import the slow module before READY=1.
+    assert exec_main + dt.timedelta(seconds=2) <= timestamp(ready["timestamp"]) <= active
+
+    assert echo(machine) == b"hi\n"
+    wait_until(lambda: "1 served" in machine.show("sockd.service", "StatusText"))
+    assert STATUS.fullmatch(machine.show("sockd.service", "StatusText"))
+    status = machine.run("systemctl", "status", "--no-pager", "sockd.service").stdout
+    assert re.search(r'Status: "0 active, 1 served, 0 denied, 0 errors"', status), status
+
+
+def test_journal_holds_json_events_and_a_handler_error_as_one_err_entry(
+    machine: Container,
+) -> None:
+    """Every sockd line is JSON; a handler's traceback is one PRIORITY=3 entry, seen by -p err."""
+    boom = 'name = "boom"\nhandler = "support_handlers:Boom"\nlisten = ["127.0.0.1:8000"]'
+    machine.write(CONFIG, config(ECHO, boom, daemon=PYTHONPATH))
+    assert echo(machine) == b"hi\n"
+    assert echo(machine, port=8000) == b""  # sockd bound this one itself: no socket unit
+
+    def handler_errors() -> list[dict[str, Any]]:
+        entries = machine.journal("-u", "sockd.service", "SYSLOG_IDENTIFIER=sockd")
+        return [entry for entry in entries if '"handler_error"' in entry["MESSAGE"]]
+
+    (entry,) = wait_until(handler_errors)
+    assert entry["PRIORITY"] == "3"
+    error = json.loads(entry["MESSAGE"])
+    assert (error["service"], error["level"]) == ("boom", "error")
+    assert error["exception"]["type"] == "ValueError"
+    assert error["exception"]["message"] == "boom 42"
+    functions = [frame["function"] for frame in error["exception"]["frames"]]
+    assert functions[-2:] == ["handle", "explode"]  # the whole traceback, to the raise
+    assert "local-secret" not in entry["MESSAGE"]
+
+    for entry in machine.journal("-u", "sockd.service", "SYSLOG_IDENTIFIER=sockd"):
+        assert isinstance(json.loads(entry["MESSAGE"])["event"], str), entry["MESSAGE"]
+    errors = machine.run("journalctl", "-u", "sockd", "-p", "err", "-o", "cat").stdout
+    assert [json.loads(line)["event"] for line in errors.splitlines()] == ["handler_error"]
+
+
+def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_config(
+    machine: Container,
+) -> None:
+    """`systemctl reload`: same process and socket, new behaviour; broken: old one serves."""
+    assert echo(machine) == b"hi\n"
+    main = machine.show("sockd.service", "MainPID")
+    socket_before = inode(listener(machine, 7))
+
+    machine.write(CONFIG, config('name = "echo"\nhandler = "daytime"\nlisten = ["127.0.0.1:7"]'))
+    machine.run("systemctl", "reload", "sockd.service")
+    wait_until(lambda: any(e["event"] == "reloaded" for e in events(machine)))
+    assert DAYTIME.fullmatch(echo(machine))
+    assert machine.show("sockd.service", "MainPID") == main
+    assert inode(listener(machine, 7)) == socket_before
+
+    # Invalid TOML: `systemctl reload` itself fails (ExecReload= checks first).
+    machine.write(CONFIG, "[daemon\n")
+    reload = machine.run("systemctl", "reload", "sockd.service", check=False)
+    assert reload.returncode != 0
+    assert DAYTIME.fullmatch(echo(machine))
+    said = machine.run("journalctl", "-u", "sockd", "-p", "err", "-o", "cat").stdout
+    assert f"sockd: {CONFIG}: invalid TOML" in said
+
+    # A change that needs a restart reaches the daemon (a bare SIGHUP): refused and logged.
+    machine.write(CONFIG, config('name = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:8007"]'))
+    machine.run("systemctl", "kill", "--kill-who=main", "--signal=HUP", "sockd.service")
+    (failed,) = wait_until(lambda: [e for e in events(machine) if e["event"] == "reload_failed"])
+    assert "listen" in failed["error"]
+    assert DAYTIME.fullmatch(echo(machine))
+    assert machine.show("sockd.service", "ActiveState") == "active"
+
+
+def test_restart_under_load_loses_no_connection(machine: Container) -> None:
+    """While a client keeps connecting, `systemctl restart` drops none: the socket unit queues."""
+    assert echo(machine) == b"hi\n"
+    first = machine.show("sockd.service", "MainPID")
+    results: list[bytes | Exception] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                results.append(echo(machine, b"%d\n" % len(results)))
+            except OSError as exc:
+                results.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_until(lambda: len(results) >= 20)
+        machine.run("systemctl", "restart", "sockd.service")
+        served_before = len(results)
+        wait_until(lambda: len(results) >= served_before + 20)
+    finally:
+        stop.set()
+        thread.join()
+    assert machine.show("sockd.service", "MainPID") != first
+    assert [r for r in results if not isinstance(r, bytes) or not r.endswith(b"\n")] == []
+    assert len(results) >= 40
+
+
+def test_stop_lets_a_connection_in_progress_finish_and_leaves_no_process(
+    machine: Container,
+) -> None:
+    """`systemctl stop`: the open connection is still served; then the cgroup is empty."""
+    with machine.connect("127.0.0.1", 7) as client:
+        client.sendall(b"first\n")
+        assert client.recv(100) == b"first\n"
+        cgroup = machine.show("sockd.service", "ControlGroup")
+        machine.run("systemctl", "stop", "--no-block", "sockd.service")
+        wait_until(lambda: machine.show("sockd.service", "ActiveState") == "deactivating")
+        time.sleep(0.5)
+        client.sendall(b"late\n")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"late\n"
+    wait_until(lambda: machine.show("sockd.service", "ActiveState") == "inactive")
+    assert machine.show("sockd.service", "Result") == "success"
+    procs = machine.run("cat", f"/sys/fs/cgroup{cgroup}/cgroup.procs", check=False).stdout
+    assert procs == ""
+    assert [e["event"] for e in events(machine)][-2:] == ["connection_closed", "stopped"]
+
+
+def test_template_runs_two_instances_with_their_own_configs(machine: Container) -> None:
+    """sockd@a (UNIX socket by default) and sockd@b (TCP from a drop-in) serve side by side."""
+    machine.write("/etc/sockd/a.toml", '[[service]]\nname = "a"\nhandler = "echo"\n')
+    machine.write("/etc/sockd/b.toml", '[[service]]\nname = "clock"\nhandler = "daytime"\n')
+    machine.write(
+        "/etc/systemd/system/sockd@b.socket.d/listen.conf",
+        "[Socket]\nListenStream=\nListenStream=127.0.0.1:8013\nFileDescriptorName=clock\n",
+    )
+    machine.run("systemctl", "daemon-reload")
+    machine.run("systemctl", "start", "sockd@a.socket", "sockd@b.socket")
+
+    with machine.connect_unix("/run/sockd/a.sock") as client:
+        client.sendall(b"to a\n")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"to a\n"
+    assert DAYTIME.fullmatch(echo(machine, port=8013))
+
+    pids = {machine.show(f"sockd@{i}.service", "MainPID") for i in "ab"}
+    assert len(pids) == 2
+    assert "0" not in pids
+    assert machine.show("sockd.service", "ActiveState") == "inactive"
+    configs = {i: events(machine, f"sockd@{i}.service")[0]["config"] for i in "ab"}
+    assert configs == {"a": "/etc/sockd/a.toml", "b": "/etc/sockd/b.toml"}
+
+    machine.run("systemctl", "stop", "sockd@a.socket", "sockd@a.service")
+    assert DAYTIME.fullmatch(echo(machine, port=8013))
+
+
+def test_config_error_at_start_fails_with_the_config_exit_code_without_restarting(
+    machine: Container,
+) -> None:
+    """A broken config: the unit fails with 78, says why in one line, and is not restarted."""
+    machine.write(CONFIG, config(ECHO, daemon="max_childern = 3"))
+    start = machine.run("systemctl", "start", "sockd.service", check=False)
+    assert start.returncode != 0
+    time.sleep(2)  # RestartSec= is 100 ms: a restart loop would have begun
+    assert machine.show("sockd.service", "ActiveState") == "failed"
+    assert machine.show("sockd.service", "NRestarts") == "0"
+    assert machine.show("sockd.service", "ExecMainStatus") == "78"
+    said = machine.run("journalctl", "-u", "sockd", "-o", "cat").stdout
+    assert f"sockd: {CONFIG}: daemon.max_childern: unknown key" in said
+
+    # Still fixable: once the config is right, the next connection is served.
+    machine.write(CONFIG, config(ECHO))
+    machine.run("systemctl", "reset-failed", "sockd.service")
+    with contextlib.suppress(AssertionError):
+        machine.run("systemctl", "start", "sockd.socket")
+    assert echo(machine) == b"hi\n"
