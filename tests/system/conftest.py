@@ -16,13 +16,15 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 REPO = TESTS.parent
+SETUP_TIMEOUT = 300
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test here as a system test."""
+    """Mark every test here as a system test; the first one may build the rootfs (30-60 s)."""
     for item in items:
         if Path(item.path).parent == Path(__file__).parent:
             item.add_marker(pytest.mark.system)
+            item.add_marker(pytest.mark.timeout(SETUP_TIMEOUT))
 
 
 @pytest.fixture(scope="session")

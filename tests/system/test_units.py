@@ -299,3 +299,66 @@ def test_config_error_at_start_fails_with_the_config_exit_code_without_restartin
     with contextlib.suppress(AssertionError):
         machine.run("systemctl", "start", "sockd.socket")
     assert echo(machine) == b"hi\n"
+
+
+DAYTIME_SOCKET = """[Socket]
+ListenStream=127.0.0.1:13
+FileDescriptorName=daytime
+Service=sockd.service
+[Install]
+WantedBy=sockets.target
+"""
+
+
+def test_a_second_socket_unit_feeds_another_service_as_the_config_explains(
+    machine: Container,
+) -> None:
+    """The packaged config's recipe: sockd-daytime.socket serves daytime, adopted by name."""
+    daytime = 'name = "daytime"\nhandler = "daytime"\nlisten = ["127.0.0.1:13"]'
+    machine.write(CONFIG, config(ECHO, daytime))
+    machine.write("/etc/systemd/system/sockd-daytime.socket", DAYTIME_SOCKET)
+    machine.run("systemctl", "daemon-reload")
+    machine.run("systemctl", "enable", "--now", "sockd-daytime.socket")
+
+    assert DAYTIME.fullmatch(echo(machine, port=13))  # the first connection starts sockd
+    assert echo(machine) == b"hi\n"
+    (starting,) = [event for event in events(machine) if event["event"] == "starting"]
+    origins = {(lst["service"], lst["origin"], lst["fd_name"]) for lst in starting["listeners"]}
+    assert origins == {("echo", "adopted", "echo"), ("daytime", "adopted", "daytime")}
+
+
+SANDBOX = """
+import json, os, socketserver
+
+class Probe(socketserver.BaseRequestHandler):
+    def handle(self):
+        report = {"uid": os.getuid(), "writable": {}}
+        for directory in ("/tmp", "/dev/shm", "/etc", "/var/lib", "/usr/local/lib"):
+            try:
+                with open(os.path.join(directory, "probe"), "w") as file:
+                    file.write("x")
+                report["writable"][directory] = True
+            except OSError:
+                report["writable"][directory] = False
+        self.request.sendall(json.dumps(report).encode())
+"""
+
+
+def test_handlers_run_unprivileged_in_a_read_only_system(machine: Container) -> None:
+    """A handler runs as sockd and may write /tmp and /dev/shm only (README, Hardening)."""
+    machine.write(f"{HANDLERS_DIR}/sandbox.py", SANDBOX)
+    probe = 'name = "probe"\nhandler = "sandbox:Probe"\nlisten = ["127.0.0.1:8002"]'
+    machine.write(CONFIG, config(ECHO, probe, daemon=PYTHONPATH))
+    machine.run("systemctl", "start", "sockd.service")  # 8002 has no socket unit
+    report = json.loads(echo(machine, b"", port=8002))
+    uid = machine.run("id", "-u", "sockd").stdout.strip()
+    assert report["uid"] == int(uid)
+    assert report["writable"] == {
+        "/tmp": True,
+        "/dev/shm": True,
+        "/etc": False,
+        "/var/lib": False,
+        "/usr/local/lib": False,
+    }
+    # PrivateTmp=yes: the handler's /tmp is not the system's.
+    assert machine.run("test", "-e", "/tmp/probe", check=False).returncode != 0
