@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from typing import TYPE_CHECKING
 
+import pytest
 from harness import TESTS
 
 if TYPE_CHECKING:
@@ -30,6 +33,47 @@ def test_package_version_is_the_project_version(deb: Path) -> None:
     version = re.search(r'__version__ = "(.*)"', text)
     assert version is not None
     assert deb.name == f"sockd_{version[1]}_all.deb"
+
+
+@pytest.mark.parametrize(("version", "builds"), [("0.1.0", True), ("9.9.9", False)])
+def test_the_build_refuses_a_version_other_than_the_projects(
+    tmp_path: Path, version: str, builds: bool
+) -> None:
+    """debian/rules stops the build when debian/changelog and _version.py disagree."""
+    shutil.copytree(REPO / "packaging/debian", tmp_path / "debian")
+    changelog = tmp_path / "debian/changelog"
+    text = changelog.read_text()
+    changelog.write_text(text.replace(text[text.index("(") : text.index(")") + 1], "(0.1.0)", 1))
+    (tmp_path / "daemon/sockd").mkdir(parents=True)
+    (tmp_path / "daemon/sockd/_version.py").write_text(f'__version__ = "{version}"\n')
+    result = subprocess.run(
+        ["make", "-f", "debian/rules", "execute_before_dh_auto_configure"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode == 0) is builds, result.stderr
+    if not builds:
+        assert (
+            "debian/changelog says 0.1.0 but daemon/sockd/_version.py says 9.9.9" in result.stderr
+        )
+
+
+def test_the_template_service_is_the_service_per_instance() -> None:
+    """sockd@.service has every option of sockd.service, for /etc/sockd/INSTANCE.toml."""
+
+    def options(name: str) -> list[str]:
+        text = (REPO / "packaging/systemd" / name).read_text()
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    per_instance = [
+        line.replace("sockd.socket", "sockd@%i.socket")
+        .replace("/etc/sockd/sockd.toml", "/etc/sockd/%i.toml")
+        .replace("=sockd socket server", "=sockd socket server, instance %i")
+        for line in options("sockd.service")
+    ]
+    assert options("sockd@.service") == per_instance
 
 
 def test_units_verify_clean_and_the_service_is_hardened(machine: Container) -> None:
