@@ -69,6 +69,9 @@ def rootfs() -> Path:
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
         partial.rename(path)
+        for stale in CACHE.glob("rootfs-*"):  # made for another package list
+            if stale != path:
+                shutil.rmtree(stale, ignore_errors=True)
     return path
 
 
