@@ -1,63 +1,40 @@
 """Benchmark sockd's echo built-in against socketserver.ForkingTCPServer on loopback."""
 
-# How a cell is measured, and why:
-#
-# - Both servers run under this interpreter (sys.executable) as their own
-#   processes, started once and kept for the whole run. A fork server's cost
-#   is mostly the kernel's (fork, copy-on-write faults, exit teardown), which
-#   grows with the forking process's resident memory, so a fair comparison
-#   needs the same interpreter for both; the header says which one it was.
-# - The servers are pinned to one CPU and the load generator to another (when
-#   there are two), so the generator never steals the server's CPU. Forked
-#   children inherit the pinning.
-# - The load generator is a forked process, single-threaded, with
-#   non-blocking sockets and `selectors`: it keeps C connections in flight,
-#   each one connect, send a line, read it back, close. Connections finishing
-#   inside the window count for conn/s; those still in flight when it ends may
-#   finish (or time out) and count for latency, errors and CPU per connection.
-#   A cell therefore never lasts more than duration + timeout.
-# - Server CPU is utime+stime+cutime+cstime of the server process from
-#   /proc/PID/stat: children's CPU arrives in cutime/cstime when they are
-#   reaped, so each reading waits until the server has reaped them all.
-# - Within a repetition, the order of the two servers flips from cell to cell
-#   and from repetition to repetition, so slow drifts hit both alike.
+# How a cell is measured is described in bench/common.py. Here, both servers run under
+# this interpreter (sys.executable): a fork server's cost is mostly the kernel's (fork,
+# copy-on-write faults, exit teardown), which grows with the forking process's resident
+# memory, so a fair comparison needs the same interpreter for both; the header says which.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime as dt
-import errno
-import importlib.metadata
-import json
-import math
-import multiprocessing
-import os
-import platform
 import selectors
-import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+# Run as a script, Python puts bench/ on sys.path, not the repository root: the shared
+# code is the module bench.common, the name mypy knows it by.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    HOST,
+    SOCKD_LOG,
+    STARTUP_TIMEOUT,
+    Bench,
+    BenchError,
+    Pinning,
+    Server,
+    Sockd,
+    build_parser,
+    pin,
+    run,
+    settings_from,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
-    from multiprocessing.connection import Connection
-
-HOST = "127.0.0.1"
-PAYLOAD = b"hello sockd\n"
-ERROR_KINDS = ("refused", "reset", "timeout")
-STARTUP_TIMEOUT = 20.0  # seconds for a server to say it is ready
-STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL at the end
-SETTLE_LIMIT = 3.0  # longest wait for a server to reap its children between cells
-WARMUP_SECONDS = 0.2
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+    from collections.abc import Iterator
 
 # The reference: CPython's stock ForkingTCPServer, stock settings (request_queue_size 5,
 # max_children 40), with the StreamRequestHandler equivalent of sockd's echo for one line.
@@ -72,193 +49,6 @@ server = socketserver.ForkingTCPServer(("127.0.0.1", 0), EchoLine)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (a server failed to start or died)."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What to run: repetitions, seconds per cell, concurrency levels, timeout."""
-
-    repeat: int
-    duration: float
-    clients: tuple[int, ...]
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Pinning:
-    """Which CPU the servers and the load generator run on; None when not pinned."""
-
-    server_cpu: int | None
-    generator_cpu: int | None
-    cpus_available: int
-
-    def describe(self) -> str:
-        """Say what was pinned where, for the header."""
-        if self.server_cpu is None:
-            return f"not pinned ({self.cpus_available} CPU available)"
-        return (
-            f"servers (and their children) on CPU {self.server_cpu}, load generator on CPU"
-            f" {self.generator_cpu} ({self.cpus_available} CPUs available)"
-        )
-
-
-@dataclass
-class Load:
-    """What the load generator saw in one cell."""
-
-    completed: int = 0
-    completed_in_window: int = 0
-    window: float = 0.0
-    elapsed: float = 0.0
-    busy: float = 0.0  # generator CPU time / elapsed
-    latencies_ms: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One server at one concurrency in one repetition."""
-
-    server: str
-    clients: int
-    repetition: int
-    completed: int
-    completed_in_window: int
-    conn_per_s: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    errors: dict[str, int]
-    server_cpu_s: float
-    cpu_us_per_conn: float
-    parent_us_per_conn: float  # the server process itself: accept, fork, reap, log
-    children_us_per_conn: float  # the forked children, reaped: serve and exit
-    generator_busy: float
-
-
-@dataclass(frozen=True)
-class Summary:
-    """One server at one concurrency over every repetition: medians and spread."""
-
-    server: str
-    clients: int
-    conn_per_s: float
-    conn_per_s_min: float
-    conn_per_s_max: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
-    errors: dict[str, int]
-    cpu_us_per_conn: float
-    parent_us_per_conn: float
-    children_us_per_conn: float
-    generator_busy: float
-    ratio: float | None  # conn/s of this server / conn/s of stdlib
-
-
-# --- servers -------------------------------------------------------------------------------
-
-
-class Server:
-    """A server process under test: its pid, port, CPU time and stop."""
-
-    name = "server"
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        """Take over a started and ready `process` listening on `port`."""
-        self.process = process
-        self.port = port
-
-    def check_alive(self) -> None:
-        """Raise BenchError if the process has exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise BenchError(f"{self.name} exited with status {code} during the benchmark")
-
-    def forking_pid(self) -> int:
-        """Return the pid of the process that forks per connection."""
-        return self.process.pid
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """Return CPU time of the server's own processes and of their reaped children."""
-        own = reaped = 0.0
-        for pid in {self.process.pid, self.forking_pid()}:
-            text = Path(f"/proc/{pid}/stat").read_text()
-            # Fields after the ")" that ends the command name: utime is [11] ... cstime [14].
-            ticks = [int(value) for value in text.rpartition(")")[2].split()[11:15]]
-            own += (ticks[0] + ticks[1]) / CLK_TCK
-            reaped += (ticks[2] + ticks[3]) / CLK_TCK
-        return own, reaped
-
-    def settle(self) -> None:
-        """Wait (bounded) until the server has reaped every child, so cutime/cstime are complete."""
-        pid = self.forking_pid()
-        children = Path(f"/proc/{pid}/task/{pid}/children")
-        deadline = time.monotonic() + SETTLE_LIMIT
-        while time.monotonic() < deadline:
-            try:
-                if not children.read_text().strip():
-                    return
-            except OSError:
-                time.sleep(0.6)  # no CONFIG_PROC_CHILDREN: the stdlib reaps every 0.5 s idle
-                return
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited in time; always waits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class Sockd(Server):
-    """sockd serving its `echo` built-in, logging JSON to a file."""
-
-    name = "sockd"
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-        """Take over a ready sockd whose stderr goes to `log_path`."""
-        super().__init__(process, port)
-        self.log_path = log_path
-        pid = process.pid
-        self.forker = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
-
-    def forking_pid(self) -> int:
-        """Return the pid of sockd's forker (the daemon's one child; it forks per connection)."""
-        return self.forker
-
-    @classmethod
-    def start(cls, log_path: Path, cpu: int | None) -> Sockd:
-        """Start sockd, pin it, and wait for its `ready` event.
-
-        Raises:
-            BenchError: sockd exited or did not get ready in time.
-
-        """
-        command = [sys.executable, "-m", "sockd", "run", "--handler", "echo"]
-        command += ["--listen", f"{HOST}:0", "--log-format", "json"]
-        # stderr goes to a file, not a pipe: one line per connection can never block sockd,
-        # and we spend no CPU draining it.
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
-            )
-        try:
-            _pin(process.pid, cpu)
-            port = _wait_sockd_ready(process, log_path)
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-        return cls(process, port, log_path)
 
 
 class Stdlib(Server):
@@ -282,47 +72,13 @@ class Stdlib(Server):
                 stderr=err,
             )
         try:
-            _pin(process.pid, cpu)
+            pin(process.pid, cpu)
             port = _read_port(process, err_path)
         except BaseException:
             process.kill()
             process.wait()
             raise
         return cls(process, port)
-
-
-def _pin(pid: int, cpu: int | None) -> None:
-    if cpu is not None:
-        os.sched_setaffinity(pid, {cpu})
-
-
-def _wait_sockd_ready(process: subprocess.Popen[bytes], log_path: Path) -> int:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    port: int | None = None
-    with log_path.open("rb") as log:
-        pending = b""
-        while time.monotonic() < deadline:
-            pending += log.read()
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                event = _json_event(line)
-                if event.get("event") == "starting":
-                    port = int(event["listeners"][0]["address"].rpartition(":")[2])
-                elif event.get("event") == "ready" and port is not None:
-                    return port
-            if process.poll() is not None:
-                break
-            time.sleep(0.02)
-    tail = log_path.read_text(errors="replace")[-2000:]
-    raise BenchError(f"sockd did not get ready (status {process.poll()}):\n{tail}")
-
-
-def _json_event(line: bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return {}
-    return event if isinstance(event, dict) else {}
 
 
 def _read_port(process: subprocess.Popen[bytes], err_path: Path) -> int:
@@ -337,482 +93,24 @@ def _read_port(process: subprocess.Popen[bytes], err_path: Path) -> int:
     raise BenchError(f"the stdlib server did not print its port (status {process.poll()}):\n{tail}")
 
 
-# --- load generator ------------------------------------------------------------------------
-
-
-class _Conn:
-    __slots__ = ("deadline", "received", "sent", "sock", "started")
-
-    def __init__(self, sock: socket.socket, started: float, deadline: float) -> None:
-        self.sock = sock
-        self.started = started
-        self.deadline = deadline
-        self.sent = False
-        self.received = b""
-
-
-class Generator:
-    """Keeps `clients` echo connections in flight against one port for one window."""
-
-    def __init__(self, port: int, clients: int, duration: float, timeout: float) -> None:
-        """Prepare a run; nothing is opened yet."""
-        self.address = (HOST, port)
-        self.clients = clients
-        self.duration = duration
-        self.timeout = timeout
-        self.selector = selectors.DefaultSelector()
-        # Insertion order is start order, so the first entry always has the nearest deadline.
-        self.active: dict[int, _Conn] = {}
-        self.latencies: list[float] = []
-        self.load = Load(window=duration)
-        self.window_end = 0.0
-
-    def run(self) -> Load:
-        """Run the window, let the connections in flight finish or time out, and report."""
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        self.window_end = start + self.duration
-        while True:
-            now = time.perf_counter()
-            self._expire(now)
-            if now < self.window_end:
-                for _ in range(self.clients - len(self.active)):
-                    self._open()  # once per free slot: a refused connect must not spin here
-            elif not self.active:
-                break
-            wait = self.window_end - now if now < self.window_end else self.timeout
-            if self.active:
-                wait = min(wait, next(iter(self.active.values())).deadline - now)
-            for key, _ in self.selector.select(max(0.0, wait)):
-                self._step(key.data)
-        self.load.elapsed = time.perf_counter() - start
-        self.load.busy = (time.process_time() - cpu_start) / self.load.elapsed
-        self.load.latencies_ms = _percentiles(self.latencies)
-        self.selector.close()
-        return self.load
-
-    def _open(self) -> None:
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:
-            self._count(exc.errno or "other")
-            return
-        sock.setblocking(False)
-        started = time.perf_counter()
-        code = sock.connect_ex(self.address)
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
-            self._count(code)
-            return
-        conn = _Conn(sock, started, started + self.timeout)
-        self.active[sock.fileno()] = conn
-        self.selector.register(sock, selectors.EVENT_WRITE, conn)
-
-    def _step(self, conn: _Conn) -> None:
-        sock = conn.sock
-        if not conn.sent:
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                self._end(conn, code)
-                return
-            try:
-                sock.send(PAYLOAD)  # 12 bytes into an empty send buffer: all of it goes
-            except OSError as exc:
-                self._end(conn, exc.errno or "other")
-                return
-            conn.sent = True
-            self.selector.modify(sock, selectors.EVENT_READ, conn)
-            return
-        try:
-            data = sock.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._end(conn, exc.errno or "other")
-            return
-        if not data:
-            self._end(conn, "eof")
-            return
-        conn.received += data
-        if len(conn.received) >= len(PAYLOAD):
-            self._end(conn, None if conn.received == PAYLOAD else "mismatch")
-
-    def _end(self, conn: _Conn, error: int | str | None) -> None:
-        """Close `conn`: a success when `error` is None, else count the error."""
-        finished = time.perf_counter()
-        self.selector.unregister(conn.sock)
-        del self.active[conn.sock.fileno()]
-        conn.sock.close()
-        if error is not None:
-            self._count(error)
-            return
-        self.latencies.append(finished - conn.started)
-        self.load.completed += 1
-        if finished <= self.window_end:
-            self.load.completed_in_window += 1
-
-    def _expire(self, now: float) -> None:
-        while self.active:
-            conn = next(iter(self.active.values()))
-            if conn.deadline > now:
-                return
-            self._end(conn, "timeout")
-
-    def _count(self, error: int | str) -> None:
-        kind = _error_kind(error)
-        self.load.errors[kind] = self.load.errors.get(kind, 0) + 1
-
-
-def _error_kind(error: int | str) -> str:
-    if isinstance(error, str):
-        return error
-    if error == errno.ECONNREFUSED:
-        return "refused"
-    if error in (errno.ECONNRESET, errno.EPIPE):
-        return "reset"
-    if error == errno.ETIMEDOUT:
-        return "timeout"
-    return errno.errorcode.get(error, str(error))
-
-
-def _percentiles(latencies: list[float]) -> dict[str, float]:
-    """Nearest-rank p50 and p99 and the maximum, in milliseconds (zeros when empty)."""
-    if not latencies:
-        return {"p50": 0.0, "p99": 0.0, "max": 0.0}
-    ordered = sorted(latencies)
-
-    def rank(q: float) -> float:
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
-
-    return {"p50": rank(0.50), "p99": rank(0.99), "max": ordered[-1] * 1000}
-
-
-def _generator_main(
-    out: Connection, port: int, clients: int, settings: Settings, cpu: int | None
-) -> None:
-    _pin(0, cpu)
-    out.send(Generator(port, clients, settings.duration, settings.timeout).run())
-    out.close()
-
-
-def generate(port: int, clients: int, settings: Settings, cpu: int | None) -> Load:
-    """Run the load generator in its own (forked) process and return what it saw.
-
-    Raises:
-        BenchError: the generator died or overran duration + timeout.
-
-    """
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    worker = context.Process(
-        target=_generator_main, args=(send, port, clients, settings, cpu), daemon=True
-    )
-    worker.start()
-    send.close()
-    try:
-        if not receive.poll(settings.duration + settings.timeout + 10):
-            raise BenchError(f"the load generator overran at {clients} clients")
-        load: Load = receive.recv()
-    except EOFError as exc:
-        raise BenchError(f"the load generator died (exit code {worker.exitcode})") from exc
-    finally:
-        receive.close()
-        if worker.is_alive():
-            worker.join(5)
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
-    return load
-
-
-# --- running -------------------------------------------------------------------------------
-
-
-def run_cell(
-    server: Server, clients: int, repetition: int, settings: Settings, pinning: Pinning
-) -> Cell:
-    """Measure `server` at `clients` concurrent connections for one window."""
-    server.settle()
-    self_before, children_before = server.cpu_seconds()
-    load = generate(server.port, clients, settings, pinning.generator_cpu)
-    server.settle()
-    server.check_alive()
-    self_after, children_after = server.cpu_seconds()
-    own, children = self_after - self_before, children_after - children_before
-    per_conn = 1e6 / load.completed if load.completed else 0.0
-    return Cell(
-        server=server.name,
-        clients=clients,
-        repetition=repetition,
-        completed=load.completed,
-        completed_in_window=load.completed_in_window,
-        conn_per_s=load.completed_in_window / load.window,
-        p50_ms=load.latencies_ms["p50"],
-        p99_ms=load.latencies_ms["p99"],
-        max_ms=load.latencies_ms["max"],
-        errors=load.errors,
-        server_cpu_s=own + children,
-        cpu_us_per_conn=(own + children) * per_conn,
-        parent_us_per_conn=own * per_conn,
-        children_us_per_conn=children * per_conn,
-        generator_busy=load.busy,
-    )
-
-
-def run_all(servers: Sequence[Server], settings: Settings, pinning: Pinning) -> list[Cell]:
-    """Run every repetition and concurrency, flipping the order of the servers each cell."""
-    warmup = Settings(1, WARMUP_SECONDS, (1,), settings.timeout)
-    for server in servers:
-        generate(server.port, 1, warmup, pinning.generator_cpu)
-    cells: list[Cell] = []
-    for repetition in range(settings.repeat):
-        for index, clients in enumerate(settings.clients):
-            order = list(servers) if (repetition + index) % 2 == 0 else list(reversed(servers))
-            for server in order:
-                cell = run_cell(server, clients, repetition, settings, pinning)
-                cells.append(cell)
-                print(
-                    f"  rep {repetition + 1}/{settings.repeat} {server.name:>6} c={clients:<3}"
-                    f" {cell.conn_per_s:8.0f} conn/s  p99 {cell.p99_ms:7.2f} ms"
-                    f"  errors {_errors_text(cell.errors)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return cells
-
-
-def summarize(cells: Sequence[Cell], names: Sequence[str], clients: Sequence[int]) -> list[Summary]:
-    """Medians (errors: totals) per server and concurrency, with the ratio to stdlib."""
-    rows: list[Summary] = []
-    for count in clients:
-        reference: float | None = None
-        for name in sorted(names, key=lambda n: n != "stdlib"):
-            mine = [cell for cell in cells if cell.server == name and cell.clients == count]
-            rates = [cell.conn_per_s for cell in mine]
-            errors: dict[str, int] = {}
-            for cell in mine:
-                for kind, number in cell.errors.items():
-                    errors[kind] = errors.get(kind, 0) + number
-            rate = statistics.median(rates)
-            if name == "stdlib":
-                reference = rate
-            rows.append(
-                Summary(
-                    server=name,
-                    clients=count,
-                    conn_per_s=rate,
-                    conn_per_s_min=min(rates),
-                    conn_per_s_max=max(rates),
-                    p50_ms=statistics.median(cell.p50_ms for cell in mine),
-                    p99_ms=statistics.median(cell.p99_ms for cell in mine),
-                    max_ms=statistics.median(cell.max_ms for cell in mine),
-                    errors=errors,
-                    cpu_us_per_conn=statistics.median(cell.cpu_us_per_conn for cell in mine),
-                    parent_us_per_conn=statistics.median(cell.parent_us_per_conn for cell in mine),
-                    children_us_per_conn=statistics.median(
-                        cell.children_us_per_conn for cell in mine
-                    ),
-                    generator_busy=statistics.median(cell.generator_busy for cell in mine),
-                    ratio=rate / reference if reference else None,
-                )
-            )
-    order = {name: index for index, name in enumerate(names)}
-    return sorted(rows, key=lambda row: (row.clients, order[row.server]))
-
-
-def _errors_text(errors: dict[str, int]) -> str:
-    text = "/".join(str(errors.get(kind, 0)) for kind in ERROR_KINDS)
-    others = {kind: n for kind, n in errors.items() if kind not in ERROR_KINDS and n}
-    if others:
-        text += " +" + ",".join(f"{kind}={n}" for kind, n in sorted(others.items()))
-    return text
-
-
-def table(rows: Sequence[Summary]) -> str:
-    """Render the summary as a plain-text table, then one ratio line per concurrency."""
-    head = (
-        "server", "clients", "conn/s", "spread", "p50 ms", "p99 ms", "max ms",
-        "errors r/r/t", "cpu us/conn (parent+children)", "ratio",
-    )  # fmt: skip
-    body = [
-        (
-            row.server,
-            str(row.clients),
-            f"{row.conn_per_s:.0f}",
-            f"{row.conn_per_s_min:.0f}-{row.conn_per_s_max:.0f}",
-            f"{row.p50_ms:.2f}",
-            f"{row.p99_ms:.2f}",
-            f"{row.max_ms:.2f}",
-            _errors_text(row.errors),
-            _cpu_text(row),
-            "ref" if row.server == "stdlib" else _ratio_text(row.ratio),
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-    lines = []
-    for line in [head, *body]:
-        cells = [line[0].ljust(widths[0])]
-        cells += [text.rjust(width) for text, width in zip(line[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-    lines.insert(1, "-" * len(lines[0]))
-    lines.append("")
-    lines.extend(
-        f"ratio sockd/stdlib conn/s at {row.clients:>2} clients: {_ratio_text(row.ratio)}"
-        for row in rows
-        if row.server == "sockd"
-    )
-    return "\n".join(lines)
-
-
-def _cpu_text(row: Summary) -> str:
-    return (
-        f"{row.cpu_us_per_conn:.0f} ({row.parent_us_per_conn:.0f}+{row.children_us_per_conn:.0f})"
-    )
-
-
-def _ratio_text(ratio: float | None) -> str:
-    return "n/a" if ratio is None else f"{ratio:.2f}"
-
-
-def notes(rows: Sequence[Summary]) -> Iterator[str]:
-    """Warnings a reader needs: a saturated generator, errors."""
-    for row in rows:
-        if row.generator_busy > 0.9:
-            yield (
-                f"note: the load generator was {row.generator_busy:.0%} busy for {row.server}"
-                f" at {row.clients} clients: that cell is limited by the generator"
-            )
-
-
-def choose_pinning(enabled: bool) -> Pinning:
-    """Servers on the first allowed CPU, the generator on the second, if there are two."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if not enabled or len(allowed) < 2:
-        return Pinning(None, None, len(allowed))
-    return Pinning(allowed[0], allowed[1], len(allowed))
-
-
 @contextlib.contextmanager
 def running_servers(workdir: Path, pinning: Pinning) -> Iterator[list[Server]]:
     """Start sockd and the stdlib reference; stop both however the run ends."""
     with contextlib.ExitStack() as stack:
-        sockd = Sockd.start(workdir / "sockd.stderr.jsonl", pinning.server_cpu)
+        options = ["--handler", "echo", "--listen", f"{HOST}:0"]
+        sockd = Sockd.start(workdir / SOCKD_LOG, pinning.server_cpu, options)
         stack.callback(sockd.stop)
         stdlib = Stdlib.start(workdir / "stdlib.stderr", pinning.server_cpu)
         stack.callback(stdlib.stop)
         yield [sockd, stdlib]
 
 
-def sockd_log_summary(path: Path) -> str:
-    """Count sockd's events by name, and failed connections, from its JSON log."""
-    events: dict[str, int] = {}
-    failed = 0
-    with path.open("rb") as log:
-        for line in log:
-            event = _json_event(line)
-            name = str(event.get("event", "?"))
-            events[name] = events.get(name, 0) + 1
-            if name == "connection_closed" and event.get("exit_code") != 0:
-                failed += 1
-    counts = ", ".join(f"{name} {n}" for name, n in sorted(events.items()))
-    return f"sockd log: {counts}; {failed} connections failed"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the command-line parser."""
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Run from the repository root: .venv/bin/python bench/echo.py",
-    )
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions (medians reported)")
-    parser.add_argument(
-        "--clients", default="1,8,64", help="comma-separated concurrent client counts"
-    )
-    parser.add_argument("--timeout", type=float, default=5.0, help="per-connection timeout, s")
-    parser.add_argument(
-        "--quick", action="store_true", help="1 repetition, 0.5 s per cell, 1 and 8 clients"
-    )
-    parser.add_argument("--json", metavar="PATH", type=Path, help="write raw results here")
-    parser.add_argument(
-        "--sockd-log", metavar="PATH", type=Path, help="keep sockd's JSON log (stderr) here"
-    )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    return parser
-
-
-def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
-    """Validate the options into Settings (exits through argparse on bad values)."""
-    if args.quick:
-        return Settings(1, 0.5, (1, 8), args.timeout)
-    try:
-        clients = tuple(int(part) for part in args.clients.split(","))
-    except ValueError:
-        parser.error(f"--clients: expected numbers separated by commas, got {args.clients!r}")
-    if args.repeat < 1 or args.duration <= 0 or args.timeout <= 0 or min(clients) < 1:
-        parser.error("--repeat, --duration, --timeout and --clients must be positive")
-    return Settings(args.repeat, args.duration, clients, args.timeout)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write JSON if asked; return the exit status."""
-    parser = build_parser()
+    parser = build_parser(__doc__, "bench/echo.py")
     args = parser.parse_args(argv)
     settings = settings_from(args, parser)
-    pinning = choose_pinning(not args.no_pin)
-    if pinning.generator_cpu is not None:
-        # This process only waits during cells; keep it off the servers' CPU too.
-        _pin(0, pinning.generator_cpu)
-    meta = {
-        "interpreter": sys.executable,
-        "interpreter_realpath": str(Path(sys.executable).resolve()),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "sockd": importlib.metadata.version("sockd"),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "pinning": asdict(pinning),
-        "settings": asdict(settings),
-        "payload": PAYLOAD.decode(),
-    }
-    print(
-        f"interpreter: {sys.executable} -> {meta['interpreter_realpath']} ({meta['python']}),"
-        f" sockd {meta['sockd']}"
-    )
-    print(f"date: {meta['date']}")
-    print(f"cpu pinning: {pinning.describe()}")
-    print(
-        f"cells: {settings.repeat} x {settings.duration:g} s, clients"
-        f" {', '.join(map(str, settings.clients))}, per-connection timeout {settings.timeout:g} s"
-    )
-    with tempfile.TemporaryDirectory(prefix="sockd-bench-") as tmp:
-        try:
-            with running_servers(Path(tmp), pinning) as servers:
-                cells = run_all(servers, settings, pinning)
-        except BenchError as exc:
-            print(f"echo.py: {exc}", file=sys.stderr)
-            return 1
-        log_path = Path(tmp) / "sockd.stderr.jsonl"
-        log_line = sockd_log_summary(log_path)
-        if args.sockd_log:
-            args.sockd_log.write_bytes(log_path.read_bytes())
-    rows = summarize(cells, [server.name for server in servers], settings.clients)
-    print()
-    print("medians over repetitions; spread = min-max conn/s; errors = refused/reset/timeout")
-    print("totals; cpu = server process + reaped children per completed connection")
-    print()
-    print(table(rows))
-    for line in notes(rows):
-        print(line)
-    print(log_line)
-    if args.json:
-        report = {
-            "meta": meta,
-            "cells": [asdict(cell) for cell in cells],
-            "summary": [asdict(row) for row in rows],
-        }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return run(Bench("echo.py", "stdlib", running_servers), args, settings)
 
 
 if __name__ == "__main__":

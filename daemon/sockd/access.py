@@ -1,11 +1,17 @@
-"""Allow/deny rules for client addresses."""
+"""Who may connect: allow/deny rules, per-source caps and rate limits, bounded denial logs."""
 
 from __future__ import annotations
+
+from _socket import AF_INET as _AF_INET
+from _socket import AF_INET6 as _AF_INET6
+from _socket import inet_ntop as _inet_ntop
+from _socket import inet_pton as _inet_pton
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ipaddress
     from collections.abc import Iterable
+    from typing import Any
 
     IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -43,6 +49,9 @@ class AccessRules:
         return None
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def _networks(networks: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
     """Parse networks; ipaddress is imported only when there are some (the forker stays small)."""
     networks = tuple(networks)
@@ -51,3 +60,180 @@ def _networks(networks: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
     import ipaddress  # noqa: PLC0415
 
     return tuple(ipaddress.ip_network(network, strict=False) for network in networks)
+
+
+def source_key(client_address: object, prefix_v4: int, prefix_v6: int) -> tuple[int, int] | None:
+    """Return the source group of a TCP client: (4 or 6, address masked to its prefix).
+
+    An IPv4 address mapped into IPv6 (::ffff:a.b.c.d) counts as IPv4. UNIX
+    peers have no source (None): per-source limits do not apply to them.
+    """
+    if not isinstance(client_address, tuple):
+        return None
+    host = client_address[0]
+    if ":" not in host:
+        return (4, _masked(_inet_pton(_AF_INET, host), 32, prefix_v4))
+    packed = _inet_pton(_AF_INET6, host)
+    if packed[:12] == _V4_MAPPED:
+        return (4, _masked(packed[12:], 32, prefix_v4))
+    return (6, _masked(packed, 128, prefix_v6))
+
+
+def source_text(key: tuple[int, int], prefix_v4: int, prefix_v6: int) -> str:
+    """Render a source group: `192.0.2.7`, `192.0.2.0/24` or `2001:db8:1:2::/64`."""
+    family, value = key
+    bits, prefix, af = (32, prefix_v4, _AF_INET) if family == 4 else (128, prefix_v6, _AF_INET6)
+    text = _inet_ntop(af, value.to_bytes(bits // 8, "big"))
+    return text if prefix == bits else f"{text}/{prefix}"
+
+
+def _masked(packed: bytes, bits: int, prefix: int) -> int:
+    return int.from_bytes(packed, "big") >> (bits - prefix) << (bits - prefix)
+
+
+class Bucket:
+    """A token bucket: `rate` tokens a second, at most `burst`; each admission takes one."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, rate: float, burst: float, now: float) -> bool:
+        """Take a token if there is one."""
+        tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
+
+    def full(self, rate: float, burst: float, now: float) -> bool:
+        """Tell whether the bucket has refilled (it can then be forgotten)."""
+        return self.tokens + (now - self.stamp) * rate >= burst
+
+
+MAX_SOURCE_BUCKETS = 65536  # per service; refilled ones are dropped first
+
+
+class Admission:
+    """Per-source counts and rate limits of one service, kept across reloads.
+
+    `limits` is the service's `limits` record (see `config.Limits`); it may
+    change on reload while the counts of open connections stay.
+    """
+
+    __slots__ = ("bucket", "limits", "open", "source_buckets")
+
+    def __init__(self, limits: dict[str, Any]) -> None:
+        self.limits = limits
+        self.open: dict[tuple[int, int], int] = {}  # source -> connections open now
+        self.bucket: Bucket | None = None
+        self.source_buckets: dict[tuple[int, int], Bucket] = {}
+
+    def key(self, client_address: object) -> tuple[int, int] | None:
+        """Return the client's source group under the current prefixes."""
+        limits = self.limits
+        return source_key(client_address, limits["source_prefix_v4"], limits["source_prefix_v6"])
+
+    def refusal(self, key: tuple[int, int] | None, now: float) -> str | None:
+        """Return which limit refuses a connection from `key` now, or None (a token taken)."""
+        limits = self.limits
+        per_source = limits["per_source"]
+        if per_source is not None and key is not None and self.open.get(key, 0) >= per_source:
+            return "per_source"
+        rate = limits["per_source_rate"]
+        if rate is not None and key is not None:
+            burst = limits["per_source_burst"] or max(1.0, rate)
+            bucket = self.source_buckets.get(key)
+            if bucket is None:
+                if len(self.source_buckets) >= MAX_SOURCE_BUCKETS:
+                    self._forget_full(rate, burst, now)
+                bucket = self.source_buckets[key] = Bucket(burst, now)
+            if not bucket.take(rate, burst, now):
+                return "per_source_rate"
+        rate = limits["rate"]
+        if rate is not None:
+            burst = limits["burst"] or max(1.0, rate)
+            if self.bucket is None:
+                self.bucket = Bucket(burst, now)
+            if not self.bucket.take(rate, burst, now):
+                return "rate"
+        return None
+
+    def opened(self, key: tuple[int, int] | None) -> None:
+        """Count a connection now served."""
+        if key is not None:
+            self.open[key] = self.open.get(key, 0) + 1
+
+    def closed(self, key: tuple[int, int] | None) -> None:
+        """Count a connection that ended."""
+        if key is not None:
+            count = self.open.pop(key, 1) - 1
+            if count:
+                self.open[key] = count
+
+    def _forget_full(self, rate: float, burst: float, now: float) -> None:
+        full = [key for key, bucket in self.source_buckets.items() if bucket.full(rate, burst, now)]
+        for key in full or list(self.source_buckets)[: len(self.source_buckets) // 2]:
+            del self.source_buckets[key]
+
+
+DENIAL_WINDOW = 10.0  # seconds over which repeated denials are summed up
+MAX_DENIAL_SOURCES = 20  # sources logged one by one per window; the rest are summed
+
+
+class Denials:
+    """Bounded logging of refused connections.
+
+    The first refusal of a (service, reason, source) in a window is logged at
+    once; the others are counted and logged as one `connections_denied` line
+    per source at the end of the window. Past MAX_DENIAL_SOURCES sources in a
+    window, refusals are summed per service and reason. However large a flood,
+    a window logs at most 2 x MAX_DENIAL_SOURCES lines, plus one per service
+    and reason.
+    """
+
+    __slots__ = ("counts", "overflow", "window_end")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.overflow: dict[tuple[str, str], int] = {}
+        self.window_end = 0.0
+
+    def first(self, service: str, reason: str, source: str, now: float) -> bool:
+        """Count a refusal; True when it is to be logged now, on its own."""
+        if not self.window_end:
+            self.window_end = now + DENIAL_WINDOW
+        key = (service, reason, source)
+        count = self.counts.get(key)
+        if count is not None:
+            self.counts[key] = count + 1
+            return False
+        if len(self.counts) < MAX_DENIAL_SOURCES:
+            self.counts[key] = 0
+            return True
+        self.overflow[service, reason] = self.overflow.get((service, reason), 0) + 1
+        return False
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """At the end of a window, return the summaries to log (and start afresh)."""
+        if not self.window_end or now < self.window_end:
+            return []
+        summaries = [
+            {"service": service, "reason": reason, "source": source, "count": count}
+            for (service, reason, source), count in self.counts.items()
+            if count
+        ]
+        summaries += [
+            {"service": service, "reason": reason, "source": "others", "count": count}
+            for (service, reason), count in self.overflow.items()
+        ]
+        for summary in summaries:
+            summary["seconds"] = DENIAL_WINDOW
+        self.counts.clear()
+        self.overflow.clear()
+        self.window_end = 0.0
+        return summaries

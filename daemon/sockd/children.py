@@ -8,6 +8,7 @@ dicts, and the decoding for the log (`closed_fields`) is left to the daemon.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import resource  # noqa: F401 (os.wait4 imports it on first use: maybe after dropping root)
 import signal
@@ -27,6 +28,7 @@ class Children:
     def __init__(self) -> None:
         self._running: dict[int, tuple[str, object, float]] = {}
         self._per_service: dict[str, int] = {}
+        self._deadlines: list[tuple[float, int, int]] = []  # when, pid, signal (a heap)
 
     def __len__(self) -> int:
         return len(self._running)
@@ -38,10 +40,42 @@ class Children:
         """Return how many children serve `service` now."""
         return self._per_service.get(service, 0)
 
-    def add(self, pid: int, service: str, client: object) -> None:
-        """Record a child just forked; `client` is its address, or a text for UNIX peers."""
-        self._running[pid] = (service, client, time.monotonic())
+    def add(
+        self, pid: int, service: str, client: object, max_duration: float | None = None
+    ) -> None:
+        """Record a child just started; `client` is its address, or a text for UNIX peers."""
+        now = time.monotonic()
+        self._running[pid] = (service, client, now)
         self._per_service[service] = self._per_service.get(service, 0) + 1
+        if max_duration:
+            deadlines = self._deadlines
+            heapq.heappush(deadlines, (now + max_duration, pid, signal.SIGTERM))
+            if len(deadlines) > 2 * len(self._running) + 64:  # most are of children gone
+                deadlines[:] = [entry for entry in deadlines if entry[1] in self._running]
+                heapq.heapify(deadlines)
+
+    def next_deadline(self) -> float | None:
+        """Return when the next child outlives its `max_duration` (or its grace), if any."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def enforce_deadlines(self, now: float, grace: float) -> list[tuple[int, str, object, str]]:
+        """Send SIGTERM to children past `max_duration`, SIGKILL `grace` seconds later.
+
+        Returns:
+            (pid, service, client, signal name) of each child signalled.
+        """
+        signalled = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, pid, signum = heapq.heappop(self._deadlines)
+            entry = self._running.get(pid)
+            if entry is None:
+                continue  # it ended in time (a reaped pid is not reused before that)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+            if signum == signal.SIGTERM:
+                heapq.heappush(self._deadlines, (now + grace, pid, signal.SIGKILL))
+            signalled.append((pid, entry[0], entry[1], signal_name(signum)))
+        return signalled
 
     def reap(self) -> list[RawExit]:
         """Collect every child that has exited, without blocking."""

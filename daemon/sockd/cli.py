@@ -13,8 +13,15 @@ from sockd import config as sockd_config
 from sockd import daemonize
 from sockd import log as sockd_log
 from sockd._version import __version__
-from sockd.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, SockdError, UsageError
-from sockd.server import exception_fields
+from sockd.errors import (
+    EX_CONFIG,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_USAGE,
+    SockdError,
+    UsageError,
+    exception_fields,
+)
 
 EXIT_CODES = f"""exit codes:
   {EX_OK}   stopped cleanly (or the config is valid, for check)

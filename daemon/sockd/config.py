@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import grp
 import ipaddress
+import os
 import pwd
 import re
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sockd.errors import ConfigError
 from sockd.handlers import load_handler
+from sockd.tables import Table
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -23,7 +26,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CHARGEN_DEFAULT_MAX_DURATION = 60.0
+MAX_REFUSAL = 512
+# systemd's variables for sockd itself: never a program's.
+RESERVED_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+RESERVED_ENV_PREFIXES = ("WATCHDOG_", "LISTEN_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,17 +53,38 @@ class ListenAddress:
 
 
 @dataclasses.dataclass(frozen=True)
+class Limits:
+    """Admission limits of a service, checked before a connection is served."""
+
+    per_source: int | None = None  # connections at once from one source
+    source_prefix_v4: int = 32  # a source is an IPv4 address...
+    source_prefix_v6: int = 64  # ...or an IPv6 /64
+    rate: float | None = None  # connections per second, all sources (token bucket)
+    burst: int | None = None
+    per_source_rate: float | None = None  # connections per second from one source
+    per_source_burst: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ServiceConfig:
-    """One `[[service]]` table."""
+    """One `[[service]]` table: a handler (`handler`) or a program (`exec`)."""
 
     name: str
-    handler: str
+    handler: str | None
     listen: tuple[ListenAddress, ...] = ()
     max_children: int | None = None
     allow: tuple[IPNetwork, ...] = ()
     deny: tuple[IPNetwork, ...] = ()
     unix_mode: int = 0o666
     max_duration: float | None = None
+    idle_timeout: float | None = None
+    exec: tuple[str, ...] = ()
+    program: str | None = None  # exec[0], found on PATH
+    env: tuple[tuple[str, str], ...] = ()
+    user: str | None = None
+    group: str | None = None
+    refusal: str = ""
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +171,7 @@ def from_dict(data: dict[str, Any], path: str) -> Config:
     Raises:
         ConfigError: with one line naming the file, the key and the problem.
     """
-    top = _Table(data, path, "")
+    top = Table(data, path, "")
     daemon = _daemon(top.table("daemon"))
     tables = top.get("service", list, [])
     top.done()
@@ -155,7 +184,7 @@ def from_dict(data: dict[str, Any], path: str) -> Config:
     for index, table in enumerate(tables):
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: service[{index}]: expected a [[service]] table")
-        services.append(_service(_Table(table, path, f"service[{index}].")))
+        services.append(_service(Table(table, path, f"service[{index}].")))
     _check_unique(services, path)
     return Config(daemon=daemon, services=tuple(services), path=path)
 
@@ -170,68 +199,148 @@ def one_service(handler: str, listen: Iterable[str], name: str) -> Config:
     return dataclasses.replace(from_dict(data, "command line"), path=None)
 
 
-def _daemon(table: _Table) -> DaemonConfig:
+def _daemon(table: Table) -> DaemonConfig:
     defaults = DaemonConfig()
     stop_timeout = table.number("stop_timeout", defaults.stop_timeout, minimum=0)
     max_children = table.integer("max_children", defaults.max_children, minimum=1)
-    user = table.get("user", str, None)
-    group = table.get("group", str, None)
-    pythonpath = table.get("pythonpath", list, [])
+    user = _user(table)
+    group = _group(table)
+    pythonpath = table.strings("pythonpath")
     table.done()
-    if user is not None:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            table.fail("user", f"no such user {user!r}")
-    if group is not None:
-        try:
-            grp.getgrnam(group)
-        except KeyError:
-            table.fail("group", f"no such group {group!r}")
     base = Path(table.source).parent if table.source != "command line" else Path.cwd()
-    directories = []
-    for index, entry in enumerate(pythonpath):
-        if not isinstance(entry, str):
-            table.fail(f"pythonpath[{index}]", "expected a string")
-        directories.append(str((base / entry).resolve()))
+    directories = [str((base / entry).resolve()) for entry in pythonpath]
     return DaemonConfig(stop_timeout, max_children, user, group, tuple(directories))
 
 
-def _service(table: _Table) -> ServiceConfig:
+def _service(table: Table) -> ServiceConfig:
     name = table.get("name", str)
     if not _NAME.fullmatch(name):
         table.fail("name", f"{name!r} must be 1-64 letters, digits or any of '_.@-'")
     table.prefix = f"service {name!r}: "
-    handler = table.get("handler", str)
+    handler = table.get("handler", str, None)
+    argv = table.strings("exec")
+    if (handler is None) == (not argv):
+        table.fail("handler", "give either handler or exec (a program and its arguments)")
     listen = []
-    for index, text in enumerate(table.get("listen", list, [])):
-        if not isinstance(text, str):
-            table.fail(f"listen[{index}]", "expected a string")
+    for index, text in enumerate(table.strings("listen")):
         try:
             listen.append(parse_listen(text))
         except ValueError as exc:
             table.fail(f"listen[{index}]", f"bad address {text!r}: {exc}")
-    max_children = table.integer("max_children", None, minimum=1)
-    allow = _networks(table, "allow")
-    deny = _networks(table, "deny")
     unix_mode = table.integer("unix_mode", 0o666, minimum=0)
     if unix_mode > 0o777:
         table.fail("unix_mode", f"{unix_mode:#o} is not a file mode (write it as 0o660)")
     default_duration = CHARGEN_DEFAULT_MAX_DURATION if handler == "chargen" else None
-    max_duration = table.number("max_duration", default_duration, minimum=0.001)
+    service = ServiceConfig(
+        name,
+        handler,
+        tuple(listen),
+        max_children=table.integer("max_children", None, minimum=1),
+        allow=_networks(table, "allow"),
+        deny=_networks(table, "deny"),
+        unix_mode=unix_mode,
+        max_duration=table.number("max_duration", default_duration, minimum=0.001),
+        idle_timeout=table.number("idle_timeout", None, minimum=0.001),
+        exec=tuple(argv),
+        program=_program(table, argv[0]) if argv else None,
+        env=_environment(table),
+        user=_user(table),
+        group=_group(table),
+        refusal=table.get("refusal", str, ""),
+        limits=_limits(table),
+    )
     table.done()
+    _check_kind(table, service)
+    return service
+
+
+def _check_kind(table: Table, service: ServiceConfig) -> None:
+    """Check what depends on the kind of service (handler or program), and load a handler."""
+    if len(service.refusal.encode()) > MAX_REFUSAL:
+        table.fail("refusal", f"at most {MAX_REFUSAL} bytes")
+    if service.handler is None:
+        if service.idle_timeout is not None:
+            table.fail("idle_timeout", "applies to handlers; a program gets max_duration")
+        return
+    for key in ("env", "user", "group"):
+        if getattr(service, key):
+            table.fail(key, "applies to exec programs only")
+    _load(table, service.handler)
+
+
+def _load(table: Table, handler: str) -> None:
     try:
         load_handler(handler)
     except (ImportError, ValueError, TypeError, AttributeError) as exc:
         table.fail("handler", f"cannot load {handler!r}: {exc}")
     except Exception as exc:  # noqa: BLE001 (the module itself fails as it is imported)
         table.fail("handler", f"cannot load {handler!r}: {type(exc).__name__}: {exc}")
-    return ServiceConfig(
-        name, handler, tuple(listen), max_children, allow, deny, unix_mode, max_duration
+
+
+def _program(table: Table, program: str) -> str:
+    """Find exec[0] now: a missing program is a config error, not a per-connection one."""
+    found = program if "/" in program else shutil.which(program)
+    if found is None:
+        table.fail("exec[0]", f"{program!r} is not on PATH")
+    if not os.path.isabs(found):
+        table.fail("exec[0]", f"{program!r}: give an absolute path, or a name found on PATH")
+    if not os.path.isfile(found):
+        table.fail("exec[0]", f"{found}: no such program")
+    if not os.access(found, os.X_OK):
+        table.fail("exec[0]", f"{found}: not executable")
+    return found
+
+
+def _environment(table: Table) -> tuple[tuple[str, str], ...]:
+    env = table.get("env", dict, {})
+    for key, value in env.items():
+        if not _ENV_NAME.fullmatch(key):
+            table.fail(f"env.{key}", "not a valid environment variable name")
+        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+            table.fail(f"env.{key}", "reserved: sockd never passes it to programs")
+        if not isinstance(value, str):
+            table.fail(f"env.{key}", f"expected a string, got {type(value).__name__}")
+    return tuple(sorted(env.items()))
+
+
+def _user(table: Table) -> str | None:
+    user: str | None = table.get("user", str, None)
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            table.fail("user", f"no such user {user!r}")
+    return user
+
+
+def _group(table: Table) -> str | None:
+    group: str | None = table.get("group", str, None)
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            table.fail("group", f"no such group {group!r}")
+    return group
+
+
+def _limits(table: Table) -> Limits:
+    limits = Limits(
+        per_source=table.integer("per_source", None, minimum=1),
+        source_prefix_v4=table.integer("source_prefix_v4", 32, minimum=0, maximum=32),
+        source_prefix_v6=table.integer("source_prefix_v6", 64, minimum=0, maximum=128),
+        rate=table.number("rate", None, minimum=0.001),
+        burst=table.integer("burst", None, minimum=1),
+        per_source_rate=table.number("per_source_rate", None, minimum=0.001),
+        per_source_burst=table.integer("per_source_burst", None, minimum=1),
     )
+    if limits.burst is not None and limits.rate is None:
+        table.fail("burst", "goes with rate")
+    if limits.per_source_burst is not None and limits.per_source_rate is None:
+        table.fail("per_source_burst", "goes with per_source_rate")
+    return limits
 
 
-def _networks(table: _Table, key: str) -> tuple[IPNetwork, ...]:
+def _networks(table: Table, key: str) -> tuple[IPNetwork, ...]:
     networks = []
     for index, text in enumerate(table.get(key, list, [])):
         try:
@@ -260,73 +369,33 @@ def _check_unique(services: list[ServiceConfig], path: str) -> None:
             addresses[address] = service.name
 
 
-class _Table:
-    """A TOML table being validated: typed getters, and unknown keys reported."""
-
-    def __init__(self, data: dict[str, Any], source: str, prefix: str) -> None:
-        self.data = data
-        self.source = source
-        self.prefix = prefix
-        self.seen: set[str] = set()
-
-    def fail(self, key: str, problem: str) -> None:
-        raise ConfigError(f"{self.source}: {self.prefix}{key}: {problem}")
-
-    _MISSING: Any = object()
-
-    def get(self, key: str, kind: type, default: Any = _MISSING) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            if default is self._MISSING:
-                self.fail(key, "required key is missing")
-            return default
-        value = self.data[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.fail(key, f"expected {_KIND_NAMES[kind]}, got {type(value).__name__}")
-        return value
-
-    def table(self, key: str) -> _Table:
-        return _Table(self.get(key, dict, {}), self.source, f"{self.prefix}{key}.")
-
-    def integer(self, key: str, default: int | None, *, minimum: int) -> Any:
-        value = self.get(key, int, default)
-        if value is not None and value < minimum:
-            self.fail(key, f"must be at least {minimum}")
-        return value
-
-    def number(self, key: str, default: float | None, *, minimum: float) -> Any:
-        value = self.get(key, (int, float), default)  # type: ignore[arg-type]
-        if isinstance(value, bool):
-            self.fail(key, "expected a number, got bool")
-        if value is not None and value < minimum:
-            self.fail(key, f"must be at least {minimum}")
-        return None if value is None else float(value)
-
-    def done(self) -> None:
-        for key in self.data.keys() - self.seen:
-            self.fail(key, "unknown key")
-
-
-_KIND_NAMES: dict[Any, str] = {
-    str: "a string",
-    int: "an integer",
-    list: "a list",
-    dict: "a table",
-    (int, float): "a number",
-}
-
-
 def service_record(service: ServiceConfig) -> dict[str, Any]:
     """Return the service as plain values, for the forker (which never imports this module)."""
     return {
         "name": service.name,
         "handler": service.handler,
+        "exec": list(service.exec),
+        "program": service.program,
+        "env": dict(service.env),
+        "identity": _identity(service.user, service.group),
         "max_children": service.max_children,
         "max_duration": service.max_duration,
+        "idle_timeout": service.idle_timeout,
         "unix_mode": service.unix_mode,
         "allow": [str(network) for network in service.allow],
         "deny": [str(network) for network in service.deny],
+        "refusal": service.refusal,
+        "limits": dataclasses.asdict(service.limits),
     }
+
+
+def _identity(user: str | None, group: str | None) -> list[Any] | None:
+    """Return [uid, gid, groups] for a program's `user`/`group`, or None to run as sockd."""
+    if user is None and group is None:
+        return None
+    entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.getuid())
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    return [entry.pw_uid, gid, os.getgrouplist(entry.pw_name, gid)]
 
 
 def to_toml(config: Config) -> str:
@@ -334,17 +403,25 @@ def to_toml(config: Config) -> str:
     lines = [f"# effective configuration of {config.path or 'the command line'}", "[daemon]"]
     lines += _toml_pairs(vars(config.daemon))
     for service in config.services:
-        lines += ["", "[[service]]", *_toml_pairs(vars(service))]
+        values = {**vars(service), **vars(service.limits)}
+        del values["limits"]
+        lines += ["", "[[service]]", *_toml_pairs(values)]
     return "\n".join(lines) + "\n"
 
 
 def _toml_pairs(values: dict[str, Any]) -> list[str]:
     lines = []
     for key, value in values.items():
-        if value is None:
+        if key == "program":
+            if value is not None:
+                lines.append(f"# exec[0] is {value}")
+        elif value is None:
             lines.append(f"# {key} is not set")
         elif key == "unix_mode":
             lines.append(f"{key} = {value:#o}")
+        elif key == "env":
+            pairs = ", ".join(f"{name} = {_toml_value(text)}" for name, text in value)
+            lines.append(f"env = {{ {pairs} }}" if pairs else "env = {}")
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     return lines

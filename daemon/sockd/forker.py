@@ -30,10 +30,11 @@ import socket
 import sys
 import time
 
-from sockd import ipc, privileges
-from sockd.errors import EX_SOFTWARE, SockdError
+from sockd import ipc, listeners, privileges
+from sockd.errors import EX_SOFTWARE, SockdError, exception_fields
 from sockd.listeners import Endpoint
-from sockd.server import HANDLED_SIGNALS, Service, ServiceServer, Shared, exception_fields
+from sockd.programs import StderrLines
+from sockd.server import HANDLED_SIGNALS, Service, ServiceServer, Shared
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from sockd.children import RawExit
 
-KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to children at stop
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (at stop, and past max_duration)
 MAX_ACCEPT_BURST = 16  # connections accepted per listener per turn, at most
 ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
 IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due
@@ -87,10 +88,14 @@ class Forker:
         self.batch_due = 0.0
         self.heartbeat_due = 0.0
         self.child_closes: list[int] = []  # descriptors a child closes first
+        self.stderr: dict[int, StderrLines] = {}  # programs' stderr pipes, by descriptor
+        self.stderr_of: dict[int, int] = {}  # pid -> its stderr descriptor, while open
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed
         shared.close_in_child = self._close_in_child
+        shared.watch_stderr = self._watch_stderr
+        shared.drain_stderr = self._drain_stderr
 
     def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
         """Send a log event to the daemon (from the forker or one of its children)."""
@@ -118,6 +123,28 @@ class Forker:
                 ipc.send(self.events, ("closed", self.batch))
             self.batch = []
             self.batch_due = 0.0
+
+    def _watch_stderr(self, fd: int, pid: int, service: str, client: object) -> None:
+        """Log each line a program writes to its stderr, as `program_stderr`."""
+        text = client if isinstance(client, str) else listeners.describe(client)
+        fields = {"service": service, "client": text, "pid": pid}
+
+        def emit(line: str) -> None:
+            self.report("info", "program_stderr", {**fields, "line": line})
+
+        self.stderr[fd] = StderrLines(fd, emit)
+        self.stderr_of[pid] = fd
+        self.poller.register(fd, select.EPOLLIN)
+
+    def _read_stderr(self, fd: int) -> None:
+        if not self.stderr[fd].read():
+            del self.stderr[fd]  # closed by read(), which unregisters it from epoll too
+
+    def _drain_stderr(self, pid: int) -> None:
+        """Read what a reaped program left in its stderr, so its lines come before its exit."""
+        fd = self.stderr_of.pop(pid, None)
+        if fd is not None and fd in self.stderr:
+            self._read_stderr(fd)
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
@@ -172,6 +199,12 @@ class Forker:
         if self.stop_phase:
             self._advance_stop()
         now = time.monotonic()
+        for pid, service, client, action in self.shared.children.enforce_deadlines(now, KILL_GRACE):
+            text = client if isinstance(client, str) else listeners.describe(client)
+            fields = {"service": service, "client": text, "pid": pid, "action": action}
+            self.report("warning", "max_duration_exceeded", fields)
+        for summary in self.shared.denials.due(now):
+            self.report("info", "connections_denied", summary)
         if self.paused_until and now >= self.paused_until:
             self.paused_until = 0.0
             self._update_accepting()
@@ -191,6 +224,8 @@ class Forker:
                 os.read(self._wakeup_read, 4096)
         elif fd == self.control.fd:
             self._obey()
+        elif fd in self.stderr:
+            self._read_stderr(fd)
 
     def _send_status(self) -> None:
         status = (len(self.shared.children), *self.shared.stats.as_tuple())
@@ -221,6 +256,7 @@ class Forker:
         self, records: list[dict[str, Any]], max_children: int, stop_timeout: float
     ) -> None:
         try:
+            _assign_identity(records, self.shared.child_identity)
             services = {record["name"]: Service(record) for record in records}
         except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
             ipc.send(self.events, ("reload_failed", f"{type(exc).__name__}: {exc}"))
@@ -328,6 +364,11 @@ class Forker:
             deadline = min(deadline, self.status_due)
         if self.batch_due:
             deadline = min(deadline, self.batch_due)
+        overdue = self.shared.children.next_deadline()
+        if overdue is not None:
+            deadline = min(deadline, overdue)
+        if self.shared.denials.window_end:
+            deadline = min(deadline, self.shared.denials.window_end)
         return min(deadline, self.heartbeat_due)
 
     def _close_in_child(self) -> None:
@@ -335,6 +376,8 @@ class Forker:
         # pages the child shares with us, and each costs the child a copy.
         # (So `self.server.socket` in a handler is a closed descriptor.)
         for fd in self.child_closes:
+            os.close(fd)
+        for fd in self.stderr:
             os.close(fd)
 
     def _close(self) -> None:
@@ -353,6 +396,13 @@ def _servers(setup: dict[str, Any], shared: Shared) -> list[ServiceServer]:
         endpoint = Endpoint(name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd_name)
         servers.append(ServiceServer(endpoint, services[name], shared))
     return servers
+
+
+def _assign_identity(records: list[dict[str, Any]], child_identity: list[Any] | None) -> None:
+    """Programs without a `user` of their own run as the children do."""
+    for record in records:
+        if record["program"] and not record["identity"]:
+            record["identity"] = child_identity
 
 
 def _close_other_fds(keep: set[int]) -> None:
@@ -380,8 +430,18 @@ def main() -> None:
     sys.path.extend(entry for entry in setup["sys_path"] if entry not in sys.path)
     shared = Shared()
     try:
+        identity = setup["identity"]  # [daemon] user: [name, uid, gid], or None
+        if identity and any(record["identity"] for record in setup["services"]):
+            # Programs run as their own users: we stay root; children become the daemon user.
+            shared.child_identity = [
+                identity[1],
+                identity[2],
+                os.getgrouplist(identity[0], identity[2]),
+            ]
+            identity = None
+        _assign_identity(setup["services"], shared.child_identity)
         servers = _servers(setup, shared)
-        privileges.become(tuple(setup["identity"]) if setup["identity"] else None)
+        privileges.become(tuple(identity) if identity else None)
     except SockdError as exc:
         ipc.send(events, ("fatal", str(exc), exc.exit_code))
         os._exit(exc.exit_code)

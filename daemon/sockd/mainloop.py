@@ -39,7 +39,7 @@ DRAIN_LIMIT = 1.0  # seconds to collect the last events once the forker has exit
 FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 # Settings a reload cannot change, because they shaped the listeners or our identity.
-_RESTART_ONLY = ("listen", "unix_mode")
+_RESTART_ONLY = ("listen", "unix_mode", "user", "group")
 
 
 class ForkerProcess:

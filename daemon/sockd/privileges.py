@@ -49,3 +49,14 @@ def become(who: Identity | None) -> None:
         raise PermissionFailure(
             f"daemon.user/group: cannot become {name}: {exc.strerror}"
         ) from None
+
+
+def require_root(what: str) -> None:
+    """Refuse a setting that needs root (a program run as another user) when not root.
+
+    Raises:
+        PermissionFailure: naming the setting.
+    """
+    if os.geteuid() != 0:
+        msg = f"{what}: running as uid {os.geteuid()}; start sockd as root to run as another user"
+        raise PermissionFailure(msg)

@@ -11,19 +11,20 @@ import _signal  # type: ignore[import-not-found]  # the C module behind signal
 import _socket
 import contextlib
 import errno
-import marshal
 import os
 import signal
 import socket
 import socketserver
 import struct
 import sys
+import time
 
 from sockd import listeners
-from sockd.access import AccessRules
+from sockd.access import AccessRules, Admission, Denials, source_text
 from sockd.children import Children, closed_fields
-from sockd.errors import OSFailure
+from sockd.errors import OSFailure, exception_fields
 from sockd.handlers import load_handler
+from sockd.programs import Program, become
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,24 +54,40 @@ _SIG_DFL = int(signal.SIG_DFL)
 _close_socket: Callable[[socket.socket], None] = _socket.socket.close
 # accept(2) errors that concern one connection only, not the listener.
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
-# An error record must fit one atomic pipe write: frames are trimmed to fit.
-_MAX_ERROR_RECORD = 3800
 
 
 class Service:
     """What a server needs of its service's settings, built from a plain record."""
 
-    __slots__ = ("handler", "max_children", "max_duration", "name", "record", "rules", "unix_mode")
+    __slots__ = (
+        "handler",
+        "idle_timeout",
+        "max_children",
+        "max_duration",
+        "name",
+        "program",
+        "record",
+        "refusal",
+        "rules",
+        "unix_mode",
+    )
 
     def __init__(self, record: dict[str, Any]) -> None:
-        """Load the handler and rules that `record` (from `config.service_record`) names."""
+        """Load what `record` (from `config.service_record`) names: handler or program, rules."""
         self.record = record
         self.name: str = record["name"]
-        self.handler = load_handler(record["handler"])
+        self.handler = load_handler(record["handler"]) if record["handler"] else None
+        self.program = None
+        if record["program"]:
+            self.program = Program(
+                record["program"], record["exec"], record["env"], record["identity"]
+            )
         self.max_children: int | None = record["max_children"]
         self.max_duration: float | None = record["max_duration"]
+        self.idle_timeout: float | None = record["idle_timeout"]
         self.unix_mode: int = record["unix_mode"]
         self.rules = AccessRules(record["allow"], record["deny"])
+        self.refusal: bytes = record["refusal"].encode()
 
 
 class Stats:
@@ -92,28 +109,67 @@ def _ignore(level: str, event: str, fields: dict[str, Any]) -> None:
     """Drop an event (until the forker connects its reporter)."""
 
 
+def _close_stderr(fd: int, pid: int, service: str, client: object) -> None:  # noqa: ARG001
+    """Close a program's stderr pipe (until the forker connects its reader)."""
+    os.close(fd)
+
+
 class Shared:
-    """State all servers of one forker share: children, counters, and where events go.
+    """State all servers of one forker share: children, counters, limits, where events go.
 
     `report(level, event, fields)` delivers an event to the daemon's log, and
     `closed(raw_exit)` a reaped child (the forker sends it raw, for the daemon
-    to decode); `close_in_child` closes every descriptor a child must not keep.
+    to decode); `close_in_child` closes every descriptor a child must not keep;
+    `watch_stderr(fd, pid, service, client)` takes a program's stderr pipe, and
+    `drain_stderr(pid)` reads what is left in it when the program is reaped.
     """
 
     def __init__(self) -> None:
         self.children = Children()
         self.stats = Stats()
+        self.admissions: dict[str, Admission] = {}  # by service name: kept across reloads
+        self.sources: dict[int, tuple[Admission, Any, Any]] = {}  # pid: admission, key, client
+        self.denials = Denials()
         self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
         self.closed: Callable[[RawExit], None] = self._report_closed
         self.close_in_child: Callable[[], None] = lambda: None
+        self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
+        self.drain_stderr: Callable[[int], None] = lambda _pid: None
+        # [uid, gid, groups] a child takes when the forker stays root for programs'
+        # `user`/`group` (see `sockd.programs.become`); None: children stay as we are.
+        self.child_identity: list[Any] | None = None
 
     def _report_closed(self, raw: RawExit) -> None:
         self.report("info", "connection_closed", closed_fields(raw))
+
+    def admission(self, service: Service) -> Admission:
+        """Return the service's admission state, with the service's current limits.
+
+        A changed source prefix regroups the connections already open.
+        """
+        limits = service.record["limits"]
+        admission = self.admissions.get(service.name)
+        if admission is None:
+            admission = self.admissions[service.name] = Admission(limits)
+        elif admission.limits != limits:
+            admission.limits = limits
+            admission.open.clear()
+            for pid, (owner, _, client) in self.sources.items():
+                if owner is admission:
+                    key = admission.key(client)
+                    self.sources[pid] = (admission, key, client)
+                    admission.opened(key)
+        return admission
 
     def reap(self) -> int:
         """Reap exited children without blocking, reporting `connection_closed` for each."""
         exits = self.children.reap()
         for raw in exits:
+            pid = raw[0]
+            source = self.sources.pop(pid, None)
+            if source is not None:
+                source[0].closed(source[1])
+            self.drain_stderr(pid)
             self.stats.errors += raw[3] != 0
             self.closed(raw)
         return len(exits)
@@ -140,10 +196,12 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         Raises:
             SockdError: binding failed, or an adopted socket is unusable.
         """
-        socketserver.BaseServer.__init__(self, endpoint.sockaddr, service.handler)
+        socketserver.BaseServer.__init__(self, endpoint.sockaddr, service.handler)  # type: ignore[arg-type]
         self.endpoint = endpoint
         self.service = service
         self.shared = shared
+        self.admission = shared.admission(service)
+        self._source: Any = None  # the source group of the connection being admitted
         self.bound_path: str | None = None  # a UNIX socket file we created, to remove
         try:
             self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
@@ -213,7 +271,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         May be extended, do not override.
         """
         self.service = service
-        self.RequestHandlerClass = service.handler
+        self.RequestHandlerClass = service.handler  # type: ignore[assignment]
+        self.admission = self.shared.admission(service)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection.
@@ -264,42 +323,76 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         return budget
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Apply the service's allow/deny rules; report `connection_denied` on refusal.
+        """Admit a connection, or refuse it: allow/deny, then per-source and rate limits.
+
+        A refused client gets the service's `refusal` text, if any, and is
+        closed; the refusal is logged within the bounds of `access.Denials`.
 
         May be overridden.
         """
         reason = self.service.rules.refusal(client_address)
+        now = time.monotonic()
         if reason is None:
-            return True
-        self.shared.stats.denied += 1
-        client = client_text(request, client_address)
-        fields = {"service": self.service.name, "client": client, "reason": reason}
-        self.shared.report("info", "connection_denied", fields)
+            self._source = self.admission.key(client_address)
+            reason = self.admission.refusal(self._source, now)
+            if reason is None:
+                return True
+        self._refuse(request, client_address, reason, now)
         return False
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Fork; the child serves the connection and ends in `os._exit`.
+    def _refuse(self, request: Any, client_address: Any, reason: str, now: float) -> None:
+        self.shared.stats.denied += 1
+        if self.service.refusal:
+            with contextlib.suppress(OSError):
+                request.send(self.service.refusal, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        key = self._source if reason.startswith(("per_source", "rate")) else None
+        if key is not None:
+            limits = self.admission.limits
+            source = source_text(key, limits["source_prefix_v4"], limits["source_prefix_v6"])
+        else:
+            source = client_text(request, client_address)
+        if self.shared.denials.first(self.service.name, reason, source, now):
+            client = client_text(request, client_address)
+            fields = {"service": self.service.name, "client": client, "reason": reason}
+            self.shared.report("info", "connection_denied", fields)
 
-        Signals stay blocked across fork(), so a signal aimed at the new child
-        meets its default action instead of the forker's handler.
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a new process: a forked child, or the service's program.
 
         May be extended, do not override.
         """
         # The text is made later, by the daemon, except for UNIX peers (their credentials).
         client = client_address or client_text(request, client_address)
+        program = self.service.program
+        if program is None:
+            pid = self._fork(request, client_address)
+        else:
+            pid, stderr = program.start(request, client_address, self.shared.close_in_child)
+            self.shared.watch_stderr(stderr, pid, self.service.name, client)
+        shared = self.shared
+        shared.children.add(pid, self.service.name, client, self.service.max_duration)
+        shared.stats.served += 1
+        if self._source is not None:
+            self.admission.opened(self._source)
+            shared.sources[pid] = (self.admission, self._source, client_address)
+        self.close_request(request)
+
+    def _fork(self, request: Any, client_address: Any) -> int:
+        """Fork; return the child's pid. The child serves the connection and ends in `os._exit`.
+
+        Signals stay blocked across fork(), so a signal aimed at the new child
+        meets its default action instead of the forker's handler.
+        """
         _sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except BaseException:
             _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             raise
-        if pid:
-            _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-            self.shared.children.add(pid, self.service.name, client)
-            self.shared.stats.served += 1
-            self.close_request(request)
-            return
-        self._serve_in_child(request, client_address)
+        if not pid:
+            self._serve_in_child(request, client_address)  # never returns
+        _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        return pid
 
     def _serve_in_child(self, request: Any, client_address: Any) -> None:
         status = 1
@@ -309,13 +402,20 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             _signal.set_wakeup_fd(-1)
             _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.shared.close_in_child()
-            if self.service.max_duration:
-                # SIGALRM's default action ends the child; the forker reports the signal.
-                signal.setitimer(signal.ITIMER_REAL, self.service.max_duration)
+            if self.shared.child_identity is not None:
+                become(self.shared.child_identity)
+            if self.service.idle_timeout:
+                request.settimeout(self.service.idle_timeout)
             self.finish_request(request, client_address)
             status = 0
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
+        except TimeoutError:
+            if self.service.idle_timeout:
+                self._report_idle(request, client_address)
+                status = 0
+            else:
+                self.handle_error(request, client_address)
         except Exception:  # noqa: BLE001 (reported by handle_error, then exit status 1)
             self.handle_error(request, client_address)
         finally:
@@ -323,6 +423,16 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 self.shutdown_request(request)
             finally:
                 os._exit(status)
+
+    def _report_idle(self, request: Any, client_address: Any) -> None:
+        with contextlib.suppress(Exception):  # the error path must not raise
+            fields = {
+                "service": self.service.name,
+                "client": client_text(request, client_address),
+                "pid": os.getpid(),
+                "seconds": self.service.idle_timeout,
+            }
+            self.shared.report("info", "idle_timeout", fields)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Report the exception being handled as one `handler_error` event, as data.
@@ -361,36 +471,6 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         May be overridden.
         """
         self.collect_children()
-
-
-def exception_fields(exc: BaseException, limit: int = _MAX_ERROR_RECORD) -> dict[str, Any]:
-    """Describe `exc` as data: type, message and frames (never local variables).
-
-    Frames are dropped from the middle, then the message shortened, until the
-    description encodes to at most `limit` bytes.
-    """
-    import traceback  # noqa: PLC0415 (the error path only: the forker stays small)
-
-    frames = [
-        {"file": frame.filename, "line": frame.lineno, "function": frame.name}
-        for frame in traceback.extract_tb(exc.__traceback__)
-    ]
-    fields: dict[str, Any] = {"type": type(exc).__qualname__, "message": str(exc)}
-    total = len(frames)
-    keep = total
-    while True:
-        if keep < total:
-            fields["frames"] = frames[: keep // 2] + frames[total - (keep - keep // 2) :]
-            fields["frames_omitted"] = total - keep
-        else:
-            fields["frames"] = frames
-        size = len(marshal.dumps(fields))
-        if size <= limit:
-            return fields
-        if keep > 2:
-            keep = max(2, keep * limit // size - 1)
-        else:
-            fields["message"] = fields["message"][: len(fields["message"]) * limit // size // 2]
 
 
 def client_text(request: Any, client_address: Any) -> str:

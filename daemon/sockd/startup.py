@@ -57,6 +57,9 @@ def run(options: RunOptions) -> int:
     """
     config = options.config
     who = privileges.identity(config.daemon.user, config.daemon.group)
+    for service in config.services:
+        if service.user or service.group:
+            privileges.require_root(f"service {service.name!r}: user/group")
     inherited = listeners.listen_fds(os.environ, os.getpid())
     servers: list[ServiceServer] = []
     try:

@@ -76,7 +76,7 @@ class TestLoad:
             ("[daemon]\ngroup = 'no-such-group-x'\n", "daemon.group: no such group"),
             ("[[service]]\nhandler = 'echo'\n", "service[0].name: required key is missing"),
             ("[[service]]\nname = 'a b'\nhandler = 'echo'\n", "service[0].name: 'a b' must be"),
-            ("[[service]]\nname = 'e'\n", "service 'e': handler: required key is missing"),
+            ("[[service]]\nname = 'e'\n", "service 'e': handler: give either handler or exec"),
             (
                 "[[service]]\nname = 'e'\nhandler = 'echo'\nlisten = ['nope']\n",
                 "service 'e': listen[0]: bad address 'nope'",

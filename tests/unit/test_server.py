@@ -11,24 +11,17 @@ import pytest
 from harness import wait_until
 
 from sockd import ipc
+from sockd.config import ServiceConfig, service_record
+from sockd.errors import exception_fields
 from sockd.listeners import Endpoint
-from sockd.server import Service, ServiceServer, Shared, client_text, exception_fields
+from sockd.server import Service, ServiceServer, Shared, client_text
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
 def record(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "svc",
-        "handler": "echo",
-        "max_children": None,
-        "max_duration": None,
-        "unix_mode": 0o666,
-        "allow": [],
-        "deny": [],
-    }
-    return base | changes
+    return service_record(ServiceConfig("svc", "echo")) | changes
 
 
 @pytest.fixture

@@ -1,0 +1,198 @@
+"""Programs exec'd per connection, inetd/UCSPI style: environment, spawning, stderr lines.
+
+The connection becomes the program's stdin and stdout; its stderr is a pipe
+the forker reads, so that each line becomes one log event and never reaches
+the client. A program that runs as sockd's own user is started with
+`posix_spawn` (vfork and exec: the forker's size costs nothing); one that
+runs as another user needs fork, the switch of identity, then exec.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+# Never passed to a program: systemd's variables for sockd itself.
+RESERVED = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
+# Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: a
+# program gets every signal at its default action.
+DEFAULT_SIGNALS = tuple(
+    int(signum)
+    for signum in signal.valid_signals()
+    if signum not in (signal.SIGKILL, signal.SIGSTOP)
+)
+MAX_LINE = 2000  # longer stderr lines are cut into pieces of this many bytes
+_PEERCRED = struct.Struct("3i")
+_EXEC_FAILED = 127  # like a shell, for a program that could not be executed
+
+
+def base_environment(extra: dict[str, str]) -> dict[str, str]:
+    """Return the forker's environment without systemd's variables, plus the service's `env`."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith(RESERVED)}
+    environ.update(extra)
+    return environ
+
+
+def connection_environment(base: dict[str, str], request: Any, client: Any) -> dict[str, str]:
+    """Add UCSPI's and systemd's variables describing this connection to `base`.
+
+    TCP (IPv4 and IPv6 alike, as s6-tcpserver does): PROTO=TCP, TCPREMOTEIP,
+    TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT, and systemd's REMOTE_ADDR and
+    REMOTE_PORT. UNIX (as ucspi-unix does): PROTO=UNIX, UNIXREMOTEPID,
+    UNIXREMOTEEUID, UNIXREMOTEEGID from the peer's credentials. No DNS lookups:
+    TCPREMOTEHOST and TCPLOCALHOST are never set.
+    """
+    environ = dict(base)
+    if isinstance(client, tuple):
+        local = request.getsockname()
+        remote_ip, remote_port = client[0], str(client[1])
+        environ["PROTO"] = "TCP"
+        environ["TCPREMOTEIP"] = environ["REMOTE_ADDR"] = remote_ip
+        environ["TCPREMOTEPORT"] = environ["REMOTE_PORT"] = remote_port
+        environ["TCPLOCALIP"] = local[0]
+        environ["TCPLOCALPORT"] = str(local[1])
+    else:
+        creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        pid, uid, gid = _PEERCRED.unpack(creds)
+        environ["PROTO"] = "UNIX"
+        environ["UNIXREMOTEPID"] = str(pid)
+        environ["UNIXREMOTEEUID"] = str(uid)
+        environ["UNIXREMOTEEGID"] = str(gid)
+    return environ
+
+
+class Program:
+    """The program of an exec service: its path, argv, environment and identity.
+
+    `identity` is [uid, gid, groups] to switch to, or None to run as the forker.
+    """
+
+    __slots__ = ("argv", "environ", "identity", "path")
+
+    def __init__(
+        self, path: str, argv: list[str], env: dict[str, str], identity: list[Any] | None
+    ) -> None:
+        self.path = path
+        self.argv = argv
+        self.environ = base_environment(env)
+        self.identity = identity
+
+    def start(
+        self, request: socket.socket, client: Any, in_child: Callable[[], None]
+    ) -> tuple[int, int]:
+        """Start the program on the connection; return its pid and the read end of its stderr.
+
+        Args:
+            request: the connected socket, the program's stdin and stdout.
+            client: the client's address (None for a UNIX peer).
+            in_child: what a forked child does first (close the forker's descriptors).
+
+        Raises:
+            OSError: the pipe or the process could not be made.
+        """
+        environ = connection_environment(self.environ, request, client)
+        connection = request.fileno()
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            if self.identity is None:
+                pid = os.posix_spawn(
+                    self.path,
+                    self.argv,
+                    environ,
+                    file_actions=[
+                        (os.POSIX_SPAWN_DUP2, connection, 0),
+                        (os.POSIX_SPAWN_DUP2, connection, 1),
+                        (os.POSIX_SPAWN_DUP2, write_end, 2),
+                    ],
+                    setsigmask=(),
+                    setsigdef=DEFAULT_SIGNALS,
+                )
+            else:
+                pid = os.fork()
+                if not pid:
+                    self._exec_in_child(environ, (connection, write_end), in_child)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        os.set_blocking(read_end, False)
+        return pid, read_end
+
+    def _exec_in_child(
+        self, environ: dict[str, str], fds: tuple[int, int], in_child: Callable[[], None]
+    ) -> None:
+        try:  # nothing may escape a forked child
+            for signum in DEFAULT_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            in_child()
+            connection, stderr = fds
+            os.dup2(connection, 0)
+            os.dup2(connection, 1)
+            os.dup2(stderr, 2)
+            assert self.identity is not None  # noqa: S101 (only called with one)
+            become(self.identity)
+            os.execve(self.path, self.argv, environ)  # noqa: S606 (argv from the config)
+        finally:
+            os._exit(_EXEC_FAILED)
+
+
+def become(identity: list[Any]) -> None:
+    """Take `identity` ([uid, gid, groups]) for good: groups, then group, then user."""
+    uid, gid, groups = identity
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+class StderrLines:
+    """The stderr pipe of one program: whole lines go to `emit`, the last at end of file."""
+
+    __slots__ = ("buffer", "emit", "fd")
+
+    def __init__(self, fd: int, emit: Callable[[str], None]) -> None:
+        self.fd = fd
+        self.emit = emit
+        self.buffer = b""
+
+    def read(self) -> bool:
+        """Read what is there; return False at end of file (the descriptor is then closed)."""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                self._emit_lines(final=True)
+                os.close(self.fd)
+                return False
+            self.buffer += data
+            self._emit_lines(final=False)
+
+    def _emit_lines(self, *, final: bool) -> None:
+        lines = self.buffer.split(b"\n")
+        self.buffer = lines.pop()
+        if final and self.buffer:
+            lines.append(self.buffer)
+            self.buffer = b""
+        while len(self.buffer) > MAX_LINE:
+            lines.append(self.buffer[:MAX_LINE])
+            self.buffer = self.buffer[MAX_LINE:]
+        for line in _pieces(lines):
+            self.emit(line.decode(errors="replace").rstrip("\r"))
+
+
+def _pieces(lines: Iterable[bytes]) -> Iterable[bytes]:
+    for line in lines:
+        for start in range(0, max(len(line), 1), MAX_LINE):
+            yield line[start : start + MAX_LINE]
