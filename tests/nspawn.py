@@ -66,7 +66,8 @@ def rootfs() -> Path:
                 str(partial),
             ],
             check=True,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            # Debian's tools first; proxies and the like as the caller has them.
+            env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
         partial.rename(path)
         for stale in CACHE.glob("rootfs-*"):  # made for another package list

@@ -106,7 +106,7 @@ def test_install_creates_the_user_and_starts_only_the_socket(machine: Container)
 def test_remove_then_purge_leave_nothing_of_ours(machine: Container) -> None:
     """No process, unit, socket or file survives remove and purge (the user may)."""
     machine.write("/etc/sockd/extra.toml", EXTRA_INSTANCE)
-    machine.run("systemctl", "start", "sockd@extra.socket")
+    machine.run("systemctl", "enable", "--now", "sockd@extra.socket")
     with machine.connect("127.0.0.1", 7) as client:  # starts sockd.service
         client.sendall(b"hi\n")
         assert client.recv(10) == b"hi\n"
@@ -131,6 +131,26 @@ def test_remove_then_purge_leave_nothing_of_ours(machine: Container) -> None:
     # The administrator's own config of the instance is theirs, not ours.
     assert leftovers == ["/etc/sockd"]
     assert machine.run("ls", "/etc/sockd").stdout.split() == ["extra.toml"]
+
+
+def test_upgrade_keeps_the_listener_and_restarts_sockd_on_the_new_code(
+    machine: Container, deb: Path
+) -> None:
+    """Reinstalling (dpkg's upgrade path) never closes the socket; a running sockd restarts."""
+    with machine.connect("127.0.0.1", 7) as client:
+        client.sendall(b"hi\n")
+        assert client.recv(10) == b"hi\n"
+    before = machine.run("ss", "-Hltne", "sport = :7").stdout
+    main = machine.show("sockd.service", "MainPID")
+
+    machine.run("apt-get", "install", "--reinstall", "-y", "-q", f"/mnt/share/{deb.name}")
+
+    assert machine.run("ss", "-Hltne", "sport = :7").stdout == before  # the same socket
+    assert machine.show("sockd.service", "ActiveState") == "active"
+    assert machine.show("sockd.service", "MainPID") != main
+    with machine.connect("127.0.0.1", 7) as client:
+        client.sendall(b"again\n")
+        assert client.recv(10) == b"again\n"
 
 
 def _our_units(machine: Container, *listing: str) -> str:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from nspawn import Container
 
 CONFIG = "/etc/sockd/sockd.toml"
+CLIENTS = 4
 STATUS = re.compile(r"\d+ active, \d+ served, \d+ denied, \d+ errors")
 DAYTIME = re.compile(rb"\w+, \w+ \d+, \d{4} \d\d:\d\d:\d\d-\w+\r\n")
 
@@ -37,6 +38,28 @@ def events(machine: Container, unit: str = "sockd.service") -> list[dict[str, An
         for entry in machine.journal("-u", unit, "SYSLOG_IDENTIFIER=sockd")
         if entry["MESSAGE"].startswith("{")
     ]
+
+
+def wait_events(
+    machine: Container, name: str, unit: str = "sockd.service", count: int = 1
+) -> list[dict[str, Any]]:
+    """Wait until the unit's journal holds `count` events `name` (journald lags a little)."""
+
+    def found() -> list[dict[str, Any]]:
+        matching = [event for event in events(machine, unit) if event["event"] == name]
+        return matching if len(matching) >= count else []
+
+    return list(wait_until(found, what=f"{count} x {name} in the journal of {unit}"))
+
+
+def wait_journal(machine: Container, text: str, *args: str) -> str:
+    """Wait until `journalctl -u sockd -o cat ARGS` shows `text`; return what it shows."""
+
+    def shown() -> str:
+        said = machine.run("journalctl", "-u", "sockd", "-o", "cat", *args).stdout
+        return said if text in said else ""
+
+    return str(wait_until(shown, what=f"{text!r} in the journal"))
 
 
 def listener(machine: Container, port: int) -> str:
@@ -90,7 +113,7 @@ def test_first_connection_starts_sockd_as_its_user_on_the_socket_units_socket(
     assert inode(after) == inode(before)
     assert f'"sockd",pid={main},' in after
     assert '"systemd",pid=1,' in after
-    (starting,) = [event for event in events(machine) if event["event"] == "starting"]
+    (starting,) = wait_events(machine, "starting")
     assert starting["listeners"] == [
         {"service": "echo", "address": "127.0.0.1:7", "origin": "adopted", "fd_name": "echo"}
     ]
@@ -113,9 +136,12 @@ def test_service_is_active_only_after_ready_and_shows_sockds_status(machine: Con
     machine.write(CONFIG, config(ECHO, slow, daemon=PYTHONPATH))
     machine.run("systemctl", "start", "--no-block", "sockd.service")
     seen = set()
+    deadline = time.monotonic() + 30
     while (state := machine.show("sockd.service", "ActiveState")) != "active":
         assert state in {"inactive", "activating"}, state
+        assert time.monotonic() < deadline, seen
         seen.add((state, machine.show("sockd.service", "SubState")))
+        time.sleep(0.05)
     assert ("activating", "start") in seen  # sockd's own start-up, before READY=1
 
     show = machine.run(
@@ -129,7 +155,7 @@ def test_service_is_active_only_after_ready_and_shows_sockds_status(machine: Con
         "sockd.service",
     )
     exec_main, active = (timestamp(line) for line in show.stdout.splitlines())
-    (ready,) = [e for e in events(machine) if e["event"] == "ready"]
+    (ready,) = wait_events(machine, "ready")
     # The daemon and the forker each import the slow module before READY=1.
     assert exec_main + dt.timedelta(seconds=2) <= timestamp(ready["timestamp"]) <= active
 
@@ -163,9 +189,10 @@ def test_journal_holds_json_events_and_a_handler_error_as_one_err_entry(
     assert functions[-2:] == ["handle", "explode"]  # the whole traceback, to the raise
     assert "local-secret" not in entry["MESSAGE"]
 
+    wait_events(machine, "connection_closed", count=2)
     for entry in machine.journal("-u", "sockd.service", "SYSLOG_IDENTIFIER=sockd"):
         assert isinstance(json.loads(entry["MESSAGE"])["event"], str), entry["MESSAGE"]
-    errors = machine.run("journalctl", "-u", "sockd", "-p", "err", "-o", "cat").stdout
+    errors = wait_journal(machine, "handler_error", "-p", "err")
     assert [json.loads(line)["event"] for line in errors.splitlines()] == ["handler_error"]
 
 
@@ -179,7 +206,7 @@ def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_confi
 
     machine.write(CONFIG, config('name = "echo"\nhandler = "daytime"\nlisten = ["127.0.0.1:7"]'))
     machine.run("systemctl", "reload", "sockd.service")
-    wait_until(lambda: any(e["event"] == "reloaded" for e in events(machine)))
+    wait_events(machine, "reloaded")
     assert DAYTIME.fullmatch(echo(machine))
     assert machine.show("sockd.service", "MainPID") == main
     assert inode(listener(machine, 7)) == socket_before
@@ -189,55 +216,60 @@ def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_confi
     reload = machine.run("systemctl", "reload", "sockd.service", check=False)
     assert reload.returncode != 0
     assert DAYTIME.fullmatch(echo(machine))
-    said = machine.run("journalctl", "-u", "sockd", "-p", "err", "-o", "cat").stdout
-    assert f"sockd: {CONFIG}: invalid TOML" in said
+    wait_journal(machine, f"sockd: {CONFIG}: invalid TOML", "-p", "err")
 
     # A change that needs a restart reaches the daemon (a bare SIGHUP): refused and logged.
     machine.write(CONFIG, config('name = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:8007"]'))
     machine.run("systemctl", "kill", "--kill-who=main", "--signal=HUP", "sockd.service")
-    (failed,) = wait_until(lambda: [e for e in events(machine) if e["event"] == "reload_failed"])
+    (failed,) = wait_events(machine, "reload_failed")
     assert "listen" in failed["error"]
     assert DAYTIME.fullmatch(echo(machine))
     assert machine.show("sockd.service", "ActiveState") == "active"
 
 
 def test_restart_under_load_loses_no_connection(machine: Container) -> None:
-    """While a client keeps connecting, `systemctl restart` drops none: the socket unit queues."""
+    """While clients keep connecting, `systemctl restart` drops none: the socket unit queues."""
     assert echo(machine) == b"hi\n"
     first = machine.show("sockd.service", "MainPID")
-    results: list[bytes | Exception] = []
+    wrong: list[object] = []
+    served = [0] * CLIENTS
     stop = threading.Event()
 
-    def client() -> None:
+    def client(index: int) -> None:
         while not stop.is_set():
+            line = b"client %d line %d\n" % (index, served[index])
             try:
-                results.append(echo(machine, b"%d\n" % len(results)))
+                answer = echo(machine, line)
             except OSError as exc:
-                results.append(exc)
+                answer = exc
+            if answer != line:
+                wrong.append(answer)
+            served[index] += 1
 
-    thread = threading.Thread(target=client)
-    thread.start()
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
     try:
-        wait_until(lambda: len(results) >= 20)
+        wait_until(lambda: sum(served) >= 20)
         machine.run("systemctl", "restart", "sockd.service")
-        served_before = len(results)
-        wait_until(lambda: len(results) >= served_before + 20)
+        after_restart = sum(served)
+        wait_until(lambda: sum(served) >= after_restart + 20)
     finally:
         stop.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
     assert machine.show("sockd.service", "MainPID") != first
-    assert [r for r in results if not isinstance(r, bytes) or not r.endswith(b"\n")] == []
-    assert len(results) >= 40
+    assert wrong == []
+    assert min(served) > 0
 
 
 def test_stop_lets_a_connection_in_progress_finish_and_leaves_no_process(
     machine: Container,
 ) -> None:
-    """`systemctl stop`: the open connection is still served; then the cgroup is empty."""
+    """`systemctl stop`: the open connection is still served; nothing is left to kill."""
     with machine.connect("127.0.0.1", 7) as client:
         client.sendall(b"first\n")
         assert client.recv(100) == b"first\n"
-        cgroup = machine.show("sockd.service", "ControlGroup")
         machine.run("systemctl", "stop", "--no-block", "sockd.service")
         wait_until(lambda: machine.show("sockd.service", "ActiveState") == "deactivating")
         time.sleep(0.5)
@@ -246,9 +278,13 @@ def test_stop_lets_a_connection_in_progress_finish_and_leaves_no_process(
         assert recv_all(client) == b"late\n"
     wait_until(lambda: machine.show("sockd.service", "ActiveState") == "inactive")
     assert machine.show("sockd.service", "Result") == "success"
-    procs = machine.run("cat", f"/sys/fs/cgroup{cgroup}/cgroup.procs", check=False).stdout
-    assert procs == ""
+    assert machine.run("pgrep", "-u", "sockd", check=False).stdout == ""
+    assert [e["event"] for e in wait_events(machine, "stopped")] == ["stopped"]
     assert [e["event"] for e in events(machine)][-2:] == ["connection_closed", "stopped"]
+    # Nothing was left for systemd to kill, and sockd did not have to kill anything.
+    said = machine.run("journalctl", "-u", "sockd", "-o", "cat").stdout
+    assert "Killing process" not in said
+    assert "stop_timeout" not in said
 
 
 def test_template_runs_two_instances_with_their_own_configs(machine: Container) -> None:
@@ -272,7 +308,7 @@ def test_template_runs_two_instances_with_their_own_configs(machine: Container) 
     assert len(pids) == 2
     assert "0" not in pids
     assert machine.show("sockd.service", "ActiveState") == "inactive"
-    configs = {i: events(machine, f"sockd@{i}.service")[0]["config"] for i in "ab"}
+    configs = {i: wait_events(machine, "starting", f"sockd@{i}.service")[0]["config"] for i in "ab"}
     assert configs == {"a": "/etc/sockd/a.toml", "b": "/etc/sockd/b.toml"}
 
     machine.run("systemctl", "stop", "sockd@a.socket", "sockd@a.service")
@@ -282,22 +318,25 @@ def test_template_runs_two_instances_with_their_own_configs(machine: Container) 
 def test_config_error_at_start_fails_with_the_config_exit_code_without_restarting(
     machine: Container,
 ) -> None:
-    """A broken config: the unit fails with 78, says why in one line, and is not restarted."""
+    """A broken config: 78, one line saying why, no restart; fixed, it serves again."""
     machine.write(CONFIG, config(ECHO, daemon="max_childern = 3"))
-    start = machine.run("systemctl", "start", "sockd.service", check=False)
-    assert start.returncode != 0
-    time.sleep(2)  # RestartSec= is 100 ms: a restart loop would have begun
-    assert machine.show("sockd.service", "ActiveState") == "failed"
-    assert machine.show("sockd.service", "NRestarts") == "0"
+    with machine.connect("127.0.0.1", 7) as client:  # socket activation starts it
+        client.sendall(b"hi\n")
+        client.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ConnectionResetError):
+            assert recv_all(client) == b""  # closed unanswered
+    wait_until(lambda: machine.show("sockd.service", "ActiveState") == "failed")
     assert machine.show("sockd.service", "ExecMainStatus") == "78"
-    said = machine.run("journalctl", "-u", "sockd", "-o", "cat").stdout
-    assert f"sockd: {CONFIG}: daemon.max_childern: unknown key" in said
+    wait_journal(machine, f"sockd: {CONFIG}: daemon.max_childern: unknown key")
+    # Restart= would have started it again within RestartSec= (100 ms).
+    time.sleep(1)
+    assert machine.show("sockd.service", "NRestarts") == "0"
+    assert machine.show("sockd.service", "ActiveState") == "failed"
 
-    # Still fixable: once the config is right, the next connection is served.
+    # The recovery README.md gives: fix the file, clear the failure, connect.
     machine.write(CONFIG, config(ECHO))
-    machine.run("systemctl", "reset-failed", "sockd.service")
-    with contextlib.suppress(AssertionError):
-        machine.run("systemctl", "start", "sockd.socket")
+    machine.run("systemctl", "reset-failed", "sockd.service", "sockd.socket")
+    machine.run("systemctl", "start", "sockd.socket")
     assert echo(machine) == b"hi\n"
 
 
@@ -322,7 +361,7 @@ def test_a_second_socket_unit_feeds_another_service_as_the_config_explains(
 
     assert DAYTIME.fullmatch(echo(machine, port=13))  # the first connection starts sockd
     assert echo(machine) == b"hi\n"
-    (starting,) = [event for event in events(machine) if event["event"] == "starting"]
+    (starting,) = wait_events(machine, "starting")
     origins = {(lst["service"], lst["origin"], lst["fd_name"]) for lst in starting["listeners"]}
     assert origins == {("echo", "adopted", "echo"), ("daytime", "adopted", "daytime")}
 
