@@ -22,6 +22,7 @@ deb:
 
 bench: setup
 	.venv/bin/python bench/echo.py
+	.venv/bin/python bench/exec.py
 
 clean:
 	rm -rf .venv build dist *.egg-info daemon/*.egg-info .pytest_cache .mypy_cache .ruff_cache

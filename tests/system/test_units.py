@@ -135,7 +135,7 @@ def test_service_is_active_only_after_ready_and_shows_sockds_status(machine: Con
     slow = 'name = "slow"\nhandler = "slow_start:Hello"\nlisten = ["127.0.0.1:8001"]'
     machine.write(CONFIG, config(ECHO, slow, daemon=PYTHONPATH))
     machine.run("systemctl", "start", "--no-block", "sockd.service")
-    seen = set()
+    seen: set[tuple[str, str]] = set()
     deadline = time.monotonic() + 30
     while (state := machine.show("sockd.service", "ActiveState")) != "active":
         assert state in {"inactive", "activating"}, state
@@ -239,7 +239,7 @@ def test_restart_under_load_loses_no_connection(machine: Container) -> None:
         while not stop.is_set():
             line = b"client %d line %d\n" % (index, served[index])
             try:
-                answer = echo(machine, line)
+                answer: object = echo(machine, line)
             except OSError as exc:
                 answer = exc
             if answer != line:

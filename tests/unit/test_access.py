@@ -1,10 +1,24 @@
-"""Tests of sockd.access: allow and deny rules."""
+"""Tests of sockd.access: allow/deny rules, source groups, limits and denial logs."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from sockd.access import AccessRules
+from sockd import access
+from sockd.access import (
+    DENIAL_WINDOW,
+    MAX_DENIAL_SOURCES,
+    AccessRules,
+    Admission,
+    Bucket,
+    Denials,
+    source_key,
+    source_text,
+)
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def rules(allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()) -> AccessRules:
@@ -38,3 +52,129 @@ class TestAccessRules:
     def test_unix_clients_are_not_filtered(self) -> None:
         """UNIX socket clients have no IP address; the file mode guards them."""
         assert rules(allow=("10.0.0.0/8",)).refusal("") is None
+
+
+def limits(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "per_source": None,
+        "source_prefix_v4": 32,
+        "source_prefix_v6": 64,
+        "rate": None,
+        "burst": None,
+        "per_source_rate": None,
+        "per_source_burst": None,
+    }
+    return base | changes
+
+
+class TestSourceGroups:
+    def test_ipv6_sources_are_grouped_by_their_prefix(self) -> None:
+        """Two addresses of one /64 are one source; the next /64 is another."""
+        one = source_key(("2001:db8:1:2::1", 5), 32, 64)
+        same = source_key(("2001:db8:1:2:ffff:ffff:ffff:9", 6), 32, 64)
+        other = source_key(("2001:db8:1:3::1", 7), 32, 64)
+        assert one == same
+        assert one != other
+        assert one is not None
+        assert source_text(one, 32, 64) == "2001:db8:1:2::/64"
+
+    def test_the_ipv6_prefix_is_configurable(self) -> None:
+        """With /128, every IPv6 address is its own source; with /48, a whole site is one."""
+        assert source_key(("2001:db8::1", 1), 32, 128) != source_key(("2001:db8::2", 1), 32, 128)
+        site = source_key(("2001:db8:0:1::1", 1), 32, 48)
+        assert site == source_key(("2001:db8:0:ffff::1", 1), 32, 48)
+
+    def test_ipv4_by_address_or_by_prefix_and_mapped_ipv6_counts_as_ipv4(self) -> None:
+        """IPv4 is grouped by address by default; ::ffff:a.b.c.d is that IPv4 address."""
+        key = source_key(("192.0.2.7", 1), 32, 64)
+        assert key is not None
+        assert source_text(key, 32, 64) == "192.0.2.7"
+        assert source_key(("::ffff:192.0.2.7", 1), 32, 64) == key
+        assert source_key(("192.0.2.8", 1), 32, 64) != key
+        wide = source_key(("192.0.2.8", 1), 24, 64)
+        assert wide == source_key(("192.0.2.200", 1), 24, 64)
+        assert wide is not None
+        assert source_text(wide, 24, 64) == "192.0.2.0/24"
+
+    def test_unix_peers_have_no_source(self) -> None:
+        """Per-source limits do not apply to UNIX peers (their address is not a tuple)."""
+        assert source_key("", 32, 64) is None
+
+
+class TestBucket:
+    def test_burst_then_rate(self) -> None:
+        """A full bucket admits `burst` at once, then one per 1/rate seconds."""
+        bucket = Bucket(3, now=0.0)
+        assert [bucket.take(2.0, 3, 0.0) for _ in range(4)] == [True, True, True, False]
+        assert not bucket.take(2.0, 3, 0.4)
+        assert bucket.take(2.0, 3, 0.6)
+        assert bucket.full(2.0, 3, 10.0)
+
+
+class TestAdmission:
+    def test_per_source_counts_open_connections(self) -> None:
+        """At `per_source` open connections a source is refused until one closes."""
+        admission = Admission(limits(per_source=2))
+        key = admission.key(("127.0.0.2", 1))
+        for _ in range(2):
+            assert admission.refusal(key, 0.0) is None
+            admission.opened(key)
+        assert admission.refusal(key, 0.0) == "per_source"
+        assert admission.refusal(admission.key(("127.0.0.3", 1)), 0.0) is None
+        admission.closed(key)
+        assert admission.refusal(key, 0.0) is None
+        admission.closed(key)
+        assert admission.open == {}
+
+    def test_rates_per_source_and_per_service(self) -> None:
+        """per_source_rate throttles one source only; rate throttles the service."""
+        admission = Admission(limits(per_source_rate=1.0, per_source_burst=2))
+        flood, other = admission.key(("127.0.0.2", 1)), admission.key(("127.0.0.3", 1))
+        assert [admission.refusal(flood, 0.0) for _ in range(3)] == [None, None, "per_source_rate"]
+        assert admission.refusal(other, 0.0) is None
+        admission.limits = limits(rate=1.0)
+        assert [admission.refusal(other, 5.0) for _ in range(2)] == [None, "rate"]
+
+    def test_source_buckets_stay_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A flood from ever new sources cannot grow the table past its bound."""
+        monkeypatch.setattr(access, "MAX_SOURCE_BUCKETS", 8)
+        admission = Admission(limits(per_source_rate=1.0))
+        for index in range(100):
+            admission.refusal(admission.key((f"10.0.0.{index}", 1)), 0.0)
+        assert len(admission.source_buckets) <= 8
+
+
+class TestDenials:
+    def test_first_is_logged_the_rest_summed_per_window(self) -> None:
+        """The first refusal of a source is logged; repeats come as one summary per window."""
+        denials = Denials()
+        assert denials.first("echo", "rate", "10.0.0.1", 0.0)
+        assert not any(denials.first("echo", "rate", "10.0.0.1", 0.1) for _ in range(500))
+        assert denials.due(1.0) == []
+        (summary,) = denials.due(DENIAL_WINDOW)
+        assert summary == {
+            "service": "echo",
+            "reason": "rate",
+            "source": "10.0.0.1",
+            "count": 500,
+            "seconds": DENIAL_WINDOW,
+        }
+        assert denials.first("echo", "rate", "10.0.0.1", DENIAL_WINDOW + 1)  # a new window
+
+    def test_many_sources_are_summed_beyond_the_bound(self) -> None:
+        """However many sources, a window logs a bounded number of lines."""
+        denials = Denials()
+        logged = sum(
+            denials.first("echo", "rate", f"10.0.{n // 256}.{n % 256}", 0.0) for n in range(5000)
+        )
+        assert logged == MAX_DENIAL_SOURCES
+        summaries = denials.due(DENIAL_WINDOW)
+        assert summaries == [
+            {
+                "service": "echo",
+                "reason": "rate",
+                "source": "others",
+                "count": 5000 - MAX_DENIAL_SOURCES,
+                "seconds": DENIAL_WINDOW,
+            }
+        ]

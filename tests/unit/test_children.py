@@ -19,7 +19,9 @@ def fork(action: str) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         try:
-            if action == "sleep":
+            if action == "ignore-term":
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if action in ("sleep", "ignore-term"):
                 time.sleep(60)
             os._exit(3 if action == "three" else 0)
         finally:
@@ -70,3 +72,33 @@ class TestChildren:
     def test_reap_with_no_children(self) -> None:
         """ECHILD is tolerated."""
         assert Children().reap() == []
+
+
+class TestDeadlines:
+    def test_sigterm_at_max_duration_then_sigkill_after_the_grace(self) -> None:
+        """A child that ignores SIGTERM gets SIGKILL `grace` seconds later; both are returned."""
+        children = Children()
+        stubborn = fork("ignore-term")
+        children.add(stubborn, "svc", ("127.0.0.1", 1), max_duration=0.2)
+        started = time.monotonic()
+        deadline = children.next_deadline()
+        assert deadline is not None
+        assert deadline - started < 0.3
+        assert children.enforce_deadlines(started, grace=0.2) == []
+        time.sleep(0.25)
+        (term,) = children.enforce_deadlines(time.monotonic(), grace=0.2)
+        assert term == (stubborn, "svc", ("127.0.0.1", 1), "SIGTERM")
+        time.sleep(0.25)
+        (kill,) = children.enforce_deadlines(time.monotonic(), grace=0.2)
+        assert kill[3] == "SIGKILL"
+        (exit_record,) = wait_until(children.reap)
+        assert os.waitstatus_to_exitcode(exit_record[3]) == -signal.SIGKILL
+
+    def test_children_that_end_in_time_are_left_alone(self) -> None:
+        """No signal goes to a child reaped before its deadline."""
+        children = Children()
+        children.add(fork("zero"), "svc", None, max_duration=0.1)
+        wait_until(children.reap)
+        time.sleep(0.15)
+        assert children.enforce_deadlines(time.monotonic(), grace=1.0) == []
+        assert children.next_deadline() is None

@@ -126,6 +126,66 @@ class TestLoad:
             ),
             ("[daemon]\n", "no [[service]] defined"),
             ("[[service]\n", "invalid TOML"),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nexec = ['/bin/cat']\n",
+                "service 'e': handler: give either handler or exec",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nenv = { NOTIFY_SOCKET = 'x' }\n",
+                "service 'e': env.NOTIFY_SOCKET: reserved: sockd never passes it to programs",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nenv = { WATCHDOG_USEC = '1' }\n",
+                "service 'e': env.WATCHDOG_USEC: reserved",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nenv = { 'A B' = '1' }\n",
+                "service 'e': env.A B: not a valid environment variable name",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nenv = { A = 1 }\n",
+                "service 'e': env.A: expected a string, got int",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nidle_timeout = 5\n",
+                "service 'e': idle_timeout: applies to handlers; a program gets max_duration",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nuser = 'root'\n",
+                "service 'e': user: applies to exec programs only",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nuser = 'no-such-user-x'\n",
+                "service 'e': user: no such user 'no-such-user-x'",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat', 3]\n",
+                "service 'e': exec[1]: expected a string, got int",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['bin/cat']\n",
+                "service 'e': exec[0]: 'bin/cat': give an absolute path, or a name found on PATH",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nburst = 5\n",
+                "service 'e': burst: goes with rate",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nper_source_burst = 5\n",
+                "service 'e': per_source_burst: goes with per_source_rate",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nsource_prefix_v6 = 129\n",
+                "service 'e': source_prefix_v6: must be at most 128",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nper_source = 0\n",
+                "service 'e': per_source: must be at least 1",
+            ),
+            (
+                f"[[service]]\nname = 'e'\nhandler = 'echo'\nrefusal = '{'x' * 513}'\n",
+                "service 'e': refusal: at most 512 bytes",
+            ),
         ],
     )
     def test_errors_name_file_and_key(self, tmp_path: Path, text: str, where: str) -> None:
@@ -155,6 +215,47 @@ class TestLoad:
             "[[service]]\nname = 'h'\nhandler = 'my_handler_mod:H'\nlisten = ['127.0.0.1:0']\n",
         )
         assert loaded.daemon.pythonpath == (str(tmp_path / "handlers"),)
+
+
+class TestPrograms:
+    def test_exec_program_is_found_on_path_and_limits_default(self, tmp_path: Path) -> None:
+        """exec[0] without a slash is looked up on PATH now; limits have their defaults."""
+        loaded = load_text(
+            tmp_path,
+            "[[service]]\nname = 'p'\nexec = ['cat', '-u']\nenv = { B = '2', A = '1' }\n",
+        )
+        (service,) = loaded.services
+        assert service.handler is None
+        assert service.exec == ("cat", "-u")
+        assert service.program is not None
+        assert service.program.endswith("/cat")
+        assert service.env == (("A", "1"), ("B", "2"))
+        assert service.limits == config.Limits()
+        assert (service.limits.source_prefix_v4, service.limits.source_prefix_v6) == (32, 64)
+
+    def test_record_carries_what_the_forker_needs(self, tmp_path: Path) -> None:
+        """service_record: plain values, the program's identity resolved to ids."""
+        loaded = load_text(
+            tmp_path,
+            "[[service]]\nname = 'p'\nexec = ['/bin/cat']\nuser = 'root'\nper_source = 3\n",
+        )
+        record = config.service_record(loaded.services[0])
+        assert record["program"] == "/bin/cat"
+        assert record["identity"][:2] == [0, 0]
+        assert 0 in record["identity"][2]
+        assert record["limits"]["per_source"] == 3
+
+    def test_effective_config_renders_programs(self, tmp_path: Path) -> None:
+        """`sockd check` prints env as an inline table and the limits flat; it parses back."""
+        loaded = load_text(
+            tmp_path,
+            "[[service]]\nname = 'p'\nexec = ['/bin/cat']\nenv = { A = 'x y' }\nrate = 5\n",
+        )
+        effective = tomllib.loads(config.to_toml(loaded))
+        (service,) = effective["service"]
+        assert service["env"] == {"A": "x y"}
+        assert service["rate"] == 5.0
+        assert service["exec"] == ["/bin/cat"]
 
 
 class TestParseListen:

@@ -1,0 +1,149 @@
+"""Admission control and idle timeouts, with real clients from several loopback sources."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from harness import connect, exchange, wait_until, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from harness import Sockd
+
+
+def echo_config(tmp_path: Path, limits: str) -> str:
+    return write_config(
+        tmp_path / "sockd.toml",
+        f"""
+        [[service]]
+        name = "echo"
+        handler = "echo"
+        listen = ["127.0.0.1:0"]
+        {limits}
+        """,
+    )
+
+
+def answered(address: str, source: str) -> bool:
+    """Tell whether an echo exchange from `source` is answered (a refusal reads as b"")."""
+    try:
+        return exchange(address, b"ping\n", source=source, timeout=5) == b"ping\n"
+    except OSError as exc:
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+            return False
+        raise
+
+
+class TestPerSource:
+    def test_a_source_at_its_cap_is_refused_while_another_is_served(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """per_source = 2: 127.0.0.2 holds two; its third is refused; 127.0.0.3 is served."""
+        config = echo_config(tmp_path, 'per_source = 2\nrefusal = "busy\\r\\n"')
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        held = [connect(address, source="127.0.0.2") for _ in range(2)]
+        try:
+            for client in held:  # both are being served
+                client.sendall(b"x\n")
+                assert client.recv(10) == b"x\n"
+            assert exchange(address, b"ping\n", source="127.0.0.2") == b"busy\r\n"
+            assert answered(address, "127.0.0.3")
+            (denied,) = daemon.wait_event("connection_denied")
+            assert denied["reason"] == "per_source"
+            assert denied["client"].startswith("127.0.0.2:")
+        finally:
+            for client in held:
+                client.close()
+        # Their slots are free again once they end.
+        wait_until(lambda: answered(address, "127.0.0.2"))
+
+    def test_reloaded_limit_applies_at_once_keeping_open_counts(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """per_source lowered from 3 to 1 with one open: the next from that source is refused."""
+        config = echo_config(tmp_path, "per_source = 3")
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        with connect(address, source="127.0.0.4") as held:
+            held.sendall(b"x\n")
+            assert held.recv(10) == b"x\n"
+            assert answered(address, "127.0.0.4")  # 2 of 3
+            echo_config(tmp_path, "per_source = 1")
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_event("reloaded")
+            assert not answered(address, "127.0.0.4")  # the open one still counts
+            assert answered(address, "127.0.0.5")
+
+
+class TestRateLimit:
+    def test_flood_from_one_source_is_throttled_and_logged_in_bounded_lines(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """2,000 attempts at 10x its rate: throttled; another source is served; few log lines."""
+        config = echo_config(tmp_path, "per_source_rate = 50\nper_source_burst = 10")
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        host, port = "127.0.0.1", daemon.port()
+        flood_answered = other_answered = other_tried = 0
+        started = time.monotonic()
+        for attempt in range(2000):  # 500 a second: 10x per_source_rate
+            time.sleep(max(0.0, started + attempt / 500 - time.monotonic()))
+            with socket.socket() as flood:
+                flood.bind(("127.0.0.6", 0))
+                flood.settimeout(5)
+                flood.connect((host, port))
+                flood.sendall(b"f\n")
+                with contextlib.suppress(ConnectionResetError):  # refused
+                    flood_answered += flood.recv(10) == b"f\n"
+            if attempt % 40 == 0:
+                other_tried += 1
+                other_answered += answered(address, "127.0.0.7")
+        elapsed = time.monotonic() - started
+        allowed = 10 + 50 * elapsed  # the burst, then the rate
+        assert flood_answered <= allowed * 1.1
+        assert flood_answered >= allowed * 0.5
+        assert other_answered == other_tried == 50
+        assert daemon.process.poll() is None  # never stopped, never disabled
+        # The summary of the window comes at its end (access.DENIAL_WINDOW, 10 s).
+        wait_until(lambda: daemon.events("connections_denied"), timeout=15)
+        denials = daemon.events("connection_denied") + daemon.events("connections_denied")
+        assert 1 <= len(denials) <= 5
+        summed = sum(event.get("count", 1) for event in denials)
+        assert summed >= 2000 - flood_answered - 1
+        assert {event["reason"] for event in denials} == {"per_source_rate"}
+
+    def test_service_rate_refuses_beyond_the_burst(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A rate of 1/s with a burst of 3: three quick connections are served, a fourth refused."""
+        daemon = sockd("run", "--config", echo_config(tmp_path, "rate = 1\nburst = 3"))
+        address = daemon.address()
+        results = [answered(address, "127.0.0.8") for _ in range(4)]
+        assert results == [True, True, True, False]
+        (denied,) = daemon.wait_event("connection_denied")
+        assert denied["reason"] == "rate"
+
+
+class TestIdleTimeout:
+    def test_silent_client_is_closed_and_its_slot_freed(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """idle_timeout: a client that sends nothing is closed; the one slot serves again."""
+        config = echo_config(tmp_path, "idle_timeout = 0.5\nmax_children = 1")
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        with connect(address) as silent:
+            (event,) = daemon.wait_event("idle_timeout")
+            assert silent.recv(10) == b""  # closed by sockd
+        assert event["seconds"] == 0.5
+        assert exchange(address, b"next\n") == b"next\n"
+        closed = daemon.wait_event("connection_closed", count=2)
+        assert closed[0]["exit_code"] == 0

@@ -1,0 +1,125 @@
+"""Tests of sockd.programs: environment, spawning on a connection, stderr lines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+from harness import recv_all, wait_until
+
+from sockd.programs import MAX_LINE, Program, StderrLines, base_environment, connection_environment
+
+if TYPE_CHECKING:
+    import pytest
+
+
+def lines_of(chunks: list[bytes]) -> list[str]:
+    """Feed `chunks` through a real pipe; return the lines emitted, end of file included."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    emitted: list[str] = []
+    reader = StderrLines(read_end, emitted.append)
+    for chunk in chunks:
+        os.write(write_end, chunk)
+        assert reader.read()
+    os.close(write_end)
+    assert not reader.read()
+    return emitted
+
+
+class TestStderrLines:
+    def test_whole_lines_partial_ones_wait(self) -> None:
+        """A line is emitted when its newline comes; the last one at end of file."""
+        assert lines_of([b"one\ntw", b"o\r\nthree"]) == ["one", "two", "three"]
+
+    def test_long_lines_are_cut(self) -> None:
+        """A line longer than MAX_LINE bytes arrives in pieces, nothing lost."""
+        line = b"x" * (MAX_LINE * 2 + 5)
+        assert [len(piece) for piece in lines_of([line + b"\n"])] == [MAX_LINE, MAX_LINE, 5]
+
+    def test_invalid_utf8_is_replaced(self) -> None:
+        """Bytes that are not UTF-8 do not break the log."""
+        assert lines_of([b"caf\xe9\n"]) == ["caf\N{REPLACEMENT CHARACTER}"]
+
+
+class TestEnvironment:
+    def test_reserved_variables_are_dropped_and_env_added(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """NOTIFY_SOCKET, LISTEN_* and WATCHDOG_* never reach a program."""
+        monkeypatch.setenv("NOTIFY_SOCKET", "/run/x")
+        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.setenv("WATCHDOG_USEC", "5")
+        monkeypatch.setenv("KEEP_ME", "yes")
+        environ = base_environment({"EXTRA": "1"})
+        assert environ["KEEP_ME"] == "yes"
+        assert environ["EXTRA"] == "1"
+        assert not [key for key in environ if key.startswith(("NOTIFY", "LISTEN", "WATCHDOG"))]
+
+    def test_tcp_connection(self) -> None:
+        """UCSPI and systemd variables describe both ends of a TCP connection."""
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                accepted, address = server.accept()
+                with accepted:
+                    environ = connection_environment({"A": "1"}, accepted, address)
+                client_port = str(client.getsockname()[1])
+        assert environ == {
+            "A": "1",
+            "PROTO": "TCP",
+            "TCPREMOTEIP": "127.0.0.1",
+            "TCPREMOTEPORT": client_port,
+            "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": client_port,
+            "TCPLOCALIP": "127.0.0.1",
+            "TCPLOCALPORT": str(port),
+        }
+
+    def test_unix_connection(self) -> None:
+        """A UNIX peer is described by its credentials."""
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            environ = connection_environment({}, ours, "")
+        assert environ == {
+            "PROTO": "UNIX",
+            "UNIXREMOTEPID": str(os.getpid()),
+            "UNIXREMOTEEUID": str(os.getuid()),
+            "UNIXREMOTEEGID": str(os.getgid()),
+        }
+
+
+class TestProgram:
+    def test_start_puts_the_connection_on_stdin_stdout_and_stderr_on_a_pipe(self) -> None:
+        """posix_spawn: the program reads and writes the socket; stderr comes back apart."""
+        script = 'read line; echo "got $line"; echo oops >&2; kill -0 $$'
+        program = Program("/bin/sh", ["sh", "-c", script], {}, None)
+        ours, theirs = socket.socketpair()
+        with ours:
+            pid, stderr = program.start(theirs, "", lambda: None)
+            theirs.close()
+            ours.sendall(b"hello\n")
+            ours.shutdown(socket.SHUT_WR)
+            assert recv_all(ours) == b"got hello\n"
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        emitted: list[str] = []
+        reader = StderrLines(stderr, emitted.append)
+        wait_until(lambda: not reader.read())
+        assert emitted == ["oops"]
+
+    def test_signals_python_ignores_are_at_their_default_in_the_program(self) -> None:
+        """SIGPIPE is ignored by Python, but a program gets it at its default action."""
+        program = Program("/bin/sh", ["sh", "-c", "grep SigIgn /proc/self/status"], {}, None)
+        ours, theirs = socket.socketpair()
+        with ours:
+            pid, stderr = program.start(theirs, "", lambda: None)
+            theirs.close()
+            ours.shutdown(socket.SHUT_WR)
+            ignored = int(recv_all(ours).split()[1], 16)
+        os.waitpid(pid, 0)
+        os.close(stderr)
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # both ignored by Python
+            assert not ignored & (1 << (signum - 1)), hex(ignored)
