@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import ipaddress
+import json
 import os
 import pwd
 import re
@@ -261,6 +262,8 @@ def _check_kind(table: Table, service: ServiceConfig) -> None:
     if service.handler is None:
         if service.idle_timeout is not None:
             table.fail("idle_timeout", "applies to handlers; a program gets max_duration")
+        if service.group is not None and service.user is None:
+            table.fail("group", "goes with user (whose primary group it replaces)")
         return
     for key in ("env", "user", "group"):
         if getattr(service, key):
@@ -391,9 +394,9 @@ def service_record(service: ServiceConfig) -> dict[str, Any]:
 
 def _identity(user: str | None, group: str | None) -> list[Any] | None:
     """Return [uid, gid, groups] for a program's `user`/`group`, or None to run as sockd."""
-    if user is None and group is None:
+    if user is None:  # group goes with user
         return None
-    entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.getuid())
+    entry = pwd.getpwnam(user)
     gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
     return [entry.pw_uid, gid, os.getgrouplist(entry.pw_name, gid)]
 
@@ -429,7 +432,7 @@ def _toml_pairs(values: dict[str, Any]) -> list[str]:
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string, escapes and all
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, int | float):

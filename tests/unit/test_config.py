@@ -159,6 +159,10 @@ class TestLoad:
                 "service 'e': user: no such user 'no-such-user-x'",
             ),
             (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\ngroup = 'root'\n",
+                "service 'e': group: goes with user",
+            ),
+            (
                 "[[service]]\nname = 'e'\nexec = ['/bin/cat', 3]\n",
                 "service 'e': exec[1]: expected a string, got int",
             ),
@@ -249,13 +253,15 @@ class TestPrograms:
         """`sockd check` prints env as an inline table and the limits flat; it parses back."""
         loaded = load_text(
             tmp_path,
-            "[[service]]\nname = 'p'\nexec = ['/bin/cat']\nenv = { A = 'x y' }\nrate = 5\n",
+            "[[service]]\nname = 'p'\nexec = ['/bin/cat']\nenv = { A = 'x y' }\nrate = 5\n"
+            "refusal = \"busy\\r\\n\"\n",
         )
         effective = tomllib.loads(config.to_toml(loaded))
         (service,) = effective["service"]
         assert service["env"] == {"A": "x y"}
         assert service["rate"] == 5.0
         assert service["exec"] == ["/bin/cat"]
+        assert service["refusal"] == "busy\r\n"
 
 
 class TestParseListen:
