@@ -126,15 +126,15 @@ class Forker:
 
     def _watch_stderr(self, fd: int, pid: int, service: str, client: object) -> None:
         """Log each line a program writes to its stderr, as `program_stderr`."""
-        text = client if isinstance(client, str) else listeners.describe(client)
-        fields = {"service": service, "client": text, "pid": pid}
-
-        def emit(line: str) -> None:
-            self.report("info", "program_stderr", {**fields, "line": line})
-
-        self.stderr[fd] = StderrLines(fd, emit)
+        fields = {"service": service, "client": client, "pid": pid}
+        self.stderr[fd] = StderrLines(fd, self._stderr_line, fields)
         self.stderr_of[pid] = fd
         self.poller.register(fd, select.EPOLLIN)
+
+    def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
+        client = fields["client"]
+        text = client if isinstance(client, str) else listeners.describe(client)
+        self.report("info", "program_stderr", {**fields, "client": text, "line": line})
 
     def _read_stderr(self, fd: int) -> None:
         if not self.stderr[fd].read():

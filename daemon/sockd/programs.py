@@ -33,38 +33,45 @@ _PEERCRED = struct.Struct("3i")
 _EXEC_FAILED = 127  # like a shell, for a program that could not be executed
 
 
-def base_environment(extra: dict[str, str]) -> dict[str, str]:
-    """Return the forker's environment without systemd's variables, plus the service's `env`."""
+def base_environment(extra: dict[str, str]) -> dict[bytes, bytes]:
+    """Return the forker's environment without systemd's variables, plus the service's `env`.
+
+    Encoded once: posix_spawn then only joins each pair, per connection.
+    """
     environ = {key: value for key, value in os.environ.items() if not key.startswith(RESERVED)}
     environ.update(extra)
-    return environ
+    return {os.fsencode(key): os.fsencode(value) for key, value in environ.items()}
 
 
-def connection_environment(base: dict[str, str], request: Any, client: Any) -> dict[str, str]:
+def connection_environment(
+    base: dict[bytes, bytes], request: Any, client: Any, local: Any = None
+) -> dict[bytes, bytes]:
     """Add UCSPI's and systemd's variables describing this connection to `base`.
 
     TCP (IPv4 and IPv6 alike, as s6-tcpserver does): PROTO=TCP, TCPREMOTEIP,
     TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT, and systemd's REMOTE_ADDR and
     REMOTE_PORT. UNIX (as ucspi-unix does): PROTO=UNIX, UNIXREMOTEPID,
     UNIXREMOTEEUID, UNIXREMOTEEGID from the peer's credentials. No DNS lookups:
-    TCPREMOTEHOST and TCPLOCALHOST are never set.
+    TCPREMOTEHOST and TCPLOCALHOST are never set. `local` is the listener's
+    address when it is the connection's too (not a wildcard address).
     """
-    environ = dict(base)
+    environ = base.copy()
     if isinstance(client, tuple):
-        local = request.getsockname()
-        remote_ip, remote_port = client[0], str(client[1])
-        environ["PROTO"] = "TCP"
-        environ["TCPREMOTEIP"] = environ["REMOTE_ADDR"] = remote_ip
-        environ["TCPREMOTEPORT"] = environ["REMOTE_PORT"] = remote_port
-        environ["TCPLOCALIP"] = local[0]
-        environ["TCPLOCALPORT"] = str(local[1])
+        if local is None:
+            local = request.getsockname()
+        remote_ip, remote_port = client[0].encode(), b"%d" % client[1]
+        environ[b"PROTO"] = b"TCP"
+        environ[b"TCPREMOTEIP"] = environ[b"REMOTE_ADDR"] = remote_ip
+        environ[b"TCPREMOTEPORT"] = environ[b"REMOTE_PORT"] = remote_port
+        environ[b"TCPLOCALIP"] = local[0].encode()
+        environ[b"TCPLOCALPORT"] = b"%d" % local[1]
     else:
         creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         pid, uid, gid = _PEERCRED.unpack(creds)
-        environ["PROTO"] = "UNIX"
-        environ["UNIXREMOTEPID"] = str(pid)
-        environ["UNIXREMOTEEUID"] = str(uid)
-        environ["UNIXREMOTEEGID"] = str(gid)
+        environ[b"PROTO"] = b"UNIX"
+        environ[b"UNIXREMOTEPID"] = b"%d" % pid
+        environ[b"UNIXREMOTEEUID"] = b"%d" % uid
+        environ[b"UNIXREMOTEEGID"] = b"%d" % gid
     return environ
 
 
@@ -74,7 +81,7 @@ class Program:
     `identity` is [uid, gid, groups] to switch to, or None to run as the forker.
     """
 
-    __slots__ = ("argv", "environ", "identity", "path")
+    __slots__ = ("argv", "environ", "identity", "ignored_signals", "path")
 
     def __init__(
         self, path: str, argv: list[str], env: dict[str, str], identity: list[Any] | None
@@ -83,21 +90,25 @@ class Program:
         self.argv = argv
         self.environ = base_environment(env)
         self.identity = identity
+        self.ignored_signals = tuple(
+            signum for signum in DEFAULT_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN
+        )
 
     def start(
-        self, request: socket.socket, client: Any, in_child: Callable[[], None]
+        self, request: socket.socket, client: Any, local: Any, in_child: Callable[[], None]
     ) -> tuple[int, int]:
         """Start the program on the connection; return its pid and the read end of its stderr.
 
         Args:
             request: the connected socket, the program's stdin and stdout.
-            client: the client's address (None for a UNIX peer).
+            client: the client's address ("" for a UNIX peer).
+            local: the listener's address, if not a wildcard (see connection_environment).
             in_child: what a forked child does first (close the forker's descriptors).
 
         Raises:
             OSError: the pipe or the process could not be made.
         """
-        environ = connection_environment(self.environ, request, client)
+        environ = connection_environment(self.environ, request, client, local)
         connection = request.fileno()
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
@@ -112,7 +123,8 @@ class Program:
                         (os.POSIX_SPAWN_DUP2, write_end, 2),
                     ],
                     setsigmask=(),
-                    setsigdef=DEFAULT_SIGNALS,
+                    # exec resets caught signals itself; ignored ones it keeps.
+                    setsigdef=self.ignored_signals,
                 )
             else:
                 pid = os.fork()
@@ -127,7 +139,7 @@ class Program:
         return pid, read_end
 
     def _exec_in_child(
-        self, environ: dict[str, str], fds: tuple[int, int], in_child: Callable[[], None]
+        self, environ: dict[bytes, bytes], fds: tuple[int, int], in_child: Callable[[], None]
     ) -> None:
         try:  # nothing may escape a forked child
             for signum in DEFAULT_SIGNALS:
@@ -154,13 +166,19 @@ def become(identity: list[Any]) -> None:
 
 
 class StderrLines:
-    """The stderr pipe of one program: whole lines go to `emit`, the last at end of file."""
+    """The stderr pipe of one program: whole lines go to `emit(fields, line)`, the last at EOF.
 
-    __slots__ = ("buffer", "emit", "fd")
+    `fields` (service, client, pid) tag each line.
+    """
 
-    def __init__(self, fd: int, emit: Callable[[str], None]) -> None:
+    __slots__ = ("buffer", "emit", "fd", "fields")
+
+    def __init__(
+        self, fd: int, emit: Callable[[dict[str, Any], str], None], fields: dict[str, Any]
+    ) -> None:
         self.fd = fd
         self.emit = emit
+        self.fields = fields
         self.buffer = b""
 
     def read(self) -> bool:
@@ -180,6 +198,8 @@ class StderrLines:
             self._emit_lines(final=False)
 
     def _emit_lines(self, *, final: bool) -> None:
+        if not self.buffer:
+            return
         lines = self.buffer.split(b"\n")
         self.buffer = lines.pop()
         if final and self.buffer:
@@ -189,7 +209,7 @@ class StderrLines:
             lines.append(self.buffer[:MAX_LINE])
             self.buffer = self.buffer[MAX_LINE:]
         for line in _pieces(lines):
-            self.emit(line.decode(errors="replace").rstrip("\r"))
+            self.emit(self.fields, line.decode(errors="replace").rstrip("\r"))
 
 
 def _pieces(lines: Iterable[bytes]) -> Iterable[bytes]:

@@ -202,6 +202,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         self.shared = shared
         self.admission = shared.admission(service)
         self._source: Any = None  # the source group of the connection being admitted
+        self._local_address: Any = None  # every connection's local address, if one
         self.bound_path: str | None = None  # a UNIX socket file we created, to remove
         try:
             self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
@@ -232,6 +233,11 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             if self.socket.family == socket.AF_UNIX:
                 self.bound_path = str(self.endpoint.sockaddr)
         self.server_address = self.socket.getsockname()
+        if isinstance(self.server_address, tuple) and self.server_address[0] not in (
+            "0.0.0.0",
+            "::",
+        ):
+            self._local_address = self.server_address
 
     def server_activate(self) -> None:
         """Listen on a socket we bound; an inherited one must be listening already.
@@ -367,7 +373,9 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         if program is None:
             pid = self._fork(request, client_address)
         else:
-            pid, stderr = program.start(request, client_address, self.shared.close_in_child)
+            pid, stderr = program.start(
+                request, client_address, self._local_address, self.shared.close_in_child
+            )
             self.shared.watch_stderr(stderr, pid, self.service.name, client)
         shared = self.shared
         shared.children.add(pid, self.service.name, client, self.service.max_duration)

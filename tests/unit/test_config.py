@@ -254,7 +254,7 @@ class TestPrograms:
         loaded = load_text(
             tmp_path,
             "[[service]]\nname = 'p'\nexec = ['/bin/cat']\nenv = { A = 'x y' }\nrate = 5\n"
-            "refusal = \"busy\\r\\n\"\n",
+            'refusal = "busy\\r\\n"\n',
         )
         effective = tomllib.loads(config.to_toml(loaded))
         (service,) = effective["service"]

@@ -20,7 +20,7 @@ def lines_of(chunks: list[bytes]) -> list[str]:
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     emitted: list[str] = []
-    reader = StderrLines(read_end, emitted.append)
+    reader = StderrLines(read_end, lambda _fields, line: emitted.append(line), {})
     for chunk in chunks:
         os.write(write_end, chunk)
         assert reader.read()
@@ -54,9 +54,9 @@ class TestEnvironment:
         monkeypatch.setenv("WATCHDOG_USEC", "5")
         monkeypatch.setenv("KEEP_ME", "yes")
         environ = base_environment({"EXTRA": "1"})
-        assert environ["KEEP_ME"] == "yes"
-        assert environ["EXTRA"] == "1"
-        assert not [key for key in environ if key.startswith(("NOTIFY", "LISTEN", "WATCHDOG"))]
+        assert environ[b"KEEP_ME"] == b"yes"
+        assert environ[b"EXTRA"] == b"1"
+        assert not [key for key in environ if key.startswith((b"NOTIFY", b"LISTEN", b"WATCHDOG"))]
 
     def test_tcp_connection(self) -> None:
         """UCSPI and systemd variables describe both ends of a TCP connection."""
@@ -65,18 +65,21 @@ class TestEnvironment:
             with socket.create_connection(("127.0.0.1", port)) as client:
                 accepted, address = server.accept()
                 with accepted:
-                    environ = connection_environment({"A": "1"}, accepted, address)
-                client_port = str(client.getsockname()[1])
+                    environ = connection_environment({b"A": b"1"}, accepted, address)
+                    given = connection_environment({}, accepted, address, ("127.0.0.9", 7))
+                client_port = str(client.getsockname()[1]).encode()
         assert environ == {
-            "A": "1",
-            "PROTO": "TCP",
-            "TCPREMOTEIP": "127.0.0.1",
-            "TCPREMOTEPORT": client_port,
-            "REMOTE_ADDR": "127.0.0.1",
-            "REMOTE_PORT": client_port,
-            "TCPLOCALIP": "127.0.0.1",
-            "TCPLOCALPORT": str(port),
+            b"A": b"1",
+            b"PROTO": b"TCP",
+            b"TCPREMOTEIP": b"127.0.0.1",
+            b"TCPREMOTEPORT": client_port,
+            b"REMOTE_ADDR": b"127.0.0.1",
+            b"REMOTE_PORT": client_port,
+            b"TCPLOCALIP": b"127.0.0.1",
+            b"TCPLOCALPORT": str(port).encode(),
         }
+        # The listener's own address, when given, is not asked of the kernel again.
+        assert (given[b"TCPLOCALIP"], given[b"TCPLOCALPORT"]) == (b"127.0.0.9", b"7")
 
     def test_unix_connection(self) -> None:
         """A UNIX peer is described by its credentials."""
@@ -84,10 +87,10 @@ class TestEnvironment:
         with ours, theirs:
             environ = connection_environment({}, ours, "")
         assert environ == {
-            "PROTO": "UNIX",
-            "UNIXREMOTEPID": str(os.getpid()),
-            "UNIXREMOTEEUID": str(os.getuid()),
-            "UNIXREMOTEEGID": str(os.getgid()),
+            b"PROTO": b"UNIX",
+            b"UNIXREMOTEPID": str(os.getpid()).encode(),
+            b"UNIXREMOTEEUID": str(os.getuid()).encode(),
+            b"UNIXREMOTEEGID": str(os.getgid()).encode(),
         }
 
 
@@ -98,7 +101,7 @@ class TestProgram:
         program = Program("/bin/sh", ["sh", "-c", script], {}, None)
         ours, theirs = socket.socketpair()
         with ours:
-            pid, stderr = program.start(theirs, "", lambda: None)
+            pid, stderr = program.start(theirs, "", None, lambda: None)
             theirs.close()
             ours.sendall(b"hello\n")
             ours.shutdown(socket.SHUT_WR)
@@ -106,7 +109,7 @@ class TestProgram:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         emitted: list[str] = []
-        reader = StderrLines(stderr, emitted.append)
+        reader = StderrLines(stderr, lambda _fields, line: emitted.append(line), {})
         wait_until(lambda: not reader.read())
         assert emitted == ["oops"]
 
@@ -115,7 +118,7 @@ class TestProgram:
         program = Program("/bin/sh", ["sh", "-c", "grep SigIgn /proc/self/status"], {}, None)
         ours, theirs = socket.socketpair()
         with ours:
-            pid, stderr = program.start(theirs, "", lambda: None)
+            pid, stderr = program.start(theirs, "", None, lambda: None)
             theirs.close()
             ours.shutdown(socket.SHUT_WR)
             ignored = int(recv_all(ours).split()[1], 16)
