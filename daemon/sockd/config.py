@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import grp
 import ipaddress
-import json
 import os
 import pwd
 import re
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sockd.errors import ConfigError
 from sockd.handlers import load_handler
-from sockd.tables import Table
+from sockd.tables import Table, toml_pairs
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -404,37 +403,9 @@ def _identity(user: str | None, group: str | None) -> list[Any] | None:
 def to_toml(config: Config) -> str:
     """Render the effective config (defaults filled in) as TOML."""
     lines = [f"# effective configuration of {config.path or 'the command line'}", "[daemon]"]
-    lines += _toml_pairs(vars(config.daemon))
+    lines += toml_pairs(vars(config.daemon))
     for service in config.services:
         values = {**vars(service), **vars(service.limits)}
         del values["limits"]
-        lines += ["", "[[service]]", *_toml_pairs(values)]
+        lines += ["", "[[service]]", *toml_pairs(values)]
     return "\n".join(lines) + "\n"
-
-
-def _toml_pairs(values: dict[str, Any]) -> list[str]:
-    lines = []
-    for key, value in values.items():
-        if key == "program":
-            if value is not None:
-                lines.append(f"# exec[0] is {value}")
-        elif value is None:
-            lines.append(f"# {key} is not set")
-        elif key == "unix_mode":
-            lines.append(f"{key} = {value:#o}")
-        elif key == "env":
-            pairs = ", ".join(f"{name} = {_toml_value(text)}" for name, text in value)
-            lines.append(f"env = {{ {pairs} }}" if pairs else "env = {}")
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return lines
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string, escapes and all
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    if isinstance(value, int | float):
-        return repr(value)
-    return _toml_value(str(value))

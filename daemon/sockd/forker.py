@@ -33,8 +33,9 @@ import time
 from sockd import ipc, listeners, privileges
 from sockd.errors import EX_SOFTWARE, SockdError, exception_fields
 from sockd.listeners import Endpoint
-from sockd.programs import StderrLines
-from sockd.server import HANDLED_SIGNALS, Service, ServiceServer, Shared
+from sockd.programs import StderrWatch
+from sockd.server import HANDLED_SIGNALS, ServiceServer
+from sockd.shared import Service, Shared
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,14 +89,13 @@ class Forker:
         self.batch_due = 0.0
         self.heartbeat_due = 0.0
         self.child_closes: list[int] = []  # descriptors a child closes first
-        self.stderr: dict[int, StderrLines] = {}  # programs' stderr pipes, by descriptor
-        self.stderr_of: dict[int, int] = {}  # pid -> its stderr descriptor, while open
+        self.stderr = StderrWatch(self.poller, self._stderr_line)
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed
         shared.close_in_child = self._close_in_child
-        shared.watch_stderr = self._watch_stderr
-        shared.drain_stderr = self._drain_stderr
+        shared.watch_stderr = self.stderr.watch
+        shared.drain_stderr = self.stderr.drain
 
     def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
         """Send a log event to the daemon (from the forker or one of its children)."""
@@ -124,27 +124,10 @@ class Forker:
             self.batch = []
             self.batch_due = 0.0
 
-    def _watch_stderr(self, fd: int, pid: int, service: str, client: object) -> None:
-        """Log each line a program writes to its stderr, as `program_stderr`."""
-        fields = {"service": service, "client": client, "pid": pid}
-        self.stderr[fd] = StderrLines(fd, self._stderr_line, fields)
-        self.stderr_of[pid] = fd
-        self.poller.register(fd, select.EPOLLIN)
-
     def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
         client = fields["client"]
         text = client if isinstance(client, str) else listeners.describe(client)
         self.report("info", "program_stderr", {**fields, "client": text, "line": line})
-
-    def _read_stderr(self, fd: int) -> None:
-        if not self.stderr[fd].read():
-            del self.stderr[fd]  # closed by read(), which unregisters it from epoll too
-
-    def _drain_stderr(self, pid: int) -> None:
-        """Read what a reaped program left in its stderr, so its lines come before its exit."""
-        fd = self.stderr_of.pop(pid, None)
-        if fd is not None and fd in self.stderr:
-            self._read_stderr(fd)
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
@@ -224,8 +207,8 @@ class Forker:
                 os.read(self._wakeup_read, 4096)
         elif fd == self.control.fd:
             self._obey()
-        elif fd in self.stderr:
-            self._read_stderr(fd)
+        elif fd in self.stderr.pipes:
+            self.stderr.read(fd)
 
     def _send_status(self) -> None:
         status = (len(self.shared.children), *self.shared.stats.as_tuple())
@@ -377,7 +360,7 @@ class Forker:
         # (So `self.server.socket` in a handler is a closed descriptor.)
         for fd in self.child_closes:
             os.close(fd)
-        for fd in self.stderr:
+        for fd in self.stderr.pipes:
             os.close(fd)
 
     def _close(self) -> None:

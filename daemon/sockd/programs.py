@@ -10,6 +10,7 @@ runs as another user needs fork, the switch of identity, then exec.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import struct
@@ -216,3 +217,35 @@ def _pieces(lines: Iterable[bytes]) -> Iterable[bytes]:
     for line in lines:
         for start in range(0, max(len(line), 1), MAX_LINE):
             yield line[start : start + MAX_LINE]
+
+
+class StderrWatch:
+    """The stderr pipes of every running program, polled with the forker's other descriptors.
+
+    Each line goes to `emit(fields, line)`, with `fields` naming the service,
+    the client and the program's pid.
+    """
+
+    def __init__(self, poller: select.epoll, emit: Callable[[dict[str, Any], str], None]) -> None:
+        self.poller = poller
+        self.emit = emit
+        self.pipes: dict[int, StderrLines] = {}  # by descriptor
+        self.of_pid: dict[int, int] = {}  # pid -> its stderr descriptor, while open
+
+    def watch(self, fd: int, pid: int, service: str, client: object) -> None:
+        """Start reading the stderr pipe `fd` of program `pid`."""
+        fields = {"service": service, "client": client, "pid": pid}
+        self.pipes[fd] = StderrLines(fd, self.emit, fields)
+        self.of_pid[pid] = fd
+        self.poller.register(fd, select.EPOLLIN)
+
+    def read(self, fd: int) -> None:
+        """Read a pipe that polled readable; at its end it is closed (and so leaves epoll)."""
+        if not self.pipes[fd].read():
+            del self.pipes[fd]
+
+    def drain(self, pid: int) -> None:
+        """Read what a reaped program left, so that its lines come before its exit."""
+        fd = self.of_pid.pop(pid, None)
+        if fd is not None and fd in self.pipes:
+            self.read(fd)

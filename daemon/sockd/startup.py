@@ -16,7 +16,8 @@ from sockd._version import __version__
 from sockd.errors import OSFailure
 from sockd.mainloop import MainLoop, spawn
 from sockd.notify import Notifier
-from sockd.server import Service, ServiceServer, Shared
+from sockd.server import ServiceServer
+from sockd.shared import Service, Shared
 
 if TYPE_CHECKING:
     from sockd.config import Config

@@ -1,7 +1,8 @@
-"""Typed access to a parsed TOML table, with errors that name the file and the key."""
+"""TOML tables: typed access with errors that name the file and the key, and rendering."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, NoReturn
 
 from sockd.errors import ConfigError
@@ -81,3 +82,32 @@ class Table:
         """Fail on the first key no getter asked for."""
         for key in sorted(self.data.keys() - self.seen):
             self.fail(key, "unknown key")
+
+
+def toml_pairs(values: dict[str, Any]) -> list[str]:
+    """Render `key = value` lines; None as a comment; `env` (pairs) as an inline table."""
+    lines = []
+    for key, value in values.items():
+        if key == "program":
+            if value is not None:
+                lines.append(f"# exec[0] is {value}")
+        elif value is None:
+            lines.append(f"# {key} is not set")
+        elif key == "unix_mode":
+            lines.append(f"{key} = {value:#o}")
+        elif key == "env":
+            pairs = ", ".join(f"{name} = {_toml_value(text)}" for name, text in value)
+            lines.append(f"env = {{ {pairs} }}" if pairs else "env = {}")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return lines
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string, escapes and all
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    return _toml_value(str(value))

@@ -14,7 +14,8 @@ from sockd import ipc
 from sockd.config import ServiceConfig, service_record
 from sockd.errors import exception_fields
 from sockd.listeners import Endpoint
-from sockd.server import Service, ServiceServer, Shared, client_text
+from sockd.server import ServiceServer
+from sockd.shared import Service, Shared
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -150,12 +151,3 @@ class TestExceptionFields:
             fields = exception_fields(exc)
         assert len(ipc.encode(("log", "error", "handler_error", {"exception": fields}))) <= 4096
         assert fields["message"].startswith("\N{GRINNING FACE}")
-
-
-class TestClientText:
-    def test_tcp_and_unix(self) -> None:
-        """TCP clients read as host:port; UNIX clients by their peer credentials."""
-        assert client_text(None, ("::1", 5, 0, 0)) == "[::1]:5"
-        left, right = socket.socketpair()
-        with left, right:
-            assert client_text(left, "") == f"unix:uid={os.getuid()},pid={os.getpid()}"

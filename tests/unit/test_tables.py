@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 
 from sockd.errors import ConfigError
-from sockd.tables import Table
+from sockd.tables import Table, toml_pairs
 
 
 def table(**data: object) -> Table:
@@ -47,3 +49,17 @@ class TestTable:
             call(table(**data))  # type: ignore[operator]
         assert str(caught.value).startswith("/etc/x.toml: service 'a': ")
         assert str(caught.value).endswith(message)
+
+
+class TestTomlPairs:
+    def test_rendered_pairs_parse_back(self) -> None:
+        """Strings are escaped, None is a comment, env is an inline table, tuples are lists."""
+        lines = toml_pairs(
+            {"refusal": 'no "x"\r\n', "unset": None, "env": (("A", "1"),), "exec": ("a", "b")}
+        )
+        assert lines[1] == "# unset is not set"
+        assert tomllib.loads("\n".join(lines)) == {
+            "refusal": 'no "x"\r\n',
+            "env": {"A": "1"},
+            "exec": ["a", "b"],
+        }

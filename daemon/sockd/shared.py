@@ -1,0 +1,151 @@
+"""What the forker's servers share: each service's settings, the children, counters, limits."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+from sockd import listeners
+from sockd.access import AccessRules, Admission, Denials
+from sockd.children import Children, closed_fields
+from sockd.handlers import load_handler
+from sockd.programs import Program
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from sockd.children import RawExit
+
+
+class Service:
+    """What a server needs of its service's settings, built from a plain record."""
+
+    __slots__ = (
+        "handler",
+        "idle_timeout",
+        "max_children",
+        "max_duration",
+        "name",
+        "program",
+        "record",
+        "refusal",
+        "rules",
+        "unix_mode",
+    )
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        """Load what `record` (from `config.service_record`) names: handler or program, rules."""
+        self.record = record
+        self.name: str = record["name"]
+        self.handler = load_handler(record["handler"]) if record["handler"] else None
+        self.program = None
+        if record["program"]:
+            self.program = Program(
+                record["program"], record["exec"], record["env"], record["identity"]
+            )
+        self.max_children: int | None = record["max_children"]
+        self.max_duration: float | None = record["max_duration"]
+        self.idle_timeout: float | None = record["idle_timeout"]
+        self.unix_mode: int = record["unix_mode"]
+        self.rules = AccessRules(record["allow"], record["deny"])
+        self.refusal: bytes = record["refusal"].encode()
+
+
+class Stats:
+    """Counters behind the STATUS= line."""
+
+    __slots__ = ("denied", "errors", "served")
+
+    def __init__(self) -> None:
+        self.served = 0
+        self.denied = 0
+        self.errors = 0
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        """Return (served, denied, errors)."""
+        return (self.served, self.denied, self.errors)
+
+
+def _ignore(level: str, event: str, fields: dict[str, Any]) -> None:
+    """Drop an event (until the forker connects its reporter)."""
+
+
+def _close_stderr(fd: int, pid: int, service: str, client: object) -> None:  # noqa: ARG001
+    """Close a program's stderr pipe (until the forker connects its reader)."""
+    os.close(fd)
+
+
+class Shared:
+    """State all servers of one forker share: children, counters, limits, where events go.
+
+    `report(level, event, fields)` delivers an event to the daemon's log, and
+    `closed(raw_exit)` a reaped child (the forker sends it raw, for the daemon
+    to decode); `close_in_child` closes every descriptor a child must not keep;
+    `watch_stderr(fd, pid, service, client)` takes a program's stderr pipe, and
+    `drain_stderr(pid)` reads what is left in it when the program is reaped.
+    """
+
+    def __init__(self) -> None:
+        self.children = Children()
+        self.stats = Stats()
+        self.admissions: dict[str, Admission] = {}  # by service name: kept across reloads
+        self.sources: dict[int, tuple[Admission, Any, Any]] = {}  # pid: admission, key, client
+        self.denials = Denials()
+        self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
+        self.closed: Callable[[RawExit], None] = self._report_closed
+        self.close_in_child: Callable[[], None] = lambda: None
+        self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
+        self.drain_stderr: Callable[[int], None] = lambda _pid: None
+        # [uid, gid, groups] a child takes when the forker stays root for programs'
+        # `user`/`group` (see `sockd.programs.become`); None: children stay as we are.
+        self.child_identity: list[Any] | None = None
+
+    def _report_closed(self, raw: RawExit) -> None:
+        self.report("info", "connection_closed", closed_fields(raw))
+
+    def admission(self, service: Service) -> Admission:
+        """Return the service's admission state, with the service's current limits.
+
+        A changed source prefix regroups the connections already open.
+        """
+        limits = service.record["limits"]
+        admission = self.admissions.get(service.name)
+        if admission is None:
+            admission = self.admissions[service.name] = Admission(limits)
+        elif admission.limits != limits:
+            admission.limits = limits
+            admission.open.clear()
+            for pid, (owner, _, client) in self.sources.items():
+                if owner is admission:
+                    key = admission.key(client)
+                    self.sources[pid] = (admission, key, client)
+                    admission.opened(key)
+        return admission
+
+    def reap(self) -> int:
+        """Reap exited children without blocking, reporting `connection_closed` for each."""
+        exits = self.children.reap()
+        for raw in exits:
+            pid = raw[0]
+            source = self.sources.pop(pid, None)
+            if source is not None:
+                source[0].closed(source[1])
+            self.drain_stderr(pid)
+            self.stats.errors += raw[3] != 0
+            self.closed(raw)
+        return len(exits)
+
+
+def client_text(request: Any, client_address: Any) -> str:
+    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED."""
+    if isinstance(client_address, tuple):
+        return listeners.describe(client_address)
+    try:
+        creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "unix"
+    pid, uid, _ = struct.unpack("3i", creds)
+    return f"unix:uid={uid},pid={pid}"

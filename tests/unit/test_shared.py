@@ -1,0 +1,58 @@
+"""Tests of sockd.shared: services from records, admission state across reloads, reaping."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from harness import wait_until
+
+from sockd.config import Limits, ServiceConfig, service_record
+from sockd.shared import Service, Shared, client_text
+
+
+def service(**limits: object) -> Service:
+    return Service(service_record(ServiceConfig("svc", "echo", limits=Limits(**limits))))  # type: ignore[arg-type]
+
+
+class TestShared:
+    def test_admission_state_is_kept_across_reloads_and_regrouped(self) -> None:
+        """A reloaded service keeps its open counts; a new source prefix regroups them."""
+        shared = Shared()
+        admission = shared.admission(service(per_source=5))
+        for pid, host in ((101, "2001:db8::1"), (102, "2001:db8::2")):
+            key = admission.key((host, 1))
+            admission.opened(key)
+            shared.sources[pid] = (admission, key, (host, 1))
+        assert list(admission.open.values()) == [2]  # one /64
+        assert shared.admission(service(per_source=1)) is admission
+        assert list(admission.open.values()) == [2]
+        shared.admission(service(per_source=1, source_prefix_v6=128))
+        assert sorted(admission.open.values()) == [1, 1]  # one per address now
+
+    def test_reap_releases_the_source_of_an_ended_connection(self) -> None:
+        """An exit gives its source's slot back, and is reported as connection_closed."""
+        shared = Shared()
+        events: list[tuple[str, str, dict[str, object]]] = []
+        shared.report = lambda level, event, fields: events.append((level, event, fields))
+        admission = shared.admission(service(per_source=1))
+        key = admission.key(("127.0.0.2", 9))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            os._exit(0)
+        shared.children.add(pid, "svc", ("127.0.0.2", 9))
+        admission.opened(key)
+        shared.sources[pid] = (admission, key, ("127.0.0.2", 9))
+        assert admission.refusal(key, 0.0) == "per_source"
+        wait_until(shared.reap)
+        assert admission.refusal(key, 0.0) is None
+        assert [event for _, event, _ in events] == ["connection_closed"]
+
+
+class TestClientText:
+    def test_tcp_and_unix(self) -> None:
+        """TCP clients read as host:port; UNIX clients by their peer credentials."""
+        assert client_text(None, ("::1", 5, 0, 0)) == "[::1]:5"
+        left, right = socket.socketpair()
+        with left, right:
+            assert client_text(left, "") == f"unix:uid={os.getuid()},pid={os.getpid()}"
