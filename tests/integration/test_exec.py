@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import connect, exchange, wait_until, write_config
+from harness import TESTS, connect, exchange, wait_until, write_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -148,6 +150,55 @@ class TestExec:
         assert result.returncode == 78
         (line,) = result.stderr.splitlines()
         assert problem in json.loads(line)["error"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running programs as another user needs root")
+class TestProgramUser:
+    def test_program_runs_as_its_user_and_the_rest_as_the_daemon_user(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """User = "nobody" for one program; another program and a handler run as [daemon] user."""
+        report_ids = '["/bin/sh", "-c", "echo $(id -u) $(id -g) $(id -G)"]'
+        config = write_config(
+            tmp_path / "sockd.toml",
+            f"""
+            [daemon]
+            user = "daemon"
+            pythonpath = ["{TESTS}"]
+
+            [[service]]
+            name = "as-nobody"
+            exec = {report_ids}
+            user = "nobody"
+            group = "nogroup"
+            listen = ["127.0.0.1:0"]
+
+            [[service]]
+            name = "as-daemon"
+            exec = {report_ids}
+            listen = ["127.0.0.1:0"]
+
+            [[service]]
+            name = "handler"
+            handler = "support_handlers:Report"
+            listen = ["127.0.0.1:0"]
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        nobody = pwd.getpwnam("nobody").pw_uid
+        nogroup = grp.getgrnam("nogroup").gr_gid
+        user_daemon = pwd.getpwnam("daemon")
+        # uid, gid, then the groups: nogroup only (nobody has no supplementary groups).
+        assert exchange(daemon.address(0), b"").decode().split() == [
+            str(nobody),
+            str(nogroup),
+            str(nogroup),
+        ]
+        ids = exchange(daemon.address(1), b"").decode().split()
+        assert ids[:2] == [str(user_daemon.pw_uid), str(user_daemon.pw_gid)]
+        report = json.loads(exchange(daemon.address(2), b""))
+        assert (report["uid"], report["gid"]) == (user_daemon.pw_uid, user_daemon.pw_gid)
+        assert daemon.stop() == 0
 
 
 class TestMaxDuration:

@@ -8,6 +8,7 @@ import pwd
 import pytest
 from harness import in_child
 
+from sockd import privileges
 from sockd.errors import PermissionFailure
 from sockd.privileges import become, identity
 
@@ -56,3 +57,18 @@ class TestDropPrivileges:
         with pytest.raises(PermissionFailure, match="start sockd as root") as caught:
             in_child(child)
         assert caught.value.exit_code == 77
+
+
+class TestRequireRoot:
+    def test_refused_when_not_root(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A program's user/group without root: exit 77, naming the setting."""
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        with pytest.raises(PermissionFailure) as caught:
+            privileges.require_root("service 'p': user/group")
+        assert caught.value.exit_code == 77
+        assert str(caught.value).startswith("service 'p': user/group: running as uid 1000")
+
+    def test_allowed_as_root(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """As root, nothing is said."""
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        privileges.require_root("service 'p': user/group")
