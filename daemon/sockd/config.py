@@ -29,6 +29,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CHARGEN_DEFAULT_MAX_DURATION = 60.0
 MAX_REFUSAL = 512
+MAX_WORKERS = 1024
 # systemd's variables for sockd itself: never a program's.
 RESERVED_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 RESERVED_ENV_PREFIXES = ("WATCHDOG_", "LISTEN_")
@@ -84,6 +85,8 @@ class ServiceConfig:
     user: str | None = None
     group: str | None = None
     refusal: str = ""
+    workers: int | None = None  # pooled: this many pre-forked processes serve one after another
+    max_connections_per_child: int | None = None  # pooled: a worker is replaced after these
     limits: Limits = dataclasses.field(default_factory=Limits)
 
 
@@ -186,6 +189,10 @@ def from_dict(data: dict[str, Any], path: str) -> Config:
             raise ConfigError(f"{path}: service[{index}]: expected a [[service]] table")
         services.append(_service(Table(table, path, f"service[{index}].")))
     _check_unique(services, path)
+    pooled = sum(service.workers or 0 for service in services)
+    if pooled >= daemon.max_children:
+        msg = f"{path}: daemon.max_children: {daemon.max_children} leaves no room beside"
+        raise ConfigError(f"{msg} {pooled} workers (they count as children)")
     return Config(daemon=daemon, services=tuple(services), path=path)
 
 
@@ -248,6 +255,8 @@ def _service(table: Table) -> ServiceConfig:
         group=_group(table),
         refusal=table.get("refusal", str, ""),
         limits=_limits(table),
+        workers=table.integer("workers", None, minimum=1, maximum=MAX_WORKERS),
+        max_connections_per_child=table.integer("max_connections_per_child", None, minimum=1),
     )
     table.done()
     _check_kind(table, service)
@@ -258,6 +267,7 @@ def _check_kind(table: Table, service: ServiceConfig) -> None:
     """Check what depends on the kind of service (handler or program), and load a handler."""
     if len(service.refusal.encode()) > MAX_REFUSAL:
         table.fail("refusal", f"at most {MAX_REFUSAL} bytes")
+    _check_pool(table, service)
     if service.handler is None:
         if service.idle_timeout is not None:
             table.fail("idle_timeout", "applies to handlers; a program gets max_duration")
@@ -268,6 +278,23 @@ def _check_kind(table: Table, service: ServiceConfig) -> None:
         if getattr(service, key):
             table.fail(key, "applies to exec programs only")
     _load(table, service.handler)
+
+
+def _check_pool(table: Table, service: ServiceConfig) -> None:
+    """Check a pooled service: handlers only, its pool is its cap, no per-source counts."""
+    if service.workers is None:
+        if service.max_connections_per_child is not None:
+            table.fail("max_connections_per_child", "goes with workers")
+        return
+    if service.handler is None:
+        table.fail("workers", "applies to handlers; a program runs per connection")
+    if service.max_children is not None:
+        table.fail("max_children", "a pooled service serves `workers` connections at once")
+    limits = service.limits
+    for key in ("per_source", "rate", "per_source_rate"):
+        if getattr(limits, key) is not None:
+            msg = "needs fork-per-connection (the forker keeps the counts); not with workers"
+            table.fail(key, msg)
 
 
 def _load(table: Table, handler: str) -> None:
@@ -388,6 +415,8 @@ def service_record(service: ServiceConfig) -> dict[str, Any]:
         "deny": [str(network) for network in service.deny],
         "refusal": service.refusal,
         "limits": dataclasses.asdict(service.limits),
+        "workers": service.workers,
+        "max_connections_per_child": service.max_connections_per_child,
     }
 
 

@@ -31,8 +31,10 @@ import sys
 import time
 
 from sockd import ipc, listeners, privileges
+from sockd.children import signal_name
 from sockd.errors import EX_SOFTWARE, SockdError, exception_fields
 from sockd.listeners import Endpoint
+from sockd.pool import Pools
 from sockd.programs import StderrWatch
 from sockd.server import HANDLED_SIGNALS, ServiceServer
 from sockd.shared import Service, Shared
@@ -90,12 +92,16 @@ class Forker:
         self.heartbeat_due = 0.0
         self.child_closes: list[int] = []  # descriptors a child closes first
         self.stderr = StderrWatch(self.poller, self._stderr_line)
+        self.pools = Pools()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed
         shared.close_in_child = self._close_in_child
         shared.watch_stderr = self.stderr.watch
         shared.drain_stderr = self.stderr.drain
+        shared.emit = self._emit
+        shared.workers = self.pools.workers
+        shared.worker_exited = self._worker_exited
 
     def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
         """Send a log event to the daemon (from the forker or one of its children)."""
@@ -124,6 +130,22 @@ class Forker:
             self.batch = []
             self.batch_due = 0.0
 
+    def _emit(self, record: Any) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            ipc.send(self.events, record)
+
+    def _worker_exited(self, raw: RawExit) -> None:
+        pid, _, _, status, duration = raw[:5]
+        code = os.waitstatus_to_exitcode(status)
+        fields = self.pools.exited(pid, code != 0, replace=self.stop_phase is None)
+        fields |= {
+            "pid": pid,
+            "exit_code": code if code >= 0 else None,
+            "signal": signal_name(-code) if code < 0 else None,
+            "duration": round(duration, 3),
+        }
+        self.report("info" if code == 0 else "warning", "worker_exited", fields)
+
     def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
         client = fields["client"]
         text = client if isinstance(client, str) else listeners.describe(client)
@@ -148,6 +170,8 @@ class Forker:
         # Everything loaded so far lives as long as the forker: keep the
         # collector's hands off it, so no child copies those pages to scan them.
         gc.freeze()
+        for server in self.servers:
+            self.pools.fill(server)
         ipc.send(self.events, ("ready",))
         while self.stop_phase is None or len(self.shared.children):
             self._turn()
@@ -188,6 +212,8 @@ class Forker:
             self.report("warning", "max_duration_exceeded", fields)
         for summary in self.shared.denials.due(now):
             self.report("info", "connections_denied", summary)
+        if self.stop_phase is None:
+            self.pools.replace_due(now)
         if self.paused_until and now >= self.paused_until:
             self.paused_until = 0.0
             self._update_accepting()
@@ -211,7 +237,8 @@ class Forker:
             self.stderr.read(fd)
 
     def _send_status(self) -> None:
-        status = (len(self.shared.children), *self.shared.stats.as_tuple())
+        active = len(self.shared.children) - len(self.pools.workers)
+        status = (active, *self.shared.stats.as_tuple())
         if status == self.last_status:
             self.status_due = 0.0
         elif not self.status_due:
@@ -246,6 +273,8 @@ class Forker:
             return
         for server in self.servers:
             server.apply(services[server.service.name])
+            self.pools.retire(server)
+            self.pools.fill(server)
         self.max_children = max_children
         self.stop_timeout = stop_timeout
         self._update_accepting()
@@ -282,6 +311,8 @@ class Forker:
     def _update_accepting(self) -> None:
         """Poll exactly the listeners that may accept now (below every cap)."""
         for server in self.servers:
+            if server.service.record["workers"]:
+                continue  # its workers accept
             wanted = not self.stop_phase and not self.paused_until and self._room(server) > 0
             fd = server.socket.fileno()
             if wanted and fd not in self.listening:
@@ -309,6 +340,7 @@ class Forker:
         self.stop_phase = "wait"
         self.phase_deadline = time.monotonic() + stop_timeout
         self._stop_accepting()
+        self.pools.retire()  # each finishes its connection, then exits
 
     def quit(self) -> None:
         """Stop now: kill every child."""
@@ -352,6 +384,9 @@ class Forker:
             deadline = min(deadline, overdue)
         if self.shared.denials.window_end:
             deadline = min(deadline, self.shared.denials.window_end)
+        respawn = self.pools.next_due()
+        if respawn is not None:
+            deadline = min(deadline, respawn)
         return min(deadline, self.heartbeat_due)
 
     def _close_in_child(self) -> None:

@@ -11,7 +11,7 @@ import selectors
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -19,6 +19,7 @@ from sockd import config as sockd_config
 from sockd import ipc
 from sockd.children import closed_fields
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
+from sockd.listeners import describe
 from sockd.notify import status_text
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ class MainLoop:
         # A logger bound once, for the events of every connection: the module's
         # lazy proxy would rebuild one on each call (about half the cost of an event).
         self.connection_log = structlog.get_logger().bind()
+        self.forker_counts: tuple[int, ...] = (0, 0, 0, 0)  # active, served, denied, errors
+        self.pooled = [0, 0, 0]  # served, denied, errors by pooled workers (not in the above)
         self.selector = selectors.DefaultSelector()
         self.pending: list[int] = []
         self.ready = False
@@ -200,11 +203,14 @@ class MainLoop:
             info = self.connection_log.info
             for raw in record[1]:  # type: ignore[attr-defined]
                 info("connection_closed", **closed_fields(raw))
+        elif kind == "served":
+            self._served(record[1], record[2])  # type: ignore[arg-type]
         elif kind == "log":
             _, level, event, fields = record
             getattr(self.connection_log, str(level))(event, **fields)  # type: ignore[arg-type]
         elif kind == "status":
-            self.notifier.status(status_text(*record[1:]))  # type: ignore[arg-type]
+            self.forker_counts = tuple(int(count) for count in record[1:])  # type: ignore[call-overload]
+            self._status()
         elif kind == "ready" and not self.stopping:
             self.ready = True
             log.info("ready", services=[service.name for service in self.config.services])
@@ -215,6 +221,35 @@ class MainLoop:
             self._reload_done(None if kind == "reloaded" else str(record[1]))
         elif kind == "fatal":
             self.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
+
+    def _served(self, records: list[tuple[Any, ...]], denied: int) -> None:
+        """Log the connections pooled workers served, and count them for STATUS=."""
+        info = self.connection_log.info
+        for pid, service, client, code, duration in records:
+            text = client if isinstance(client, str) else describe(client)
+            info(
+                "connection_closed",
+                service=service,
+                client=text,
+                pid=pid,
+                exit_code=code,
+                signal=None,
+                duration=round(duration, 6),
+                worker=True,
+            )
+        self.pooled[0] += len(records)
+        self.pooled[1] += denied
+        self.pooled[2] += sum(1 for record in records if record[3])
+        self._status()
+
+    def _status(self) -> None:
+        active, served, denied, errors = self.forker_counts
+        served, denied, errors = (
+            served + self.pooled[0],
+            denied + self.pooled[1],
+            errors + self.pooled[2],
+        )
+        self.notifier.status(status_text(active, served, denied, errors))
 
     def _act_on(self, signum: int) -> None:
         if signum == signal.SIGHUP and not self.stopping:
@@ -319,6 +354,9 @@ def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> Non
         msg = f"{where}: service: adding {added} or removing {removed} needs a restart"
         raise ConfigError(msg)
     for name, service in new_services.items():
+        if (service.workers is None) != (old_services[name].workers is None):
+            msg = f"{where}: service {name!r}: workers: pooling or not needs a restart"
+            raise ConfigError(msg)
         for key in _RESTART_ONLY:
             if getattr(service, key) != getattr(old_services[name], key):
                 raise ConfigError(f"{where}: service {name!r}: {key}: changing it needs a restart")

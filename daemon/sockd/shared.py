@@ -99,6 +99,11 @@ class Shared:
         self.close_in_child: Callable[[], None] = lambda: None
         self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
         self.drain_stderr: Callable[[int], None] = lambda _pid: None
+        # A record for the daemon, sent as it is (workers send their connections so).
+        self.emit: Callable[[Any], None] = lambda _record: None
+        # Pooled workers among the children: their exits go to `worker_exited`.
+        self.workers: dict[int, Any] = {}
+        self.worker_exited: Callable[[RawExit], None] = lambda _raw: None
         # [uid, gid, groups] a child takes when the forker stays root for programs'
         # `user`/`group` (see `sockd.programs.become`); None: children stay as we are.
         self.child_identity: list[Any] | None = None
@@ -130,6 +135,9 @@ class Shared:
         exits = self.children.reap()
         for raw in exits:
             pid = raw[0]
+            if pid in self.workers:
+                self.worker_exited(raw)
+                continue
             source = self.sources.pop(pid, None)
             if source is not None:
                 source[0].closed(source[1])

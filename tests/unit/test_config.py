@@ -187,6 +187,29 @@ class TestLoad:
                 "service 'e': per_source: must be at least 1",
             ),
             (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nworkers = 2\n",
+                "service 'e': workers: applies to handlers; a program runs per connection",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nworkers = 2\nper_source = 2\n",
+                "service 'e': per_source: needs fork-per-connection",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nworkers = 2\nmax_children = 2\n",
+                "service 'e': max_children: a pooled service serves `workers` connections at once",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nmax_connections_per_child = 2\n",
+                "service 'e': max_connections_per_child: goes with workers",
+            ),
+            (
+                (
+                    "[daemon]\nmax_children = 4\n"
+                    "[[service]]\nname = 'e'\nhandler = 'echo'\nworkers = 4\n"
+                ),
+                "daemon.max_children: 4 leaves no room beside 4 workers",
+            ),
+            (
                 f"[[service]]\nname = 'e'\nhandler = 'echo'\nrefusal = '{'x' * 513}'\n",
                 "service 'e': refusal: at most 512 bytes",
             ),

@@ -1,0 +1,159 @@
+"""Pooled services (`workers`): pre-forked workers, their replacement, reload, stop, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from harness import TESTS, connect, exchange, recv_all, wait_until, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from harness import Notifications, Sockd
+
+
+def pool_config(tmp_path: Path, handler: str = "echo", extra: str = "") -> str:
+    return write_config(
+        tmp_path / "sockd.toml",
+        f"""
+        [daemon]
+        pythonpath = ["{TESTS}"]
+        stop_timeout = 5
+
+        [[service]]
+        name = "pool"
+        handler = "{handler}"
+        listen = ["127.0.0.1:0"]
+        workers = 2
+        {extra}
+        """,
+    )
+
+
+def worker_pids(daemon: Sockd) -> set[int]:
+    return {pid for pid, _ in daemon.children()}
+
+
+class TestPool:
+    def test_workers_are_forked_at_start_and_serve_one_connection_after_another(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Two workers exist before any connection; they serve many, each logged."""
+        daemon = sockd("run", "--config", pool_config(tmp_path))
+        workers = wait_until(lambda: worker_pids(daemon) if len(worker_pids(daemon)) == 2 else None)
+        for index in range(20):
+            assert exchange(daemon.address(), b"%d\n" % index) == b"%d\n" % index
+        closed = daemon.wait_event("connection_closed", count=20)
+        assert {event["pid"] for event in closed} <= workers
+        assert all(event["worker"] and event["exit_code"] == 0 for event in closed)
+        assert worker_pids(daemon) == workers  # the same processes, still there
+
+    def test_max_connections_per_child_one_gives_every_connection_a_fresh_process(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """max_connections_per_child = 1: each connection its own process; the pool refills."""
+        daemon = sockd(
+            "run", "--config", pool_config(tmp_path, extra="max_connections_per_child = 1")
+        )
+        for index in range(6):
+            assert exchange(daemon.address(), b"%d\n" % index) == b"%d\n" % index
+        closed = daemon.wait_event("connection_closed", count=6)
+        assert len({event["pid"] for event in closed}) == 6
+        exits = daemon.wait_event("worker_exited", count=6)
+        assert all(event["exit_code"] == 0 and not event["retired"] for event in exits)
+        wait_until(lambda: len(worker_pids(daemon)) == 2)
+
+    def test_handler_error_is_logged_and_the_worker_serves_on(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A handler that raises: handler_error, exit_code 1 for that connection, same worker."""
+        daemon = sockd("run", "--config", pool_config(tmp_path, "support_handlers:Boom"))
+        workers = wait_until(lambda: worker_pids(daemon) if len(worker_pids(daemon)) == 2 else None)
+        for _ in range(4):
+            assert exchange(daemon.address(), b"x") == b""
+        errors = daemon.wait_event("handler_error", count=4)
+        assert errors[0]["exception"]["type"] == "ValueError"
+        closed = daemon.wait_event("connection_closed", count=4)
+        assert [event["exit_code"] for event in closed] == [1] * 4
+        assert worker_pids(daemon) == workers
+        assert not daemon.events("worker_exited")
+
+    def test_a_killed_worker_is_replaced(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
+        """SIGKILL to a worker: worker_exited names the signal; a new worker takes its place."""
+        daemon = sockd("run", "--config", pool_config(tmp_path))
+        workers = wait_until(lambda: worker_pids(daemon) if len(worker_pids(daemon)) == 2 else None)
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        (exited,) = daemon.wait_event("worker_exited")
+        assert (exited["pid"], exited["signal"], exited["exit_code"]) == (victim, "SIGKILL", None)
+        wait_until(lambda: len(worker_pids(daemon) - {victim}) == 2, timeout=5)
+        assert exchange(daemon.address(), b"again\n") == b"again\n"
+
+    def test_reload_replaces_the_workers_and_applies_at_once(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGHUP: new workers with the new handler; the old ones leave (retired)."""
+        daemon = sockd("run", "--config", pool_config(tmp_path))
+        old = wait_until(lambda: worker_pids(daemon) if len(worker_pids(daemon)) == 2 else None)
+        pool_config(tmp_path, "daytime")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        assert exchange(daemon.address(), b"").endswith(b"\r\n")  # daytime now
+        retired = daemon.wait_event("worker_exited", count=2)
+        assert {event["pid"] for event in retired} == old
+        assert all(event["retired"] for event in retired)
+        wait_until(lambda: len(worker_pids(daemon)) == 2 and not worker_pids(daemon) & old)
+
+    def test_stop_lets_the_connection_in_progress_finish(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGTERM: idle workers leave at once; a busy one finishes its connection first."""
+        daemon = sockd("run", "--config", pool_config(tmp_path))
+        with connect(daemon.address()) as client:
+            client.sendall(b"first\n")
+            assert client.recv(10) == b"first\n"
+            daemon.signal(signal.SIGTERM)
+            daemon.wait_event("worker_exited")  # the idle one
+            client.sendall(b"last\n")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"last\n"
+        assert daemon.wait() == 0
+        assert not daemon.events("stop_timeout")
+
+    def test_timeouts_end_the_connection_not_the_worker(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """idle_timeout and max_duration abort one connection; the worker serves the next."""
+        config = pool_config(tmp_path, "discard", "idle_timeout = 0.3\nmax_duration = 0.6")
+        daemon = sockd("run", "--config", config)
+        workers = wait_until(lambda: worker_pids(daemon) if len(worker_pids(daemon)) == 2 else None)
+        with connect(daemon.address()) as silent:
+            (idle,) = daemon.wait_event("idle_timeout")
+            assert silent.recv(10) == b""
+        with connect(daemon.address()) as chatty:  # never idle, but too long
+            deadline = time.monotonic() + 5
+            with contextlib.suppress(OSError):
+                while time.monotonic() < deadline and not daemon.events("max_duration_exceeded"):
+                    chatty.sendall(b"x")
+                    time.sleep(0.1)
+            (overtime,) = daemon.wait_event("max_duration_exceeded")
+        assert idle["seconds"] == 0.3
+        assert overtime["action"] == "abort"
+        assert worker_pids(daemon) == workers
+
+
+class TestPoolStatus:
+    def test_status_counts_pooled_connections(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """STATUS= counts what the workers served."""
+        daemon = sockd("run", "--config", pool_config(tmp_path), notify=notifications)
+        for _ in range(3):
+            exchange(daemon.address(), b"x\n")
+        notifications.wait_for("STATUS=0 active, 3 served, 0 denied, 0 errors")
