@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
 BATCH_SIZE = 16  # records per write: each encodes to well under PIPE_BUF / 16
 RESPAWN_DELAY = 1.0  # a worker that failed within this long of its start is replaced this late
-_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
+_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 
 
 class _Stop(BaseException):
@@ -104,10 +104,12 @@ class _Worker:
         served = 0
         try:
             while not self.stopping and (limit is None or served < limit):
-                if not self._wait(poller):
-                    continue
+                # Under load a connection is waiting already: accept first, wait if none.
                 try:
                     fd, client_address = sock._accept()  # type: ignore[attr-defined]  # noqa: SLF001
+                except BlockingIOError:
+                    self._wait(poller)
+                    continue
                 except OSError as exc:
                     if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
                         fields = {"service": self.service.name, "error": exc.strerror}
@@ -122,20 +124,16 @@ class _Worker:
         self._flush()
         return 0
 
-    def _wait(self, poller: select.epoll) -> bool:
-        """Wait for a connection; send the batch when it is due. True when one may be there."""
+    def _wait(self, poller: select.epoll) -> None:
+        """Wait for a connection, or a signal; send the batch when it is due."""
         timeout = -1.0 if not self.batch else max(0.0, self.batch_due - time.monotonic())
         ready = poller.poll(timeout)  # a signal's handler runs once it returns
         if not ready:
             self._flush()
-        connection = False
         for fd, _ in ready:
-            if fd == self.listener:
-                connection = True
-            else:  # the wake-up pipe
+            if fd != self.listener:  # the wake-up pipe
                 with contextlib.suppress(BlockingIOError):
                     os.read(fd, 512)
-        return connection
 
     def _serve(self, request: socket.socket, client_address: Any) -> None:
         server, service = self.server, self.service
