@@ -7,23 +7,31 @@
 # - The servers are pinned to one CPU and the load generator to another (when
 #   there are two), so the generator never steals the server's CPU. Forked
 #   children inherit the pinning.
-# - The load generator is a forked process, single-threaded, with
-#   non-blocking sockets and `selectors`: it keeps C connections in flight,
-#   each one connect, send a line, read it back, close (or, reading to EOF:
-#   connect, send a line, half-close, read until the server closes, close).
-#   Connections finishing inside the window count for conn/s; those still in
-#   flight when it ends may finish (or time out) and count for latency, errors
-#   and CPU per connection. A cell therefore never lasts more than
-#   duration + timeout.
-# - Server CPU is utime+stime+cutime+cstime of the server process from
-#   /proc/PID/stat: children's CPU arrives in cutime/cstime when they are
-#   reaped, so each reading waits until the server has reaped them all.
+# - The load generator is single-threaded, with non-blocking sockets: it keeps
+#   C connections in flight, each one connect, send a line, read it back, close
+#   (or, reading to EOF: connect, send a line, half-close, read until the server
+#   closes, close). Connections finishing inside the window count for conn/s;
+#   those still in flight when it ends may finish (or time out) and count for
+#   latency, errors and CPU per connection. A cell therefore never lasts more
+#   than duration + timeout. There are two, doing the same exchange: bench/loadgen.c
+#   (epoll), built here with the machine's gcc, the default when gcc works; and a
+#   forked Python process (`selectors`), which saturates its own core at about
+#   12,000-13,000 connections/s on the test machines, below what a pre-forked
+#   server reaches.
+# - Server CPU is utime+stime+cutime+cstime of every process in the server's
+#   tree, from /proc/PID/stat: children's CPU arrives in their parent's
+#   cutime/cstime when they are reaped, so for a server forking per connection
+#   each reading waits until it has reaped them all. "Server busy" is that CPU
+#   time over the cell's elapsed time: near 100% (of the one CPU it is pinned
+#   to), the server is the bottleneck; the generator's own busy says the same of
+#   the client.
 # - Within a repetition, the order of the servers flips from cell to cell
 #   and from repetition to repetition, so slow drifts hit both alike.
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import errno
 import importlib.metadata
@@ -33,6 +41,7 @@ import multiprocessing
 import os
 import platform
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -53,11 +62,17 @@ HOST = "127.0.0.1"
 PAYLOAD = b"hello sockd\n"
 ERROR_KINDS = ("refused", "reset", "timeout")
 STARTUP_TIMEOUT = 20.0  # seconds for a server to say it is ready
+OVERRUN_MARGIN = 10.0  # seconds a load generator may take beyond duration + timeout
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL at the end
 SETTLE_LIMIT = 3.0  # longest wait for a server to reap its children between cells
 WARMUP_SECONDS = 0.2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SOCKD_LOG = "sockd.stderr.jsonl"  # sockd's JSON log, in the run's temporary directory
+BENCH_DIR = Path(__file__).resolve().parent
+LOADGEN_SOURCE = BENCH_DIR / "loadgen.c"
+DEFAULT_BUILD_DIR = BENCH_DIR / "build"
+GCC_FLAGS = ("-O2", "-Wall", "-Wextra", "-Werror")
+CLIENTS = ("auto", "c", "python")  # --client: auto is c when gcc builds it, else python
 
 
 class BenchError(Exception):
@@ -66,12 +81,14 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """What to run: repetitions, seconds per cell, concurrency levels, timeout."""
+    """What to run: repetitions, seconds per cell, concurrency levels, timeout, client."""
 
     repeat: int
     duration: float
     clients: tuple[int, ...]
     timeout: float
+    client: str = "python"  # the load generator: "c" (bench/loadgen.c) or "python"
+    loadgen: str | None = None  # the built C client, when client is "c"
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,7 @@ class Load:
     busy: float = 0.0  # generator CPU time / elapsed
     latencies_ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    in_flight_at_end: int = 0  # connections in flight when the window closed
 
 
 @dataclass(frozen=True)
@@ -122,8 +140,11 @@ class Cell:
     server_cpu_s: float
     cpu_us_per_conn: float
     parent_us_per_conn: float  # the server process itself: accept, fork, reap, log
-    children_us_per_conn: float  # the forked children, reaped: serve and exit
+    children_us_per_conn: float  # the rest of its tree: forked children, or pooled workers
+    server_busy: float  # server CPU time / elapsed: 1.0 is all of one CPU
     generator_busy: float
+    in_flight_at_end: int
+    client: str  # the load generator, "c" or "python"
 
 
 @dataclass(frozen=True)
@@ -142,6 +163,7 @@ class Summary:
     cpu_us_per_conn: float
     parent_us_per_conn: float
     children_us_per_conn: float
+    server_busy: float
     generator_busy: float
     ratio: float | None  # conn/s of this server / conn/s of the reference
 
@@ -157,6 +179,9 @@ class Server:
     # and waits for more); True, send a line, half-close, read until the server closes (a
     # program run per connection answers and exits). See Generator.
     until_eof = False
+    # False: it forks per connection, and its CPU readings wait until it has reaped every
+    # child. True: pre-forked processes serve the connections and stay.
+    pooled = False
 
     def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
         """Take over a started and ready `process` listening on `port`."""
@@ -173,24 +198,43 @@ class Server:
         """Return the pid of the process that forks per connection."""
         return self.process.pid
 
+    def own_pids(self) -> set[int]:
+        """Return the server's own processes: the one started, and the one that forks."""
+        if self.pooled:
+            return {self.process.pid}
+        return {self.process.pid, self.forking_pid()}
+
     def cpu_seconds(self) -> tuple[float, float]:
-        """Return CPU time of the server's own processes and of their reaped children."""
-        own = reaped = 0.0
-        for pid in {self.process.pid, self.forking_pid()}:
+        """Return CPU time of the server's own processes, and of the rest of its tree.
+
+        The rest is every other live process under it (pooled workers) and every child
+        reaped (cutime and cstime): once reaped, a process's time is its parent's.
+        """
+        own_pids = self.own_pids()
+        own = rest = 0.0
+        for pid in process_tree(self.process.pid):
             try:
-                text = Path(f"/proc/{pid}/stat").read_text()
+                mine, reaped = cpu_times(pid)
             except FileNotFoundError:
-                raise BenchError(
-                    f"{self.name}: process {pid} exited during the benchmark"
-                ) from None
-            # Fields after the ")" that ends the command name: utime is [11] ... cstime [14].
-            ticks = [int(value) for value in text.rpartition(")")[2].split()[11:15]]
-            own += (ticks[0] + ticks[1]) / CLK_TCK
-            reaped += (ticks[2] + ticks[3]) / CLK_TCK
-        return own, reaped
+                if pid in own_pids:
+                    raise BenchError(
+                        f"{self.name}: process {pid} exited during the benchmark"
+                    ) from None
+                continue  # a child that exited just now: its time is in its parent's
+            if pid in own_pids:
+                own += mine
+            else:
+                rest += mine
+            rest += reaped
+        return own, rest
 
     def settle(self) -> None:
-        """Wait (bounded) until the server has reaped every child, so cutime/cstime are complete."""
+        """Wait (bounded) until the server has reaped every child, so cutime/cstime are complete.
+
+        Pooled servers keep their children: nothing to wait for.
+        """
+        if self.pooled:
+            return
         pid = self.forking_pid()
         children = Path(f"/proc/{pid}/task/{pid}/children")
         deadline = time.monotonic() + SETTLE_LIMIT
@@ -261,6 +305,60 @@ def pin(pid: int, cpu: int | None) -> None:
     """Pin process `pid` (0: this one) to CPU `cpu`, unless that is None."""
     if cpu is not None:
         os.sched_setaffinity(pid, {cpu})
+
+
+def process_tree(root: int) -> list[int]:
+    """Return `root` and every live process under it, parents first.
+
+    Raises:
+        BenchError: `root` does not exist.
+
+    """
+    if not Path(f"/proc/{root}").exists():
+        raise BenchError(f"process {root} has exited")
+    pids: list[int] = []
+    pending = [root]
+    while pending:
+        pid = pending.pop(0)
+        pids.append(pid)
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            for task in tasks:
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue  # it exited while we looked
+    return pids
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """Return (utime + stime, cutime + cstime) of process `pid`, in seconds.
+
+    Raises:
+        FileNotFoundError: there is no such process (any more).
+
+    """
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the ")" that ends the command name: utime is [11] ... cstime [14].
+    ticks = [int(value) for value in text.rpartition(")")[2].split()[11:15]]
+    return (ticks[0] + ticks[1]) / CLK_TCK, (ticks[2] + ticks[3]) / CLK_TCK
+
+
+def read_port(process: subprocess.Popen[bytes], name: str, err_path: Path) -> int:
+    """Read the port a server `name` prints on its first line of stdout.
+
+    Raises:
+        BenchError: it exited or did not print its port in time.
+
+    """
+    assert process.stdout is not None  # noqa: S101 (the caller passes stdout=PIPE)
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if selector.select(STARTUP_TIMEOUT):
+            line = process.stdout.readline()
+            if line.strip().isdigit():
+                return int(line)
+    tail = err_path.read_text(errors="replace")[-2000:]
+    raise BenchError(f"{name} did not print its port (status {process.poll()}):\n{tail}")
 
 
 def _wait_sockd_ready(process: subprocess.Popen[bytes], log_path: Path) -> int:
@@ -335,14 +433,19 @@ class Generator:
         cpu_start = time.process_time()
         start = time.perf_counter()
         self.window_end = start + self.duration
+        window_open = True
         while True:
             now = time.perf_counter()
             self._expire(now)
             if now < self.window_end:
                 for _ in range(self.clients - len(self.active)):
                     self._open()  # once per free slot: a refused connect must not spin here
-            elif not self.active:
-                break
+            else:
+                if window_open:
+                    self.load.in_flight_at_end = len(self.active)
+                    window_open = False
+                if not self.active:
+                    break
             wait = self.window_end - now if now < self.window_end else self.timeout
             if self.active:
                 wait = min(wait, next(iter(self.active.values())).deadline - now)
@@ -475,12 +578,19 @@ def _generator_main(
 
 
 def generate(server: Server, clients: int, settings: Settings, cpu: int | None) -> Load:
-    """Run the load generator in its own (forked) process and return what it saw.
+    """Run the load generator settings.client names against `server`; return what it saw.
 
     Raises:
-        BenchError: the generator died or overran duration + timeout.
+        BenchError: the generator failed, died or overran duration + timeout.
 
     """
+    if settings.client == "c":
+        return _generate_c(server, clients, settings, cpu)
+    return _generate_python(server, clients, settings, cpu)
+
+
+def _generate_python(server: Server, clients: int, settings: Settings, cpu: int | None) -> Load:
+    """Run the Python generator in its own (forked) process."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     worker = context.Process(
@@ -491,7 +601,7 @@ def generate(server: Server, clients: int, settings: Settings, cpu: int | None) 
     worker.start()
     send.close()
     try:
-        if not receive.poll(settings.duration + settings.timeout + 10):
+        if not receive.poll(settings.duration + settings.timeout + OVERRUN_MARGIN):
             raise BenchError(f"the load generator overran at {clients} clients")
         load: Load = receive.recv()
     except EOFError as exc:
@@ -504,6 +614,134 @@ def generate(server: Server, clients: int, settings: Settings, cpu: int | None) 
             worker.kill()
             worker.join()
     return load
+
+
+def loadgen_command(
+    settings: Settings, port: int | str, clients: int, cpu: int | None, *, until_eof: bool
+) -> list[str]:
+    """Return the command line of the C client (settings.loadgen) for one cell."""
+    command = [
+        settings.loadgen or "loadgen",
+        "--host", HOST, "--port", str(port), "--clients", str(clients),
+        "--duration", str(settings.duration), "--timeout", str(settings.timeout),
+        "--line", PAYLOAD.decode().rstrip("\n"),
+    ]  # fmt: skip
+    # The same exchange as the Python generator's: see Generator.
+    command += ["--shut-wr", "--until-eof"] if until_eof else ["--until-newline"]
+    if cpu is not None:
+        command += ["--cpu", str(cpu)]
+    return command
+
+
+def _generate_c(server: Server, clients: int, settings: Settings, cpu: int | None) -> Load:
+    """Run bench/loadgen.c's binary (it pins itself) and read its JSON report."""
+    if settings.loadgen is None:
+        raise BenchError("the C client was chosen but not built")
+    command = loadgen_command(settings, server.port, clients, cpu, until_eof=server.until_eof)
+    try:
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=settings.duration + settings.timeout + OVERRUN_MARGIN,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the C load generator overran at {clients} clients") from None
+    if result.returncode != 0:
+        raise BenchError(
+            f"the C load generator failed (status {result.returncode}):"
+            f" {result.stderr.decode(errors='replace').strip()}"
+        )
+    report = json.loads(result.stdout)
+    errors = dict.fromkeys(ERROR_KINDS, 0) | {
+        str(kind): int(n) for kind, n in report["errors"].items()
+    }
+    return Load(
+        completed=int(report["completed"]),
+        completed_in_window=int(report["completed_in_window"]),
+        window=float(report["window_s"]),
+        elapsed=float(report["elapsed_s"]),
+        busy=float(report["busy"]),
+        latencies_ms={key: float(report[f"{key}_ms"]) for key in ("p50", "p99", "max")},
+        errors=errors,
+        in_flight_at_end=int(report["in_flight_at_end"]),
+    )
+
+
+@dataclass(frozen=True)
+class ClientChoice:
+    """The load generator a run uses, and what the header says of it."""
+
+    client: str  # "c" or "python"
+    loadgen: str | None  # the built binary, for "c"
+    description: str
+
+
+def build_loadgen(build_dir: Path) -> tuple[Path, str]:
+    """Compile bench/loadgen.c with gcc into `build_dir`; return the binary and gcc's version.
+
+    Built afresh each run (it takes a fraction of a second), so a binary is never stale;
+    renamed into place, so a concurrent run never executes a half-written one.
+
+    Raises:
+        BenchError: there is no gcc, or it failed.
+
+    """
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise BenchError("gcc not found (apt-get install gcc)")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    target = build_dir / "loadgen"
+    partial = build_dir / f".loadgen.{os.getpid()}"
+    try:
+        result = subprocess.run(
+            [gcc, *GCC_FLAGS, "-o", str(partial), str(LOADGEN_SOURCE)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"gcc failed on {LOADGEN_SOURCE.name}: {result.stderr.strip()}")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    version = subprocess.run(
+        [gcc, "-dumpfullversion"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return target, version
+
+
+def choose_client(requested: str, build_dir: Path, cpu: int | None) -> ClientChoice:
+    """Resolve --client: "auto" is the C client when it builds, else the Python generator.
+
+    Raises:
+        BenchError: --client c, and the C client does not build.
+
+    """
+    where = "unpinned" if cpu is None else f"pinned to CPU {cpu}"
+    if requested != "python":
+        try:
+            binary, version = build_loadgen(build_dir)
+        except BenchError as exc:
+            if requested == "c":
+                raise
+            reason = f"C client unavailable ({exc})"
+        else:
+            return ClientChoice(
+                "c",
+                str(binary),
+                f"C (bench/loadgen.c: epoll, one thread), built by gcc {version}"
+                f" {' '.join(GCC_FLAGS)} into {binary}; {where}",
+            )
+    else:
+        reason = "--client python"
+    return ClientChoice(
+        "python",
+        None,
+        f"Python (selectors, one process), {reason}; {where}. NOTE: it saturates its own"
+        " core at about 12,000-13,000 conn/s: faster servers are measured short",
+    )
 
 
 # --- running -------------------------------------------------------------------------------
@@ -536,16 +774,25 @@ def run_cell(
         cpu_us_per_conn=(own + children) * per_conn,
         parent_us_per_conn=own * per_conn,
         children_us_per_conn=children * per_conn,
+        server_busy=(own + children) / load.elapsed if load.elapsed else 0.0,
         generator_busy=load.busy,
+        in_flight_at_end=load.in_flight_at_end,
+        client=settings.client,
     )
 
 
-def run_all(servers: Sequence[Server], settings: Settings, pinning: Pinning) -> list[Cell]:
-    """Run every repetition and concurrency, flipping the order of the servers each cell."""
-    warmup = Settings(1, WARMUP_SECONDS, (1,), settings.timeout)
+def run_all(
+    servers: Sequence[Server], settings: Settings, pinning: Pinning, label: str = ""
+) -> list[Cell]:
+    """Run every repetition and concurrency, flipping the order of the servers each cell.
+
+    Progress goes to stderr, each line starting with `label` when given.
+    """
+    warmup = dataclasses.replace(settings, repeat=1, duration=WARMUP_SECONDS, clients=(1,))
     for server in servers:
         generate(server, 1, warmup, pinning.generator_cpu)
     width = max(len(server.name) for server in servers)
+    prefix = f"  {label}" if label else " "
     cells: list[Cell] = []
     for repetition in range(settings.repeat):
         for index, clients in enumerate(settings.clients):
@@ -554,10 +801,11 @@ def run_all(servers: Sequence[Server], settings: Settings, pinning: Pinning) -> 
                 cell = run_cell(server, clients, repetition, settings, pinning)
                 cells.append(cell)
                 print(
-                    f"  rep {repetition + 1}/{settings.repeat} {server.name:>{width}}"
+                    f"{prefix} rep {repetition + 1}/{settings.repeat} {server.name:>{width}}"
                     f" c={clients:<3}"
                     f" {cell.conn_per_s:8.0f} conn/s  p99 {cell.p99_ms:7.2f} ms"
-                    f"  errors {_errors_text(cell.errors)}",
+                    f"  errors {errors_text(cell.errors)}"
+                    f"  server {cell.server_busy:4.0%} generator {cell.generator_busy:4.0%} busy",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -597,6 +845,7 @@ def summarize(
                     children_us_per_conn=statistics.median(
                         cell.children_us_per_conn for cell in mine
                     ),
+                    server_busy=statistics.median(cell.server_busy for cell in mine),
                     generator_busy=statistics.median(cell.generator_busy for cell in mine),
                     ratio=rate / reference_rate if reference_rate else None,
                 )
@@ -605,7 +854,21 @@ def summarize(
     return sorted(rows, key=lambda row: (row.clients, order[row.server]))
 
 
-def _errors_text(errors: dict[str, int]) -> str:
+# --- reporting -----------------------------------------------------------------------------
+
+TABLE_HEAD = (
+    "server", "clients", "conn/s", "spread", "p50 ms", "p99 ms", "max ms", "errors r/r/t",
+    "cpu us/conn (parent+children)", "srv busy", "gen busy", "ratio",
+)  # fmt: skip
+LEGEND = (
+    "medians over repetitions; spread = min-max conn/s; errors = refused/reset/timeout totals;"
+    "\ncpu = server CPU per completed connection (its own processes + the rest of its tree);"
+    "\nsrv/gen busy = CPU time of the server / the load generator over the cell (100% = one CPU)"
+)
+
+
+def errors_text(errors: dict[str, int]) -> str:
+    """Render error counts as refused/reset/timeout, then any other kind by name."""
     text = "/".join(str(errors.get(kind, 0)) for kind in ERROR_KINDS)
     others = {kind: n for kind, n in errors.items() if kind not in ERROR_KINDS and n}
     if others:
@@ -613,55 +876,70 @@ def _errors_text(errors: dict[str, int]) -> str:
     return text
 
 
-def table(rows: Sequence[Summary], reference: str) -> str:
-    """Render the summary as a plain-text table, then one sockd/`reference` ratio line each."""
-    head = (
-        "server", "clients", "conn/s", "spread", "p50 ms", "p99 ms", "max ms",
-        "errors r/r/t", "cpu us/conn (parent+children)", "ratio",
-    )  # fmt: skip
-    body = [
-        (
-            row.server,
-            str(row.clients),
-            f"{row.conn_per_s:.0f}",
-            f"{row.conn_per_s_min:.0f}-{row.conn_per_s_max:.0f}",
-            f"{row.p50_ms:.2f}",
-            f"{row.p99_ms:.2f}",
-            f"{row.max_ms:.2f}",
-            _errors_text(row.errors),
-            _cpu_text(row),
-            "ref" if row.server == reference else _ratio_text(row.ratio),
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+def row_texts(row: Summary, reference: str) -> tuple[str, ...]:
+    """Render one summary row as the texts of TABLE_HEAD's columns."""
+    return (
+        row.server,
+        str(row.clients),
+        f"{row.conn_per_s:.0f}",
+        f"{row.conn_per_s_min:.0f}-{row.conn_per_s_max:.0f}",
+        f"{row.p50_ms:.2f}",
+        f"{row.p99_ms:.2f}",
+        f"{row.max_ms:.2f}",
+        errors_text(row.errors),
+        cpu_text(row),
+        f"{row.server_busy:.0%}",
+        f"{row.generator_busy:.0%}",
+        "ref" if row.server == reference else ratio_text(row.ratio),
+    )
+
+
+def cpu_text(row: Summary) -> str:
+    """Render CPU per connection: total (own processes + the rest of the tree)."""
+    own, rest = row.parent_us_per_conn, row.children_us_per_conn
+    return f"{row.cpu_us_per_conn:.0f} ({own:.0f}+{rest:.0f})"
+
+
+def render(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Align a plain-text table: the first column to the left, the others to the right.
+
+    A row shorter than the head is a note: printed as it is, after its first cell.
+    """
+    full = [line for line in body if len(line) == len(head)]
+    widths = [max(len(line[i]) for line in [head, *full]) for i in range(len(head))]
     lines = []
     for line in [head, *body]:
         cells = [line[0].ljust(widths[0])]
-        cells += [text.rjust(width) for text, width in zip(line[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
+        if len(line) == len(head):
+            cells += [text.rjust(width) for text, width in zip(line[1:], widths[1:], strict=True)]
+        else:
+            cells += list(line[1:])
+        lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def table(rows: Sequence[Summary], reference: str, not_run: dict[str, str] | None = None) -> str:
+    """Render the summary as a plain-text table, then one sockd/`reference` ratio line each."""
+    body: list[tuple[str, ...]] = [row_texts(row, reference) for row in rows]
+    body += [(name, f"not run: {reason}") for name, reason in (not_run or {}).items()]
+    lines = render(TABLE_HEAD, body)
     lines.append("")
     lines.extend(
-        f"ratio sockd/{reference} conn/s at {row.clients:>2} clients: {_ratio_text(row.ratio)}"
+        f"ratio sockd/{reference} conn/s at {row.clients:>2} clients: {ratio_text(row.ratio)}"
         for row in rows
         if row.server == "sockd"
     )
     return "\n".join(lines)
 
 
-def _cpu_text(row: Summary) -> str:
-    return (
-        f"{row.cpu_us_per_conn:.0f} ({row.parent_us_per_conn:.0f}+{row.children_us_per_conn:.0f})"
-    )
-
-
-def _ratio_text(ratio: float | None) -> str:
+def ratio_text(ratio: float | None) -> str:
+    """Render a ratio to the reference, or n/a."""
     return "n/a" if ratio is None else f"{ratio:.2f}"
 
 
 def notes(rows: Sequence[Summary]) -> Iterator[str]:
-    """Warnings a reader needs: a saturated generator, errors."""
+    """Warnings a reader needs: a saturated generator."""
     for row in rows:
         if row.generator_busy > 0.9:
             yield (
@@ -680,6 +958,8 @@ def choose_pinning(enabled: bool) -> Pinning:
 
 def sockd_log_summary(path: Path) -> str:
     """Count sockd's events by name, and failed connections, from its JSON log."""
+    if not path.exists():
+        return "sockd log: none (sockd did not run)"
     events: dict[str, int] = {}
     failed = 0
     with path.open("rb") as log:
@@ -691,6 +971,9 @@ def sockd_log_summary(path: Path) -> str:
                 failed += 1
     counts = ", ".join(f"{name} {n}" for name, n in sorted(events.items()))
     return f"sockd log: {counts}; {failed} connections failed"
+
+
+# --- the command line ----------------------------------------------------------------------
 
 
 def build_parser(description: str | None, script: str) -> argparse.ArgumentParser:
@@ -708,6 +991,20 @@ def build_parser(description: str | None, script: str) -> argparse.ArgumentParse
     parser.add_argument("--timeout", type=float, default=5.0, help="per-connection timeout, s")
     parser.add_argument(
         "--quick", action="store_true", help="1 repetition, 0.5 s per cell, 1 and 8 clients"
+    )
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="auto",
+        help="load generator: c (bench/loadgen.c, built with gcc), python, or auto:"
+        " c when gcc builds it, else python",
+    )
+    parser.add_argument(
+        "--build-dir",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_BUILD_DIR,
+        help="where the C client is built",
     )
     parser.add_argument("--json", metavar="PATH", type=Path, help="write raw results here")
     parser.add_argument(
@@ -740,15 +1037,37 @@ class Bench:
     start_servers: Callable[[Path, Pinning], AbstractContextManager[list[Server]]]
     header: tuple[str, ...] = ()  # more lines for the header
     meta: dict[str, Any] = field(default_factory=dict)  # more facts for the JSON report
+    not_run: dict[str, str] = field(default_factory=dict)  # servers left out, and why
 
 
-def run(bench: Bench, args: argparse.Namespace, settings: Settings) -> int:
-    """Run `bench`, print the table, write JSON if asked; return the exit status."""
+@dataclass(frozen=True)
+class Outcome:
+    """What measuring one Bench gave."""
+
+    cells: list[Cell]
+    rows: list[Summary]
+    log_line: str  # sockd_log_summary's
+
+
+def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Settings, Pinning, str]:
+    """Pin this process, choose the load generator; return the settings, pinning, client text.
+
+    Raises:
+        BenchError: --client c, and the C client does not build.
+
+    """
     pinning = choose_pinning(not args.no_pin)
     if pinning.generator_cpu is not None:
         # This process only waits during cells; keep it off the servers' CPU too.
         pin(0, pinning.generator_cpu)
-    meta = {
+    choice = choose_client(args.client, args.build_dir, pinning.generator_cpu)
+    settings = dataclasses.replace(settings, client=choice.client, loadgen=choice.loadgen)
+    return settings, pinning, choice.description
+
+
+def run_meta(settings: Settings, pinning: Pinning, client: str) -> dict[str, Any]:
+    """Return the facts every report starts with: interpreter, date, pinning, settings."""
+    return {
         "interpreter": sys.executable,
         "interpreter_realpath": str(Path(sys.executable).resolve()),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -756,46 +1075,79 @@ def run(bench: Bench, args: argparse.Namespace, settings: Settings) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "pinning": asdict(pinning),
         "settings": asdict(settings),
+        "client": client,
         "payload": PAYLOAD.decode(),
-        **bench.meta,
     }
-    print(
-        f"interpreter: {sys.executable} -> {meta['interpreter_realpath']} ({meta['python']}),"
-        f" sockd {meta['sockd']}"
-    )
-    for line in bench.header:
-        print(line)
-    print(f"date: {meta['date']}")
-    print(f"cpu pinning: {pinning.describe()}")
-    print(
-        f"cells: {settings.repeat} x {settings.duration:g} s, clients"
-        f" {', '.join(map(str, settings.clients))}, per-connection timeout {settings.timeout:g} s"
-    )
+
+
+def header_lines(meta: dict[str, Any], pinning: Pinning, settings: Settings) -> list[str]:
+    """Return the header's lines about the interpreter, date, pinning, cells and client."""
+    interpreter = f"{meta['interpreter']} -> {meta['interpreter_realpath']} ({meta['python']})"
+    clients = ", ".join(map(str, settings.clients))
+    cells = f"{settings.repeat} x {settings.duration:g} s, clients {clients}"
+    return [
+        f"interpreter: {interpreter}, sockd {meta['sockd']}",
+        f"date: {meta['date']}",
+        f"cpu pinning: {pinning.describe()}",
+        f"cells: {cells}, per-connection timeout {settings.timeout:g} s",
+        f"load generator: {meta['client']}",
+    ]
+
+
+def measure(
+    bench: Bench,
+    settings: Settings,
+    pinning: Pinning,
+    sockd_log: Path | None = None,
+    label: str = "",
+) -> Outcome:
+    """Start the servers, run every cell, stop them; return the cells and their summary.
+
+    Raises:
+        BenchError: a server failed to start or died, or the load generator failed.
+
+    """
     with tempfile.TemporaryDirectory(prefix="sockd-bench-") as tmp:
-        try:
-            with bench.start_servers(Path(tmp), pinning) as servers:
-                cells = run_all(servers, settings, pinning)
-        except BenchError as exc:
-            print(f"{bench.script}: {exc}", file=sys.stderr)
-            return 1
+        with bench.start_servers(Path(tmp), pinning) as servers:
+            cells = run_all(servers, settings, pinning, label)
         log_path = Path(tmp) / SOCKD_LOG
         log_line = sockd_log_summary(log_path)
-        if args.sockd_log:
-            args.sockd_log.write_bytes(log_path.read_bytes())
-    rows = summarize(cells, [server.name for server in servers], settings.clients, bench.reference)
-    print()
-    print("medians over repetitions; spread = min-max conn/s; errors = refused/reset/timeout")
-    print("totals; cpu = server process + reaped children per completed connection")
-    print()
-    print(table(rows, bench.reference))
-    for line in notes(rows):
+        if sockd_log and log_path.exists():
+            sockd_log.write_bytes(log_path.read_bytes())
+    names = [server.name for server in servers]
+    return Outcome(cells, summarize(cells, names, settings.clients, bench.reference), log_line)
+
+
+def run(bench: Bench, args: argparse.Namespace, settings: Settings) -> int:
+    """Run `bench`, print the table, write JSON if asked; return the exit status."""
+    try:
+        settings, pinning, client = prepare(args, settings)
+    except BenchError as exc:
+        print(f"{bench.script}: {exc}", file=sys.stderr)
+        return 1
+    meta = run_meta(settings, pinning, client) | bench.meta
+    lines = header_lines(meta, pinning, settings)
+    print(lines[0])
+    for line in [*bench.header, *lines[1:]]:
         print(line)
-    print(log_line)
+    try:
+        outcome = measure(bench, settings, pinning, args.sockd_log)
+    except BenchError as exc:
+        print(f"{bench.script}: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(LEGEND)
+    print()
+    print(table(outcome.rows, bench.reference, bench.not_run))
+    for line in notes(outcome.rows):
+        print(line)
+    print(outcome.log_line)
     if args.json:
         report = {
             "meta": meta,
-            "cells": [asdict(cell) for cell in cells],
-            "summary": [asdict(row) for row in rows],
+            "cells": [asdict(cell) for cell in outcome.cells],
+            "summary": [asdict(row) for row in outcome.rows],
+            "not_run": bench.not_run,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

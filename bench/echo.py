@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import selectors
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +20,13 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from bench.common import (
     HOST,
     SOCKD_LOG,
-    STARTUP_TIMEOUT,
     Bench,
-    BenchError,
     Pinning,
     Server,
     Sockd,
     build_parser,
     pin,
+    read_port,
     run,
     settings_from,
 )
@@ -73,24 +71,12 @@ class Stdlib(Server):
             )
         try:
             pin(process.pid, cpu)
-            port = _read_port(process, err_path)
+            port = read_port(process, "the stdlib server", err_path)
         except BaseException:
             process.kill()
             process.wait()
             raise
         return cls(process, port)
-
-
-def _read_port(process: subprocess.Popen[bytes], err_path: Path) -> int:
-    assert process.stdout is not None  # noqa: S101 (stdout=PIPE above)
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if selector.select(STARTUP_TIMEOUT):
-            line = process.stdout.readline()
-            if line.strip().isdigit():
-                return int(line)
-    tail = err_path.read_text(errors="replace")[-2000:]
-    raise BenchError(f"the stdlib server did not print its port (status {process.poll()}):\n{tail}")
 
 
 @contextlib.contextmanager
@@ -105,12 +91,22 @@ def running_servers(workdir: Path, pinning: Pinning) -> Iterator[list[Server]]:
         yield [sockd, stdlib]
 
 
+def make_bench() -> Bench:
+    """Return the echo benchmark: sockd's built-in echo against ForkingTCPServer."""
+    stdlib = (
+        "stdlib: socketserver.ForkingTCPServer, stock settings (request_queue_size 5,"
+        " max_children 40), a StreamRequestHandler echoing one line"
+    )
+    header = ("sockd: --handler echo, fork per connection", stdlib)
+    return Bench("echo.py", "stdlib", running_servers, header=header)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write JSON if asked; return the exit status."""
     parser = build_parser(__doc__, "bench/echo.py")
     args = parser.parse_args(argv)
     settings = settings_from(args, parser)
-    return run(Bench("echo.py", "stdlib", running_servers), args, settings)
+    return run(make_bench(), args, settings)
 
 
 if __name__ == "__main__":

@@ -169,20 +169,16 @@ def somaxconn() -> str:
         return "?"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print the table, write JSON if asked; return the exit status."""
-    parser = build_parser(__doc__, "bench/exec.py")
-    parser.add_argument(
-        "--tcpserver", metavar="PATH", help="the tcpserver to compare with (default: on PATH)"
-    )
-    args = parser.parse_args(argv)
-    settings = settings_from(args, parser)
-    tcpserver = shutil.which(args.tcpserver or "tcpserver")
+def make_bench(tcpserver_name: str | None = None) -> Bench:
+    """Return the exec benchmark against the tcpserver named (default: the one on PATH).
+
+    Raises:
+        BenchError: there is no such tcpserver.
+
+    """
+    tcpserver = shutil.which(tcpserver_name or "tcpserver")
     if tcpserver is None:
-        print(
-            f"exec.py: {args.tcpserver or 'tcpserver'} not found: {INSTALL_HINT}", file=sys.stderr
-        )
-        return 1
+        raise BenchError(f"{tcpserver_name or 'tcpserver'} not found: {INSTALL_HINT}")
     tcpserver_path = str(Path(tcpserver).resolve())
     package = debian_package(tcpserver_path)
     service = ", ".join(f"{key} = {json.dumps(value)}" for key, value in SOCKD_SERVICE.items())
@@ -205,13 +201,28 @@ def main(argv: list[str] | None = None) -> int:
         "max_children": MAX_CHILDREN,
         "tcpserver_backlog": BACKLOG,
     }
-    bench = Bench(
+    return Bench(
         "exec.py",
         "tcpserver",
         partial(running_servers, tcpserver),
         header=(reference_line, sockd_line),
         meta=meta,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, write JSON if asked; return the exit status."""
+    parser = build_parser(__doc__, "bench/exec.py")
+    parser.add_argument(
+        "--tcpserver", metavar="PATH", help="the tcpserver to compare with (default: on PATH)"
+    )
+    args = parser.parse_args(argv)
+    settings = settings_from(args, parser)
+    try:
+        bench = make_bench(args.tcpserver)
+    except BenchError as exc:
+        print(f"exec.py: {exc}", file=sys.stderr)
+        return 1
     return run(bench, args, settings)
 
 
