@@ -226,6 +226,9 @@ def _service(table: Table) -> ServiceConfig:
     table.prefix = f"service {name!r}: "
     handler = table.get("handler", str, None)
     argv = table.strings("exec")
+    for index, arg in enumerate(argv):
+        if "\0" in arg:
+            table.fail(f"exec[{index}]", "contains a NUL character")
     if (handler is None) == (not argv):
         table.fail("handler", "give either handler or exec (a program and its arguments)")
     listen = []
@@ -329,6 +332,8 @@ def _environment(table: Table) -> tuple[tuple[str, str], ...]:
             table.fail(f"env.{key}", "reserved: sockd never passes it to programs")
         if not isinstance(value, str):
             table.fail(f"env.{key}", f"expected a string, got {type(value).__name__}")
+        if "\0" in value:
+            table.fail(f"env.{key}", "contains a NUL character")
     return tuple(sorted(env.items()))
 
 

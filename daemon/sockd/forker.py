@@ -92,7 +92,7 @@ class Forker:
         self.heartbeat_due = 0.0
         self.child_closes: list[int] = []  # descriptors a child closes first
         self.stderr = StderrWatch(self.poller, self._stderr_line)
-        self.pools = Pools()
+        self.pools = Pools(servers, self.report)
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed
@@ -170,8 +170,8 @@ class Forker:
         # Everything loaded so far lives as long as the forker: keep the
         # collector's hands off it, so no child copies those pages to scan them.
         gc.freeze()
-        for server in self.servers:
-            self.pools.fill(server)
+        if self.stop_phase is None:  # not stopped before it began
+            self.pools.fill()
         ipc.send(self.events, ("ready",))
         while self.stop_phase is None or len(self.shared.children):
             self._turn()
@@ -273,8 +273,9 @@ class Forker:
             return
         for server in self.servers:
             server.apply(services[server.service.name])
-            self.pools.retire(server)
-            self.pools.fill(server)
+        for name in self.pools.services:  # new workers take over; the old ones finish and leave
+            self.pools.retire(name)
+            self.pools.fill(name)
         self.max_children = max_children
         self.stop_timeout = stop_timeout
         self._update_accepting()

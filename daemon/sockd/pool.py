@@ -1,7 +1,7 @@
 """Pooled services: pre-forked workers, each serving connections one after another.
 
 A service with `workers = N` trades isolation for speed: N processes forked
-at start accept on the service's listener themselves (an exclusive epoll
+at start accept on the service's listeners themselves (an exclusive epoll
 wait, so one connection wakes one worker) and serve each connection in
 process. A worker that has served `max_connections_per_child` connections
 exits and the forker starts another; so does a reload (the old workers finish
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # the C module behind signal
 import contextlib
-import errno
 import os
 import select
 import signal
@@ -25,30 +24,31 @@ import socket
 import time
 
 from sockd.programs import become
-from sockd.server import HANDLED_SIGNALS, ServiceServer
+from sockd.server import HANDLED_SIGNALS, TRANSIENT_ACCEPT_ERRORS, ServiceServer
 from sockd.shared import client_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
     from typing import Any
 
 BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
 BATCH_SIZE = 16  # records per write: each encodes to well under PIPE_BUF / 16
-RESPAWN_DELAY = 1.0  # a worker that failed within this long of its start is replaced this late
-_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
+KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
 
 
 class _Stop(BaseException):
-    """SIGTERM reached an idle worker, or a busy one a second time."""
+    """A second SIGTERM reached a busy worker: its connection is cut short."""
 
 
 class _Overtime(BaseException):
     """The connection outlived max_duration (SIGALRM)."""
 
 
-def start_worker(server: ServiceServer) -> int:
-    """Fork a worker for `server`; return its pid. The worker ends in `os._exit`."""
+def start_worker(servers: list[ServiceServer]) -> int:
+    """Fork a worker serving the listeners `servers` (one service); return its pid."""
     _signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         pid = os.fork()
@@ -60,9 +60,7 @@ def start_worker(server: ServiceServer) -> int:
         return pid
     status = 1
     try:
-        status = _Worker(server).run()
-    except _Stop:  # before it served anything
-        status = 0
+        status = _Worker(servers).run()
     finally:
         os._exit(status)
 
@@ -70,24 +68,24 @@ def start_worker(server: ServiceServer) -> int:
 class _Worker:
     """The loop of one worker process."""
 
-    def __init__(self, server: ServiceServer) -> None:
-        self.server = server
-        self.service = server.service
-        self.shared = server.shared
+    def __init__(self, servers: list[ServiceServer]) -> None:
+        self.servers = servers
+        self.service = servers[0].service
+        self.shared = servers[0].shared
         self.busy = False
         self.stopping = False
         self.batch: list[tuple[Any, ...]] = []
         self.batch_due = 0.0
         self.denied = 0
-        self.listener = -1
 
     def run(self) -> int:
         shared = self.shared
-        listener = os.dup(self.server.fileno())  # the forker's descriptors close next
+        # The forker's descriptors close next: keep our listeners under new numbers.
+        listeners = [(os.dup(server.fileno()), server) for server in self.servers]
         for signum in HANDLED_SIGNALS:
             _signal.signal(signum, int(signal.SIG_DFL))
-        shared.close_in_child()  # the forker's wake-up pipe among them
-        # Our own: a SIGTERM that comes just before epoll_wait() still wakes it.
+        shared.close_in_child()
+        # Our own wake-up pipe: a SIGTERM that comes just before epoll_wait() still wakes it.
         wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         _signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -95,112 +93,132 @@ class _Worker:
         _signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         if shared.child_identity is not None:
             become(shared.child_identity)
-        self.listener = listener
-        sock = socket.socket(self.server.socket.family, socket.SOCK_STREAM, 0, fileno=listener)
         poller = select.epoll()
-        poller.register(listener, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        sockets = []
+        for fd, server in listeners:
+            poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            family = server.socket.family
+            sockets.append((socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd), server))
         poller.register(wakeup_read, select.EPOLLIN)
         limit = self.service.record["max_connections_per_child"]
         served = 0
         try:
             while not self.stopping and (limit is None or served < limit):
                 # Under load a connection is waiting already: accept first, wait if none.
-                try:
-                    fd, client_address = sock._accept()  # type: ignore[attr-defined]  # noqa: SLF001
-                except BlockingIOError:
-                    self._wait(poller)
-                    continue
-                except OSError as exc:
-                    if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
-                        fields = {"service": self.service.name, "error": exc.strerror}
-                        shared.report("error", "accept_failed", fields)
-                        time.sleep(0.1)
-                    continue
-                served += 1
-                request = socket.socket(sock.family, socket.SOCK_STREAM, 0, fileno=fd)
-                self._serve(request, client_address)
-        except _Stop:
+                accepted = False
+                for sock, server in sockets:
+                    try:
+                        fd, client_address = sock._accept()  # type: ignore[attr-defined]  # noqa: SLF001
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        self._accept_failed(exc)
+                        continue
+                    accepted = True
+                    served += 1
+                    request = socket.socket(sock.family, socket.SOCK_STREAM, 0, fileno=fd)
+                    self._serve(server, request, client_address)
+                if not accepted:
+                    self._wait(poller, wakeup_read)
+        except _Stop:  # a second SIGTERM, between connections
             pass
-        self._flush()
+        finally:
+            self._flush()
         return 0
 
-    def _wait(self, poller: select.epoll) -> None:
-        """Wait for a connection, or a signal; send the batch when it is due."""
-        timeout = -1.0 if not self.batch else max(0.0, self.batch_due - time.monotonic())
-        ready = poller.poll(timeout)  # a signal's handler runs once it returns
-        if not ready:
-            self._flush()
-        for fd, _ in ready:
-            if fd != self.listener:  # the wake-up pipe
-                with contextlib.suppress(BlockingIOError):
-                    os.read(fd, 512)
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno not in TRANSIENT_ACCEPT_ERRORS:
+            fields = {"service": self.service.name, "error": exc.strerror}
+            self.shared.report("error", "accept_failed", fields)
+            time.sleep(0.1)
 
-    def _serve(self, request: socket.socket, client_address: Any) -> None:
-        server, service = self.server, self.service
+    def _wait(self, poller: select.epoll, wakeup: int) -> None:
+        """Wait for a connection or a signal; send what is due meanwhile."""
+        due = [self.batch_due] if self.batch else []
+        if self.shared.denials.window_end:
+            due.append(self.shared.denials.window_end)
+        timeout = max(0.0, min(due) - time.monotonic()) if due else -1.0
+        ready = poller.poll(timeout)  # a signal's handler runs once it returns
+        if any(fd == wakeup for fd, _ in ready):
+            with contextlib.suppress(BlockingIOError):
+                os.read(wakeup, 512)
+        self._due(time.monotonic())
+
+    def _serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
         started = time.monotonic()
+        client = client_address or client_text(request, client_address)
+        reason = self.service.rules.refusal(client_address)
+        if reason is None:
+            status = self._handle(server, request, client_address, client)
+            self._record(
+                (os.getpid(), self.service.name, client, status, time.monotonic() - started)
+            )
+        else:
+            self.denied += 1
+            server._refuse(request, client_address, reason, started)  # noqa: SLF001
+            with contextlib.suppress(OSError):
+                server.shutdown_request(request)
+        self._due(time.monotonic())
+
+    def _handle(
+        self, server: ServiceServer, request: socket.socket, client_address: Any, client: str
+    ) -> int:
+        """Serve one connection in this process; return its status (0, or 1 for an error)."""
+        service = self.service
         status = 0
-        self.busy = True
         try:
-            reason = service.rules.refusal(client_address)
-            if reason is not None:
-                self._refuse(request, client_address, reason, started)
-                return
+            self.busy = True
             if service.idle_timeout:
                 request.settimeout(service.idle_timeout)
             if service.max_duration:
                 signal.setitimer(signal.ITIMER_REAL, service.max_duration)
             server.finish_request(request, client_address)
         except TimeoutError:
-            status = self._timed_out(request, client_address)
+            status = self._timed_out(server, request, client_address)
         except _Overtime:
-            self._report(request, client_address, "warning", "max_duration_exceeded")
+            self._report(client, "warning", "max_duration_exceeded", action="abort")
             status = 1
         except _Stop:
             self.stopping = True  # a second SIGTERM: this connection is cut short
             status = 1
+        except SystemExit as exc:  # the handler ends its process: this worker leaves
+            self.stopping = True
+            status = exc.code if isinstance(exc.code, int) else 1
         except Exception:  # noqa: BLE001 (reported by handle_error; the worker goes on)
             server.handle_error(request, client_address)
             status = 1
         finally:
             if service.max_duration:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, self._on_alarm)
             self.busy = False
             with contextlib.suppress(OSError):
                 server.shutdown_request(request)
-        client = client_address or client_text(request, client_address)
-        self._record((os.getpid(), service.name, client, status, time.monotonic() - started))
+        return status
 
-    def _refuse(self, request: Any, client_address: Any, reason: str, now: float) -> None:
-        self.denied += 1
-        self.server._refuse(request, client_address, reason, now)  # noqa: SLF001
-        self._record(None)
-
-    def _timed_out(self, request: Any, client_address: Any) -> int:
+    def _timed_out(self, server: ServiceServer, request: Any, client_address: Any) -> int:
         if not self.service.idle_timeout:
-            self.server.handle_error(request, client_address)
+            server.handle_error(request, client_address)
             return 1
-        self._report(request, client_address, "info", "idle_timeout")
+        client = client_text(request, client_address)
+        self._report(client, "info", "idle_timeout", seconds=self.service.idle_timeout)
         return 0
 
-    def _report(self, request: Any, client_address: Any, level: str, event: str) -> None:
-        fields: dict[str, Any] = {
-            "service": self.service.name,
-            "client": client_text(request, client_address),
-            "pid": os.getpid(),
-        }
-        if event == "idle_timeout":
-            fields["seconds"] = self.service.idle_timeout
-        else:
-            fields["action"] = "abort"
+    def _report(self, client: str, level: str, event: str, **extra: Any) -> None:
+        fields = {"service": self.service.name, "client": client, "pid": os.getpid(), **extra}
         self.shared.report(level, event, fields)
 
-    def _record(self, record: tuple[Any, ...] | None) -> None:
-        if record is not None:
-            if not self.batch:
-                self.batch_due = time.monotonic() + BATCH_DELAY
-            self.batch.append(record)
-        if len(self.batch) >= BATCH_SIZE or (self.batch and time.monotonic() >= self.batch_due):
+    def _record(self, record: tuple[Any, ...]) -> None:
+        if not self.batch:
+            self.batch_due = time.monotonic() + BATCH_DELAY
+        self.batch.append(record)
+
+    def _due(self, now: float) -> None:
+        """Send the batch when full or due, and the denial summaries of a closed window."""
+        if len(self.batch) >= BATCH_SIZE or (self.batch and now >= self.batch_due):
             self._flush()
+        for summary in self.shared.denials.due(now):
+            self.shared.report("info", "connections_denied", summary)
 
     def _flush(self) -> None:
         if self.batch or self.denied:
@@ -209,62 +227,82 @@ class _Worker:
             self.denied = 0
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
-        if self.busy and not self.stopping:
-            self.stopping = True  # finish this connection first
-            return
-        raise _Stop
+        if self.busy and self.stopping:
+            raise _Stop
+        self.stopping = True  # idle: the wake-up ends the wait; busy: after this connection
 
     def _on_alarm(self, _signum: int, _frame: FrameType | None) -> None:
+        # If the handler swallows this or is stuck in C code, the next alarm kills us.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, KILL_GRACE)
         raise _Overtime
 
 
 class Pools:
     """The forker's side: keeps every pooled service at its number of workers."""
 
-    def __init__(self) -> None:
-        self.workers: dict[int, tuple[ServiceServer, float]] = {}  # pid -> server, start time
+    def __init__(
+        self, servers: list[ServiceServer], report: Callable[[str, str, dict[str, Any]], None]
+    ) -> None:
+        self.services: dict[str, list[ServiceServer]] = {}  # pooled service -> its listeners
+        for server in servers:
+            if server.service.record["workers"]:
+                self.services.setdefault(server.service.name, []).append(server)
+        self.report = report
+        self.workers: dict[int, tuple[str, float]] = {}  # pid -> service, start time
         self.retired: set[int] = set()  # workers told to leave (reload, stop)
-        self.due: list[tuple[float, ServiceServer]] = []  # replacements that wait
+        self.due: list[tuple[float, str]] = []  # replacements that wait
 
-    def fill(self, server: ServiceServer) -> None:
-        """Start workers until the service has its number of them."""
-        wanted = server.service.record["workers"] or 0
-        current = sum(
-            1
-            for pid, (owner, _) in self.workers.items()
-            if owner is server and pid not in self.retired
-        )
-        for _ in range(wanted - current):
-            pid = start_worker(server)
-            self.workers[pid] = (server, time.monotonic())
-            server.shared.children.add(pid, server.service.name, "worker")
+    def fill(self, name: str | None = None) -> None:
+        """Start workers until the service (or each) has its number of them."""
+        for service, servers in self.services.items():
+            if name is not None and service != name:
+                continue
+            wanted = servers[0].service.record["workers"]
+            current = sum(
+                1
+                for pid, (owner, _) in self.workers.items()
+                if owner == service and pid not in self.retired
+            )
+            for _ in range(wanted - current):
+                try:
+                    pid = start_worker(servers)
+                except OSError as exc:  # EAGAIN, ENOMEM: try again later, serve on
+                    fields = {"service": service, "error": exc.strerror}
+                    self.report("error", "fork_failed", fields)
+                    self.due.append((time.monotonic() + RESPAWN_DELAY, service))
+                    return
+                self.workers[pid] = (service, time.monotonic())
+                servers[0].shared.children.add(pid, service, "worker")
 
-    def retire(self, server: ServiceServer | None = None) -> None:
-        """Tell the workers (of `server`, or all) to finish their connection and leave."""
+    def retire(self, name: str | None = None) -> None:
+        """Tell the workers (of service `name`, or all) to finish their connection and leave."""
         for pid, (owner, _) in self.workers.items():
-            if (server is None or owner is server) and pid not in self.retired:
+            if (name is None or owner == name) and pid not in self.retired:
                 self.retired.add(pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
 
     def exited(self, pid: int, failed: bool, *, replace: bool) -> dict[str, Any]:
         """Forget an exited worker, replacing it (later, if it failed young); return log fields."""
-        server, started = self.workers.pop(pid)
+        service, started = self.workers.pop(pid)
         retired = pid in self.retired
         self.retired.discard(pid)
         if replace and not retired:
             young = time.monotonic() - started < RESPAWN_DELAY
-            self.due.append((time.monotonic() + (RESPAWN_DELAY if failed and young else 0), server))
-        return {"service": server.service.name, "retired": retired}
+            self.due.append(
+                (time.monotonic() + (RESPAWN_DELAY if failed and young else 0), service)
+            )
+        return {"service": service, "retired": retired}
 
     def replace_due(self, now: float) -> None:
         """Start the replacements whose time has come."""
         waiting, self.due = self.due, []
-        for when, server in waiting:
+        for when, service in waiting:
             if when <= now:
-                self.fill(server)
+                self.fill(service)
             else:
-                self.due.append((when, server))
+                self.due.append((when, service))
 
     def next_due(self) -> float | None:
         """Return when the next replacement is due, if one waits."""

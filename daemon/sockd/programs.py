@@ -30,6 +30,8 @@ DEFAULT_SIGNALS = tuple(
     if signum not in (signal.SIGKILL, signal.SIGSTOP)
 )
 MAX_LINE = 2000  # longer stderr lines are cut into pieces of this many bytes
+MAX_LINES = 1000  # lines a program may log; the rest are counted
+DRAIN_READS = 16  # reads of a reaped program's stderr before its exit is logged
 _PEERCRED = struct.Struct("3i")
 _EXEC_FAILED = 127  # like a shell, for a program that could not be executed
 
@@ -169,10 +171,13 @@ def become(identity: list[Any]) -> None:
 class StderrLines:
     """The stderr pipe of one program: whole lines go to `emit(fields, line)`, the last at EOF.
 
-    `fields` (service, client, pid) tag each line.
+    `fields` (service, client, pid) tag each line. A program may log at most
+    MAX_LINES lines; past that its lines are counted, not logged, and the count
+    goes to `emit` at the end as a line of its own (so a program that floods
+    its stderr costs the forker one read per poll, and the log a bounded size).
     """
 
-    __slots__ = ("buffer", "emit", "fd", "fields")
+    __slots__ = ("buffer", "dropped", "emit", "empty", "fd", "fields", "lines")
 
     def __init__(
         self, fd: int, emit: Callable[[dict[str, Any], str], None], fields: dict[str, Any]
@@ -181,22 +186,29 @@ class StderrLines:
         self.emit = emit
         self.fields = fields
         self.buffer = b""
+        self.lines = 0
+        self.dropped = 0
+        self.empty = False  # the last read found nothing (the pipe is still open)
 
     def read(self) -> bool:
-        """Read what is there; return False at end of file (the descriptor is then closed)."""
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return True
-            except OSError:
-                data = b""
-            if not data:
-                self._emit_lines(final=True)
-                os.close(self.fd)
-                return False
+        """Read once (polling says when there is more); False at end of file (then closed)."""
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            self.empty = True
+            return True
+        except OSError:
+            data = b""
+        if data:
+            self.empty = False
             self.buffer += data
             self._emit_lines(final=False)
+            return True
+        self._emit_lines(final=True)
+        if self.dropped:
+            self.emit(self.fields, f"[sockd: {self.dropped} more lines not logged]")
+        os.close(self.fd)
+        return False
 
     def _emit_lines(self, *, final: bool) -> None:
         if not self.buffer:
@@ -209,8 +221,15 @@ class StderrLines:
         while len(self.buffer) > MAX_LINE:
             lines.append(self.buffer[:MAX_LINE])
             self.buffer = self.buffer[MAX_LINE:]
-        for line in _pieces(lines):
-            self.emit(self.fields, line.decode(errors="replace").rstrip("\r"))
+        for piece in _pieces(lines):
+            if self.lines >= MAX_LINES:
+                self.dropped += 1
+                continue
+            self.lines += 1
+            text = piece.decode(errors="replace").rstrip("\r")
+            # Replacement characters take 3 bytes: cut to MAX_LINE bytes of UTF-8,
+            # so the event fits one atomic write to the daemon.
+            self.emit(self.fields, text.encode()[:MAX_LINE].decode(errors="ignore"))
 
 
 def _pieces(lines: Iterable[bytes]) -> Iterable[bytes]:
@@ -245,7 +264,12 @@ class StderrWatch:
             del self.pipes[fd]
 
     def drain(self, pid: int) -> None:
-        """Read what a reaped program left, so that its lines come before its exit."""
+        """Read what a reaped program left, so that its lines come before its exit.
+
+        A bounded number of reads: what a descendant still writes comes later.
+        """
         fd = self.of_pid.pop(pid, None)
-        if fd is not None and fd in self.pipes:
+        for _ in range(DRAIN_READS):
+            if fd is None or fd not in self.pipes or self.pipes[fd].empty:
+                return
             self.read(fd)

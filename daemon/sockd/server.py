@@ -50,7 +50,7 @@ _set_handler: Callable[[int, int], object] = _signal.signal
 _SIG_DFL = int(signal.SIG_DFL)
 _close_socket: Callable[[socket.socket], None] = _socket.socket.close
 # accept(2) errors that concern one connection only, not the listener.
-_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 
 
 class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
@@ -191,7 +191,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             except BlockingIOError:
                 return taken
             except OSError as exc:
-                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
+                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
                     continue
                 raise
             if not self.verify_request(request, client_address):
@@ -199,9 +199,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 continue
             try:
                 self.process_request(request, client_address)
-            except OSError as exc:  # fork failed (EAGAIN, ENOMEM): report it, go on serving
+            except Exception as exc:  # noqa: BLE001 (fork or spawn failed: report it, serve on)
                 self.shared.stats.errors += 1
-                fields = {"service": self.service.name, "error": exc.strerror}
+                error = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+                fields = {"service": self.service.name, "error": error}
                 self.shared.report("error", "fork_failed", fields)
                 self.shutdown_request(request)
         return budget

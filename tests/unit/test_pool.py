@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -46,11 +47,11 @@ def alive(pid: int) -> bool:
 class TestPools:
     def test_fill_starts_the_workers_that_serve(self, server: ServiceServer) -> None:
         """fill() forks `workers` processes, registered as children; they answer connections."""
-        pools = Pools()
-        pools.fill(server)
+        pools = Pools([server], lambda *_: None)
+        pools.fill()
         assert len(pools.workers) == 2
         assert len(server.shared.children) == 2
-        pools.fill(server)  # already full
+        pools.fill("pool")  # already full
         assert len(pools.workers) == 2
         host, port = server.server_address[:2]
         with socket.create_connection((str(host), int(port)), timeout=5) as client:
@@ -59,10 +60,10 @@ class TestPools:
 
     def test_retired_workers_leave_and_are_not_replaced(self, server: ServiceServer) -> None:
         """retire() sends SIGTERM: idle workers exit 0; exited() then schedules nothing."""
-        pools = Pools()
-        pools.fill(server)
+        pools = Pools([server], lambda *_: None)
+        pools.fill()
         pids = list(pools.workers)
-        pools.retire(server)
+        pools.retire("pool")
         for pid in pids:
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0
@@ -72,8 +73,8 @@ class TestPools:
 
     def test_a_young_failed_worker_is_replaced_later(self, server: ServiceServer) -> None:
         """A worker that failed right after its start is replaced after RESPAWN_DELAY."""
-        pools = Pools()
-        pools.fill(server)
+        pools = Pools([server], lambda *_: None)
+        pools.fill()
         victim = next(iter(pools.workers))
         os.kill(victim, signal.SIGKILL)
         os.waitpid(victim, 0)
@@ -85,3 +86,25 @@ class TestPools:
         pools.replace_due(due)
         assert len(pools.workers) == 2
         assert all(alive(pid) for pid in pools.workers)
+
+    def test_a_failed_fork_is_reported_and_retried(
+        self, server: ServiceServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """fork() failing (EAGAIN) is fork_failed, not a dead forker; a retry is scheduled."""
+        reports: list[tuple[str, str, dict[str, object]]] = []
+        pools = Pools([server], lambda *event: reports.append(event))
+
+        def no_fork() -> int:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(os, "fork", no_fork)
+        pools.fill()
+        assert pools.workers == {}
+        assert reports == [
+            (
+                "error",
+                "fork_failed",
+                {"service": "pool", "error": "Resource temporarily unavailable"},
+            )
+        ]
+        assert pools.next_due() is not None
