@@ -100,15 +100,15 @@ class Bucket:
         self.tokens = burst
         self.stamp = now
 
-    def take(self, rate: float, burst: float, now: float) -> bool:
-        """Take a token if there is one."""
-        tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+    def ready(self, rate: float, burst: float, now: float) -> bool:
+        """Refill for the time gone by; tell whether a token is there (`take` takes it)."""
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
         self.stamp = now
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
+        return self.tokens >= 1.0
+
+    def take(self) -> None:
+        """Take the token `ready` saw."""
+        self.tokens -= 1.0
 
     def full(self, rate: float, burst: float, now: float) -> bool:
         """Tell whether the bucket has refilled (it can then be forgotten)."""
@@ -139,28 +139,35 @@ class Admission:
         return source_key(client_address, limits["source_prefix_v4"], limits["source_prefix_v6"])
 
     def refusal(self, key: tuple[int, int] | None, now: float) -> str | None:
-        """Return which limit refuses a connection from `key` now, or None (a token taken)."""
+        """Return which limit refuses a connection from `key` now, or None (tokens taken).
+
+        A refused connection takes no token from any bucket.
+        """
         limits = self.limits
         per_source = limits["per_source"]
         if per_source is not None and key is not None and self.open.get(key, 0) >= per_source:
             return "per_source"
+        source_bucket = None
         rate = limits["per_source_rate"]
         if rate is not None and key is not None:
             burst = limits["per_source_burst"] or max(1.0, rate)
-            bucket = self.source_buckets.get(key)
-            if bucket is None:
+            source_bucket = self.source_buckets.get(key)
+            if source_bucket is None:
                 if len(self.source_buckets) >= MAX_SOURCE_BUCKETS:
-                    self._forget_full(rate, burst, now)
-                bucket = self.source_buckets[key] = Bucket(burst, now)
-            if not bucket.take(rate, burst, now):
+                    self.forget_full(now)
+                source_bucket = self.source_buckets[key] = Bucket(burst, now)
+            if not source_bucket.ready(rate, burst, now):
                 return "per_source_rate"
         rate = limits["rate"]
         if rate is not None:
             burst = limits["burst"] or max(1.0, rate)
             if self.bucket is None:
                 self.bucket = Bucket(burst, now)
-            if not self.bucket.take(rate, burst, now):
+            if not self.bucket.ready(rate, burst, now):
                 return "rate"
+            self.bucket.take()
+        if source_bucket is not None:
+            source_bucket.take()
         return None
 
     def opened(self, key: tuple[int, int] | None) -> None:
@@ -175,10 +182,24 @@ class Admission:
             if count:
                 self.open[key] = count
 
-    def _forget_full(self, rate: float, burst: float, now: float) -> None:
-        full = [key for key, bucket in self.source_buckets.items() if bucket.full(rate, burst, now)]
-        for key in full or list(self.source_buckets)[: len(self.source_buckets) // 2]:
-            del self.source_buckets[key]
+    def forget_full(self, now: float) -> None:
+        """Drop the per-source buckets that have refilled (they would be made anew, full).
+
+        If none has, drop the older half: the table never outgrows MAX_SOURCE_BUCKETS.
+        """
+        rate = self.limits["per_source_rate"]
+        if rate is None:
+            self.source_buckets.clear()
+            return
+        burst = self.limits["per_source_burst"] or max(1.0, rate)
+        buckets = self.source_buckets
+        full = [key for key, bucket in buckets.items() if bucket.full(rate, burst, now)]
+        if not full and len(buckets) >= MAX_SOURCE_BUCKETS:
+            full = list(buckets)[: len(buckets) // 2]
+        for key in full:
+            del buckets[key]
+        if full:  # a dict never shrinks its table: copy it so the memory goes back
+            self.source_buckets = dict(buckets)
 
 
 DENIAL_WINDOW = 10.0  # seconds over which repeated denials are summed up

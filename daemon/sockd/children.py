@@ -28,7 +28,9 @@ class Children:
     def __init__(self) -> None:
         self._running: dict[int, tuple[str, object, float]] = {}
         self._per_service: dict[str, int] = {}
-        self._deadlines: list[tuple[float, int, int]] = []  # when, pid, signal (a heap)
+        self._groups: set[int] = set()  # children that lead a process group of their own
+        # when, pid, the child's start time (pids are reused), signal: a heap
+        self._deadlines: list[tuple[float, int, float, int]] = []
 
     def __len__(self) -> int:
         return len(self._running)
@@ -41,15 +43,27 @@ class Children:
         return self._per_service.get(service, 0)
 
     def add(
-        self, pid: int, service: str, client: object, max_duration: float | None = None
+        self,
+        pid: int,
+        service: str,
+        client: object,
+        max_duration: float | None = None,
+        *,
+        group: bool = False,
     ) -> None:
-        """Record a child just started; `client` is its address, or a text for UNIX peers."""
+        """Record a child just started; `client` is its address, or a text for UNIX peers.
+
+        A child with `group` leads its own process group (a program): signals go
+        to the whole group, so that what it started ends with it.
+        """
         now = time.monotonic()
+        if group:
+            self._groups.add(pid)
         self._running[pid] = (service, client, now)
         self._per_service[service] = self._per_service.get(service, 0) + 1
         if max_duration:
             deadlines = self._deadlines
-            heapq.heappush(deadlines, (now + max_duration, pid, signal.SIGTERM))
+            heapq.heappush(deadlines, (now + max_duration, pid, now, signal.SIGTERM))
             if len(deadlines) > 2 * len(self._running) + 64:  # most are of children gone
                 deadlines[:] = [entry for entry in deadlines if entry[1] in self._running]
                 heapq.heapify(deadlines)
@@ -66,14 +80,13 @@ class Children:
         """
         signalled = []
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, pid, signum = heapq.heappop(self._deadlines)
+            _, pid, started, signum = heapq.heappop(self._deadlines)
             entry = self._running.get(pid)
-            if entry is None:
-                continue  # it ended in time (a reaped pid is not reused before that)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+            if entry is None or entry[2] != started:
+                continue  # it ended in time (and its pid may serve another child now)
+            self._signal(pid, signum)
             if signum == signal.SIGTERM:
-                heapq.heappush(self._deadlines, (now + grace, pid, signal.SIGKILL))
+                heapq.heappush(self._deadlines, (now + grace, pid, started, signal.SIGKILL))
             signalled.append((pid, entry[0], entry[1], signal_name(signum)))
         return signalled
 
@@ -90,6 +103,7 @@ class Children:
             entry = self._running.pop(pid, None)
             if entry is None:
                 continue  # not one of ours (a grandchild reparented to us, say)
+            self._groups.discard(pid)
             service, client, started = entry
             self._per_service[service] -= 1
             duration = time.monotonic() - started
@@ -108,9 +122,15 @@ class Children:
         return exits
 
     def signal_all(self, signum: int) -> None:
-        """Send `signum` to every running child."""
+        """Send `signum` to every running child (to the group of one that leads one)."""
         for pid in self._running:
-            with contextlib.suppress(ProcessLookupError):
+            self._signal(pid, signum)
+
+    def _signal(self, pid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if pid in self._groups:
+                os.killpg(pid, signum)
+            else:
                 os.kill(pid, signum)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import resource
 import select
 import signal
 import socket
@@ -55,6 +56,7 @@ STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= i
 EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
 EXITS_PER_RECORD = 16  # each encodes to under 200 bytes: a record stays under PIPE_BUF
 HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
+PRUNE_INTERVAL = 10.0  # refilled per-source rate buckets are dropped this often
 
 
 class Forker:
@@ -90,6 +92,7 @@ class Forker:
         self.batch: list[RawExit] = []  # exits not yet sent
         self.batch_due = 0.0
         self.heartbeat_due = 0.0
+        self.prune_due = 0.0
         self.child_closes: list[int] = []  # descriptors a child closes first
         self.stderr = StderrWatch(self.poller, self._stderr_line)
         self.pools = Pools(servers, self.report)
@@ -214,6 +217,10 @@ class Forker:
             self.report("info", "connections_denied", summary)
         if self.stop_phase is None:
             self.pools.replace_due(now)
+        if now >= self.prune_due:  # per-source buckets of sources gone quiet
+            self.prune_due = now + PRUNE_INTERVAL
+            for admission in self.shared.admissions.values():
+                admission.forget_full(now)
         if self.paused_until and now >= self.paused_until:
             self.paused_until = 0.0
             self._update_accepting()
@@ -371,7 +378,10 @@ class Forker:
             self.stop_phase = "kill"
 
     def _next_deadline(self) -> float:
-        deadline = time.monotonic() + (REAP_POLL if len(self.shared.children) else IDLE_WAKEUP)
+        # Exits of workers wake us (SIGCHLD is watched while a pool runs); other exits
+        # are reaped on the next turn, at the latest after REAP_POLL.
+        per_connection = len(self.shared.children) - len(self.pools.workers)
+        deadline = time.monotonic() + (REAP_POLL if per_connection else IDLE_WAKEUP)
         if self.stop_phase in ("wait", "term"):
             deadline = min(deadline, self.phase_deadline)
         if self.paused_until:
@@ -436,6 +446,10 @@ def _close_other_fds(keep: set[int]) -> None:
 def main() -> None:
     """Entry point of `python -S -m sockd.forker CONTROL EVENTS LISTENER...`."""
     control, events = int(sys.argv[1]), int(sys.argv[2])
+    # Each running program's stderr pipe is a descriptor here: allow what the system allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.environ.pop("PYTHONPATH", None)  # set only to find sockd; children inherit os.environ
     _close_other_fds({0, 1, 2, control, events, *(int(fd) for fd in sys.argv[3:])})
     os.set_blocking(control, False)

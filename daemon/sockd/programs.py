@@ -128,11 +128,11 @@ class Program:
                     setsigmask=(),
                     # exec resets caught signals itself; ignored ones it keeps.
                     setsigdef=self.ignored_signals,
+                    # Its own process group: max_duration and stop reach what it starts.
+                    setpgroup=0,
                 )
             else:
-                pid = os.fork()
-                if not pid:
-                    self._exec_in_child(environ, (connection, write_end), in_child)
+                pid = self._fork(environ, (connection, write_end), in_child)
         except BaseException:
             os.close(read_end)
             raise
@@ -140,6 +140,21 @@ class Program:
             os.close(write_end)
         os.set_blocking(read_end, False)
         return pid, read_end
+
+    def _fork(
+        self, environ: dict[bytes, bytes], fds: tuple[int, int], in_child: Callable[[], None]
+    ) -> int:
+        # Signals stay blocked across fork(): one aimed at the forker must not run
+        # the forker's handler in the child before it execs.
+        everything = signal.valid_signals()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, everything)
+        try:
+            pid = os.fork()
+            if not pid:
+                self._exec_in_child(environ, fds, in_child)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return pid
 
     def _exec_in_child(
         self, environ: dict[bytes, bytes], fds: tuple[int, int], in_child: Callable[[], None]
@@ -149,6 +164,7 @@ class Program:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             in_child()
+            os.setpgid(0, 0)  # its own process group, as posix_spawn's setpgroup gives
             connection, stderr = fds
             os.dup2(connection, 0)
             os.dup2(connection, 1)

@@ -234,8 +234,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         if key is not None:
             limits = self.admission.limits
             source = source_text(key, limits["source_prefix_v4"], limits["source_prefix_v6"])
+        elif isinstance(client_address, tuple):
+            source = client_address[0]  # repeated refusals of one address sum up
         else:
-            source = client_text(request, client_address)
+            source = "unix"
         if self.shared.denials.first(self.service.name, reason, source, now):
             client = client_text(request, client_address)
             fields = {"service": self.service.name, "client": client, "reason": reason}
@@ -257,7 +259,9 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             )
             self.shared.watch_stderr(stderr, pid, self.service.name, client)
         shared = self.shared
-        shared.children.add(pid, self.service.name, client, self.service.max_duration)
+        shared.children.add(
+            pid, self.service.name, client, self.service.max_duration, group=program is not None
+        )
         shared.stats.served += 1
         if self._source is not None:
             self.admission.opened(self._source)

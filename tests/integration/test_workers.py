@@ -157,3 +157,43 @@ class TestPoolStatus:
         for _ in range(3):
             exchange(daemon.address(), b"x\n")
         notifications.wait_for("STATUS=0 active, 3 served, 0 denied, 0 errors")
+
+
+class TestPoolListeners:
+    def test_a_service_with_two_listeners_has_its_number_of_workers(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Two workers with two listen addresses: two processes, each serving both."""
+        config = write_config(
+            tmp_path / "sockd.toml",
+            f"""
+            [[service]]
+            name = "pool"
+            handler = "echo"
+            listen = ["127.0.0.1:0", "unix:{tmp_path}/pool.sock"]
+            workers = 2
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        wait_until(lambda: len(worker_pids(daemon)) == 2)
+        for _ in range(5):
+            assert exchange(daemon.address(0), b"tcp\n") == b"tcp\n"
+            assert exchange(daemon.address(1), b"unix\n") == b"unix\n"
+        closed = daemon.wait_event("connection_closed", count=10)
+        assert {event["pid"] for event in closed} <= worker_pids(daemon)
+        assert any(event["client"].startswith("unix:uid=") for event in closed)
+        assert len(worker_pids(daemon)) == 2
+
+    def test_repeated_refusals_are_summed_up_by_workers_too(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A denied address knocking 60 times: one connection_denied, then one summary."""
+        config = pool_config(tmp_path, extra='deny = ["127.0.0.2"]')
+        daemon = sockd("run", "--config", config)
+        for _ in range(60):
+            assert exchange(daemon.address(), b"x\n", source="127.0.0.2") == b""
+        summaries = daemon.wait_event("connections_denied", timeout=25)
+        firsts = daemon.events("connection_denied")
+        assert 1 <= len(firsts) <= 2  # the first per worker
+        assert sum(event["count"] for event in summaries) + len(firsts) == 60
+        assert {event["source"] for event in summaries} == {"127.0.0.2"}

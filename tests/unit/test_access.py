@@ -105,9 +105,16 @@ class TestBucket:
     def test_burst_then_rate(self) -> None:
         """A full bucket admits `burst` at once, then one per 1/rate seconds."""
         bucket = Bucket(3, now=0.0)
-        assert [bucket.take(2.0, 3, 0.0) for _ in range(4)] == [True, True, True, False]
-        assert not bucket.take(2.0, 3, 0.4)
-        assert bucket.take(2.0, 3, 0.6)
+
+        def admit(now: float) -> bool:
+            if not bucket.ready(2.0, 3, now):
+                return False
+            bucket.take()
+            return True
+
+        assert [admit(0.0) for _ in range(4)] == [True, True, True, False]
+        assert not admit(0.4)
+        assert admit(0.6)
         assert bucket.full(2.0, 3, 10.0)
 
 
@@ -134,6 +141,23 @@ class TestAdmission:
         assert admission.refusal(other, 0.0) is None
         admission.limits = limits(rate=1.0)
         assert [admission.refusal(other, 5.0) for _ in range(2)] == [None, "rate"]
+
+    def test_a_refused_connection_takes_no_token(self) -> None:
+        """Refused by the service's rate, a connection leaves its source's bucket as it was."""
+        admission = Admission(limits(per_source_rate=1.0, per_source_burst=1, rate=1.0, burst=1))
+        first, second = admission.key(("127.0.0.2", 1)), admission.key(("127.0.0.3", 1))
+        assert admission.refusal(first, 0.0) is None  # takes the service's only token
+        assert admission.refusal(second, 0.0) == "rate"
+        assert admission.refusal(second, 1.0) is None  # its own token was never spent
+
+    def test_refilled_source_buckets_are_forgotten(self) -> None:
+        """forget_full() drops buckets that have refilled, and keeps the others."""
+        admission = Admission(limits(per_source_rate=1.0, per_source_burst=2))
+        for host in ("10.0.0.1", "10.0.0.2"):
+            admission.refusal(admission.key((host, 1)), 0.0)
+        admission.refusal(admission.key(("10.0.0.2", 1)), 1.5)
+        admission.forget_full(2.0)
+        assert list(admission.source_buckets) == [admission.key(("10.0.0.2", 1))]
 
     def test_source_buckets_stay_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A flood from ever new sources cannot grow the table past its bound."""

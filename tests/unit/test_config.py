@@ -187,6 +187,14 @@ class TestLoad:
                 "service 'e': per_source: must be at least 1",
             ),
             (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat', \"a\\u0000b\"]\n",
+                "service 'e': exec[1]: contains a NUL character",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nenv = { A = \"a\\u0000\" }\n",
+                "service 'e': env.A: contains a NUL character",
+            ),
+            (
                 "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nworkers = 2\n",
                 "service 'e': workers: applies to handlers; a program runs per connection",
             ),
