@@ -21,8 +21,7 @@ deb:
 	./scripts/build-deb
 
 bench: setup
-	.venv/bin/python bench/echo.py
-	.venv/bin/python bench/exec.py
+	.venv/bin/python bench/run.py
 
 clean:
 	rm -rf .venv build dist *.egg-info daemon/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -256,6 +256,12 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        """Close our end of its stdout, if we read its port there."""
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 class Sockd(Server):
@@ -712,6 +718,14 @@ def build_loadgen(build_dir: Path) -> tuple[Path, str]:
     return target, version
 
 
+def _shown(path: Path) -> str:
+    """Return `path` relative to the repository when it is inside, else as it is."""
+    try:
+        return str(path.resolve().relative_to(BENCH_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
 def choose_client(requested: str, build_dir: Path, cpu: int | None) -> ClientChoice:
     """Resolve --client: "auto" is the C client when it builds, else the Python generator.
 
@@ -732,7 +746,7 @@ def choose_client(requested: str, build_dir: Path, cpu: int | None) -> ClientCho
                 "c",
                 str(binary),
                 f"C (bench/loadgen.c: epoll, one thread), built by gcc {version}"
-                f" {' '.join(GCC_FLAGS)} into {binary}; {where}",
+                f" {' '.join(GCC_FLAGS)} into {_shown(binary)}; {where}",
             )
     else:
         reason = "--client python"
@@ -900,20 +914,22 @@ def cpu_text(row: Summary) -> str:
     return f"{row.cpu_us_per_conn:.0f} ({own:.0f}+{rest:.0f})"
 
 
-def render(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    """Align a plain-text table: the first column to the left, the others to the right.
+def render(head: Sequence[str], body: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """Align a plain-text table: the first `left` columns to the left, the others right.
 
-    A row shorter than the head is a note: printed as it is, after its first cell.
+    A row shorter than the head is a note: its last cell is printed as it is.
     """
     full = [line for line in body if len(line) == len(head)]
     widths = [max(len(line[i]) for line in [head, *full]) for i in range(len(head))]
     lines = []
     for line in [head, *body]:
-        cells = [line[0].ljust(widths[0])]
-        if len(line) == len(head):
-            cells += [text.rjust(width) for text, width in zip(line[1:], widths[1:], strict=True)]
-        else:
-            cells += list(line[1:])
+        aligned = line if len(line) == len(head) else line[:-1]
+        cells = [
+            text.ljust(width) if index < left else text.rjust(width)
+            for index, (text, width) in enumerate(zip(aligned, widths, strict=False))
+        ]
+        if len(line) != len(head):
+            cells.append(line[-1])
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
     return lines
@@ -976,8 +992,13 @@ def sockd_log_summary(path: Path) -> str:
 # --- the command line ----------------------------------------------------------------------
 
 
-def build_parser(description: str | None, script: str) -> argparse.ArgumentParser:
-    """Return the command-line parser of the benchmark at `script` (bench/NAME.py)."""
+def build_parser(
+    description: str | None, script: str, *, sockd_log: bool = True
+) -> argparse.ArgumentParser:
+    """Return the command-line parser of the benchmark at `script` (bench/NAME.py).
+
+    With `sockd_log` false, it has no --sockd-log (a run of several sockd has several logs).
+    """
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -1007,9 +1028,10 @@ def build_parser(description: str | None, script: str) -> argparse.ArgumentParse
         help="where the C client is built",
     )
     parser.add_argument("--json", metavar="PATH", type=Path, help="write raw results here")
-    parser.add_argument(
-        "--sockd-log", metavar="PATH", type=Path, help="keep sockd's JSON log (stderr) here"
-    )
+    if sockd_log:
+        parser.add_argument(
+            "--sockd-log", metavar="PATH", type=Path, help="keep sockd's JSON log (stderr) here"
+        )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     return parser
 

@@ -4,7 +4,7 @@
 # program per connection, /usr/bin/head -n1: each client connects, sends a line,
 # half-closes, and reads until EOF (head prints the line and exits, which closes the
 # connection). tcpserver is the C reference; sockd runs under this interpreter
-# (sys.executable), the one the load generator runs under too; the header names both.
+# (sys.executable); the header names both, and the load generator.
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "sockd.toml"
@@ -97,17 +98,15 @@ def measure_once(workdir: Path) -> dict[str, float]:
             process.wait(10)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the repetitions and print medians against the goals."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--repeat", type=int, default=7, help="repetitions (medians reported)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
-    args = parser.parse_args(argv)
+def measure(repeat: int) -> tuple[dict[str, Any], list[str]]:
+    """Run `repeat` start-ups; return the medians and spreads, and the report's lines."""
     with tempfile.TemporaryDirectory() as workdir:
-        runs = [measure_once(Path(workdir)) for _ in range(args.repeat)]
-    print(f"interpreter: {sys.executable} ({sys.version.split()[0]}); config: {CONFIG.name}")
-    print(f"{'measure':<16}{'median':>10}{'min-max':>18}{'goal':>10}  met")
-    summary = {}
+        runs = [measure_once(Path(workdir)) for _ in range(repeat)]
+    lines = [
+        f"interpreter: {sys.executable} ({sys.version.split()[0]}); config: {CONFIG.name}",
+        f"{'measure':<16}{'median':>10}{'min-max':>18}{'goal':>10}  met",
+    ]
+    summary: dict[str, Any] = {}
     for key in runs[0]:
         values = [run[key] for run in runs]
         median = statistics.median(values)
@@ -115,10 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         met = "" if goal is None else ("yes" if median < goal else "NO")
         spread = f"{min(values):.1f}-{max(values):.1f}"
         goal_text = "" if goal is None else f"< {goal:g}"
-        print(f"{key:<16}{median:>10.1f}{spread:>18}{goal_text:>10}  {met}")
+        lines.append(f"{key:<16}{median:>10.1f}{spread:>18}{goal_text:>10}  {met}")
         summary[key] = {"median": median, "min": min(values), "max": max(values), "goal": goal}
+    return {"runs": runs, "summary": summary}, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the repetitions and print medians against the goals."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeat", type=int, default=7, help="repetitions (medians reported)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    args = parser.parse_args(argv)
+    result, lines = measure(args.repeat)
+    print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

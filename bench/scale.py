@@ -190,30 +190,29 @@ def burst(port: int, forker: int) -> dict[str, Any]:
     return {"answered": answered, "newcomer_ok": newcomer_ok, "newcomer_ms": newcomer_ms}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run both measurements and print them against the goals."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--repeat", type=int, default=3, help="alternations (medians reported)")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per rate measure")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
-    args = parser.parse_args(argv)
+def measure(repeat: int, duration: float) -> tuple[dict[str, Any], list[str]]:
+    """Run both measurements; return the results and the report's lines."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * IDLE)), hard))
+    affinity = os.sched_getaffinity(0)
     port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        daemon = start_sockd(Path(workdir), port)
-        try:
-            forker = forker_of(daemon.pid)
-            flat = flat_cost(port, forker, args.repeat, args.duration)
-            wait_children_below(forker, 1)
-            surge = burst(port, forker)
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            daemon = start_sockd(Path(workdir), port)
+            try:
+                forker = forker_of(daemon.pid)
+                flat = flat_cost(port, forker, repeat, duration)
+                wait_children_below(forker, 1)
+                surge = burst(port, forker)
+            finally:
+                daemon.terminate()
+                daemon.wait(30)
+    finally:
+        os.sched_setaffinity(0, affinity)
     empty, loaded = flat["rate_idle_0"], flat[f"rate_idle_{IDLE}"]
     lines = [
         f"interpreter: {sys.executable} ({sys.version.split()[0]}); sockd echo, a fork each",
-        f"short connections/s, {CLIENTS} clients, {args.repeat} x {args.duration:g} s each:",
+        f"short connections/s, {CLIENTS} clients, {repeat} x {duration:g} s each:",
         f"  no idle connection:    median {statistics.median(empty):6.0f}  runs {fmt(empty)}",
         f"  {IDLE} idle connections: median {statistics.median(loaded):6.0f}  runs {fmt(loaded)}",
         f"  ratio {flat['ratio']:.2f} (goal >= {FLAT_GOAL}): {met(flat['ratio'] >= FLAT_GOAL)}",
@@ -226,9 +225,20 @@ def main(argv: list[str] | None = None) -> int:
             f" (goal < {NEWCOMER_GOAL_MS:g}): {met(surge['newcomer_ms'] < NEWCOMER_GOAL_MS)}"
         ),
     ]
+    return {"flat": flat, "burst": surge}, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements and print them against the goals."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeat", type=int, default=3, help="alternations (medians reported)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per rate measure")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    args = parser.parse_args(argv)
+    result, lines = measure(args.repeat, args.duration)
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"flat": flat, "burst": surge}, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

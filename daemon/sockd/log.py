@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import structlog
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Iterator, MutableMapping
 
 LogFormat = Literal["json", "console"]
 
@@ -27,7 +28,13 @@ _INFO = 20
 
 
 class FdLogger:
-    """Writes each rendered event with one write(2), so other writers to stderr never split it."""
+    """Writes each rendered event with one write(2), so other writers to stderr never split it.
+
+    Inside `batched()`, the lines wait and go out together, in one write.
+    """
+
+    held: ClassVar[list[str] | None] = None  # lines waiting for the end of a batch
+    held_fd: ClassVar[int] = 2
 
     def __init__(self, fd: int = 2) -> None:
         """Write to file descriptor `fd` (stderr by default)."""
@@ -35,14 +42,36 @@ class FdLogger:
 
     def msg(self, message: str) -> None:
         """Write `message` and a newline; a closed or full stderr drops the line."""
-        data = (message + "\n").encode("utf-8", "backslashreplace")
-        try:
-            while data:
-                data = data[os.write(self.fd, data) :]
-        except OSError:
-            pass  # nowhere left to report it; never let logging kill the daemon
+        if FdLogger.held is not None:
+            FdLogger.held.append(message)
+            FdLogger.held_fd = self.fd
+            return
+        write_lines(self.fd, message)
 
     info = warning = error = critical = debug = log = msg
+
+
+def write_lines(fd: int, text: str) -> None:
+    """Write whole lines with as few write(2) calls as the descriptor takes."""
+    data = (text + "\n").encode("utf-8", "backslashreplace")
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass  # nowhere left to report it; never let logging kill the daemon
+
+
+@contextlib.contextmanager
+def batched() -> Iterator[None]:
+    """Hold the lines logged inside, then write them at once (many events, one write)."""
+    held: list[str] = []
+    FdLogger.held = held
+    try:
+        yield
+    finally:
+        FdLogger.held = None
+        if held:
+            write_lines(FdLogger.held_fd, "\n".join(held))
 
 
 _pid = os.getpid()

@@ -17,6 +17,7 @@ import structlog
 
 from sockd import config as sockd_config
 from sockd import ipc
+from sockd import log as sockd_log
 from sockd.children import closed_fields
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
 from sockd.listeners import describe
@@ -201,8 +202,9 @@ class MainLoop:
         kind = record[0]
         if kind == "closed":
             info = self.connection_log.info
-            for raw in record[1]:  # type: ignore[attr-defined]
-                info("connection_closed", **closed_fields(raw))
+            with sockd_log.batched():
+                for raw in record[1]:  # type: ignore[attr-defined]
+                    info("connection_closed", **closed_fields(raw))
         elif kind == "served":
             self._served(record[1], record[2])  # type: ignore[arg-type]
         elif kind == "log":
@@ -225,18 +227,19 @@ class MainLoop:
     def _served(self, records: list[tuple[Any, ...]], denied: int) -> None:
         """Log the connections pooled workers served, and count them for STATUS=."""
         info = self.connection_log.info
-        for pid, service, client, code, duration in records:
-            text = client if isinstance(client, str) else describe(client)
-            info(
-                "connection_closed",
-                service=service,
-                client=text,
-                pid=pid,
-                exit_code=code,
-                signal=None,
-                duration=round(duration, 6),
-                worker=True,
-            )
+        with sockd_log.batched():
+            for pid, service, client, code, duration in records:
+                text = client if isinstance(client, str) else describe(client)
+                info(
+                    "connection_closed",
+                    service=service,
+                    client=text,
+                    pid=pid,
+                    exit_code=code,
+                    signal=None,
+                    duration=round(duration, 6),
+                    worker=True,
+                )
         self.pooled[0] += len(records)
         self.pooled[1] += denied
         self.pooled[2] += sum(1 for record in records if record[3])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -24,7 +25,7 @@ class TestRunBench:
     def test_quick_run_writes_json_chart_and_page(self, tmp_path: Path) -> None:
         """Every mode runs both servers without errors; the three outputs are written."""
         assert shutil.which("tcpserver"), "tcpserver is missing: run scripts/setup"
-        pytest.importorskip("matplotlib", reason="the bench extra: pip install -e '.[bench]'")
+        assert importlib.util.find_spec("matplotlib"), "matplotlib is missing: run scripts/setup"
         report, chart, page = tmp_path / "latest.json", tmp_path / "perf.png", tmp_path / "perf.md"
         result = subprocess.run(
             [

@@ -78,3 +78,24 @@ class TestConfigure:
         assert "ready" in line
         assert "service=echo" in line
         assert not line.startswith("{")
+
+
+class TestBatched:
+    def test_lines_wait_for_the_end_of_the_batch_then_go_out_whole(self) -> None:
+        """Inside batched(), nothing is written; at its end every line is, in order."""
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        try:
+            log.configure("json", write_end)
+            logger = structlog.get_logger().bind()
+            with log.batched():
+                logger.info("first", n=1)
+                logger.info("second", n=2)
+                with pytest.raises(BlockingIOError):
+                    os.read(read_end, 4096)
+            lines = os.read(read_end, 4096).decode().splitlines()
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+            log.configure("json")
+        assert [json.loads(line)["event"] for line in lines] == ["first", "second"]
