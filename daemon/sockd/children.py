@@ -136,13 +136,13 @@ class Children:
 
 def closed_fields(raw: RawExit) -> dict[str, object]:
     """Return the fields of the `connection_closed` event for a reaped child."""
-    from sockd.listeners import describe  # noqa: PLC0415 (the daemon's side only)
+    from sockd.listeners import client_label  # noqa: PLC0415 (the daemon's side only)
 
     pid, service, client, status, duration, cpu_user, cpu_system, max_rss_kib = raw
     code = os.waitstatus_to_exitcode(status)
     return {
         "service": service,
-        "client": client if isinstance(client, str) else describe(client),
+        "client": client_label(client),
         "pid": pid,
         "exit_code": code if code >= 0 else None,
         "signal": signal_name(-code) if code < 0 else None,

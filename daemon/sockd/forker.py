@@ -150,8 +150,7 @@ class Forker:
         self.report("info" if code == 0 else "warning", "worker_exited", fields)
 
     def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
-        client = fields["client"]
-        text = client if isinstance(client, str) else listeners.describe(client)
+        text = listeners.client_label(fields["client"])
         self.report("info", "program_stderr", {**fields, "client": text, "line": line})
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -210,7 +209,7 @@ class Forker:
             self._advance_stop()
         now = time.monotonic()
         for pid, service, client, action in self.shared.children.enforce_deadlines(now, KILL_GRACE):
-            text = client if isinstance(client, str) else listeners.describe(client)
+            text = listeners.client_label(client)
             fields = {"service": service, "client": text, "pid": pid, "action": action}
             self.report("warning", "max_duration_exceeded", fields)
         for summary in self.shared.denials.due(now):

@@ -7,9 +7,11 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 from sockd.errors import ConfigError, OSFailure, PermissionFailure
 
+_PEERCRED = struct.Struct("3i")
 TYPE_CHECKING = False  # typing is not imported at run time: the forker stays small
 if TYPE_CHECKING:
     from collections.abc import MutableMapping, Sequence
@@ -281,3 +283,19 @@ def describe(sockname: object) -> str:
         host, port = sockname[0], sockname[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"unix:{sockname}"
+
+
+def client_label(client: object) -> str:
+    """Write a client as recorded: an address is described, a UNIX peer's text kept."""
+    return client if isinstance(client, str) else describe(client)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """Return the pid, uid and gid of a UNIX socket's peer (SO_PEERCRED).
+
+    Raises:
+        OSError: the socket has no such peer.
+    """
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(creds)
+    return pid, uid, gid

@@ -20,7 +20,7 @@ from sockd import ipc
 from sockd import log as sockd_log
 from sockd.children import closed_fields
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
-from sockd.listeners import describe
+from sockd.listeners import client_label
 from sockd.notify import status_text
 
 if TYPE_CHECKING:
@@ -229,11 +229,10 @@ class MainLoop:
         info = self.connection_log.info
         with sockd_log.batched():
             for pid, service, client, code, duration in records:
-                text = client if isinstance(client, str) else describe(client)
                 info(
                     "connection_closed",
                     service=service,
-                    client=text,
+                    client=client_label(client),
                     pid=pid,
                     exit_code=code,
                     signal=None,

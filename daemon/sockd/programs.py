@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
-import struct
+
+from sockd.listeners import peer_credentials
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Iterable
     from typing import Any
 
@@ -32,7 +33,6 @@ DEFAULT_SIGNALS = tuple(
 MAX_LINE = 2000  # longer stderr lines are cut into pieces of this many bytes
 MAX_LINES = 1000  # lines a program may log; the rest are counted
 DRAIN_READS = 16  # reads of a reaped program's stderr before its exit is logged
-_PEERCRED = struct.Struct("3i")
 _EXEC_FAILED = 127  # like a shell, for a program that could not be executed
 
 
@@ -69,8 +69,7 @@ def connection_environment(
         environ[b"TCPLOCALIP"] = local[0].encode()
         environ[b"TCPLOCALPORT"] = b"%d" % local[1]
     else:
-        creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        pid, uid, gid = _PEERCRED.unpack(creds)
+        pid, uid, gid = peer_credentials(request)
         environ[b"PROTO"] = b"UNIX"
         environ[b"UNIXREMOTEPID"] = b"%d" % pid
         environ[b"UNIXREMOTEEUID"] = b"%d" % uid

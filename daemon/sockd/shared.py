@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import struct
 
 from sockd import listeners
 from sockd.access import AccessRules, Admission, Denials
@@ -152,8 +150,7 @@ def client_text(request: Any, client_address: Any) -> str:
     if isinstance(client_address, tuple):
         return listeners.describe(client_address)
     try:
-        creds = request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = listeners.peer_credentials(request)
     except OSError:
         return "unix"
-    pid, uid, _ = struct.unpack("3i", creds)
     return f"unix:uid={uid},pid={pid}"
