@@ -177,6 +177,15 @@ class Sockd:
         return children_of(self.forker())
 
 
+def alive(pid: int) -> bool:
+    """Tell whether process `pid` exists (a zombie counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def children_of(parent: int) -> list[tuple[int, str]]:
     """Return (pid, state) of the children of `parent`, from /proc."""
     found = []

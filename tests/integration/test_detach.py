@@ -10,15 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import exchange, wait_until
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from harness import alive, exchange, wait_until
 
 
 def read_pid(pidfile: Path) -> str:

@@ -10,6 +10,7 @@ import socket
 from typing import TYPE_CHECKING
 
 import pytest
+from harness import alive
 
 from sockd.config import ServiceConfig, service_record
 from sockd.listeners import Endpoint
@@ -34,14 +35,6 @@ def server() -> Iterator[ServiceServer]:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     served.server_close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class TestPools:
