@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 
+from sockd.errors import exception_fields
 from sockd.programs import become
 from sockd.server import HANDLED_SIGNALS, TRANSIENT_ACCEPT_ERRORS, ServiceServer
 from sockd.shared import client_text
@@ -61,6 +62,9 @@ def start_worker(servers: list[ServiceServer]) -> int:
     status = 1
     try:
         status = _Worker(servers).run()
+    except Exception as exc:  # noqa: BLE001 (a bug: report it as data; the forker replaces us)
+        fields = {"service": servers[0].service.name, "exception": exception_fields(exc)}
+        servers[0].shared.report("critical", "worker_crashed", fields)
     finally:
         os._exit(status)
 
@@ -107,6 +111,8 @@ class _Worker:
                 # Under load a connection is waiting already: accept first, wait if none.
                 accepted = False
                 for sock, server in sockets:
+                    if self.stopping or (limit is not None and served >= limit):
+                        break
                     try:
                         fd, client_address = sock._accept()  # type: ignore[attr-defined]  # noqa: SLF001
                     except BlockingIOError:
