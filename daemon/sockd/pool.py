@@ -83,27 +83,8 @@ class _Worker:
         self.denied = 0
 
     def run(self) -> int:
-        shared = self.shared
-        # The forker's descriptors close next: keep our listeners under new numbers.
-        listeners = [(os.dup(server.fileno()), server) for server in self.servers]
-        for signum in HANDLED_SIGNALS:
-            _signal.signal(signum, int(signal.SIG_DFL))
-        shared.close_in_child()
-        # Our own wake-up pipe: a SIGTERM that comes just before epoll_wait() still wakes it.
-        wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        _signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGALRM, self._on_alarm)
-        _signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        if shared.child_identity is not None:
-            become(shared.child_identity)
-        poller = select.epoll()
-        sockets = []
-        for fd, server in listeners:
-            poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            family = server.socket.family
-            sockets.append((socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd), server))
-        poller.register(wakeup_read, select.EPOLLIN)
+        """Serve until told to stop, or until max_connections_per_child; return the status."""
+        sockets, poller, wakeup = self._set_up()
         limit = self.service.record["max_connections_per_child"]
         served = 0
         try:
@@ -125,12 +106,37 @@ class _Worker:
                     request = socket.socket(sock.family, socket.SOCK_STREAM, 0, fileno=fd)
                     self._serve(server, request, client_address)
                 if not accepted:
-                    self._wait(poller, wakeup_read)
+                    self._wait(poller, wakeup)
         except _Stop:  # a second SIGTERM, between connections
             pass
         finally:
             self._flush()
         return 0
+
+    def _set_up(self) -> tuple[list[tuple[socket.socket, ServiceServer]], select.epoll, int]:
+        """Become a worker: signals, descriptors, identity; return listeners, epoll, wake-up."""
+        shared = self.shared
+        # The forker's descriptors close next: keep our listeners under new numbers.
+        listeners = [(os.dup(server.fileno()), server) for server in self.servers]
+        for signum in HANDLED_SIGNALS:
+            _signal.signal(signum, int(signal.SIG_DFL))
+        shared.close_in_child()
+        # Our own wake-up pipe: a SIGTERM that comes just before epoll_wait() still wakes it.
+        wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        _signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        _signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        if shared.child_identity is not None:
+            become(shared.child_identity)
+        poller = select.epoll()
+        sockets = []
+        for fd, server in listeners:
+            poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            family = server.socket.family
+            sockets.append((socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd), server))
+        poller.register(wakeup_read, select.EPOLLIN)
+        return sockets, poller, wakeup_read
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno not in TRANSIENT_ACCEPT_ERRORS:
