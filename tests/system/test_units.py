@@ -401,3 +401,19 @@ def test_handlers_run_unprivileged_in_a_read_only_system(machine: Container) -> 
     }
     # PrivateTmp=yes: the handler's /tmp is not the system's.
     assert machine.run("test", "-e", "/tmp/probe", check=False).returncode != 0
+
+
+def test_programs_and_pooled_workers_run_under_the_hardened_unit(machine: Container) -> None:
+    """An exec'd program (posix_spawn) and a pooled service both work inside the sandbox."""
+    program = 'name = "head"\nexec = ["/usr/bin/head", "-n1"]\nlisten = ["127.0.0.1:8010"]'
+    pooled = 'name = "pool"\nhandler = "echo"\nlisten = ["127.0.0.1:8011"]\nworkers = 2'
+    machine.write(CONFIG, config(ECHO, program, pooled))
+    machine.run("systemctl", "start", "sockd.service")
+    assert echo(machine, b"first\nsecond\n", port=8010) == b"first\n"
+    assert echo(machine, b"pooled\n", port=8011) == b"pooled\n"
+    closed = wait_events(machine, "connection_closed", count=2)
+    by_service = {event["service"]: event for event in closed}
+    assert by_service["head"]["exit_code"] == 0
+    assert by_service["pool"]["worker"] is True
+    machine.run("systemctl", "stop", "sockd.service")
+    assert machine.show("sockd.service", "Result") == "success"
