@@ -24,4 +24,4 @@ bench: setup
 	.venv/bin/python bench/run.py
 
 clean:
-	rm -rf .venv build dist *.egg-info daemon/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv build dist bench/build *.egg-info daemon/*.egg-info .pytest_cache .mypy_cache .ruff_cache
