@@ -20,7 +20,9 @@ class AccessRules:
     """A service's `allow` and `deny` networks: deny wins; an empty allow admits everyone.
 
     Rules apply to TCP clients; who may connect to a UNIX socket is decided by
-    the socket file's mode (`unix_mode`).
+    the socket file's mode (`unix_mode`). Networks are kept as masked integers,
+    matched without the ipaddress module (half a megabyte the forker, and so
+    every fork, would carry).
     """
 
     __slots__ = ("allow", "deny")
@@ -28,38 +30,61 @@ class AccessRules:
     def __init__(
         self, allow: Iterable[str | IPNetwork] = (), deny: Iterable[str | IPNetwork] = ()
     ) -> None:
-        """Take networks, or their text (`10.0.0.0/8`, `::1`)."""
-        self.allow = _networks(allow)
-        self.deny = _networks(deny)
+        """Take networks, or their text (`10.0.0.0/8`, `::1`), as the config validated them."""
+        self.allow = tuple(_network(str(network)) for network in allow)
+        self.deny = tuple(_network(str(network)) for network in deny)
 
     def refusal(self, client_address: object) -> str | None:
         """Return why `client_address` is refused, or None to admit it."""
         if not isinstance(client_address, tuple) or not (self.allow or self.deny):
             return None
-        import ipaddress  # noqa: PLC0415 (imported by the rules that need it)
-
-        address = ipaddress.ip_address(client_address[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        for network in self.deny:
-            if address in network:
-                return f"deny {network}"
-        if self.allow and not any(address in network for network in self.allow):
+        family, address = _address(client_address[0])
+        for rule in self.deny:
+            if _inside(family, address, rule):
+                return f"deny {rule[3]}"
+        if self.allow and not any(_inside(family, address, rule) for rule in self.allow):
             return "not in allow"
         return None
 
 
+# A network: family (4 or 6), its address as an integer, prefix length, its text.
+Network = tuple[int, int, int, str]
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
-def _networks(networks: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
-    """Parse networks; ipaddress is imported only when there are some (the forker stays small)."""
-    networks = tuple(networks)
-    if not networks:
-        return ()
-    import ipaddress  # noqa: PLC0415
+def _network(text: str) -> Network:
+    """Parse `ADDRESS[/PREFIX]` (the config has checked it)."""
+    host, _, prefix = text.partition("/")
+    family, address = _address(host)
+    bits = 32 if family == 4 else 128
+    length = int(prefix) if prefix else bits
+    network = _masked_int(address, bits, length)
+    af = _AF_INET if family == 4 else _AF_INET6
+    return (
+        family,
+        network,
+        length,
+        f"{_inet_ntop(af, network.to_bytes(bits // 8, 'big'))}/{length}",
+    )
 
-    return tuple(ipaddress.ip_network(network, strict=False) for network in networks)
+
+def _address(host: str) -> tuple[int, int]:
+    """Return (4 or 6, the address as an integer); ::ffff:a.b.c.d is IPv4."""
+    if ":" not in host:
+        return 4, int.from_bytes(_inet_pton(_AF_INET, host), "big")
+    packed = _inet_pton(_AF_INET6, host)
+    if packed[:12] == _V4_MAPPED:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")
+
+
+def _inside(family: int, address: int, network: Network) -> bool:
+    bits = 32 if family == 4 else 128
+    return family == network[0] and _masked_int(address, bits, network[2]) == network[1]
+
+
+def _masked_int(value: int, bits: int, prefix: int) -> int:
+    return value >> (bits - prefix) << (bits - prefix)
 
 
 def source_key(client_address: object, prefix_v4: int, prefix_v6: int) -> tuple[int, int] | None:
@@ -70,13 +95,10 @@ def source_key(client_address: object, prefix_v4: int, prefix_v6: int) -> tuple[
     """
     if not isinstance(client_address, tuple):
         return None
-    host = client_address[0]
-    if ":" not in host:
-        return (4, _masked(_inet_pton(_AF_INET, host), 32, prefix_v4))
-    packed = _inet_pton(_AF_INET6, host)
-    if packed[:12] == _V4_MAPPED:
-        return (4, _masked(packed[12:], 32, prefix_v4))
-    return (6, _masked(packed, 128, prefix_v6))
+    family, address = _address(client_address[0])
+    if family == 4:
+        return (4, _masked_int(address, 32, prefix_v4))
+    return (6, _masked_int(address, 128, prefix_v6))
 
 
 def source_text(key: tuple[int, int], prefix_v4: int, prefix_v6: int) -> str:
@@ -85,10 +107,6 @@ def source_text(key: tuple[int, int], prefix_v4: int, prefix_v6: int) -> str:
     bits, prefix, af = (32, prefix_v4, _AF_INET) if family == 4 else (128, prefix_v6, _AF_INET6)
     text = _inet_ntop(af, value.to_bytes(bits // 8, "big"))
     return text if prefix == bits else f"{text}/{prefix}"
-
-
-def _masked(packed: bytes, bits: int, prefix: int) -> int:
-    return int.from_bytes(packed, "big") >> (bits - prefix) << (bits - prefix)
 
 
 class Bucket:
