@@ -52,6 +52,7 @@ MAX_ACCEPT_BURST = 16  # connections accepted per listener per turn, at most
 ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
 IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due
 REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits for it
+REAP_INTERVAL = 0.01  # under load, exits are reaped at most this often (unless a cap waits)
 STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= is 1/s)
 EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
 EXITS_PER_RECORD = 16  # each encodes to under 200 bytes: a record stays under PIPE_BUF
@@ -93,6 +94,7 @@ class Forker:
         self.batch_due = 0.0
         self.heartbeat_due = 0.0
         self.prune_due = 0.0
+        self.reap_due = 0.0
         self.child_closes: list[int] = []  # descriptors a child closes first
         self.stderr = StderrWatch(self.poller, self._stderr_line)
         self.pools = Pools(servers, self.report)
@@ -194,7 +196,11 @@ class Forker:
             if self.pending.pop() == signal.SIGTERM:
                 self.stop(self.stop_timeout)
         children = len(self.shared.children)
-        if children:
+        now = time.monotonic()
+        # wait4(-1) looks at every child in the kernel (10 us each call with 1,000 of
+        # them): under load, reap the exits of several connections at a time.
+        if children and (self.watching_exits or not ready or now >= self.reap_due):
+            self.reap_due = now + REAP_INTERVAL
             # Every server's hook reaps the children of all (one registry): call one.
             if ready:
                 self.servers[0].service_actions()
