@@ -1,0 +1,408 @@
+"""The forker's loop: accept below the caps, fork or spawn, reap, report, obey the daemon.
+
+Started by `sockd.forker`, which also describes the records it exchanges with
+the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import select
+import signal
+import time
+
+from sockd import ipc, listeners
+from sockd.children import signal_name
+from sockd.pool import Pools
+from sockd.programs import StderrWatch
+from sockd.server import HANDLED_SIGNALS, ServiceServer
+from sockd.shared import Service, Shared
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any
+
+    from sockd.children import RawExit
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (at stop, and past max_duration)
+MAX_ACCEPT_BURST = 16  # connections accepted per listener per turn, at most
+ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
+IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due
+REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits for it
+REAP_INTERVAL = 0.01  # under load, exits are reaped at most this often (unless a cap waits)
+STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= is 1/s)
+EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
+EXITS_PER_RECORD = 16  # each encodes to under 200 bytes: a record stays under PIPE_BUF
+HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
+PRUNE_INTERVAL = 10.0  # refilled per-source rate buckets are dropped this often
+
+
+class Forker:
+    """The forker's loop: accept below the caps, fork, reap, report; obey the daemon."""
+
+    def __init__(  # noqa: PLR0917 (built in one place, from the set-up record)
+        self,
+        servers: list[ServiceServer],
+        shared: Shared,
+        control: ipc.Reader,
+        events: int,
+        max_children: int,
+        stop_timeout: float,
+    ) -> None:
+        """Serve `servers`; obey commands from `control`, write events to `events`."""
+        self.servers = servers
+        self.shared = shared
+        self.control = control
+        self.events = events
+        self.pid = os.getpid()
+        self.max_children = max_children
+        self.stop_timeout = stop_timeout  # for a SIGTERM sent to the forker itself
+        self.poller = select.epoll()
+        self.pending: list[int] = []
+        self.listening: dict[int, ServiceServer] = {}
+        self.bursts: dict[ServiceServer, int] = {}
+        self.watching_exits = False
+        self.paused_until = 0.0
+        self.stop_phase: str | None = None  # None, "wait", "term", "kill"
+        self.phase_deadline = 0.0
+        self.last_status: tuple[int, ...] = ()
+        self.status_due = 0.0
+        self.batch: list[RawExit] = []  # exits not yet sent
+        self.batch_due = 0.0
+        self.heartbeat_due = 0.0
+        self.prune_due = 0.0
+        self.reap_due = 0.0
+        self.child_closes: list[int] = []  # descriptors a child closes first
+        self.stderr = StderrWatch(self.poller, self._stderr_line)
+        self.pools = Pools(servers, self.report)
+        self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        shared.report = self.report
+        shared.closed = self.closed
+        shared.close_in_child = self._close_in_child
+        shared.watch_stderr = self.stderr.watch
+        shared.drain_stderr = self.stderr.drain
+        shared.emit = self._emit
+        shared.workers = self.pools.workers
+        shared.worker_exited = self._worker_exited
+
+    def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        """Send a log event to the daemon (from the forker or one of its children)."""
+        if os.getpid() == self.pid:
+            self._flush()  # keep events in order
+        with contextlib.suppress(BrokenPipeError):
+            ipc.send(self.events, ("log", level, event, fields))
+
+    def closed(self, raw: RawExit) -> None:
+        """Queue a reaped child's exit for the daemon, which decodes and logs it.
+
+        Exits go in batches, encoded and written once per batch (one write(2)
+        of at most PIPE_BUF, so atomic): less memory touched per connection,
+        and the daemon wakes up once per batch.
+        """
+        if not self.batch:
+            self.batch_due = time.monotonic() + EVENTS_DELAY
+        self.batch.append(raw)
+        if len(self.batch) >= EXITS_PER_RECORD:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.batch:
+            with contextlib.suppress(BrokenPipeError):
+                ipc.send(self.events, ("closed", self.batch))
+            self.batch = []
+            self.batch_due = 0.0
+
+    def _emit(self, record: Any) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            ipc.send(self.events, record)
+
+    def _worker_exited(self, raw: RawExit) -> None:
+        pid, _, _, status, duration = raw[:5]
+        code = os.waitstatus_to_exitcode(status)
+        fields = self.pools.exited(pid, code != 0, replace=self.stop_phase is None)
+        fields |= {
+            "pid": pid,
+            "exit_code": code if code >= 0 else None,
+            "signal": signal_name(-code) if code < 0 else None,
+            "duration": round(duration, 3),
+        }
+        self.report("info" if code == 0 else "warning", "worker_exited", fields)
+
+    def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
+        text = listeners.client_label(fields["client"])
+        self.report("info", "program_stderr", {**fields, "client": text, "line": line})
+
+    def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.pending.append(signum)  # NO LOGGING: the loop acts on it
+
+    def run(self) -> None:
+        """Serve until told to stop and every child has ended."""
+        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            if signum != signal.SIGCHLD:  # see _watch_exits
+                signal.signal(signum, self._record_signal)
+        self.poller.register(self._wakeup_read, select.EPOLLIN)
+        self.poller.register(self.control.fd, select.EPOLLIN)
+        self.child_closes = [server.fileno() for server in self.servers]
+        self.child_closes += [self.poller.fileno(), self._wakeup_read, self._wakeup_write]
+        self.child_closes.append(self.control.fd)
+        self._update_accepting()
+        self._obey()  # commands that came with the set-up record (an early stop)
+        # Everything loaded so far lives as long as the forker: keep the
+        # collector's hands off it, so no child copies those pages to scan them.
+        gc.freeze()
+        if self.stop_phase is None:  # not stopped before it began
+            self.pools.fill()
+        ipc.send(self.events, ("ready",))
+        while self.stop_phase is None or len(self.shared.children):
+            self._turn()
+        self._flush()
+        self._close()
+
+    # The loop is written for the fewest memory pages touched per connection:
+    # between two forks, every page the forker writes (a reference count is
+    # enough) is copied for it while a child still shares it. Hence raw epoll,
+    # no exceptions on the common path, and no SIGCHLD wake-up per child
+    # unless a cap or a stop is waiting for exits (see _watch_exits).
+    def _turn(self) -> None:
+        timeout = self._next_deadline() - time.monotonic()
+        ready = self.poller.poll(max(0.0, timeout))
+        for fd, _ in ready:
+            self._dispatch(fd)
+        while self.pending:
+            if self.pending.pop() == signal.SIGTERM:
+                self.stop(self.stop_timeout)
+        children = len(self.shared.children)
+        now = time.monotonic()
+        # wait4(-1) looks at every child in the kernel (10 us each call with 1,000 of
+        # them): under load, reap the exits of several connections at a time.
+        if children and (self.watching_exits or not ready or now >= self.reap_due):
+            self.reap_due = now + REAP_INTERVAL
+            # Every server's hook reaps the children of all (one registry): call one.
+            if ready:
+                self.servers[0].service_actions()
+            else:
+                self.servers[0].handle_timeout()
+            if len(self.shared.children) != children:
+                self._update_accepting()
+        self._timed_duties()
+
+    def _timed_duties(self) -> None:
+        if self.stop_phase:
+            self._advance_stop()
+        now = time.monotonic()
+        for pid, service, client, action in self.shared.children.enforce_deadlines(now, KILL_GRACE):
+            text = listeners.client_label(client)
+            fields = {"service": service, "client": text, "pid": pid, "action": action}
+            self.report("warning", "max_duration_exceeded", fields)
+        for summary in self.shared.denials.due(now):
+            self.report("info", "connections_denied", summary)
+        if self.stop_phase is None:
+            self.pools.replace_due(now)
+        if now >= self.prune_due:  # per-source buckets of sources gone quiet
+            self.prune_due = now + PRUNE_INTERVAL
+            for admission in self.shared.admissions.values():
+                admission.forget_full(now)
+        if self.paused_until and now >= self.paused_until:
+            self.paused_until = 0.0
+            self._update_accepting()
+        self._send_status()
+        if self.batch_due and now >= self.batch_due:
+            self._flush()
+        if now >= self.heartbeat_due:
+            self.heartbeat_due = now + HEARTBEAT
+            ipc.send(self.events, ("alive",))
+
+    def _dispatch(self, fd: int) -> None:
+        server = self.listening.get(fd)
+        if server is not None:
+            self._accept(server)
+        elif fd == self._wakeup_read:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wakeup_read, 4096)
+        elif fd == self.control.fd:
+            self._obey()
+        elif fd in self.stderr.pipes:
+            self.stderr.read(fd)
+
+    def _send_status(self) -> None:
+        active = len(self.shared.children) - len(self.pools.workers)
+        status = (active, *self.shared.stats.as_tuple())
+        if status == self.last_status:
+            self.status_due = 0.0
+        elif not self.status_due:
+            self.status_due = time.monotonic() + STATUS_INTERVAL
+        elif time.monotonic() >= self.status_due:
+            self.last_status = status
+            self.status_due = 0.0
+            self._flush()
+            ipc.send(self.events, ("status", *status))
+
+    def _obey(self) -> None:
+        for record in self.control.read():
+            command = record[0]
+            if command == "reload":
+                self._reload(record[1], record[2], record[3])  # type: ignore[arg-type]
+            elif command == "stop":
+                self.stop(float(record[1]))  # type: ignore[arg-type]
+            elif command == "quit":
+                self.quit()
+        if self.control.eof:
+            self.poller.unregister(self.control.fd)
+            self.quit()  # the daemon is gone: nobody would log or supervise us
+
+    def _reload(
+        self, records: list[dict[str, Any]], max_children: int, stop_timeout: float
+    ) -> None:
+        try:
+            assign_identity(records, self.shared.child_identity)
+            services = {record["name"]: Service(record) for record in records}
+        except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
+            ipc.send(self.events, ("reload_failed", f"{type(exc).__name__}: {exc}"))
+            return
+        for server in self.servers:
+            server.apply(services[server.service.name])
+        for name in self.pools.services:  # new workers take over; the old ones finish and leave
+            self.pools.retire(name)
+            self.pools.fill(name)
+        self.max_children = max_children
+        self.stop_timeout = stop_timeout
+        self._update_accepting()
+        ipc.send(self.events, ("reloaded",))
+
+    def _accept(self, server: ServiceServer) -> None:
+        # Accept one per turn while connections come one at a time (trying a
+        # second would end in BlockingIOError, an exception per connection);
+        # while several are served at once and the backlog keeps up, double the
+        # batch, so a burst costs fewer turns.
+        burst = self.bursts.get(server, 1)
+        budget = min(burst, self._room(server))
+        try:
+            taken = server.accept_ready(budget)
+        except OSError as exc:
+            self.report(
+                "error", "accept_failed", {"service": server.service.name, "error": exc.strerror}
+            )
+            self.paused_until = time.monotonic() + ACCEPT_PAUSE
+            self._update_accepting()  # level-triggered: stop polling, or it fires at once
+            return
+        busy = taken == budget and len(self.shared.children) > 1
+        self.bursts[server] = min(burst * 2, MAX_ACCEPT_BURST) if busy else 1
+        if taken and not self._room(server):
+            self._update_accepting()  # a cap reached: stop polling this listener
+
+    def _room(self, server: ServiceServer) -> int:
+        children = self.shared.children
+        room = self.max_children - len(children)
+        if server.service.max_children is not None:
+            room = min(room, server.service.max_children - children.count(server.service.name))
+        return max(0, room)
+
+    def _update_accepting(self) -> None:
+        """Poll exactly the listeners that may accept now (below every cap)."""
+        for server in self.servers:
+            if server.service.record["workers"]:
+                continue  # its workers accept
+            wanted = not self.stop_phase and not self.paused_until and self._room(server) > 0
+            fd = server.socket.fileno()
+            if wanted and fd not in self.listening:
+                self.poller.register(fd, select.EPOLLIN)
+                self.listening[fd] = server
+            elif not wanted and fd in self.listening:
+                self.poller.unregister(fd)
+                del self.listening[fd]
+        self._watch_exits(bool(self.stop_phase) or len(self.listening) < len(self.servers))
+
+    def _watch_exits(self, watch: bool) -> None:
+        """Be woken by SIGCHLD only while a cap or a stop waits for children to exit.
+
+        Otherwise exits are reaped on the next turn: at the latest after
+        REAP_POLL, sooner when a connection arrives.
+        """
+        if watch != self.watching_exits:
+            self.watching_exits = watch
+            signal.signal(signal.SIGCHLD, self._record_signal if watch else signal.SIG_DFL)
+
+    def stop(self, stop_timeout: float) -> None:
+        """Stop accepting; wait up to `stop_timeout` for children, then SIGTERM, then SIGKILL."""
+        if self.stop_phase is not None:
+            return
+        self.stop_phase = "wait"
+        self.phase_deadline = time.monotonic() + stop_timeout
+        self._stop_accepting()
+        self.pools.retire()  # each finishes its connection, then exits
+
+    def quit(self) -> None:
+        """Stop now: kill every child."""
+        if self.stop_phase is None:
+            self._stop_accepting()
+        self.stop_phase = "kill"
+        self.shared.children.signal_all(signal.SIGKILL)
+
+    def _stop_accepting(self) -> None:
+        self._update_accepting()
+        for server in self.servers:
+            server.server_close()
+
+    def _advance_stop(self) -> None:
+        if self.stop_phase not in ("wait", "term") or time.monotonic() < self.phase_deadline:
+            return
+        action = "SIGTERM" if self.stop_phase == "wait" else "SIGKILL"
+        self.report(
+            "warning", "stop_timeout", {"children": len(self.shared.children), "action": action}
+        )
+        if self.stop_phase == "wait":
+            self.shared.children.signal_all(signal.SIGTERM)
+            self.stop_phase = "term"
+            self.phase_deadline = time.monotonic() + KILL_GRACE
+        else:
+            self.shared.children.signal_all(signal.SIGKILL)
+            self.stop_phase = "kill"
+
+    def _next_deadline(self) -> float:
+        # Exits of workers wake us (SIGCHLD is watched while a pool runs); other exits
+        # are reaped on the next turn, at the latest after REAP_POLL.
+        per_connection = len(self.shared.children) - len(self.pools.workers)
+        deadline = time.monotonic() + (REAP_POLL if per_connection else IDLE_WAKEUP)
+        if self.stop_phase in ("wait", "term"):
+            deadline = min(deadline, self.phase_deadline)
+        if self.paused_until:
+            deadline = min(deadline, self.paused_until)
+        if self.status_due:
+            deadline = min(deadline, self.status_due)
+        if self.batch_due:
+            deadline = min(deadline, self.batch_due)
+        overdue = self.shared.children.next_deadline()
+        if overdue is not None:
+            deadline = min(deadline, overdue)
+        if self.shared.denials.window_end:
+            deadline = min(deadline, self.shared.denials.window_end)
+        respawn = self.pools.next_due()
+        if respawn is not None:
+            deadline = min(deadline, respawn)
+        return min(deadline, self.heartbeat_due)
+
+    def _close_in_child(self) -> None:
+        # Raw descriptors: closing the socket and epoll objects would write to
+        # pages the child shares with us, and each costs the child a copy.
+        # (So `self.server.socket` in a handler is a closed descriptor.)
+        for fd in self.child_closes:
+            os.close(fd)
+        for fd in self.stderr.pipes:
+            os.close(fd)
+
+    def _close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for server in self.servers:
+            server.server_close()
+        self.poller.close()
+
+
+def assign_identity(records: list[dict[str, Any]], child_identity: list[Any] | None) -> None:
+    """Programs without a `user` of their own run as the children do."""
+    for record in records:
+        if record["program"] and not record["identity"]:
+            record["identity"] = child_identity
