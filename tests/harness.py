@@ -177,6 +177,21 @@ class Sockd:
         return children_of(self.forker())
 
 
+def run_once(
+    *args: str, env: dict[str, str] | None = None, stderr: Any = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m sockd ARGS` to its end (30 s at most); return what it said and did."""
+    return subprocess.run(
+        [sys.executable, "-m", "sockd", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+
+
 def alive(pid: int) -> bool:
     """Tell whether process `pid` exists (a zombie counts)."""
     try:

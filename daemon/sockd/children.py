@@ -139,17 +139,24 @@ def closed_fields(raw: RawExit) -> dict[str, object]:
     from sockd.listeners import client_label  # noqa: PLC0415 (the daemon's side only)
 
     pid, service, client, status, duration, cpu_user, cpu_system, max_rss_kib = raw
-    code = os.waitstatus_to_exitcode(status)
     return {
         "service": service,
         "client": client_label(client),
         "pid": pid,
-        "exit_code": code if code >= 0 else None,
-        "signal": signal_name(-code) if code < 0 else None,
+        **exit_fields(status),
         "duration": round(duration, 6),
         "cpu_user": round(cpu_user, 6),
         "cpu_system": round(cpu_system, 6),
         "max_rss_kib": max_rss_kib,
+    }
+
+
+def exit_fields(status: int) -> dict[str, object]:
+    """Decode a wait status: `exit_code`, or the `signal` (by name) that ended the process."""
+    code = os.waitstatus_to_exitcode(status)
+    return {
+        "exit_code": code if code >= 0 else None,
+        "signal": signal_name(-code) if code < 0 else None,
     }
 
 

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sockd.errors import ConfigError
 from sockd.handlers import load_handler
+from sockd.privileges import group_ids
 from sockd.tables import Table, toml_pairs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
 DEFAULT_PATH = "/etc/sockd/sockd.toml"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -338,23 +339,22 @@ def _environment(table: Table) -> tuple[tuple[str, str], ...]:
 
 
 def _user(table: Table) -> str | None:
-    user: str | None = table.get("user", str, None)
-    if user is not None:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            table.fail("user", f"no such user {user!r}")
-    return user
+    return _existing(table, "user", pwd.getpwnam)
 
 
 def _group(table: Table) -> str | None:
-    group: str | None = table.get("group", str, None)
-    if group is not None:
+    return _existing(table, "group", grp.getgrnam)
+
+
+def _existing(table: Table, key: str, lookup: Callable[[str], object]) -> str | None:
+    """Return the user or group named at `key`, which must exist on this system."""
+    name: str | None = table.get(key, str, None)
+    if name is not None:
         try:
-            grp.getgrnam(group)
+            lookup(name)
         except KeyError:
-            table.fail("group", f"no such group {group!r}")
-    return group
+            table.fail(key, f"no such {key} {name!r}")
+    return name
 
 
 def _limits(table: Table) -> Limits:
@@ -431,7 +431,7 @@ def _identity(user: str | None, group: str | None) -> list[Any] | None:
         return None
     entry = pwd.getpwnam(user)
     gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
-    return [entry.pw_uid, gid, os.getgrouplist(entry.pw_name, gid)]
+    return group_ids(entry.pw_name, entry.pw_uid, gid)
 
 
 def to_toml(config: Config) -> str:

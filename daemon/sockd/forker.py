@@ -85,11 +85,7 @@ def main() -> None:
         identity = setup["identity"]  # [daemon] user: [name, uid, gid], or None
         if identity and any(record["identity"] for record in setup["services"]):
             # Programs run as their own users: we stay root; children become the daemon user.
-            shared.child_identity = [
-                identity[1],
-                identity[2],
-                os.getgrouplist(identity[0], identity[2]),
-            ]
+            shared.child_identity = privileges.group_ids(*identity)
             identity = None
         assign_identity(setup["services"], shared.child_identity)
         servers = _servers(setup, shared)

@@ -14,7 +14,7 @@ import signal
 import time
 
 from sockd import ipc, listeners
-from sockd.children import signal_name
+from sockd.children import exit_fields
 from sockd.pool import Pools
 from sockd.programs import StderrWatch
 from sockd.server import HANDLED_SIGNALS, ServiceServer
@@ -121,15 +121,10 @@ class Forker:
 
     def _worker_exited(self, raw: RawExit) -> None:
         pid, _, _, status, duration = raw[:5]
-        code = os.waitstatus_to_exitcode(status)
-        fields = self.pools.exited(pid, code != 0, replace=self.stop_phase is None)
-        fields |= {
-            "pid": pid,
-            "exit_code": code if code >= 0 else None,
-            "signal": signal_name(-code) if code < 0 else None,
-            "duration": round(duration, 3),
-        }
-        self.report("info" if code == 0 else "warning", "worker_exited", fields)
+        failed = status != 0
+        fields = self.pools.exited(pid, failed, replace=self.stop_phase is None)
+        fields |= {"pid": pid, **exit_fields(status), "duration": round(duration, 3)}
+        self.report("warning" if failed else "info", "worker_exited", fields)
 
     def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
         text = listeners.client_label(fields["client"])

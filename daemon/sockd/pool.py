@@ -24,7 +24,7 @@ import socket
 import time
 
 from sockd.errors import exception_fields
-from sockd.programs import become
+from sockd.privileges import become_ids
 from sockd.server import HANDLED_SIGNALS, TRANSIENT_ACCEPT_ERRORS, ServiceServer
 from sockd.shared import client_text
 
@@ -128,7 +128,7 @@ class _Worker:
         signal.signal(signal.SIGALRM, self._on_alarm)
         _signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         if shared.child_identity is not None:
-            become(shared.child_identity)
+            become_ids(shared.child_identity)
         poller = select.epoll()
         sockets = []
         for fd, server in listeners:

@@ -8,6 +8,10 @@ import pwd
 
 from sockd.errors import PermissionFailure
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 Identity = tuple[str, int, int]  # user name, uid, gid
 
 
@@ -42,13 +46,27 @@ def become(who: Identity | None) -> None:
         return
     name, uid, gid = who
     try:
-        os.initgroups(name, gid)
-        os.setgid(gid)
-        os.setuid(uid)
+        become_ids(group_ids(name, uid, gid))
     except PermissionError as exc:
         raise PermissionFailure(
             f"daemon.user/group: cannot become {name}: {exc.strerror}"
         ) from None
+
+
+def group_ids(name: str, uid: int, gid: int) -> list[Any]:
+    """Return [uid, gid, groups] for `become_ids`, the user's groups read now (not in a child)."""
+    return [uid, gid, os.getgrouplist(name, gid)]
+
+
+def become_ids(ids: list[Any]) -> None:
+    """Take [uid, gid, groups] for good: groups, then group, then user.
+
+    No file is read, so a forked child may call it between accept and serve.
+    """
+    uid, gid, groups = ids
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
 
 
 def require_root(what: str) -> None:

@@ -14,6 +14,7 @@ import select
 import signal
 
 from sockd.listeners import peer_credentials
+from sockd.privileges import become_ids
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -169,18 +170,10 @@ class Program:
             os.dup2(connection, 1)
             os.dup2(stderr, 2)
             assert self.identity is not None  # noqa: S101 (only called with one)
-            become(self.identity)
+            become_ids(self.identity)
             os.execve(self.path, self.argv, environ)  # noqa: S606 (argv from the config)
         finally:
             os._exit(_EXEC_FAILED)
-
-
-def become(identity: list[Any]) -> None:
-    """Take `identity` ([uid, gid, groups]) for good: groups, then group, then user."""
-    uid, gid, groups = identity
-    os.setgroups(groups)
-    os.setgid(gid)
-    os.setuid(uid)
 
 
 class StderrLines:

@@ -21,7 +21,7 @@ import time
 from sockd import listeners
 from sockd.access import source_text
 from sockd.errors import OSFailure, exception_fields
-from sockd.programs import become
+from sockd.privileges import become_ids
 from sockd.shared import Service, Shared, client_text
 
 TYPE_CHECKING = False
@@ -294,7 +294,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             _sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self.shared.close_in_child()
             if self.shared.child_identity is not None:
-                become(self.shared.child_identity)
+                become_ids(self.shared.child_identity)
             if self.service.idle_timeout:
                 request.settimeout(self.service.idle_timeout)
             self.finish_request(request, client_address)

@@ -103,7 +103,7 @@ class Shared:
         self.workers: dict[int, Any] = {}
         self.worker_exited: Callable[[RawExit], None] = lambda _raw: None
         # [uid, gid, groups] a child takes when the forker stays root for programs'
-        # `user`/`group` (see `sockd.programs.become`); None: children stay as we are.
+        # `user`/`group` (see `sockd.privileges.become_ids`); None: children stay as we are.
         self.child_identity: list[Any] | None = None
 
     def _report_closed(self, raw: RawExit) -> None:

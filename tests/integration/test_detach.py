@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from harness import alive, exchange, wait_until
+from harness import alive, exchange, run_once, wait_until
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 def read_pid(pidfile: Path) -> str:
@@ -20,28 +22,23 @@ def read_pid(pidfile: Path) -> str:
         return ""
 
 
+def without_notify_socket() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+
+
 def start(tmp_path: Path, pidfile: Path, name: str = "echo") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sockd",
-            "run",
-            "--handler",
-            "echo",
-            "--listen",
-            f"unix:{tmp_path}/{name}.sock",
-            "--daemon",
-            "--pidfile",
-            str(pidfile),
-            "--log-file",
-            str(tmp_path / "sockd.log"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"},
+    return run_once(
+        "run",
+        "--handler",
+        "echo",
+        "--listen",
+        f"unix:{tmp_path}/{name}.sock",
+        "--daemon",
+        "--pidfile",
+        str(pidfile),
+        "--log-file",
+        str(tmp_path / "sockd.log"),
+        env=without_notify_socket(),
     )
 
 
@@ -97,25 +94,16 @@ class TestDetach:
             f'listen = ["unix:{tmp_path}/echo.sock"]\n'
         )
         pidfile, log = tmp_path / "sockd.pid", tmp_path / "sockd.log"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sockd",
-                "run",
-                "--config",
-                str(config),
-                "--daemon",
-                "--pidfile",
-                str(pidfile),
-                "--log-file",
-                str(log),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"},
+        result = run_once(
+            "run",
+            "--config",
+            str(config),
+            "--daemon",
+            "--pidfile",
+            str(pidfile),
+            "--log-file",
+            str(log),
+            env=without_notify_socket(),
         )
         assert result.returncode == 0, result.stderr
         pid = int(wait_until(lambda: read_pid(pidfile)))

@@ -7,13 +7,11 @@ import json
 import os
 import pwd
 import socket
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import TESTS, connect, exchange, wait_until, write_config
+from harness import TESTS, connect, exchange, run_once, wait_until, write_config
 
 from sockd.programs import MAX_LINES
 
@@ -143,13 +141,7 @@ class TestExec:
         exec_line = exec_line.replace("TMP", str(tmp_path))
         problem = problem.replace("TMP", str(tmp_path))
         config = program_config(tmp_path, exec_line)
-        result = subprocess.run(
-            [sys.executable, "-m", "sockd", "run", "--config", config, "--log-format", "json"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = run_once("run", "--config", config, "--log-format", "json")
         assert result.returncode == 78
         (line,) = result.stderr.splitlines()
         assert problem in json.loads(line)["error"]

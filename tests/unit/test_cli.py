@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tomllib
 from typing import TYPE_CHECKING
 
 import pytest
+from harness import run_once
 
 from sockd import __version__, cli
 
@@ -101,12 +100,8 @@ class TestCheck:
         stderr = tmp_path / "stderr"
         with stderr.open("w") as file:
             info = os.fstat(file.fileno())
-            result = subprocess.run(
-                [sys.executable, "-m", "sockd", "check", "--quiet", "--config", str(path)],
-                stderr=file,
-                env={"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}", "PATH": "/usr/bin:/bin"},
-                check=False,
-            )
+            journal = {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}", "PATH": "/usr/bin:/bin"}
+            result = run_once("check", "--quiet", "--config", str(path), env=journal, stderr=file)
         assert result.returncode == 78
         assert stderr.read_text().startswith(f"<3>sockd: {path}: invalid TOML")
 
@@ -116,13 +111,7 @@ class TestRunErrors:
         """`sockd run` with a broken config logs one error event and exits 78."""
         path = tmp_path / "bad.toml"
         path.write_text("[daemon]\nstop_timeout = -1\n[[service]]\nname='x'\nhandler='echo'\n")
-        result = subprocess.run(
-            [sys.executable, "-m", "sockd", "run", "--config", str(path), "--log-format", "json"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = run_once("run", "--config", str(path), "--log-format", "json")
         assert result.returncode == 78
         (line,) = result.stderr.splitlines()
         assert '"event": "startup_failed"' in line
@@ -130,28 +119,19 @@ class TestRunErrors:
 
     def test_daemon_refused_under_systemd(self, tmp_path: Path) -> None:
         """--daemon with NOTIFY_SOCKET set is refused: systemd would lose the process."""
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sockd",
-                "run",
-                "--handler",
-                "echo",
-                "--listen",
-                "127.0.0.1:0",
-                "--daemon",
-                "--pidfile",
-                str(tmp_path / "p"),
-                "--log-file",
-                str(tmp_path / "l"),
-                "--log-format",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        result = run_once(
+            "run",
+            "--handler",
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--daemon",
+            "--pidfile",
+            str(tmp_path / "p"),
+            "--log-file",
+            str(tmp_path / "l"),
+            "--log-format",
+            "json",
             env={"NOTIFY_SOCKET": str(tmp_path / "n"), "PATH": "/usr/bin:/bin"},
         )
         assert result.returncode == 64
