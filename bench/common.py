@@ -367,6 +367,33 @@ def read_port(process: subprocess.Popen[bytes], name: str, err_path: Path) -> in
     raise BenchError(f"{name} did not print its port (status {process.poll()}):\n{tail}")
 
 
+def start_reference(
+    argv: list[str], name: str, err_path: Path, cpu: int | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a reference server in its own process group, pinned to `cpu`; read its port.
+
+    What it forked at start (pre-forked workers) is pinned too.
+
+    Raises:
+        BenchError: it exited or did not print its port in time.
+
+    """
+    with err_path.open("wb") as err:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, process_group=0
+        )
+    try:
+        pin(process.pid, cpu)
+        port = read_port(process, name, err_path)
+        for pid in process_tree(process.pid):  # pre-forked workers inherited it; make sure
+            pin(pid, cpu)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return process, port
+
+
 def _wait_sockd_ready(process: subprocess.Popen[bytes], log_path: Path) -> int:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     port: int | None = None

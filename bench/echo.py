@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,10 +24,9 @@ from bench.common import (
     Server,
     Sockd,
     build_parser,
-    pin,
-    read_port,
     run,
     settings_from,
+    start_reference,
 )
 
 if TYPE_CHECKING:
@@ -62,21 +60,8 @@ class Stdlib(Server):
             BenchError: it exited or did not print its port in time.
 
         """
-        with err_path.open("wb") as err:
-            process = subprocess.Popen(
-                [sys.executable, "-c", STDLIB_SERVER],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-            )
-        try:
-            pin(process.pid, cpu)
-            port = read_port(process, "the stdlib server", err_path)
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-        return cls(process, port)
+        argv = [sys.executable, "-c", STDLIB_SERVER]
+        return cls(*start_reference(argv, "the stdlib server", err_path, cpu))
 
 
 @contextlib.contextmanager

@@ -35,11 +35,9 @@ from bench.common import (
     Server,
     Sockd,
     build_parser,
-    pin,
-    process_tree,
-    read_port,
     run,
     settings_from,
+    start_reference,
 )
 
 if TYPE_CHECKING:
@@ -112,24 +110,8 @@ class PreforkRef(Server):
             BenchError: it exited or did not print its port in time.
 
         """
-        with err_path.open("wb") as err:
-            process = subprocess.Popen(
-                [sys.executable, str(PREFORK_REF), "--host", HOST, "--workers", str(WORKERS)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                process_group=0,
-            )
-        try:
-            pin(process.pid, cpu)
-            port = read_port(process, "the prefork reference", err_path)
-            for pid in process_tree(process.pid):  # the workers inherited it; make sure
-                pin(pid, cpu)
-        except BaseException:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
-        return cls(process, port)
+        argv = [sys.executable, str(PREFORK_REF), "--host", HOST, "--workers", str(WORKERS)]
+        return cls(*start_reference(argv, "the prefork reference", err_path, cpu))
 
     def stop(self) -> None:
         """SIGTERM the group (the workers too, even if the parent died), then SIGKILL."""
