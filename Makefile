@@ -1,15 +1,18 @@
 # The quick start: `make run` serves examples/sockd.toml in the foreground;
 # `make test` sets up and runs every check (lint, types, tests, and as root the
 # system tests: the .deb built, installed and driven in a booted systemd).
-.PHONY: setup run test lint bench deb clean
+.PHONY: setup setup-tests run test lint bench deb clean
 
 setup:
 	./scripts/setup
 
+setup-tests:
+	./scripts/setup --tests
+
 run: setup
 	.venv/bin/python -m sockd run --config examples/sockd.toml
 
-lint: setup
+lint: setup-tests
 	.venv/bin/ruff check daemon tests bench examples
 	.venv/bin/ruff format --check daemon tests bench examples
 	.venv/bin/mypy
@@ -20,7 +23,7 @@ test: lint
 deb:
 	./scripts/build-deb
 
-bench: setup
+bench: setup-tests
 	.venv/bin/python bench/run.py
 
 clean:
