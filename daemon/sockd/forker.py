@@ -24,6 +24,10 @@ listening sockets, and talks to it through two pipes of `sockd.ipc` records:
 
 from __future__ import annotations
 
+from sockd import forkhooks
+
+forkhooks.import_threading()  # first: before socketserver imports threading
+# isort: split
 import contextlib
 import os
 import resource
@@ -89,6 +93,7 @@ def main() -> None:
             identity = None
         assign_identity(setup["services"], shared.child_identity)
         servers = _servers(setup, shared)
+        forkhooks.note_threads()
         privileges.become(tuple(identity) if identity else None)
     except SockdError as exc:
         ipc.send(events, ("fatal", str(exc), exc.exit_code))

@@ -13,7 +13,7 @@ import select
 import signal
 import time
 
-from sockd import ipc, listeners
+from sockd import forkhooks, ipc, listeners
 from sockd.children import exit_fields
 from sockd.pool import Pools
 from sockd.programs import StderrWatch
@@ -255,6 +255,7 @@ class Forker:
         try:
             assign_identity(records, self.shared.child_identity)
             services = {record["name"]: Service(record) for record in records}
+            forkhooks.note_threads()
         except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
             ipc.send(self.events, ("reload_failed", f"{type(exc).__name__}: {exc}"))
             return
