@@ -131,6 +131,10 @@ class Forker:
         self.report("info", "program_stderr", {**fields, "client": text, "line": line})
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:  # a child forked per connection, which inherits handlers
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)  # the default action: end, or ignore SIGCHLD
+            return
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
 
     def run(self) -> None:
@@ -142,7 +146,10 @@ class Forker:
         self.poller.register(self._wakeup_read, select.EPOLLIN)
         self.poller.register(self.control.fd, select.EPOLLIN)
         self.child_closes = [server.fileno() for server in self.servers]
-        self.child_closes += [self.poller.fileno(), self._wakeup_read, self._wakeup_write]
+        # Not the wake-up pipe's write end: a signal that reaches a child writes
+        # to it before the inherited handler runs (a closed descriptor's number
+        # could be the handler's own file by then).
+        self.child_closes += [self.poller.fileno(), self._wakeup_read]
         self.child_closes.append(self.control.fd)
         self._update_accepting()
         self._obey()  # commands that came with the set-up record (an early stop)

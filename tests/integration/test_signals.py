@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -77,6 +78,31 @@ class TestStop:
         assert timeout["action"] == "SIGTERM"
         (closed,) = daemon.events("connection_closed")
         assert closed["signal"] == "SIGTERM"
+
+    @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM])
+    def test_a_child_takes_the_default_action(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, signum: signal.Signals
+    ) -> None:
+        """A child inherits the forker's handlers; there they act as the defaults do.
+
+        SIGCHLD is ignored; SIGHUP, SIGINT and SIGTERM end the child, and the
+        forker neither reloads nor stops.
+        """
+        daemon = sockd("run", "--config", echo_config(tmp_path, handler="support_handlers:Sleep"))
+        with connect(daemon.address()) as client:
+            assert client.recv(100) == b"sleeping\n"
+            ((child, _),) = daemon.children()
+            os.kill(child, signal.SIGCHLD)
+            time.sleep(0.2)
+            assert daemon.children() == [(child, "S")]
+            os.kill(child, signum)
+            (closed,) = daemon.wait_event("connection_closed")
+        assert closed["signal"] == signum.name
+        assert daemon.process.poll() is None
+        assert not daemon.events("reloaded")
+        assert not daemon.events("stopping")
+        with connect(daemon.address()) as client:
+            assert client.recv(100) == b"sleeping\n"
 
     def test_sigquit_stops_at_once(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
         """SIGQUIT kills children and exits without waiting for stop_timeout."""
