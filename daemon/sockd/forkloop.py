@@ -75,13 +75,12 @@ class Forker:
         self.heartbeat_due = 0.0
         self.prune_due = 0.0
         self.reap_due = 0.0
-        self.child_closes: list[int] = []  # descriptors a child closes first
-        self.stderr = StderrWatch(self.poller, self._stderr_line)
+        self.own_fds: tuple[int, ...] = ()  # what a child closes, besides stderr pipes
+        self.stderr = StderrWatch(self.poller, self._stderr_line, self._update_child_fds)
         self.pools = Pools(servers, self.report)
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed
-        shared.close_in_child = self._close_in_child
         shared.watch_stderr = self.stderr.watch
         shared.drain_stderr = self.stderr.drain
         shared.emit = self._emit
@@ -145,12 +144,12 @@ class Forker:
                 signal.signal(signum, self._record_signal)
         self.poller.register(self._wakeup_read, select.EPOLLIN)
         self.poller.register(self.control.fd, select.EPOLLIN)
-        self.child_closes = [server.fileno() for server in self.servers]
         # Not the wake-up pipe's write end: a signal that reaches a child writes
         # to it before the inherited handler runs (a closed descriptor's number
         # could be the handler's own file by then).
-        self.child_closes += [self.poller.fileno(), self._wakeup_read]
-        self.child_closes.append(self.control.fd)
+        own = [server.fileno() for server in self.servers]
+        self.own_fds = (*own, self.poller.fileno(), self._wakeup_read, self.control.fd)
+        self._update_child_fds()
         self._update_accepting()
         self._obey()  # commands that came with the set-up record (an early stop)
         # Everything loaded so far lives as long as the forker: keep the
@@ -388,14 +387,10 @@ class Forker:
             deadline = min(deadline, respawn)
         return min(deadline, self.heartbeat_due)
 
-    def _close_in_child(self) -> None:
-        # Raw descriptors: closing the socket and epoll objects would write to
-        # pages the child shares with us, and each costs the child a copy.
-        # (So `self.server.socket` in a handler is a closed descriptor.)
-        for fd in self.child_closes:
-            os.close(fd)
-        for fd in self.stderr.pipes:
-            os.close(fd)
+    def _update_child_fds(self) -> None:
+        # One tuple, built when it changes: a child closes it without touching
+        # the forker's other objects (each page touched is a page copied).
+        self.shared.child_fds = self.own_fds + tuple(self.stderr.pipes)
 
     def _close(self) -> None:
         signal.set_wakeup_fd(-1)

@@ -250,12 +250,19 @@ class StderrWatch:
     """The stderr pipes of every running program, polled with the forker's other descriptors.
 
     Each line goes to `emit(fields, line)`, with `fields` naming the service,
-    the client and the program's pid.
+    the client and the program's pid; `changed()` is called when a pipe is
+    added or closed.
     """
 
-    def __init__(self, poller: select.epoll, emit: Callable[[dict[str, Any], str], None]) -> None:
+    def __init__(
+        self,
+        poller: select.epoll,
+        emit: Callable[[dict[str, Any], str], None],
+        changed: Callable[[], None],
+    ) -> None:
         self.poller = poller
         self.emit = emit
+        self.changed = changed
         self.pipes: dict[int, StderrLines] = {}  # by descriptor
         self.of_pid: dict[int, int] = {}  # pid -> its stderr descriptor, while open
 
@@ -265,11 +272,13 @@ class StderrWatch:
         self.pipes[fd] = StderrLines(fd, self.emit, fields)
         self.of_pid[pid] = fd
         self.poller.register(fd, select.EPOLLIN)
+        self.changed()
 
     def read(self, fd: int) -> None:
         """Read a pipe that polled readable; at its end it is closed (and so leaves epoll)."""
         if not self.pipes[fd].read():
             del self.pipes[fd]
+            self.changed()
 
     def drain(self, pid: int) -> None:
         """Read what a reaped program left, so that its lines come before its exit.

@@ -81,7 +81,7 @@ class Shared:
 
     `report(level, event, fields)` delivers an event to the daemon's log, and
     `closed(raw_exit)` a reaped child (the forker sends it raw, for the daemon
-    to decode); `close_in_child` closes every descriptor a child must not keep;
+    to decode); a child closes the descriptors `child_fds` first;
     `watch_stderr(fd, pid, service, client)` takes a program's stderr pipe, and
     `drain_stderr(pid)` reads what is left in it when the program is reaped.
     """
@@ -94,7 +94,7 @@ class Shared:
         self.denials = Denials()
         self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
         self.closed: Callable[[RawExit], None] = self._report_closed
-        self.close_in_child: Callable[[], None] = lambda: None
+        self.child_fds: tuple[int, ...] = ()  # the forker's own: listeners, pipes, epoll
         self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
         self.drain_stderr: Callable[[int], None] = lambda _pid: None
         # A record for the daemon, sent as it is (workers send their connections so).
@@ -105,6 +105,11 @@ class Shared:
         # [uid, gid, groups] a child takes when the forker stays root for programs'
         # `user`/`group` (see `sockd.privileges.become_ids`); None: children stay as we are.
         self.child_identity: list[Any] | None = None
+
+    def close_in_child(self) -> None:
+        """Close the forker's descriptors (`child_fds`): call it first in a child."""
+        for fd in self.child_fds:
+            os.close(fd)
 
     def _report_closed(self, raw: RawExit) -> None:
         self.report("info", "connection_closed", closed_fields(raw))
