@@ -25,7 +25,7 @@ class AccessRules:
     every fork, would carry).
     """
 
-    __slots__ = ("allow", "deny")
+    __slots__ = ("active", "allow", "deny")
 
     def __init__(
         self, allow: Iterable[str | IPNetwork] = (), deny: Iterable[str | IPNetwork] = ()
@@ -33,6 +33,7 @@ class AccessRules:
         """Take networks, or their text (`10.0.0.0/8`, `::1`), as the config validated them."""
         self.allow = tuple(_network(str(network)) for network in allow)
         self.deny = tuple(_network(str(network)) for network in deny)
+        self.active = bool(self.allow or self.deny)  # False: everyone is admitted
 
     def refusal(self, client_address: object) -> str | None:
         """Return why `client_address` is refused, or None to admit it."""
@@ -136,20 +137,32 @@ class Bucket:
 MAX_SOURCE_BUCKETS = 65536  # per service; refilled ones are dropped first
 
 
+# The limits that need counting; without them a service admits without looking.
+LIMITS = ("per_source", "per_source_rate", "rate")
+
+
 class Admission:
     """Per-source counts and rate limits of one service, kept across reloads.
 
     `limits` is the service's `limits` record (see `config.Limits`); it may
-    change on reload while the counts of open connections stay.
+    change on reload (`apply`). Without any limit (`limited` False) nothing is
+    counted: the forker then skips admission altogether.
     """
 
-    __slots__ = ("bucket", "limits", "open", "source_buckets")
+    __slots__ = ("bucket", "limited", "limits", "open", "source_buckets")
 
     def __init__(self, limits: dict[str, Any]) -> None:
-        self.limits = limits
+        self.limits: dict[str, Any] = {}
+        self.limited = False
+        self.apply(limits)
         self.open: dict[tuple[int, int], int] = {}  # source -> connections open now
         self.bucket: Bucket | None = None
         self.source_buckets: dict[tuple[int, int], Bucket] = {}
+
+    def apply(self, limits: dict[str, Any]) -> None:
+        """Take new limits (the caller recounts the connections open, see `Shared.admission`)."""
+        self.limits = limits
+        self.limited = any(limits[name] is not None for name in LIMITS)
 
     def key(self, client_address: object) -> tuple[int, int] | None:
         """Return the client's source group under the current prefixes."""

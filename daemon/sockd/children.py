@@ -42,6 +42,10 @@ class Children:
         """Return how many children serve `service` now."""
         return self._per_service.get(service, 0)
 
+    def clients(self, service: str) -> list[tuple[int, object]]:
+        """Return (pid, client) of every child serving `service` now."""
+        return [(pid, entry[1]) for pid, entry in self._running.items() if entry[0] == service]
+
     def add(
         self,
         pid: int,

@@ -219,14 +219,20 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
         May be overridden.
         """
-        reason = self.service.rules.refusal(client_address)
-        now = time.monotonic()
+        # Each call is a page or two the forker writes, and copies, per connection:
+        # a service without rules or limits calls none.
+        self._source = None
+        rules = self.service.rules
+        reason = rules.refusal(client_address) if rules.active else None
         if reason is None:
-            self._source = self.admission.key(client_address)
-            reason = self.admission.refusal(self._source, now)
+            admission = self.admission
+            if not admission.limited:
+                return True
+            self._source = admission.key(client_address)
+            reason = admission.refusal(self._source, time.monotonic())
             if reason is None:
                 return True
-        self._refuse(request, client_address, reason, now)
+        self._refuse(request, client_address, reason, time.monotonic())
         return False
 
     def _refuse(self, request: Any, client_address: Any, reason: str, now: float) -> None:

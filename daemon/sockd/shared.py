@@ -117,20 +117,24 @@ class Shared:
     def admission(self, service: Service) -> Admission:
         """Return the service's admission state, with the service's current limits.
 
-        A changed source prefix regroups the connections already open.
+        Changed limits recount the service's connections open, each in its
+        source group under the new prefixes (or not at all, without limits).
         """
         limits = service.record["limits"]
         admission = self.admissions.get(service.name)
         if admission is None:
             admission = self.admissions[service.name] = Admission(limits)
         elif admission.limits != limits:
-            admission.limits = limits
+            admission.apply(limits)
             admission.open.clear()
-            for pid, (owner, _, client) in self.sources.items():
-                if owner is admission:
+            for pid in [pid for pid, source in self.sources.items() if source[0] is admission]:
+                del self.sources[pid]
+            if admission.limited:
+                for pid, client in self.children.clients(service.name):
                     key = admission.key(client)
-                    self.sources[pid] = (admission, key, client)
-                    admission.opened(key)
+                    if key is not None and pid not in self.workers:
+                        self.sources[pid] = (admission, key, client)
+                        admission.opened(key)
         return admission
 
     def reap(self) -> int:

@@ -29,8 +29,11 @@ def rules(allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()) -> AccessRule
 
 class TestAccessRules:
     def test_empty_admits_everyone(self) -> None:
-        """No rules: every client is admitted."""
+        """No rules: every client is admitted, and the server need not ask (`active`)."""
         assert rules().refusal(("203.0.113.9", 5)) is None
+        assert not rules().active
+        assert rules(deny=("::1",)).active
+        assert rules(allow=("10.0.0.0/8",)).active
 
     def test_deny_wins_over_allow(self) -> None:
         """An address in both lists is refused, naming the deny rule."""
@@ -119,6 +122,13 @@ class TestBucket:
 
 
 class TestAdmission:
+    def test_limited_only_with_a_limit(self) -> None:
+        """Without per_source, per_source_rate or rate there is nothing to count."""
+        assert not Admission(limits()).limited
+        assert not Admission(limits(source_prefix_v4=24)).limited
+        for name in ("per_source", "per_source_rate", "rate"):
+            assert Admission(limits(**{name: 1})).limited
+
     def test_per_source_counts_open_connections(self) -> None:
         """At `per_source` open connections a source is refused until one closes."""
         admission = Admission(limits(per_source=2))
@@ -139,7 +149,7 @@ class TestAdmission:
         flood, other = admission.key(("127.0.0.2", 1)), admission.key(("127.0.0.3", 1))
         assert [admission.refusal(flood, 0.0) for _ in range(3)] == [None, None, "per_source_rate"]
         assert admission.refusal(other, 0.0) is None
-        admission.limits = limits(rate=1.0)
+        admission.apply(limits(rate=1.0))
         assert [admission.refusal(other, 5.0) for _ in range(2)] == [None, "rate"]
 
     def test_a_refused_connection_takes_no_token(self) -> None:

@@ -21,14 +21,34 @@ class TestShared:
         shared = Shared()
         admission = shared.admission(service(per_source=5))
         for pid, host in ((101, "2001:db8::1"), (102, "2001:db8::2")):
+            shared.children.add(pid, "svc", (host, 1))
             key = admission.key((host, 1))
             admission.opened(key)
             shared.sources[pid] = (admission, key, (host, 1))
+        shared.children.add(103, "other", ("2001:db8::3", 1))
         assert list(admission.open.values()) == [2]  # one /64
         assert shared.admission(service(per_source=1)) is admission
         assert list(admission.open.values()) == [2]
         shared.admission(service(per_source=1, source_prefix_v6=128))
         assert sorted(admission.open.values()) == [1, 1]  # one per address now
+        assert sorted(shared.sources) == [101, 102]
+
+    def test_without_limits_nothing_is_counted_and_a_new_limit_counts_what_is_open(self) -> None:
+        """No limit: admission is skipped; limits added by a reload count the open connections."""
+        shared = Shared()
+        admission = shared.admission(service(per_source=2))
+        assert admission.limited
+        shared.children.add(101, "svc", ("127.0.0.2", 1))
+        admission.opened(admission.key(("127.0.0.2", 1)))
+        shared.sources[101] = (admission, admission.key(("127.0.0.2", 1)), ("127.0.0.2", 1))
+        shared.admission(service())
+        assert not admission.limited
+        assert (admission.open, shared.sources) == ({}, {})
+        shared.children.add(102, "svc", ("127.0.0.2", 2))  # served while nothing was counted
+        shared.admission(service(per_source=2))
+        assert list(admission.open.values()) == [2]
+        assert admission.refusal(admission.key(("127.0.0.2", 3)), 0.0) == "per_source"
+        assert sorted(shared.sources) == [101, 102]
 
     def test_reap_releases_the_source_of_an_ended_connection(self) -> None:
         """An exit gives its source's slot back, and is reported as connection_closed."""
