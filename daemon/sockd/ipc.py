@@ -11,11 +11,10 @@ from __future__ import annotations
 import marshal
 import os
 import select
-import struct
 import time
 
 PIPE_BUF = select.PIPE_BUF
-_HEADER = struct.Struct("!I")
+_HEADER_SIZE = 4  # the length of the marshalled record, big-endian
 Record = tuple[object, ...]
 
 
@@ -23,7 +22,7 @@ def encode(record: Record) -> bytes:
     """Frame one record."""
     # Plain values only: marshal itself refuses anything else.
     data = marshal.dumps(record)  # type: ignore[arg-type]
-    return _HEADER.pack(len(data)) + data
+    return len(data).to_bytes(_HEADER_SIZE, "big") + data
 
 
 def send(fd: int, record: Record) -> None:
@@ -74,9 +73,9 @@ class Reader:
         buffer, offset = self.buffer, 0
         self.buffer = b""
         records = []
-        while len(buffer) - offset >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(buffer, offset)
-            end = offset + _HEADER.size + length
+        while len(buffer) - offset >= _HEADER_SIZE:
+            length = int.from_bytes(buffer[offset : offset + _HEADER_SIZE], "big")
+            end = offset + _HEADER_SIZE + length
             if length > MAX_RECORD:
                 msg = f"a record claims {length} bytes"
                 raise GarbledError(msg)
@@ -84,7 +83,7 @@ class Reader:
                 break
             try:
                 # Our own processes write this pipe; marshal builds no code from these types.
-                record = marshal.loads(buffer[offset + _HEADER.size : end])  # noqa: S302
+                record = marshal.loads(buffer[offset + _HEADER_SIZE : end])  # noqa: S302
             except (EOFError, ValueError, TypeError) as exc:
                 raise GarbledError(str(exc)) from None
             offset = end

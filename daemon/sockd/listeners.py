@@ -7,11 +7,10 @@ import errno
 import os
 import socket
 import stat
-import struct
+import sys
 
 from sockd.errors import ConfigError, OSFailure, PermissionFailure
 
-_PEERCRED = struct.Struct("3i")
 TYPE_CHECKING = False  # typing is not imported at run time: the forker stays small
 if TYPE_CHECKING:
     from collections.abc import MutableMapping, Sequence
@@ -296,6 +295,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     Raises:
         OSError: the socket has no such peer.
     """
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    pid, uid, gid = _PEERCRED.unpack(creds)
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # struct ucred: 3 ints
+    pid, uid, gid = (int.from_bytes(creds[at : at + 4], sys.byteorder) for at in (0, 4, 8))
     return pid, uid, gid

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 
@@ -23,6 +22,8 @@ def identity(user: str | None, group: str | None) -> Identity | None:
     """
     if user is None and group is None:
         return None
+    import grp  # noqa: PLC0415 (the daemon's only: an extension module less in each fork)
+
     entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.getuid())
     gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
     if os.geteuid() != 0:
