@@ -74,6 +74,8 @@ def main() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.environ.pop("PYTHONPATH", None)  # set only to find sockd; children inherit os.environ
+    if os.environ.get("LD_BIND_NOW") == ipc.BIND_NOW_MARK:
+        del os.environ["LD_BIND_NOW"]  # set for us only (see sockd.mainloop.spawn)
     _close_other_fds({0, 1, 2, control, events, *(int(fd) for fd in sys.argv[3:])})
     os.set_blocking(control, False)
     for fd in (control, events):

@@ -14,6 +14,9 @@ import select
 import time
 
 PIPE_BUF = select.PIPE_BUF
+# LD_BIND_NOW as the daemon sets it for the forker, which takes it out of the
+# environment its children and programs inherit.
+BIND_NOW_MARK = "sockd-forker"
 _HEADER_SIZE = 4  # the length of the marshalled record, big-endian
 Record = tuple[object, ...]
 

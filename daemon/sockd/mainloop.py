@@ -74,6 +74,9 @@ def spawn(
     passed = [control_read, events_write] + [server.fileno() for server in servers]
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environ = dict(os.environ, PYTHONPATH=package_root)
+    # The dynamic linker resolves every symbol at start-up: otherwise each child
+    # resolved again (and wrote, copying pages) what the forker never called.
+    environ.setdefault("LD_BIND_NOW", ipc.BIND_NOW_MARK)
     argv = [sys.executable, "-S", "-m", "sockd.forker", *(str(fd) for fd in passed)]
     try:
         for fd in passed:

@@ -8,6 +8,7 @@ import os
 import pwd
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,7 +18,6 @@ from sockd.programs import MAX_LINES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     from harness import Notifications, Sockd
 
@@ -26,7 +26,7 @@ REPORT_SCRIPT = """#!/bin/sh
 echo "PROTO=$PROTO TCPREMOTEIP=$TCPREMOTEIP TCPREMOTEPORT=$TCPREMOTEPORT"
 echo "TCPLOCALIP=$TCPLOCALIP TCPLOCALPORT=$TCPLOCALPORT"
 echo "REMOTE_ADDR=$REMOTE_ADDR REMOTE_PORT=$REMOTE_PORT GREETING=$GREETING"
-env | grep -E '^(NOTIFY_SOCKET|LISTEN_|WATCHDOG_)' | sed 's/^/LEAKED /'
+env | grep -E '^(NOTIFY_SOCKET|LISTEN_|WATCHDOG_|LD_BIND_NOW|PYTHONPATH)' | sed 's/^/LEAKED /'
 echo "to the log, not the client" >&2
 echo "second stderr line" >&2
 exit 3
@@ -61,7 +61,10 @@ class TestExec:
     def test_script_sees_ucspi_environment_and_stderr_goes_to_the_log(
         self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
     ) -> None:
-        """TCPREMOTEIP/PORT, TCPLOCALPORT, env; no systemd variables; stderr logged; exit code."""
+        """TCPREMOTEIP/PORT, TCPLOCALPORT, env; no systemd variables; stderr logged; exit code.
+
+        Nor what the daemon sets for its forker only (PYTHONPATH, LD_BIND_NOW).
+        """
         script = tmp_path / "report.sh"
         script.write_text(REPORT_SCRIPT)
         script.chmod(0o755)
@@ -69,6 +72,8 @@ class TestExec:
         # systemd's variables for sockd itself, a NOTIFY_SOCKET among them: none may pass.
         env = {"LISTEN_FDS": "1", "LISTEN_PID": "1", "WATCHDOG_USEC": "1000000"}
         daemon = sockd("run", "--config", config, env=env, notify=notifications)
+        forker_environ = Path(f"/proc/{daemon.forker()}/environ").read_bytes().split(b"\0")
+        assert b"LD_BIND_NOW=sockd-forker" in forker_environ
         port = daemon.port()
         with connect(daemon.address()) as client:
             client.shutdown(socket.SHUT_WR)
