@@ -11,9 +11,10 @@ import gc
 import os
 import select
 import signal
+import socket
 import time
 
-from sockd import forkhooks, ipc, listeners
+from sockd import forkhooks, ipc, listeners, typecache
 from sockd.children import exit_fields
 from sockd.pool import Pools
 from sockd.programs import StderrWatch
@@ -152,6 +153,7 @@ class Forker:
         self._update_child_fds()
         self._update_accepting()
         self._obey()  # commands that came with the set-up record (an early stop)
+        self._warm_type_cache()
         # Everything loaded so far lives as long as the forker: keep the
         # collector's hands off it, so no child copies those pages to scan them.
         gc.freeze()
@@ -267,6 +269,7 @@ class Forker:
             return
         for server in self.servers:
             server.apply(services[server.service.name])
+        self._warm_type_cache()
         for name in self.pools.services:  # new workers take over; the old ones finish and leave
             self.pools.retire(name)
             self.pools.fill(name)
@@ -386,6 +389,16 @@ class Forker:
         if respawn is not None:
             deadline = min(deadline, respawn)
         return min(deadline, self.heartbeat_due)
+
+    def _warm_type_cache(self) -> None:
+        # What a child looks up (see sockd.typecache): its server, the state
+        # they share, its service, the handler and the request's socket.
+        classes: set[type] = {socket.socket, type(self.shared)}
+        for server in self.servers:
+            classes |= {type(server), type(server.service)}
+            if server.service.handler is not None:
+                classes.add(server.service.handler)
+        typecache.warm(classes)
 
     def _update_child_fds(self) -> None:
         # One tuple, built when it changes: a child closes it without touching
