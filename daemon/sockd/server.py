@@ -72,6 +72,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         self.admission = shared.admission(service)
         self._source: Any = None  # the source group of the connection being admitted
         self._local_address: Any = None  # every connection's local address, if one
+        self._started: list[tuple[int, Any, bool]] = []  # pid, client, group: not yet recorded
         self.bound_path: str | None = None  # a UNIX socket file we created, to remove
         try:
             self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
@@ -186,9 +187,18 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
     def accept_ready(self, budget: int) -> int:
         """Accept and serve up to `budget` pending connections; return how many were taken.
 
+        The children started are recorded once the burst is over (see
+        `process_request`).
+
         Raises:
             OSError: accept(2) failed in a way that concerns the listener (EMFILE, say).
         """
+        try:
+            return self._accept_burst(budget)
+        finally:
+            self._record_started()
+
+    def _accept_burst(self, budget: int) -> int:
         for taken in range(budget):
             try:
                 request, client_address = self.get_request()
@@ -210,6 +220,13 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 self.shared.report("error", "fork_failed", fields)
                 self.shutdown_request(request)
         return budget
+
+    def _record_started(self) -> None:
+        shared, service = self.shared, self.service
+        for pid, client, group in self._started:
+            shared.children.add(pid, service.name, client, service.max_duration, group=group)
+        shared.stats.served += len(self._started)
+        self._started.clear()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit a connection, or refuse it: allow/deny, then per-source and rate limits.
@@ -256,6 +273,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection in a new process: a forked child, or the service's program.
 
+        The new child is recorded by `accept_ready`, after the burst: every page
+        the forker writes between two forks is copied again, so between forks
+        it does no more than it must.
+
         May be extended, do not override.
         """
         # The text is made later, by the daemon, except for UNIX peers (their credentials).
@@ -268,14 +289,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 request, client_address, self._local_address, self.shared.close_in_child
             )
             self.shared.watch_stderr(stderr, pid, self.service.name, client)
-        shared = self.shared
-        shared.children.add(
-            pid, self.service.name, client, self.service.max_duration, group=program is not None
-        )
-        shared.stats.served += 1
-        if self._source is not None:
+        self._started.append((pid, client, program is not None))
+        if self._source is not None:  # counted at once: the next admission depends on it
             self.admission.opened(self._source)
-            shared.sources[pid] = (self.admission, self._source, client_address)
+            self.shared.sources[pid] = (self.admission, self._source, client_address)
         self.close_request(request)
 
     def _fork(self, request: Any, client_address: Any) -> int:
