@@ -199,7 +199,7 @@ class StderrLines:
         self.empty = False  # the last read found nothing (the pipe is still open)
 
     def read(self) -> bool:
-        """Read once (polling says when there is more); False at end of file (then closed)."""
+        """Read once (polling says when there is more); False at end of file (the owner closes)."""
         try:
             data = os.read(self.fd, 65536)
         except BlockingIOError:
@@ -215,7 +215,6 @@ class StderrLines:
         self._emit_lines(final=True)
         if self.dropped:
             self.emit(self.fields, f"[sockd: {self.dropped} more lines not logged]")
-        os.close(self.fd)
         return False
 
     def _emit_lines(self, *, final: bool) -> None:
@@ -275,9 +274,15 @@ class StderrWatch:
         self.changed()
 
     def read(self, fd: int) -> None:
-        """Read a pipe that polled readable; at its end it is closed (and so leaves epoll)."""
+        """Read a pipe that polled readable; at its end it leaves epoll and is closed.
+
+        Closing alone is not enough: epoll was seen to keep reporting a closed
+        pipe (at end of file, so at every poll), which spun the forker.
+        """
         if not self.pipes[fd].read():
             del self.pipes[fd]
+            self.poller.unregister(fd)
+            os.close(fd)
             self.changed()
 
     def drain(self, pid: int) -> None:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 from typing import TYPE_CHECKING
 
 from harness import recv_all, wait_until
 
-from sockd.programs import MAX_LINE, Program, StderrLines, base_environment, connection_environment
+from sockd.programs import (
+    MAX_LINE,
+    Program,
+    StderrLines,
+    StderrWatch,
+    base_environment,
+    connection_environment,
+)
 
 if TYPE_CHECKING:
     import pytest
@@ -26,6 +34,7 @@ def lines_of(chunks: list[bytes]) -> list[str]:
         assert reader.read()
     os.close(write_end)
     assert not reader.read()
+    os.close(read_end)
     return emitted
 
 
@@ -42,6 +51,40 @@ class TestStderrLines:
     def test_invalid_utf8_is_replaced(self) -> None:
         """Bytes that are not UTF-8 do not break the log."""
         assert lines_of([b"caf\xe9\n"]) == ["caf\N{REPLACEMENT CHARACTER}"]
+
+
+class TestStderrWatch:
+    def test_a_pipe_at_its_end_leaves_epoll_though_another_process_holds_it(self) -> None:
+        """At end of file the pipe is unregistered, then closed, and epoll reports it no more.
+
+        Closing alone left it registered while a copy of the descriptor lived on
+        (as in a program just spawned, until its exec finishes), and epoll
+        reported the closed pipe at every poll.
+        """
+        poller = select.epoll()
+        lines: list[str] = []
+        changes: list[tuple[int, ...]] = []
+        watch = StderrWatch(poller, lambda _fields, line: lines.append(line), lambda: None)
+        watch.changed = lambda: changes.append(tuple(watch.pipes))
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        elsewhere = os.dup(read_end)  # the same pipe, held by someone else
+        try:
+            watch.watch(read_end, 1234, "svc", "client")
+            os.write(write_end, b"last words\n")
+            os.close(write_end)
+            for fd, _ in poller.poll(1):
+                watch.read(fd)
+            for fd, _ in poller.poll(1):
+                watch.read(fd)
+            assert lines == ["last words"]
+            assert watch.pipes == {}
+            assert changes == [(read_end,), ()]
+            assert poller.poll(0) == []
+            assert os.read(elsewhere, 10) == b""  # still open there, at its end
+        finally:
+            os.close(elsewhere)
+            poller.close()
 
 
 class TestEnvironment:
@@ -111,6 +154,7 @@ class TestProgram:
         emitted: list[str] = []
         reader = StderrLines(stderr, lambda _fields, line: emitted.append(line), {})
         wait_until(lambda: not reader.read())
+        os.close(stderr)
         assert emitted == ["oops"]
 
     def test_signals_python_ignores_are_at_their_default_in_the_program(self) -> None:
