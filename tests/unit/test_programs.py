@@ -64,8 +64,11 @@ class TestStderrWatch:
         poller = select.epoll()
         lines: list[str] = []
         changes: list[tuple[int, ...]] = []
-        watch = StderrWatch(poller, lambda _fields, line: lines.append(line), lambda: None)
-        watch.changed = lambda: changes.append(tuple(watch.pipes))
+
+        def changed() -> None:
+            changes.append(tuple(watch.pipes))
+
+        watch = StderrWatch(poller, lambda _fields, line: lines.append(line), changed)
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
         elsewhere = os.dup(read_end)  # the same pipe, held by someone else
