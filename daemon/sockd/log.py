@@ -63,17 +63,30 @@ def write_lines(fd: int, text: str) -> None:
         pass  # nowhere left to report it; never let logging kill the daemon
 
 
+_batch_stamp: str | None = None  # the time of the batch being logged, in JSON events
+
+
 @contextlib.contextmanager
 def batched() -> Iterator[None]:
-    """Hold the lines logged inside, then write them at once (many events, one write)."""
+    """Hold the lines logged inside, then write them at once (many events, one write).
+
+    The JSON events inside all carry the batch's time: they are logged at once.
+    """
+    global _batch_stamp  # noqa: PLW0603 (read by _render_json, which structlog calls)
     held: list[str] = []
     FdLogger.held = held
+    _batch_stamp = _now()
     try:
         yield
     finally:
         FdLogger.held = None
+        _batch_stamp = None
         if held:
             write_lines(FdLogger.held_fd, "\n".join(held))
+
+
+def _now() -> str:
+    return dt.datetime.now(tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 _pid = os.getpid()
@@ -98,8 +111,10 @@ def _render_json(_logger: Any, method: str, event: MutableMapping[str, Any]) -> 
     The same object structlog's add_log_level, TimeStamper(iso, UTC) and
     JSONRenderer would make together, in about two thirds of the time.
     """
-    stamp = dt.datetime.now(tz=dt.UTC).isoformat().replace("+00:00", "Z")
-    record: dict[str, Any] = {"timestamp": stamp, "level": _LEVEL_NAMES.get(method, method)}
+    record: dict[str, Any] = {
+        "timestamp": _batch_stamp or _now(),
+        "level": _LEVEL_NAMES.get(method, method),
+    }
     record["event"] = event.pop("event", None)
     record.update(event)
     record.setdefault("pid", _pid)

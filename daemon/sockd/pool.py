@@ -76,6 +76,7 @@ class _Worker:
         self.servers = servers
         self.service = servers[0].service
         self.shared = servers[0].shared
+        self.pid = os.getpid()  # made in the worker, after the fork
         self.busy = False
         self.stopping = False
         self.batch: list[tuple[Any, ...]] = []
@@ -103,7 +104,8 @@ class _Worker:
                         continue
                     accepted = True
                     served += 1
-                    request = socket.socket(sock.family, socket.SOCK_STREAM, 0, fileno=fd)
+                    # The server's family as a plain int: sock.family makes an enum each time.
+                    request = socket.socket(server._family, socket.SOCK_STREAM, 0, fileno=fd)  # noqa: SLF001
                     self._serve(server, request, client_address)
                 if not accepted:
                     self._wait(poller, wakeup)
@@ -159,12 +161,11 @@ class _Worker:
     def _serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
         started = time.monotonic()
         client = client_address or client_text(request, client_address)
-        reason = self.service.rules.refusal(client_address)
+        rules = self.service.rules
+        reason = rules.refusal(client_address) if rules.active else None
         if reason is None:
             status = self._handle(server, request, client_address, client)
-            self._record(
-                (os.getpid(), self.service.name, client, status, time.monotonic() - started)
-            )
+            self._record((self.pid, self.service.name, client, status, time.monotonic() - started))
         else:
             self.denied += 1
             server._refuse(request, client_address, reason, started)  # noqa: SLF001
@@ -217,7 +218,7 @@ class _Worker:
         return 0
 
     def _report(self, client: str, level: str, event: str, **extra: Any) -> None:
-        fields = {"service": self.service.name, "client": client, "pid": os.getpid(), **extra}
+        fields = {"service": self.service.name, "client": client, "pid": self.pid, **extra}
         self.shared.report(level, event, fields)
 
     def _record(self, record: tuple[Any, ...]) -> None:
@@ -229,6 +230,8 @@ class _Worker:
         """Send the batch when full or due, and the denial summaries of a closed window."""
         if len(self.batch) >= BATCH_SIZE or (self.batch and now >= self.batch_due):
             self._flush()
+        if not self.shared.denials.window_end:
+            return  # nothing to sum up (the usual case: no call)
         for summary in self.shared.denials.due(now):
             self.shared.report("info", "connections_denied", summary)
 
