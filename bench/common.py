@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import errno
@@ -311,6 +312,36 @@ def pin(pid: int, cpu: int | None) -> None:
     """Pin process `pid` (0: this one) to CPU `cpu`, unless that is None."""
     if cpu is not None:
         os.sched_setaffinity(pid, {cpu})
+
+
+# Receive packet steering of the loopback device: which CPUs do its receiving side's work.
+LOOPBACK_RPS = Path("/sys/class/net/lo/queues/rx-0/rps_cpus")
+
+
+def can_steer_loopback() -> bool:
+    """Tell whether this process may set loopback's receive steering (root, sysfs there)."""
+    return os.access(LOOPBACK_RPS, os.W_OK)
+
+
+@contextlib.contextmanager
+def loopback_received_on(cpu: int | None) -> Iterator[None]:
+    """While inside, have loopback's receiving side processed on `cpu` (RPS), if allowed.
+
+    On loopback the kernel does the receiving side's TCP work on the CPU that
+    sent the packet: the load generator's CPU carries the server's half of each
+    handshake and close, and a fast server makes it the limit. Steered to the
+    server's CPU, that work is where a real server does it, and the client can
+    drive a server to its full CPU. The setting is the machine's: it is put back.
+    """
+    if cpu is None or not can_steer_loopback():
+        yield
+        return
+    before = LOOPBACK_RPS.read_text().strip()
+    LOOPBACK_RPS.write_text(f"{1 << cpu:x}\n")
+    try:
+        yield
+    finally:
+        LOOPBACK_RPS.write_text(f"{before}\n")
 
 
 def process_tree(root: int) -> list[int]:

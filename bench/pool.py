@@ -35,6 +35,8 @@ from bench.common import (
     Server,
     Sockd,
     build_parser,
+    can_steer_loopback,
+    loopback_received_on,
     run,
     settings_from,
     start_reference,
@@ -127,8 +129,13 @@ class PreforkRef(Server):
 
 @contextlib.contextmanager
 def running_servers(mode: str | None, workdir: Path, pinning: Pinning) -> Iterator[list[Server]]:
-    """Start sockd (unless `mode` is None) and the reference; stop both however it ends."""
+    """Start sockd (unless `mode` is None) and the reference; stop both however it ends.
+
+    Meanwhile loopback's receiving side runs on the servers' CPU (see
+    common.loopback_received_on): otherwise the C client, not the servers, is the limit.
+    """
     with contextlib.ExitStack() as stack:
+        stack.enter_context(loopback_received_on(pinning.server_cpu))
         servers: list[Server] = []
         if mode is not None:
             sockd = start_sockd(mode, workdir, pinning.server_cpu)
@@ -153,6 +160,12 @@ def make_bench(mode: str = "workers") -> Bench:
         f"prefork: bench/prefork_ref.py --workers {WORKERS}: {WORKERS} pre-forked processes"
         " in blocking accept() on one socket, each connection: read a line, send it, close"
     )
+    steering = (
+        "loopback: its receiving side processed on the servers' CPU (RPS), so that the"
+        " load generator is not the limit"
+        if can_steer_loopback()
+        else "loopback: receiving side on the sender's CPU (steering it needs root)"
+    )
     meta = {
         "sockd_mode": mode,
         "sockd_service": SOCKD_SERVICES[mode],
@@ -163,7 +176,7 @@ def make_bench(mode: str = "workers") -> Bench:
         "pool.py",
         "prefork",
         lambda workdir, pinning: running_servers(None if reason else mode, workdir, pinning),
-        header=(sockd_line, reference_line),
+        header=(sockd_line, reference_line, steering),
         meta=meta,
         not_run={"sockd": reason} if reason else {},
     )

@@ -462,8 +462,10 @@ prints the table; and writes `bench/results/latest.json` (every cell of every re
   takes the other's CPU; the order of the servers alternates from cell to cell.
 - On loopback the kernel does the TCP work of a packet on the CPU that sends it, so the
   client's CPU also carries the server side's handshake and new socket, and the close.
-  That is why a fast server makes even a C client the limit on two CPUs: see *The load
-  generator*.
+  A fast server then makes even a C client the limit on two CPUs. So while the pool mode
+  runs, loopback's receiving side is steered to the servers' CPU (RPS, with root; the
+  setting is put back after): the servers' CPU carries that work, as a real server's
+  does, and the client can drive them to their full CPU (see *The load generator*).
 - The figures depend on the interpreter: forking costs more from a bigger process, and
   CPython built without PGO/LTO is slower (for fork per connection, Debian's
   `/usr/bin/python3` is about 35% faster than a plain source build). Compare runs made
