@@ -213,8 +213,7 @@ class _Worker:
         if not self.service.idle_timeout:
             server.handle_error(request, client_address)
             return 1
-        client = client_text(request, client_address)
-        self._report(client, "info", "idle_timeout", seconds=self.service.idle_timeout)
+        server.report_idle(request, client_address)
         return 0
 
     def _report(self, client: str, level: str, event: str, **extra: Any) -> None:

@@ -323,7 +323,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             status = exc.code if isinstance(exc.code, int) else 1
         except TimeoutError:
             if self.service.idle_timeout:
-                self._report_idle(request, client_address)
+                self.report_idle(request, client_address)
                 status = 0
             else:
                 self.handle_error(request, client_address)
@@ -335,7 +335,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             finally:
                 os._exit(status)
 
-    def _report_idle(self, request: Any, client_address: Any) -> None:
+    def report_idle(self, request: Any, client_address: Any) -> None:
+        """Report a connection ended by `idle_timeout` as one `idle_timeout` event."""
         with contextlib.suppress(Exception):  # the error path must not raise
             fields = {
                 "service": self.service.name,

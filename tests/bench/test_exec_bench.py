@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from quick_run import CLIENTS, assert_ratio_lines, assert_served, quick_run
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "exec.py"
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.mark.slow
@@ -25,28 +22,12 @@ class TestExecBench:
         assert shutil.which("tcpserver"), (
             "tcpserver is missing: run scripts/setup (it installs the Debian package ucspi-tcp)"
         )
-        report = tmp_path / "exec.json"
-        result = subprocess.run(
-            [sys.executable, str(BENCH), "--quick", "--json", str(report)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        data = json.loads(report.read_text())
-        cells = {(cell["server"], cell["clients"]): cell for cell in data["cells"]}
+        stdout, data = quick_run("exec.py", tmp_path)
+        cells = assert_served(data, ("sockd", "tcpserver"))
+        assert not any(any(cell["errors"].values()) for cell in cells.values()), cells
         summary = {(row["server"], row["clients"]): row for row in data["summary"]}
-        for server in ("sockd", "tcpserver"):
-            for clients in (1, 8):
-                cell = cells[server, clients]
-                assert cell["completed"] > 0, cell
-                assert cell["conn_per_s"] > 0, cell
-                assert not any(cell["errors"].values()), cell
-        for clients in (1, 8):
+        for clients in CLIENTS:
             ratio = summary["sockd", clients]["ratio"]
             assert isinstance(ratio, float), summary["sockd", clients]
             assert ratio > 0, summary["sockd", clients]
-            line = rf"^ratio sockd/tcpserver conn/s at +{clients} clients: \d"
-            assert re.search(line, result.stdout, re.MULTILINE), result.stdout
+        assert_ratio_lines(stdout, "tcpserver")
