@@ -16,7 +16,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Container, Iterator
 
     # pid, service, client, wait status, seconds, user CPU, system CPU, max RSS (KiB)
     RawExit = tuple[int, str, object, int, float, float, float, int]
@@ -41,6 +41,16 @@ class Children:
     def count(self, service: str) -> int:
         """Return how many children serve `service` now."""
         return self._per_service.get(service, 0)
+
+    def per_service(self) -> dict[str, int]:
+        """Return how many children serve each service now."""
+        return {service: count for service, count in self._per_service.items() if count}
+
+    def started_before(self, when: float, exclude: Container[int] = ()) -> int:
+        """Return how many children, not counting `exclude`, started before `when` (monotonic)."""
+        return sum(
+            1 for pid, entry in self._running.items() if entry[2] < when and pid not in exclude
+        )
 
     def clients(self, service: str) -> list[tuple[int, object]]:
         """Return (pid, client) of every child serving `service` now."""

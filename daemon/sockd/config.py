@@ -100,6 +100,9 @@ class DaemonConfig:
     user: str | None = None
     group: str | None = None
     pythonpath: tuple[str, ...] = ()
+    # A fresh forker takes over new connections once this many long-lived ones
+    # (open over a second) are children of the current one; 0: never.
+    renew_forker_after: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,13 +214,16 @@ def _daemon(table: Table) -> DaemonConfig:
     defaults = DaemonConfig()
     stop_timeout = table.number("stop_timeout", defaults.stop_timeout, minimum=0)
     max_children = table.integer("max_children", defaults.max_children, minimum=1)
+    renew_forker_after = table.integer("renew_forker_after", defaults.renew_forker_after, minimum=0)
     user = _user(table)
     group = _group(table)
     pythonpath = table.strings("pythonpath")
     table.done()
     base = Path(table.source).parent if table.source != "command line" else Path.cwd()
     directories = [str((base / entry).resolve()) for entry in pythonpath]
-    return DaemonConfig(stop_timeout, max_children, user, group, tuple(directories))
+    return DaemonConfig(
+        stop_timeout, max_children, user, group, tuple(directories), renew_forker_after
+    )
 
 
 def _service(table: Table) -> ServiceConfig:

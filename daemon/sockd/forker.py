@@ -14,12 +14,16 @@ site packages scanned: `sys.path` comes with the set-up record), hands it the
 listening sockets, and talks to it through two pipes of `sockd.ipc` records:
 
 - control, daemon -> forker: ("setup", {...}), ("reload", [services],
-  max_children, stop_timeout),
+  max_children, stop_timeout, renew_forker_after),
   ("stop", stop_timeout), ("quit",). End of file (the daemon died): quit.
+  Renewal (see `sockd.mainloop`): ("retire",); to a forker started on
+  standby, ("take_over", children, {service: children}), then
+  ("elsewhere", ...) alike: the children of retired forkers.
 - events, forker and its children -> daemon: ("ready",), ("alive",), ("status", active,
   served, denied, errors), ("log", level, event, fields), ("closed", [RawExit, ...]),
   ("reloaded",),
-  ("reload_failed", error), ("fatal", error, exit_code).
+  ("reload_failed", error), ("fatal", error, exit_code); ("crowded",
+  long_lived), and once retired ("children", children, {service: children}).
 """
 
 from __future__ import annotations
@@ -103,7 +107,16 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 (reported to the daemon, which exits)
         ipc.send(events, ("fatal", f"forker: {type(exc).__name__}: {exc}", EX_SOFTWARE))
         os._exit(EX_SOFTWARE)
-    forker = Forker(servers, shared, commands, events, setup["max_children"], setup["stop_timeout"])
+    forker = Forker(
+        servers,
+        shared,
+        commands,
+        events,
+        setup["max_children"],
+        setup["stop_timeout"],
+        setup["renew_forker_after"],
+        standby=setup["standby"],
+    )
     try:
         forker.run()
     except Exception as exc:  # noqa: BLE001 (a bug: report it as data, then die)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import select
 import signal
@@ -39,6 +40,8 @@ EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one wr
 EXITS_PER_RECORD = 16  # each encodes to under 200 bytes: a record stays under PIPE_BUF
 HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
 PRUNE_INTERVAL = 10.0  # refilled per-source rate buckets are dropped this often
+LONG_LIVED = 1.0  # seconds: a connection open this long counts toward renew_forker_after
+CROWD_CHECK = 1.0  # how often the long-lived connections are counted (past the threshold)
 
 
 class Forker:
@@ -52,8 +55,14 @@ class Forker:
         events: int,
         max_children: int,
         stop_timeout: float,
+        renew_after: int = 0,
+        *,
+        standby: bool = False,
     ) -> None:
-        """Serve `servers`; obey commands from `control`, write events to `events`."""
+        """Serve `servers`; obey commands from `control`, write events to `events`.
+
+        A forker on `standby` accepts nothing until the daemon's `take_over`.
+        """
         self.servers = servers
         self.shared = shared
         self.control = control
@@ -61,6 +70,13 @@ class Forker:
         self.pid = os.getpid()
         self.max_children = max_children
         self.stop_timeout = stop_timeout  # for a SIGTERM sent to the forker itself
+        self.renew_after = renew_after  # long-lived children that make us "crowded"; 0: never
+        self.standby = standby
+        self.retired = False  # accepts no more; reports its children until the last ends
+        self.reported_children: tuple[int, dict[str, int]] = (0, {})
+        # Children of retired forkers, which count toward our caps: all, and per service.
+        self.elsewhere: tuple[int, dict[str, int]] = (0, {})
+        self.crowd_check_due = 0.0
         self.poller = select.epoll()
         self.pending: list[int] = []
         self.listening: dict[int, ServiceServer] = {}
@@ -157,12 +173,14 @@ class Forker:
         # Everything loaded so far lives as long as the forker: keep the
         # collector's hands off it, so no child copies those pages to scan them.
         gc.freeze()
-        if self.stop_phase is None:  # not stopped before it began
+        if self.stop_phase is None and not self.standby:  # not stopped before it began
             self.pools.fill()
         ipc.send(self.events, ("ready",))
         while self.stop_phase is None or len(self.shared.children):
             self._turn()
         self._flush()
+        with contextlib.suppress(BrokenPipeError):  # the final counts
+            ipc.send(self.events, ("status", 0, *self.shared.stats.as_tuple()))
         self._close()
 
     # The loop is written for the fewest memory pages touched per connection:
@@ -191,6 +209,8 @@ class Forker:
                 self.servers[0].handle_timeout()
             if len(self.shared.children) != children:
                 self._update_accepting()
+                if self.retired:
+                    self._report_children()
         self._timed_duties()
 
     def _timed_duties(self) -> None:
@@ -205,6 +225,7 @@ class Forker:
             self.report("info", "connections_denied", summary)
         if self.stop_phase is None:
             self.pools.replace_due(now)
+        self._check_crowded(now)
         if now >= self.prune_due:  # per-source buckets of sources gone quiet
             self.prune_due = now + PRUNE_INTERVAL
             for admission in self.shared.admissions.values():
@@ -248,17 +269,29 @@ class Forker:
         for record in self.control.read():
             command = record[0]
             if command == "reload":
-                self._reload(record[1], record[2], record[3])  # type: ignore[arg-type]
+                self._reload(*record[1:])  # type: ignore[arg-type]
             elif command == "stop":
                 self.stop(float(record[1]))  # type: ignore[arg-type]
             elif command == "quit":
                 self.quit()
+            elif command == "retire":
+                self.retire()
+            elif command in ("take_over", "elsewhere"):
+                self.elsewhere = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
+                if command == "take_over" and self.standby and self.stop_phase is None:
+                    self.standby = False
+                    self.pools.fill()
+                self._update_accepting()
         if self.control.eof:
             self.poller.unregister(self.control.fd)
             self.quit()  # the daemon is gone: nobody would log or supervise us
 
     def _reload(
-        self, records: list[dict[str, Any]], max_children: int, stop_timeout: float
+        self,
+        records: list[dict[str, Any]],
+        max_children: int,
+        stop_timeout: float,
+        renew_after: int,
     ) -> None:
         try:
             assign_identity(records, self.shared.child_identity)
@@ -272,9 +305,11 @@ class Forker:
         self._warm_type_cache()
         for name in self.pools.services:  # new workers take over; the old ones finish and leave
             self.pools.retire(name)
-            self.pools.fill(name)
+            if not self.standby:
+                self.pools.fill(name)
         self.max_children = max_children
         self.stop_timeout = stop_timeout
+        self.renew_after = renew_after
         self._update_accepting()
         ipc.send(self.events, ("reloaded",))
 
@@ -301,9 +336,12 @@ class Forker:
 
     def _room(self, server: ServiceServer) -> int:
         children = self.shared.children
-        room = self.max_children - len(children)
-        if server.service.max_children is not None:
-            room = min(room, server.service.max_children - children.count(server.service.name))
+        elsewhere, per_service = self.elsewhere
+        room = self.max_children - len(children) - elsewhere
+        service = server.service
+        if service.max_children is not None:
+            here = children.count(service.name) + per_service.get(service.name, 0)
+            room = min(room, service.max_children - here)
         return max(0, room)
 
     def _update_accepting(self) -> None:
@@ -311,7 +349,12 @@ class Forker:
         for server in self.servers:
             if server.service.record["workers"]:
                 continue  # its workers accept
-            wanted = not self.stop_phase and not self.paused_until and self._room(server) > 0
+            wanted = (
+                not self.stop_phase
+                and not self.standby
+                and not self.paused_until
+                and self._room(server) > 0
+            )
             fd = server.socket.fileno()
             if wanted and fd not in self.listening:
                 self.poller.register(fd, select.EPOLLIN)
@@ -332,13 +375,57 @@ class Forker:
             signal.signal(signal.SIGCHLD, self._record_signal if watch else signal.SIG_DFL)
 
     def stop(self, stop_timeout: float) -> None:
-        """Stop accepting; wait up to `stop_timeout` for children, then SIGTERM, then SIGKILL."""
+        """Stop accepting; wait up to `stop_timeout` for children, then SIGTERM, then SIGKILL.
+
+        A second stop may shorten the wait (a retired forker's is endless), never lengthen it.
+        """
+        deadline = time.monotonic() + stop_timeout
+        if self.stop_phase == "wait":
+            self.phase_deadline = min(self.phase_deadline, deadline)
         if self.stop_phase is not None:
             return
         self.stop_phase = "wait"
-        self.phase_deadline = time.monotonic() + stop_timeout
+        self.phase_deadline = deadline
         self._stop_accepting()
         self.pools.retire()  # each finishes its connection, then exits
+
+    def retire(self) -> None:
+        """Hand new connections to a fresh forker: accept no more, serve what is open, then exit.
+
+        Our children keep counting toward the caps: the daemon passes on what
+        we report, to the forker that took over.
+        """
+        self.retired = True
+        self.stop(math.inf)
+        self._report_children()
+
+    def _report_children(self) -> None:
+        children = self.shared.children
+        counts = (len(children), children.per_service())
+        if counts != self.reported_children:
+            self.reported_children = counts
+            self._flush()
+            ipc.send(self.events, ("children", *counts))
+
+    def _check_crowded(self, now: float) -> None:
+        """Ask the daemon for a fresh forker when long-lived children make each fork dearer.
+
+        Each fork costs more with every child alive (the kernel links each of
+        our memory areas to theirs), so past `renew_after` long-lived ones a
+        fresh forker takes the new connections, while we serve the old. Not
+        with per-source or rate limits: their counts live in this process.
+        """
+        if now < self.crowd_check_due or not self.renew_after or self.stop_phase is not None:
+            return
+        self.crowd_check_due = now + CROWD_CHECK
+        workers = self.pools.workers
+        if len(self.shared.children) - len(workers) < self.renew_after:
+            return
+        if any(admission.limited for admission in self.shared.admissions.values()):
+            return
+        long_lived = self.shared.children.started_before(now - LONG_LIVED, workers)
+        if long_lived >= self.renew_after:
+            ipc.send(self.events, ("crowded", long_lived))
 
     def quit(self) -> None:
         """Stop now: kill every child."""

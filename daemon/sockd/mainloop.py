@@ -1,6 +1,12 @@
 """The daemon's side: start and supervise the forker, log its events, act on signals.
 
 The forker's side, and the protocol between the two, are in sockd.forker.
+
+Renewal: once the forker reports itself `crowded` (many long-lived children,
+which make each fork dearer), the daemon starts a fresh forker on standby.
+When it is ready, the old one retires: it accepts no more and exits after its
+last child. The new one takes over once it knows how many children the
+retired ones still have (they count toward the caps).
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ from sockd.listeners import client_label
 from sockd.notify import status_text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
 
     from sockd import privileges
-    from sockd.config import DaemonConfig
     from sockd.notify import Notifier
     from sockd.server import ServiceServer
 
@@ -35,36 +41,66 @@ log = structlog.get_logger()
 
 # No SIGCHLD: a pidfd tells when the forker exits.
 DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-DRAIN_LIMIT = 1.0  # seconds to collect the last events once the forker has exited
+DRAIN_LIMIT = 1.0  # seconds to collect the last events once a forker has exited
 # The forker writes at least every HEARTBEAT (2 s); silent this long, it is
 # stuck, and WATCHDOG=1 stops, so that systemd restarts us (with WatchdogSec=).
 FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
+RENEW_PAUSE = 60.0  # seconds without renewing the forker after a renewal failed
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode", "user", "group")
 
 
 class ForkerProcess:
-    """The daemon's handle on its forker: pid and both pipe ends."""
+    """The daemon's handle on a forker: pid, pipes, and what it last reported."""
 
-    __slots__ = ("control", "events", "pid")
+    __slots__ = (
+        "children",
+        "control",
+        "counts",
+        "drain_until",
+        "events",
+        "exit_fd",
+        "failure",
+        "pid",
+        "status",
+        "waits_for",
+    )
 
     def __init__(self, pid: int, control: int, events: int) -> None:
         """Hold the forker's pid, our control write end and events read end."""
         self.pid = pid
         self.control = control
-        self.events = events
+        self.events = ipc.Reader(events)
+        self.exit_fd = os.pidfd_open(pid)  # readable once it has exited
+        self.counts: tuple[int, ...] = (0, 0, 0, 0)  # active, served, denied, errors
+        self.children: tuple[int, dict[str, int]] = (0, {})  # a retired one's, per service
+        self.waits_for: ForkerProcess | None = None  # the one retiring before we take over
+        self.failure: tuple[str, int] | None = None  # its "fatal" record: error, exit code
+        self.status: int | None = None  # its exit status, once reaped
+        self.drain_until = 0.0  # once exited: how long its last events are waited for
 
     def send(self, record: ipc.Record) -> None:
         """Send a control record; a forker that is gone is noticed by its exit, not here."""
         with contextlib.suppress(BrokenPipeError):
             ipc.send(self.control, record)
 
+    def close(self) -> None:
+        """Close our ends of its pipes and its pidfd."""
+        for fd in (self.control, self.events.fd, self.exit_fd):
+            os.close(fd)
+
 
 def spawn(
-    servers: list[ServiceServer], daemon: DaemonConfig, who: privileges.Identity | None
+    servers: list[ServiceServer],
+    config: sockd_config.Config,
+    who: privileges.Identity | None,
+    *,
+    standby: bool = False,
 ) -> ForkerProcess:
-    """Start the forker with the daemon's listeners (`posix_spawn`, so no fork of the daemon).
+    """Start a forker with the daemon's listeners (`posix_spawn`, so no fork of the daemon).
+
+    One on `standby` accepts nothing before it is told to take over.
 
     Raises:
         OSError: the interpreter could not be started.
@@ -90,13 +126,16 @@ def spawn(
         os.close(control_read)
         os.close(events_write)
     os.set_blocking(events_read, False)
+    daemon = config.daemon
     setup = {
         "listeners": [
             [server.fileno(), server.service.name, server.endpoint.fd_name] for server in servers
         ],
-        "services": [server.service.record for server in servers],
+        "services": [sockd_config.service_record(service) for service in config.services],
         "max_children": daemon.max_children,
         "stop_timeout": daemon.stop_timeout,
+        "renew_forker_after": daemon.renew_forker_after,
+        "standby": standby,
         "identity": list(who) if who else None,
         "sys_path": sys.path,
     }
@@ -106,7 +145,7 @@ def spawn(
 
 
 class MainLoop:
-    """Supervises the forker; signals only record themselves, this loop acts on them."""
+    """Supervises the forkers; signals only record themselves, this loop acts on them."""
 
     def __init__(
         self,
@@ -114,24 +153,31 @@ class MainLoop:
         forker: ForkerProcess,
         servers: list[ServiceServer],
         notifier: Notifier,
+        renew: Callable[[sockd_config.Config], ForkerProcess] | None = None,
     ) -> None:
-        """Supervise a freshly spawned `forker`; `servers` are our copies of its listeners."""
+        """Supervise a freshly spawned `forker`; `servers` are our copies of its listeners.
+
+        `renew` starts a fresh forker on standby; None when one could not be
+        the first's equal (it stayed root for programs' own users).
+        """
         self.config = config
-        self.forker = forker
+        self.forker = forker  # the one that accepts
+        self.standby: ForkerProcess | None = None  # starting, to take over from it
+        self.forkers: list[ForkerProcess] = []  # all not yet forgotten, retired ones too
+        self.renew = renew
+        self.renew_paused_until = 0.0
         self.servers = servers
         self.notifier = notifier
-        self.events = ipc.Reader(forker.events)
         # A logger bound once, for the events of every connection: the module's
         # lazy proxy would rebuild one on each call (about half the cost of an event).
         self.connection_log = structlog.get_logger().bind()
-        self.forker_counts: tuple[int, ...] = (0, 0, 0, 0)  # active, served, denied, errors
-        self.pooled = [0, 0, 0]  # served, denied, errors by pooled workers (not in the above)
+        self.finished = [0, 0, 0]  # served, denied, errors of forkers gone
+        self.pooled = [0, 0, 0]  # served, denied, errors by pooled workers (not in counts)
         self.selector = selectors.DefaultSelector()
         self.pending: list[int] = []
         self.ready = False
         self.stopping = False
-        self.forker_status: int | None = None
-        self.failure: tuple[str, int] | None = None
+        self.forker_status: int | None = None  # the current forker's, once it has exited
         self.reload_pending = False
         self.reload_requested = False
         self.next_config = config
@@ -141,67 +187,62 @@ class MainLoop:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
 
     def run(self) -> int:
-        """Serve until the forker has stopped; return the exit code."""
+        """Serve until every forker has stopped; return the exit code."""
         signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         for signum in DAEMON_SIGNALS:
             signal.signal(signum, self._record_signal)
-        # Readable once the forker has exited, even if that happened already.
-        forker_exit = os.pidfd_open(self.forker.pid)
-        self.selector.register(self._wakeup_read, selectors.EVENT_READ, "wakeup")
-        self.selector.register(self.events.fd, selectors.EVENT_READ, "events")
-        self.selector.register(forker_exit, selectors.EVENT_READ, "forker")
+        self.selector.register(self._wakeup_read, selectors.EVENT_READ, None)
+        self._watch(self.forker)
         try:
-            while self.forker_status is None:
+            while self.forkers:
                 self._turn()
-            self._drain()
         finally:
             signal.set_wakeup_fd(-1)
             self.selector.close()
-            for fd in (
-                forker_exit,
-                self._wakeup_read,
-                self._wakeup_write,
-                self.forker.control,
-                self.forker.events,
-            ):
-                os.close(fd)
+            for forker in self.forkers:
+                forker.close()
+            os.close(self._wakeup_read)
+            os.close(self._wakeup_write)
         return self._exit_code()
 
+    def _watch(self, forker: ForkerProcess) -> None:
+        self.forkers.append(forker)
+        self.selector.register(forker.events.fd, selectors.EVENT_READ, ("events", forker))
+        self.selector.register(forker.exit_fd, selectors.EVENT_READ, ("exit", forker))
+
     def _turn(self) -> None:
-        forker_alive = time.monotonic() - self.events.last_read < FORKER_SILENCE
-        timeout = min(self.notifier.tick(healthy=forker_alive), IDLE_WAKEUP)
+        now = time.monotonic()
+        alive = [forker for forker in self.forkers if forker.status is None]
+        healthy = all(now - forker.events.last_read < FORKER_SILENCE for forker in alive)
+        timeout = min(self.notifier.tick(healthy=healthy), IDLE_WAKEUP)
+        for forker in self.forkers:
+            if forker.status is not None:  # exited: its last events are being read
+                timeout = min(timeout, max(0.0, forker.drain_until - now))
         for key, _ in self.selector.select(timeout):
-            if key.data == "wakeup":
+            if key.data is None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wakeup_read, 4096)
-            elif key.data == "events":
-                self._read_events()
+            elif key.data[0] == "events":
+                self._read_events(key.data[1])
             else:
-                self._reap_forker()
+                self._reap(key.data[1])
         while self.pending:
             self._act_on(self.pending.pop(0))
+        now = time.monotonic()
+        for forker in list(self.forkers):
+            if forker.status is not None and (forker.events.eof or now >= forker.drain_until):
+                self._forget(forker)
 
-    def _read_events(self) -> None:
+    def _read_events(self, forker: ForkerProcess) -> None:
         try:
-            for record in self.events.read():
-                self._on_event(record)
+            for record in forker.events.read():
+                self._on_event(forker, record)
         except ipc.GarbledError as exc:
             log.error("events_garbled", error=str(exc))
-        if self.events.eof:
-            self.selector.unregister(self.events.fd)
+        if forker.events.eof:
+            self.selector.unregister(forker.events.fd)
 
-    def _drain(self) -> None:
-        """Log what the forker and its children sent last, waiting a bounded time.
-
-        A child may outlive the forker and hold the pipe open (a handler's own
-        child, say), so the end of file may never come.
-        """
-        deadline = time.monotonic() + DRAIN_LIMIT
-        while not self.events.eof and time.monotonic() < deadline:
-            if self.selector.select(max(0.0, deadline - time.monotonic())):
-                self._read_events()
-
-    def _on_event(self, record: ipc.Record) -> None:
+    def _on_event(self, forker: ForkerProcess, record: ipc.Record) -> None:  # noqa: C901
         kind = record[0]
         if kind == "closed":
             info = self.connection_log.info
@@ -214,18 +255,25 @@ class MainLoop:
             _, level, event, fields = record
             getattr(self.connection_log, str(level))(event, **fields)  # type: ignore[arg-type]
         elif kind == "status":
-            self.forker_counts = tuple(int(count) for count in record[1:])  # type: ignore[call-overload]
+            forker.counts = tuple(int(count) for count in record[1:])  # type: ignore[call-overload]
             self._status()
         elif kind == "ready" and not self.stopping:
-            self.ready = True
-            log.info("ready", services=[service.name for service in self.config.services])
-            self.notifier.ready(self.notifier.last_status_text)
-            if self.reload_requested:
-                self.reload()
+            if forker is self.standby:
+                self._hand_over(forker)
+            elif not self.ready:
+                self.ready = True
+                log.info("ready", services=[service.name for service in self.config.services])
+                self.notifier.ready(self.notifier.last_status_text)
+                self._reload_if_requested()
         elif kind in ("reloaded", "reload_failed"):
             self._reload_done(None if kind == "reloaded" else str(record[1]))
         elif kind == "fatal":
-            self.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
+            forker.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
+        elif kind == "crowded" and forker is self.forker:
+            self._renew(int(record[1]))  # type: ignore[call-overload]
+        elif kind == "children":
+            forker.children = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
+            self._tell_elsewhere(forker)
 
     def _served(self, records: list[tuple[Any, ...]], denied: int) -> None:
         """Log the connections pooled workers served, and count them for STATUS=."""
@@ -248,13 +296,69 @@ class MainLoop:
         self._status()
 
     def _status(self) -> None:
-        active, served, denied, errors = self.forker_counts
+        active, served, denied, errors = 0, *self.finished
+        for forker in self.forkers:
+            active += forker.counts[0]
+            served += forker.counts[1]
+            denied += forker.counts[2]
+            errors += forker.counts[3]
         served, denied, errors = (
             served + self.pooled[0],
             denied + self.pooled[1],
             errors + self.pooled[2],
         )
         self.notifier.status(status_text(active, served, denied, errors))
+
+    def _renew(self, long_lived: int) -> None:
+        """Start a fresh forker on standby, to take new connections from the crowded one."""
+        busy = self.standby is not None or self.forker.waits_for is not None
+        if self.renew is None or busy or self.stopping or self.reload_pending or not self.ready:
+            return
+        if time.monotonic() < self.renew_paused_until:
+            return
+        try:
+            standby = self.renew(self.config)
+        except OSError as exc:
+            self._renewal_failed(exc.strerror)
+            return
+        log.info("forker_renewing", forker=self.forker.pid, long_lived=long_lived, new=standby.pid)
+        self.standby = standby
+        self._watch(standby)
+
+    def _renewal_failed(self, error: str | None, **fields: Any) -> None:
+        self.renew_paused_until = time.monotonic() + RENEW_PAUSE
+        log.error("forker_renewal_failed", error=error, retry_in=RENEW_PAUSE, **fields)
+        self._reload_if_requested()
+
+    def _hand_over(self, new: ForkerProcess) -> None:
+        """Make the ready standby current; retire the old one, whose count the new one awaits."""
+        old = self.forker
+        self.forker, self.standby = new, None
+        new.waits_for = old
+        old.send(("retire",))
+        log.info("forker_renewed", forker=new.pid, retired=old.pid)
+        self._reload_if_requested()
+
+    def _tell_elsewhere(self, reporter: ForkerProcess | None) -> None:
+        """Tell the current forker how many children the retired ones have (they count toward caps).
+
+        A forker still waiting for the count of the one it replaces hears
+        nothing before that count (it would under-count), then `take_over`.
+        """
+        current = self.forker
+        if current.status is not None:
+            return
+        if current.waits_for is not None and current.waits_for is not reporter:
+            return
+        total, per_service = 0, dict[str, int]()
+        for forker in self.forkers:
+            if forker not in (current, self.standby) and forker.status is None:
+                total += forker.children[0]
+                for service, count in forker.children[1].items():
+                    per_service[service] = per_service.get(service, 0) + count
+        command = "elsewhere" if current.waits_for is None else "take_over"
+        current.waits_for = None
+        current.send((command, total, per_service))
 
     def _act_on(self, signum: int) -> None:
         if signum == signal.SIGHUP and not self.stopping:
@@ -275,11 +379,16 @@ class MainLoop:
             for server in self.servers:
                 server.server_close()
         self.stopping = True
-        self.forker.send(command)
+        for forker in self.forkers:
+            if forker.status is None:
+                forker.send(command)
 
     def reload(self) -> None:
         """Validate the config file again and hand it to the forker; a bad one changes nothing."""
         if self.reload_pending:
+            return
+        if self.standby is not None:
+            self.reload_requested = True  # the standby was started with the config in force
             return
         self.notifier.reloading()
         try:
@@ -295,7 +404,20 @@ class MainLoop:
         self.next_config = new
         services = [sockd_config.service_record(service) for service in new.services]
         daemon = new.daemon
-        self.forker.send(("reload", services, daemon.max_children, daemon.stop_timeout))
+        self.forker.send(
+            (
+                "reload",
+                services,
+                daemon.max_children,
+                daemon.stop_timeout,
+                daemon.renew_forker_after,
+            )
+        )
+
+    def _reload_if_requested(self) -> None:
+        if self.reload_requested and not self.stopping:
+            self.reload_requested = False
+            self.reload()
 
     def _reload_done(self, error: str | None) -> None:
         self.reload_pending = False
@@ -306,19 +428,47 @@ class MainLoop:
             log.error("reload_failed", config=self.config.path, error=error)
         self.notifier.ready(self.notifier.last_status_text)
 
-    def _reap_forker(self) -> None:
+    def _reap(self, forker: ForkerProcess) -> None:
+        """Reap a forker that exited, kill what is left of its children, act on who it was."""
         with contextlib.suppress(ChildProcessError):
-            pid, status = os.waitpid(self.forker.pid, os.WNOHANG)
-            if pid == self.forker.pid:
-                self.forker_status = os.waitstatus_to_exitcode(status)
-        if self.forker_status is not None:
-            # Its children are in its process group: none may serve on unsupervised.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.forker.pid, signal.SIGKILL)
+            pid, status = os.waitpid(forker.pid, os.WNOHANG)
+            if pid == forker.pid:
+                forker.status = os.waitstatus_to_exitcode(status)
+        if forker.status is None:
+            return
+        self.selector.unregister(forker.exit_fd)
+        forker.drain_until = time.monotonic() + DRAIN_LIMIT
+        # Its children are in its process group: none may serve on unsupervised.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(forker.pid, signal.SIGKILL)
+        if forker is self.forker:
+            self.forker_status = forker.status
+            if not self.stopping:  # it died: the others are stopped at once
+                for other in self.forkers:
+                    if other.status is None:
+                        other.send(("quit",))
+        elif forker is self.standby:
+            self.standby = None
+            if not self.stopping:
+                error = forker.failure[0] if forker.failure else None
+                self._renewal_failed(error, exit_status=forker.status)
+        else:
+            level = "info" if forker.status == 0 else "error"
+            getattr(log, level)("forker_retired", forker=forker.pid, exit_status=forker.status)
+            self._tell_elsewhere(None)
+
+    def _forget(self, forker: ForkerProcess) -> None:
+        """Its last events are read (or waited for long enough): close, and keep its totals."""
+        if not forker.events.eof:
+            self.selector.unregister(forker.events.fd)
+        forker.close()
+        self.forkers.remove(forker)
+        for index, count in enumerate(forker.counts[1:]):
+            self.finished[index] += count
 
     def _exit_code(self) -> int:
-        if self.failure is not None:
-            error, code = self.failure
+        if self.forker.failure is not None:
+            error, code = self.forker.failure
             log.error("startup_failed", error=error, exit_code=code)
             return code
         if not self.stopping or self.forker_status != 0:

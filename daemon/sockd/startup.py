@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from sockd.server import ServiceServer
 from sockd.shared import Service, Shared
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sockd.config import Config
+    from sockd.mainloop import ForkerProcess
 
 log = structlog.get_logger()
 
@@ -82,14 +86,27 @@ def run(options: RunOptions) -> int:
             listeners=[server.describe() for server in servers],
         )
         try:
-            forker = spawn(servers, config.daemon, who)
+            forker = spawn(servers, config, who)
         except OSError as exc:
             raise OSFailure(f"cannot start the forker: {exc.strerror}") from None
         privileges.become(who)
-        return MainLoop(config, forker, servers, notifier).run()
+        return MainLoop(config, forker, servers, notifier, _renewal(servers, config, who)).run()
     finally:
         for server in servers:
             server.server_close()
+
+
+def _renewal(
+    servers: list[ServiceServer], config: Config, who: privileges.Identity | None
+) -> Callable[[Config], ForkerProcess] | None:
+    """Return how to start a fresh forker later, or None if it could not equal the first.
+
+    Later ones are started by the daemon once it has become `who`; the first
+    keeps root when programs run as users of their own, which no later one could.
+    """
+    if who is not None and any(service.user or service.group for service in config.services):
+        return None
+    return functools.partial(spawn, servers, who=None, standby=True)
 
 
 def _chown_socket_files(servers: list[ServiceServer], who: privileges.Identity | None) -> None:

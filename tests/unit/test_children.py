@@ -69,6 +69,24 @@ class TestChildren:
         wait_until(children.reap)
         assert len(children) == 0
 
+    def test_counts_by_service_and_by_age(self) -> None:
+        """Children are counted per service, and by start time with some left out."""
+        children = Children()
+        pids = [fork("sleep") for _ in range(3)]
+        try:
+            children.add(pids[0], "echo", "x")
+            children.add(pids[1], "echo", "x")
+            between = time.monotonic()
+            children.add(pids[2], "time", "x")
+            assert children.per_service() == {"echo": 2, "time": 1}
+            assert children.started_before(between) == 2
+            assert children.started_before(between, exclude={pids[0]}) == 1
+            assert children.started_before(time.monotonic()) == 3
+        finally:
+            children.signal_all(signal.SIGKILL)
+            wait_until(lambda: not children.reap() and len(children) == 0)
+        assert children.per_service() == {}
+
     def test_reap_with_no_children(self) -> None:
         """ECHILD is tolerated."""
         assert Children().reap() == []

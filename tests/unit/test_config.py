@@ -18,6 +18,7 @@ GOOD = """
 [daemon]
 stop_timeout = 5
 max_children = 10
+renew_forker_after = 0
 
 [[service]]
 name = "echo"
@@ -47,6 +48,7 @@ class TestLoad:
         loaded = load_text(tmp_path, GOOD)
         assert loaded.daemon.stop_timeout == 5.0
         assert loaded.daemon.max_children == 10
+        assert loaded.daemon.renew_forker_after == 0
         echo, chargen = loaded.services
         assert echo.listen == (
             config.ListenAddress("tcp", "127.0.0.1", 7007),
@@ -72,6 +74,7 @@ class TestLoad:
             ("[daemon]\nstop_timeout = 'x'\n", "daemon.stop_timeout: expected a number, got str"),
             ("[daemon]\nmax_children = true\n", "daemon.max_children: expected an integer"),
             ("[daemon]\nmax_children = 0\n", "daemon.max_children: must be at least 1"),
+            ("[daemon]\nrenew_forker_after = -1\n", "daemon.renew_forker_after: must be at"),
             ("[daemon]\nuser = 'no-such-user-x'\n", "daemon.user: no such user"),
             ("[daemon]\ngroup = 'no-such-group-x'\n", "daemon.group: no such group"),
             ("[[service]]\nhandler = 'echo'\n", "service[0].name: required key is missing"),
