@@ -1,0 +1,161 @@
+"""Forker renewal: past `renew_forker_after` long-lived connections, a fresh forker takes over."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import Notifications, Sockd, children_of, connect, exchange, write_config
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+ECHO = '[[service]]\nname = "echo"\nhandler = "{handler}"\nlisten = ["127.0.0.1:0"]\n{extra}\n'
+
+
+def start(
+    sockd: Callable[..., Sockd],
+    tmp_path: Path,
+    daemon: str,
+    *,
+    handler: str = "echo",
+    extra: str = "",
+    **kwargs: object,
+) -> Sockd:
+    text = f"[daemon]\npythonpath = ['{tmp_path}']\n{daemon}\n" + ECHO.format(
+        handler=handler, extra=extra
+    )
+    return sockd("run", "--config", write_config(tmp_path / "sockd.toml", text), **kwargs)
+
+
+@contextlib.contextmanager
+def held(address: str, count: int) -> Iterator[list[socket.socket]]:
+    """Open `count` connections, each answered once (so a child serves it), and keep them."""
+    clients = []
+    try:
+        for index in range(count):
+            client = connect(address)
+            clients.append(client)
+            client.sendall(b"%d\n" % index)
+            assert client.recv(100) == b"%d\n" % index
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+def answered_soon(client: socket.socket, line: bytes, timeout: float) -> bool:
+    client.settimeout(timeout)
+    try:
+        return client.recv(100) == line
+    except TimeoutError:
+        return False
+
+
+def forkers(daemon: Sockd) -> list[int]:
+    return [pid for pid, _ in children_of(daemon.pid)]
+
+
+class TestRenewal:
+    def test_fresh_forker_takes_over_and_caps_span_both(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """The crowded forker retires and serves on; its children count toward the new one's cap."""
+        daemon = start(
+            sockd,
+            tmp_path,
+            "renew_forker_after = 4",
+            extra="max_children = 7",
+            notify=notifications,
+        )
+        address = daemon.address()
+        first = daemon.forker()
+        with held(address, 4) as old:
+            (renewing,) = daemon.wait_event("forker_renewing")
+            assert (renewing["forker"], renewing["long_lived"]) == (first, 4)
+            (renewed,) = daemon.wait_event("forker_renewed")
+            new = renewed["forker"]
+            assert (renewed["retired"], new) == (first, renewing["new"])
+            assert sorted(forkers(daemon)) == sorted([first, new])
+            with held(address, 3):  # 4 + 3: the service's cap
+                assert len(children_of(new)) == 3, "new connections go to the new forker"
+                assert len(children_of(first)) == 4
+                waiting = connect(address)
+                waiting.sendall(b"waiting\n")
+                assert not answered_soon(waiting, b"waiting\n", 0.5), "the cap spans forkers"
+                old[0].close()  # a child of the retired forker ends: room for one
+                assert answered_soon(waiting, b"waiting\n", 5)
+                waiting.close()
+                old[1].sendall(b"still\n")
+                assert old[1].recv(100) == b"still\n", "the retired forker serves on"
+                for client in old:
+                    client.close()
+                (retired,) = daemon.wait_event("forker_retired")
+                assert (retired["forker"], retired["exit_status"]) == (first, 0)
+                assert forkers(daemon) == [new]
+                notifications.wait_for("STATUS=3 active, 8 served", after=0)
+        assert exchange(address, b"after\n") == b"after\n"
+        assert daemon.stop() == 0
+        assert daemon.events("stopped")
+
+    def test_stop_reaches_the_retired_forker(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A stop ends the retired forker's endless wait: its idle children get SIGTERM."""
+        daemon = start(sockd, tmp_path, "renew_forker_after = 3\nstop_timeout = 0.5")
+        with held(daemon.address(), 3) as clients:
+            daemon.wait_event("forker_renewed")
+            started = time.monotonic()
+            assert daemon.stop() == 0
+            assert time.monotonic() - started < 5
+            (timeout,) = daemon.events("stop_timeout")
+            assert (timeout["children"], timeout["action"]) == (3, "SIGTERM")
+            for client in clients:
+                assert client.recv(100) == b"", "its child was ended"
+
+    def test_a_failed_renewal_leaves_the_old_forker_serving(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A fresh forker that cannot start is logged; the crowded one serves on, untouched."""
+        module = tmp_path / "vanishing.py"
+        module.write_text(
+            "import socketserver\n"
+            "class Echo(socketserver.StreamRequestHandler):\n"
+            "    def handle(self):\n"
+            "        for line in self.rfile:\n"
+            "            self.wfile.write(line)\n"
+        )
+        daemon = start(sockd, tmp_path, "renew_forker_after = 2", handler="vanishing:Echo")
+        first = daemon.forker()
+        module.unlink()  # a fresh forker cannot import the handler any more
+        with held(daemon.address(), 2):
+            (failed,) = daemon.wait_event("forker_renewal_failed")
+            assert "vanishing" in failed["error"]
+            assert failed["retry_in"] == 60
+            assert forkers(daemon) == [first]
+            assert exchange(daemon.address(), b"served\n") == b"served\n"
+        assert daemon.stop() == 0
+
+    @pytest.mark.parametrize(
+        ("daemon_settings", "service_settings"),
+        [("renew_forker_after = 0", ""), ("renew_forker_after = 2", "per_source = 10")],
+        ids=["off", "per-source-limits"],
+    )
+    def test_no_renewal(
+        self,
+        sockd: Callable[..., Sockd],
+        tmp_path: Path,
+        daemon_settings: str,
+        service_settings: str,
+    ) -> None:
+        """Off, or under per-source limits (counted in one forker), nothing is renewed."""
+        daemon = start(sockd, tmp_path, daemon_settings, extra=service_settings)
+        with held(daemon.address(), 3):
+            time.sleep(3)  # two crowd checks past the age of a long-lived connection
+            assert not daemon.events("forker_renewing")
+            assert len(forkers(daemon)) == 1
+        assert daemon.stop() == 0
