@@ -397,12 +397,12 @@ class Forker:
         """
         self.retired = True
         self.stop(math.inf)
-        self._report_children()
+        self._report_children(always=True)  # the forker taking over waits for it
 
-    def _report_children(self) -> None:
+    def _report_children(self, *, always: bool = False) -> None:
         children = self.shared.children
         counts = (len(children), children.per_service())
-        if counts != self.reported_children:
+        if always or counts != self.reported_children:
             self.reported_children = counts
             self._flush()
             ipc.send(self.events, ("children", *counts))

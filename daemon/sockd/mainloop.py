@@ -47,6 +47,7 @@ DRAIN_LIMIT = 1.0  # seconds to collect the last events once a forker has exited
 FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 RENEW_PAUSE = 60.0  # seconds without renewing the forker after a renewal failed
+MAX_FORKERS = 8  # no renewal while this many forkers (retired ones too) are alive
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode", "user", "group")
 
@@ -314,7 +315,7 @@ class MainLoop:
         busy = self.standby is not None or self.forker.waits_for is not None
         if self.renew is None or busy or self.stopping or self.reload_pending or not self.ready:
             return
-        if time.monotonic() < self.renew_paused_until:
+        if time.monotonic() < self.renew_paused_until or len(self.forkers) >= MAX_FORKERS:
             return
         try:
             standby = self.renew(self.config)
@@ -339,7 +340,7 @@ class MainLoop:
         log.info("forker_renewed", forker=new.pid, retired=old.pid)
         self._reload_if_requested()
 
-    def _tell_elsewhere(self, reporter: ForkerProcess | None) -> None:
+    def _tell_elsewhere(self, reporter: ForkerProcess) -> None:
         """Tell the current forker how many children the retired ones have (they count toward caps).
 
         A forker still waiting for the count of the one it replaces hears
@@ -455,7 +456,7 @@ class MainLoop:
         else:
             level = "info" if forker.status == 0 else "error"
             getattr(log, level)("forker_retired", forker=forker.pid, exit_status=forker.status)
-            self._tell_elsewhere(None)
+            self._tell_elsewhere(forker)  # a forker waiting for its count waits no more
 
     def _forget(self, forker: ForkerProcess) -> None:
         """Its last events are read (or waited for long enough): close, and keep its totals."""
