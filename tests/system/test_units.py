@@ -426,3 +426,25 @@ def test_programs_and_pooled_workers_run_under_the_hardened_unit(machine: Contai
     assert by_service["pool"]["worker"] is True
     machine.run("systemctl", "stop", "sockd.service")
     assert machine.show("sockd.service", "Result") == "success"
+
+
+def test_a_fresh_forker_takes_over_under_the_hardened_unit(machine: Container) -> None:
+    """Forker renewal (a second interpreter started by the unprivileged daemon) in the sandbox."""
+    pooled = 'name = "pool"\nhandler = "echo"\nlisten = ["127.0.0.1:8011"]\nworkers = 2'
+    machine.write(CONFIG, config(ECHO, pooled, daemon="renew_forker_after = 2"))
+    machine.run("systemctl", "start", "sockd.service")
+    with contextlib.ExitStack() as stack:
+        for index in range(2):
+            client = stack.enter_context(machine.connect("127.0.0.1", 7))
+            client.sendall(b"%d\n" % index)
+            assert client.recv(100) == b"%d\n" % index
+        (renewed,) = wait_events(machine, "forker_renewed")
+        assert echo(machine, b"new\n") == b"new\n"
+        assert echo(machine, b"pooled\n", port=8011) == b"pooled\n"
+        client.sendall(b"old\n")
+        assert client.recv(100) == b"old\n", "the retired forker serves on"
+    (retired,) = wait_events(machine, "forker_retired")
+    assert (retired["forker"], retired["exit_status"]) == (renewed["retired"], 0)
+    machine.run("systemctl", "stop", "sockd.service")
+    assert machine.show("sockd.service", "Result") == "success"
+    assert not [event for event in events(machine) if event["level"] in ("error", "critical")]
