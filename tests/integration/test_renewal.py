@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import Notifications, Sockd, children_of, connect, exchange, write_config
+from harness import (
+    Notifications,
+    Sockd,
+    children_of,
+    connect,
+    exchange,
+    wait_until,
+    write_config,
+)
 
 if TYPE_CHECKING:
     import socket
@@ -101,6 +110,28 @@ class TestRenewal:
         assert exchange(address, b"after\n") == b"after\n"
         assert daemon.stop() == 0
         assert daemon.events("stopped")
+
+    def test_a_fresh_forker_serves_the_reloaded_config(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Renewal after a reload starts the fresh forker with the config in force."""
+        daemon = start(sockd, tmp_path, "renew_forker_after = 2")
+        text = (tmp_path / "sockd.toml").read_text()
+        (tmp_path / "sockd.toml").write_text(
+            text.replace('handler = "echo"', 'handler = "discard"')
+        )
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        first = daemon.forker()
+        clients = [connect(daemon.address()) for _ in range(2)]
+        try:
+            wait_until(lambda: len(children_of(first)) == 2, what="both served")
+            daemon.wait_event("forker_renewed")
+            assert exchange(daemon.address(), b"dropped\n") == b"", "discard, not echo"
+        finally:
+            for client in clients:
+                client.close()
+        assert daemon.stop() == 0
 
     def test_stop_reaches_the_retired_forker(
         self, sockd: Callable[..., Sockd], tmp_path: Path
