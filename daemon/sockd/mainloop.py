@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from sockd import privileges
+    from sockd.children import RawExit
     from sockd.notify import Notifier
     from sockd.server import ServiceServer
 
@@ -246,10 +247,8 @@ class MainLoop:
     def _on_event(self, forker: ForkerProcess, record: ipc.Record) -> None:  # noqa: C901
         kind = record[0]
         if kind == "closed":
-            info = self.connection_log.info
-            with sockd_log.batched():
-                for raw in record[1]:  # type: ignore[attr-defined]
-                    info("connection_closed", **closed_fields(raw))
+            raws: list[RawExit] = record[1]  # type: ignore[assignment]
+            sockd_log.info_many("connection_closed", (closed_fields(raw) for raw in raws))
         elif kind == "served":
             self._served(record[1], record[2])  # type: ignore[arg-type]
         elif kind == "log":
@@ -278,19 +277,21 @@ class MainLoop:
 
     def _served(self, records: list[tuple[Any, ...]], denied: int) -> None:
         """Log the connections pooled workers served, and count them for STATUS=."""
-        info = self.connection_log.info
-        with sockd_log.batched():
-            for pid, service, client, code, duration in records:
-                info(
-                    "connection_closed",
-                    service=service,
-                    client=client_label(client),
-                    pid=pid,
-                    exit_code=code,
-                    signal=None,
-                    duration=round(duration, 6),
-                    worker=True,
-                )
+        sockd_log.info_many(
+            "connection_closed",
+            (
+                {
+                    "service": service,
+                    "client": client_label(client),
+                    "pid": pid,
+                    "exit_code": code,
+                    "signal": None,
+                    "duration": round(duration, 6),
+                    "worker": True,
+                }
+                for pid, service, client, code, duration in records
+            ),
+        )
         self.pooled[0] += len(records)
         self.pooled[1] += denied
         self.pooled[2] += sum(1 for record in records if record[3])

@@ -99,3 +99,46 @@ class TestBatched:
             os.close(write_end)
             log.configure("json")
         assert [json.loads(line)["event"] for line in lines] == ["first", "second"]
+
+
+class TestInfoMany:
+    FIELDS = (
+        {"service": "echo", "client": "unix:uid=0,pid=1", "pid": 7, "signal": None, "d": 0.5},
+        {"service": 'q"uote\nline', "client": "[::1]:2", "worker": True},  # our pid is added
+        {"service": "x", "level": "odd", "timestamp": "mine"},  # fields that replace the head's
+        {"service": "x", "other": object()},  # what is not JSON is logged as its repr
+    )
+
+    @pytest.mark.parametrize("journal", [False, True])
+    def test_json_lines_are_structlogs(
+        self, pipe: tuple[int, int], journal: bool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each line is the one structlog renders, but for the time; to the journal, <6> first."""
+        if journal:
+            info = os.fstat(pipe[1])
+            monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        log.configure("json", fd=pipe[1])
+        log.info_many("connection_closed", (dict(fields) for fields in self.FIELDS))
+        fast = read_lines(pipe[0])
+        logger = structlog.get_logger()
+        for fields in self.FIELDS:
+            logger.info("connection_closed", **fields)
+        slow = read_lines(pipe[0])
+        assert len(fast) == len(slow) == len(self.FIELDS)
+        for ours, theirs in zip(fast, slow, strict=True):
+            assert ours.startswith("<6>{" if journal else "{")
+            ours_record = json.loads(ours.removeprefix("<6>"))
+            theirs_record = json.loads(theirs.removeprefix("<6>"))
+            if theirs_record["timestamp"] != "mine":
+                ours_record["timestamp"] = theirs_record["timestamp"]
+            assert list(ours_record.items()) == list(theirs_record.items())
+        assert json.loads(fast[1].removeprefix("<6>"))["pid"] == os.getpid()
+
+    def test_console_goes_through_structlog(self, pipe: tuple[int, int]) -> None:
+        """Another format is structlog's own rendering, one line per event."""
+        log.configure("console", fd=pipe[1])
+        log.info_many("connection_closed", [{"service": "echo"}, {"service": "time"}])
+        lines = read_lines(pipe[0])
+        assert len(lines) == 2
+        assert "connection_closed" in lines[0]
+        assert "service=time" in lines[1]
