@@ -12,6 +12,7 @@ retired ones still have (they count toward the caps).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import selectors
 import signal
@@ -49,6 +50,7 @@ FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 RENEW_PAUSE = 60.0  # seconds without renewing the forker after a renewal failed
 MAX_FORKERS = 8  # no renewal while this many forkers (retired ones too) are alive
+STANDBY_LIMIT = 30.0  # seconds a fresh forker may take to be ready; then it is killed
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode", "user", "group")
 
@@ -58,13 +60,16 @@ class ForkerProcess:
 
     __slots__ = (
         "children",
+        "closed",
         "control",
         "counts",
         "drain_until",
         "events",
         "exit_fd",
+        "failed_standby",
         "failure",
         "pid",
+        "ready_by",
         "status",
         "waits_for",
     )
@@ -81,14 +86,19 @@ class ForkerProcess:
         self.failure: tuple[str, int] | None = None  # its "fatal" record: error, exit code
         self.status: int | None = None  # its exit status, once reaped
         self.drain_until = 0.0  # once exited: how long its last events are waited for
+        self.ready_by = math.inf  # a standby: killed if not ready by then
+        self.failed_standby = False  # exited before taking over: logged once its events are read
+        self.closed = False
 
     def send(self, record: ipc.Record) -> None:
         """Send a control record; a forker that is gone is noticed by its exit, not here."""
-        with contextlib.suppress(BrokenPipeError):
-            ipc.send(self.control, record)
+        if not self.closed:
+            with contextlib.suppress(BrokenPipeError):
+                ipc.send(self.control, record)
 
     def close(self) -> None:
-        """Close our ends of its pipes and its pidfd."""
+        """Close our ends of its pipes and its pidfd; `send` does nothing from now on."""
+        self.closed = True
         for fd in (self.control, self.events.fd, self.exit_fd):
             os.close(fd)
 
@@ -116,18 +126,28 @@ def spawn(
     # resolved again (and wrote, copying pages) what the forker never called.
     environ.setdefault("LD_BIND_NOW", ipc.BIND_NOW_MARK)
     argv = [sys.executable, "-S", "-m", "sockd.forker", *(str(fd) for fd in passed)]
+    pid = 0
     try:
-        for fd in passed:
-            os.set_inheritable(fd, True)
-        # Its own process group: a Ctrl-C at the terminal reaches the daemon
-        # only, which stops the forker gracefully.
-        pid = os.posix_spawn(sys.executable, argv, environ, setpgroup=0)
-    finally:
-        for fd in passed:
-            os.set_inheritable(fd, False)
-        os.close(control_read)
-        os.close(events_write)
-    os.set_blocking(events_read, False)
+        try:
+            for fd in passed:
+                os.set_inheritable(fd, True)
+            # Its own process group: a Ctrl-C at the terminal reaches the daemon
+            # only, which stops the forker gracefully.
+            pid = os.posix_spawn(sys.executable, argv, environ, setpgroup=0)
+        finally:
+            for fd in passed:
+                os.set_inheritable(fd, False)
+            os.close(control_read)
+            os.close(events_write)
+        os.set_blocking(events_read, False)
+        forker = ForkerProcess(pid, control_write, events_read)
+    except OSError:
+        if pid:  # started, but cannot be supervised (no pidfd)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(control_write)
+        os.close(events_read)
+        raise
     daemon = config.daemon
     setup = {
         "listeners": [
@@ -141,7 +161,6 @@ def spawn(
         "identity": list(who) if who else None,
         "sys_path": sys.path,
     }
-    forker = ForkerProcess(pid, control_write, events_read)
     forker.send(("setup", setup))
     return forker
 
@@ -179,6 +198,7 @@ class MainLoop:
         self.pending: list[int] = []
         self.ready = False
         self.stopping = False
+        self.failed = False  # the current forker died: the others are told to quit
         self.forker_status: int | None = None  # the current forker's, once it has exited
         self.reload_pending = False
         self.reload_requested = False
@@ -212,15 +232,25 @@ class MainLoop:
         self.selector.register(forker.events.fd, selectors.EVENT_READ, ("events", forker))
         self.selector.register(forker.exit_fd, selectors.EVENT_READ, ("exit", forker))
 
-    def _turn(self) -> None:
-        now = time.monotonic()
-        alive = [forker for forker in self.forkers if forker.status is None]
+    def _timeout(self, now: float) -> float:
+        """Tick the watchdog; return how long to wait. A standby too slow to start is killed."""
+        # A standby is not heard from while it starts: it has STANDBY_LIMIT.
+        alive = [f for f in self.forkers if f.status is None and f is not self.standby]
         healthy = all(now - forker.events.last_read < FORKER_SILENCE for forker in alive)
-        timeout = min(self.notifier.tick(healthy=healthy), IDLE_WAKEUP)
-        for forker in self.forkers:
-            if forker.status is not None:  # exited: its last events are being read
-                timeout = min(timeout, max(0.0, forker.drain_until - now))
-        for key, _ in self.selector.select(timeout):
+        due = [self.notifier.tick(healthy=healthy), IDLE_WAKEUP]
+        standby = self.standby
+        if standby is not None and now >= standby.ready_by:
+            standby.ready_by = math.inf  # its exit fails the renewal
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(standby.pid, signal.SIGKILL)
+        elif standby is not None:
+            due.append(standby.ready_by - now)
+        # Forkers that exited: their last events are being read.
+        due += [f.drain_until - now for f in self.forkers if f.status is not None]
+        return max(0.0, min(due))
+
+    def _turn(self) -> None:
+        for key, _ in self.selector.select(self._timeout(time.monotonic())):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wakeup_read, 4096)
@@ -257,7 +287,7 @@ class MainLoop:
         elif kind == "status":
             forker.counts = tuple(int(count) for count in record[1:])  # type: ignore[call-overload]
             self._status()
-        elif kind == "ready" and not self.stopping:
+        elif kind == "ready" and not self.stopping and not self.failed:
             if forker is self.standby:
                 self._hand_over(forker)
             elif not self.ready:
@@ -269,7 +299,7 @@ class MainLoop:
             self._reload_done(None if kind == "reloaded" else str(record[1]))
         elif kind == "fatal":
             forker.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
-        elif kind == "crowded" and forker is self.forker:
+        elif kind == "crowded" and forker is self.forker and not self.failed:
             self._renew(int(record[1]))  # type: ignore[call-overload]
         elif kind == "children":
             forker.children = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
@@ -324,6 +354,7 @@ class MainLoop:
             self._renewal_failed(exc.strerror)
             return
         log.info("forker_renewing", forker=self.forker.pid, long_lived=long_lived, new=standby.pid)
+        standby.ready_by = time.monotonic() + STANDBY_LIMIT
         self.standby = standby
         self._watch(standby)
 
@@ -338,7 +369,6 @@ class MainLoop:
         self.forker, self.standby = new, None
         new.waits_for = old
         old.send(("retire",))
-        log.info("forker_renewed", forker=new.pid, retired=old.pid)
         self._reload_if_requested()
 
     def _tell_elsewhere(self, reporter: ForkerProcess) -> None:
@@ -358,12 +388,16 @@ class MainLoop:
                 total += forker.children[0]
                 for service, count in forker.children[1].items():
                     per_service[service] = per_service.get(service, 0) + count
-        command = "elsewhere" if current.waits_for is None else "take_over"
+        if current.waits_for is None:
+            current.send(("elsewhere", total, per_service))
+            return
         current.waits_for = None
-        current.send((command, total, per_service))
+        current.send(("take_over", total, per_service))
+        # The retired one accepts no more (it reported after it stopped, or it exited).
+        log.info("forker_renewed", forker=current.pid, retired=reporter.pid)
 
     def _act_on(self, signum: int) -> None:
-        if signum == signal.SIGHUP and not self.stopping:
+        if signum == signal.SIGHUP and not self.stopping and not self.failed:
             if self.ready:
                 self.reload()
             else:
@@ -446,14 +480,13 @@ class MainLoop:
         if forker is self.forker:
             self.forker_status = forker.status
             if not self.stopping:  # it died: the others are stopped at once
+                self.failed = True
                 for other in self.forkers:
                     if other.status is None:
                         other.send(("quit",))
         elif forker is self.standby:
             self.standby = None
-            if not self.stopping:
-                error = forker.failure[0] if forker.failure else None
-                self._renewal_failed(error, exit_status=forker.status)
+            forker.failed_standby = not self.stopping and not self.failed
         else:
             level = "info" if forker.status == 0 else "error"
             getattr(log, level)("forker_retired", forker=forker.pid, exit_status=forker.status)
@@ -465,6 +498,9 @@ class MainLoop:
             self.selector.unregister(forker.events.fd)
         forker.close()
         self.forkers.remove(forker)
+        if forker.failed_standby:  # now with its "fatal" record, if it sent one
+            error = forker.failure[0] if forker.failure else None
+            self._renewal_failed(error, exit_status=forker.status)
         for index, count in enumerate(forker.counts[1:]):
             self.finished[index] += count
 

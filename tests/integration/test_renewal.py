@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,7 @@ import pytest
 from harness import (
     Notifications,
     Sockd,
+    alive,
     children_of,
     connect,
     exchange,
@@ -19,7 +22,6 @@ from harness import (
 )
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
@@ -126,12 +128,63 @@ class TestRenewal:
         clients = [connect(daemon.address()) for _ in range(2)]
         try:
             wait_until(lambda: len(children_of(first)) == 2, what="both served")
-            daemon.wait_event("forker_renewed")
-            assert exchange(daemon.address(), b"dropped\n") == b"", "discard, not echo"
+            (renewed,) = daemon.wait_event("forker_renewed")
+            with connect(daemon.address()) as client:
+                client.sendall(b"dropped\n")
+                wait_until(lambda: children_of(renewed["forker"]), what="served by the new one")
+                client.shutdown(socket.SHUT_WR)
+                assert client.recv(100) == b"", "discard, not echo"
         finally:
             for client in clients:
                 client.close()
         assert daemon.stop() == 0
+
+    def test_pooled_workers_move_to_the_new_forker(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """The retired forker's workers finish and leave; the new forker's serve the pool."""
+        pooled = (
+            '[[service]]\nname = "pool"\nhandler = "echo"\nlisten = ["127.0.0.1:0"]\nworkers = 2'
+        )
+        daemon = start(sockd, tmp_path, "renew_forker_after = 2", extra=pooled)
+        pool_address = daemon.address(1)
+        assert exchange(pool_address, b"before\n") == b"before\n"
+        with held(daemon.address(), 2):
+            (renewed,) = daemon.wait_event("forker_renewed")
+            retired = daemon.wait_event("worker_exited", count=2, retired=True)
+            assert {event["service"] for event in retired} == {"pool"}
+            wait_until(lambda: len(children_of(renewed["forker"])) == 2, what="new workers")
+            assert exchange(pool_address, b"after\n") == b"after\n"
+            closed = daemon.wait_event("connection_closed", count=2, service="pool")
+            assert closed[-1]["pid"] in [pid for pid, _ in children_of(renewed["forker"])]
+        assert daemon.stop() == 0
+
+    def test_the_forker_dying_during_a_renewal_is_noticed(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """The current forker dies while a fresh one starts: both go, the daemon exits 70."""
+        marker = tmp_path / "slow"
+        (tmp_path / "slow_import.py").write_text(
+            "import os, socketserver, time\n"
+            f"if os.path.exists({str(marker)!r}):\n"
+            "    time.sleep(3)  # a fresh forker starts slowly\n"
+            "class Echo(socketserver.StreamRequestHandler):\n"
+            "    def handle(self):\n"
+            "        for line in self.rfile:\n"
+            "            self.wfile.write(line)\n"
+        )
+        daemon = start(sockd, tmp_path, "renew_forker_after = 2", handler="slow_import:Echo")
+        marker.touch()
+        first = daemon.forker()
+        with held(daemon.address(), 2):
+            (renewing,) = daemon.wait_event("forker_renewing")
+            os.kill(first, signal.SIGKILL)
+            assert daemon.wait() == 70
+        (died,) = daemon.events("forker_died")
+        assert died["exit_status"] == -signal.SIGKILL
+        assert not daemon.events("crashed")
+        assert not daemon.events("forker_renewed")
+        wait_until(lambda: not alive(renewing["new"]), what="the fresh forker gone")
 
     def test_stop_reaches_the_retired_forker(
         self, sockd: Callable[..., Sockd], tmp_path: Path
