@@ -86,7 +86,7 @@ class ForkerProcess:
         self.failure: tuple[str, int] | None = None  # its "fatal" record: error, exit code
         self.status: int | None = None  # its exit status, once reaped
         self.drain_until = 0.0  # once exited: how long its last events are waited for
-        self.ready_by = math.inf  # a standby: killed if not ready by then
+        self.ready_by = math.inf  # a standby: killed if not ready by then (STANDBY_LIMIT)
         self.failed_standby = False  # exited before taking over: logged once its events are read
         self.closed = False
 
@@ -189,7 +189,7 @@ class MainLoop:
         self.renew_paused_until = 0.0
         self.servers = servers
         self.notifier = notifier
-        # A logger bound once, for the events of every connection: the module's
+        # A logger bound once, for the events forkers and children send: the module's
         # lazy proxy would rebuild one on each call (about half the cost of an event).
         self.connection_log = structlog.get_logger().bind()
         self.finished = [0, 0, 0]  # served, denied, errors of forkers gone
@@ -240,7 +240,11 @@ class MainLoop:
         due = [self.notifier.tick(healthy=healthy), IDLE_WAKEUP]
         standby = self.standby
         if standby is not None and now >= standby.ready_by:
-            standby.ready_by = math.inf  # its exit fails the renewal
+            # No hand-over to it from now on; its exit is logged as the renewal's failure.
+            self.standby = None
+            self.renew_paused_until = now + RENEW_PAUSE
+            standby.failed_standby = True
+            standby.failure = (f"not ready within {STANDBY_LIMIT:g} s", 0)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(standby.pid, signal.SIGKILL)
         elif standby is not None:
@@ -487,7 +491,7 @@ class MainLoop:
         elif forker is self.standby:
             self.standby = None
             forker.failed_standby = not self.stopping and not self.failed
-        else:
+        elif not forker.failed_standby:
             level = "info" if forker.status == 0 else "error"
             getattr(log, level)("forker_retired", forker=forker.pid, exit_status=forker.status)
             self._tell_elsewhere(forker)  # a forker waiting for its count waits no more
