@@ -59,6 +59,18 @@ def held(address: str, count: int) -> Iterator[list[socket.socket]]:
             client.close()
 
 
+def echo_module(path: Path, prelude: str = "") -> Path:
+    """Write a handler module with a line echo `Echo`, after `prelude` (run at its import)."""
+    path.write_text(
+        f"{prelude}import socketserver\n"
+        "class Echo(socketserver.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        for line in self.rfile:\n"
+        "            self.wfile.write(line)\n"
+    )
+    return path
+
+
 def answered_soon(client: socket.socket, line: bytes, timeout: float) -> bool:
     client.settimeout(timeout)
     try:
@@ -164,14 +176,9 @@ class TestRenewal:
     ) -> None:
         """The current forker dies while a fresh one starts: both go, the daemon exits 70."""
         marker = tmp_path / "slow"
-        (tmp_path / "slow_import.py").write_text(
-            "import os, socketserver, time\n"
-            f"if os.path.exists({str(marker)!r}):\n"
-            "    time.sleep(3)  # a fresh forker starts slowly\n"
-            "class Echo(socketserver.StreamRequestHandler):\n"
-            "    def handle(self):\n"
-            "        for line in self.rfile:\n"
-            "            self.wfile.write(line)\n"
+        echo_module(
+            tmp_path / "slow_import.py",
+            f"import os, time\nif os.path.exists({str(marker)!r}):\n    time.sleep(3)\n",
         )
         daemon = start(sockd, tmp_path, "renew_forker_after = 2", handler="slow_import:Echo")
         marker.touch()
@@ -205,14 +212,7 @@ class TestRenewal:
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
         """A fresh forker that cannot start is logged; the crowded one serves on, untouched."""
-        module = tmp_path / "vanishing.py"
-        module.write_text(
-            "import socketserver\n"
-            "class Echo(socketserver.StreamRequestHandler):\n"
-            "    def handle(self):\n"
-            "        for line in self.rfile:\n"
-            "            self.wfile.write(line)\n"
-        )
+        module = echo_module(tmp_path / "vanishing.py")
         daemon = start(sockd, tmp_path, "renew_forker_after = 2", handler="vanishing:Echo")
         first = daemon.forker()
         module.unlink()  # a fresh forker cannot import the handler any more
