@@ -73,7 +73,7 @@ class Notifications:
 class Sockd:
     """sockd running as a real process in its own session, stderr to a file."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (each a knob of how a real process starts)
         self,
         args: list[str],
         tmp_path: Path,
@@ -81,6 +81,8 @@ class Sockd:
         notify: Notifications | None = None,
         env: dict[str, str] | None = None,
         prefix: Iterable[str] = (),
+        python_options: Iterable[str] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.log_path = tmp_path / f"sockd-{time.monotonic_ns()}.log"
         environ = {
@@ -94,12 +96,13 @@ class Sockd:
         self.notify = notify
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "sockd", *args],
+                [*prefix, sys.executable, *python_options, "-m", "sockd", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 env=environ,
                 start_new_session=True,
+                cwd=cwd,
             )
         self.pid = self.process.pid
 

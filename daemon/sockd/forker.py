@@ -9,7 +9,7 @@ teardown at its exit). The daemon itself carries structlog, tomllib and
 the config dataclasses; the forker carries only socketserver, the handlers
 and what they import, so each connection forks the smallest process it can.
 
-The daemon starts it with `python -S -m sockd.forker CONTROL EVENTS FD...` (no
+The daemon starts it with `python -P -S -m sockd.forker CONTROL EVENTS FD...` (no
 site packages scanned: `sys.path` comes with the set-up record), hands it the
 listening sockets, and talks to it through two pipes of `sockd.ipc` records:
 
@@ -71,7 +71,7 @@ def _close_other_fds(keep: set[int]) -> None:
 
 
 def main() -> None:
-    """Entry point of `python -S -m sockd.forker CONTROL EVENTS LISTENER...`."""
+    """Entry point of `python -P -S -m sockd.forker CONTROL EVENTS LISTENER...`."""
     control, events = int(sys.argv[1]), int(sys.argv[2])
     # Each running program's stderr pipe is a descriptor here: allow what the system allows.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sockd import config as sockd_config
-from sockd import ipc
+from sockd import ipc, privileges
 from sockd import log as sockd_log
 from sockd.children import closed_fields
+from sockd.environment import forker_environment
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
 from sockd.listeners import client_label
 from sockd.notify import status_text
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
-    from sockd import privileges
     from sockd.children import RawExit
     from sockd.notify import Notifier
     from sockd.server import ServiceServer
@@ -117,15 +117,22 @@ def spawn(
     Raises:
         OSError: the interpreter could not be started.
     """
+    services = [sockd_config.service_record(service) for service in config.services]
+    # One that keeps root for programs' users (see sockd.forker) keeps only what it needs.
+    keeps_root = who and any(service["identity"] for service in services)
+    prefix = privileges.forker_capabilities_prefix() if keeps_root else []
     control_read, control_write = os.pipe2(os.O_CLOEXEC)
     events_read, events_write = os.pipe2(os.O_CLOEXEC)
     passed = [control_read, events_write] + [server.fileno() for server in servers]
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environ = dict(os.environ, PYTHONPATH=package_root)
+    environ = forker_environment(os.environ, package_root)
     # The dynamic linker resolves every symbol at start-up: otherwise each child
     # resolved again (and wrote, copying pages) what the forker never called.
     environ.setdefault("LD_BIND_NOW", ipc.BIND_NOW_MARK)
-    argv = [sys.executable, "-S", "-m", "sockd.forker", *(str(fd) for fd in passed)]
+    # -P: the working directory is never on its sys.path (-m would put it first,
+    # and a socketserver.py there would run in the forker, maybe as root).
+    argv = [*prefix, sys.executable, "-P", "-S", "-m", "sockd.forker"]
+    argv += [str(fd) for fd in passed]
     pid = 0
     try:
         try:
@@ -133,7 +140,7 @@ def spawn(
                 os.set_inheritable(fd, True)
             # Its own process group: a Ctrl-C at the terminal reaches the daemon
             # only, which stops the forker gracefully.
-            pid = os.posix_spawn(sys.executable, argv, environ, setpgroup=0)
+            pid = os.posix_spawn(argv[0], argv, environ, setpgroup=0)
         finally:
             for fd in passed:
                 os.set_inheritable(fd, False)
@@ -153,7 +160,7 @@ def spawn(
         "listeners": [
             [server.fileno(), server.service.name, server.endpoint.fd_name] for server in servers
         ],
-        "services": [sockd_config.service_record(service) for service in config.services],
+        "services": services,
         "max_children": daemon.max_children,
         "stop_timeout": daemon.stop_timeout,
         "renew_forker_after": daemon.renew_forker_after,

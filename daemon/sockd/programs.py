@@ -13,6 +13,7 @@ import os
 import select
 import signal
 
+from sockd.environment import program_environment
 from sockd.listeners import peer_credentials
 from sockd.privileges import become_ids
 
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
-# Never passed to a program: systemd's variables for sockd itself.
-RESERVED = ("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_")
 # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: a
 # program gets every signal at its default action.
 DEFAULT_SIGNALS = tuple(
@@ -35,16 +34,6 @@ MAX_LINE = 2000  # longer stderr lines are cut into pieces of this many bytes
 MAX_LINES = 1000  # lines a program may log; the rest are counted
 DRAIN_READS = 16  # reads of a reaped program's stderr before its exit is logged
 _EXEC_FAILED = 127  # like a shell, for a program that could not be executed
-
-
-def base_environment(extra: dict[str, str]) -> dict[bytes, bytes]:
-    """Return the forker's environment without systemd's variables, plus the service's `env`.
-
-    Encoded once: posix_spawn then only joins each pair, per connection.
-    """
-    environ = {key: value for key, value in os.environ.items() if not key.startswith(RESERVED)}
-    environ.update(extra)
-    return {os.fsencode(key): os.fsencode(value) for key, value in environ.items()}
 
 
 def connection_environment(
@@ -91,7 +80,7 @@ class Program:
     ) -> None:
         self.path = path
         self.argv = argv
-        self.environ = base_environment(env)
+        self.environ = program_environment(env)
         self.identity = identity
         self.ignored_signals = tuple(
             signum for signum in DEFAULT_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN

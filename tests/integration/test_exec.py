@@ -97,6 +97,34 @@ class TestExec:
         events = [event["event"] for event in daemon.events() if event.get("service") == "prog"]
         assert events[-3:] == ["program_stderr", "program_stderr", "connection_closed"]
 
+    def test_program_environment_is_the_documented_one_only(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """PATH, the service's env, the connection's variables: nothing of sockd's environment."""
+        config = program_config(tmp_path, '["/usr/bin/env"]', 'env = { GREETING = "hello" }')
+        env = {
+            "JOURNAL_STREAM": "0:0",
+            "INVOCATION_ID": "5f0e1d2c3b4a",
+            "CREDENTIALS_DIRECTORY": "/run/credentials/sockd.service",
+            "LANG": "de_DE.UTF-8",
+            "KEEP_ME": "a shell's variable",
+        }
+        daemon = sockd("run", "--config", config, env=env)
+        lines = exchange(daemon.address(), b"").decode().splitlines()
+        environ = dict(line.split("=", 1) for line in lines)
+        assert sorted(environ) == [
+            "GREETING",
+            "PATH",
+            "PROTO",
+            "REMOTE_ADDR",
+            "REMOTE_PORT",
+            "TCPLOCALIP",
+            "TCPLOCALPORT",
+            "TCPREMOTEIP",
+            "TCPREMOTEPORT",
+        ]
+        assert environ["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
     def test_unix_peer_gets_its_credentials(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:

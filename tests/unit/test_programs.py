@@ -6,7 +6,6 @@ import os
 import select
 import signal
 import socket
-from typing import TYPE_CHECKING
 
 from harness import recv_all, wait_until
 
@@ -15,12 +14,8 @@ from sockd.programs import (
     Program,
     StderrLines,
     StderrWatch,
-    base_environment,
     connection_environment,
 )
-
-if TYPE_CHECKING:
-    import pytest
 
 
 def lines_of(chunks: list[bytes]) -> list[str]:
@@ -91,19 +86,6 @@ class TestStderrWatch:
 
 
 class TestEnvironment:
-    def test_reserved_variables_are_dropped_and_env_added(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """NOTIFY_SOCKET, LISTEN_* and WATCHDOG_* never reach a program."""
-        monkeypatch.setenv("NOTIFY_SOCKET", "/run/x")
-        monkeypatch.setenv("LISTEN_FDS", "1")
-        monkeypatch.setenv("WATCHDOG_USEC", "5")
-        monkeypatch.setenv("KEEP_ME", "yes")
-        environ = base_environment({"EXTRA": "1"})
-        assert environ[b"KEEP_ME"] == b"yes"
-        assert environ[b"EXTRA"] == b"1"
-        assert not [key for key in environ if key.startswith((b"NOTIFY", b"LISTEN", b"WATCHDOG"))]
-
     def test_tcp_connection(self) -> None:
         """UCSPI and systemd variables describe both ends of a TCP connection."""
         with socket.create_server(("127.0.0.1", 0)) as server:

@@ -1,0 +1,62 @@
+"""Tests of sockd.environment: what the forker, handlers and programs find in their environment."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sockd.environment import PROGRAM_BASE, forker_environment, program_environment
+
+if TYPE_CHECKING:
+    import pytest
+
+# What systemd sets for sockd's own unit (systemd.exec(5)), and what an administrator's
+# shell or the unit may add: the first two groups never pass, the last does.
+SYSTEMD = {
+    "INVOCATION_ID": "0123",
+    "JOURNAL_STREAM": "8:1234",
+    "CREDENTIALS_DIRECTORY": "/run/credentials/sockd.service",
+    "MANAGERPID": "1",
+    "MAINPID": "2",
+    "SYSTEMD_EXEC_PID": "3",
+    "NOTIFY_SOCKET": "/run/systemd/notify",
+    "LISTEN_FDS": "1",
+    "LISTEN_PID": "4",
+    "WATCHDOG_USEC": "1000000",
+    "MONITOR_UNIT": "other.service",
+    "TRIGGER_UNIT": "sockd.path",
+    "MEMORY_PRESSURE_WATCH": "/sys/fs/cgroup/x/memory.pressure",
+}
+PYTHON = {
+    "PYTHONPATH": "/elsewhere",
+    "PYTHONSTARTUP": "/nonexistent/startup.py",
+    "PYTHONINSPECT": "1",
+    "PYTHONWARNINGS": "error",
+    "PYTHONHASHSEED": "0",
+    "PYTHONHOME": "/nonexistent",
+}
+KEPT = {"PATH": "/opt/bin:/usr/bin", "LANG": "de_DE.UTF-8", "STATE_DIRECTORY": "/var/lib/sockd"}
+
+
+class TestForkerEnvironment:
+    def test_systemd_and_python_variables_are_dropped_and_the_rest_kept(self) -> None:
+        """No per-unit systemd variable, no PYTHON* one but sockd's PYTHONPATH; the rest kept."""
+        environ = forker_environment({**SYSTEMD, **PYTHON, **KEPT}, "/usr/lib/sockd-root")
+        assert environ == {**KEPT, "PYTHONPATH": "/usr/lib/sockd-root"}
+
+
+class TestProgramEnvironment:
+    def test_a_fixed_base_then_the_service_env(self) -> None:
+        """Nothing of sockd's own environment: PATH, then `env`, which may replace it."""
+        assert program_environment({}) == {b"PATH": PROGRAM_BASE["PATH"].encode()}
+        assert program_environment({"PATH": "/opt/bin", "GREETING": "hé"}) == {
+            b"PATH": b"/opt/bin",
+            b"GREETING": "hé".encode(),
+        }
+
+    def test_the_callers_environment_does_not_reach_programs(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """JOURNAL_STREAM, INVOCATION_ID, a shell's variables: none is in a program's base."""
+        for key, value in {**SYSTEMD, **PYTHON, **KEPT, "HOME": "/root"}.items():
+            monkeypatch.setenv(key, value)
+        assert set(program_environment({"A": "1"})) == {b"PATH", b"A"}
