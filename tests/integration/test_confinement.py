@@ -153,7 +153,7 @@ class TestForkerPrivileges:
     def test_a_forker_that_keeps_root_has_three_capabilities_and_no_new_privs(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
-        """CAP_SETUID, CAP_SETGID, CAP_KILL only; programs and handlers still change user."""
+        """CAP_SETUID, CAP_SETGID, CAP_KILL only; children still change user and are signalled."""
         config = write_config(
             tmp_path / "sockd.toml",
             f"""
@@ -170,6 +170,13 @@ class TestForkerPrivileges:
             [[service]]
             name = "handler"
             handler = "support_handlers:Report"
+            listen = ["127.0.0.1:0"]
+
+            [[service]]
+            name = "sleeper"
+            exec = ["/bin/sleep", "60"]
+            user = "nobody"
+            max_duration = 0.5
             listen = ["127.0.0.1:0"]
             """,
         )
@@ -194,3 +201,7 @@ class TestForkerPrivileges:
         }
         report = json.loads(exchange(daemon.address(1), b""))
         assert report["uid"] == pwd.getpwnam("daemon").pw_uid
+        # CAP_KILL is enough to end another user's program at max_duration.
+        exchange(daemon.address(2), b"")
+        (closed,) = daemon.wait_event("connection_closed", service="sleeper")
+        assert closed["signal"] == "SIGTERM"
