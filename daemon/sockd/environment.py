@@ -1,8 +1,4 @@
-"""The environment of what sockd runs: the forker and its handlers, and programs (both processes).
-
-The daemon builds the forker's environment when it spawns it (handlers
-inherit it); the forker builds each program's from a fixed base.
-"""
+"""What sockd passes on in the environment: to the forker and its handlers, and to programs."""
 
 from __future__ import annotations
 

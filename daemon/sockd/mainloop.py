@@ -119,7 +119,7 @@ def spawn(
     """
     services = [sockd_config.service_record(service) for service in config.services]
     # One that keeps root for programs' users (see sockd.forker) keeps only what it needs.
-    keeps_root = who and any(service["identity"] for service in services)
+    keeps_root = who is not None and any(service["identity"] for service in services)
     prefix = privileges.forker_capabilities_prefix() if keeps_root else []
     control_read, control_write = os.pipe2(os.O_CLOEXEC)
     events_read, events_write = os.pipe2(os.O_CLOEXEC)
