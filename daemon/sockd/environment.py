@@ -1,19 +1,10 @@
-"""What sockd passes on in the environment: to the forker and its handlers, and to programs."""
+"""The forker's environment, which its handlers inherit: built by the daemon as it spawns it."""
 
 from __future__ import annotations
-
-import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-# What every program starts from, before its service's `env` and the connection's
-# variables: a fixed PATH, as systemd gives services and xinetd its servers. No
-# LANG: a program speaks its protocol in the C locale unless `env` says otherwise
-# (not in the administrator's shell's). No TZ: the C library then reads
-# /etc/localtime, the system's time zone, which is what TZ would say anyway.
-PROGRAM_BASE = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 # systemd's variables about sockd's own unit, its invocation or the unit that
 # triggered it (systemd.exec(5)): meaningless or misleading for what sockd runs,
@@ -59,12 +50,3 @@ def forker_environment(environ: Mapping[str, str], package_root: str) -> dict[st
     }
     forker["PYTHONPATH"] = package_root
     return forker
-
-
-def program_environment(env: Mapping[str, str]) -> dict[bytes, bytes]:
-    """Return a program's base environment: PROGRAM_BASE, then its service's `env`.
-
-    Encoded once: posix_spawn then only joins each pair, per connection.
-    """
-    environ = {**PROGRAM_BASE, **env}
-    return {os.fsencode(key): os.fsencode(value) for key, value in environ.items()}

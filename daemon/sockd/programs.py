@@ -13,7 +13,6 @@ import os
 import select
 import signal
 
-from sockd.environment import program_environment
 from sockd.listeners import peer_credentials
 from sockd.privileges import become_ids
 
@@ -22,6 +21,13 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable, Iterable
     from typing import Any
+
+# What every program starts from, before its service's `env` and the connection's
+# variables: a fixed PATH, as systemd gives services and xinetd its servers. No
+# LANG: a program speaks its protocol in the C locale unless `env` says otherwise
+# (not in the administrator's shell's). No TZ: the C library then reads
+# /etc/localtime, the system's time zone, which is what TZ would say anyway.
+PROGRAM_BASE = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: a
 # program gets every signal at its default action.
@@ -34,6 +40,15 @@ MAX_LINE = 2000  # longer stderr lines are cut into pieces of this many bytes
 MAX_LINES = 1000  # lines a program may log; the rest are counted
 DRAIN_READS = 16  # reads of a reaped program's stderr before its exit is logged
 _EXEC_FAILED = 127  # like a shell, for a program that could not be executed
+
+
+def base_environment(env: dict[str, str]) -> dict[bytes, bytes]:
+    """Return a program's environment before the connection's: PROGRAM_BASE, then `env`.
+
+    Encoded once: posix_spawn then only joins each pair, per connection.
+    """
+    environ = {**PROGRAM_BASE, **env}
+    return {os.fsencode(key): os.fsencode(value) for key, value in environ.items()}
 
 
 def connection_environment(
@@ -80,7 +95,7 @@ class Program:
     ) -> None:
         self.path = path
         self.argv = argv
-        self.environ = program_environment(env)
+        self.environ = base_environment(env)
         self.identity = identity
         self.ignored_signals = tuple(
             signum for signum in DEFAULT_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN

@@ -1,13 +1,8 @@
-"""Tests of sockd.environment: what the forker, handlers and programs find in their environment."""
+"""Tests of sockd.environment: the forker's environment, which its handlers inherit."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sockd.environment import PROGRAM_BASE, forker_environment, program_environment
-
-if TYPE_CHECKING:
-    import pytest
+from sockd.environment import forker_environment
 
 # What systemd sets for sockd's own unit (systemd.exec(5)), and what an administrator's
 # shell or the unit may add: the first two groups never pass, the last does.
@@ -42,21 +37,3 @@ class TestForkerEnvironment:
         """No per-unit systemd variable, no PYTHON* one but sockd's PYTHONPATH; the rest kept."""
         environ = forker_environment({**SYSTEMD, **PYTHON, **KEPT}, "/usr/lib/sockd-root")
         assert environ == {**KEPT, "PYTHONPATH": "/usr/lib/sockd-root"}
-
-
-class TestProgramEnvironment:
-    def test_a_fixed_base_then_the_service_env(self) -> None:
-        """Nothing of sockd's own environment: PATH, then `env`, which may replace it."""
-        assert program_environment({}) == {b"PATH": PROGRAM_BASE["PATH"].encode()}
-        assert program_environment({"PATH": "/opt/bin", "GREETING": "hé"}) == {
-            b"PATH": b"/opt/bin",
-            b"GREETING": "hé".encode(),
-        }
-
-    def test_the_callers_environment_does_not_reach_programs(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """JOURNAL_STREAM, INVOCATION_ID, a shell's variables: none is in a program's base."""
-        for key, value in {**SYSTEMD, **PYTHON, **KEPT, "HOME": "/root"}.items():
-            monkeypatch.setenv(key, value)
-        assert set(program_environment({"A": "1"})) == {b"PATH", b"A"}

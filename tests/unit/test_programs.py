@@ -6,16 +6,22 @@ import os
 import select
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 from harness import recv_all, wait_until
 
 from sockd.programs import (
     MAX_LINE,
+    PROGRAM_BASE,
     Program,
     StderrLines,
     StderrWatch,
+    base_environment,
     connection_environment,
 )
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def lines_of(chunks: list[bytes]) -> list[str]:
@@ -86,6 +92,27 @@ class TestStderrWatch:
 
 
 class TestEnvironment:
+    def test_a_fixed_base_then_the_service_env(self) -> None:
+        """Nothing of sockd's own environment: PATH, then `env`, which may replace it."""
+        assert base_environment({}) == {b"PATH": PROGRAM_BASE["PATH"].encode()}
+        assert base_environment({"PATH": "/opt/bin", "GREETING": "hé"}) == {
+            b"PATH": b"/opt/bin",
+            b"GREETING": "hé".encode(),
+        }
+
+    def test_the_callers_environment_does_not_reach_programs(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """JOURNAL_STREAM, INVOCATION_ID, a shell's variables: none is in a program's base."""
+        for key, value in {
+            "JOURNAL_STREAM": "8:1234",
+            "INVOCATION_ID": "0123",
+            "LANG": "de_DE.UTF-8",
+            "HOME": "/root",
+        }.items():
+            monkeypatch.setenv(key, value)
+        assert set(base_environment({"A": "1"})) == {b"PATH", b"A"}
+
     def test_tcp_connection(self) -> None:
         """UCSPI and systemd variables describe both ends of a TCP connection."""
         with socket.create_server(("127.0.0.1", 0)) as server:
