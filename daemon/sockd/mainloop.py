@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sockd import config as sockd_config
-from sockd import ipc, privileges
+from sockd import ipc
 from sockd import log as sockd_log
 from sockd.children import closed_fields
-from sockd.environment import forker_environment
+from sockd.confine import capabilities_prefix, forker_environment
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
 from sockd.listeners import client_label
 from sockd.notify import status_text
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
 
+    from sockd import privileges
     from sockd.children import RawExit
     from sockd.notify import Notifier
     from sockd.server import ServiceServer
@@ -120,7 +121,7 @@ def spawn(
     services = [sockd_config.service_record(service) for service in config.services]
     # One that keeps root for programs' users (see sockd.forker) keeps only what it needs.
     keeps_root = who is not None and any(service["identity"] for service in services)
-    prefix = privileges.forker_capabilities_prefix() if keeps_root else []
+    prefix = capabilities_prefix() if keeps_root else []
     control_read, control_write = os.pipe2(os.O_CLOEXEC)
     events_read, events_write = os.pipe2(os.O_CLOEXEC)
     passed = [control_read, events_write] + [server.fileno() for server in servers]
@@ -130,8 +131,11 @@ def spawn(
     # resolved again (and wrote, copying pages) what the forker never called.
     environ.setdefault("LD_BIND_NOW", ipc.BIND_NOW_MARK)
     # -P: the working directory is never on its sys.path (-m would put it first,
-    # and a socketserver.py there would run in the forker, maybe as root).
+    # and a socketserver.py there would run in the forker, maybe as root). -B:
+    # it writes bytecode caches only if we do (it never sees PYTHONDONTWRITEBYTECODE).
     argv = [*prefix, sys.executable, "-P", "-S", "-m", "sockd.forker"]
+    if sys.flags.dont_write_bytecode:
+        argv.insert(-2, "-B")
     argv += [str(fd) for fd in passed]
     pid = 0
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import pwd
 
@@ -13,16 +12,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 Identity = tuple[str, int, int]  # user name, uid, gid
-
-# util-linux's setpriv (util-linux is essential in Debian): it limits what the
-# forker that keeps root may do, from the daemon's posix_spawn (no fork of the
-# daemon, no ctypes in the forker, whose every page each fork copies).
-SETPRIV = "/usr/bin/setpriv"
-# What that forker needs: give a child its user's groups, group and user
-# (CAP_SETGID covers setgroups), and signal programs running as other users
-# (max_duration, stop). Nothing else: no file access beyond a plain owner's, and
-# the listeners are bound already.
-FORKER_CAPABILITIES = ("setuid", "setgid", "kill")
 
 
 def identity(user: str | None, group: str | None) -> Identity | None:
@@ -79,24 +68,6 @@ def become_ids(ids: list[Any]) -> None:
     os.setgroups(groups)
     os.setgid(gid)
     os.setuid(uid)
-
-
-def forker_capabilities_prefix() -> list[str]:
-    """Return the command that runs the next with FORKER_CAPABILITIES only and no_new_privs.
-
-    Root's bounding set shrinks to them before exec, so the program's permitted
-    and effective sets are them too; no_new_privs keeps them from growing again
-    through a setuid or file-capability program, in what it starts as well.
-
-    Raises:
-        OSError: setpriv is not installed.
-    """
-    if not os.access(SETPRIV, os.X_OK):
-        msg = f"{SETPRIV} (util-linux) is needed to limit the capabilities of a forker run as root"
-        raise FileNotFoundError(errno.ENOENT, msg)
-    capabilities = ",".join(f"+{name}" for name in FORKER_CAPABILITIES)
-    bounding = f"--bounding-set=-all,{capabilities}"
-    return [SETPRIV, "--no-new-privs", bounding, "--inh-caps=-all", "--"]
 
 
 def require_root(what: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
 
 import pytest
 from harness import in_child
@@ -73,36 +72,3 @@ class TestRequireRoot:
         """As root, nothing is said."""
         monkeypatch.setattr(os, "geteuid", lambda: 0)
         privileges.require_root("service 'p': user/group")
-
-
-def capability_status(text: str) -> dict[str, str]:
-    """Return the capability sets and NoNewPrivs of a /proc/PID/status text."""
-    fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-    names = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")
-    return {name: fields[name].strip() for name in names}
-
-
-# CAP_KILL (5), CAP_SETGID (6), CAP_SETUID (7): the forker's three.
-FORKER_CAPABILITIES = {
-    "CapInh": "0000000000000000",
-    "CapPrm": "00000000000000e0",
-    "CapEff": "00000000000000e0",
-    "CapBnd": "00000000000000e0",
-    "CapAmb": "0000000000000000",
-    "NoNewPrivs": "1",
-}
-
-
-class TestForkerCapabilities:
-    @needs_root
-    def test_root_keeps_setuid_setgid_kill_and_no_new_privs(self) -> None:
-        """A program run through the prefix as root has those three capabilities, no more."""
-        command = [*privileges.forker_capabilities_prefix(), "/bin/cat", "/proc/self/status"]
-        status = subprocess.run(command, capture_output=True, text=True, check=True, timeout=10)
-        assert capability_status(status.stdout) == FORKER_CAPABILITIES
-
-    def test_missing_setpriv_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Without setpriv, an OSError that names it and its package."""
-        monkeypatch.setattr(privileges, "SETPRIV", "/nonexistent/setpriv")
-        with pytest.raises(FileNotFoundError, match=r"/nonexistent/setpriv \(util-linux\)"):
-            privileges.forker_capabilities_prefix()
