@@ -6,6 +6,7 @@ from _socket import AF_INET as _AF_INET
 from _socket import AF_INET6 as _AF_INET6
 from _socket import inet_ntop as _inet_ntop
 from _socket import inet_pton as _inet_pton
+from collections import OrderedDict  # loaded in the forker already (socketserver, selectors)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,6 +24,12 @@ class AccessRules:
     the socket file's mode (`unix_mode`). Networks are kept as masked integers,
     matched without the ipaddress module (half a megabyte the forker, and so
     every fork, would carry).
+
+    Each list is a `Networks` table: a set of network prefixes per prefix
+    length, probed from the longest length to the shortest. A check costs one
+    set lookup per distinct length in the list (at most 33 for IPv4, 129 for
+    IPv6), however long the list; the network reported is the most specific one
+    that matches.
     """
 
     __slots__ = ("active", "allow", "deny")
@@ -31,57 +38,91 @@ class AccessRules:
         self, allow: Iterable[str | IPNetwork] = (), deny: Iterable[str | IPNetwork] = ()
     ) -> None:
         """Take networks, or their text (`10.0.0.0/8`, `::1`), as the config validated them."""
-        self.allow = tuple(_network(str(network)) for network in allow)
-        self.deny = tuple(_network(str(network)) for network in deny)
+        self.allow = Networks(allow)
+        self.deny = Networks(deny)
         self.active = bool(self.allow or self.deny)  # False: everyone is admitted
 
     def refusal(self, client_address: object) -> str | None:
         """Return why `client_address` is refused, or None to admit it."""
-        if not isinstance(client_address, tuple) or not (self.allow or self.deny):
+        if not isinstance(client_address, tuple) or not self.active:
             return None
         family, address = _address(client_address[0])
-        for rule in self.deny:
-            if _inside(family, address, rule):
-                return f"deny {rule[3]}"
-        if self.allow and not any(_inside(family, address, rule) for rule in self.allow):
+        if self.deny:
+            network = self.deny.match(family, address)
+            if network is not None:
+                return f"deny {network}"
+        if self.allow and self.allow.match(family, address) is None:
             return "not in allow"
         return None
 
 
-# A network: family (4 or 6), its address as an integer, prefix length, its text.
-Network = tuple[int, int, int, str]
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
-def _network(text: str) -> Network:
-    """Parse `ADDRESS[/PREFIX]` (the config has checked it)."""
+class Networks:
+    """A list of networks, matched in a time that does not grow with the list.
+
+    For each address family, a tuple of (shift, prefixes), longest prefix
+    first: an address is inside when `address >> shift` is one of the prefixes
+    (the network's address shifted alike; shift is 32 or 128 minus the length).
+    """
+
+    __slots__ = ("count", "v4", "v6")
+
+    def __init__(self, networks: Iterable[str | IPNetwork] = ()) -> None:
+        """Take networks, or their text (`10.0.0.0/8`, `::1`), as the config validated them."""
+        tables: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
+        self.count = 0
+        for network in networks:
+            family, address, length = _network(str(network))
+            shift = (32 if family == 4 else 128) - length
+            tables[family].setdefault(shift, set()).add(address >> shift)
+            self.count += 1
+        self.v4 = tuple(sorted(tables[4].items()))
+        self.v6 = tuple(sorted(tables[6].items()))
+
+    def __bool__(self) -> bool:
+        return bool(self.count)
+
+    def match(self, family: int, address: int) -> str | None:
+        """Return the most specific network that holds the address (`10.0.0.0/8`), or None."""
+        for shift, prefixes in self.v4 if family == 4 else self.v6:
+            prefix = address >> shift
+            if prefix in prefixes:
+                return _network_text(family, prefix << shift, shift)
+        return None
+
+
+def _network(text: str) -> tuple[int, int, int]:
+    """Parse `ADDRESS[/PREFIX]` (the config has checked it): family, address, prefix length.
+
+    An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4 network.
+    """
     host, _, prefix = text.partition("/")
-    family, address = _address(host)
-    bits = 32 if family == 4 else 128
-    length = int(prefix) if prefix else bits
-    network = _masked_int(address, bits, length)
-    af = _AF_INET if family == 4 else _AF_INET6
-    return (
-        family,
-        network,
-        length,
-        f"{_inet_ntop(af, network.to_bytes(bits // 8, 'big'))}/{length}",
-    )
+    if ":" not in host:
+        return 4, int.from_bytes(_inet_pton(_AF_INET, host), "big"), int(prefix or 32)
+    packed = _inet_pton(_AF_INET6, host)
+    length = int(prefix or 128)
+    if packed[:12] == _V4_MAPPED and length >= 96:
+        return 4, int.from_bytes(packed[12:], "big"), length - 96
+    return 6, int.from_bytes(packed, "big"), length
+
+
+def _network_text(family: int, network: int, shift: int) -> str:
+    bits, af = (32, _AF_INET) if family == 4 else (128, _AF_INET6)
+    return f"{_inet_ntop(af, network.to_bytes(bits // 8, 'big'))}/{bits - shift}"
 
 
 def _address(host: str) -> tuple[int, int]:
     """Return (4 or 6, the address as an integer); ::ffff:a.b.c.d is IPv4."""
     if ":" not in host:
         return 4, int.from_bytes(_inet_pton(_AF_INET, host), "big")
+    if "%" in host:  # a link-local client's scope (fe80::1%eth0)
+        host = host.partition("%")[0]
     packed = _inet_pton(_AF_INET6, host)
     if packed[:12] == _V4_MAPPED:
         return 4, int.from_bytes(packed[12:], "big")
     return 6, int.from_bytes(packed, "big")
-
-
-def _inside(family: int, address: int, network: Network) -> bool:
-    bits = 32 if family == 4 else 128
-    return family == network[0] and _masked_int(address, bits, network[2]) == network[1]
 
 
 def _masked_int(value: int, bits: int, prefix: int) -> int:
@@ -134,7 +175,8 @@ class Bucket:
         return self.tokens + (now - self.stamp) * rate >= burst
 
 
-MAX_SOURCE_BUCKETS = 65536  # per service; refilled ones are dropped first
+MAX_SOURCE_BUCKETS = 65536  # per service; past it, the least recently used is dropped
+EXPIRE_PER_SOURCE = 2  # refilled buckets dropped (oldest first) when a new source comes
 
 
 # The limits that need counting; without them a service admits without looking.
@@ -157,7 +199,8 @@ class Admission:
         self.apply(limits)
         self.open: dict[tuple[int, int], int] = {}  # source -> connections open now
         self.bucket: Bucket | None = None
-        self.source_buckets: dict[tuple[int, int], Bucket] = {}
+        # Least recently used first: refilled buckets are found at the front.
+        self.source_buckets: OrderedDict[tuple[int, int], Bucket] = OrderedDict()
 
     def apply(self, limits: dict[str, Any]) -> None:
         """Take new limits (the caller recounts the connections open, see `Shared.admission`)."""
@@ -182,11 +225,15 @@ class Admission:
         rate = limits["per_source_rate"]
         if rate is not None and key is not None:
             burst = limits["per_source_burst"] or max(1.0, rate)
-            source_bucket = self.source_buckets.get(key)
+            buckets = self.source_buckets
+            source_bucket = buckets.get(key)
             if source_bucket is None:
-                if len(self.source_buckets) >= MAX_SOURCE_BUCKETS:
-                    self.forget_full(now)
-                source_bucket = self.source_buckets[key] = Bucket(burst, now)
+                self._expire(rate, burst, now, EXPIRE_PER_SOURCE)
+                if len(buckets) >= MAX_SOURCE_BUCKETS:
+                    buckets.popitem(last=False)  # the least recently used, refilled or not
+                source_bucket = buckets[key] = Bucket(burst, now)
+            else:
+                buckets.move_to_end(key)  # `ready` stamps it: the order stays by last use
             if not source_bucket.ready(rate, burst, now):
                 return "per_source_rate"
         rate = limits["rate"]
@@ -216,21 +263,32 @@ class Admission:
     def forget_full(self, now: float) -> None:
         """Drop the per-source buckets that have refilled (they would be made anew, full).
 
-        If none has, drop the older half: the table never outgrows MAX_SOURCE_BUCKETS.
+        Buckets are in order of last use, so the refilled ones are looked for
+        from the front, up to the first that has not refilled: each bucket is
+        looked at once when it is dropped, plus one look per call.
         """
         rate = self.limits["per_source_rate"]
         if rate is None:
-            self.source_buckets.clear()
+            self.source_buckets = OrderedDict()
             return
         burst = self.limits["per_source_burst"] or max(1.0, rate)
         buckets = self.source_buckets
-        full = [key for key, bucket in buckets.items() if bucket.full(rate, burst, now)]
-        if not full and len(buckets) >= MAX_SOURCE_BUCKETS:
-            full = list(buckets)[: len(buckets) // 2]
-        for key in full:
+        if self._expire(rate, burst, now, len(buckets)) > len(buckets):
+            # A table never shrinks: copy it so the memory goes back (the forker's
+            # size is the cost of every fork).
+            self.source_buckets = OrderedDict(buckets)
+
+    def _expire(self, rate: float, burst: float, now: float, limit: int) -> int:
+        """Drop up to `limit` refilled buckets, least recently used first; return how many."""
+        buckets = self.source_buckets
+        dropped = 0
+        while dropped < limit and buckets:
+            key = next(iter(buckets))
+            if not buckets[key].full(rate, burst, now):
+                break
             del buckets[key]
-        if full:  # a dict never shrinks its table: copy it so the memory goes back
-            self.source_buckets = dict(buckets)
+            dropped += 1
+        return dropped
 
 
 DENIAL_WINDOW = 10.0  # seconds over which repeated denials are summed up

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 from typing import TYPE_CHECKING
 
 from sockd import access
@@ -55,6 +56,51 @@ class TestAccessRules:
     def test_unix_clients_are_not_filtered(self) -> None:
         """UNIX socket clients have no IP address; the file mode guards them."""
         assert rules(allow=("10.0.0.0/8",)).refusal("") is None
+
+    def test_the_most_specific_deny_network_is_named(self) -> None:
+        """Nested deny networks: the refusal names the narrowest that holds the client."""
+        nested = rules(deny=("10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "2001:db8::/32"))
+        assert nested.refusal(("10.1.2.3", 1)) == "deny 10.1.2.0/24"
+        assert nested.refusal(("10.1.3.3", 1)) == "deny 10.1.0.0/16"
+        assert nested.refusal(("10.2.0.1", 1)) == "deny 10.0.0.0/8"
+        assert nested.refusal(("2001:db8:1::1", 1, 0, 0)) == "deny 2001:db8::/32"
+        assert nested.refusal(("11.0.0.1", 1)) is None
+
+    def test_long_lists_match_as_ipaddress_does(self) -> None:
+        """Networks of every length: the verdict is ipaddress's, and the narrowest is named."""
+        rng = random.Random(11)  # noqa: S311 (reproducible test data)
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+            ipaddress.IPv4Network((rng.getrandbits(32), rng.randrange(8, 33)), strict=False)
+            for _ in range(1000)
+        ]
+        networks += [
+            ipaddress.IPv6Network((rng.getrandbits(128), rng.randrange(16, 129)), strict=False)
+            for _ in range(1000)
+        ]
+        allow = AccessRules(allow=networks)
+        deny = AccessRules(deny=networks)
+        clients = [network[rng.randrange(network.num_addresses)] for network in networks[::20]]
+        clients += [ipaddress.IPv4Address(rng.getrandbits(32)) for _ in range(50)]
+        clients += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(50)]
+        for client in clients:
+            holding = [network for network in networks if client in network]
+            address = (str(client), 1) if client.version == 4 else (str(client), 1, 0, 0)
+            assert (allow.refusal(address) is None) == bool(holding)
+            narrowest = max(holding, key=lambda network: network.prefixlen, default=None)
+            assert deny.refusal(address) == (narrowest and f"deny {narrowest}")
+
+    def test_ipv4_mapped_networks_are_ipv4_networks(self) -> None:
+        """`::ffff:192.0.2.0/120` in a list is 192.0.2.0/24, for IPv4 and mapped clients alike."""
+        mapped = rules(deny=("::ffff:192.0.2.0/120",))
+        assert mapped.refusal(("192.0.2.7", 1)) == "deny 192.0.2.0/24"
+        assert mapped.refusal(("::ffff:192.0.2.7", 1, 0, 0)) == "deny 192.0.2.0/24"
+        assert mapped.refusal(("192.0.3.7", 1)) is None
+
+    def test_a_link_local_client_with_a_scope_is_matched(self) -> None:
+        """A client address with its scope (`fe80::1%eth0`) is judged by its address."""
+        link_local = rules(deny=("fe80::/10",))
+        assert link_local.refusal(("fe80::1%lo", 1, 0, 1)) == "deny fe80::/10"
+        assert rules(allow=("fe80::/10",)).refusal(("fe80::1%lo", 1, 0, 1)) is None
 
 
 def limits(**changes: object) -> dict[str, object]:
@@ -176,6 +222,43 @@ class TestAdmission:
         for index in range(100):
             admission.refusal(admission.key((f"10.0.0.{index}", 1)), 0.0)
         assert len(admission.source_buckets) <= 8
+
+    def test_at_the_bound_the_least_recently_seen_source_goes(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A new source past the bound forgets one bucket: the least recently used, not the oldest.
+
+        A flooding source that keeps coming stays throttled.
+        """
+        monkeypatch.setattr(access, "MAX_SOURCE_BUCKETS", 4)
+        admission = Admission(limits(per_source_rate=0.001, per_source_burst=1))
+        keys = [admission.key((f"10.0.0.{index}", 1)) for index in range(6)]
+        for key in keys[:4]:
+            assert admission.refusal(key, 0.0) is None
+        assert admission.refusal(keys[0], 1.0) == "per_source_rate"  # the flood goes on
+        assert admission.refusal(keys[4], 2.0) is None
+        assert list(admission.source_buckets) == [keys[2], keys[3], keys[0], keys[4]]
+        assert admission.refusal(keys[0], 3.0) == "per_source_rate"
+        assert admission.refusal(keys[5], 4.0) is None
+        assert list(admission.source_buckets) == [keys[3], keys[4], keys[0], keys[5]]
+
+    def test_refilled_buckets_go_as_new_sources_come(self) -> None:
+        """Sources that came once, long ago, are dropped as new ones come, before any bound."""
+        admission = Admission(limits(per_source_rate=1.0, per_source_burst=1))
+        for index in range(1000):  # one new source every half second
+            admission.refusal(admission.key((f"10.0.{index // 256}.{index % 256}", 1)), index / 2)
+        assert len(admission.source_buckets) <= 4  # the last second's, refilling
+
+    def test_a_pruned_table_is_rebuilt_small(self) -> None:
+        """Once most buckets have refilled and gone, the table is a new, small one."""
+        admission = Admission(limits(per_source_rate=1.0, per_source_burst=1))
+        for index in range(1000):
+            admission.refusal(admission.key((f"10.0.{index // 256}.{index % 256}", 1)), 0.0)
+        table = admission.source_buckets
+        admission.refusal(admission.key(("10.9.9.9", 1)), 5.0)  # refilling at 5.0
+        admission.forget_full(5.5)
+        assert list(admission.source_buckets) == [admission.key(("10.9.9.9", 1))]
+        assert admission.source_buckets is not table
 
 
 class TestDenials:
