@@ -20,7 +20,7 @@ listening sockets, and talks to it through two pipes of `sockd.ipc` records:
   standby, ("take_over", children, {service: children}), then
   ("elsewhere", ...) alike: the children of retired forkers.
 - events, forker and its children -> daemon: ("ready",), ("alive",), ("status", active,
-  served, denied, errors), ("log", level, event, fields), ("closed", [RawExit, ...]),
+  served, denied, errors, at_cap), ("log", level, event, fields), ("closed", [RawExit, ...]),
   ("reloaded",),
   ("reload_failed", error), ("fatal", error, exit_code); ("crowded",
   long_lived), and once retired ("children", children, {service: children}).

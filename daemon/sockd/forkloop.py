@@ -16,6 +16,7 @@ import socket
 import time
 
 from sockd import forkhooks, ipc, listeners, typecache
+from sockd.access import Denials
 from sockd.children import exit_fields
 from sockd.pool import Pools
 from sockd.programs import StderrWatch
@@ -24,6 +25,7 @@ from sockd.shared import Service, Shared
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from types import FrameType
     from typing import Any
 
@@ -76,6 +78,9 @@ class Forker:
         self.reported_children: tuple[int, dict[str, int]] = (0, {})
         # Children of retired forkers, which count toward our caps: all, and per service.
         self.elsewhere: tuple[int, dict[str, int]] = (0, {})
+        self.shares = fair_shares(max_children, [server.service for server in servers])
+        self.at_cap: tuple[str, ...] = ()  # services that may accept no more now (STATUS=)
+        self.cap_log = Denials()  # cap_reached, bounded as refusals are
         self.crowd_check_due = 0.0
         self.poller = select.epoll()
         self.pending: list[int] = []
@@ -85,7 +90,7 @@ class Forker:
         self.paused_until = 0.0
         self.stop_phase: str | None = None  # None, "wait", "term", "kill"
         self.phase_deadline = 0.0
-        self.last_status: tuple[int, ...] = ()
+        self.last_status: tuple[int | tuple[str, ...], ...] = ()
         self.status_due = 0.0
         self.batch: list[RawExit] = []  # exits not yet sent
         self.batch_due = 0.0
@@ -180,7 +185,7 @@ class Forker:
             self._turn()
         self._flush()
         with contextlib.suppress(BrokenPipeError):  # the final counts
-            ipc.send(self.events, ("status", 0, *self.shared.stats.as_tuple()))
+            ipc.send(self.events, ("status", 0, *self.shared.stats.as_tuple(), ()))
         self._close()
 
     # The loop is written for the fewest memory pages touched per connection:
@@ -221,8 +226,7 @@ class Forker:
             text = listeners.client_label(client)
             fields = {"service": service, "client": text, "pid": pid, "action": action}
             self.report("warning", "max_duration_exceeded", fields)
-        for summary in self.shared.denials.due(now):
-            self.report("info", "connections_denied", summary)
+        self._summaries(now)
         if self.stop_phase is None:
             self.pools.replace_due(now)
         self._check_crowded(now)
@@ -240,6 +244,14 @@ class Forker:
             self.heartbeat_due = now + HEARTBEAT
             ipc.send(self.events, ("alive",))
 
+    def _summaries(self, now: float) -> None:
+        for summary in self.shared.denials.due(now):
+            self.report("info", "connections_denied", summary)
+        for summary in self.cap_log.due(now):
+            fields = {"service": summary["service"], "cap": summary["reason"]}
+            fields |= {"times": summary["count"], "seconds": summary["seconds"]}
+            self.report("warning", "caps_reached", fields)
+
     def _dispatch(self, fd: int) -> None:
         server = self.listening.get(fd)
         if server is not None:
@@ -254,7 +266,7 @@ class Forker:
 
     def _send_status(self) -> None:
         active = len(self.shared.children) - len(self.pools.workers)
-        status = (active, *self.shared.stats.as_tuple())
+        status = (active, *self.shared.stats.as_tuple(), self.at_cap)
         if status == self.last_status:
             self.status_due = 0.0
         elif not self.status_due:
@@ -308,6 +320,7 @@ class Forker:
             if not self.standby:
                 self.pools.fill(name)
         self.max_children = max_children
+        self.shares = fair_shares(max_children, list(services.values()))
         self.stop_timeout = stop_timeout
         self.renew_after = renew_after
         self._update_accepting()
@@ -320,6 +333,9 @@ class Forker:
         # batch, so a burst costs fewer turns.
         burst = self.bursts.get(server, 1)
         budget = min(burst, self._room(server))
+        if not budget:  # another service took the last free place meanwhile
+            self._update_accepting()
+            return
         try:
             taken = server.accept_ready(budget)
         except OSError as exc:
@@ -334,27 +350,43 @@ class Forker:
         if taken and not self._room(server):
             self._update_accepting()  # a cap reached: stop polling this listener
 
+    # The caps are starvation-free: each fork-per-connection service is
+    # guaranteed its share of [daemon] max_children (see fair_shares), and may
+    # borrow beyond it, up to its own max_children, what no other service
+    # holds in reserve (the unused part of their shares). So idle connections
+    # to one service never keep another from its share; with nothing else
+    # busy, one service may still use all the room there is. Pooled workers
+    # and the children of retired forkers (`elsewhere`) count as their
+    # service's. When a service borrows the last free place, its own room is
+    # 0 as well, so `_accept` looks at every listener again (and does so too
+    # should a listener fire with no room left).
     def _room(self, server: ServiceServer) -> int:
         children = self.shared.children
         elsewhere, per_service = self.elsewhere
-        room = self.max_children - len(children) - elsewhere
-        service = server.service
-        if service.max_children is not None:
-            here = children.count(service.name) + per_service.get(service.name, 0)
-            room = min(room, service.max_children - here)
+        name = server.service.name
+        reserved = 0  # what the other services are guaranteed and do not use
+        for other, share in self.shares.items():
+            if other != name:
+                unused = share - children.count(other) - per_service.get(other, 0)
+                if unused > 0:
+                    reserved += unused
+        room = self.max_children - len(children) - elsewhere - reserved
+        cap = server.service.max_children
+        if cap is not None:
+            room = min(room, cap - children.count(name) - per_service.get(name, 0))
         return max(0, room)
 
     def _update_accepting(self) -> None:
         """Poll exactly the listeners that may accept now (below every cap)."""
+        accepting = not self.stop_phase and not self.standby
+        at_cap: list[ServiceServer] = []
         for server in self.servers:
             if server.service.record["workers"]:
                 continue  # its workers accept
-            wanted = (
-                not self.stop_phase
-                and not self.standby
-                and not self.paused_until
-                and self._room(server) > 0
-            )
+            has_room = accepting and self._room(server) > 0
+            if accepting and not has_room:
+                at_cap.append(server)
+            wanted = has_room and not self.paused_until
             fd = server.socket.fileno()
             if wanted and fd not in self.listening:
                 self.poller.register(fd, select.EPOLLIN)
@@ -363,6 +395,35 @@ class Forker:
                 self.poller.unregister(fd)
                 del self.listening[fd]
         self._watch_exits(bool(self.stop_phase) or len(self.listening) < len(self.servers))
+        self._note_caps(at_cap)
+
+    def _note_caps(self, servers: list[ServiceServer]) -> None:
+        """Log `cap_reached` for each service newly at a cap (bounded as refusals are)."""
+        if not servers and not self.at_cap:
+            return
+        services = {server.service.name: server for server in servers}
+        for name, server in services.items():
+            if name not in self.at_cap:
+                fields = self._cap_fields(server)
+                if self.cap_log.first(name, fields["cap"], "", time.monotonic()):
+                    self.report("warning", "cap_reached", fields)
+        self.at_cap = tuple(sorted(services))
+
+    def _cap_fields(self, server: ServiceServer) -> dict[str, Any]:
+        """Say which cap keeps a service from accepting: its own, or the daemon's."""
+        service = server.service
+        elsewhere, per_service = self.elsewhere
+        count = self.shared.children.count(service.name) + per_service.get(service.name, 0)
+        fields = {"service": service.name, "count": count}
+        if service.max_children is not None and count >= service.max_children:
+            return fields | {"cap": "max_children", "limit": service.max_children}
+        total = len(self.shared.children) + elsewhere
+        return fields | {
+            "cap": "daemon.max_children",
+            "limit": self.max_children,
+            "total": total,
+            "reserved": max(0, self.max_children - total),  # for the other services
+        }
 
     def _watch_exits(self, watch: bool) -> None:
         """Be woken by SIGCHLD only while a cap or a stop waits for children to exit.
@@ -472,6 +533,8 @@ class Forker:
             deadline = min(deadline, overdue)
         if self.shared.denials.window_end:
             deadline = min(deadline, self.shared.denials.window_end)
+        if self.cap_log.window_end:
+            deadline = min(deadline, self.cap_log.window_end)
         respawn = self.pools.next_due()
         if respawn is not None:
             deadline = min(deadline, respawn)
@@ -504,3 +567,22 @@ def assign_identity(records: list[dict[str, Any]], child_identity: list[Any] | N
     for record in records:
         if record["program"] and not record["identity"]:
             record["identity"] = child_identity
+
+
+def fair_shares(max_children: int, services: Iterable[Service]) -> dict[str, int]:
+    """Return the part of `max_children` each service is guaranteed (see `Forker._room`).
+
+    A pooled service's share is its workers. The fork-per-connection services
+    split the rest evenly, each at least 1 (more services than places
+    overcommit); a service's own smaller `max_children` is its share, and
+    what it leaves is free for any service to borrow.
+    """
+    by_name = {service.name: service for service in services}  # a service per listener
+    shares = {name: s.record["workers"] for name, s in by_name.items() if s.record["workers"]}
+    forking = [service for service in by_name.values() if not service.record["workers"]]
+    if forking:
+        part = max(1, (max_children - sum(shares.values())) // len(forking))
+        for service in forking:
+            cap = service.max_children
+            shares[service.name] = part if cap is None else min(part, cap)
+    return shares

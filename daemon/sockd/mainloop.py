@@ -60,6 +60,7 @@ class ForkerProcess:
     """The daemon's handle on a forker: pid, pipes, and what it last reported."""
 
     __slots__ = (
+        "at_cap",
         "children",
         "closed",
         "control",
@@ -82,6 +83,7 @@ class ForkerProcess:
         self.events = ipc.Reader(events)
         self.exit_fd = os.pidfd_open(pid)  # readable once it has exited
         self.counts: tuple[int, ...] = (0, 0, 0, 0)  # active, served, denied, errors
+        self.at_cap: tuple[str, ...] = ()  # services that may accept no more now
         self.children: tuple[int, dict[str, int]] = (0, {})  # a retired one's, per service
         self.waits_for: ForkerProcess | None = None  # the one retiring before we take over
         self.failure: tuple[str, int] | None = None  # its "fatal" record: error, exit code
@@ -300,7 +302,8 @@ class MainLoop:
             _, level, event, fields = record
             getattr(self.connection_log, str(level))(event, **fields)  # type: ignore[arg-type]
         elif kind == "status":
-            forker.counts = tuple(int(count) for count in record[1:])  # type: ignore[call-overload]
+            forker.counts = tuple(int(count) for count in record[1:5])  # type: ignore[call-overload]
+            forker.at_cap = tuple(str(name) for name in record[5])  # type: ignore[attr-defined]
             self._status()
         elif kind == "ready" and not self.stopping and not self.failed:
             if forker is self.standby:
@@ -354,7 +357,8 @@ class MainLoop:
             denied + self.pooled[1],
             errors + self.pooled[2],
         )
-        self.notifier.status(status_text(active, served, denied, errors))
+        at_cap = sorted({name for forker in self.forkers for name in forker.at_cap})
+        self.notifier.status(status_text(active, served, denied, errors, at_cap))
 
     def _renew(self, long_lived: int) -> None:
         """Start a fresh forker on standby, to take new connections from the crowded one."""

@@ -9,16 +9,20 @@ from typing import TYPE_CHECKING
 import structlog
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Iterable, MutableMapping
 
 log = structlog.get_logger()
 
 STATUS_INTERVAL = 1.0
 
 
-def status_text(active: int, served: int, denied: int, errors: int) -> str:
-    """Return the STATUS= text for the daemon's counters."""
-    return f"{active} active, {served} served, {denied} denied, {errors} errors"
+def status_text(
+    active: int, served: int, denied: int, errors: int, at_cap: Iterable[str] = ()
+) -> str:
+    """Return the STATUS= text for the daemon's counters, and the services at a cap now."""
+    text = f"{active} active, {served} served, {denied} denied, {errors} errors"
+    capped = ", ".join(at_cap)
+    return f"{text}, at cap: {capped}" if capped else text
 
 
 class Notifier:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from harness import Sockd
+    from harness import Notifications, Sockd
 
 
 def echo_config(tmp_path: Path, limits: str) -> str:
@@ -147,3 +147,122 @@ class TestIdleTimeout:
         assert exchange(address, b"next\n") == b"next\n"
         closed = daemon.wait_event("connection_closed", count=2)
         assert closed[0]["exit_code"] == 0
+
+
+def two_services(tmp_path: Path, daemon: str, git: str = "") -> str:
+    return write_config(
+        tmp_path / "sockd.toml",
+        f"""
+        [daemon]
+        {daemon}
+
+        [[service]]
+        name = "git"
+        handler = "echo"
+        listen = ["127.0.0.1:0"]
+        {git}
+
+        [[service]]
+        name = "ssh"
+        handler = "echo"
+        listen = ["127.0.0.1:0"]
+        """,
+    )
+
+
+def hold(daemon: Sockd, address: str, service: str, most: int) -> list[socket.socket]:
+    """Open idle connections to `service` until it reaches a cap, or `most` are served.
+
+    A connection is opened once the one before is served (its echo came
+    back) or the cap is logged.
+    """
+    held: list[socket.socket] = []
+
+    def capped() -> bool:
+        return bool(daemon.events("cap_reached", service=service))
+
+    while len(held) < most and not capped():
+        client = connect(address)
+        held.append(client)
+        client.sendall(b"x\n")
+        client.setblocking(False)
+
+        def served(client: socket.socket = client) -> bool:
+            with contextlib.suppress(BlockingIOError):
+                assert client.recv(10) == b"x\n"
+                return True
+            return False
+
+        wait_until(lambda: served() or capped(), what=f"a {service} connection served")
+    return held
+
+
+def status_with(notifications: Notifications, text: str) -> Callable[[], bool]:
+    """Return a check that the latest STATUS= sent contains `text`."""
+
+    def check() -> bool:
+        statuses = [m for m in notifications.poll() if m.startswith(("STATUS=", "READY=1"))]
+        return bool(statuses) and text in statuses[-1]
+
+    return check
+
+
+class TestCaps:
+    def test_idle_connections_to_one_service_leave_another_its_share(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """Idle connections fill git's share of max_children = 4; ssh still answers at once."""
+        config = two_services(tmp_path, "max_children = 4")
+        daemon = sockd("run", "--config", config, notify=notifications)
+        git, ssh = daemon.address(0), daemon.address(1)
+        held = hold(daemon, git, "git", 4)  # as many as the whole cap
+        try:
+            assert exchange(ssh, b"ping\n", timeout=5) == b"ping\n"
+            (event,) = daemon.events("cap_reached", service="git")
+            assert event["level"] == "warning"
+            assert event["cap"] == "daemon.max_children"
+            assert (event["limit"], event["count"], event["total"]) == (4, 2, 2)
+            assert event["reserved"] == 2  # ssh's share, which git may not borrow
+            wait_until(status_with(notifications, "errors, at cap: git"), what="STATUS= at cap")
+            # Reaching the cap again within the window is counted, not logged again.
+            held.pop(0).close()
+            held += hold(daemon, git, "git", 1)
+            wait_until(status_with(notifications, "at cap: git"), what="STATUS= at cap again")
+            assert len(daemon.events("cap_reached")) == 1
+        finally:
+            for client in held:
+                client.close()
+        wait_until(status_with(notifications, "0 active"), what="STATUS= with git idle")
+        assert "at cap" not in notifications.poll()[-1]
+
+    def test_a_service_borrows_only_what_no_other_holds_in_reserve(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """max_children = 5 for two services: git takes its 2 and the 1 unreserved; ssh keeps 2."""
+        config = two_services(tmp_path, "max_children = 5")
+        daemon = sockd("run", "--config", config, notify=notifications)
+        held = hold(daemon, daemon.address(0), "git", 5)
+        try:
+            (event,) = daemon.events("cap_reached", service="git")
+            assert event["cap"] == "daemon.max_children"
+            assert (event["count"], event["total"], event["reserved"]) == (3, 3, 2)
+            assert exchange(daemon.address(1), b"ping\n", timeout=5) == b"ping\n"
+        finally:
+            for client in held:
+                client.close()
+
+    def test_a_service_at_its_own_cap(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """A service's own max_children below its share: that is the cap it reaches, and says."""
+        config = two_services(tmp_path, "max_children = 10", "max_children = 3")
+        daemon = sockd("run", "--config", config, notify=notifications)
+        held = hold(daemon, daemon.address(0), "git", 5)
+        try:
+            (event,) = daemon.events("cap_reached", service="git")
+            assert (event["cap"], event["limit"], event["count"]) == ("max_children", 3, 3)
+            assert "total" not in event
+            wait_until(status_with(notifications, "at cap: git"), what="STATUS= at cap")
+        finally:
+            for client in held:
+                client.close()

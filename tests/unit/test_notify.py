@@ -10,7 +10,7 @@ import pytest
 import structlog
 from harness import Notifications
 
-from sockd.notify import Notifier
+from sockd.notify import Notifier, status_text
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -113,3 +113,12 @@ class TestNotifier:
             notifier.ready("x")
         assert [entry["event"] for entry in logs] == ["notify_failed"]
         notifier.close()
+
+
+class TestStatusText:
+    def test_services_at_a_cap_are_named(self) -> None:
+        """STATUS= names the services that accept no more now, after the counters."""
+        assert status_text(3, 120, 2, 1) == "3 active, 120 served, 2 denied, 1 errors"
+        assert status_text(64, 9, 0, 0, ["git", "ssh"]) == (
+            "64 active, 9 served, 0 denied, 0 errors, at cap: git, ssh"
+        )
