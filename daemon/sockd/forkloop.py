@@ -320,7 +320,7 @@ class Forker:
             if not self.standby:
                 self.pools.fill(name)
         self.max_children = max_children
-        self.shares = fair_shares(max_children, list(services.values()))
+        self.shares = fair_shares(max_children, services.values())
         self.stop_timeout = stop_timeout
         self.renew_after = renew_after
         self._update_accepting()
@@ -332,7 +332,8 @@ class Forker:
         # while several are served at once and the backlog keeps up, double the
         # batch, so a burst costs fewer turns.
         burst = self.bursts.get(server, 1)
-        budget = min(burst, self._room(server))
+        room = self._room(server)
+        budget = min(burst, room)
         if not budget:  # another service took the last free place meanwhile
             self._update_accepting()
             return
@@ -347,19 +348,19 @@ class Forker:
             return
         busy = taken == budget and len(self.shared.children) > 1
         self.bursts[server] = min(burst * 2, MAX_ACCEPT_BURST) if busy else 1
-        if taken and not self._room(server):
+        # Each connection taken lowers the room by one at most (refused ones not at all).
+        if taken >= room:
             self._update_accepting()  # a cap reached: stop polling this listener
 
     # The caps are starvation-free: each fork-per-connection service is
     # guaranteed its share of [daemon] max_children (see fair_shares), and may
-    # borrow beyond it, up to its own max_children, what no other service
+    # borrow beyond it, up to its own max_children, only what no other service
     # holds in reserve (the unused part of their shares). So idle connections
-    # to one service never keep another from its share; with nothing else
-    # busy, one service may still use all the room there is. Pooled workers
-    # and the children of retired forkers (`elsewhere`) count as their
-    # service's. When a service borrows the last free place, its own room is
-    # 0 as well, so `_accept` looks at every listener again (and does so too
-    # should a listener fire with no room left).
+    # to one service never keep another from its share. Pooled workers and the
+    # children of retired forkers (`elsewhere`) count as their service's.
+    # Borrowing the last free place leaves the borrower no room either, so
+    # `_accept` then looks at every listener again (and does so too should a
+    # listener fire with no room left).
     def _room(self, server: ServiceServer) -> int:
         children = self.shared.children
         elsewhere, per_service = self.elsewhere
