@@ -224,10 +224,13 @@ class TestCaps:
             assert (event["limit"], event["count"], event["total"]) == (4, 2, 2)
             assert event["reserved"] == 2  # ssh's share, which git may not borrow
             wait_until(status_with(notifications, "errors, at cap: git"), what="STATUS= at cap")
-            # Reaching the cap again within the window is counted, not logged again.
+            # Reaching the cap again within the window is counted, not logged again:
+            # a place is freed, and taken by the next connection (queued or new).
             held.pop(0).close()
-            held += hold(daemon, git, "git", 1)
-            wait_until(status_with(notifications, "at cap: git"), what="STATUS= at cap again")
+            held.append(connect(git))
+            held[-1].sendall(b"x\n")
+            again = "3 served, 0 denied, 0 errors, at cap: git"
+            wait_until(status_with(notifications, again), what="STATUS= at cap again")
             assert len(daemon.events("cap_reached")) == 1
         finally:
             for client in held:
