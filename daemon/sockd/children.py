@@ -14,6 +14,14 @@ import resource  # noqa: F401 (os.wait4 imports it on first use: maybe after dro
 import signal
 import time
 
+# The exit status of a child whose peer reset or hung up: 128 + SIGPIPE, a
+# shell's status for a writer whose reader left. A handler's child exits so
+# (sockd.server), a shell script whose command wrote to the gone peer too;
+# a program killed by SIGPIPE did the same. `connection_closed` says
+# `peer_reset: true` for these, and STATUS= does not count them as errors.
+PEER_GONE = 128 + signal.SIGPIPE
+PEER_GONE_STATUSES = (PEER_GONE << 8, int(signal.SIGPIPE))  # as wait statuses
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Container, Iterator
@@ -150,12 +158,10 @@ class Children:
 
 def closed_fields(raw: RawExit) -> dict[str, object]:
     """Return the fields of the `connection_closed` event for a reaped child."""
-    from sockd.listeners import client_label  # noqa: PLC0415 (the daemon's side only)
-
     pid, service, client, status, duration, cpu_user, cpu_system, max_rss_kib = raw
-    return {
+    fields = {
         "service": service,
-        "client": client_label(client),
+        **client_fields(client),
         "pid": pid,
         **exit_fields(status),
         "duration": round(duration, 6),
@@ -163,6 +169,40 @@ def closed_fields(raw: RawExit) -> dict[str, object]:
         "cpu_system": round(cpu_system, 6),
         "max_rss_kib": max_rss_kib,
     }
+    if status in PEER_GONE_STATUSES:
+        fields["peer_reset"] = True
+    return fields
+
+
+def served_fields(
+    pid: int, service: str, client: object, code: int, duration: float
+) -> dict[str, object]:
+    """Return the fields of the `connection_closed` event of a pooled worker's connection."""
+    fields = {
+        "service": service,
+        **client_fields(client),
+        "pid": pid,
+        "exit_code": code,
+        "signal": None,
+        "duration": round(duration, 6),
+        "worker": True,
+    }
+    if code == PEER_GONE:
+        fields["peer_reset"] = True
+    return fields
+
+
+def client_fields(client: object) -> dict[str, object]:
+    """Return the fields naming a recorded client: `client`, and a UNIX peer's `peer_path`.
+
+    `client` is a TCP client's address, a UNIX peer's credentials' text, or
+    [text, escaped path] for a UNIX peer bound to a path (`sockd.shared.unix_client`).
+    """
+    if isinstance(client, list):
+        return {"client": client[0], "peer_path": client[1]}
+    from sockd.listeners import client_label  # noqa: PLC0415 (not at import: the daemon's side)
+
+    return {"client": client_label(client)}
 
 
 def exit_fields(status: int) -> dict[str, object]:

@@ -15,9 +15,9 @@ import signal
 import socket
 import time
 
-from sockd import forkhooks, ipc, listeners, typecache
+from sockd import forkhooks, ipc, typecache
 from sockd.access import Denials
-from sockd.children import exit_fields
+from sockd.children import client_fields, exit_fields
 from sockd.pool import Pools
 from sockd.programs import StderrWatch
 from sockd.server import HANDLED_SIGNALS, ServiceServer
@@ -148,8 +148,8 @@ class Forker:
         self.report("warning" if failed else "info", "worker_exited", fields)
 
     def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
-        text = listeners.client_label(fields["client"])
-        self.report("info", "program_stderr", {**fields, "client": text, "line": line})
+        client = client_fields(fields["client"])
+        self.report("info", "program_stderr", {**fields, **client, "line": line})
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         if os.getpid() != self.pid:  # a child forked per connection, which inherits handlers
@@ -223,8 +223,7 @@ class Forker:
             self._advance_stop()
         now = time.monotonic()
         for pid, service, client, action in self.shared.children.enforce_deadlines(now, KILL_GRACE):
-            text = listeners.client_label(client)
-            fields = {"service": service, "client": text, "pid": pid, "action": action}
+            fields = {"service": service, **client_fields(client), "pid": pid, "action": action}
             self.report("warning", "max_duration_exceeded", fields)
         self._summaries(now)
         if self.stop_phase is None:

@@ -25,10 +25,9 @@ import structlog
 from sockd import config as sockd_config
 from sockd import ipc
 from sockd import log as sockd_log
-from sockd.children import closed_fields
+from sockd.children import PEER_GONE, closed_fields, served_fields
 from sockd.confine import capabilities_prefix, forker_environment
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
-from sockd.listeners import client_label
 from sockd.notify import status_text
 
 if TYPE_CHECKING:
@@ -325,24 +324,10 @@ class MainLoop:
 
     def _served(self, records: list[tuple[Any, ...]], denied: int) -> None:
         """Log the connections pooled workers served, and count them for STATUS=."""
-        sockd_log.info_many(
-            "connection_closed",
-            (
-                {
-                    "service": service,
-                    "client": client_label(client),
-                    "pid": pid,
-                    "exit_code": code,
-                    "signal": None,
-                    "duration": round(duration, 6),
-                    "worker": True,
-                }
-                for pid, service, client, code, duration in records
-            ),
-        )
+        sockd_log.info_many("connection_closed", (served_fields(*record) for record in records))
         self.pooled[0] += len(records)
         self.pooled[1] += denied
-        self.pooled[2] += sum(1 for record in records if record[3])
+        self.pooled[2] += sum(1 for record in records if record[3] not in (0, PEER_GONE))
         self._status()
 
     def _status(self) -> None:

@@ -23,10 +23,16 @@ import signal
 import socket
 import time
 
+from sockd.children import PEER_GONE, client_fields
 from sockd.errors import exception_fields
 from sockd.privileges import become_ids
-from sockd.server import HANDLED_SIGNALS, TRANSIENT_ACCEPT_ERRORS, ServiceServer
-from sockd.shared import client_text
+from sockd.server import (
+    HANDLED_SIGNALS,
+    PEER_GONE_ERRORS,
+    TRANSIENT_ACCEPT_ERRORS,
+    ServiceServer,
+)
+from sockd.shared import unix_client
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -160,7 +166,7 @@ class _Worker:
 
     def _serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
         started = time.monotonic()
-        client = client_address or client_text(request, client_address)
+        client = unix_client(request, client_address) if server._unix else client_address  # noqa: SLF001
         rules = self.service.rules
         reason = rules.refusal(client_address) if rules.active else None
         if reason is None:
@@ -174,9 +180,9 @@ class _Worker:
         self._due(time.monotonic())
 
     def _handle(
-        self, server: ServiceServer, request: socket.socket, client_address: Any, client: str
+        self, server: ServiceServer, request: socket.socket, client_address: Any, client: object
     ) -> int:
-        """Serve one connection in this process; return its status (0, or 1 for an error)."""
+        """Serve one connection in this process; return its status (0, PEER_GONE, 1: error)."""
         service = self.service
         status = 0
         try:
@@ -186,6 +192,8 @@ class _Worker:
             if service.max_duration:
                 signal.setitimer(signal.ITIMER_REAL, service.max_duration)
             server.finish_request(request, client_address)
+        except PEER_GONE_ERRORS:
+            status = PEER_GONE
         except TimeoutError:
             status = self._timed_out(server, request, client_address)
         except _Overtime:
@@ -216,8 +224,8 @@ class _Worker:
         server.report_idle(request, client_address)
         return 0
 
-    def _report(self, client: str, level: str, event: str, **extra: Any) -> None:
-        fields = {"service": self.service.name, "client": client, "pid": self.pid, **extra}
+    def _report(self, client: object, level: str, event: str, **extra: Any) -> None:
+        fields = {"service": self.service.name, **client_fields(client), "pid": self.pid, **extra}
         self.shared.report(level, event, fields)
 
     def _record(self, record: tuple[Any, ...]) -> None:

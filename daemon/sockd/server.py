@@ -19,9 +19,10 @@ import time
 
 from sockd import listeners
 from sockd.access import source_text
+from sockd.children import PEER_GONE, client_fields
 from sockd.errors import OSFailure, exception_fields
 from sockd.privileges import become_ids
-from sockd.shared import Service, Shared, client_text
+from sockd.shared import Service, Shared, client_record, unix_client
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ _close_socket: Callable[[socket.socket], None] = _socket.socket.close
 _SHUT_WR = socket.SHUT_WR
 # accept(2) errors that concern one connection only, not the listener.
 TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+# A peer that resets or hangs up (ECONNRESET, EPIPE, ECONNABORTED) ends its
+# connection normally, with no handler_error: the child exits with PEER_GONE
+# (see sockd.children).
+PEER_GONE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
@@ -81,6 +86,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
         self.address_family = self.socket.family
         self._family = int(self.socket.family)
+        self._unix = self._family == socket.AF_UNIX
         try:
             self.server_bind()
             self.server_activate()
@@ -266,8 +272,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         else:
             source = "unix"
         if self.shared.denials.first(self.service.name, reason, source, now):
-            client = client_text(request, client_address)
-            fields = {"service": self.service.name, "client": client, "reason": reason}
+            client = client_fields(client_record(request, client_address))
+            fields = {"service": self.service.name, **client, "reason": reason}
             self.shared.report("info", "connection_denied", fields)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -279,8 +285,9 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
         May be extended, do not override.
         """
-        # The text is made later, by the daemon, except for UNIX peers (their credentials).
-        client = client_address or client_text(request, client_address)
+        # The text is made later, by the daemon, except for UNIX peers: their
+        # credentials (SO_PEERCRED), never the path they bound (they choose it).
+        client = unix_client(request, client_address) if self._unix else client_address
         program = self.service.program
         if program is None:
             pid = self._fork(request, client_address)
@@ -321,6 +328,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             status = 0
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
+        except PEER_GONE_ERRORS:
+            status = PEER_GONE
         except TimeoutError:
             if self.service.idle_timeout:
                 self.report_idle(request, client_address)
@@ -340,7 +349,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         with contextlib.suppress(Exception):  # the error path must not raise
             fields = {
                 "service": self.service.name,
-                "client": client_text(request, client_address),
+                **client_fields(client_record(request, client_address)),
                 "pid": os.getpid(),
                 "seconds": self.service.idle_timeout,
             }
@@ -357,7 +366,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         with contextlib.suppress(Exception):  # the error path must not raise
             fields = {
                 "service": self.service.name,
-                "client": client_text(request, client_address),
+                **client_fields(client_record(request, client_address)),
                 "pid": os.getpid(),
                 "exception": exception_fields(exc),
             }

@@ -6,7 +6,7 @@ import os
 
 from sockd import listeners
 from sockd.access import AccessRules, Admission, Denials
-from sockd.children import Children, closed_fields
+from sockd.children import PEER_GONE_STATUSES, Children, closed_fields
 from sockd.handlers import load_handler
 from sockd.programs import Program
 
@@ -149,7 +149,8 @@ class Shared:
             if source is not None:
                 source[0].closed(source[1])
             self.drain_stderr(pid)
-            self.stats.errors += raw[3] != 0
+            status = raw[3]
+            self.stats.errors += status != 0 and status not in PEER_GONE_STATUSES
             self.closed(raw)
         return len(exits)
 
@@ -163,3 +164,44 @@ def client_text(request: Any, client_address: Any) -> str:
     except OSError:
         return "unix"
     return f"unix:uid={uid},pid={pid}"
+
+
+def unix_client(request: Any, path: str | bytes) -> str | list[str]:
+    """Return how a UNIX peer is recorded: its credentials' text, with its bound path if any.
+
+    The kernel's SO_PEERCRED names the peer; the path it bound its own socket
+    to is its choice (`unix:uid=0,pid=1`, say), so it goes only in the
+    separate, escaped `peer_path` field (see `sockd.children.client_fields`).
+    """
+    text = client_text(request, "")
+    return [text, peer_path(path)] if path else text
+
+
+def client_record(request: Any, client_address: Any) -> object:
+    """Return how a client is recorded: a TCP client's address, or `unix_client`'s."""
+    if isinstance(client_address, tuple):
+        return client_address
+    return unix_client(request, client_address)
+
+
+MAX_PEER_PATH = 256  # characters of an escaped peer path (sun_path holds 108 bytes)
+# Backslash, C0 and C1 controls and DEL, and undecodable bytes (surrogate escapes) as \xNN.
+_ESCAPES = (
+    {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+    | {ord("\\"): "\\\\"}
+    | {0xDC80 + byte: f"\\x{0x80 + byte:02x}" for byte in range(0x80)}
+)
+
+
+def peer_path(path: str | bytes) -> str:
+    r"""Write a UNIX peer's bound path for the log: printable, and at most MAX_PEER_PATH long.
+
+    Valid UTF-8 stays as it is; other bytes, control characters and the
+    backslash are escaped (`\xNN`, `\\`). An abstract address starts with `@`.
+    """
+    raw = path if isinstance(path, bytes) else os.fsencode(path)
+    prefix = ""
+    if raw[:1] == b"\0":
+        prefix, raw = "@", raw[1:]
+    text = prefix + raw.decode("utf-8", "surrogateescape").translate(_ESCAPES)
+    return text if len(text) <= MAX_PEER_PATH else text[:MAX_PEER_PATH] + "..."

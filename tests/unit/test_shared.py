@@ -7,8 +7,9 @@ import socket
 
 from harness import wait_until
 
+from sockd.children import client_fields
 from sockd.config import Limits, ServiceConfig, service_record
-from sockd.shared import Service, Shared, client_text
+from sockd.shared import MAX_PEER_PATH, Service, Shared, client_text, peer_path, unix_client
 
 
 def service(**limits: object) -> Service:
@@ -76,3 +77,21 @@ class TestClientText:
         left, right = socket.socketpair()
         with left, right:
             assert client_text(left, "") == f"unix:uid={os.getuid()},pid={os.getpid()}"
+
+
+class TestUnixClient:
+    def test_bound_path_is_kept_apart_and_escaped(self) -> None:
+        """A peer's bound path never names it: credentials do; the path is an escaped field."""
+        left, right = socket.socketpair()
+        with left, right:
+            real = f"unix:uid={os.getuid()},pid={os.getpid()}"
+            assert unix_client(left, "") == real
+            client = unix_client(left, "unix:uid=0,pid=1")
+            assert client_fields(client) == {"client": real, "peer_path": "unix:uid=0,pid=1"}
+
+    def test_escapes(self) -> None:
+        """Undecodable bytes, controls and backslashes are escaped; UTF-8 and @abstract kept."""
+        assert peer_path(b"a\xff\n\x7f\\b") == "a\\xff\\x0a\\x7f\\\\b"
+        assert peer_path(os.fsdecode(b"/srv/\xe9t\xc3\xa9")) == "/srv/\\xe9t\u00e9"
+        assert peer_path(b"\0hidden") == "@hidden"
+        assert len(peer_path(b"\x01" * 108)) <= MAX_PEER_PATH + 3
