@@ -12,6 +12,7 @@ import heapq
 import os
 import resource  # noqa: F401 (os.wait4 imports it on first use: maybe after dropping root)
 import signal
+import sys
 import time
 
 # The exit status of a child whose peer reset or hung up: 128 + SIGPIPE, a
@@ -26,8 +27,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Container, Iterator
 
-    # pid, service, client, wait status, seconds, user CPU, system CPU, max RSS (KiB)
-    RawExit = tuple[int, str, object, int, float, float, float, int]
+    # pid, service, client, wait status, seconds, user CPU, system CPU, max RSS (KiB, or None)
+    RawExit = tuple[int, str, object, int, float, float, float, int | None]
 
 
 class Children:
@@ -36,7 +37,9 @@ class Children:
     def __init__(self) -> None:
         self._running: dict[int, tuple[str, object, float]] = {}
         self._per_service: dict[str, int] = {}
-        self._groups: set[int] = set()  # children that lead a process group of their own
+        # Children that lead a process group of their own (programs), each with
+        # the forker's peak RSS when it started (see `add`).
+        self._groups: dict[int, int] = {}
         # when, pid, the child's start time (pids are reused), signal: a heap
         self._deadlines: list[tuple[float, int, float, int]] = []
 
@@ -71,16 +74,20 @@ class Children:
         client: object,
         max_duration: float | None = None,
         *,
-        group: bool = False,
+        program: int | None = None,
     ) -> None:
         """Record a child just started; `client` is its address, or a text for UNIX peers.
 
-        A child with `group` leads its own process group (a program): signals go
-        to the whole group, so that what it started ends with it.
+        A `program` leads its own process group: signals go to the whole group,
+        so that what it started ends with it. `program` is then the forker's
+        peak RSS (KiB) once it started: Linux counts the peak of the process
+        that execs (the forker, through vfork) in the program's ru_maxrss, so
+        only a peak above it is the program's own; at or below it, the
+        program's `max_rss_kib` is unknown (None).
         """
         now = time.monotonic()
-        if group:
-            self._groups.add(pid)
+        if program is not None:
+            self._groups[pid] = program
         self._running[pid] = (service, client, now)
         self._per_service[service] = self._per_service.get(service, 0) + 1
         if max_duration:
@@ -125,7 +132,10 @@ class Children:
             entry = self._running.pop(pid, None)
             if entry is None:
                 continue  # not one of ours (a grandchild reparented to us, say)
-            self._groups.discard(pid)
+            rss_floor = self._groups.pop(pid, None)
+            max_rss: int | None = usage.ru_maxrss
+            if rss_floor is not None and usage.ru_maxrss <= rss_floor:
+                max_rss = None  # the forker's peak, not the program's (see `add`)
             service, client, started = entry
             self._per_service[service] -= 1
             duration = time.monotonic() - started
@@ -138,7 +148,7 @@ class Children:
                     duration,
                     usage.ru_utime,
                     usage.ru_stime,
-                    usage.ru_maxrss,
+                    max_rss,
                 )
             )
         return exits
@@ -154,6 +164,24 @@ class Children:
                 os.killpg(pid, signum)
             else:
                 os.kill(pid, signum)
+
+
+def peak_rss_kib() -> int:
+    """Return this process's peak RSS in KiB (VmHWM), as exec counts it; a huge number if unknown.
+
+    Not getrusage(): its ru_maxrss lags behind the peak that exec folds into
+    the new program's (the current RSS may be above it).
+    """
+    try:
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            status = os.read(fd, 8192)
+        finally:
+            os.close(fd)
+        start = status.index(b"VmHWM:") + 6
+        return int(status[start : status.index(b"kB", start)])
+    except (OSError, ValueError):
+        return sys.maxsize
 
 
 def closed_fields(raw: RawExit) -> dict[str, object]:

@@ -183,6 +183,7 @@ class Forker:
         ipc.send(self.events, ("ready",))
         while self.stop_phase is None or len(self.shared.children):
             self._turn()
+        self._summaries(math.inf)  # what the bounded logs still hold: we are ending
         self._flush()
         with contextlib.suppress(BrokenPipeError):  # the final counts
             ipc.send(self.events, ("status", 0, *self.shared.stats.as_tuple(), ()))
@@ -244,6 +245,7 @@ class Forker:
             ipc.send(self.events, ("alive",))
 
     def _summaries(self, now: float) -> None:
+        """Log the bounded logs' summaries due at `now` (math.inf: all, as the forker ends)."""
         for summary in self.shared.denials.due(now):
             self.report("info", "connections_denied", summary)
         for summary in self.cap_log.due(now):

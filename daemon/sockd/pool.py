@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # the C module behind signal
 import contextlib
+import math
 import os
 import select
 import signal
@@ -118,6 +119,8 @@ class _Worker:
         except _Stop:  # a second SIGTERM, between connections
             pass
         finally:
+            for summary in self.shared.denials.due(math.inf):  # the refusals summed so far
+                self.shared.report("info", "connections_denied", summary)
             self._flush()
         return 0
 

@@ -19,7 +19,7 @@ import time
 
 from sockd import listeners
 from sockd.access import source_text
-from sockd.children import PEER_GONE, client_fields
+from sockd.children import PEER_GONE, client_fields, peak_rss_kib
 from sockd.errors import OSFailure, exception_fields
 from sockd.privileges import become_ids
 from sockd.shared import Service, Shared, client_record, unix_client
@@ -229,8 +229,11 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
     def _record_started(self) -> None:
         shared, service = self.shared, self.service
+        # A program's peak RSS counts only above the forker's (see Children.add).
+        floor = peak_rss_kib() if self._started and service.program is not None else 0
         for pid, client, group in self._started:
-            shared.children.add(pid, service.name, client, service.max_duration, group=group)
+            program = floor if group else None
+            shared.children.add(pid, service.name, client, service.max_duration, program=program)
         shared.stats.served += len(self._started)
         self._started.clear()
 

@@ -56,7 +56,7 @@ class TestExec:
         assert closed["exit_code"] == 0
         assert closed["signal"] is None
         assert closed["duration"] > 0
-        assert closed["max_rss_kib"] > 0
+        assert "max_rss_kib" in closed  # None: head peaked below the forker (see test_accounting)
 
     def test_script_sees_ucspi_environment_and_stderr_goes_to_the_log(
         self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
