@@ -20,7 +20,7 @@ from sockd.access import Denials
 from sockd.children import client_fields, exit_fields
 from sockd.pool import Pools
 from sockd.programs import StderrWatch
-from sockd.server import HANDLED_SIGNALS, ServiceServer
+from sockd.server import HANDLED_SIGNALS, ForkPaused, ServiceServer
 from sockd.shared import Service, Shared
 
 TYPE_CHECKING = False
@@ -184,6 +184,10 @@ class Forker:
         while self.stop_phase is None or len(self.shared.children):
             self._turn()
         self._summaries(math.inf)  # what the bounded logs still hold: we are ending
+        backoff = self.shared.fork_backoff
+        if backoff.unlogged:  # fork failures within the last pause
+            fields = {"failures": backoff.failures, "unlogged": backoff.unlogged}
+            self.report("error", "fork_failed", fields)
         self._flush()
         with contextlib.suppress(BrokenPipeError):  # the final counts
             ipc.send(self.events, ("status", 0, *self.shared.stats.as_tuple(), ()))
@@ -340,6 +344,10 @@ class Forker:
             return
         try:
             taken = server.accept_ready(budget)
+        except ForkPaused as paused:  # the backlog waits until forking may work again
+            self.paused_until = time.monotonic() + paused.delay
+            self._update_accepting()
+            return
         except OSError as exc:
             self.report(
                 "error", "accept_failed", {"service": server.service.name, "error": exc.strerror}

@@ -290,15 +290,17 @@ class Pools:
                 if owner == service and pid not in self.retired
             )
             for _ in range(wanted - current):
+                shared = servers[0].shared
                 try:
                     pid = start_worker(servers)
-                except OSError as exc:  # EAGAIN, ENOMEM: try again later, serve on
-                    fields = {"service": service, "error": exc.strerror}
-                    self.report("error", "fork_failed", fields)
-                    self.due.append((time.monotonic() + RESPAWN_DELAY, service))
+                except OSError as exc:  # EAGAIN, ENOMEM: try again later (logged with back-off)
+                    delay = shared.fork_failed(service, exc.strerror)
+                    self.due.append((time.monotonic() + max(delay, RESPAWN_DELAY), service))
                     return
+                if shared.fork_backoff.failures:
+                    shared.fork_worked()
                 self.workers[pid] = (service, time.monotonic())
-                servers[0].shared.children.add(pid, service, "worker")
+                shared.children.add(pid, service, "worker")
 
     def retire(self, name: str | None = None) -> None:
         """Tell the workers (of service `name`, or all) to finish their connection and leave."""

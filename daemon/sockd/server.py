@@ -43,10 +43,21 @@ _close_socket: Callable[[socket.socket], None] = _socket.socket.close
 _SHUT_WR = socket.SHUT_WR
 # accept(2) errors that concern one connection only, not the listener.
 TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+# fork(2) or spawn errors that mean "not now" (process, memory or descriptor
+# limits): forking pauses, with back-off (see sockd.shared.ForkBackoff).
+FORK_RESOURCE_ERRORS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 # A peer that resets or hangs up (ECONNRESET, EPIPE, ECONNABORTED) ends its
 # connection normally, with no handler_error: the child exits with PEER_GONE
 # (see sockd.children).
 PEER_GONE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+class ForkPaused(Exception):
+    """Forking failed for lack of resources: accept nothing for `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
 
 
 class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
@@ -198,6 +209,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
         Raises:
             OSError: accept(2) failed in a way that concerns the listener (EMFILE, say).
+            ForkPaused: forking failed for lack of resources (the connection is closed).
         """
         try:
             return self._accept_burst(budget)
@@ -221,14 +233,19 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 self.process_request(request, client_address)
             except Exception as exc:  # noqa: BLE001 (fork or spawn failed: report it, serve on)
                 self.shared.stats.errors += 1
+                self.shutdown_request(request)
+                if isinstance(exc, OSError) and exc.errno in FORK_RESOURCE_ERRORS:
+                    delay = self.shared.fork_failed(self.service.name, exc.strerror)
+                    raise ForkPaused(delay) from None
                 error = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
                 fields = {"service": self.service.name, "error": error}
                 self.shared.report("error", "fork_failed", fields)
-                self.shutdown_request(request)
         return budget
 
     def _record_started(self) -> None:
         shared, service = self.shared, self.service
+        if shared.fork_backoff.failures and self._started:
+            shared.fork_worked()
         # A program's peak RSS counts only above the forker's (see Children.add).
         floor = peak_rss_kib() if self._started and service.program is not None else 0
         for pid, client, group in self._started:

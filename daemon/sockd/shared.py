@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from sockd import listeners
 from sockd.access import AccessRules, Admission, Denials
@@ -67,6 +68,48 @@ class Stats:
         return (self.served, self.denied, self.errors)
 
 
+class ForkBackoff:
+    """Exponential back-off while fork(2) or spawning fails for lack of resources.
+
+    Each failure doubles the pause (FIRST to LONGEST seconds) during which
+    nothing is forked: the forker stops accepting (the backlog waits) and
+    pooled workers are replaced later. One `fork_failed` is logged per pause
+    at most, with the count of failures since forking last worked; the first
+    fork that works again logs `fork_recovered`.
+    """
+
+    FIRST = 0.1
+    LONGEST = 5.0
+    __slots__ = ("delay", "failures", "log_due", "since", "unlogged")
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.failures = 0  # since forking last worked
+        self.unlogged = 0  # of which not in a fork_failed line yet
+        self.since = 0.0
+        self.log_due = 0.0
+
+    def failed(self, now: float) -> tuple[float, bool]:
+        """Count a failure; return the pause before the next try, and whether to log it now."""
+        if not self.failures:
+            self.since = now
+        self.failures += 1
+        self.unlogged += 1
+        self.delay = min(max(self.FIRST, self.delay * 2), self.LONGEST)
+        log = now >= self.log_due
+        if log:
+            self.log_due = now + self.delay
+            self.unlogged = 0
+        return self.delay, log
+
+    def recovered(self, now: float) -> dict[str, Any]:
+        """Forking works again: return the `fork_recovered` fields, and start afresh."""
+        fields = {"failures": self.failures, "seconds": round(now - self.since, 3)}
+        self.delay = self.log_due = 0.0
+        self.failures = self.unlogged = 0
+        return fields
+
+
 def _ignore(level: str, event: str, fields: dict[str, Any]) -> None:
     """Drop an event (until the forker connects its reporter)."""
 
@@ -92,6 +135,7 @@ class Shared:
         self.admissions: dict[str, Admission] = {}  # by service name: kept across reloads
         self.sources: dict[int, tuple[Admission, Any, Any]] = {}  # pid: admission, key, client
         self.denials = Denials()
+        self.fork_backoff = ForkBackoff()
         self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
         self.closed: Callable[[RawExit], None] = self._report_closed
         self.child_fds: tuple[int, ...] = ()  # the forker's own: listeners, pipes, epoll
@@ -110,6 +154,22 @@ class Shared:
         """Close the forker's descriptors (`child_fds`): call it first in a child."""
         for fd in self.child_fds:
             os.close(fd)
+
+    def fork_failed(self, service: str, error: str | None) -> float:
+        """Count a fork that failed for lack of resources; return how long to pause forking.
+
+        Logged as `fork_failed` once per pause at most (see `ForkBackoff`).
+        """
+        delay, log = self.fork_backoff.failed(time.monotonic())
+        if log:
+            failures = self.fork_backoff.failures
+            fields = {"service": service, "error": error, "failures": failures, "retry_in": delay}
+            self.report("error", "fork_failed", fields)
+        return delay
+
+    def fork_worked(self) -> None:
+        """Log `fork_recovered` after fork failures (call it only while `fork_backoff.failures`)."""
+        self.report("info", "fork_recovered", self.fork_backoff.recovered(time.monotonic()))
 
     def _report_closed(self, raw: RawExit) -> None:
         self.report("info", "connection_closed", closed_fields(raw))
