@@ -256,6 +256,9 @@ class Forker:
             fields = {"service": summary["service"], "cap": summary["reason"]}
             fields |= {"times": summary["count"], "seconds": summary["seconds"]}
             self.report("warning", "caps_reached", fields)
+        if self.stderr.budget.window_end:
+            for summary in self.stderr.budget.due(now):
+                self.report("warning", "program_stderr_dropped", summary)
 
     def _dispatch(self, fd: int) -> None:
         server = self.listening.get(fd)
@@ -545,6 +548,8 @@ class Forker:
             deadline = min(deadline, self.shared.denials.window_end)
         if self.cap_log.window_end:
             deadline = min(deadline, self.cap_log.window_end)
+        if self.stderr.budget.window_end:
+            deadline = min(deadline, self.stderr.budget.window_end)
         respawn = self.pools.next_due()
         if respawn is not None:
             deadline = min(deadline, respawn)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 
 from sockd.listeners import peer_credentials
 from sockd.privileges import become_ids
@@ -39,6 +40,12 @@ DEFAULT_SIGNALS = tuple(
 MAX_LINE = 2000  # longer stderr lines are cut into pieces of this many bytes
 MAX_LINES = 1000  # lines a program may log; the rest are counted
 DRAIN_READS = 16  # reads of a reaped program's stderr before its exit is logged
+# All programs together: stderr lines logged per second, and in one burst, at most
+# (a token bucket); past it, lines are counted per service and summed up once per
+# STDERR_SUMMARY seconds as `program_stderr_dropped`.
+STDERR_RATE = 200
+STDERR_BURST = 2000
+STDERR_SUMMARY = 10.0
 _EXEC_FAILED = 127  # like a shell, for a program that could not be executed
 
 
@@ -249,12 +256,55 @@ def _pieces(lines: Iterable[bytes]) -> Iterable[bytes]:
             yield line[start : start + MAX_LINE]
 
 
+class LineBudget:
+    """The stderr lines all programs together may log: a token bucket, with drops counted.
+
+    STDERR_RATE lines a second, STDERR_BURST at once; a line past the budget
+    is counted for its service, and the counts are summed up (`due`) at the
+    end of a window of STDERR_SUMMARY seconds from the first drop.
+    """
+
+    __slots__ = ("dropped", "tokens", "updated", "window_end")
+
+    def __init__(self) -> None:
+        self.tokens = float(STDERR_BURST)
+        self.updated = time.monotonic()
+        self.dropped: dict[str, int] = {}  # service -> lines not logged in this window
+        self.window_end = 0.0
+
+    def take(self, service: str) -> bool:
+        """Take a line's token; False (the line is counted, not logged) when there is none."""
+        now = time.monotonic()
+        self.tokens = min(STDERR_BURST, self.tokens + (now - self.updated) * STDERR_RATE)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        if not self.window_end:
+            self.window_end = now + STDERR_SUMMARY
+        self.dropped[service] = self.dropped.get(service, 0) + 1
+        return False
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """At the end of a window (now=inf: at once), return the summaries to log."""
+        if not self.window_end or now < self.window_end:
+            return []
+        seconds = round(STDERR_SUMMARY - max(0.0, self.window_end - time.monotonic()), 3)
+        summaries = [
+            {"service": service, "lines": lines, "seconds": seconds}
+            for service, lines in self.dropped.items()
+        ]
+        self.dropped.clear()
+        self.window_end = 0.0
+        return summaries
+
+
 class StderrWatch:
     """The stderr pipes of every running program, polled with the forker's other descriptors.
 
     Each line goes to `emit(fields, line)`, with `fields` naming the service,
-    the client and the program's pid; `changed()` is called when a pipe is
-    added or closed.
+    the client and the program's pid, within the `budget` of all programs;
+    `changed()` is called when a pipe is added or closed.
     """
 
     def __init__(
@@ -266,16 +316,21 @@ class StderrWatch:
         self.poller = poller
         self.emit = emit
         self.changed = changed
+        self.budget = LineBudget()
         self.pipes: dict[int, StderrLines] = {}  # by descriptor
         self.of_pid: dict[int, int] = {}  # pid -> its stderr descriptor, while open
 
     def watch(self, fd: int, pid: int, service: str, client: object) -> None:
         """Start reading the stderr pipe `fd` of program `pid`."""
         fields = {"service": service, "client": client, "pid": pid}
-        self.pipes[fd] = StderrLines(fd, self.emit, fields)
+        self.pipes[fd] = StderrLines(fd, self._emit, fields)
         self.of_pid[pid] = fd
         self.poller.register(fd, select.EPOLLIN)
         self.changed()
+
+    def _emit(self, fields: dict[str, Any], line: str) -> None:
+        if self.budget.take(fields["service"]):
+            self.emit(fields, line)
 
     def read(self, fd: int) -> None:
         """Read a pipe that polled readable; at its end it leaves epoll and is closed.

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 from harness import connect, recv_all, write_config
 
+from sockd.programs import MAX_LINES, STDERR_BURST, STDERR_RATE
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 NOBODY = 65534
 HELD = 3  # connections that hold the last processes RLIMIT_NPROC allows
 FLOOD = 20  # connections that find no process to serve them
+FLOODING_PROGRAMS = 12
 
 
 def tasks_of(uid: int) -> int:
@@ -89,3 +92,34 @@ class TestForkFailures:
         assert served >= FLOOD // 2, "the waiting connections are served"
         assert daemon.stop() == 0
         assert not daemon.events("handler_error")
+
+
+class TestStderrBudget:
+    def test_many_programs_flooding_stderr_are_bounded_together(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """12 programs at MAX_LINES each: the log takes a burst and a rate, and sums up the rest."""
+        config = write_config(
+            tmp_path / "sockd.toml",
+            """
+            [[service]]
+            name = "flood"
+            exec = ["/bin/sh", "-c", "yes flood >&2"]
+            listen = ["127.0.0.1:0"]
+            max_duration = 1
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        started = time.monotonic()
+        floods = [connect(daemon.address()) for _ in range(FLOODING_PROGRAMS)]
+        daemon.wait_event("connection_closed", FLOODING_PROGRAMS, timeout=30)
+        elapsed = time.monotonic() - started
+        for sock in floods:
+            sock.close()
+        assert daemon.stop() == 0
+        logged = len(daemon.events("program_stderr"))
+        dropped = sum(event["lines"] for event in daemon.events("program_stderr_dropped"))
+        assert logged <= STDERR_BURST + STDERR_RATE * (elapsed + 1)
+        assert dropped > 0
+        # Each program logs MAX_LINES and one count of the rest: all accounted for.
+        assert logged + dropped == FLOODING_PROGRAMS * (MAX_LINES + 1)
