@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from harness import wait_until
 
-from sockd.children import Children, closed_fields
+from sockd.children import PEER_GONE, PEER_GONE_STATUSES, Children, closed_fields, peak_rss_kib
 
 if TYPE_CHECKING:
     from sockd.children import RawExit
@@ -23,7 +23,7 @@ def fork(action: str) -> int:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if action in ("sleep", "ignore-term"):
                 time.sleep(60)
-            os._exit(3 if action == "three" else 0)
+            os._exit({"three": 3, "peer-gone": PEER_GONE}.get(action, 0))
         finally:
             os._exit(99)
     return pid
@@ -120,3 +120,33 @@ class TestDeadlines:
         time.sleep(0.15)
         assert children.enforce_deadlines(time.monotonic(), grace=1.0) == []
         assert children.next_deadline() is None
+
+
+class TestPeerGoneAndMemory:
+    def test_peer_gone_exit_is_a_reset_not_an_error(self) -> None:
+        """Exit 141 (and death by SIGPIPE) read as peer_reset; other exits carry no such field."""
+        children = Children()
+        gone, normal = fork("peer-gone"), fork("zero")
+        children.add(gone, "echo", ("127.0.0.1", 1))
+        children.add(normal, "echo", ("127.0.0.1", 2))
+        exits: dict[int, RawExit] = {}
+        wait_until(lambda: exits.update({e[0]: e for e in children.reap()}) or len(exits) == 2)
+        assert exits[gone][3] in PEER_GONE_STATUSES
+        assert closed_fields(exits[gone])["peer_reset"] is True
+        assert closed_fields(exits[gone])["exit_code"] == PEER_GONE
+        assert "peer_reset" not in closed_fields(exits[normal])
+        assert int(signal.SIGPIPE) in PEER_GONE_STATUSES
+
+    def test_program_peak_at_or_below_the_floor_is_unknown(self) -> None:
+        """A program's max RSS at or below the forker's peak is None; above it, it is kept."""
+        children = Children()
+        low, high = fork("zero"), fork("zero")
+        children.add(low, "prog", ("127.0.0.1", 1), program=10**9)
+        children.add(high, "prog", ("127.0.0.1", 2), program=1)
+        exits: dict[int, RawExit] = {}
+        wait_until(lambda: exits.update({e[0]: e for e in children.reap()}) or len(exits) == 2)
+        assert exits[low][7] is None
+        high_rss = exits[high][7]
+        assert isinstance(high_rss, int)
+        assert high_rss > 1
+        assert peak_rss_kib() > 1000  # this process's VmHWM, in KiB

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -13,6 +14,8 @@ from harness import recv_all, wait_until
 from sockd.programs import (
     MAX_LINE,
     PROGRAM_BASE,
+    STDERR_BURST,
+    LineBudget,
     Program,
     StderrLines,
     StderrWatch,
@@ -182,3 +185,19 @@ class TestProgram:
         os.close(stderr)
         for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # both ignored by Python
             assert not ignored & (1 << (signum - 1)), hex(ignored)
+
+
+class TestLineBudget:
+    def test_lines_past_the_burst_are_counted_per_service_and_summed_up(self) -> None:
+        """The burst is logged; the rest are counted per service, summed once, then afresh."""
+        budget = LineBudget()
+        taken = sum(budget.take("a") for _ in range(STDERR_BURST))
+        assert taken == STDERR_BURST
+        dropped = [budget.take(service) for service in ("a", "b", "b")]
+        assert dropped.count(False) >= 2  # a token or so may have refilled meanwhile
+        assert budget.window_end
+        assert budget.due(0.0) == []  # the window has not ended
+        summaries = {summary["service"]: summary["lines"] for summary in budget.due(math.inf)}
+        assert sum(summaries.values()) == dropped.count(False)
+        assert budget.window_end == 0.0
+        assert budget.due(math.inf) == []

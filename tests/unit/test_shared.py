@@ -7,9 +7,17 @@ import socket
 
 from harness import wait_until
 
-from sockd.children import client_fields
+from sockd.children import PEER_GONE, client_fields
 from sockd.config import Limits, ServiceConfig, service_record
-from sockd.shared import MAX_PEER_PATH, Service, Shared, client_text, peer_path, unix_client
+from sockd.shared import (
+    MAX_PEER_PATH,
+    ForkBackoff,
+    Service,
+    Shared,
+    client_text,
+    peer_path,
+    unix_client,
+)
 
 
 def service(**limits: object) -> Service:
@@ -95,3 +103,27 @@ class TestUnixClient:
         assert peer_path(os.fsdecode(b"/srv/\xe9t\xc3\xa9")) == "/srv/\\xe9t\u00e9"
         assert peer_path(b"\0hidden") == "@hidden"
         assert len(peer_path(b"\x01" * 108)) <= MAX_PEER_PATH + 3
+
+
+class TestForkBackoff:
+    def test_pauses_double_to_a_bound_and_logs_once_per_pause(self) -> None:
+        """Pauses double from 0.1 s to 5 s; failures within a pause are counted, not logged."""
+        backoff = ForkBackoff()
+        assert backoff.failed(100.0) == (0.1, True)
+        assert backoff.failed(100.05) == (0.2, False)  # within the pause: counted
+        assert backoff.failed(100.3) == (0.4, True)
+        delays = [backoff.failed(1000.0 + 10 * step)[0] for step in range(10)]
+        assert delays[-1] == ForkBackoff.LONGEST
+        assert backoff.failures == 13
+        assert backoff.recovered(1100.0) == {"failures": 13, "seconds": 1000.0}
+        assert backoff.failed(2000.0) == (0.1, True)  # afresh
+
+    def test_peer_gone_exits_are_not_errors(self) -> None:
+        """A child whose peer reset (exit 141) is reaped without counting an error."""
+        shared = Shared()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            os._exit(PEER_GONE)
+        shared.children.add(pid, "echo", ("127.0.0.1", 1))
+        wait_until(shared.reap)
+        assert shared.stats.errors == 0
