@@ -60,9 +60,9 @@ def exception_fields(exc: BaseException, limit: int = _MAX_ERROR_RECORD) -> dict
     Every name is cut to _MAX_NAME characters, the message to half of
     `limit`, and at most _MAX_FRAMES frames (the outermost and innermost) are
     kept; then frames are dropped from the middle, and the message shortened,
-    until the description encodes to at
-    most `limit` bytes (or nothing more can be cut: a `limit` too small for
-    the type alone). Each step shortens something, so the loop ends.
+    until the description encodes to at most `limit` bytes (or nothing more
+    can be cut: a `limit` too small for the type alone). Each step shortens
+    something, so the loop ends.
     """
     import traceback  # noqa: PLC0415 (the error path only: the forker stays small)
 

@@ -289,8 +289,8 @@ class Pools:
                 for pid, (owner, _) in self.workers.items()
                 if owner == service and pid not in self.retired
             )
+            shared = servers[0].shared
             for _ in range(wanted - current):
-                shared = servers[0].shared
                 try:
                     pid = start_worker(servers)
                 except OSError as exc:  # EAGAIN, ENOMEM: try again later (logged with back-off)

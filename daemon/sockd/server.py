@@ -243,11 +243,13 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         return budget
 
     def _record_started(self) -> None:
+        if not self._started:
+            return
         shared, service = self.shared, self.service
-        if shared.fork_backoff.failures and self._started:
+        if shared.fork_backoff.failures:
             shared.fork_worked()
         # A program's peak RSS counts only above the forker's (see Children.add).
-        floor = peak_rss_kib() if self._started and service.program is not None else 0
+        floor = peak_rss_kib() if service.program is not None else 0
         for pid, client, group in self._started:
             program = floor if group else None
             shared.children.add(pid, service.name, client, service.max_duration, program=program)
