@@ -86,6 +86,7 @@ class TestPools:
         """fork() failing (EAGAIN) is fork_failed, not a dead forker; a retry is scheduled."""
         reports: list[tuple[str, str, dict[str, object]]] = []
         pools = Pools([server], lambda *event: reports.append(event))
+        server.shared.report = lambda *event: reports.append(event)  # logged with back-off
 
         def no_fork() -> int:
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
@@ -97,7 +98,12 @@ class TestPools:
             (
                 "error",
                 "fork_failed",
-                {"service": "pool", "error": "Resource temporarily unavailable"},
+                {
+                    "service": "pool",
+                    "error": "Resource temporarily unavailable",
+                    "failures": 1,
+                    "retry_in": 0.1,
+                },
             )
         ]
         assert pools.next_due() is not None
