@@ -245,12 +245,7 @@ def client_record(request: Any, client_address: Any) -> object:
 
 
 MAX_PEER_PATH = 256  # characters of an escaped peer path (sun_path holds 108 bytes)
-# Backslash, C0 and C1 controls and DEL, and undecodable bytes (surrogate escapes) as \xNN.
-_ESCAPES = (
-    {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
-    | {ord("\\"): "\\\\"}
-    | {0xDC80 + byte: f"\\x{0x80 + byte:02x}" for byte in range(0x80)}
-)
+_escapes: dict[int, str] = {}  # made for the first bound peer: the forker stays small
 
 
 def peer_path(path: str | bytes) -> str:
@@ -259,9 +254,14 @@ def peer_path(path: str | bytes) -> str:
     Valid UTF-8 stays as it is; other bytes, control characters and the
     backslash are escaped (`\xNN`, `\\`). An abstract address starts with `@`.
     """
+    if not _escapes:
+        # Backslash, C0 and C1 controls and DEL, undecodable bytes (surrogate escapes).
+        _escapes.update({code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))})
+        _escapes.update({0xDC80 + byte: f"\\x{0x80 + byte:02x}" for byte in range(0x80)})
+        _escapes[ord("\\")] = "\\\\"
     raw = path if isinstance(path, bytes) else os.fsencode(path)
     prefix = ""
     if raw[:1] == b"\0":
         prefix, raw = "@", raw[1:]
-    text = prefix + raw.decode("utf-8", "surrogateescape").translate(_ESCAPES)
+    text = prefix + raw.decode("utf-8", "surrogateescape").translate(_escapes)
     return text if len(text) <= MAX_PEER_PATH else text[:MAX_PEER_PATH] + "..."
