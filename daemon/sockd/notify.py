@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from sockd.listeners import decimal
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, MutableMapping
 
@@ -58,9 +60,10 @@ class Notifier:
                 os.environ.pop("NOTIFY_SOCKET", None)
             else:
                 os.environ["NOTIFY_SOCKET"] = saved
-        ours = not watchdog_pid or watchdog_pid == str(pid)
-        if watchdog_usec.isdigit() and int(watchdog_usec) > 0 and ours:
-            self.watchdog_interval = int(watchdog_usec) / 2e6
+        ours = not watchdog_pid or decimal(watchdog_pid) == pid
+        usec = decimal(watchdog_usec, 20)  # garbage is no watchdog, as for sd_watchdog_enabled(3)
+        if usec and ours:
+            self.watchdog_interval = usec / 2e6
             self._next_watchdog = time.monotonic()
 
     @property
