@@ -282,7 +282,7 @@ class TestBind:
         return victim
 
     def test_mode_is_never_set_through_the_path(self, tmp_path: Path) -> None:
-        """The socket's mode comes from the umask at bind(): a symlink swapped in is not chmod()ed."""
+        """The mode comes from the umask at bind(): a symlink swapped in is not chmod()ed."""
         victim = self.victim(tmp_path)
         with Swapped(socket.AF_UNIX) as sock:
             sock.victim = victim
@@ -296,9 +296,10 @@ class TestBind:
         before = victim.stat()
         endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
         endpoint.owner = (65534, 65534)
-        with Swapped(socket.AF_UNIX) as sock, pytest.raises(OSFailure) as caught:
+        with Swapped(socket.AF_UNIX) as sock:
             sock.victim = victim
-            listeners.bind(sock, endpoint, 0o666)
+            with pytest.raises(OSFailure) as caught:
+                listeners.bind(sock, endpoint, 0o666)
         assert str(caught.value) == (
             f"service 'svc': listen unix:{tmp_path}/s.sock:"
             f" {tmp_path}/s.sock was replaced after bind(): not changing its owner"
@@ -314,9 +315,10 @@ class TestBind:
         """A socket file with a second name (a hard link to another socket) is refused."""
         endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
         endpoint.owner = (65534, 65534)
-        with Swapped(socket.AF_UNIX) as sock, pytest.raises(OSFailure, match="was replaced"):
+        with Swapped(socket.AF_UNIX) as sock:
             sock.hard_link = True
-            listeners.bind(sock, endpoint, 0o666)
+            with pytest.raises(OSFailure, match="was replaced"):
+                listeners.bind(sock, endpoint, 0o666)
         assert (tmp_path / "s.sock").stat().st_uid == os.geteuid()
 
     @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
