@@ -316,13 +316,18 @@ if kind == "tcp":
 if kind == "vsock":
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     sock.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
-if kind != "none":
+if kind in ("tcp", "vsock"):
     sock.listen()
+if kind == "udp":
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if kind == "file":
+    sock = open(os.devnull, "rb")
+if kind != "none":
     os.dup2(sock.fileno(), 3)
     os.set_inheritable(3, True)  # dup2 onto itself (it may be 3) keeps close-on-exec
-pid = os.environb.get(b"LISTEN_PID")
-if pid is not None:
-    os.environb[b"LISTEN_PID"] = pid.replace(b"$PID", str(os.getpid()).encode())
+for name in (b"LISTEN_PID", b"WATCHDOG_PID"):
+    if name in os.environb:
+        os.environb[name] = os.environb[name].replace(b"$PID", str(os.getpid()).encode())
 os.execv(sys.argv[2], sys.argv[2:])
 """
 
@@ -330,7 +335,8 @@ os.execv(sys.argv[2], sys.argv[2:])
 def as_listener(kind: str = "tcp") -> list[str]:
     """Return a prefix that hands sockd a listening socket as systemd would, then execs it.
 
-    `kind` is "tcp" (127.0.0.1, a free port), "vsock" or "none": that socket is
-    descriptor 3, and "$PID" in LISTEN_PID becomes sockd's pid (exec keeps it).
+    `kind` is what descriptor 3 is: "tcp" (listening on 127.0.0.1, a free port),
+    "vsock" (listening), "udp", "file" (/dev/null) or "none" (nothing). "$PID" in
+    LISTEN_PID and WATCHDOG_PID becomes sockd's pid (exec keeps it).
     """
     return [sys.executable, "-c", _AS_LISTENER, kind]

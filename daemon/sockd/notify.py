@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 STATUS_INTERVAL = 1.0
+WATCHDOG_FLOOR = 0.01  # seconds: WATCHDOG=1 is never sent more often
 
 
 def status_text(
@@ -63,7 +64,8 @@ class Notifier:
         ours = not watchdog_pid or decimal(watchdog_pid) == pid
         usec = decimal(watchdog_usec, 20)  # garbage is no watchdog, as for sd_watchdog_enabled(3)
         if usec and ours:
-            self.watchdog_interval = usec / 2e6
+            # Half the timeout, as sd_watchdog_enabled(3) advises; not a busy loop for 1 µs.
+            self.watchdog_interval = max(usec / 2e6, WATCHDOG_FLOOR)
             self._next_watchdog = time.monotonic()
 
     @property
