@@ -75,12 +75,12 @@ def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]
     pid_text, count_text, names_text = (environ.pop(name, None) for name in _LISTEN_VARS)
     if pid_text is None or count_text is None:
         return []
-    listen_pid = decimal(pid_text)
+    listen_pid = ascii_number(pid_text)
     if not listen_pid:
         raise ConfigError(f"environment: LISTEN_PID={pid_text!r} is not a process id")
     if listen_pid != pid:
         return []  # meant for another process (our parent, typically)
-    count = decimal(count_text)
+    count = ascii_number(count_text)
     if count is None:
         raise ConfigError(f"environment: LISTEN_FDS={count_text!r} is not a count")
     # Checked before anything is allocated for them: no process has more.
@@ -109,7 +109,7 @@ def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]
     return inherited
 
 
-def decimal(text: str, digits: int = 10) -> int | None:
+def ascii_number(text: str, digits: int = 10) -> int | None:
     """Return the number `text` writes in at most `digits` ASCII digits, else None.
 
     For numbers from the environment: `str.isdigit()` alone accepts "²",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from sockd.listeners import decimal
+from sockd.listeners import ascii_number
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, MutableMapping
@@ -61,8 +61,8 @@ class Notifier:
                 os.environ.pop("NOTIFY_SOCKET", None)
             else:
                 os.environ["NOTIFY_SOCKET"] = saved
-        ours = not watchdog_pid or decimal(watchdog_pid) == pid
-        usec = decimal(watchdog_usec, 20)  # garbage is no watchdog, as for sd_watchdog_enabled(3)
+        ours = not watchdog_pid or ascii_number(watchdog_pid) == pid
+        usec = ascii_number(watchdog_usec, 20)  # garbage: no watchdog (sd_watchdog_enabled(3))
         if usec and ours:
             # Half the timeout, as sd_watchdog_enabled(3) advises; not a busy loop for 1 µs.
             self.watchdog_interval = max(usec / 2e6, WATCHDOG_FLOOR)

@@ -1,7 +1,7 @@
 """Bad input: systemd's environment variables fuzzed, for real `sockd run` processes.
 
 Each case starts sockd with hostile LISTEN_*, NOTIFY_SOCKET or WATCHDOG_*
-values (hand-picked, and generated from a fixed seed), with descriptor 3 as
+values (and JOURNAL_STREAM; hand-picked, and generated from a fixed seed), with descriptor 3 as
 systemd would leave it (see harness.as_listener). Whatever the values,
 sockd either refuses them with one JSON line and its documented exit code
 (78: the environment systemd gave is wrong), or starts, serves, and stops
@@ -104,6 +104,11 @@ def watchdog_cases(tmp: str) -> list[Case]:
     return cases
 
 
+def journal_cases() -> list[Case]:
+    values = [b"\xc2\xb2:1", b"1:" + b"9" * 5000, b":", b"\xff:\xfe", b"1:2:3"]
+    return [Case(f"JOURNAL_STREAM={v[:20]!r}", {b"JOURNAL_STREAM": v}, "none") for v in values]
+
+
 def generated_cases(count: int, seed: int = 11) -> list[Case]:
     """Random garbage from a fixed seed: the same cases at every run."""
     rng = random.Random(seed)  # noqa: S311 (garbage, not secrets)
@@ -118,7 +123,13 @@ def generated_cases(count: int, seed: int = 11) -> list[Case]:
     return cases
 
 
-CASES = listen_cases() + notify_cases("{tmp}") + watchdog_cases("{tmp}") + generated_cases(8)
+CASES = [
+    *listen_cases(),
+    *notify_cases("{tmp}"),
+    *watchdog_cases("{tmp}"),
+    *journal_cases(),
+    *generated_cases(8),
+]
 
 
 def clean_environment() -> dict[bytes, bytes]:

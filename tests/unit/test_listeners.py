@@ -234,19 +234,19 @@ class TestPlan:
         assert not listeners.sockname_matches("/run/a.sock", parse_listen("127.0.0.1:80"))
 
 
-class TestDecimal:
+class TestAsciiNumber:
     @pytest.mark.parametrize(
         ("text", "number"),
         [("0", 0), ("0042", 42), ("1234567890", 1234567890), ("12345678901", None)],
     )
     def test_ascii_digits(self, text: str, number: int | None) -> None:
         """Up to `digits` ASCII digits make a number; more make none."""
-        assert listeners.decimal(text) == number
+        assert listeners.ascii_number(text) == number
 
     @pytest.mark.parametrize("text", ["", " 1", "1 ", "+1", "-1", "1_0", "\u00b2", "\u0663", "0x1"])
     def test_anything_else_is_none(self, text: str) -> None:
         """Signs, blanks, underscores and other digits than ASCII's are not numbers."""
-        assert listeners.decimal(text) is None
+        assert listeners.ascii_number(text) is None
 
 
 class Swapped(socket.socket):
