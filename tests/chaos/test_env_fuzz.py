@@ -6,7 +6,7 @@ systemd would leave it (see harness.as_listener). Whatever the values,
 sockd either refuses them with one JSON line and its documented exit code
 (78: the environment systemd gave is wrong), or starts, serves, and stops
 cleanly on SIGTERM. Never a traceback, a crash (70) or a hang. Bounded:
-each case takes well under a second, about 20 s in all.
+each case takes well under a second (about 0.3 s of CPU), under 30 s in all.
 """
 
 from __future__ import annotations
@@ -96,16 +96,16 @@ def watchdog_cases(tmp: str) -> list[Case]:
     notify = f"{tmp}/notify.sock".encode()
     cases = [
         Case(f"WATCHDOG_USEC={v[:20]!r}", {b"NOTIFY_SOCKET": notify, b"WATCHDOG_USEC": v}, "none")
-        for v in [b"1", b"1000", *NUMBERS[2:10]]
+        for v in [b"1", b"-1", "\u00b2".encode(), b"\xff", b"9" * 5000]
     ]
-    for value in [b"$PID", b"0$PID", b"1", "\u00b2".encode(), b"\xff", b"9" * 5000]:
+    for value in [b"$PID", b"0$PID", "\u00b2".encode(), b"9" * 5000]:
         env = {b"NOTIFY_SOCKET": notify, b"WATCHDOG_USEC": b"1000000", b"WATCHDOG_PID": value}
         cases.append(Case(f"WATCHDOG_PID={value[:20]!r}", env, "none"))
     return cases
 
 
 def journal_cases() -> list[Case]:
-    values = [b"\xc2\xb2:1", b"1:" + b"9" * 5000, b":", b"\xff:\xfe", b"1:2:3"]
+    values = [b"\xc2\xb2:1", b"1:" + b"9" * 5000, b"\xff:\xfe"]
     return [Case(f"JOURNAL_STREAM={v[:20]!r}", {b"JOURNAL_STREAM": v}, "none") for v in values]
 
 
@@ -128,7 +128,7 @@ CASES = [
     *notify_cases("{tmp}"),
     *watchdog_cases("{tmp}"),
     *journal_cases(),
-    *generated_cases(8),
+    *generated_cases(6),
 ]
 
 
