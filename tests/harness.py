@@ -305,3 +305,38 @@ def in_child(function: Callable[[], Any]) -> Any:
     if not ok:
         raise value
     return value
+
+
+_AS_LISTENER = """
+import os, socket, sys
+kind = sys.argv[1]
+if kind == "tcp":
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+if kind == "vsock":
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sock.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+if kind in ("tcp", "vsock"):
+    sock.listen()
+if kind == "udp":
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if kind == "file":
+    sock = open(os.devnull, "rb")
+if kind != "none":
+    os.dup2(sock.fileno(), 3)
+    os.set_inheritable(3, True)  # dup2 onto itself (it may be 3) keeps close-on-exec
+for name in (b"LISTEN_PID", b"WATCHDOG_PID"):
+    if name in os.environb:
+        os.environb[name] = os.environb[name].replace(b"$PID", str(os.getpid()).encode())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def as_listener(kind: str = "tcp") -> list[str]:
+    """Return a prefix that hands sockd a listening socket as systemd would, then execs it.
+
+    `kind` is what descriptor 3 is: "tcp" (listening on 127.0.0.1, a free port),
+    "vsock" (listening), "udp", "file" (/dev/null) or "none" (nothing). "$PID" in
+    LISTEN_PID and WATCHDOG_PID becomes sockd's pid (exec keeps it).
+    """
+    return [sys.executable, "-c", _AS_LISTENER, kind]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import importlib
 import os
-from typing import TYPE_CHECKING
+import stat
+from typing import TYPE_CHECKING, TextIO
 
 from sockd.errors import OSFailure, UsageError
 
@@ -44,10 +46,7 @@ def detach(pidfile: str, log_file: str, keep_fds: Iterable[int]) -> None:
     importlib.import_module("daemon.pidfile")
     import lockfile  # noqa: PLC0415 (python-daemon's own dependency)
 
-    try:
-        log = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (kept open)
-    except OSError as exc:
-        raise OSFailure(f"--log-file {log_file}: cannot open: {exc.strerror}") from None
+    log = open_log_file(log_file)
     lock = python_daemon.pidfile.TimeoutPIDLockFile(os.path.abspath(pidfile), acquire_timeout=0)
     _break_stale_lock(lock, pidfile)
     context = python_daemon.DaemonContext(
@@ -70,29 +69,70 @@ def detach(pidfile: str, log_file: str, keep_fds: Iterable[int]) -> None:
     atexit.register(_remove_pidfile, os.path.abspath(pidfile), os.getpid())
 
 
+def open_log_file(path: str) -> TextIO:
+    """Open `path` to append to, as root may: never through a symlink, only a regular file.
+
+    Whoever may write its directory could otherwise point it at any file (a
+    symlink; a FIFO, which would block the open; a hard link to another file).
+    A new file gets mode 0640.
+
+    Raises:
+        OSFailure: it is a symlink, not a regular file, or cannot be opened.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o640)
+    except OSError as exc:
+        reason = "is a symbolic link (not followed)" if exc.errno == errno.ELOOP else exc.strerror
+        raise OSFailure(f"--log-file {path}: cannot open: {reason}") from None
+    found = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(found.st_mode):
+        problem = "not a regular file"
+    elif found.st_nlink != 1:
+        problem = f"has {found.st_nlink} hard links (one expected)"
+    if problem:
+        os.close(fd)
+        raise OSFailure(f"--log-file {path}: cannot open: {problem}")
+    os.set_blocking(fd, True)
+    return open(fd, "a", buffering=1, encoding="utf-8")
+
+
 def _remove_pidfile(path: str, pid: int) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        with open(path, encoding="ascii") as file:
-            if int(file.read().strip()) != pid:
-                return
-        os.unlink(path)
+    if _read_pid(path) == pid:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _read_pid(path: str) -> int | None:
+    """Return the pid a pid file holds, read as root may: never through a symlink.
+
+    None when there is no such regular file, or it holds no pid.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        line = file.read(64).split(b"\n", 1)[0].strip()
+    return int(line) if line.isdigit() and len(line) <= 10 else None  # bytes: ASCII digits
 
 
 def _break_stale_lock(lock: object, pidfile: str) -> None:
     """Remove a pid file left by a process that is gone; refuse if it is alive.
 
+    Whatever else is at that name (a symlink, say) is removed too: unlink()
+    follows nothing, and the new pid file is made with O_EXCL.
+
     Raises:
         OSFailure: the process named in the pid file is running.
     """
-    from lockfile.pidlockfile import read_pid_from_pidfile  # noqa: PLC0415
-
-    try:
-        pid = read_pid_from_pidfile(pidfile)
-    except (OSError, ValueError):
-        pid = None
+    pid = _read_pid(pidfile)
     if pid is not None and _alive(pid):
         raise OSFailure(f"--pidfile {pidfile}: sockd is already running as pid {pid}")
-    if os.path.exists(pidfile):
+    if os.path.lexists(pidfile):
         lock.break_lock()  # type: ignore[attr-defined]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import socket
 import stat
 import sys
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 SD_LISTEN_FDS_START = 3
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+# What a listener may be: anything else (AF_VSOCK, AF_NETLINK...) has addresses
+# that sockd can neither match, log nor filter.
+FAMILIES = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6", socket.AF_UNIX: "AF_UNIX"}
 
 
 class InheritedFd:
@@ -38,7 +42,7 @@ class InheritedFd:
 class Endpoint:
     """Where one server listens: an adopted socket, or an address to bind."""
 
-    __slots__ = ("address", "adopted", "family", "fd_name", "service", "sockaddr")
+    __slots__ = ("address", "adopted", "family", "fd_name", "owner", "service", "sockaddr")
 
     def __init__(  # noqa: PLR0913, PLR0917 (one value per attribute)
         self,
@@ -56,6 +60,7 @@ class Endpoint:
         self.address = address
         self.adopted = adopted
         self.fd_name = fd_name
+        self.owner: tuple[int, int] | None = None  # uid, gid given a UNIX socket file we bind
 
 
 def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]:
@@ -70,13 +75,19 @@ def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]
     pid_text, count_text, names_text = (environ.pop(name, None) for name in _LISTEN_VARS)
     if pid_text is None or count_text is None:
         return []
-    if not pid_text.isdigit() or int(pid_text) == 0:
+    listen_pid = ascii_number(pid_text)
+    if not listen_pid:
         raise ConfigError(f"environment: LISTEN_PID={pid_text!r} is not a process id")
-    if int(pid_text) != pid:
+    if listen_pid != pid:
         return []  # meant for another process (our parent, typically)
-    if not count_text.isdigit():
+    count = ascii_number(count_text)
+    if count is None:
         raise ConfigError(f"environment: LISTEN_FDS={count_text!r} is not a count")
-    count = int(count_text)
+    # Checked before anything is allocated for them: no process has more.
+    most = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - SD_LISTEN_FDS_START
+    if count > most:
+        msg = f"environment: LISTEN_FDS={count} is more than the {most} descriptors allowed"
+        raise ConfigError(f"{msg} (RLIMIT_NOFILE)")
     names: list[str | None] = [None] * count
     if names_text is not None:
         names = list(names_text.split(":"))
@@ -98,11 +109,24 @@ def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]
     return inherited
 
 
+def ascii_number(text: str, digits: int = 10) -> int | None:
+    """Return the number `text` writes in at most `digits` ASCII digits, else None.
+
+    For numbers from the environment: `str.isdigit()` alone accepts "²",
+    which `int()` refuses, and `int()` alone accepts " 1", "+1", "1_0" and
+    other scripts' digits.
+    """
+    if text.isascii() and text.isdigit() and len(text) <= digits:
+        return int(text)
+    return None
+
+
 def adopt(inherited: InheritedFd) -> socket.socket:
-    """Wrap an inherited descriptor; it must be a listening stream socket.
+    """Wrap an inherited descriptor; it must be a listening IP or UNIX stream socket.
 
     Raises:
-        ConfigError: it is not a socket, not a stream socket, or not listening.
+        ConfigError: it is not a socket, of another family, not a stream socket,
+            or not listening.
     """
     where = f"socket from systemd (fd {inherited.fd}, name {inherited.name!r})"
     try:
@@ -118,11 +142,15 @@ def adopt(inherited: InheritedFd) -> socket.socket:
 
 
 def check_listening(sock: socket.socket, where: str) -> None:
-    """Check that an inherited socket is a listening stream socket (SO_TYPE, SO_ACCEPTCONN).
+    """Check that an inherited socket is a listening IP or UNIX stream socket.
 
     Raises:
         ConfigError: naming `where` and what is wrong.
     """
+    if sock.family not in FAMILIES:
+        family = getattr(sock.family, "name", str(sock.family))
+        supported = ", ".join(FAMILIES.values())
+        raise ConfigError(f"{where}: address family {family} is not supported ({supported})")
     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
         raise ConfigError(f"{where}: not a stream socket (use ListenStream=)")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
@@ -228,10 +256,15 @@ def sockname_matches(sockname: object, address: ListenAddress) -> bool:
 
 
 def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
-    """Bind our own socket for `endpoint` (TCP: SO_REUSEADDR, IPv6-only; UNIX: file mode).
+    """Bind our own socket for `endpoint` (TCP: SO_REUSEADDR, IPv6-only; UNIX: mode, owner).
+
+    A UNIX socket file gets its mode from the umask at bind(), and its owner
+    (`endpoint.owner`, as root) through `_give_away`: nothing is done to the
+    path once it exists, where another user could have put a symlink by then.
 
     Raises:
-        OSFailure: the address is in use or unavailable.
+        OSFailure: the address is in use or unavailable, or the socket file was
+            replaced before its owner could be set.
         PermissionFailure: binding needs privileges we lack.
         ConfigError: a UNIX path is taken by a file that is not a socket.
     """
@@ -245,7 +278,8 @@ def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
                 sock.bind(endpoint.sockaddr)
             finally:
                 os.umask(old_umask)
-            os.chmod(endpoint.sockaddr, unix_mode)
+            if endpoint.owner is not None:
+                _give_away(endpoint.sockaddr, endpoint.owner, where)
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if sock.family == socket.AF_INET6:
@@ -255,6 +289,35 @@ def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
         raise PermissionFailure(f"{where}: cannot bind: {exc.strerror}") from None
     except OSError as exc:
         raise OSFailure(f"{where}: cannot bind: {exc.strerror}") from None
+
+
+def _give_away(path: str, owner: tuple[int, int], where: str) -> None:
+    """Give the socket file just bound at `path` to `owner` (uid, gid), following nothing.
+
+    Whoever may write the socket's directory can replace the file by a symlink
+    (or another file) between bind() and here. So the name is opened without
+    following it (O_PATH | O_NOFOLLOW: a symlink is opened as itself), the
+    inode opened must be what bind() made (a socket, ours, with one name: a
+    hard link to someone else's socket has two), and that very inode is
+    changed, through /proc/self/fd (fchown() refuses O_PATH descriptors).
+
+    Raises:
+        OSFailure: the file is not the socket we made, or cannot be changed.
+    """
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSFailure(f"{where}: cannot open {path}: {exc.strerror}") from None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISSOCK(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
+            msg = f"{where}: {path} was replaced after bind(): not changing its owner"
+            raise OSFailure(msg)
+        os.chown(f"/proc/self/fd/{fd}", *owner)
+    except OSError as exc:
+        raise OSFailure(f"{where}: cannot chown {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _remove_stale_socket(path: str, where: str) -> None:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import structlog
 
+from sockd.listeners import ascii_number
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, MutableMapping
 
@@ -155,13 +157,14 @@ def _render_json(_logger: Any, method: str, event: MutableMapping[str, Any]) -> 
 def stderr_is_journal(fd: int = 2) -> bool:
     """Tell whether `fd` is the journal stream systemd connected (JOURNAL_STREAM)."""
     device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
-    if not (device.isdigit() and inode.isdigit()):
+    ids = (ascii_number(device, 20), ascii_number(inode, 20))  # "²" is a digit, not for int()
+    if None in ids:
         return False
     try:
         info = os.fstat(fd)
     except OSError:
         return False
-    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+    return (info.st_dev, info.st_ino) == ids
 
 
 def configure(log_format: LogFormat | None = None, fd: int = 2) -> None:

@@ -145,7 +145,13 @@ def spawn(
                 os.set_inheritable(fd, True)
             # Its own process group: a Ctrl-C at the terminal reaches the daemon
             # only, which stops the forker gracefully.
-            pid = os.posix_spawn(argv[0], argv, environ, setpgroup=0)
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                environ,
+                setpgroup=0,
+                setsigmask=(),  # not the daemon's signals blocked while it starts
+            )
         finally:
             for fd in passed:
                 os.set_inheritable(fd, False)
@@ -225,6 +231,8 @@ class MainLoop:
         signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         for signum in DAEMON_SIGNALS:
             signal.signal(signum, self._record_signal)
+        # Blocked since `sockd run` began (sockd.__main__): one that came meanwhile runs now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, DAEMON_SIGNALS)
         self.selector.register(self._wakeup_read, selectors.EVENT_READ, None)
         self._watch(self.forker)
         try:

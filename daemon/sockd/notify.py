@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from sockd.listeners import ascii_number
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, MutableMapping
 
 log = structlog.get_logger()
 
 STATUS_INTERVAL = 1.0
+WATCHDOG_FLOOR = 0.01  # seconds: WATCHDOG=1 is never sent more often
 
 
 def status_text(
@@ -58,9 +61,11 @@ class Notifier:
                 os.environ.pop("NOTIFY_SOCKET", None)
             else:
                 os.environ["NOTIFY_SOCKET"] = saved
-        ours = not watchdog_pid or watchdog_pid == str(pid)
-        if watchdog_usec.isdigit() and int(watchdog_usec) > 0 and ours:
-            self.watchdog_interval = int(watchdog_usec) / 2e6
+        ours = not watchdog_pid or ascii_number(watchdog_pid) == pid
+        usec = ascii_number(watchdog_usec, 20)  # garbage: no watchdog (sd_watchdog_enabled(3))
+        if usec and ours:
+            # Half the timeout, as sd_watchdog_enabled(3) advises; not a busy loop for 1 µs.
+            self.watchdog_interval = max(usec / 2e6, WATCHDOG_FLOOR)
             self._next_watchdog = time.monotonic()
 
     @property

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,7 +46,8 @@ def run(options: RunOptions) -> int:
 
     1. The config is loaded (by the caller: `sockd check` shares it).
     2. Listeners are adopted (LISTEN_PID names this process, so before any
-       fork) or bound (perhaps to privileged ports, so while still root).
+       fork) or bound (perhaps to privileged ports, so while still root; a
+       UNIX socket file is given to `[daemon] user` as soon as it exists).
     3. Detach, if asked, keeping the listeners.
     4. Configure logging again: stderr may now be a log file or the journal.
     5. Take systemd's notify variables out of the environment children inherit.
@@ -71,12 +71,13 @@ def run(options: RunOptions) -> int:
         services = {s.name: Service(sockd_config.service_record(s)) for s in config.services}
         shared = Shared()
         for endpoint in listeners.plan(config.services, inherited):
+            if who is not None:
+                endpoint.owner = (who[1], who[2])  # of the UNIX socket files we bind
             # One at a time, so the ones made are closed if a later one fails.
-            servers.append(ServiceServer(endpoint, services[endpoint.service], shared))  # noqa: PERF401
+            servers.append(ServiceServer(endpoint, services[endpoint.service], shared))
         if options.detach:
             keep = [server.fileno() for server in servers]
             daemonize.detach(str(options.pidfile), str(options.log_file), keep)
-        _chown_socket_files(servers, who)
         sockd_log.configure(options.log_format)
         notifier = Notifier(os.environ, os.getpid())
         log.info(
@@ -107,16 +108,3 @@ def _renewal(
     if who is not None and any(service.user or service.group for service in config.services):
         return None
     return functools.partial(spawn, servers, who=None, standby=True)
-
-
-def _chown_socket_files(servers: list[ServiceServer], who: privileges.Identity | None) -> None:
-    """Give the UNIX socket files we made to the user we become."""
-    if who is None:
-        return
-    for server in servers:
-        if server.socket.family == socket.AF_UNIX and not server.adopted:
-            try:
-                os.chown(str(server.endpoint.sockaddr), who[1], who[2])
-            except OSError as exc:
-                msg = f"service {server.service.name!r}: cannot chown {server.endpoint.sockaddr}"
-                raise OSFailure(f"{msg}: {exc.strerror}") from None

@@ -7,7 +7,16 @@ import socket
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import TESTS, Notifications, Sockd, connect, exchange, wait_until, write_config
+from harness import (
+    TESTS,
+    Notifications,
+    Sockd,
+    as_listener,
+    connect,
+    exchange,
+    wait_until,
+    write_config,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -186,3 +195,39 @@ class TestSocketActivation:
         assert "name 'stray'" in failure["error"]
         assert "matches no service" in failure["error"]
         assert not any("READY=1" in message for message in notifications.poll())
+
+
+class TestBadEnvironment:
+    def test_non_ascii_listen_pid(self, sockd: Callable[..., Sockd]) -> None:
+        """LISTEN_PID=² (a digit to str.isdigit(), not to int()) is exit 78, not a crash (70)."""
+        env = {"LISTEN_PID": "\u00b2", "LISTEN_FDS": "1"}
+        daemon = sockd("run", "--handler", "echo", env=env, wait=False)
+        assert daemon.wait() == 78
+        (failure,) = daemon.events("startup_failed")
+        assert failure["error"] == "environment: LISTEN_PID='\u00b2' is not a process id"
+        assert len(daemon.lines()) == 1
+
+    def test_huge_listen_fds(self, sockd: Callable[..., Sockd]) -> None:
+        """LISTEN_FDS=300000000 for this process is exit 78 at once (it was a MemoryError)."""
+        env = {"LISTEN_PID": "$PID", "LISTEN_FDS": "300000000"}
+        daemon = sockd("run", "--handler", "echo", env=env, prefix=as_listener(), wait=False)
+        assert daemon.wait() == 78
+        (failure,) = daemon.events("startup_failed")
+        assert failure["error"].startswith("environment: LISTEN_FDS=300000000 is more than the")
+        assert len(daemon.lines()) == 1
+
+    def test_vsock_is_refused(self, sockd: Callable[..., Sockd]) -> None:
+        """A listening AF_VSOCK socket passed as fd 3 is refused, naming fd and family."""
+        try:
+            socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+        except OSError as exc:
+            pytest.skip(f"no AF_VSOCK here: {exc.strerror}")
+        env = {"LISTEN_PID": "$PID", "LISTEN_FDS": "1"}
+        daemon = sockd("run", "--handler", "echo", env=env, prefix=as_listener("vsock"), wait=False)
+        assert daemon.wait() == 78
+        (failure,) = daemon.events("startup_failed")
+        assert failure["error"] == (
+            "socket from systemd (fd 3, name None): address family AF_VSOCK"
+            " is not supported (AF_INET, AF_INET6, AF_UNIX)"
+        )
+        assert len(daemon.lines()) == 1

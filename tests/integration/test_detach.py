@@ -114,3 +114,21 @@ class TestDetach:
         text = log.read_text()
         assert '"event": "stopped"' in text
         assert "Traceback" not in text
+
+    def test_log_file_symlink_is_refused(self, tmp_path: Path) -> None:
+        """A --log-file that is a symlink is not followed (as root: to any file): exit 71."""
+        victim = tmp_path / "victim"
+        victim.write_text("untouched\n")
+        victim.chmod(0o600)
+        (tmp_path / "sockd.log").symlink_to(victim)
+        pidfile = tmp_path / "sockd.pid"
+        result = start(tmp_path, pidfile)
+        if result.returncode == 0:  # detached, writing to the victim: stop it
+            os.kill(int(wait_until(lambda: read_pid(pidfile))), signal.SIGTERM)
+        assert result.returncode == 71
+        (line,) = result.stderr.splitlines()
+        assert json.loads(line)["error"] == (
+            f"--log-file {tmp_path}/sockd.log: cannot open: is a symbolic link (not followed)"
+        )
+        assert victim.read_text() == "untouched\n"
+        assert not pidfile.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,7 +13,6 @@ from harness import TESTS, Notifications, Sockd, connect, exchange, wait_until, 
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 ECHO = """
 [daemon]
@@ -224,4 +224,76 @@ class TestNotify:
         notifications.wait_for("STATUS=0 active, 1 served, 1 denied, 0 errors", timeout=5)
         first = notifications.wait_for("WATCHDOG=1")
         notifications.wait_for("WATCHDOG=1", after=first + 1)
+        assert daemon.stop() == 0
+
+
+def blocked_signals(pid: int) -> int:
+    """Return the mask of signals process `pid` blocks (its SigBlk), 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    return int(status.split("SigBlk:")[1].split()[0], 16)
+
+
+def blocks(mask: int, signum: int) -> bool:
+    return bool(mask & (1 << (signum - 1)))
+
+
+def while_starting(daemon: Sockd) -> None:
+    """Return once sockd blocks SIGHUP, as it does from its first line until its main loop runs.
+
+    Polled tightly: the window lasts as long as sockd's imports and start-up
+    (about 100 ms), so a signal sent now comes before the main loop's handlers.
+    """
+    deadline = time.monotonic() + 10
+    while not blocks(blocked_signals(daemon.pid), signal.SIGHUP):
+        assert daemon.process.poll() is None, "\n".join(daemon.lines())
+        assert not daemon.events("ready"), "sockd never blocked SIGHUP while it started"
+        assert time.monotonic() < deadline, "sockd never blocked SIGHUP while it started"
+        time.sleep(0.001)
+
+
+class TestEarlySignals:
+    def test_sighup_while_starting_is_a_reload_once_ready(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A SIGHUP during start-up waits, and is a reload at READY (it killed sockd: exit 129)."""
+        daemon = sockd("run", "--config", echo_config(tmp_path), wait=False)
+        while_starting(daemon)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        events = [event["event"] for event in daemon.events()]
+        assert events.index("ready") < events.index("reloaded")
+        assert exchange(daemon.address(), b"x") == b"x"
+        assert daemon.stop() == 0
+
+    def test_sigterm_while_starting_is_a_clean_stop(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A SIGTERM during start-up waits for the main loop, which stops cleanly (exit 0)."""
+        daemon = sockd("run", "--config", echo_config(tmp_path), wait=False)
+        while_starting(daemon)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0, "\n".join(daemon.lines())
+        assert daemon.events("stopping")
+        assert daemon.events("stopped")
+
+    def test_nothing_blocked_once_serving(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Once ready, the daemon, its forker and a program it runs block no signal."""
+        config = write_config(
+            tmp_path / "sockd.toml",
+            """
+            [[service]]
+            name = "mask"
+            exec = ["/bin/grep", "SigBlk", "/proc/self/status"]
+            listen = ["127.0.0.1:0"]
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        assert blocked_signals(daemon.pid) == 0
+        assert blocked_signals(daemon.forker()) == 0
+        assert exchange(daemon.address(), b"").split() == [b"SigBlk:", b"0" * 16]
         assert daemon.stop() == 0

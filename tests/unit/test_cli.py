@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tomllib
 from typing import TYPE_CHECKING
 
@@ -136,3 +139,29 @@ class TestRunErrors:
         )
         assert result.returncode == 64
         assert "NOTIFY_SOCKET is set" in result.stderr
+
+
+class TestEntryPoint:
+    def test_early_signals_are_the_main_loops(self) -> None:
+        """`sockd run` blocks from its first line exactly the signals the main loop unblocks."""
+        from sockd.__main__ import EARLY_SIGNALS  # noqa: PLC0415 (the module is the entry point)
+        from sockd.mainloop import DAEMON_SIGNALS  # noqa: PLC0415
+
+        assert set(EARLY_SIGNALS) == set(DAEMON_SIGNALS)
+
+    def test_check_keeps_default_signal_actions(self, tmp_path: Path) -> None:
+        """`sockd check` blocks nothing: a SIGTERM ends it as it would any command."""
+        config = tmp_path / "sockd.toml"
+        config.write_text('[[service]]\nname = "e"\nhandler = "echo"\nlisten = ["127.0.0.1:0"]\n')
+        # The program stops itself with SIGTERM once the config is loaded.
+        code = (
+            "import os, signal, sys; from sockd import config\n"
+            "load = config.load\n"
+            "config.load = lambda path: (os.kill(os.getpid(), signal.SIGTERM), load(path))[1]\n"
+            "sys.argv = ['sockd', 'check', '--config', sys.argv[1]]\n"
+            "from sockd.__main__ import main; main()\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(config)], capture_output=True, check=False, timeout=30
+        )
+        assert result.returncode == -signal.SIGTERM

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import socket
 import stat
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from sockd.errors import ConfigError, OSFailure
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 
 def service(name: str, *listen: str) -> ServiceConfig:
@@ -53,6 +55,14 @@ class TestListenFds:
                 {"LISTEN_PID": "123", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "a:b"},
                 "LISTEN_FDNAMES has 2 names for LISTEN_FDS=1",
             ),
+            # str.isdigit() takes them, int() does not (or does: another script's digits).
+            ({"LISTEN_PID": "\u00b2", "LISTEN_FDS": "1"}, "LISTEN_PID='\u00b2' is not"),
+            ({"LISTEN_PID": "\u0661\u0662\u0663", "LISTEN_FDS": "1"}, "is not a process id"),
+            ({"LISTEN_PID": "123", "LISTEN_FDS": "\u00b2"}, "LISTEN_FDS='\u00b2' is not a count"),
+            ({"LISTEN_PID": "+123", "LISTEN_FDS": "1"}, "is not a process id"),
+            # int() refuses more than 4300 digits.
+            ({"LISTEN_PID": "9" * 5000, "LISTEN_FDS": "1"}, "is not a process id"),
+            ({"LISTEN_PID": "123", "LISTEN_FDS": "9" * 5000}, "is not a count"),
         ],
     )
     def test_garbage_is_rejected(self, environ: dict[str, str], problem: str) -> None:
@@ -61,6 +71,15 @@ class TestListenFds:
             listeners.listen_fds(environ, 123)
         assert caught.value.exit_code == 78
         assert environ == {}
+
+    def test_count_is_bounded_before_anything_is_allocated(self) -> None:
+        """A count past RLIMIT_NOFILE is refused at once (it was a MemoryError)."""
+        environ = {"LISTEN_PID": "123", "LISTEN_FDS": "300000000", "LISTEN_FDNAMES": "x"}
+        with pytest.raises(ConfigError) as caught:
+            listeners.listen_fds(environ, 123)
+        most = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 3
+        expected = f"LISTEN_FDS=300000000 is more than the {most} descriptors allowed"
+        assert expected in str(caught.value)
 
     def test_names_mapped_and_cloexec_set(self) -> None:
         """Descriptors start at 3, carry their names in order, and get FD_CLOEXEC."""
@@ -110,6 +129,31 @@ class TestAdopt:
             sock.bind(("127.0.0.1", 0))
             with pytest.raises(ConfigError, match="not listening"):
                 listeners.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
+
+    def test_vsock_is_refused(self) -> None:
+        """A listening AF_VSOCK stream socket is refused, naming its descriptor and family."""
+        try:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+        except OSError as exc:
+            pytest.skip(f"no AF_VSOCK here: {exc.strerror}")
+        with sock:
+            sock.listen()
+            fd = os.dup(sock.fileno())
+            with pytest.raises(ConfigError) as caught:
+                listeners.adopt(listeners.InheritedFd(fd, "v"))
+        expected = f"socket from systemd (fd {fd}, name 'v'): address family AF_VSOCK"
+        assert str(caught.value).startswith(expected)
+        assert "not supported (AF_INET, AF_INET6, AF_UNIX)" in str(caught.value)
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)  # closed
+
+    def test_netlink_is_refused(self) -> None:
+        """An AF_NETLINK socket is refused for its family."""
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW) as sock:
+            fd = os.dup(sock.fileno())
+            with pytest.raises(ConfigError, match=f"fd {fd}, .*address family AF_NETLINK"):
+                listeners.adopt(listeners.InheritedFd(fd, None))
 
     def test_datagram(self) -> None:
         """A datagram socket is refused: sockd serves streams."""
@@ -190,11 +234,102 @@ class TestPlan:
         assert not listeners.sockname_matches("/run/a.sock", parse_listen("127.0.0.1:80"))
 
 
+class TestAsciiNumber:
+    @pytest.mark.parametrize(
+        ("text", "number"),
+        [("0", 0), ("0042", 42), ("1234567890", 1234567890), ("12345678901", None)],
+    )
+    def test_ascii_digits(self, text: str, number: int | None) -> None:
+        """Up to `digits` ASCII digits make a number; more make none."""
+        assert listeners.ascii_number(text) == number
+
+    @pytest.mark.parametrize("text", ["", " 1", "1 ", "+1", "-1", "1_0", "\u00b2", "\u0663", "0x1"])
+    def test_anything_else_is_none(self, text: str) -> None:
+        """Signs, blanks, underscores and other digits than ASCII's are not numbers."""
+        assert listeners.ascii_number(text) is None
+
+
+class Swapped(socket.socket):
+    """A UNIX socket whose bind() is followed at once by what an attacker races for.
+
+    Whoever may write the socket's directory moves the new socket file away and
+    puts in its name a symlink to `victim` (or, with `hard_link`, a second name
+    of the same socket): whatever sockd does to the path after bind() meets it.
+    """
+
+    victim: Path | None = None
+    hard_link = False
+
+    def bind(self, address: Any) -> None:
+        super().bind(address)
+        os.rename(address, f"{address}.moved")
+        if self.hard_link:
+            os.link(f"{address}.moved", address)
+        else:
+            os.symlink(str(self.victim), address)
+
+
 class TestBind:
     def endpoint(self, text: str) -> listeners.Endpoint:
         address = parse_listen(text)
         family, sockaddr = listeners.resolve(address, "")[0]
         return listeners.Endpoint("svc", family, sockaddr, address)
+
+    def victim(self, tmp_path: Path) -> Path:
+        victim = tmp_path / "shadow"
+        victim.write_text("secret")
+        victim.chmod(0o600)
+        return victim
+
+    def test_mode_is_never_set_through_the_path(self, tmp_path: Path) -> None:
+        """The mode comes from the umask at bind(): a symlink swapped in is not chmod()ed."""
+        victim = self.victim(tmp_path)
+        with Swapped(socket.AF_UNIX) as sock:
+            sock.victim = victim
+            listeners.bind(sock, self.endpoint(f"unix:{tmp_path}/s.sock"), 0o666)
+        assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "s.sock.moved").stat().st_mode) == 0o666
+
+    def test_owner_is_never_set_through_a_symlink(self, tmp_path: Path) -> None:
+        """A symlink swapped in after bind() is refused, and its target keeps its owner."""
+        victim = self.victim(tmp_path)
+        before = victim.stat()
+        endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
+        endpoint.owner = (65534, 65534)
+        with Swapped(socket.AF_UNIX) as sock:
+            sock.victim = victim
+            with pytest.raises(OSFailure) as caught:
+                listeners.bind(sock, endpoint, 0o666)
+        assert str(caught.value) == (
+            f"service 'svc': listen unix:{tmp_path}/s.sock:"
+            f" {tmp_path}/s.sock was replaced after bind(): not changing its owner"
+        )
+        after = victim.stat()
+        assert (after.st_uid, after.st_gid, after.st_mode) == (
+            before.st_uid,
+            before.st_gid,
+            before.st_mode,
+        )
+
+    def test_owner_is_never_set_through_a_hard_link(self, tmp_path: Path) -> None:
+        """A socket file with a second name (a hard link to another socket) is refused."""
+        endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
+        endpoint.owner = (65534, 65534)
+        with Swapped(socket.AF_UNIX) as sock:
+            sock.hard_link = True
+            with pytest.raises(OSFailure, match="was replaced"):
+                listeners.bind(sock, endpoint, 0o666)
+        assert (tmp_path / "s.sock").stat().st_uid == os.geteuid()
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+    def test_owner_and_mode_of_the_socket_made(self, tmp_path: Path) -> None:
+        """As root, the socket file bound is given to the owner, with the configured mode."""
+        endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
+        endpoint.owner = (65534, 65533)
+        with socket.socket(socket.AF_UNIX) as sock:
+            listeners.bind(sock, endpoint, 0o660)
+        made = (tmp_path / "s.sock").stat()
+        assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (65534, 65533, 0o660)
 
     def test_ipv6_is_v6only(self) -> None:
         """An IPv6 listener never takes IPv4 too, so [::] and 0.0.0.0 can coexist."""

@@ -70,6 +70,14 @@ class TestConfigure:
         structlog.get_logger().info("ready")
         assert read_lines(pipe[0])[0].startswith("{")
 
+    @pytest.mark.parametrize("value", ["\u00b2:1", "1:\u00b2", "9" * 5000 + ":1", ":", "1", ""])
+    def test_garbled_journal_stream_is_not_the_journal(
+        self, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch, value: str
+    ) -> None:
+        """A JOURNAL_STREAM that is not two ASCII numbers is no journal (it crashed at start)."""
+        monkeypatch.setenv("JOURNAL_STREAM", value)
+        assert not log.stderr_is_journal(pipe[1])
+
     def test_console_format(self, pipe: tuple[int, int]) -> None:
         """The console format is readable text, not JSON."""
         log.configure("console", fd=pipe[1])

@@ -79,6 +79,30 @@ class TestNotifier:
         notifications.wait_for("WATCHDOG=1")
         notifier.close()
 
+    @pytest.mark.parametrize(
+        ("usec", "pid", "interval"),
+        [
+            ("400000", "{pid}", 0.2),
+            ("400000", "0{pid}", 0.2),  # leading zeros: the same number
+            ("1", "", 0.01),  # no busy loop: at most 100 a second
+            ("\u00b2", "", None),  # a digit to str.isdigit(), not to int()
+            ("9" * 5000, "", None),  # more digits than int() takes
+            (" 400000", "", None),
+            ("400000", "\u00b2", None),
+            ("400000", "9" * 5000, None),
+        ],
+    )
+    def test_watchdog_variables_are_ascii_numbers(
+        self, notifications: Notifications, usec: str, pid: str, interval: float | None
+    ) -> None:
+        """WATCHDOG_USEC and WATCHDOG_PID are read as ASCII digits; garbage is no watchdog."""
+        environ = {"NOTIFY_SOCKET": str(notifications.path), "WATCHDOG_USEC": usec}
+        if pid:
+            environ["WATCHDOG_PID"] = pid.format(pid=os.getpid())
+        notifier = Notifier(environ, os.getpid())
+        assert notifier.watchdog_interval == (pytest.approx(interval) if interval else None)
+        notifier.close()
+
     def test_watchdog_withheld_when_unhealthy(self, notifications: Notifications) -> None:
         """While the daemon is not healthy (a silent forker), WATCHDOG=1 is not sent."""
         environ = {"NOTIFY_SOCKET": str(notifications.path), "WATCHDOG_USEC": "100000"}
