@@ -345,6 +345,7 @@ class Forker:
         if not budget:  # another service took the last free place meanwhile
             self._update_accepting()
             return
+        reaped = self.shared.reaped
         try:
             taken = server.accept_ready(budget)
         except ForkPaused as paused:  # the backlog waits until forking may work again
@@ -360,9 +361,10 @@ class Forker:
             return
         busy = taken == budget and len(self.shared.children) > 1
         self.bursts[server] = min(burst * 2, MAX_ACCEPT_BURST) if busy else 1
-        # Each connection taken lowers the room by one at most (refused ones not at all).
-        if taken >= room:
-            self._update_accepting()  # a cap reached: stop polling this listener
+        # Each connection taken lowers the room by one at most (refused ones not at all);
+        # children reaped meanwhile (see verify_request) may give a capped listener room.
+        if taken >= room or self.shared.reaped != reaped:
+            self._update_accepting()
 
     # The caps are starvation-free: each fork-per-connection service is
     # guaranteed its share of [daemon] max_children (see fair_shares), and may

@@ -275,6 +275,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 return True
             self._source = admission.key(client_address)
             reason = admission.refusal(self._source, time.monotonic())
+            if reason == "per_source" and self.shared.reap():
+                # Connections that ended count until reaped (reaping waits for a
+                # batch under load): reap now, and count again.
+                reason = admission.refusal(self._source, time.monotonic())
             if reason is None:
                 return True
         self._refuse(request, client_address, reason, time.monotonic())

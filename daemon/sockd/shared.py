@@ -132,6 +132,7 @@ class Shared:
     def __init__(self) -> None:
         self.children = Children()
         self.stats = Stats()
+        self.reaped = 0  # children reaped so far (a reap outside the loop's turn shows in it)
         self.admissions: dict[str, Admission] = {}  # by service name: kept across reloads
         self.sources: dict[int, tuple[Admission, Any, Any]] = {}  # pid: admission, key, client
         self.denials = Denials()
@@ -200,6 +201,7 @@ class Shared:
     def reap(self) -> int:
         """Reap exited children without blocking, reporting `connection_closed` for each."""
         exits = self.children.reap()
+        self.reaped += len(exits)
         for raw in exits:
             pid = raw[0]
             if pid in self.workers:

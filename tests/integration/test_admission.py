@@ -65,6 +65,17 @@ class TestPerSource:
         # Their slots are free again once they end.
         wait_until(lambda: answered(address, "127.0.0.2"))
 
+    def test_connections_that_ended_do_not_count_before_they_are_reaped(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """per_source = 2: one client's back-to-back exchanges are all served (none refused)."""
+        # The previous connection's child may not have exited yet: two at once.
+        config = echo_config(tmp_path, "per_source = 2")
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        refused = sum(not answered(address, "127.0.0.5") for _ in range(200))
+        assert refused == 0
+
     def test_reloaded_limit_applies_at_once_keeping_open_counts(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
