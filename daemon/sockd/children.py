@@ -63,6 +63,11 @@ class Children:
             1 for pid, entry in self._running.items() if entry[2] < when and pid not in exclude
         )
 
+    def get(self, pid: int) -> tuple[str, object] | None:
+        """Return (service, client) of child `pid`, or None if it is not one."""
+        entry = self._running.get(pid)
+        return None if entry is None else (entry[0], entry[1])
+
     def clients(self, service: str) -> list[tuple[int, object]]:
         """Return (pid, client) of every child serving `service` now."""
         return [(pid, entry[1]) for pid, entry in self._running.items() if entry[0] == service]

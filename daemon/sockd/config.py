@@ -156,8 +156,8 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def load(path: str) -> Config:
-    """Read and validate the config file at `path`.
+def load(path: str, *, import_handlers: bool = True) -> Config:
+    """Read and validate the config file at `path` (see `from_dict` for `import_handlers`).
 
     Raises:
         ConfigError: with one line naming the file, the key and the problem.
@@ -169,11 +169,15 @@ def load(path: str) -> Config:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return from_dict(data, path)
+    return from_dict(data, path, import_handlers=import_handlers)
 
 
-def from_dict(data: dict[str, Any], path: str) -> Config:
+def from_dict(data: dict[str, Any], path: str, *, import_handlers: bool = True) -> Config:
     """Validate parsed TOML; `path` only names the source in messages.
+
+    With `import_handlers` (check, start), `pythonpath` goes first on
+    `sys.path` and each handler is imported; without (the daemon's reload),
+    validation changes nothing in this process.
 
     Raises:
         ConfigError: with one line naming the file, the key and the problem.
@@ -184,14 +188,15 @@ def from_dict(data: dict[str, Any], path: str) -> Config:
     top.done()
     if not tables:
         raise ConfigError(f"{path}: no [[service]] defined")
-    for directory in daemon.pythonpath:
+    for directory in daemon.pythonpath if import_handlers else ():
         if directory not in sys.path:
             sys.path.insert(0, directory)
     services = []
     for index, table in enumerate(tables):
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: service[{index}]: expected a [[service]] table")
-        services.append(_service(Table(table, path, f"service[{index}].")))
+        where = Table(table, path, f"service[{index}].")
+        services.append(_service(where, import_handlers=import_handlers))
     _check_unique(services, path)
     pooled = sum(service.workers or 0 for service in services)
     if pooled >= daemon.max_children:
@@ -226,7 +231,7 @@ def _daemon(table: Table) -> DaemonConfig:
     )
 
 
-def _service(table: Table) -> ServiceConfig:
+def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
     name = table.get("name", str)
     if not _NAME.fullmatch(name):
         table.fail("name", f"{name!r} must be 1-64 letters, digits or any of '_.@-'")
@@ -269,11 +274,11 @@ def _service(table: Table) -> ServiceConfig:
         max_connections_per_child=table.integer("max_connections_per_child", None, minimum=1),
     )
     table.done()
-    _check_kind(table, service)
+    _check_kind(table, service, import_handlers=import_handlers)
     return service
 
 
-def _check_kind(table: Table, service: ServiceConfig) -> None:
+def _check_kind(table: Table, service: ServiceConfig, *, import_handlers: bool = True) -> None:
     """Check what depends on the kind of service (handler or program), and load a handler."""
     if len(service.refusal.encode()) > MAX_REFUSAL:
         table.fail("refusal", f"at most {MAX_REFUSAL} bytes")
@@ -287,7 +292,8 @@ def _check_kind(table: Table, service: ServiceConfig) -> None:
     for key in ("env", "user", "group"):
         if getattr(service, key):
             table.fail(key, "applies to exec programs only")
-    _load(table, service.handler)
+    if import_handlers:
+        _load(table, service.handler)
 
 
 def _check_pool(table: Table, service: ServiceConfig) -> None:

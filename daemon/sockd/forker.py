@@ -11,19 +11,32 @@ and what they import, so each connection forks the smallest process it can.
 
 The daemon starts it with `python -P -S -m sockd.forker CONTROL EVENTS FD...` (no
 site packages scanned: `sys.path` comes with the set-up record), hands it the
-listening sockets, and talks to it through two pipes of `sockd.ipc` records:
+listening sockets, and talks to it through two SOCK_SEQPACKET sockets of
+`sockd.ipc` records (each record one or more atomic messages, up to
+`ipc.MAX_RECORD` bytes; a reader skips and logs what does not decode or has
+the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
 
-- control, daemon -> forker: ("setup", {...}), ("reload", [services],
+- control, daemon -> forker: ("setup", {...}), ("reload", seq, [services],
   max_children, stop_timeout, renew_forker_after),
   ("stop", stop_timeout), ("quit",). End of file (the daemon died): quit.
   Renewal (see `sockd.mainloop`): ("retire",); to a forker started on
   standby, ("take_over", children, {service: children}), then
   ("elsewhere", ...) alike: the children of retired forkers.
-- events, forker and its children -> daemon: ("ready",), ("alive",), ("status", active,
+- events, forker -> daemon: ("ready",), ("alive",), ("status", active,
   served, denied, errors, at_cap), ("log", level, event, fields), ("closed", [RawExit, ...]),
-  ("reloaded",),
-  ("reload_failed", error), ("fatal", error, exit_code); ("crowded",
-  long_lived), and once retired ("children", children, {service: children}).
+  ("served", [(pid, service, client, exit_code, seconds), ...], denied) of
+  pooled workers, ("reloaded", seq), ("reload_failed", seq, error),
+  ("fatal", error, exit_code), ("crowded", long_lived), once retired
+  ("children", children, {service: children}), and ("events_dropped",
+  {event: count}). The forker never waits for the daemon: what the socket
+  cannot take waits in a bounded queue; past it, events are dropped and
+  counted (see `sockd.forkloop`).
+
+Only the forker holds these two sockets. Its children report to it instead
+(`sockd.childlog`): `log` events of their own connection, and a pooled
+worker's `served` batches, on a datagram socket the forker reads with the
+kernel's pid of each sender; their fd 2 is another such socket, whose
+lines the forker logs as `handler_stderr`.
 """
 
 from __future__ import annotations
@@ -81,12 +94,11 @@ def main() -> None:
     if os.environ.get("LD_BIND_NOW") == ipc.BIND_NOW_MARK:
         del os.environ["LD_BIND_NOW"]  # set for us only (see sockd.mainloop.spawn)
     _close_other_fds({0, 1, 2, control, events, *(int(fd) for fd in sys.argv[3:])})
-    os.set_blocking(control, False)
     for fd in (control, events):
         os.set_inheritable(fd, False)  # no program a child execs may hold them
     commands = ipc.Reader(control)
     record = commands.read_blocking()
-    if record is None or record[0] != "setup":
+    if record is None or ipc.problem(record, ipc.COMMANDS) or record[0] != "setup":
         os._exit(EX_SOFTWARE)
     setup: dict[str, Any] = record[1]  # type: ignore[assignment]
     sys.path.extend(entry for entry in setup["sys_path"] if entry not in sys.path)
@@ -122,6 +134,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 (a bug: report it as data, then die)
         forker.report("critical", "forker_crashed", {"exception": exception_fields(exc)})
         forker.quit()
+        forker.events.drain(1.0)
         os._exit(EX_SOFTWARE)
 
 

@@ -17,6 +17,7 @@ import time
 
 from sockd import forkhooks, ipc, typecache
 from sockd.access import Denials
+from sockd.childlog import Inbox
 from sockd.children import client_fields, exit_fields
 from sockd.pool import Pools
 from sockd.programs import StderrWatch
@@ -39,7 +40,13 @@ REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits fo
 REAP_INTERVAL = 0.01  # under load, exits are reaped at most this often (unless a cap waits)
 STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= is 1/s)
 EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
-EXITS_PER_RECORD = 16  # each encodes to under 200 bytes: a record stays under PIPE_BUF
+EXITS_PER_RECORD = 16  # a batch this long goes at once (then split by size: see ipc.split)
+# Events wait in a queue while the daemon does not read them (it stalls on its
+# log); past these bounds they are dropped, and counted (`events_dropped`).
+QUEUE_BYTES = 4 << 20
+QUEUE_RECORDS = 20000
+DROPPABLE = frozenset(("log", "closed", "served", "alive", "status"))
+DRAIN_TIMEOUT = 1.0  # seconds an exiting forker waits for its queued events to go out
 HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
 PRUNE_INTERVAL = 10.0  # refilled per-source rate buckets are dropped this often
 LONG_LIVED = 1.0  # seconds: a connection open this long counts toward renew_forker_after
@@ -68,7 +75,12 @@ class Forker:
         self.servers = servers
         self.shared = shared
         self.control = control
-        self.events = events
+        self.events = ipc.Sender(
+            events, max_bytes=QUEUE_BYTES, max_records=QUEUE_RECORDS, droppable=DROPPABLE
+        )
+        self.events.watch = self._watch_events
+        self.malformed = ipc.Tally()
+        control.malformed = self._malformed
         self.pid = os.getpid()
         self.max_children = max_children
         self.stop_timeout = stop_timeout  # for a SIGTERM sent to the forker itself
@@ -100,28 +112,57 @@ class Forker:
         self.own_fds: tuple[int, ...] = ()  # what a child closes, besides stderr pipes
         self.stderr = StderrWatch(self.poller, self._stderr_line, self._update_child_fds)
         self.pools = Pools(servers, self.report)
+        dropped = self.events.count_dropped
+        self.inbox = Inbox(shared.children, self.pools.workers, self._send, dropped)
+        self.inbox.become_stderr()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report
         shared.closed = self.closed
         shared.watch_stderr = self.stderr.watch
-        shared.drain_stderr = self.stderr.drain
+        shared.drain_stderr = self._drain_stderr
         shared.emit = self._emit
         shared.workers = self.pools.workers
         shared.worker_exited = self._worker_exited
 
     def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        """Send a log event to the daemon (from the forker or one of its children)."""
-        if os.getpid() == self.pid:
-            self._flush()  # keep events in order
-        with contextlib.suppress(BrokenPipeError):
-            ipc.send(self.events, ("log", level, event, fields))
+        """Send a log event to the daemon (from the forker), or to the forker (from a child)."""
+        if os.getpid() != self.pid:
+            self.inbox.child_send(("log", level, event, fields))
+            return
+        self._flush()  # keep events in order
+        self._send(("log", level, event, fields))
+
+    def _send(self, record: ipc.Record, data: bytes | None = None) -> bool:
+        """Send a record to the daemon without waiting: queued, or dropped and counted."""
+        try:
+            return self.events.send(record, data)
+        except ipc.TooLarge:
+            self.events.count_dropped(*ipc.dropped_kind(record))
+            return False
+
+    def _watch_events(self, wanted: bool) -> None:
+        """Poll the events socket for writing exactly while records wait in its queue."""
+        if wanted:
+            self.poller.register(self.events.fd, select.EPOLLOUT)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.poller.unregister(self.events.fd)
+
+    def _malformed(self, error: str) -> None:
+        fields = self.malformed.add(error)
+        if fields is not None:
+            self.report("error", "command_malformed", fields)
+
+    def _drain_stderr(self, pid: int) -> None:
+        self.stderr.drain(pid)
+        self.inbox.drain(pid)
 
     def closed(self, raw: RawExit) -> None:
         """Queue a reaped child's exit for the daemon, which decodes and logs it.
 
-        Exits go in batches, encoded and written once per batch (one write(2)
-        of at most PIPE_BUF, so atomic): less memory touched per connection,
-        and the daemon wakes up once per batch.
+        Exits go in batches, encoded and sent once per batch (split by size,
+        see `ipc.split`): less memory touched per connection, and the daemon
+        wakes up once per batch.
         """
         if not self.batch:
             self.batch_due = time.monotonic() + EVENTS_DELAY
@@ -131,17 +172,18 @@ class Forker:
 
     def _flush(self) -> None:
         if self.batch:
-            with contextlib.suppress(BrokenPipeError):
-                ipc.send(self.events, ("closed", self.batch))
+            for record, data in ipc.split("closed", self.batch):
+                self._send(record, data)
             self.batch = []
             self.batch_due = 0.0
 
-    def _emit(self, record: Any) -> None:
-        with contextlib.suppress(BrokenPipeError):
-            ipc.send(self.events, record)
+    def _emit(self, record: Any) -> bool:
+        """Send a pooled worker's record to the forker (from the worker); False if not sent."""
+        return self.inbox.served_send(record)
 
     def _worker_exited(self, raw: RawExit) -> None:
         pid, _, _, status, duration = raw[:5]
+        self.inbox.drain(pid)
         failed = status != 0
         fields = self.pools.exited(pid, failed, replace=self.stop_phase is None)
         fields |= {"pid": pid, **exit_fields(status), "duration": round(duration, 3)}
@@ -166,11 +208,14 @@ class Forker:
                 signal.signal(signum, self._record_signal)
         self.poller.register(self._wakeup_read, select.EPOLLIN)
         self.poller.register(self.control.fd, select.EPOLLIN)
+        self.poller.register(self.inbox.poller.fileno(), select.EPOLLIN)
         # Not the wake-up pipe's write end: a signal that reaches a child writes
         # to it before the inherited handler runs (a closed descriptor's number
         # could be the handler's own file by then).
+        # Nor the socket of children's reports (or fd 2): they send on it.
         own = [server.fileno() for server in self.servers]
-        self.own_fds = (*own, self.poller.fileno(), self._wakeup_read, self.control.fd)
+        channel = (self.control.fd, self.events.fd, *self.inbox.fds())
+        self.own_fds = (*own, self.poller.fileno(), self._wakeup_read, *channel)
         self._update_child_fds()
         self._update_accepting()
         self._obey()  # commands that came with the set-up record (an early stop)
@@ -180,18 +225,19 @@ class Forker:
         gc.freeze()
         if self.stop_phase is None and not self.standby:  # not stopped before it began
             self.pools.fill()
-        ipc.send(self.events, ("ready",))
+        self._send(("ready",))
         while self.stop_phase is None or len(self.shared.children):
             self._turn()
+        self.inbox.read()
         self._summaries(math.inf)  # what the bounded logs still hold: we are ending
         backoff = self.shared.fork_backoff
         if backoff.unlogged:  # fork failures within the last pause
             fields = {"failures": backoff.failures, "unlogged": backoff.unlogged}
             self.report("error", "fork_failed", fields)
         self._flush()
-        with contextlib.suppress(BrokenPipeError):  # the final counts
-            ipc.send(self.events, ("status", 0, *self.shared.stats.as_tuple(), ()))
+        self._send(("status", 0, *self.shared.stats.as_tuple(), ()))  # the final counts
         self._close()
+        self.events.drain(DRAIN_TIMEOUT)
 
     # The loop is written for the fewest memory pages touched per connection:
     # between two forks, every page the forker writes (a reference count is
@@ -212,6 +258,8 @@ class Forker:
         # them): under load, reap the exits of several connections at a time.
         if children and (self.watching_exits or not ready or now >= self.reap_due):
             self.reap_due = now + REAP_INTERVAL
+            # What children sent before they exited comes before their exits.
+            self.inbox.read()
             # Every server's hook reaps the children of all (one registry): call one.
             if ready:
                 self.servers[0].service_actions()
@@ -246,7 +294,7 @@ class Forker:
             self._flush()
         if now >= self.heartbeat_due:
             self.heartbeat_due = now + HEARTBEAT
-            ipc.send(self.events, ("alive",))
+            self._send(("alive",))
 
     def _summaries(self, now: float) -> None:
         """Log the bounded logs' summaries due at `now` (math.inf: all, as the forker ends)."""
@@ -269,6 +317,10 @@ class Forker:
                 os.read(self._wakeup_read, 4096)
         elif fd == self.control.fd:
             self._obey()
+        elif fd == self.events.fd:
+            self.events.flush()
+        elif fd == self.inbox.poller.fileno():
+            self.inbox.read()
         elif fd in self.stderr.pipes:
             self.stderr.read(fd)
 
@@ -280,15 +332,18 @@ class Forker:
         elif not self.status_due:
             self.status_due = time.monotonic() + STATUS_INTERVAL
         elif time.monotonic() >= self.status_due:
-            self.last_status = status
             self.status_due = 0.0
             self._flush()
-            ipc.send(self.events, ("status", *status))
+            if self._send(("status", *status)):
+                self.last_status = status
 
     def _obey(self) -> None:
         for record in self.control.read():
             command = record[0]
-            if command == "reload":
+            problem = ipc.problem(record, ipc.COMMANDS)
+            if problem is not None or command == "setup":
+                self._malformed(problem or "a second 'setup' record")
+            elif command == "reload":
                 self._reload(*record[1:])  # type: ignore[arg-type]
             elif command == "stop":
                 self.stop(float(record[1]))  # type: ignore[arg-type]
@@ -308,6 +363,7 @@ class Forker:
 
     def _reload(
         self,
+        seq: int,
         records: list[dict[str, Any]],
         max_children: int,
         stop_timeout: float,
@@ -318,7 +374,7 @@ class Forker:
             services = {record["name"]: Service(record) for record in records}
             forkhooks.note_threads()
         except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
-            ipc.send(self.events, ("reload_failed", f"{type(exc).__name__}: {exc}"))
+            self._send(("reload_failed", seq, f"{type(exc).__name__}: {exc}"))
             return
         for server in self.servers:
             server.apply(services[server.service.name])
@@ -332,7 +388,7 @@ class Forker:
         self.stop_timeout = stop_timeout
         self.renew_after = renew_after
         self._update_accepting()
-        ipc.send(self.events, ("reloaded",))
+        self._send(("reloaded", seq))
 
     def _accept(self, server: ServiceServer) -> None:
         # Accept one per turn while connections come one at a time (trying a
@@ -481,7 +537,7 @@ class Forker:
         if always or counts != self.reported_children:
             self.reported_children = counts
             self._flush()
-            ipc.send(self.events, ("children", *counts))
+            self._send(("children", *counts))
 
     def _check_crowded(self, now: float) -> None:
         """Ask the daemon for a fresh forker when long-lived children make each fork dearer.
@@ -501,7 +557,7 @@ class Forker:
             return
         long_lived = self.shared.children.started_before(now - LONG_LIVED, workers)
         if long_lived >= self.renew_after:
-            ipc.send(self.events, ("crowded", long_lived))
+            self._send(("crowded", long_lived))
 
     def quit(self) -> None:
         """Stop now: kill every child."""
@@ -577,6 +633,8 @@ class Forker:
         for server in self.servers:
             server.server_close()
         self.poller.close()
+        self.events.watch = lambda _wanted: None
+        self.inbox.close()
 
 
 def assign_identity(records: list[dict[str, Any]], child_identity: list[Any] | None) -> None:

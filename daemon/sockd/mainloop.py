@@ -12,6 +12,7 @@ retired ones still have (they count toward the caps).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import selectors
@@ -51,12 +52,13 @@ IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 RENEW_PAUSE = 60.0  # seconds without renewing the forker after a renewal failed
 MAX_FORKERS = 8  # no renewal while this many forkers (retired ones too) are alive
 STANDBY_LIMIT = 30.0  # seconds a fresh forker may take to be ready; then it is killed
+RELOAD_LIMIT = 30.0  # seconds the forker may take to answer a reload; then it failed
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode", "user", "group")
 
 
 class ForkerProcess:
-    """The daemon's handle on a forker: pid, pipes, and what it last reported."""
+    """The daemon's handle on a forker: pid, channel, and what it last reported."""
 
     __slots__ = (
         "at_cap",
@@ -76,9 +78,9 @@ class ForkerProcess:
     )
 
     def __init__(self, pid: int, control: int, events: int) -> None:
-        """Hold the forker's pid, our control write end and events read end."""
+        """Hold the forker's pid, our control and events sockets' descriptors."""
         self.pid = pid
-        self.control = control
+        self.control = ipc.Sender(control)  # never drops: these are our commands
         self.events = ipc.Reader(events)
         self.exit_fd = os.pidfd_open(pid)  # readable once it has exited
         self.counts: tuple[int, ...] = (0, 0, 0, 0)  # active, served, denied, errors
@@ -93,15 +95,20 @@ class ForkerProcess:
         self.closed = False
 
     def send(self, record: ipc.Record) -> None:
-        """Send a control record; a forker that is gone is noticed by its exit, not here."""
+        """Send a control record, queued if the forker does not read now.
+
+        A forker that is gone is noticed by its exit, not here.
+
+        Raises:
+            ipc.TooLarge: the record exceeds ipc.MAX_RECORD (nothing was sent).
+        """
         if not self.closed:
-            with contextlib.suppress(BrokenPipeError):
-                ipc.send(self.control, record)
+            self.control.send(record)
 
     def close(self) -> None:
-        """Close our ends of its pipes and its pidfd; `send` does nothing from now on."""
+        """Close our ends of its channel and its pidfd; `send` does nothing from now on."""
         self.closed = True
-        for fd in (self.control, self.events.fd, self.exit_fd):
+        for fd in (self.control.fd, self.events.fd, self.exit_fd):
             os.close(fd)
 
 
@@ -123,8 +130,8 @@ def spawn(
     # One that keeps root for programs' users (see sockd.forker) keeps only what it needs.
     keeps_root = who is not None and any(service["identity"] for service in services)
     prefix = capabilities_prefix() if keeps_root else []
-    control_read, control_write = os.pipe2(os.O_CLOEXEC)
-    events_read, events_write = os.pipe2(os.O_CLOEXEC)
+    control_write, control_read = (sock.detach() for sock in ipc.channel())
+    events_read, events_write = (sock.detach() for sock in ipc.channel())
     passed = [control_read, events_write] + [server.fileno() for server in servers]
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environ = forker_environment(os.environ, package_root)
@@ -157,7 +164,6 @@ def spawn(
                 os.set_inheritable(fd, False)
             os.close(control_read)
             os.close(events_write)
-        os.set_blocking(events_read, False)
         forker = ForkerProcess(pid, control_write, events_read)
     except OSError:
         if pid:  # started, but cannot be supervised (no pidfd)
@@ -179,7 +185,13 @@ def spawn(
         "identity": list(who) if who else None,
         "sys_path": sys.path,
     }
-    forker.send(("setup", setup))
+    try:
+        forker.send(("setup", setup))
+    except ipc.TooLarge as exc:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        forker.close()
+        raise ConfigError(f"{config.path or 'command line'}: {exc}") from None
     return forker
 
 
@@ -220,7 +232,11 @@ class MainLoop:
         self.forker_status: int | None = None  # the current forker's, once it has exited
         self.reload_pending = False
         self.reload_requested = False
+        self.reload_seq = 0  # the number of the last reload sent to the forker
+        self.reload_by = math.inf  # the forker answers it by then, or it failed
+        self.late_reload: tuple[int, sockd_config.Config] | None = None  # timed out, maybe applied
         self.next_config = config
+        self.malformed = ipc.Tally()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -251,6 +267,24 @@ class MainLoop:
         self.forkers.append(forker)
         self.selector.register(forker.events.fd, selectors.EVENT_READ, ("events", forker))
         self.selector.register(forker.exit_fd, selectors.EVENT_READ, ("exit", forker))
+        forker.events.malformed = self._malformed
+        forker.control.watch = functools.partial(self._watch_control, forker)
+        if forker.control.queue:  # the set-up record, say, did not all go at once
+            self._watch_control(forker, True)
+
+    def _watch_control(self, forker: ForkerProcess, wanted: bool) -> None:
+        """Poll a forker's control socket for writing exactly while commands wait for it."""
+        if wanted:
+            self.selector.register(forker.control.fd, selectors.EVENT_WRITE, ("control", forker))
+        else:
+            with contextlib.suppress(KeyError):
+                self.selector.unregister(forker.control.fd)
+
+    def _malformed(self, error: str) -> None:
+        """Log a malformed event record, within the bounds of `ipc.Tally`."""
+        fields = self.malformed.add(error)
+        if fields is not None:
+            log.error("event_malformed", **fields)
 
     def _timeout(self, now: float) -> float:
         """Tick the watchdog; return how long to wait. A standby too slow to start is killed."""
@@ -271,6 +305,11 @@ class MainLoop:
             due.append(standby.ready_by - now)
         # Forkers that exited: their last events are being read.
         due += [f.drain_until - now for f in self.forkers if f.status is not None]
+        if self.reload_pending and now >= self.reload_by:
+            self.late_reload = (self.reload_seq, self.next_config)
+            self._reload_done(f"the forker did not answer within {RELOAD_LIMIT:g} s")
+        elif self.reload_pending:
+            due.append(self.reload_by - now)
         return max(0.0, min(due))
 
     def _turn(self) -> None:
@@ -280,6 +319,8 @@ class MainLoop:
                     os.read(self._wakeup_read, 4096)
             elif key.data[0] == "events":
                 self._read_events(key.data[1])
+            elif key.data[0] == "control":
+                key.data[1].control.flush()
             else:
                 self._reap(key.data[1])
         while self.pending:
@@ -290,21 +331,23 @@ class MainLoop:
                 self._forget(forker)
 
     def _read_events(self, forker: ForkerProcess) -> None:
-        try:
-            for record in forker.events.read():
+        for record in forker.events.read():
+            problem = ipc.problem(record, ipc.EVENTS)
+            if problem is None:
                 self._on_event(forker, record)
-        except ipc.GarbledError as exc:
-            log.error("events_garbled", error=str(exc))
+            else:
+                self._malformed(problem)
         if forker.events.eof:
             self.selector.unregister(forker.events.fd)
 
     def _on_event(self, forker: ForkerProcess, record: ipc.Record) -> None:  # noqa: C901
+        """Act on an event record whose shape `ipc.problem` checked (items of batches: here)."""
         kind = record[0]
         if kind == "closed":
-            raws: list[RawExit] = record[1]  # type: ignore[assignment]
+            raws: list[RawExit] = self._valid(record[1], ipc.RAW_EXIT)  # type: ignore[arg-type]
             sockd_log.info_many("connection_closed", (closed_fields(raw) for raw in raws))
         elif kind == "served":
-            self._served(record[1], record[2])  # type: ignore[arg-type]
+            self._served(self._valid(record[1], ipc.SERVED), record[2])  # type: ignore[arg-type]
         elif kind == "log":
             _, level, event, fields = record
             getattr(self.connection_log, str(level))(event, **fields)  # type: ignore[arg-type]
@@ -321,7 +364,9 @@ class MainLoop:
                 self.notifier.ready(self.notifier.last_status_text)
                 self._reload_if_requested()
         elif kind in ("reloaded", "reload_failed"):
-            self._reload_done(None if kind == "reloaded" else str(record[1]))
+            self._reload_answered(int(record[1]), None if kind == "reloaded" else str(record[2]))  # type: ignore[call-overload]
+        elif kind == "events_dropped":
+            log.warning("events_dropped", forker=forker.pid, counts=record[1])
         elif kind == "fatal":
             forker.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
         elif kind == "crowded" and forker is self.forker and not self.failed:
@@ -329,6 +374,13 @@ class MainLoop:
         elif kind == "children":
             forker.children = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
             self._tell_elsewhere(forker)
+
+    def _valid(self, items: list[object], shape: tuple[Any, ...]) -> list[Any]:
+        """Return the items of a batch that have `shape`; the others are logged as malformed."""
+        valid = [item for item in items if isinstance(item, tuple) and ipc.fits(item, shape)]
+        for _ in range(len(items) - len(valid)):
+            self._malformed("an item of a batch of the wrong shape")
+        return valid
 
     def _served(self, records: list[tuple[Any, ...]], denied: int) -> None:
         """Log the connections pooled workers served, and count them for STATUS=."""
@@ -432,35 +484,53 @@ class MainLoop:
                 forker.send(command)
 
     def reload(self) -> None:
-        """Validate the config file again and hand it to the forker; a bad one changes nothing."""
-        if self.reload_pending:
-            return
-        if self.standby is not None:
-            self.reload_requested = True  # the standby was started with the config in force
+        """Validate the config file again and hand it to the forker; a bad one changes nothing.
+
+        Validation here has no side effects (no `sys.path` change, no handler
+        imported in the daemon): the forker imports the handlers and answers
+        `reload_failed` if one does not load. A reload asked for while one
+        is pending (or a standby starts) is done after it.
+        """
+        if self.reload_pending or self.standby is not None:
+            self.reload_requested = True  # a standby was started with the config in force
             return
         self.notifier.reloading()
         try:
-            new = sockd_config.load(_reload_path(self.config.path))
+            new = sockd_config.load(_reload_path(self.config.path), import_handlers=False)
             _check_reloadable(self.config, new)
-        except ConfigError as exc:
-            self._reload_done(str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 (whatever goes wrong, the old config serves on)
-            self._reload_done(f"{type(exc).__name__}: {exc}")
-            return
-        self.reload_pending = True
-        self.next_config = new
-        services = [sockd_config.service_record(service) for service in new.services]
-        daemon = new.daemon
-        self.forker.send(
-            (
+            services = [sockd_config.service_record(service) for service in new.services]
+            daemon = new.daemon
+            record = (
                 "reload",
+                self.reload_seq + 1,
                 services,
                 daemon.max_children,
                 daemon.stop_timeout,
                 daemon.renew_forker_after,
             )
-        )
+            self.forker.send(record)
+        except ConfigError as exc:
+            self._reload_done(str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 (whatever goes wrong, the old config serves on)
+            self._reload_done(f"{type(exc).__name__}: {exc}")  # ipc.TooLarge among them
+            return
+        self.reload_seq += 1
+        self.reload_pending = True
+        self.reload_by = time.monotonic() + RELOAD_LIMIT
+        self.next_config = new
+
+    def _reload_answered(self, seq: int, error: str | None) -> None:
+        """Take the forker's answer to reload `seq`: the pending one, or one that timed out."""
+        if self.reload_pending and seq == self.reload_seq:
+            self._reload_done(error)
+        elif self.late_reload is not None and seq == self.late_reload[0]:
+            if error is None:  # refused as timed out, yet applied since: the forker serves it
+                self.config = self.late_reload[1]
+                log.warning("reloaded", config=self.config.path, late=True)
+            self.late_reload = None
+        else:
+            self._malformed(f"an answer to reload {seq}, not pending")
 
     def _reload_if_requested(self) -> None:
         if self.reload_requested and not self.stopping:
@@ -469,12 +539,14 @@ class MainLoop:
 
     def _reload_done(self, error: str | None) -> None:
         self.reload_pending = False
+        self.reload_by = math.inf
         if error is None:
             self.config = self.next_config
             log.info("reloaded", config=self.config.path)
         else:
             log.error("reload_failed", config=self.config.path, error=error)
         self.notifier.ready(self.notifier.last_status_text)
+        self._reload_if_requested()
 
     def _reap(self, forker: ForkerProcess) -> None:
         """Reap a forker that exited, kill what is left of its children, act on who it was."""
@@ -508,6 +580,7 @@ class MainLoop:
         """Its last events are read (or waited for long enough): close, and keep its totals."""
         if not forker.events.eof:
             self.selector.unregister(forker.events.fd)
+        self._watch_control(forker, False)
         forker.close()
         self.forkers.remove(forker)
         if forker.failed_standby:  # now with its "fatal" record, if it sent one

@@ -1,4 +1,4 @@
-"""sd_notify(3) through `sdnotify`: never raises, and a no-op without NOTIFY_SOCKET."""
+"""sd_notify(3) through `sdnotify`: never raises, never waits, and a no-op without NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from sockd.ipc import Tally
 from sockd.listeners import ascii_number
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class Notifier:
         self._pending_status: str | None = None
         self.last_status_text = status_text(0, 0, 0, 0)
         self._next_watchdog = float("inf")
+        self._failures = Tally()
         if not address:
             return
         import sdnotify  # noqa: PLC0415 (only needed under systemd)
@@ -54,6 +56,8 @@ class Notifier:
         os.environ["NOTIFY_SOCKET"] = address  # sdnotify reads it from os.environ
         try:
             self._socket = sdnotify.SystemdNotifier(debug=True)
+            # A reader that stalls must not stall us: a message it cannot take is lost.
+            self._socket.socket.setblocking(False)
         except OSError as exc:
             log.warning("notify_failed", socket=address, error=str(exc))
         finally:
@@ -74,13 +78,15 @@ class Notifier:
         return self._socket is not None
 
     def send(self, state: str) -> None:
-        """Send `state`; a failure is logged, never raised."""
+        """Send `state` without waiting; a failure is logged (bounded by `Tally`), never raised."""
         if self._socket is None:
             return
         try:
             self._socket.notify(state)
         except OSError as exc:
-            log.warning("notify_failed", state=state.split("\n", 1)[0], error=str(exc))
+            fields = self._failures.add(exc.strerror or str(exc))
+            if fields is not None:
+                log.warning("notify_failed", state=state.split("\n", 1)[0], **fields)
 
     def ready(self, status: str) -> None:
         """Tell systemd we serve: READY=1 with a first STATUS=."""

@@ -24,6 +24,7 @@ import signal
 import socket
 import time
 
+from sockd import ipc
 from sockd.children import PEER_GONE, client_fields
 from sockd.errors import exception_fields
 from sockd.privileges import become_ids
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
-BATCH_SIZE = 16  # records per write: each encodes to well under PIPE_BUF / 16
+BATCH_SIZE = 16  # a batch this long goes at once (split by size: see ipc.split)
+MAX_BATCH = 4096  # records kept while the forker does not read; older ones are dropped, counted
 RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
 KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
 
@@ -89,6 +91,7 @@ class _Worker:
         self.batch: list[tuple[Any, ...]] = []
         self.batch_due = 0.0
         self.denied = 0
+        self.lost = 0  # connection records dropped while the forker did not read
 
     def run(self) -> int:
         """Serve until told to stop, or until max_connections_per_child; return the status."""
@@ -246,10 +249,22 @@ class _Worker:
             self.shared.report("info", "connections_denied", summary)
 
     def _flush(self) -> None:
-        if self.batch or self.denied:
-            self.shared.emit(("served", self.batch, self.denied))
-            self.batch = []
-            self.denied = 0
+        """Send the batch without waiting; what the forker cannot take now is kept for later."""
+        if not (self.batch or self.denied):
+            return
+        if len(self.batch) > MAX_BATCH:
+            lost = len(self.batch) - MAX_BATCH
+            del self.batch[:lost]
+            self.lost += lost
+        sent = 0
+        for record, _ in ipc.split("served", self.batch, self.denied, self.lost):
+            if not self.shared.emit(record):
+                self.batch = self.batch[sent:]
+                self.batch_due = time.monotonic() + BATCH_DELAY
+                return
+            sent += len(record[1])  # type: ignore[arg-type]
+            self.denied = self.lost = 0
+        self.batch = []
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
         if self.busy and self.stopping:

@@ -142,8 +142,8 @@ class Shared:
         self.child_fds: tuple[int, ...] = ()  # the forker's own: listeners, pipes, epoll
         self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
         self.drain_stderr: Callable[[int], None] = lambda _pid: None
-        # A record for the daemon, sent as it is (workers send their connections so).
-        self.emit: Callable[[Any], None] = lambda _record: None
+        # A pooled worker's record for the forker (its connections); False: not sent now.
+        self.emit: Callable[[Any], bool] = lambda _record: True
         # Pooled workers among the children: their exits go to `worker_exited`.
         self.workers: dict[int, Any] = {}
         self.worker_exited: Callable[[RawExit], None] = lambda _raw: None
