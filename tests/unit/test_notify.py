@@ -138,6 +138,20 @@ class TestNotifier:
         assert [entry["event"] for entry in logs] == ["notify_failed"]
         notifier.close()
 
+    def test_a_full_socket_neither_blocks_nor_floods_the_log(
+        self, notifications: Notifications
+    ) -> None:
+        """A reader that never reads: sends fail at once, and notify_failed is logged once."""
+        notifier = Notifier({"NOTIFY_SOCKET": str(notifications.path)}, os.getpid())
+        with structlog.testing.capture_logs() as logs:
+            for number in range(200):  # far more than the socket's queue holds
+                notifier.send(f"STATUS={number}")
+        failed = [entry for entry in logs if entry["event"] == "notify_failed"]
+        assert len(failed) == 1
+        assert failed[0]["count"] == 1
+        assert notifier._failures.unlogged > 100
+        notifier.close()
+
 
 class TestStatusText:
     def test_services_at_a_cap_are_named(self) -> None:
