@@ -206,7 +206,7 @@ class TestShapes:
         "record",
         [
             ("ready",),
-            ("status", 1, 2, 3, 4),
+            ("status", 1, 2, 3, 4, ("echo",)),
             ("log", "info", "handler_error", {"pid": 3}),
             ("closed", []),
             ("served", [], 0),
@@ -224,9 +224,9 @@ class TestShapes:
     @pytest.mark.parametrize(
         "record",
         [
-            ("status", "1", 2, 3, 4),
-            ("status", 1, 2, 3),
-            ("status", True, 2, 3, 4),
+            ("status", "1", 2, 3, 4, ()),
+            ("status", 1, 2, 3, 4),
+            ("status", True, 2, 3, 4, ()),
             ("log", "exit", "x", {}),
             ("log", "info", "x", {"event": 1}),
             ("log", "info", "x", {1: 2}),

@@ -128,15 +128,15 @@ class TestEvents:
     ) -> None:
         """Undecodable and wrong-shape records are skipped (no exit 70); those around count."""
         main, (_, events) = loop
-        ipc.send(events, ("status", 1, 2, 3, 4))
+        ipc.send(events, ("status", 1, 2, 3, 4, ()))
         os.write(events, b"\x00not marshal")
-        ipc.send(events, ("status", "1", 2, 3, 4))
+        ipc.send(events, ("status", "1", 2, 3, 4, ()))
         ipc.send(events, ("log", "exit", "handler_error", {}))
         ipc.send(events, ("log", "info", "x", {"event": "forged"}))
         ipc.send(events, ("closed", [(1, "echo")]))
         ipc.send(events, ("reloaded", 99))
         ipc.send(events, ("children", 1, {"echo": "many"}))
-        ipc.send(events, ("status", 5, 6, 7, 8))
+        ipc.send(events, ("status", 5, 6, 7, 8, ()))
         with structlog.testing.capture_logs() as logs:
             main._read_events(main.forker)
         assert main.forker.counts == (5, 6, 7, 8)
