@@ -350,7 +350,7 @@ COMMANDS: dict[str, tuple[type | tuple[type, ...], ...]] = {
     "elsewhere": (int, dict),
 }
 # A child's exit: pid, service, client, wait status, seconds, user CPU, system CPU, max RSS.
-RAW_EXIT = (int, str, object, int, NUMBER, NUMBER, NUMBER, int)
+RAW_EXIT = (int, str, object, int, NUMBER, NUMBER, NUMBER, (int, type(None)))
 # A pooled worker's connection: pid, service, client, exit code, seconds.
 SERVED = (int, str, object, int, NUMBER)
 

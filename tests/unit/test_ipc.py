@@ -266,3 +266,11 @@ def test_channel_is_seqpacket() -> None:
     one, two = ipc.channel()
     with one, two:
         assert one.type == socket.SOCK_SEQPACKET
+
+
+class TestItems:
+    def test_an_exit_without_memory_figure_fits(self) -> None:
+        """A program's exit may have no max RSS of its own (None)."""
+        assert ipc.fits((1, "echo", ("127.0.0.1", 1), 0, 0.5, 0.1, 0.1, None), ipc.RAW_EXIT)
+        assert ipc.fits((1, "echo", "unix:uid=0,pid=1", 0, 0.5, 0.1, 0.1, 1000), ipc.RAW_EXIT)
+        assert not ipc.fits((1, "echo", "x", 0, 0.5, 0.1, 0.1, "big"), ipc.RAW_EXIT)
