@@ -31,7 +31,7 @@ collections.abc contextlib encodings encodings.aliases encodings.utf_8 enum errn
 functools gc genericpath heapq importlib importlib._abc importlib._bootstrap
 importlib._bootstrap_external importlib.machinery importlib.util io itertools keyword
 marshal math operator os os.path posix posixpath pwd reprlib resource runpy select
-selectors signal sockd sockd._version sockd.access sockd.children
+selectors signal sockd sockd._version sockd.access sockd.childlog sockd.children
 sockd.errors sockd.forkhooks sockd.forkloop sockd.handlers sockd.handlers.builtin
 sockd.ipc sockd.listeners sockd.pool sockd.privileges sockd.programs sockd.server
 sockd.shared sockd.typecache socket socketserver stat sys threading time types
