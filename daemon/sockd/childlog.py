@@ -176,13 +176,19 @@ class Inbox:
     def _report(self, pid: int, data: bytes, truncated: bool) -> None:
         worker = self.workers.get(pid)
         entry = self.children.get(pid) if worker is None else None
-        if (worker is None and entry is None) or truncated or self._over_budget(pid, len(data)):
+        if (worker is None and entry is None) or truncated:
             self.dropped("child_report", 1)
             return
         try:
             record = marshal.loads(data)  # noqa: S302 (plain values only: no code is built)
         except (EOFError, ValueError, TypeError):
             record = None
+        # A worker's connections are as many as it serves (the forker's queue bounds
+        # them); anything else counts toward the child's budget.
+        served = worker is not None and isinstance(record, tuple) and record[:1] == ("served",)
+        if not served and self._over_budget(pid, len(data)):
+            self.dropped("child_report", 1)
+            return
         if worker is not None:
             record = _as_worker(record, pid, worker[0], self.dropped)
         else:

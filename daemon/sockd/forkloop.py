@@ -45,7 +45,7 @@ EXITS_PER_RECORD = 16  # a batch this long goes at once (then split by size: see
 # log); past these bounds they are dropped, and counted (`events_dropped`).
 QUEUE_BYTES = 4 << 20
 QUEUE_RECORDS = 20000
-DROPPABLE = frozenset(("log", "closed", "served", "alive", "status"))
+DROPPABLE = frozenset(("log", "closed", "served", "alive", "status", "crowded"))
 DRAIN_TIMEOUT = 1.0  # seconds an exiting forker waits for its queued events to go out
 HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
 PRUNE_INTERVAL = 10.0  # refilled per-source rate buckets are dropped this often
@@ -295,6 +295,7 @@ class Forker:
         if now >= self.heartbeat_due:
             self.heartbeat_due = now + HEARTBEAT
             self._send(("alive",))
+            self.events.report_dropped()  # what children sent that we refused, say
 
     def _summaries(self, now: float) -> None:
         """Log the bounded logs' summaries due at `now` (math.inf: all, as the forker ends)."""

@@ -169,6 +169,12 @@ class Sender:
         """Count records lost on the way: reported by the next `events_dropped`."""
         self.dropped[kind] = self.dropped.get(kind, 0) + count
 
+    def report_dropped(self) -> None:
+        """Send the counts of what was dropped now, unless records wait (they go after them)."""
+        if self.dropped and not self.queue and not self.broken:
+            dropped, self.dropped = self.dropped, {}
+            self.send(("events_dropped", dropped))
+
     def _enqueue(self, pieces: list[bytes]) -> None:
         self.queue.extend(pieces)
         self.queued_bytes += sum(map(len, pieces))
@@ -200,9 +206,7 @@ class Sender:
             queue.clear()
             self.queued_bytes = self.queued_records = 0
         self.watch(False)
-        if self.dropped and not self.broken:
-            dropped, self.dropped = self.dropped, {}
-            self.send(("events_dropped", dropped))
+        self.report_dropped()
 
     def drain(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the queue to go out (a process about to exit)."""

@@ -193,6 +193,9 @@ class TestChildren:
         assert len(daemon.events("connection_closed")) == 1
         assert not daemon.events("reloaded")
         assert not [event for event in daemon.events() if "evil" in json.dumps(event)]
+        # connection_closed, reloaded and served are not a child's to send: refused, counted.
+        (dropped,) = daemon.wait_event("events_dropped", timeout=5)
+        assert dropped["counts"] == {"child_report": 3}
         assert daemon.stop() == 0
 
     def test_handler_stderr_becomes_events(

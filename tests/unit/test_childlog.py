@@ -121,6 +121,21 @@ class TestReports:
         assert 0 < len(box.forwarded) < 50
         assert len(box.forwarded) + box.dropped["child_report"] == 50
 
+    def test_a_workers_connections_are_not_budgeted(
+        self, box: Box, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A busy pooled worker's `served` records all go on (the forker's queue bounds them)."""
+        monkeypatch.setattr(childlog, "CHILD_BUDGET", 1000)
+
+        def busy(inbox: Inbox) -> None:
+            for number in range(50):
+                inbox.served_send(("served", [(0, "pool", f"10.0.0.{number}:1", 0, 0.1)] * 4, 0, 0))
+
+        box.child(busy, worker=True)
+        box.inbox.read()
+        assert len(box.forwarded) == 50
+        assert box.dropped == {}
+
 
 class TestStderr:
     def test_lines_are_attributed_and_cut(self, box: Box) -> None:
