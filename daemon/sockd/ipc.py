@@ -31,6 +31,7 @@ BIND_NOW_MARK = "sockd-forker"
 PIPE_BUF = select.PIPE_BUF  # the size errors.exception_fields keeps a report under
 MESSAGE = 32768  # bytes of a record per message: a few fit the socket's send buffer
 MAX_RECORD = 16 << 20  # the longest record (512 messages): a reload with a huge deny list fits
+READ_BATCH = 1024  # messages a reader takes per call, at most: its loop acts on the rest later
 _MORE, _LAST = 1, 0
 Record = tuple[object, ...]
 LEVELS = frozenset(("debug", "info", "warning", "error", "critical"))
@@ -270,7 +271,7 @@ class Reader:
         records read behind the one it wanted.
         """
         records, self.pending = self.pending, []
-        while True:
+        for _ in range(READ_BATCH):
             try:
                 message = os.read(self.fd, MESSAGE + 2)
             except BlockingIOError:
@@ -282,6 +283,7 @@ class Reader:
                 return records
             self.last_read = time.monotonic()
             self._take(message, records)
+        return records  # more may wait: the socket polls readable still
 
     def _take(self, message: bytes, records: list[Record]) -> None:
         flag = message[0]
