@@ -120,6 +120,7 @@ class Forker:
         shared.closed = self.closed
         shared.watch_stderr = self.stderr.watch
         shared.drain_stderr = self._drain_stderr
+        shared.before_reap = self.inbox.read
         shared.emit = self._emit
         shared.workers = self.pools.workers
         shared.worker_exited = self._worker_exited
@@ -258,8 +259,6 @@ class Forker:
         # them): under load, reap the exits of several connections at a time.
         if children and (self.watching_exits or not ready or now >= self.reap_due):
             self.reap_due = now + REAP_INTERVAL
-            # What children sent before they exited comes before their exits.
-            self.inbox.read()
             # Every server's hook reaps the children of all (one registry): call one.
             if ready:
                 self.servers[0].service_actions()

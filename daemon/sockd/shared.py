@@ -142,6 +142,8 @@ class Shared:
         self.child_fds: tuple[int, ...] = ()  # the forker's own: listeners, pipes, epoll
         self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
         self.drain_stderr: Callable[[int], None] = lambda _pid: None
+        # Reads what children sent before they exited, so that it comes before their exits.
+        self.before_reap: Callable[[], None] = lambda: None
         # A pooled worker's record for the forker (its connections); False: not sent now.
         self.emit: Callable[[Any], bool] = lambda _record: True
         # Pooled workers among the children: their exits go to `worker_exited`.
@@ -200,6 +202,7 @@ class Shared:
 
     def reap(self) -> int:
         """Reap exited children without blocking, reporting `connection_closed` for each."""
+        self.before_reap()
         exits = self.children.reap()
         self.reaped += len(exits)
         for raw in exits:
