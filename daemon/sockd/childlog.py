@@ -2,10 +2,10 @@
 
 Runs in the forker (`Inbox`) and in its children (`Inbox.child_send`).
 Children hold no end of the forker<->daemon channel: they send records on a
-datagram socket whose other end only the forker holds, and their fd 2 is
-another one. The forker reads both with SO_PASSCRED, so that the kernel
-tells which process sent each datagram (a process can only claim its own
-pid without CAP_SYS_ADMIN); it accepts from a child only the events a child
+datagram socket whose other end only the forker holds, and their fd 2 is a
+stream socket to it. The forker reads both with SO_PASSCRED, so that the
+kernel tells which process sent what it reads (a process can only claim its
+own pid without CAP_SYS_ADMIN); it accepts from a child only the events a child
 may send, sets `pid`, `service` (and `client`, for a child forked per
 connection) from its own record of that child, drops what comes from a pid
 that is not a child, and bounds what one child may send.
@@ -43,15 +43,15 @@ CHILD_EVENTS = frozenset(
         "max_duration_exceeded",
     )
 )
-MAX_DATAGRAM = 65536  # the longest report or stderr write taken whole (longer: dropped, or cut)
+MAX_DATAGRAM = 65536  # the longest report (longer: dropped); stderr is read in pieces this long
 CHILD_BUDGET = 1 << 20  # bytes of reports one child may send per WINDOW; the rest is counted
 WINDOW = 60.0  # seconds: a child's stderr may give MAX_LINES lines per window
-READS_PER_TURN = 256  # datagrams read per socket per turn, at most: the loop serves on
+READS_PER_TURN = 256  # reads per socket per turn, at most: the loop serves on
 _CREDENTIALS = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
 
 
 class _Lines(StderrLines):
-    """One process's stderr, fed datagram by datagram instead of read from a pipe."""
+    """One process's stderr, fed as the forker reads it instead of read from a pipe."""
 
     __slots__ = ("window_end",)
 
@@ -78,7 +78,7 @@ class _Lines(StderrLines):
 
 
 class Inbox:
-    """The forker's two datagram sockets for its children: records, and stderr (their fd 2).
+    """The forker's two sockets for its children: records, and stderr (their fd 2).
 
     `forward(record)` sends a checked record on to the daemon; `dropped(kind,
     count)` counts what was refused. `child_send(record)` is what a child
