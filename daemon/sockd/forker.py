@@ -35,7 +35,7 @@ the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
 Only the forker holds these two sockets. Its children report to it instead
 (`sockd.childlog`): `log` events of their own connection, and a pooled
 worker's `served` batches, on a datagram socket the forker reads with the
-kernel's pid of each sender; their fd 2 is another such socket, whose
+kernel's pid of each sender; their fd 2 is a stream socket to it, whose
 lines the forker logs as `handler_stderr`.
 """
 
