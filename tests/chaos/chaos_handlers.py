@@ -1,4 +1,4 @@
-"""Python handlers the chaos scenarios load by `module:Class` (this directory is on `pythonpath`)."""
+"""Python handlers the chaos scenarios load by `module:Class` (this directory is on pythonpath)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from chaos_handlers import FILLER
 from chaoslib import Watch, config, free_ports
 from harness import children_of, connect, recv_all
 
@@ -49,6 +48,7 @@ PROGRAM = (
 )
 ANSWER = re.compile(rb"pid=(\d+)\n\Z")
 FLAT = 0.10
+FILLER = b"." * 2048  # what chaos_handlers.Answer sends after the request line
 
 
 def services(ports: list[int], variant: int) -> str:
@@ -80,7 +80,9 @@ class Connection:
     def __str__(self) -> str:
         answer = None if self.answer is None else self.answer[:24] + b"..." + self.answer[-12:]
         took = self.ended - self.started
-        return f"{self.service} {self.source} fails={self.fails} {took:.3f}s {answer!r} {self.error}"
+        return (
+            f"{self.service} {self.source} fails={self.fails} {took:.3f}s {answer!r} {self.error}"
+        )
 
 
 class Load:
@@ -202,7 +204,9 @@ def test_churn_loses_no_connection_leaks_nothing_and_logs_each_once(
 ) -> None:
     """Under kills and reloads: 0 lost, 0 zombies, fds and RSS flat, each connection logged once."""
     ports = free_ports(3)
-    rows = {name: scenario(f"churn {name} ({churn_seconds:.0f} s)") for name in ("fork", "exec", "pool")}
+    rows = {
+        name: scenario(f"churn {name} ({churn_seconds:.0f} s)") for name in ("fork", "exec", "pool")
+    }
     sockd = start(services(ports, 0))
     config_path = tmp_path / "sockd-0.toml"
     load = Load(dict(zip(rows, ports, strict=True)))

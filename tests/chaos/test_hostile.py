@@ -1,4 +1,6 @@
-"""Hostile clients: slowloris, connect-and-reset floods, half-open handshakes, clients that never
+"""Hostile clients: slowloris, floods of resets and of half-open handshakes, and worse.
+
+Slowloris, connect-and-reset floods, half-open handshakes, clients that never
 read, a UNIX peer that forges its name.
 
 In each, a well-behaved client (from another source address) must be answered
@@ -18,14 +20,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import pytest
 from chaoslib import ANSWER_WITHIN, config, in_netns
 from harness import connect, recv_all, wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from chaoslib import Row
     from harness import Sockd
@@ -81,14 +83,16 @@ def check_answered(row: Row, seconds: dict[str, float]) -> None:
     row.served += sum(took < math.inf for took in seconds.values())
     slow = {name: round(took, 3) for name, took in seconds.items() if took > ANSWER_WITHIN}
     slowest = max(seconds.values())
-    row.note = "a client never answered" if slowest == math.inf else f"slowest answer {slowest:.3f} s"
+    row.note = (
+        "a client never answered" if slowest == math.inf else f"slowest answer {slowest:.3f} s"
+    )
     assert slow == {}, f"answered later than {ANSWER_WITHIN} s: {slow}"
 
 
 class Slowloris:
     """Connections that send one byte per second and never finish."""
 
-    def __init__(self, targets: list[tuple[str, str | None]]) -> None:
+    def __init__(self, targets: Sequence[tuple[str, str | None]]) -> None:
         self.sockets: list[socket.socket] = []
         for address, source in targets:
             with contextlib.suppress(OSError):
@@ -96,7 +100,7 @@ class Slowloris:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._drip, daemon=True)
 
-    def __enter__(self) -> Slowloris:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -218,6 +222,7 @@ def test_ten_thousand_connect_and_reset_log_no_error_and_stay_bounded(
 
 
 NETNS_ADDRESS = "10.88.0.1"  # sockd's address in the namespace (on its loopback)
+HOLE = ["dev", "hole0", "nud", "permanent"]
 SPOOFED = "10.77"  # half-open clients' /16: routed to a peer that never answers
 
 
@@ -235,8 +240,7 @@ def netns(root: None) -> Iterator[str]:
         ["ip", "-n", name, "link", "set", "hole0", "up"],
         ["ip", "-n", name, "link", "set", "hole1", "up"],
         ["ip", "-n", name, "addr", "add", "10.99.0.1/24", "dev", "hole0"],
-        ["ip", "-n", name, "neigh", "add", "10.99.0.2", "lladdr", "02:00:00:00:00:02"]
-        + ["dev", "hole0", "nud", "permanent"],
+        ["ip", "-n", name, "neigh", "add", "10.99.0.2", "lladdr", "02:00:00:00:00:02", *HOLE],
         ["ip", "-n", name, "route", "add", f"{SPOOFED}.0.0/16", "via", "10.99.0.2"],
     ]
     try:
@@ -249,15 +253,28 @@ def netns(root: None) -> Iterator[str]:
 
 def syn(source: str, destination: str, port: int, sequence: int) -> bytes:
     """Return an IPv4 packet carrying a bare TCP SYN (the kernel fills in the IP checksum)."""
-    tcp = struct.pack("!HHIIBBHHH", 40000 + sequence % 20000, port, sequence, 0, 0x50, 0x02, 65535, 0, 0)
-    pseudo = socket.inet_aton(source) + socket.inet_aton(destination) + struct.pack("!BBH", 0, 6, 20)
+    tcp = struct.pack(
+        "!HHIIBBHHH", 40000 + sequence % 20000, port, sequence, 0, 0x50, 0x02, 65535, 0, 0
+    )
+    pseudo = (
+        socket.inet_aton(source) + socket.inet_aton(destination) + struct.pack("!BBH", 0, 6, 20)
+    )
     total = sum(struct.unpack("!16H", pseudo + tcp))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     tcp = tcp[:16] + struct.pack("!H", ~total & 0xFFFF) + tcp[18:]
     header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 40, sequence & 0xFFFF, 0, 64, 6, 0,
-        socket.inet_aton(source), socket.inet_aton(destination),
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        40,
+        sequence & 0xFFFF,
+        0,
+        64,
+        6,
+        0,
+        socket.inet_aton(source),
+        socket.inet_aton(destination),
     )
     return header + tcp
 

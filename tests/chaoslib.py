@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from harness import children_of, connect, recv_all
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from harness import Sockd
 
-HERE = Path(__file__).parent
+HANDLERS = Path(__file__).parent / "chaos"  # chaos_handlers.py, on the configs' pythonpath
 # A well-behaved client must be answered within this (the issue's requirement).
 ANSWER_WITHIN = 1.0
 SAMPLE_EVERY = 0.1
@@ -70,7 +70,12 @@ def table(rows: list[Row]) -> list[str]:
     """Render rows as a Markdown table (the form docs/reliability.md keeps)."""
     lines = [[*HEADER, "verdict"], *(row.cells() for row in rows)]
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
-    out = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |" for line in lines]
+    out = [
+        "| "
+        + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        + " |"
+        for line in lines
+    ]
     out.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
     return out
 
@@ -141,7 +146,7 @@ class Watch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Watch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -221,7 +226,7 @@ def free_ports(count: int) -> list[int]:
 
 def config(*services: str, daemon: str = "") -> str:
     """Return a config with `[daemon]` settings and the given `[[service]]` bodies."""
-    head = f'[daemon]\npythonpath = ["{HERE}"]\nrenew_forker_after = 0\n{daemon}\n'
+    head = f'[daemon]\npythonpath = ["{HANDLERS}"]\nrenew_forker_after = 0\n{daemon}\n'
     return head + "".join(f"\n[[service]]\n{body}\n" for body in services)
 
 
@@ -305,7 +310,7 @@ class Background:
             for _ in range(threads)
         ]
 
-    def __enter__(self) -> Background:
+    def __enter__(self) -> Self:
         for thread in self.threads:
             thread.start()
         return self
