@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import socket
 import statistics
@@ -38,7 +39,7 @@ class Row:
     attempted: int = 0
     served: int = 0
     lost: int = 0
-    zombies: int = 0
+    zombies: int | None = None  # None: not sampled
     fd_drift: float | None = None
     rss_drift: float | None = None
     log_lines: int = 0
@@ -56,7 +57,7 @@ class Row:
             str(self.attempted),
             str(self.served),
             str(self.lost),
-            str(self.zombies),
+            "-" if self.zombies is None else str(self.zombies),
             f"{drift(self.fd_drift)} / {drift(self.rss_drift)}",
             str(self.log_lines),
             self.verdict + (f" ({self.note})" if self.note else ""),
@@ -254,9 +255,18 @@ def well_behaved(
     return seconds
 
 
-def log_lines(sockd: Sockd) -> int:
-    """Return how many lines sockd has written."""
-    return len(sockd.lines())
+def answered(row: Row, seconds: dict[str, float] | list[float]) -> None:
+    """Count well-behaved clients in `row` (inf: never answered); assert each took 1 s at most."""
+    if isinstance(seconds, list):
+        seconds = {f"probe {n}": took for n, took in enumerate(seconds)}
+    row.attempted += len(seconds)
+    row.served += sum(took < math.inf for took in seconds.values())
+    slowest = max(seconds.values())
+    row.note = (
+        "a client never answered" if slowest == math.inf else f"slowest answer {slowest:.3f} s"
+    )
+    slow = {name: round(took, 3) for name, took in seconds.items() if took > ANSWER_WITHIN}
+    assert slow == {}, f"answered later than {ANSWER_WITHIN} s: {slow}"
 
 
 def events_in(path: Path, event: str | None = None) -> list[dict[str, Any]]:

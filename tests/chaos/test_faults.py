@@ -11,6 +11,7 @@ wherever sockd can still serve, and nothing sockd started may outlive it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 from chaoslib import (
-    ANSWER_WITHIN,
     Background,
+    answered,
     config,
     descendants,
     events_in,
@@ -53,28 +54,9 @@ def address_of(sockd: Sockd, name: str) -> str:
     return str(listener["address"])
 
 
-def forker_of(daemon: int) -> int:
-    """Return the pid of the daemon's forker."""
-    (pid,) = [pid for pid in descendants(daemon) if Path(f"/proc/{pid}/stat").exists()][:1]
-    return pid
-
-
 def prlimit(pid: int, resource: str, soft: int | str) -> None:
     """Set the soft limit `resource` (`nofile`, `nproc`) of a running process."""
     subprocess.run(["prlimit", f"--pid={pid}", f"--{resource}={soft}:"], check=True, timeout=10)
-
-
-def answered(row: Row, seconds: list[float]) -> None:
-    """Record polite clients in the row and assert each was answered within 1 s."""
-    row.attempted += len(seconds)
-    row.served += len(seconds)
-    row.note = f"slowest answer {max(seconds):.3f} s"
-    assert max(seconds) <= ANSWER_WITHIN, seconds
-
-
-def errors(sockd: Sockd, event: str) -> list[dict[str, object]]:
-    """Return the `event` lines sockd logged."""
-    return sockd.events(event)
 
 
 def test_no_descriptors_left_pauses_accepting_and_recovers(
@@ -115,7 +97,7 @@ def test_no_descriptors_left_pauses_accepting_and_recovers(
     row.log_lines = len(sockd.lines())
     answered(row, seconds)
     assert sockd.process.poll() is None
-    accept_failed = errors(sockd, "accept_failed")
+    accept_failed = sockd.events("accept_failed")
     assert accept_failed, "EMFILE at accept() is logged"
     # Bound: accepting pauses 0.1 s after a failure: at most 10 lines a second of it.
     assert len(accept_failed) <= 2 / 0.1 + 5
@@ -168,7 +150,7 @@ def test_fork_failing_for_the_service_user_is_logged_bounded_and_recovers(
     row.note = f"{refused} closed unserved"
     answered(row, seconds)
     assert sockd.process.poll() is None
-    failed = errors(sockd, "fork_failed")
+    failed = sockd.events("fork_failed")
     assert failed, "fork failing is logged"
     # Bound: a first line, then summaries; never one per connection.
     assert len(failed) <= 10, f"{len(failed)} fork_failed lines for 200 connections"
@@ -219,7 +201,6 @@ def test_a_full_disk_under_the_log_file_never_stops_serving(
                 full.flush()
         seconds = [well_behaved(echo, PING, PING) for _ in range(100)]
         time.sleep(1)
-        row.attempted = 100
         assert alive(daemon)
         filler.unlink()
         seconds.append(well_behaved(echo, PING, PING))
@@ -260,7 +241,7 @@ def test_a_stopped_daemon_never_stops_serving_and_loses_no_record_uncounted(
                     try:
                         seconds.append(well_behaved(target, PING, PING, timeout=2.0))
                     except (OSError, AssertionError):
-                        seconds.append(float("inf"))
+                        seconds.append(math.inf)
         finally:
             sockd.signal(signal.SIGCONT)
         time.sleep(0.5)
@@ -300,12 +281,12 @@ def test_the_forker_killed_under_load_ends_sockd_with_70_leaving_nothing(
     for sock in held:
         sock.sendall(PING)
         assert sock.recv(100) == PING
-    with Background(targets):
+    with Background(targets) as load:
         time.sleep(0.5)
         processes = descendants(sockd.pid)
         os.kill(sockd.forker(), signal.SIGKILL)
         status = sockd.wait(timeout=10)
-    row.attempted = len(held)
+    row.attempted, row.served = load.attempted + len(held), load.served
     row.note = f"{len(processes)} processes, exit {status}"
     try:
         wait_until(lambda: not session_members(sockd.pid), timeout=5, what="nothing left")
@@ -334,12 +315,12 @@ def test_the_daemon_killed_ends_the_forker_and_children_and_frees_the_port(
     for sock in held:
         sock.sendall(PING)
         assert sock.recv(100) == PING
-    with Background(targets):
+    with Background(targets) as load:
         time.sleep(0.5)
         processes = descendants(sockd.pid)
         os.kill(sockd.pid, signal.SIGKILL)
         sockd.wait(timeout=10)
-    row.attempted = len(held)
+    row.attempted, row.served = load.attempted + len(held), load.served
     row.note = f"{len(processes)} processes"
     try:
         wait_until(lambda: not session_members(sockd.pid), timeout=5, what="nothing left")

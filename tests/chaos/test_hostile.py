@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import pytest
-from chaoslib import ANSWER_WITHIN, config, in_netns
+from chaoslib import ANSWER_WITHIN, answered, config, in_netns
 from harness import connect, recv_all, wait_until
 
 if TYPE_CHECKING:
@@ -77,18 +77,6 @@ def polite(
     return time.monotonic() - started
 
 
-def check_answered(row: Row, seconds: dict[str, float]) -> None:
-    """Record the polite clients in the row; assert each was answered within 1 s."""
-    row.attempted += len(seconds)
-    row.served += sum(took < math.inf for took in seconds.values())
-    slow = {name: round(took, 3) for name, took in seconds.items() if took > ANSWER_WITHIN}
-    slowest = max(seconds.values())
-    row.note = (
-        "a client never answered" if slowest == math.inf else f"slowest answer {slowest:.3f} s"
-    )
-    assert slow == {}, f"answered later than {ANSWER_WITHIN} s: {slow}"
-
-
 class Slowloris:
     """Connections that send one byte per second and never finish."""
 
@@ -139,7 +127,7 @@ def test_slowloris_from_one_source_leaves_every_service_answering(
         time.sleep(ATTACK_SECONDS / 2)
     row.attempted += len(targets)
     row.log_lines = len(sockd.lines())
-    check_answered(row, seconds)
+    answered(row, seconds)
     # Bound: a line per connection, and per (service, reason, source) a refusal and a summary.
     assert row.log_lines <= len(targets) + len(seconds) + 2 * len(kinds) + 10
 
@@ -171,7 +159,7 @@ def test_slowloris_from_many_sources_against_one_service_leaves_the_others_answe
                 seconds[name] = polite(name, where[name])
     row.attempted += len(targets)
     row.log_lines = len(sockd.lines())
-    check_answered(row, seconds)
+    answered(row, seconds)
     assert sockd.events("connection_denied") or any(
         "max_children" in line for line in sockd.lines()
     ), "reaching a cap is logged"
@@ -215,7 +203,7 @@ def test_ten_thousand_connect_and_reset_log_no_error_and_stay_bounded(
     row.attempted = total
     row.log_lines = len(sockd.lines())
     errors = [line for line in sockd.events() if line["level"] in ("error", "critical")]
-    check_answered(row, {f"probe {n}": took for n, took in enumerate(seconds)})
+    answered(row, seconds)
     assert errors == [], f"{len(errors)} error lines, the first: {errors[:1]}"
     # Bound: one connection_closed per connection and a few lines of start-up.
     assert row.log_lines <= row.attempted + 10
@@ -315,7 +303,7 @@ def test_two_thousand_half_open_connections_leave_the_service_answering(
     row.log_lines = len(sockd.lines()) - before
     row.note = f"{half_open} in SYN-RECV"
     assert half_open >= 1000, "the attack did not hold handshakes open"
-    check_answered(row, seconds)
+    answered(row, seconds)
     wait_until(lambda: sockd.events("connection_closed"), what="the probe logged")
     # Bound: nothing is logged for a handshake that never completes.
     assert len(sockd.lines()) - before <= 2
@@ -355,7 +343,7 @@ def test_clients_that_never_read_leave_chargen_and_echo_answering(
     wait_until(lambda: len(sockd.events("connection_closed")) >= 42, what="all logged")
     row.attempted = len(hogs)
     row.log_lines = len(sockd.lines())
-    check_answered(row, seconds)
+    answered(row, seconds)
     errors = [line for line in sockd.events() if line["level"] in ("error", "critical")]
     assert errors == [], f"{len(errors)} error lines, the first: {errors[:1]}"
     # Bound: one line per connection, a few at start; never one per blocked write.
@@ -405,6 +393,6 @@ def test_a_unix_peer_cannot_pick_its_logged_identity(
         (record, probe) = sockd.wait_event("connection_closed", count=2)
     row.attempted = row.served = 1
     row.log_lines = len(sockd.lines())
-    check_answered(row, seconds)
+    answered(row, seconds)
     assert record["client"] == f"unix:uid=65534,pid={pid}", record
     assert probe["client"] == f"unix:uid=0,pid={os.getpid()}", probe

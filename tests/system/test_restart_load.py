@@ -1,4 +1,4 @@
-"""Restart under load: `systemctl restart sockd` every second for 20 s refuses and resets nothing."""
+"""Restart under load: `systemctl restart sockd` every second for 20 s loses no connection."""
 
 from __future__ import annotations
 
