@@ -26,18 +26,9 @@ SOAK = 60.0
 ROWS: dict[str, list[Row]] = {}  # by test node id, in the order the tests ran
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add `--soak`: the long form of the suite."""
-    parser.addoption(
-        "--soak",
-        action="store_true",
-        help=f"chaos suite: churn for {SOAK:.0f} s instead of {SHORT:.0f} s",
-    )
-
-
 @pytest.fixture
 def churn_seconds(request: pytest.FixtureRequest) -> float:
-    """How long the churn lasts: 10 s, or 60 s with `--soak`."""
+    """How long the churn lasts: 10 s, or 60 s with `--soak` (tests/conftest.py adds it)."""
     return SOAK if request.config.getoption("--soak") else SHORT
 
 
