@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -32,7 +33,6 @@ from harness import children_of, connect, recv_all
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     from chaoslib import Row
     from harness import Sockd
@@ -91,7 +91,6 @@ class Load:
     def __init__(self, ports: dict[str, int]) -> None:
         self.ports = ports
         self.connections: list[Connection] = []
-        self.workers: set[int] = set()  # pooled workers' pids, learnt from their answers
         self.sources = itertools.count(1)
         self.stopping = threading.Event()
         self.threads = [
@@ -120,9 +119,6 @@ class Load:
             except OSError as exc:
                 conn.error = f"{type(exc).__name__}: {exc}"
             conn.ended = time.monotonic()
-            found = ANSWER.search(conn.answer or b"")
-            if service == "pool" and found:
-                self.workers.add(int(found[1]))
 
     def expected(self, conn: Connection) -> bool:
         """Tell whether a connection got its full answer."""
@@ -134,6 +130,26 @@ class Load:
         return conn.answer.startswith(line + FILLER) and bool(ANSWER.search(conn.answer))
 
 
+def listening_socket(port: int) -> str:
+    """Return the inode of the socket listening on 127.0.0.1:`port`, as /proc/PID/fd shows it."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            return f"socket:[{fields[9]}]"
+    msg = f"nothing listens on 127.0.0.1:{port}"
+    raise AssertionError(msg)
+
+
+def open_sockets(pid: int) -> set[str]:
+    """Return what the descriptors of `pid` point to (a pooled worker holds its listener)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return found
+
+
 class Driver:
     """Every 100 ms SIGKILL a connection's process and a pooled worker; every 200 ms reload."""
 
@@ -142,6 +158,7 @@ class Driver:
         self.config_path = config_path
         self.ports = ports
         self.load = load
+        self.pool_listener = listening_socket(ports[2])
         self.worker_kills: list[float] = []
         self.kills = 0
         self.reloads = 0
@@ -161,8 +178,8 @@ class Driver:
     def _kill(self, rng: random.Random) -> None:
         forker = max(pid for pid, _ in children_of(self.sockd.pid))
         children = {pid for pid, letter in children_of(forker) if letter != "Z"}
-        workers = sorted(children & self.load.workers)
-        others = sorted(children - self.load.workers)
+        workers = sorted(pid for pid in children if self.pool_listener in open_sockets(pid))
+        others = sorted(children.difference(workers))
         if others:
             victim = rng.choice(others)
             with contextlib.suppress(ProcessLookupError):
