@@ -262,9 +262,8 @@ def answered(row: Row, seconds: dict[str, float] | list[float]) -> None:
     row.attempted += len(seconds)
     row.served += sum(took < math.inf for took in seconds.values())
     slowest = max(seconds.values())
-    row.note = (
-        "a client never answered" if slowest == math.inf else f"slowest answer {slowest:.3f} s"
-    )
+    said = "a client never answered" if slowest == math.inf else f"slowest answer {slowest:.3f} s"
+    row.note = f"{row.note}, {said}" if row.note else said
     slow = {name: round(took, 3) for name, took in seconds.items() if took > ANSWER_WITHIN}
     assert slow == {}, f"answered later than {ANSWER_WITHIN} s: {slow}"
 

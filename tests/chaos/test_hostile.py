@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import pytest
-from chaoslib import ANSWER_WITHIN, answered, config, in_netns
+from chaoslib import answered, config, in_netns
 from harness import connect, recv_all, wait_until
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ BUILTINS = ("echo", "discard", "daytime", "chargen", "time")
 POLITE = "127.0.0.2"  # the well-behaved client's source; attackers use others
 ATTACK_SECONDS = 5.0
 PROBE_TIMEOUT = 5.0  # a polite client gives up then (far past the 1 s it must be answered in)
-RESET_DRAIN = 20.0  # probes go on this long after a flood, until one is answered in time
 
 
 def service(name: str, handler: str, listen: str = "127.0.0.1:0", extra: str = "") -> str:
@@ -174,29 +173,34 @@ def test_ten_thousand_connect_and_reset_log_no_error_and_stay_bounded(
     sockd = start(config(service("echo", "echo")))
     address = addresses(sockd)["echo"]
     host, _, port = address.rpartition(":")
-    total = 10_000
-    # Non-blocking: on loopback the handshake is over when connect() returns, unless the
-    # backlog is full (then the SYN is dropped, and the close sends nothing).
-    for n in range(total):
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with contextlib.suppress(OSError):
-            sock.bind((f"127.4.{n // 250 % 250}.{1 + n % 250}", 0))
-        sock.connect_ex((host, int(port)))
-        sock.close()  # linger 0: a reset
+    total, threads = 10_000, 4
+
+    def attack(part: int) -> None:
+        # Each connection established (connect() waits while the backlog is full), then reset.
+        for n in range(total // threads):
+            sock = socket.socket()
+            sock.settimeout(PROBE_TIMEOUT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.bind((f"127.4.{part}.{1 + n % 250}", 0))
+                sock.connect((host, int(port)))
+            sock.close()  # linger 0: a reset
+
+    attackers = [threading.Thread(target=attack, args=(part,)) for part in range(threads)]
+    for thread in attackers:
+        thread.start()
     seconds: list[float] = []
-    deadline = time.monotonic() + RESET_DRAIN
-    while time.monotonic() < deadline:
+    began = time.monotonic()
+    while any(thread.is_alive() for thread in attackers):
         try:
             seconds.append(polite("echo", address, timeout=PROBE_TIMEOUT))
         except OSError:
             seconds.append(math.inf)
-        if sockd.events("connection_closed") and seconds[-1] <= ANSWER_WITHIN:
-            break
         time.sleep(0.5)
+    attack_seconds = time.monotonic() - began
     row.attempted = total
     row.log_lines = len(sockd.lines())
+    row.note = f"{attack_seconds:.0f} s"
     errors = [line for line in sockd.events() if line["level"] in ("error", "critical")]
     answered(row, seconds)
     assert errors == [], f"{len(errors)} error lines, the first: {errors[:1]}"
