@@ -1,14 +1,16 @@
 """Fixtures of the fault-injection suite, its `--soak` option and its one summary table.
 
-Every scenario (churn, hostile clients, resource faults, and the config and
-environment fuzzers) records a `Row` through the `scenario` fixture; the row's
-verdict is the test's outcome, and the table is printed once, at the end of the
-session.
+Every scenario (churn, hostile clients, resource faults) records a `Row`
+through the `scenario` fixture; the row's verdict is the test's outcome. A test
+here that records none (the config and environment fuzzers) gets one row per
+test function: its cases run and passed. The table is printed once, at the end
+of the session.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,10 +19,10 @@ from harness import Sockd, write_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator
-    from pathlib import Path
 
     from _pytest.terminal import TerminalReporter
 
+HERE = Path(__file__).parent
 SHORT = 10.0
 SOAK = 60.0
 ROWS: dict[str, list[Row]] = {}  # by test node id, in the order the tests ran
@@ -77,6 +79,9 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
     """Give the test's rows its outcome: pass, FAIL, xfail (a known defect) or skip."""
     outcome = yield
     report = outcome.get_result()
+    if "scenario" not in getattr(item, "fixturenames", ()):
+        _count_case(item, report)
+        return
     rows = ROWS.get(item.nodeid, [])
     if not rows or (report.when != "call" and report.passed):
         return
@@ -89,6 +94,18 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
     for row in rows:
         if report.when == "call" or verdict != "pass":
             row.verdict = verdict
+
+
+def _count_case(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Sum up the cases of a test that records no row (a fuzzer): one row per test function."""
+    if item.path.parent != HERE or (report.when != "call" and report.passed):
+        return
+    name = getattr(item, "originalname", item.name)
+    (row,) = ROWS.setdefault(f"{item.path}::{name}", [Row(name, note="cases: run / passed")])
+    row.attempted += 1
+    row.served += report.passed
+    row.lost += report.failed
+    row.verdict = "FAIL" if row.lost else "pass"
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
