@@ -97,14 +97,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def state(pid: int) -> str:
-    """Return the state letter of `pid` (Z for a zombie), or "" once it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return ""
-
-
 def descendants(pid: int) -> list[int]:
     """Return every process below `pid`, from /proc."""
     found: list[int] = []
