@@ -12,6 +12,8 @@ from harness import recv_all
 if TYPE_CHECKING:
     from nspawn import Container
 
+CONFIG = "/etc/sockd/sockd.toml"
+ECHO = "127.0.0.1:7"  # sockd.socket's
 CLIENTS = 4
 RESTARTS_FOR = 20.0
 RESTART_EVERY = 1.0
@@ -26,6 +28,9 @@ def test_restart_every_second_for_20_s_refuses_and_resets_no_connection(
     starts again, new connections wait in its backlog; the connections in
     progress are finished by the stopping sockd (KillMode=mixed).
     """
+    # Echo without the packaged config's per_source: its refusals are not what this measures.
+    machine.write(CONFIG, f'[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["{ECHO}"]\n')
+    machine.run("systemctl", "restart", "sockd.service")
     served = [0] * CLIENTS
     refused: list[str] = []
     reset: list[str] = []
@@ -68,12 +73,10 @@ def test_restart_every_second_for_20_s_refuses_and_resets_no_connection(
         stop.set()
         for thread in threads:
             thread.join()
-    print(f"{restarts} restarts, {len(pids)} main pids, {sum(served)} served")  # noqa: T201
     assert refused == []
     assert reset == []
     assert wrong == []
-    assert restarts >= RESTARTS_FOR / RESTART_EVERY / 2, restarts
-    assert len(pids) >= restarts
+    assert len(pids) >= restarts >= RESTARTS_FOR / RESTART_EVERY / 2, (restarts, pids)
     assert min(served) > 0
     assert sum(served) > after
     assert machine.show("sockd.service", "ActiveState") == "active"
