@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add `--soak`, the long form of the chaos suite (here, so `pytest --soak` knows it too)."""
+    parser.addoption(
+        "--soak", action="store_true", help="tests/chaos: churn for 60 s instead of 10 s"
+    )
+
+
 @pytest.fixture
 def notifications(tmp_path: Path) -> Iterator[Notifications]:
     """Bind a NOTIFY_SOCKET that records what sockd tells systemd."""
