@@ -275,10 +275,13 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
                 return True
             self._source = admission.key(client_address)
             reason = admission.refusal(self._source, time.monotonic())
-            if reason == "per_source" and self.shared.reap():
+            if reason == "per_source":
                 # Connections that ended count until reaped (reaping waits for a
-                # batch under load): reap now, and count again.
-                reason = admission.refusal(self._source, time.monotonic())
+                # batch under load): reap now, and count again. The children of
+                # this burst are recorded first, or their exits would be lost.
+                self._record_started()
+                if self.shared.reap():
+                    reason = admission.refusal(self._source, time.monotonic())
             if reason is None:
                 return True
         self._refuse(request, client_address, reason, time.monotonic())

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import signal
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,38 @@ class TestPerSource:
         # A child still tearing its memory down after its answer is open, and counts:
         # rarely, three are. Without the reap before a refusal, 160-180 were refused.
         assert refused <= 2
+
+    def test_concurrent_clients_at_the_limit_leave_no_child_unaccounted(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Four clients at once under per_source = 8: every child is reaped; a stop waits for none."""
+        config = write_config(
+            tmp_path / "sockd.toml",
+            """
+            [daemon]
+            stop_timeout = 5
+            [[service]]
+            name = "echo"
+            handler = "echo"
+            listen = ["127.0.0.1:0"]
+            per_source = 8
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+
+        def client() -> None:
+            for _ in range(300):
+                answered(address, "127.0.0.6")
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+        assert daemon.events("stop_timeout") == []  # no child left that had already ended
 
     def test_reloaded_limit_applies_at_once_keeping_open_counts(
         self, sockd: Callable[..., Sockd], tmp_path: Path
