@@ -82,7 +82,7 @@ class TestPerSource:
     def test_concurrent_clients_at_the_limit_leave_no_child_unaccounted(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
-        """Four clients at once under per_source = 8: every child is reaped; a stop waits for none."""
+        """Four clients under per_source = 8: every child is reaped; a stop waits for none."""
         config = write_config(
             tmp_path / "sockd.toml",
             """
