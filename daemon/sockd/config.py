@@ -19,7 +19,7 @@ from sockd.errors import ConfigError
 from sockd.handlers import load_handler
 from sockd.listeners import resolve
 from sockd.privileges import group_ids
-from sockd.tables import Table, one_line, shown, toml_pairs
+from sockd.tables import Table, key_text, one_line, shown, toml_pairs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -293,6 +293,8 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
     table.prefix = f"service {name!r}: "
     handler = table.string("handler", None, max_bytes=MAX_NAME_BYTES)
     argv = table.strings("exec", max_items=MAX_ARGS, max_bytes=MAX_PROGRAM_BYTES)
+    if sum(len(arg.encode()) + 1 for arg in argv) > MAX_PROGRAM_BYTES:
+        table.fail("exec", f"at most {MAX_PROGRAM_BYTES} bytes in all (with env)")
     if (handler is None) == (not argv):
         table.fail("handler", "give either handler or exec (a program and its arguments)")
     listen = []
@@ -398,13 +400,14 @@ def _environment(table: Table, argv: list[str]) -> tuple[tuple[str, str], ...]:
         table.fail("env", f"at most {MAX_ARGS} variables, got {len(env)}")
     size = sum(len(arg.encode()) + 1 for arg in argv)
     for key, value in env.items():
+        where = f"env.{key_text(key)}"
         if not _ENV_NAME.fullmatch(key):
-            table.fail(f"env.{key}", "not a valid environment variable name (at most 128 bytes)")
+            table.fail(where, "not a valid environment variable name (at most 128 bytes)")
         if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
-            table.fail(f"env.{key}", "reserved: sockd never passes it to programs")
+            table.fail(where, "reserved: sockd never passes it to programs")
         if not isinstance(value, str):
-            table.fail(f"env.{key}", f"expected a string, got {type(value).__name__}")
-        table.check_string(f"env.{key}", value, MAX_PROGRAM_BYTES)
+            table.fail(where, f"expected a string, got {type(value).__name__}")
+        table.check_string(where, value, MAX_PROGRAM_BYTES)
         size += len(key) + len(value.encode()) + 2
     if size > MAX_PROGRAM_BYTES:
         table.fail("env", f"exec and env together: at most {MAX_PROGRAM_BYTES} bytes, got {size}")

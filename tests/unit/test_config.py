@@ -365,6 +365,10 @@ class TestRanges:
                 "allow[0]: '::1%1/128': write it without its %zone (clients' addresses have none)",
             ),
             (
+                PROGRAM.replace("'/bin/cat'", f"'/bin/cat', '{'x' * 65_530}'"),
+                "service 'e': exec: at most 65536 bytes in all (with env)",
+            ),
+            (
                 PROGRAM.replace("'/bin/cat'", "'/bin/cat'" + ", 'x'" * 256),
                 "service 'e': exec: at most 256 entries, got 257",
             ),
@@ -378,7 +382,7 @@ class TestRanges:
             ),
             (
                 PROGRAM + 'env = { "A\\nB" = "1" }\n',
-                "service 'e': 'env.A\\nB': not a valid environment variable name (at most 128 bytes)",  # noqa: E501
+                "service 'e': env.'A\\nB': not a valid environment variable name (at most 128 bytes)",  # noqa: E501
             ),
             (SERVICE + '"\\u001b[31mred" = 1\n', "service 'e': '\\x1b[31mred': unknown key"),
             (
