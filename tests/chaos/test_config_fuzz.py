@@ -356,8 +356,8 @@ def _key_case(key: Key, label: str, value: Any) -> Case:
             text = _service_text(pairs)
         return text.encode()
 
-    needs_root = key.table == "service" and key.name in ("user", "group") and label != "me"
-    return Case(f"{key.table}.{key.name}={label}", key.names(), render, needs_root)
+    root = key.table == "service" and key.name in ("user", "group")  # require_root
+    return Case(f"{key.table}.{key.name}={label}", key.names(), render, root)
 
 
 def _file_cases() -> list[Case]:
