@@ -293,7 +293,8 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
     table.prefix = f"service {name!r}: "
     handler = table.string("handler", None, max_bytes=MAX_NAME_BYTES)
     argv = table.strings("exec", max_items=MAX_ARGS, max_bytes=MAX_PROGRAM_BYTES)
-    if sum(len(arg.encode()) + 1 for arg in argv) > MAX_PROGRAM_BYTES:
+    argv_bytes = sum(len(arg.encode()) + 1 for arg in argv)
+    if argv_bytes > MAX_PROGRAM_BYTES:
         table.fail("exec", f"at most {MAX_PROGRAM_BYTES} bytes in all (with env)")
     if (handler is None) == (not argv):
         table.fail("handler", "give either handler or exec (a program and its arguments)")
@@ -323,7 +324,7 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
         idle_timeout=_seconds(table, "idle_timeout", None),
         exec=tuple(argv),
         program=_program(table, argv[0]) if argv else None,
-        env=_environment(table, argv),
+        env=_environment(table, argv_bytes),
         user=_user(table),
         group=_group(table),
         refusal=table.string("refusal", "", max_bytes=MAX_REFUSAL, nul=True),
@@ -394,11 +395,11 @@ def _program(table: Table, program: str) -> str:
     return found
 
 
-def _environment(table: Table, argv: list[str]) -> tuple[tuple[str, str], ...]:
+def _environment(table: Table, size: int) -> tuple[tuple[str, str], ...]:
+    """Return the valid `env`; `size` is what exec takes of MAX_PROGRAM_BYTES."""
     env = table.get("env", dict, {})
     if len(env) > MAX_ARGS:
         table.fail("env", f"at most {MAX_ARGS} variables, got {len(env)}")
-    size = sum(len(arg.encode()) + 1 for arg in argv)
     for key, value in env.items():
         where = f"env.{key_text(key)}"
         if not _ENV_NAME.fullmatch(key):
@@ -472,11 +473,11 @@ def _networks(table: Table, key: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _check_unique(services: list[ServiceConfig], path: str) -> None:
+def _check_unique(services: list[ServiceConfig], where: str) -> None:
     names: set[str] = set()
     for service in services:
         if service.name in names:
-            raise ConfigError(f"{path}: service {service.name!r}: name: duplicate service name")
+            raise ConfigError(f"{where}: service {service.name!r}: name: duplicate service name")
         names.add(service.name)
 
 
