@@ -608,7 +608,7 @@ def outcomes(
     selected = set()
     for item in request.session.items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if "case" in params:
+        if isinstance(params.get("case"), Case):  # not another module's
             selected.add(params["case"].id)
     directory = tmp_path_factory.mktemp("fuzz", numbered=True)
     started = time.monotonic()
