@@ -512,6 +512,13 @@ class TestListen:
         )
         assert message == f"{tmp_path / 'sockd.toml'}: {caught.value}"
 
+    def test_not_resolved_at_reload(self) -> None:
+        """A reload keeps its listeners: it resolves nothing (no DNS in the daemon's loop)."""
+        service = {"name": "e", "handler": "echo", "listen": ["999.1.1.1:80"]}
+        config.from_dict({"service": [service]}, "x.toml", import_handlers=False)
+        with pytest.raises(ConfigError, match="cannot resolve"):
+            config.from_dict({"service": [service]}, "x.toml")
+
     def test_distinct_addresses_on_one_port(self, tmp_path: Path) -> None:
         """Two specific addresses, or the two families' wildcards, share a port."""
         loaded = load_text(
