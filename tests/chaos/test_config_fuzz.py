@@ -561,7 +561,7 @@ def _serve_and_stop(
     address = listeners[0][0]["address"]
     with contextlib.suppress(OSError), connect(address, timeout=5) as sock:
         sock.sendall(b"hello\n")
-        sock.shutdown(1)
+        sock.shutdown(socket.SHUT_WR)
         with contextlib.suppress(OSError):
             while sock.recv(65536):
                 pass
