@@ -223,10 +223,6 @@ def test_a_full_disk_under_the_log_file_never_stops_serving(
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect 8: with the daemon stopped, the forker and workers block writing events",
-)
 def test_a_stopped_daemon_never_stops_serving_and_loses_no_record_uncounted(
     start: Callable[..., Sockd], scenario: Callable[[str], Row]
 ) -> None:
