@@ -269,11 +269,10 @@ def test_a_stopped_daemon_never_stops_serving_and_loses_no_record_uncounted(
     assert logged + dropped == made, f"{logged} logged + {dropped} dropped, {made} made"
 
 
-def test_the_forker_killed_under_load_ends_sockd_with_70_leaving_nothing(
-    start: Callable[..., Sockd], scenario: Callable[[str], Row]
-) -> None:
-    """SIGKILL to the forker: the daemon exits 70 and no connection's process outlives it."""
-    row = scenario("forker SIGKILLed")
+def start_serving_three(
+    start: Callable[..., Sockd],
+) -> tuple[Sockd, list[str], list[socket.socket]]:
+    """Start echo, a program and a pool; hold three connections open to each of the first two."""
     sockd = start(
         config(
             echo_service(),
@@ -287,6 +286,15 @@ def test_the_forker_killed_under_load_ends_sockd_with_70_leaving_nothing(
     for sock in held:
         sock.sendall(PING)
         assert sock.recv(100) == PING
+    return sockd, targets, held
+
+
+def test_the_forker_killed_under_load_ends_sockd_with_70_leaving_nothing(
+    start: Callable[..., Sockd], scenario: Callable[[str], Row]
+) -> None:
+    """SIGKILL to the forker: the daemon exits 70 and no connection's process outlives it."""
+    row = scenario("forker SIGKILLed")
+    sockd, targets, held = start_serving_three(start)
     with Background(targets) as load:
         time.sleep(0.5)
         processes = descendants(sockd.pid)
@@ -308,19 +316,7 @@ def test_the_daemon_killed_ends_the_forker_and_children_and_frees_the_port(
 ) -> None:
     """SIGKILL to the daemon: the forker, workers and children end; the port can be bound again."""
     row = scenario("daemon SIGKILLed")
-    sockd = start(
-        config(
-            echo_service(),
-            'name = "cat"\nexec = ["/bin/cat"]\nlisten = ["127.0.0.1:0"]',
-            'name = "pool"\nhandler = "chaos_handlers:LineEcho"\nlisten = ["127.0.0.1:0"]\n'
-            "workers = 2",
-        )
-    )
-    targets = [address_of(sockd, name) for name in ("echo", "cat", "pool")]
-    held = [connect(target) for target in targets[:2] for _ in range(3)]
-    for sock in held:
-        sock.sendall(PING)
-        assert sock.recv(100) == PING
+    sockd, targets, held = start_serving_three(start)
     with Background(targets) as load:
         time.sleep(0.5)
         processes = descendants(sockd.pid)
