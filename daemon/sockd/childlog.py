@@ -249,7 +249,7 @@ def _as_child(
         return None
     if ipc.problem(record, ipc.EVENTS) is not None or record[2] not in CHILD_EVENTS:
         return None
-    fields = {**record[3], "pid": pid, "service": service, **client}
+    fields = {**_own_fields(record[3]), "pid": pid, "service": service, **client}
     if "peer_path" not in client:  # none that the child made up
         fields.pop("peer_path", None)
     return ("log", record[1], record[2], fields)
@@ -277,4 +277,13 @@ def _as_worker(
         return None
     if record[2] not in CHILD_EVENTS:
         return None
-    return ("log", record[1], record[2], {**record[3], "pid": pid, "service": service})
+    return ("log", record[1], record[2], {**_own_fields(record[3]), "pid": pid, "service": service})
+
+
+# Fields a child may not set: the daemon writes them itself (or a renderer reads them).
+_RESERVED_FIELDS = frozenset(("timestamp", "level", "event", "exc_info", "stack_info"))
+
+
+def _own_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Return a child's fields without those only the daemon may set."""
+    return {key: value for key, value in fields.items() if key not in _RESERVED_FIELDS}

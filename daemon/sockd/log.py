@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -135,7 +136,37 @@ _RESERVED = frozenset(("timestamp", "level", "event"))
 # when the format is JSON, or None (other formats go through structlog); and where.
 _json_prefix: str | None = None
 _fd = 2
-_encode = json.JSONEncoder(default=repr).encode  # what cannot be JSON is logged as its repr
+_strict_encode = json.JSONEncoder(default=repr, allow_nan=False).encode
+
+
+def _encode(value: Any) -> str:
+    """Encode `value` as JSON; what JSON cannot hold is written as its repr (NaN: "nan")."""
+    try:
+        return _strict_encode(value)
+    except ValueError:  # a float that is not finite: NaN or Infinity would not be JSON
+        return _strict_encode(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    """Return `value` with every non-finite float replaced by its repr."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _console_safe(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """Give ConsoleRenderer an `exception` it can print: a text (ours are data)."""
+    exception = event.get("exception")
+    if exception is not None and not isinstance(exception, str):
+        event["exception"] = _encode(exception)
+    for key in ("exc_info", "stack_info"):  # never ours: a record's field, not a traceback
+        if key in event:
+            event[f"{key}_field"] = repr(event.pop(key))
+    return event
 
 
 def _render_json(_logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
@@ -187,6 +218,7 @@ def configure(log_format: LogFormat | None = None, fd: int = 2) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_pid_and_order,
+            _console_safe,
         ]
     else:
         # One processor does it all: the daemon logs an event per connection.

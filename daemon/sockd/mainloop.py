@@ -280,6 +280,13 @@ class MainLoop:
             with contextlib.suppress(KeyError):
                 self.selector.unregister(forker.control.fd)
 
+    def _log(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        """Log an event a forker or child sent; one the renderer cannot take is skipped."""
+        try:
+            getattr(self.connection_log, level)(event, **fields)
+        except Exception as exc:  # noqa: BLE001 (a bad record must not end the daemon)
+            self._malformed(f"log {event!r}: {type(exc).__name__}: {exc}")
+
     def _malformed(self, error: str) -> None:
         """Log a malformed event record, within the bounds of `ipc.Tally`."""
         fields = self.malformed.add(error)
@@ -349,8 +356,7 @@ class MainLoop:
         elif kind == "served":
             self._served(self._valid(record[1], ipc.SERVED), record[2])  # type: ignore[arg-type]
         elif kind == "log":
-            _, level, event, fields = record
-            getattr(self.connection_log, str(level))(event, **fields)  # type: ignore[arg-type]
+            self._log(*record[1:])  # type: ignore[arg-type]
         elif kind == "status":
             forker.counts = tuple(int(count) for count in record[1:5])  # type: ignore[call-overload]
             forker.at_cap = tuple(str(name) for name in record[5])  # type: ignore[attr-defined]

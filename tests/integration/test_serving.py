@@ -205,6 +205,32 @@ class TestHandlerErrors:
         daemon.wait_event("connection_closed", count=2, service="boom")
         assert daemon.stop() == 0
 
+    def test_console_log_format_survives_handler_errors(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """With --log-format console, a handler's exception (data) is printed; sockd serves on."""
+        path = tmp_path / "boom.sock"
+        daemon = sockd(
+            "run",
+            "--handler",
+            "support_handlers:Boom",
+            "--listen",
+            f"unix:{path}",
+            "--log-format",
+            "console",
+            env={"PYTHONPATH": str(TESTS)},
+            notify=notifications,
+            wait=False,
+        )
+        notifications.wait_for("READY=1")
+        for attempt in range(1, 3):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+                assert client.recv(10) == b""
+            wait_until(lambda n=attempt: sum("handler_error" in x for x in daemon.lines()) >= n)
+        assert "ValueError" in "\n".join(daemon.lines())
+        assert daemon.stop() == 0
+
     def test_child_environment_and_denied_clients(
         self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
     ) -> None:

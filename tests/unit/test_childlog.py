@@ -87,6 +87,18 @@ class TestReports:
         ]
         assert box.dropped == {"child_report": 4}
 
+    def test_a_child_cannot_set_the_daemons_own_fields(self, box: Box) -> None:
+        """Fields the renderer or the daemon set (level, timestamp, exc_info...) are dropped."""
+
+        def claims(inbox: Inbox) -> None:
+            fields = {"level": "critical", "timestamp": "1970", "exc_info": [1, 2], "n": 1}
+            inbox.child_send(("log", "error", "handler_error", {**fields, "stack_info": True}))
+
+        box.child(claims)
+        box.inbox.read()
+        ((_, _, _, fields),) = box.forwarded
+        assert set(fields) == {"n", "service", "pid", "client"}
+
     def test_a_stranger_is_not_heard(self, box: Box) -> None:
         """A record from a pid that is not a child (here: the forker's own) is dropped."""
         forged(box.inbox)

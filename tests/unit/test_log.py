@@ -88,6 +88,23 @@ class TestConfigure:
         assert not line.startswith("{")
 
 
+    def test_a_float_that_is_not_finite_stays_json(self, pipe: tuple[int, int]) -> None:
+        """NaN and infinities (not JSON) are written as text: the line still parses."""
+        log.configure("json", fd=pipe[1])
+        structlog.get_logger().info("odd", value=float("nan"), deep={"x": [float("-inf")]})
+        record = json.loads(read_lines(pipe[0])[0])
+        assert (record["value"], record["deep"]) == ("nan", {"x": ["-inf"]})
+
+    def test_console_prints_an_exception_given_as_data(self, pipe: tuple[int, int]) -> None:
+        """A handler_error's `exception` (a dict) and a stray `exc_info` never break the console."""
+        log.configure("console", fd=pipe[1])
+        exception = {"type": "ValueError", "message": "boom", "frames": []}
+        structlog.get_logger().error("handler_error", exception=exception, exc_info=(1, 2, 3))
+        text = "\n".join(read_lines(pipe[0]))
+        assert "handler_error" in text
+        assert "ValueError" in text
+
+
 class TestBatched:
     def test_lines_wait_for_the_end_of_the_batch_then_go_out_whole(self) -> None:
         """Inside batched(), nothing is written; at its end every line is, in order."""
