@@ -87,7 +87,6 @@ class TestConfigure:
         assert "service=echo" in line
         assert not line.startswith("{")
 
-
     def test_a_float_that_is_not_finite_stays_json(self, pipe: tuple[int, int]) -> None:
         """NaN and infinities (not JSON) are written as text: the line still parses."""
         log.configure("json", fd=pipe[1])
