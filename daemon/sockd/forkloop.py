@@ -381,7 +381,7 @@ class Forker:
         self._warm_type_cache()
         for name in self.pools.services:  # new workers take over; the old ones finish and leave
             self.pools.retire(name)
-            if not self.standby:
+            if not self.standby and self.stop_phase is None:
                 self.pools.fill(name)
         self.max_children = max_children
         self.shares = fair_shares(max_children, services.values())
@@ -608,8 +608,8 @@ class Forker:
             deadline = min(deadline, self.cap_log.window_end)
         if self.stderr.budget.window_end:
             deadline = min(deadline, self.stderr.budget.window_end)
-        respawn = self.pools.next_due()
-        if respawn is not None:
+        respawn = self.pools.next_due() if self.stop_phase is None else None
+        if respawn is not None:  # (replace_due waits while stopping: no deadline for it)
             deadline = min(deadline, respawn)
         return min(deadline, self.heartbeat_due)
 

@@ -423,6 +423,9 @@ class MainLoop:
         except OSError as exc:
             self._renewal_failed(exc.strerror)
             return
+        except ConfigError as exc:  # its set-up record is over ipc.MAX_RECORD
+            self._renewal_failed(str(exc))
+            return
         log.info("forker_renewing", forker=self.forker.pid, long_lived=long_lived, new=standby.pid)
         standby.ready_by = time.monotonic() + STANDBY_LIMIT
         self.standby = standby

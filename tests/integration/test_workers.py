@@ -126,6 +126,34 @@ class TestPool:
         assert daemon.wait() == 0
         assert not daemon.events("stop_timeout")
 
+    def test_a_stop_with_a_replacement_due_waits_without_spinning(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A stop while a young worker's replacement waits: the forker waits idle, not spinning.
+
+        Both workers hold a connection; one is killed young (replaced only after 1 s), then
+        SIGTERM: the other connection holds the stop while the replacement's time passes.
+        """
+        daemon = sockd("run", "--config", pool_config(tmp_path))
+        workers = wait_until(lambda: worker_pids(daemon) if len(worker_pids(daemon)) == 2 else None)
+        clients = [connect(daemon.address()) for _ in workers]
+        try:
+            for client in clients:
+                client.sendall(b"held\n")
+                assert client.recv(10) == b"held\n"
+            os.kill(min(workers), signal.SIGKILL)
+            daemon.wait_event("worker_exited")
+            forker = daemon.forker()
+            daemon.signal(signal.SIGTERM)
+            time.sleep(3)  # the replacement's time passes while the stop waits
+            with open(f"/proc/{forker}/stat", encoding="ascii") as stat:
+                utime, stime = (int(n) for n in stat.read().rpartition(")")[2].split()[11:13])
+            assert utime + stime < os.sysconf("SC_CLK_TCK") // 2  # 0.5 s of CPU in its life
+        finally:
+            for client in clients:
+                client.close()
+        assert daemon.wait() == 0
+
     def test_timeouts_end_the_connection_not_the_worker(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
