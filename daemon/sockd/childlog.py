@@ -22,7 +22,7 @@ import time
 
 from sockd import ipc
 from sockd.children import client_fields
-from sockd.programs import StderrLines
+from sockd.programs import LineBudget, StderrLines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,8 +91,9 @@ class Inbox:
         workers: dict[int, Any],
         forward: Callable[[ipc.Record], object],
         dropped: Callable[[str, int], None],
+        budget: LineBudget | None = None,
     ) -> None:
-        """Make the sockets (see `become_stderr`)."""
+        """Make the sockets (see `become_stderr`); `budget` bounds the stderr lines logged."""
         self.children = children
         self.workers = workers
         self.forward = forward
@@ -114,6 +115,7 @@ class Inbox:
         self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
         self.lines: dict[int, _Lines] = {}  # pid -> its stderr, while it has written some
         self.strays = _Lines(self._stderr_line, {"service": None, "client": None, "pid": None})
+        self.budget = budget  # shared with programs' stderr (the forker's StderrWatch's)
 
     def become_stderr(self) -> None:
         """Make the stderr socket our fd 2 (the forker's own lines come back as strays).
@@ -225,7 +227,8 @@ class Inbox:
         lines.feed(data, now)
 
     def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
-        self.forward(("log", "info", "handler_stderr", {**fields, "line": line}))
+        if self.budget is None or self.budget.take(fields["service"] or "-"):
+            self.forward(("log", "info", "handler_stderr", {**fields, "line": line}))
 
     def drain(self, pid: int) -> None:
         """Log the rest of a reaped child's stderr; forget its budget."""

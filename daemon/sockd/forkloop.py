@@ -113,7 +113,10 @@ class Forker:
         self.stderr = StderrWatch(self.poller, self._stderr_line, self._update_child_fds)
         self.pools = Pools(servers, self.report)
         dropped = self.events.count_dropped
-        self.inbox = Inbox(shared.children, self.pools.workers, self._send, dropped)
+        # Handlers' stderr lines share programs' budget.
+        self.inbox = Inbox(
+            shared.children, self.pools.workers, self._send, dropped, self.stderr.budget
+        )
         self.inbox.become_stderr()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         shared.report = self.report

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from sockd import childlog
+from sockd import childlog, programs
 from sockd.childlog import Inbox
 from sockd.children import Children
 from sockd.programs import MAX_LINE
@@ -166,6 +166,22 @@ class TestStderr:
         fields = {key: box.forwarded[0][3][key] for key in ("service", "client", "pid")}
         assert fields == {"service": "echo", "client": "127.0.0.1:4000", "pid": pid}
         assert {record[2] for record in box.forwarded} == {"handler_stderr"}
+
+    def test_lines_share_the_budget_of_all_stderr(
+        self, box: Box, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past the forker's line budget (programs' and handlers'), lines are counted, not sent."""
+        monkeypatch.setattr(programs, "STDERR_BURST", 10)
+        box.inbox.budget = programs.LineBudget()
+
+        def noisy(_inbox: Inbox) -> None:
+            os.write(2, b"line\n" * 50)
+
+        pid = box.child(noisy)
+        box.inbox.read()
+        box.inbox.drain(pid)
+        assert len(box.forwarded) == 10
+        assert box.inbox.budget.dropped == {"echo": 40}
 
     def test_a_stranger_is_logged_by_pid_only(self, box: Box) -> None:
         """A process that is no child of ours (one a handler started, say): pid, no service."""
