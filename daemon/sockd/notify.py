@@ -18,6 +18,7 @@ log = structlog.get_logger()
 
 STATUS_INTERVAL = 1.0
 WATCHDOG_FLOOR = 0.01  # seconds: WATCHDOG=1 is never sent more often
+RETRY_INTERVAL = 0.1  # seconds between tries of a state that found the socket full
 
 
 def status_text(
@@ -48,6 +49,7 @@ class Notifier:
         self.last_status_text = status_text(0, 0, 0, 0)
         self._next_watchdog = float("inf")
         self._failures = Tally()
+        self._unsent: list[str] = []  # states systemd must get, waiting for room (see send)
         if not address:
             return
         import sdnotify  # noqa: PLC0415 (only needed under systemd)
@@ -77,30 +79,52 @@ class Notifier:
         """True when there is a NOTIFY_SOCKET to talk to."""
         return self._socket is not None
 
-    def send(self, state: str) -> None:
-        """Send `state` without waiting; a failure is logged (bounded by `Tally`), never raised."""
+    def send(self, state: str, *, keep: bool = False) -> bool:
+        """Send `state` without waiting; a failure is logged (bounded by `Tally`), never raised.
+
+        With `keep`, a state systemd must not miss (READY=1, RELOADING=1,
+        STOPPING=1) that finds the socket full is sent again by `tick()`, in order.
+        """
         if self._socket is None:
-            return
+            return True
+        if keep and self._unsent:
+            self._unsent.append(state)  # after those still waiting
+            return False
         try:
             self._socket.notify(state)
         except OSError as exc:
+            if keep and isinstance(exc, BlockingIOError):
+                self._unsent.append(state)
             fields = self._failures.add(exc.strerror or str(exc))
             if fields is not None:
                 log.warning("notify_failed", state=state.split("\n", 1)[0], **fields)
+            return False
+        return True
+
+    def _send_unsent(self) -> None:
+        """Send again, in order, the states that found the socket full."""
+        while self._unsent and self._socket is not None:
+            try:
+                self._socket.notify(self._unsent[0])
+            except BlockingIOError:
+                return  # still full: at the next tick
+            except OSError:
+                pass  # gone for good: logged when it first failed
+            del self._unsent[0]
 
     def ready(self, status: str) -> None:
         """Tell systemd we serve: READY=1 with a first STATUS=."""
-        self.send(f"READY=1\nSTATUS={status}")
+        self.send(f"READY=1\nSTATUS={status}", keep=True)
         self._last_status = time.monotonic()
 
     def reloading(self) -> None:
         """RELOADING=1 with the CLOCK_MONOTONIC timestamp systemd expects."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+        self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}", keep=True)
 
     def stopping(self) -> None:
         """STOPPING=1."""
-        self.send("STOPPING=1")
+        self.send("STOPPING=1", keep=True)
 
     def status(self, text: str) -> None:
         """Queue STATUS=text; `tick()` sends it at most once a second."""
@@ -115,6 +139,7 @@ class Notifier:
                 catches a daemon that runs but no longer serves.
         """
         now = time.monotonic()
+        self._send_unsent()
         if now >= self._next_watchdog and self.watchdog_interval is not None:
             if healthy:
                 self.send("WATCHDOG=1")
@@ -124,6 +149,8 @@ class Notifier:
             self._pending_status = None
             self._last_status = now
         due = self._next_watchdog
+        if self._unsent:
+            due = min(due, now + RETRY_INTERVAL)
         if self._pending_status is not None:
             due = min(due, self._last_status + STATUS_INTERVAL)
         return max(0.0, due - now)

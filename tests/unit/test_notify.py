@@ -152,6 +152,24 @@ class TestNotifier:
         assert notifier._failures.unlogged > 100
         notifier.close()
 
+    def test_a_state_that_finds_the_socket_full_is_sent_later(
+        self, notifications: Notifications
+    ) -> None:
+        """READY=1 and STOPPING=1 are kept while the socket is full, then sent in order."""
+        notifier = Notifier({"NOTIFY_SOCKET": str(notifications.path)}, os.getpid())
+        with structlog.testing.capture_logs():
+            number = 0
+            while notifier.send(f"STATUS={number}"):  # fill it
+                number += 1
+            notifier.ready("serving")
+            notifier.stopping()
+            assert notifier.tick() < 0.2  # a retry is due soon
+        notifications.poll()  # the reader catches up
+        notifier.tick()
+        states = [m.split("\n")[0] for m in notifications.poll() if not m.startswith("STATUS")]
+        assert states == ["READY=1", "STOPPING=1"]
+        notifier.close()
+
 
 class TestStatusText:
     def test_services_at_a_cap_are_named(self) -> None:
