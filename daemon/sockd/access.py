@@ -303,7 +303,8 @@ class Denials:
     per source at the end of the window. Past MAX_DENIAL_SOURCES sources in a
     window, refusals are summed per service and reason. However large a flood,
     a window logs at most 2 x MAX_DENIAL_SOURCES lines, plus one per service
-    and reason.
+    and reason. Drops only counted (`count`) add one line per service and
+    reason per window.
     """
 
     __slots__ = ("counts", "overflow", "window_end")
@@ -327,6 +328,17 @@ class Denials:
             return True
         self.overflow[service, reason] = self.overflow.get((service, reason), 0) + 1
         return False
+
+    def count(self, service: str, reason: str, now: float) -> None:
+        """Count a connection dropped for `reason`, to be logged only in the window's summary.
+
+        For drops not worth a line each (a peer that reset before it was
+        served): one summary per service and reason per window, source "all".
+        """
+        if not self.window_end:
+            self.window_end = now + DENIAL_WINDOW
+        key = (service, reason, "all")
+        self.counts[key] = self.counts.get(key, 0) + 1
 
     def due(self, now: float) -> list[dict[str, Any]]:
         """At the end of a window, return the summaries to log (and start afresh)."""

@@ -172,6 +172,10 @@ class _Worker:
 
     def _serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
         started = time.monotonic()
+        if request.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # reset while it waited
+            server.drop_reset(request)
+            self._due(started)
+            return
         client = unix_client(request, client_address) if server._unix else client_address  # noqa: SLF001
         rules = self.service.rules
         reason = rules.refusal(client_address) if rules.active else None

@@ -295,3 +295,19 @@ class TestDenials:
                 "seconds": DENIAL_WINDOW,
             }
         ]
+
+    def test_counted_drops_come_only_as_one_summary_per_window(self) -> None:
+        """Drops that are only counted (peers that reset) log no line each, one summary."""
+        denials = Denials()
+        for n in range(5000):
+            denials.count("echo", "peer_reset", n / 1000)
+        assert denials.due(DENIAL_WINDOW - 0.1) == []
+        assert denials.due(DENIAL_WINDOW) == [
+            {
+                "service": "echo",
+                "reason": "peer_reset",
+                "source": "all",
+                "count": 5000,
+                "seconds": DENIAL_WINDOW,
+            }
+        ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from harness import wait_until
+from harness import recv_all, wait_until
 
 from sockd import ipc
 from sockd.config import ServiceConfig, service_record
@@ -92,6 +94,26 @@ class TestServiceServer:
         assert fields["reason"] == "deny 127.0.0.2/32"
         assert server.shared.children.reap() == []
         assert server.shared.stats.denied == 1
+
+    def test_reset_before_accept_is_dropped_unforked_half_closed_served(
+        self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """A connection reset in the backlog gets no child, only a count; a half-closed one is."""
+        address = server.server_address[:2]
+        reset = socket.create_connection(address, timeout=5)  # type: ignore[arg-type]
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # linger 0: an RST, before sockd accepts it
+        with socket.create_connection(address, timeout=5) as polite:  # type: ignore[arg-type]
+            polite.sendall(b"ping")
+            polite.shutdown(socket.SHUT_WR)  # as harness.exchange() does
+            assert wait_until(lambda: server.accept_ready(2)) == 2
+            assert len(server.shared.children) == 1, "one child: the half-closed connection's"
+            assert recv_all(polite) == b"ping"
+        wait_until(server.shared.reap, what="the child to exit")
+        assert [event for _, event, _ in events] == ["connection_closed"]
+        assert server.shared.stats.as_tuple() == (1, 0, 0)
+        (summary,) = server.shared.denials.due(math.inf)
+        assert (summary["reason"], summary["count"]) == ("peer_reset", 1)
 
     def test_collect_children_never_blocks(self, server: ServiceServer) -> None:
         """ForkingMixIn's blocking wait is gone: collect_children(blocking=True) returns at once."""
