@@ -235,7 +235,7 @@ class Forker:
         self.inbox.read()
         self._summaries(math.inf)  # what the bounded logs still hold: we are ending
         backoff = self.shared.fork_backoff
-        if backoff.unlogged:  # fork failures within the last pause
+        if backoff.unlogged:  # fork failures since the last line (and not recovered)
             fields = {"failures": backoff.failures, "unlogged": backoff.unlogged}
             self.report("error", "fork_failed", fields)
         self._flush()
@@ -310,6 +310,8 @@ class Forker:
         if self.stderr.budget.window_end:
             for summary in self.stderr.budget.due(now):
                 self.report("warning", "program_stderr_dropped", summary)
+        if self.shared.fork_backoff.failures:
+            self.shared.fork_summary(now)
 
     def _dispatch(self, fd: int) -> None:
         server = self.listening.get(fd)

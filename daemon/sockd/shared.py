@@ -73,21 +73,28 @@ class ForkBackoff:
 
     Each failure doubles the pause (FIRST to LONGEST seconds) during which
     nothing is forked: the forker stops accepting (the backlog waits) and
-    pooled workers are replaced later. One `fork_failed` is logged per pause
-    at most, with the count of failures since forking last worked; the first
-    fork that works again logs `fork_recovered`.
+    pooled workers are replaced later; a fork that works starts the pause over
+    at FIRST, so serving resumes as soon as a slot frees. The log is bounded
+    per time, not per failure: a trouble episode lasts until forking has
+    worked and QUIET seconds passed without a failure (near a process limit,
+    failures and successes alternate up to 10 times a second). In an episode,
+    `fork_failed` lines come at intervals doubling from FIRST to LONGEST, a
+    success or not (at most 6 + T / LONGEST lines in T seconds), each with the
+    failures so far; at its end, one `fork_recovered` gives the totals.
     """
 
     FIRST = 0.1
     LONGEST = 5.0
-    __slots__ = ("delay", "failures", "log_due", "since", "unlogged")
+    QUIET = 10.0
+    __slots__ = ("delay", "failures", "last", "log_due", "log_every", "since", "unlogged", "worked")
 
     def __init__(self) -> None:
-        self.delay = 0.0
-        self.failures = 0  # since forking last worked
+        self.delay = 0.0  # the current pause
+        self.failures = 0  # in this episode (0: none open)
         self.unlogged = 0  # of which not in a fork_failed line yet
-        self.since = 0.0
-        self.log_due = 0.0
+        self.since = self.last = 0.0  # the episode's first and last failures
+        self.log_due = self.log_every = 0.0
+        self.worked = False  # a fork worked since the last failure
 
     def failed(self, now: float) -> tuple[float, bool]:
         """Count a failure; return the pause before the next try, and whether to log it now."""
@@ -95,18 +102,31 @@ class ForkBackoff:
             self.since = now
         self.failures += 1
         self.unlogged += 1
+        self.last = now
+        self.worked = False
         self.delay = min(max(self.FIRST, self.delay * 2), self.LONGEST)
         log = now >= self.log_due
         if log:
-            self.log_due = now + self.delay
+            self.log_every = min(max(self.FIRST, self.log_every * 2), self.LONGEST)
+            self.log_due = now + self.log_every
             self.unlogged = 0
         return self.delay, log
 
-    def recovered(self, now: float) -> dict[str, Any]:
-        """Forking works again: return the `fork_recovered` fields, and start afresh."""
-        fields = {"failures": self.failures, "seconds": round(now - self.since, 3)}
-        self.delay = self.log_due = 0.0
+    def succeeded(self) -> None:
+        """Note a fork that worked in an episode: the pause starts over, the episode goes on."""
+        self.worked = True
+        self.delay = 0.0
+
+    def quiet(self, now: float) -> bool:
+        """Whether the episode is over: forking worked, and QUIET seconds passed since a failure."""
+        return self.worked and now >= self.last + self.QUIET
+
+    def recovered(self) -> dict[str, Any]:
+        """End the episode: return the `fork_recovered` fields, and start afresh."""
+        fields = {"failures": self.failures, "seconds": round(self.last - self.since, 3)}
+        self.delay = self.log_due = self.log_every = 0.0
         self.failures = self.unlogged = 0
+        self.worked = False
         return fields
 
 
@@ -161,7 +181,7 @@ class Shared:
     def fork_failed(self, service: str, error: str | None) -> float:
         """Count a fork that failed for lack of resources; return how long to pause forking.
 
-        Logged as `fork_failed` once per pause at most (see `ForkBackoff`).
+        Logged as `fork_failed` at intervals that double (see `ForkBackoff`).
         """
         delay, log = self.fork_backoff.failed(time.monotonic())
         if log:
@@ -171,8 +191,16 @@ class Shared:
         return delay
 
     def fork_worked(self) -> None:
-        """Log `fork_recovered` after fork failures (call it only while `fork_backoff.failures`)."""
-        self.report("info", "fork_recovered", self.fork_backoff.recovered(time.monotonic()))
+        """Note a fork that worked after failures (call it only while `fork_backoff.failures`).
+
+        `fork_recovered` comes later, once no fork failed for a while (see `fork_summary`).
+        """
+        self.fork_backoff.succeeded()
+
+    def fork_summary(self, now: float) -> None:
+        """Log `fork_recovered` if a fork-failure episode is over at `now` (math.inf: ending)."""
+        if self.fork_backoff.quiet(now):
+            self.report("info", "fork_recovered", self.fork_backoff.recovered())
 
     def _report_closed(self, raw: RawExit) -> None:
         self.report("info", "connection_closed", closed_fields(raw))

@@ -115,8 +115,35 @@ class TestForkBackoff:
         delays = [backoff.failed(1000.0 + 10 * step)[0] for step in range(10)]
         assert delays[-1] == ForkBackoff.LONGEST
         assert backoff.failures == 13
-        assert backoff.recovered(1100.0) == {"failures": 13, "seconds": 1000.0}
+        backoff.succeeded()
+        assert backoff.quiet(1090.0 + ForkBackoff.QUIET)
+        assert backoff.recovered() == {"failures": 13, "seconds": 990.0}
         assert backoff.failed(2000.0) == (0.1, True)  # afresh
+
+    def test_alternating_failures_and_successes_log_per_time_not_per_alternation(self) -> None:
+        """Fork failing and working 10 times a second for 20 s: a few lines, one recovery."""
+        backoff = ForkBackoff()
+        logged = 0
+        for step in range(200):
+            now = 100.0 + step / 10
+            delay, log = backoff.failed(now)
+            assert delay == ForkBackoff.FIRST  # a success in between starts the pause over
+            logged += log
+            backoff.succeeded()  # a child exited: the next fork works
+            assert not backoff.quiet(now + 0.05)
+        # 0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, then every 5 s: 6 + 20 / 5 at most.
+        assert logged <= 6 + 20 / ForkBackoff.LONGEST
+        assert not backoff.quiet(119.9 + ForkBackoff.QUIET - 0.1)
+        assert backoff.quiet(119.9 + ForkBackoff.QUIET)
+        assert backoff.recovered() == {"failures": 200, "seconds": 19.9}
+
+    def test_no_recovery_without_a_fork_that_worked(self) -> None:
+        """Quiet because nothing was tried is not a recovery: a fork must have worked."""
+        backoff = ForkBackoff()
+        backoff.failed(100.0)
+        assert not backoff.quiet(200.0)
+        backoff.succeeded()
+        assert backoff.quiet(200.0)
 
     def test_peer_gone_exits_are_not_errors(self) -> None:
         """A child whose peer reset (exit 141) is reaped without counting an error."""
