@@ -8,7 +8,7 @@ import struct
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import TESTS, Sockd, connect, write_config
+from harness import TESTS, Sockd, connect, recv_all, write_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,11 +127,45 @@ class TestPeerResets:
                 if index == 0:
                     sock.sendall(b"x" * 100_000)  # the echo is still writing when the RST comes
                 reset(sock)
-        closed = daemon.wait_event("connection_closed", 500, timeout=30)
+        assert daemon.stop() == 0
+        closed = daemon.events("connection_closed")
+        # A connection reset before it was accepted is dropped unserved, only counted.
+        dropped = daemon.events("connections_denied", reason="peer_reset")
+        assert len(closed) + sum(event["count"] for event in dropped) == 500
         assert not daemon.events("handler_error")
         assert {event["level"] for event in closed} == {"info"}
         resets = [event for event in closed if event.get("peer_reset")]
         assert resets, "some children met the reset"
         assert {event["exit_code"] for event in resets} == {141}
         assert {event["exit_code"] for event in closed} <= {0, 141}
+
+    @pytest.mark.parametrize("workers", ["max_children = 1", "workers = 1"])
+    def test_a_connection_reset_while_waiting_is_dropped_unserved(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, workers: str
+    ) -> None:
+        """A reset connection waiting in the backlog is dropped, counted; a half-closed one is."""
+        config = config_file(
+            tmp_path,
+            f"""
+            [[service]]
+            name = "echo"
+            handler = "echo"
+            listen = ["127.0.0.1:0"]
+            {workers}
+            """,
+        )
+        daemon = sockd("run", "--config", config)
+        busy = connect(daemon.address())
+        busy.sendall(b"busy\n")
+        assert busy.recv(10) == b"busy\n"  # the only child, or worker, is taken
+        reset(connect(daemon.address()))  # waits in the backlog, then resets
+        half = connect(daemon.address())  # waits too, sent and half-closed as exchange() does
+        half.sendall(b"half\n")
+        half.shutdown(socket.SHUT_WR)
+        busy.close()
+        assert recv_all(half) == b"half\n"
+        half.close()
         assert daemon.stop() == 0
+        assert len(daemon.events("connection_closed")) == 2
+        (dropped,) = daemon.events("connections_denied", reason="peer_reset")
+        assert dropped["count"] == 1
