@@ -210,13 +210,16 @@ def closed_fields(raw: RawExit) -> dict[str, object]:
 def served_fields(
     pid: int, service: str, client: object, code: int, duration: float
 ) -> dict[str, object]:
-    """Return the fields of the `connection_closed` event of a pooled worker's connection."""
+    """Return the fields of the `connection_closed` event of a pooled worker's connection.
+
+    A negative `code` is the signal that killed the worker while it served it.
+    """
     fields = {
         "service": service,
         **client_fields(client),
         "pid": pid,
-        "exit_code": code,
-        "signal": None,
+        "exit_code": code if code >= 0 else None,
+        "signal": signal_name(-code) if code < 0 else None,
         "duration": round(duration, 6),
         "worker": True,
     }

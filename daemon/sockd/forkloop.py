@@ -187,7 +187,15 @@ class Forker:
 
     def _worker_exited(self, raw: RawExit) -> None:
         pid, _, _, status, duration = raw[:5]
+        # What it sent just before it exited may have come after the last read: read it now,
+        # while its pid is still known to be a worker's.
+        self.inbox.read()
         self.inbox.drain(pid)
+        record, kept = self.pools.left_over(pid, status)
+        if record is not None:  # it died serving a connection: log that one too
+            self._send(("served", [record], 0))
+        if kept:
+            self.events.count_dropped("connection_closed", kept)
         failed = status != 0
         fields = self.pools.exited(pid, failed, replace=self.stop_phase is None)
         fields |= {"pid": pid, **exit_fields(status), "duration": round(duration, 3)}

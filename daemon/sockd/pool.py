@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # the C module behind signal
 import contextlib
+import marshal
 import math
+import mmap
 import os
 import select
 import signal
 import socket
+import sys
 import time
 
 from sockd import ipc
@@ -42,9 +45,10 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
-BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
-BATCH_SIZE = 16  # a batch this long goes at once (split by size: see ipc.split)
+BATCH_DELAY = 0.05  # records the forker could not take are offered again this late, in one write
 MAX_BATCH = 4096  # records kept while the forker does not read; older ones are dropped, counted
+SLOT_SIZE = mmap.PAGESIZE  # a worker's slot: what the forker finds there if the worker dies
+_BUSY, _KEPT, _LENGTH, _DATA = 0, slice(4, 8), slice(8, 12), 16  # the slot's fields
 RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
 KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
 
@@ -57,8 +61,15 @@ class _Overtime(BaseException):
     """The connection outlived max_duration (SIGALRM)."""
 
 
-def start_worker(servers: list[ServiceServer]) -> int:
-    """Fork a worker serving the listeners `servers` (one service); return its pid."""
+def start_worker(servers: list[ServiceServer], slot: mmap.mmap) -> int:
+    """Fork a worker serving the listeners `servers` (one service); return its pid.
+
+    `slot` is a shared page the worker keeps up to date, without a system
+    call: the connection it serves (client, start) and the records it could
+    not send yet. A worker that dies (SIGKILL) cannot send anything: the
+    forker reads the slot instead, and logs the connection the worker was
+    serving and counts its unsent records (see `Pools.left_over`).
+    """
     _signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         pid = os.fork()
@@ -70,7 +81,7 @@ def start_worker(servers: list[ServiceServer]) -> int:
         return pid
     status = 1
     try:
-        status = _Worker(servers).run()
+        status = _Worker(servers, slot).run()
     except Exception as exc:  # noqa: BLE001 (a bug: report it as data; the forker replaces us)
         fields = {"service": servers[0].service.name, "exception": exception_fields(exc)}
         servers[0].shared.report("critical", "worker_crashed", fields)
@@ -81,8 +92,9 @@ def start_worker(servers: list[ServiceServer]) -> int:
 class _Worker:
     """The loop of one worker process."""
 
-    def __init__(self, servers: list[ServiceServer]) -> None:
+    def __init__(self, servers: list[ServiceServer], slot: mmap.mmap) -> None:
         self.servers = servers
+        self.slot = slot
         self.service = servers[0].service
         self.shared = servers[0].shared
         self.pid = os.getpid()  # made in the worker, after the fork
@@ -92,6 +104,7 @@ class _Worker:
         self.batch_due = 0.0
         self.denied = 0
         self.lost = 0  # connection records dropped while the forker did not read
+        self.kept = False  # the slot counts records kept unsent
 
     def run(self) -> int:
         """Serve until told to stop, or until max_connections_per_child; return the status."""
@@ -180,6 +193,7 @@ class _Worker:
         rules = self.service.rules
         reason = rules.refusal(client_address) if rules.active else None
         if reason is None:
+            self._in_flight(client, started)
             status = self._handle(server, request, client_address, client)
             self._record((self.pid, self.service.name, client, status, time.monotonic() - started))
         else:
@@ -214,7 +228,7 @@ class _Worker:
             status = 1
         except SystemExit as exc:  # the handler ends its process: this worker leaves
             self.stopping = True
-            status = exc.code if isinstance(exc.code, int) else 1
+            status = exc.code & 0xFF if isinstance(exc.code, int) else 1  # as its exit status
         except Exception:  # noqa: BLE001 (reported by handle_error; the worker goes on)
             server.handle_error(request, client_address)
             status = 1
@@ -238,14 +252,24 @@ class _Worker:
         fields = {"service": self.service.name, **client_fields(client), "pid": self.pid, **extra}
         self.shared.report(level, event, fields)
 
+    def _in_flight(self, client: object, started: float) -> None:
+        """Note in the slot the connection now served (a plain store: no system call)."""
+        data = marshal.dumps((client, started))  # type: ignore[arg-type]
+        if len(data) <= SLOT_SIZE - _DATA:  # always, but for a UNIX peer's absurd path
+            slot = self.slot
+            slot[_DATA : _DATA + len(data)] = data
+            slot[_LENGTH] = len(data).to_bytes(4, sys.byteorder)
+            slot[_BUSY] = 1
+
     def _record(self, record: tuple[Any, ...]) -> None:
-        if not self.batch:
-            self.batch_due = time.monotonic() + BATCH_DELAY
+        """Send a connection's record at once: a SIGKILL may come at any time."""
         self.batch.append(record)
+        self.slot[_BUSY] = 0  # the record is ours to send (or to count) now
+        self._flush()
 
     def _due(self, now: float) -> None:
-        """Send the batch when full or due, and the denial summaries of a closed window."""
-        if len(self.batch) >= BATCH_SIZE or (self.batch and now >= self.batch_due):
+        """Send what the forker could not take, when due, and the denial summaries."""
+        if self.batch and now >= self.batch_due:
             self._flush()
         if not self.shared.denials.window_end:
             return  # nothing to sum up (the usual case: no call)
@@ -261,13 +285,24 @@ class _Worker:
             del self.batch[:lost]
             self.lost += lost
         sent = 0
-        for record, _ in ipc.split("served", self.batch, self.denied, self.lost):
+        if len(self.batch) == 1:  # the usual case: one connection, no encoding to measure
+            parts: list[tuple[ipc.Record, bytes]] = [
+                (("served", self.batch, self.denied, self.lost), b"")
+            ]
+        else:
+            parts = ipc.split("served", self.batch, self.denied, self.lost)
+        for record, _ in parts:
             if not self.shared.emit(record):
                 self.batch = self.batch[sent:]
                 self.batch_due = time.monotonic() + BATCH_DELAY
+                self.slot[_KEPT] = len(self.batch).to_bytes(4, sys.byteorder)  # counted if we die
+                self.kept = True
                 return
             sent += len(record[1])  # type: ignore[arg-type]
             self.denied = self.lost = 0
+        if self.kept:
+            self.slot[_KEPT] = bytes(4)
+            self.kept = False
         self.batch = []
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
@@ -294,6 +329,7 @@ class Pools:
                 self.services.setdefault(server.service.name, []).append(server)
         self.report = report
         self.workers: dict[int, tuple[str, float]] = {}  # pid -> service, start time
+        self.slots: dict[int, mmap.mmap] = {}  # pid -> its slot (see start_worker)
         self.retired: set[int] = set()  # workers told to leave (reload, stop)
         self.due: list[tuple[float, str]] = []  # replacements that wait
 
@@ -310,14 +346,19 @@ class Pools:
             )
             shared = servers[0].shared
             for _ in range(wanted - current):
+                slot = mmap.mmap(-1, SLOT_SIZE)  # shared with the worker
                 try:
-                    pid = start_worker(servers)
+                    pid = start_worker(servers, slot)
                 except OSError as exc:  # EAGAIN, ENOMEM: try again later (logged with back-off)
+                    slot.close()
                     delay = shared.fork_failed(service, exc.strerror)
                     self.due.append((time.monotonic() + max(delay, RESPAWN_DELAY), service))
                     return
                 if shared.fork_backoff.failures:
                     shared.fork_worked()
+                # No later child inherits it: no other process can write what we log.
+                slot.madvise(mmap.MADV_DONTFORK)
+                self.slots[pid] = slot
                 self.workers[pid] = (service, time.monotonic())
                 shared.children.add(pid, service, "worker")
 
@@ -340,6 +381,30 @@ class Pools:
                 (time.monotonic() + (RESPAWN_DELAY if failed and young else 0), service)
             )
         return {"service": service, "retired": retired}
+
+    def left_over(self, pid: int, status: int) -> tuple[tuple[Any, ...] | None, int]:
+        """Read an exited worker's slot: the connection it died serving, records it kept.
+
+        Return the record of the connection it was serving, if any, and how
+        many records it could not send.
+
+        The connection's `served` record has the worker's exit code, or the
+        signal that ended it as a negative number (`children.served_fields`).
+        """
+        slot = self.slots.pop(pid)
+        kept = int.from_bytes(slot[_KEPT], sys.byteorder)
+        record = None
+        if slot[_BUSY]:
+            length = int.from_bytes(slot[_LENGTH], sys.byteorder)
+            try:
+                client, started = marshal.loads(slot[_DATA : _DATA + length])  # noqa: S302 (plain values)
+                duration = max(0.0, time.monotonic() - float(started))
+            except (EOFError, ValueError, TypeError):  # written by the worker's handler, say
+                client, duration = None, 0.0
+            code = os.waitstatus_to_exitcode(status)
+            record = (pid, self.workers[pid][0], client, code, duration)
+        slot.close()
+        return record, kept
 
     def replace_due(self, now: float) -> None:
         """Start the replacements whose time has come."""

@@ -240,11 +240,6 @@ def account(sockd: Sockd, load: Load, driver: Driver, rows: dict[str, Row]) -> l
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect 3 (a loss-free channel): a pooled worker batches its connections' records, "
-    "and a SIGKILLed worker takes the batch with it (connections served, never logged)",
-)
 def test_churn_loses_no_connection_leaks_nothing_and_logs_each_once(
     start: Callable[..., Sockd],
     scenario: Callable[[str], Row],
