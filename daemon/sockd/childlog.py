@@ -112,6 +112,8 @@ class Inbox:
         self._reports_fd = self.reports.fileno()
         self._send = self._reports_child.send
         self.unsent = 0  # in a child: records it could not send
+        self.served: list[Any] = []  # workers' connections read in this turn: one record
+        self.denied = 0  # and their refusals
         self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
         self.lines: dict[int, _Lines] = {}  # pid -> its stderr, while it has written some
         self.strays = _Lines(self._stderr_line, {"service": None, "client": None, "pid": None})
@@ -160,6 +162,10 @@ class Inbox:
         for fd, _ in self.poller.poll(0):
             if fd == self._reports_fd:
                 self._read(self.reports, self._report)
+                # Workers send each connection alone: the daemon gets this turn's in one record.
+                if self.served or self.denied:
+                    self.forward(("served", self.served, self.denied))
+                    self.served, self.denied = [], 0
             else:
                 self._read(self.stderr, self._stderr)
 
@@ -198,6 +204,9 @@ class Inbox:
             record = _as_child(record, pid, service, client_fields(client))
         if record is None:
             self.dropped("child_report", 1)
+        elif record[0] == "served":
+            self.served += record[1]  # type: ignore[arg-type]
+            self.denied += record[2]  # type: ignore[operator]
         else:
             self.forward(record)
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from harness import Notifications, Sockd
 
 
-def pool_config(tmp_path: Path, handler: str = "echo", extra: str = "") -> str:
+def pool_config(tmp_path: Path, handler: str = "echo", extra: str = "", workers: int = 2) -> str:
     return write_config(
         tmp_path / "sockd.toml",
         f"""
@@ -30,7 +30,7 @@ def pool_config(tmp_path: Path, handler: str = "echo", extra: str = "") -> str:
         name = "pool"
         handler = "{handler}"
         listen = ["127.0.0.1:0"]
-        workers = 2
+        workers = {workers}
         {extra}
         """,
     )
@@ -94,6 +94,44 @@ class TestPool:
         assert (exited["pid"], exited["signal"], exited["exit_code"]) == (victim, "SIGKILL", None)
         wait_until(lambda: len(worker_pids(daemon) - {victim}) == 2, timeout=5)
         assert exchange(daemon.address(), b"again\n") == b"again\n"
+
+    def test_a_connection_is_logged_even_if_its_worker_is_killed_right_after_it(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Killed at once after its connection, a worker has logged it (it batched it: lost)."""
+        daemon = sockd("run", "--config", pool_config(tmp_path, workers=1))
+        (worker,) = wait_until(lambda: worker_pids(daemon) or None)
+        with connect(daemon.address()) as client:
+            client.sendall(b"once\n")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"once\n"
+            source = "{}:{}".format(*client.getsockname()[:2])
+        os.kill(worker, signal.SIGKILL)
+        daemon.wait_event("worker_exited")
+        (closed,) = daemon.wait_event("connection_closed")
+        # Sent as it ended (exit_code 0), or, if the kill came first, logged from its slot.
+        assert (closed["client"], closed["pid"]) == (source, worker)
+        assert daemon.stop() == 0
+        assert len(daemon.events("connection_closed")) == 1
+
+    def test_the_connection_a_killed_worker_was_serving_is_logged_with_the_signal(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGKILL to a busy worker: its connection is logged once, by the forker, SIGKILL."""
+        daemon = sockd("run", "--config", pool_config(tmp_path, workers=1))
+        (worker,) = wait_until(lambda: worker_pids(daemon) or None)
+        with connect(daemon.address()) as client:
+            client.sendall(b"busy\n")
+            assert client.recv(10) == b"busy\n"  # the worker is in the middle of it
+            source = "{}:{}".format(*client.getsockname()[:2])
+            os.kill(worker, signal.SIGKILL)
+            assert recv_all(client) == b""
+        (closed,) = daemon.wait_event("connection_closed")
+        assert (closed["client"], closed["pid"], closed["worker"]) == (source, worker, True)
+        assert (closed["signal"], closed["exit_code"]) == ("SIGKILL", None)
+        assert closed["duration"] > 0
+        assert daemon.stop() == 0
+        assert len(daemon.events("connection_closed")) == 1
 
     def test_reload_replaces_the_workers_and_applies_at_once(
         self, sockd: Callable[..., Sockd], tmp_path: Path
