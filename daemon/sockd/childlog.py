@@ -46,6 +46,7 @@ CHILD_EVENTS = frozenset(
 MAX_DATAGRAM = 65536  # the longest report (longer: dropped); stderr is read in pieces this long
 CHILD_BUDGET = 1 << 20  # bytes of reports one child may send per WINDOW; the rest is counted
 WINDOW = 60.0  # seconds: a child's stderr may give MAX_LINES lines per window
+SEND_BUFFER = 1 << 20  # bytes of children's reports in flight (the kernel caps it: wmem_max)
 READS_PER_TURN = 256  # reads per socket per turn, at most: the loop serves on
 _CREDENTIALS = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
 
@@ -99,6 +100,8 @@ class Inbox:
         self.forward = forward
         self.dropped = dropped
         self.reports, self._reports_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # Room for what all children send while the forker does not read (see forkloop.INBOX_DELAY).
+        self._reports_child.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         # A stream, as a pipe is (no size limit per write): the kernel still never
         # hands over the bytes of two writers in one read, with SO_PASSCRED.
         self.stderr, self.stderr_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -114,6 +117,7 @@ class Inbox:
         self.unsent = 0  # in a child: records it could not send
         self.served: list[Any] = []  # workers' connections read in this turn: one record
         self.denied = 0  # and their refusals
+        self.due = 0.0  # in the forker: not polled until then (0: it is; see forkloop.INBOX_DELAY)
         self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
         self.lines: dict[int, _Lines] = {}  # pid -> its stderr, while it has written some
         self.strays = _Lines(self._stderr_line, {"service": None, "client": None, "pid": None})

@@ -40,6 +40,7 @@ REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits fo
 REAP_INTERVAL = 0.01  # under load, exits are reaped at most this often (unless a cap waits)
 STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= is 1/s)
 EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
+INBOX_DELAY = 0.02  # children's reports wait this long in the kernel after a read (no wake-up)
 EXITS_PER_RECORD = 16  # a batch this long goes at once (then split by size: see ipc.split)
 # Events wait in a queue while the daemon does not read them (it stalls on its
 # log); past these bounds they are dropped, and counted (`events_dropped`).
@@ -302,6 +303,9 @@ class Forker:
         self._send_status()
         if self.batch_due and now >= self.batch_due:
             self._flush()
+        if self.inbox.due and now >= self.inbox.due:
+            self.inbox.due = 0.0
+            self.poller.modify(self.inbox.poller.fileno(), select.EPOLLIN)
         if now >= self.heartbeat_due:
             self.heartbeat_due = now + HEARTBEAT
             self._send(("alive",))
@@ -333,7 +337,10 @@ class Forker:
         elif fd == self.events.fd:
             self.events.flush()
         elif fd == self.inbox.poller.fileno():
+            # A pooled worker sends a record per connection: read them INBOX_DELAY apart.
             self.inbox.read()
+            self.poller.modify(fd, 0)
+            self.inbox.due = time.monotonic() + INBOX_DELAY
         elif fd in self.stderr.pipes:
             self.stderr.read(fd)
 
@@ -610,8 +617,8 @@ class Forker:
             deadline = min(deadline, self.paused_until)
         if self.status_due:
             deadline = min(deadline, self.status_due)
-        if self.batch_due:
-            deadline = min(deadline, self.batch_due)
+        if self.batch_due or self.inbox.due:
+            deadline = min(deadline, self.batch_due or deadline, self.inbox.due or deadline)
         overdue = self.shared.children.next_deadline()
         if overdue is not None:
             deadline = min(deadline, overdue)
