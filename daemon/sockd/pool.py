@@ -19,7 +19,6 @@ import _signal  # type: ignore[import-not-found]  # the C module behind signal
 import contextlib
 import marshal
 import math
-import mmap
 import os
 import select
 import signal
@@ -41,13 +40,14 @@ from sockd.shared import unix_client
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import mmap
     from collections.abc import Callable
     from types import FrameType
     from typing import Any
 
 BATCH_DELAY = 0.05  # records the forker could not take are offered again this late, in one write
 MAX_BATCH = 4096  # records kept while the forker does not read; older ones are dropped, counted
-SLOT_SIZE = mmap.PAGESIZE  # a worker's slot: what the forker finds there if the worker dies
+SLOT_SIZE = 4096  # a worker's slot: what the forker finds there if the worker dies
 _BUSY, _KEPT, _LENGTH, _DATA = 0, slice(4, 8), slice(8, 12), 16  # the slot's fields
 RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
 KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
@@ -346,6 +346,9 @@ class Pools:
             )
             shared = servers[0].shared
             for _ in range(wanted - current):
+                # Imported here: a forker without a pool (each fork) has one module less.
+                import mmap  # noqa: PLC0415
+
                 slot = mmap.mmap(-1, SLOT_SIZE)  # shared with the worker
                 try:
                     pid = start_worker(servers, slot)
