@@ -117,6 +117,7 @@ class Inbox:
         self.unsent = 0  # in a child: records it could not send
         self.served: list[Any] = []  # workers' connections read in this turn: one record
         self.denied = 0  # and their refusals
+        self.received: dict[int, int] = {}  # worker's pid -> number of its last connection read
         self.due = 0.0  # in the forker: not polled until then (0: it is; see forkloop.INBOX_DELAY)
         self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
         self.lines: dict[int, _Lines] = {}  # pid -> its stderr, while it has written some
@@ -201,14 +202,17 @@ class Inbox:
         if not served and self._over_budget(pid, len(data)):
             self.dropped("child_report", 1)
             return
+        numbers: list[int] = []
         if worker is not None:
-            record = _as_worker(record, pid, worker[0], self.dropped)
+            record = _as_worker(record, pid, worker[0], self.dropped, numbers)
         else:
             service, client = entry  # type: ignore[misc]
             record = _as_child(record, pid, service, client_fields(client))
         if record is None:
             self.dropped("child_report", 1)
         elif record[0] == "served":
+            if numbers:
+                self.received[pid] = numbers[-1]
             self.served += record[1]  # type: ignore[arg-type]
             self.denied += record[2]  # type: ignore[operator]
         else:
@@ -272,9 +276,17 @@ def _as_child(
 
 
 def _as_worker(
-    record: object, pid: int, service: str, dropped: Callable[[str, int], None]
+    record: object,
+    pid: int,
+    service: str,
+    dropped: Callable[[str, int], None],
+    numbers: list[int],
 ) -> ipc.Record | None:
-    """Check a pooled worker's record: a log event, or ("served", batch, denied, lost)."""
+    """Check a pooled worker's record: a log event, or ("served", batch, denied, lost).
+
+    A `served` record's items start with the connection's number in the
+    worker (replaced by its pid): added to `numbers`.
+    """
     if not isinstance(record, tuple) or not record:
         return None
     if record[0] == "served" and ipc.fits(record[1:], (list, int, int)):
@@ -286,6 +298,7 @@ def _as_worker(
             for item in batch
             if isinstance(item, tuple) and ipc.fits(item, ipc.SERVED)
         ]
+        numbers += (item[0] for item in batch if isinstance(item, tuple) and item)
         if len(kept) != len(batch):
             dropped("connection_closed", len(batch) - len(kept))
         return ("served", kept, record[2])

@@ -105,6 +105,7 @@ class _Worker:
         self.denied = 0
         self.lost = 0  # connection records dropped while the forker did not read
         self.kept = False  # the slot counts records kept unsent
+        self.number = 0  # of the connection served, counted from 1
 
     def run(self) -> int:
         """Serve until told to stop, or until max_connections_per_child; return the status."""
@@ -193,9 +194,13 @@ class _Worker:
         rules = self.service.rules
         reason = rules.refusal(client_address) if rules.active else None
         if reason is None:
+            self.number += 1
             self._in_flight(client, started)
             status = self._handle(server, request, client_address, client)
-            self._record((self.pid, self.service.name, client, status, time.monotonic() - started))
+            # The first field is the connection's number (the forker puts our pid there).
+            self._record(
+                (self.number, self.service.name, client, status, time.monotonic() - started)
+            )
         else:
             self.denied += 1
             server._refuse(request, client_address, reason, started)  # noqa: SLF001
@@ -254,7 +259,7 @@ class _Worker:
 
     def _in_flight(self, client: object, started: float) -> None:
         """Note in the slot the connection now served (a plain store: no system call)."""
-        data = marshal.dumps((client, started))  # type: ignore[arg-type]
+        data = marshal.dumps((client, started, self.number))  # type: ignore[arg-type]
         if len(data) <= SLOT_SIZE - _DATA:  # always, but for a UNIX peer's absurd path
             slot = self.slot
             slot[_DATA : _DATA + len(data)] = data
@@ -264,8 +269,10 @@ class _Worker:
     def _record(self, record: tuple[Any, ...]) -> None:
         """Send a connection's record at once: a SIGKILL may come at any time."""
         self.batch.append(record)
-        self.slot[_BUSY] = 0  # the record is ours to send (or to count) now
         self._flush()
+        # Sent, or counted in the slot. Killed before this, we are not logged twice: the
+        # forker has the record of this connection's number, and logs it once.
+        self.slot[_BUSY] = 0
 
     def _due(self, now: float) -> None:
         """Send what the forker could not take, when due, and the denial summaries."""
@@ -385,11 +392,12 @@ class Pools:
             )
         return {"service": service, "retired": retired}
 
-    def left_over(self, pid: int, status: int) -> tuple[tuple[Any, ...] | None, int]:
+    def left_over(self, pid: int, status: int, received: int) -> tuple[tuple[Any, ...] | None, int]:
         """Read an exited worker's slot: the connection it died serving, records it kept.
 
-        Return the record of the connection it was serving, if any, and how
-        many records it could not send.
+        Return the record of the connection it was serving, if any and if its
+        number is past `received` (the last the worker sent), and how many
+        records it could not send.
 
         The connection's `served` record has the worker's exit code, or the
         signal that ended it as a negative number (`children.served_fields`).
@@ -400,12 +408,13 @@ class Pools:
         if slot[_BUSY]:
             length = int.from_bytes(slot[_LENGTH], sys.byteorder)
             try:
-                client, started = marshal.loads(slot[_DATA : _DATA + length])  # noqa: S302 (plain values)
+                client, started, number = marshal.loads(slot[_DATA : _DATA + length])  # noqa: S302 (plain values)
                 duration = max(0.0, time.monotonic() - float(started))
             except (EOFError, ValueError, TypeError):  # written by the worker's handler, say
-                client, duration = None, 0.0
-            code = os.waitstatus_to_exitcode(status)
-            record = (pid, self.workers[pid][0], client, code, duration)
+                client, duration, number = None, 0.0, received + 1
+            if number != received:  # sent just before it died: logged already
+                code = os.waitstatus_to_exitcode(status)
+                record = (pid, self.workers[pid][0], client, code, duration)
         slot.close()
         return record, kept
 
