@@ -25,7 +25,8 @@ the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
 - events, forker -> daemon: ("ready",), ("alive",), ("status", active,
   served, denied, errors, at_cap), ("log", level, event, fields), ("closed", [RawExit, ...]),
   ("served", [(pid, service, client, exit_code, seconds), ...], denied) of
-  pooled workers, ("reloaded", seq), ("reload_failed", seq, error),
+  pooled workers (exit_code < 0: the signal that killed the worker serving
+  it), ("reloaded", seq), ("reload_failed", seq, error),
   ("fatal", error, exit_code), ("crowded", long_lived), once retired
   ("children", children, {service: children}), and ("events_dropped",
   {event: count}). The forker never waits for the daemon: what the socket
@@ -34,7 +35,8 @@ the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
 
 Only the forker holds these two sockets. Its children report to it instead
 (`sockd.childlog`): `log` events of their own connection, and a pooled
-worker's `served` batches, on a datagram socket the forker reads with the
+worker's `served` records (one a connection, its first field the
+connection's number in the worker), on a datagram socket the forker reads with the
 kernel's pid of each sender; their fd 2 is a stream socket to it, whose
 lines the forker logs as `handler_stderr`.
 """
