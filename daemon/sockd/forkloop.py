@@ -192,9 +192,9 @@ class Forker:
         # while its pid is still known to be a worker's.
         self.inbox.read()
         self.inbox.drain(pid)
-        record, kept = self.pools.left_over(pid, status, self.inbox.received.pop(pid, 0))
-        if record is not None:  # it died serving a connection: log that one too
-            self._send(("served", [record], 0))
+        records, kept = self.pools.left_over(pid, status, self.inbox.received.pop(pid, 0))
+        if records:  # its unsent batch, and the connection it died serving
+            self._send(("served", records, 0))
         if kept:
             self.events.count_dropped("connection_closed", kept)
         failed = status != 0

@@ -45,10 +45,14 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
-BATCH_DELAY = 0.05  # records the forker could not take are offered again this late, in one write
+BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
+BATCH_SIZE = 16  # ...or until this many wait
 MAX_BATCH = 4096  # records kept while the forker does not read; older ones are dropped, counted
 SLOT_SIZE = 4096  # a worker's slot: what the forker finds there if the worker dies
-_BUSY, _KEPT, _LENGTH, _DATA = 0, slice(4, 8), slice(8, 12), 16  # the slot's fields
+# The slot's fields: busy flag, records kept past the slot (a count), the lengths of the
+# connection in flight and of the unsent batch, then the two themselves (marshalled).
+_BUSY, _KEPT, _LENGTH, _BATCH_LENGTH = 0, slice(4, 8), slice(8, 12), slice(12, 16)
+_DATA, _BATCH = 16, 1024
 RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
 KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
 
@@ -260,19 +264,36 @@ class _Worker:
     def _in_flight(self, client: object, started: float) -> None:
         """Note in the slot the connection now served (a plain store: no system call)."""
         data = marshal.dumps((client, started, self.number))  # type: ignore[arg-type]
-        if len(data) <= SLOT_SIZE - _DATA:  # always, but for a UNIX peer's absurd path
+        if len(data) <= _BATCH - _DATA:  # always, but for a UNIX peer's absurd path
             slot = self.slot
             slot[_DATA : _DATA + len(data)] = data
             slot[_LENGTH] = len(data).to_bytes(4, sys.byteorder)
             slot[_BUSY] = 1
 
     def _record(self, record: tuple[Any, ...]) -> None:
-        """Send a connection's record at once: a SIGKILL may come at any time."""
+        """Queue a connection's record; the batch goes out when full or due.
+
+        Meanwhile the unsent batch is mirrored in the slot (plain stores, no
+        system call), where the forker finds it if a SIGKILL comes first.
+        """
+        if not self.batch:
+            self.batch_due = time.monotonic() + BATCH_DELAY
         self.batch.append(record)
-        self._flush()
-        # Sent, or counted in the slot. Killed before this, we are not logged twice: the
-        # forker has the record of this connection's number, and logs it once.
+        if len(self.batch) >= BATCH_SIZE or not self._mirror():
+            self._flush()
+        # In the batch (mirrored), sent, or counted in the slot. Killed before this, we are
+        # not logged twice: the forker logs each connection's number once.
         self.slot[_BUSY] = 0
+
+    def _mirror(self) -> bool:
+        """Copy the unsent batch into the slot; False if it does not fit (then send it)."""
+        data = marshal.dumps(self.batch)
+        if len(data) > SLOT_SIZE - _BATCH:
+            return False
+        slot = self.slot
+        slot[_BATCH : _BATCH + len(data)] = data
+        slot[_BATCH_LENGTH] = len(data).to_bytes(4, sys.byteorder)
+        return True
 
     def _due(self, now: float) -> None:
         """Send what the forker could not take, when due, and the denial summaries."""
@@ -287,6 +308,7 @@ class _Worker:
         """Send the batch without waiting; what the forker cannot take now is kept for later."""
         if not (self.batch or self.denied):
             return
+        self.slot[_BATCH_LENGTH] = bytes(4)  # sent, or counted as kept: never logged twice
         if len(self.batch) > MAX_BATCH:
             lost = len(self.batch) - MAX_BATCH
             del self.batch[:lost]
@@ -392,19 +414,29 @@ class Pools:
             )
         return {"service": service, "retired": retired}
 
-    def left_over(self, pid: int, status: int, received: int) -> tuple[tuple[Any, ...] | None, int]:
-        """Read an exited worker's slot: the connection it died serving, records it kept.
+    def left_over(self, pid: int, status: int, received: int) -> tuple[list[tuple[Any, ...]], int]:
+        """Read an exited worker's slot: its unsent batch, the connection it died serving.
 
-        Return the record of the connection it was serving, if any and if its
-        number is past `received` (the last the worker sent), and how many
-        records it could not send.
+        Return the records of connections numbered past `received` (the last the
+        worker sent): those of its batch, then the one it was serving if any;
+        and how many records it could not send.
 
         The connection's `served` record has the worker's exit code, or the
         signal that ended it as a negative number (`children.served_fields`).
         """
         slot = self.slots.pop(pid)
         kept = int.from_bytes(slot[_KEPT], sys.byteorder)
-        record = None
+        service = self.workers[pid][0]
+        records = []
+        length = int.from_bytes(slot[_BATCH_LENGTH], sys.byteorder)
+        try:
+            batch = marshal.loads(slot[_BATCH : _BATCH + length]) if length else []  # noqa: S302
+        except (EOFError, ValueError, TypeError):  # killed while it copied: counted
+            batch, kept = [], kept + 1
+        for number, _, client, code, duration in batch:
+            if number > received:
+                records.append((pid, service, client, code, duration))
+                received = number
         if slot[_BUSY]:
             length = int.from_bytes(slot[_LENGTH], sys.byteorder)
             try:
@@ -412,11 +444,11 @@ class Pools:
                 duration = max(0.0, time.monotonic() - float(started))
             except (EOFError, ValueError, TypeError):  # written by the worker's handler, say
                 client, duration, number = None, 0.0, received + 1
-            if number != received:  # sent just before it died: logged already
+            if number > received:  # not sent, nor in its batch: it died serving it
                 code = os.waitstatus_to_exitcode(status)
-                record = (pid, self.workers[pid][0], client, code, duration)
+                records.append((pid, service, client, code, duration))
         slot.close()
-        return record, kept
+        return records, kept
 
     def replace_due(self, now: float) -> None:
         """Start the replacements whose time has come."""
