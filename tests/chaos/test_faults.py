@@ -313,6 +313,19 @@ def test_the_forker_killed_under_load_ends_sockd_with_70_leaving_nothing(
     row.log_lines = len(sockd.lines())
 
 
+def can_listen(target: str) -> bool:
+    """Tell whether a new socket may listen on HOST:PORT (SO_REUSEADDR, as sockd binds)."""
+    host, _, port = target.rpartition(":")
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            again.bind((host, int(port)))
+        except OSError:
+            return False
+        again.listen()
+    return True
+
+
 def test_the_daemon_killed_ends_the_forker_and_children_and_frees_the_port(
     start: Callable[..., Sockd], scenario: Callable[[str], Row]
 ) -> None:
@@ -331,10 +344,7 @@ def test_the_daemon_killed_ends_the_forker_and_children_and_frees_the_port(
     finally:
         for sock in held:
             sock.close()
-    for target in targets:
-        host, _, port = target.rpartition(":")
-        with socket.socket() as again:
-            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            again.bind((host, int(port)))
-            again.listen()
+    # The kernel tears the dead processes' sockets down just after they are gone:
+    # every port is free within a few seconds, or something still holds it.
+    wait_until(lambda: all(can_listen(target) for target in targets), timeout=5, what="ports free")
     row.log_lines = len(sockd.lines())
