@@ -47,7 +47,7 @@ NEWCOMER_GOAL_MS = 100.0
 FLAT_GOAL = 0.9
 SETTLE = 2.0
 # A forker is renewed 1-2 s after its children became long-lived (see
-# sockd.forkloop: LONG_LIVED, CROWD_CHECK), plus its start-up: measure after that.
+# sockd.forker.loop: LONG_LIVED, CROWD_CHECK), plus its start-up: measure after that.
 RENEWED = 3.5
 
 

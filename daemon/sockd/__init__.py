@@ -8,12 +8,12 @@ from sockd._version import __version__
 
 # Re-exported lazily: the forker imports this package and must stay small.
 _EXPORTS = {
-    "Config": "sockd.config",
+    "Config": "sockd.supervisor.config",
     "ConfigError": "sockd.errors",
-    "DaemonConfig": "sockd.config",
-    "ListenAddress": "sockd.config",
-    "ServiceConfig": "sockd.config",
-    "ServiceServer": "sockd.server",
+    "DaemonConfig": "sockd.supervisor.config",
+    "ListenAddress": "sockd.supervisor.config",
+    "ServiceConfig": "sockd.supervisor.config",
+    "ServiceServer": "sockd.forker.start.service",
     "SockdError": "sockd.errors",
 }
 

@@ -10,7 +10,8 @@ library's `signal` and `sys` is imported first.
 import signal
 import sys
 
-# The signals sockd's main loop handles (sockd.mainloop.DAEMON_SIGNALS; a test holds them equal).
+# The signals sockd's main loop handles (sockd.supervisor.loop.DAEMON_SIGNALS; a test holds
+# them equal).
 EARLY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -20,7 +21,7 @@ def main() -> None:
     # make sense); `check` and the rest keep the default actions.
     if sys.argv[1:2] == ["run"]:
         signal.pthread_sigmask(signal.SIG_BLOCK, EARLY_SIGNALS)
-    from sockd.cli import main as cli_main  # noqa: PLC0415 (only once the signals are blocked)
+    from sockd.supervisor.cli import main as cli_main  # noqa: PLC0415 (only once the signals are blocked)
 
     cli_main()
 

@@ -14,9 +14,8 @@ from sockd.errors import ConfigError, OSFailure, PermissionFailure
 
 TYPE_CHECKING = False  # typing is not imported at run time: the forker stays small
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping, Sequence
+    from collections.abc import MutableMapping
 
-    from sockd.config import ListenAddress, ServiceConfig
 
 SD_LISTEN_FDS_START = 3
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -49,7 +48,7 @@ class Endpoint:
         service: str,
         family: int,
         sockaddr: str | tuple[str, int] | tuple[str, int, int, int],
-        address: ListenAddress | None = None,
+        address: object = None,
         adopted: socket.socket | None = None,
         fd_name: str | None = None,
     ) -> None:
@@ -155,104 +154,6 @@ def check_listening(sock: socket.socket, where: str) -> None:
         raise ConfigError(f"{where}: not a stream socket (use ListenStream=)")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ConfigError(f"{where}: not listening (Accept=yes is not supported)")
-
-
-def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) -> list[Endpoint]:
-    """Decide where every service listens.
-
-    Inherited sockets go to the service named by `FileDescriptorName=`, else to
-    the service with a matching `listen` address, else to the only service. A
-    service that receives any inherited socket uses only those; the others bind
-    their own `listen` addresses.
-
-    Raises:
-        ConfigError: an inherited socket matches no service, an address does not
-            resolve, or a service ends up with nowhere to listen.
-    """
-    endpoints: list[Endpoint] = []
-    try:
-        endpoints += [_adopted_endpoint(services, fd) for fd in inherited]
-    except ConfigError:
-        for endpoint in endpoints:
-            if endpoint.adopted is not None:
-                endpoint.adopted.close()
-        raise
-    served = {endpoint.service for endpoint in endpoints}
-    for service in services:
-        if service.name in served:
-            continue
-        if not service.listen:
-            msg = f"service {service.name!r}: no listen address and no socket from systemd"
-            raise ConfigError(msg)
-        for index, address in enumerate(service.listen):
-            where = f"service {service.name!r}: listen[{index}]"
-            endpoints += [
-                Endpoint(service.name, family, sockaddr, address)
-                for family, sockaddr in resolve(address, where)
-            ]
-    return endpoints
-
-
-def _adopted_endpoint(services: Sequence[ServiceConfig], fd: InheritedFd) -> Endpoint:
-    sock = adopt(fd)
-    service = next((s for s in services if s.name == fd.name), None)
-    service = service or _match_address(services, sock)
-    if service is None and len(services) == 1:
-        service = services[0]
-    if service is None:
-        name = sock.getsockname()
-        sock.close()
-        where = f"fd {fd.fd}, name {fd.name!r}, {describe(name)}"
-        msg = f"socket from systemd ({where}) matches no service"
-        raise ConfigError(msg)
-    return Endpoint(service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name)
-
-
-def resolve(address: ListenAddress, where: str) -> list[tuple[int, str | tuple[str, int]]]:
-    """Return the distinct (family, sockaddr) pairs an address stands for.
-
-    Raises:
-        ConfigError: the host name does not resolve.
-    """
-    if address.kind == "unix":
-        return [(socket.AF_UNIX, address.path)]
-    try:
-        infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ConfigError(f"{where}: cannot resolve {address.host!r}: {exc.strerror}") from None
-    result: list[tuple[int, str | tuple[str, int]]] = []
-    for family, _, _, _, sockaddr in infos:
-        pair = (int(family), (str(sockaddr[0]), int(sockaddr[1])))
-        if pair not in result:
-            result.append(pair)
-    return result
-
-
-def _match_address(services: Sequence[ServiceConfig], sock: socket.socket) -> ServiceConfig | None:
-    name = sock.getsockname()
-    for service in services:
-        for address in service.listen:
-            if sockname_matches(name, address):
-                return service
-    return None
-
-
-def sockname_matches(sockname: object, address: ListenAddress) -> bool:
-    """Tell whether a bound socket's name is the configured `address`."""
-    if address.kind == "unix":
-        return isinstance(sockname, str) and sockname == address.path
-    if not isinstance(sockname, tuple) or sockname[1] != address.port:
-        return False
-    try:
-        resolved = resolve(address, "")
-    except ConfigError:
-        return False
-    import ipaddress  # noqa: PLC0415 (the daemon's side only: the forker stays small)
-
-    host = ipaddress.ip_address(sockname[0])
-    return any(ipaddress.ip_address(sa[0]) == host for _, sa in resolved if isinstance(sa, tuple))
 
 
 def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:

@@ -31,11 +31,12 @@ collections.abc contextlib encodings encodings.aliases encodings.utf_8 enum errn
 functools gc genericpath heapq importlib importlib._abc importlib._bootstrap
 importlib._bootstrap_external importlib.machinery importlib.util io itertools keyword
 marshal math operator os os.path posix posixpath pwd reprlib resource runpy select
-selectors signal sockd sockd._version sockd.access sockd.childlog sockd.children
-sockd.errors sockd.forkhooks sockd.forkloop sockd.handlers sockd.handlers.builtin
-sockd.ipc sockd.listeners sockd.pool sockd.privileges sockd.programs sockd.server
-sockd.shared sockd.typecache socket socketserver stat sys threading time types
-warnings zipimport
+selectors signal sockd sockd._version sockd.errors sockd.exits sockd.forker
+sockd.forker.access sockd.forker.childlog sockd.forker.children
+sockd.forker.forkhooks sockd.forker.loop sockd.forker.pool sockd.forker.programs
+sockd.forker.service sockd.forker.shared sockd.forker.start sockd.forker.typecache
+sockd.handlers sockd.handlers.builtin sockd.ipc sockd.listeners sockd.privileges socket
+socketserver stat sys threading time types warnings zipimport
 """.split()  # noqa: SIM905 (a paragraph of names reads better than one a line)
 
 MODULES_HANDLER = '''"""Report the modules of the process serving the connection."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from harness import TESTS, connect, exchange, run_once, wait_until, write_config
 
-from sockd.programs import MAX_LINES
+from sockd.forker.programs import MAX_LINES
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from harness import connect, recv_all, write_config
 
-from sockd.programs import MAX_LINES, STDERR_BURST, STDERR_RATE
+from sockd.forker.programs import MAX_LINES, STDERR_BURST, STDERR_RATE
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""Tests of sockd.listeners: sd_listen_fds(3) rules, adoption, planning and binding."""
+"""Tests of sockd.listeners: sd_listen_fds(3) rules, adoption and binding."""
 
 from __future__ import annotations
 
@@ -14,16 +14,13 @@ import pytest
 from harness import in_child
 
 from sockd import listeners
-from sockd.config import ServiceConfig, parse_listen
 from sockd.errors import ConfigError, OSFailure
+from sockd.supervisor import sockets
+from sockd.supervisor.config import parse_listen
 
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
-
-
-def service(name: str, *listen: str) -> ServiceConfig:
-    return ServiceConfig(name, "echo", tuple(parse_listen(text) for text in listen))
 
 
 def listening(address: str = "127.0.0.1") -> socket.socket:
@@ -170,70 +167,6 @@ class TestAdopt:
             listeners.adopt(listeners.InheritedFd(fd, None))
 
 
-class TestPlan:
-    def inherit(self, sock: socket.socket, name: str | None) -> listeners.InheritedFd:
-        return listeners.InheritedFd(os.dup(sock.fileno()), name)
-
-    def test_by_name_then_address_then_bind(self) -> None:
-        """Names map first, then addresses; a service with no inherited socket binds its own."""
-        named, by_address = listening(), listening()
-        port = by_address.getsockname()[1]
-        services = [
-            service("echo", "127.0.0.1:1"),
-            service("daytime", f"127.0.0.1:{port}"),
-            service("time", "127.0.0.1:0"),
-        ]
-        plan = listeners.plan(
-            services, [self.inherit(named, "echo"), self.inherit(by_address, "sockd.socket")]
-        )
-        assert [(e.service, e.adopted is not None) for e in plan] == [
-            ("echo", True),
-            ("daytime", True),
-            ("time", False),
-        ]
-        assert plan[2].sockaddr == ("127.0.0.1", 0)
-        for endpoint in plan[:2]:
-            assert endpoint.adopted is not None
-            endpoint.adopted.close()
-        named.close()
-        by_address.close()
-
-    def test_single_service_takes_all(self) -> None:
-        """With one service, unnamed sockets that match nothing are its own."""
-        with listening() as sock:
-            plan = listeners.plan([service("only")], [self.inherit(sock, None)])
-        assert [e.service for e in plan] == ["only"]
-        assert plan[0].adopted is not None
-        plan[0].adopted.close()
-
-    def test_unmatched_socket_is_a_config_error(self) -> None:
-        """With several services, a socket that matches none stops start-up (exit 78)."""
-        services = [service("a", "127.0.0.1:1"), service("b", "127.0.0.1:2")]
-        with (
-            listening() as sock,
-            pytest.raises(ConfigError, match=r"name 'zzz', 127\.0\.0\.1:\d+\) matches no service"),
-        ):
-            listeners.plan(services, [self.inherit(sock, "zzz")])
-
-    def test_nowhere_to_listen(self) -> None:
-        """A service with no listen address needs a socket from systemd."""
-        with pytest.raises(ConfigError, match="no listen address and no socket from systemd"):
-            listeners.plan([service("a"), service("b", "127.0.0.1:0")], [])
-
-    def test_unresolvable_host(self) -> None:
-        """A host name that does not resolve names the service and entry."""
-        with pytest.raises(ConfigError, match=r"service 'a': listen\[0\]: cannot resolve"):
-            listeners.plan([service("a", "no-such-host.invalid:80")], [])
-
-    def test_sockname_matches(self) -> None:
-        """Bound names compare equal to the configured address, resolving host names."""
-        assert listeners.sockname_matches(("127.0.0.1", 80), parse_listen("localhost:80"))
-        assert not listeners.sockname_matches(("127.0.0.1", 81), parse_listen("localhost:80"))
-        assert listeners.sockname_matches(("::1", 80, 0, 0), parse_listen("[::1]:80"))
-        assert listeners.sockname_matches("/run/a.sock", parse_listen("unix:/run/a.sock"))
-        assert not listeners.sockname_matches("/run/a.sock", parse_listen("127.0.0.1:80"))
-
-
 class TestAsciiNumber:
     @pytest.mark.parametrize(
         ("text", "number"),
@@ -272,7 +205,7 @@ class Swapped(socket.socket):
 class TestBind:
     def endpoint(self, text: str) -> listeners.Endpoint:
         address = parse_listen(text)
-        family, sockaddr = listeners.resolve(address, "")[0]
+        family, sockaddr = sockets.resolve(address, "")[0]
         return listeners.Endpoint("svc", family, sockaddr, address)
 
     def victim(self, tmp_path: Path) -> Path:

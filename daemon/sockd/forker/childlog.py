@@ -1,0 +1,318 @@
+"""What the forker's children report, and write to stderr, read by the forker with the kernel's pid.
+
+Runs in the forker (`Inbox`) and in its children (`Inbox.child_send`).
+Children hold no end of the forker<->daemon channel: they send records on a
+datagram socket whose other end only the forker holds, and their fd 2 is a
+stream socket to it. The forker reads both with SO_PASSCRED, so that the
+kernel tells which process sent what it reads (a process can only claim its
+own pid without CAP_SYS_ADMIN); it accepts from a child only the events a child
+may send, sets `pid`, `service` (and `client`, for a child forked per
+connection) from its own record of that child, drops what comes from a pid
+that is not a child, and bounds what one child may send.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import select
+import socket
+import sys
+import time
+
+from sockd import ipc
+from sockd.exits import client_fields
+from sockd.forker.programs import LineBudget, StderrLines
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from sockd.forker.children import Children
+
+# The log events a child may send (a pooled worker reports its own connections' too).
+CHILD_EVENTS = frozenset(
+    (
+        "handler_error",
+        "idle_timeout",
+        "worker_crashed",
+        "accept_failed",
+        "connection_denied",
+        "connections_denied",
+        "max_duration_exceeded",
+    )
+)
+MAX_DATAGRAM = 65536  # the longest report (longer: dropped); stderr is read in pieces this long
+CHILD_BUDGET = 1 << 20  # bytes of reports one child may send per WINDOW; the rest is counted
+WINDOW = 60.0  # seconds: a child's stderr may give MAX_LINES lines per window
+SEND_BUFFER = 1 << 20  # bytes of children's reports in flight (the kernel caps it: wmem_max)
+READS_PER_TURN = 256  # reads per socket per turn, at most: the loop serves on
+_CREDENTIALS = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
+
+
+class _Lines(StderrLines):
+    """One process's stderr, fed as the forker reads it instead of read from a pipe."""
+
+    __slots__ = ("window_end",)
+
+    def __init__(self, emit: Callable[[dict[str, Any], str], None], fields: dict[str, Any]) -> None:
+        super().__init__(-1, emit, fields)
+        self.window_end = time.monotonic() + WINDOW
+
+    def feed(self, data: bytes, now: float) -> None:
+        if now >= self.window_end:  # a new window: the count starts again
+            self._summary()
+            self.lines = 0
+            self.window_end = now + WINDOW
+        self.buffer += data
+        self._emit_lines(final=False)
+
+    def end(self) -> None:
+        self._emit_lines(final=True)
+        self._summary()
+
+    def _summary(self) -> None:
+        if self.dropped:
+            self.emit(self.fields, f"[sockd: {self.dropped} more lines not logged]")
+            self.dropped = 0
+
+
+class Inbox:
+    """The forker's two sockets for its children: records, and stderr (their fd 2).
+
+    `forward(record)` sends a checked record on to the daemon; `dropped(kind,
+    count)` counts what was refused. `child_send(record)` is what a child
+    calls (in the child).
+    """
+
+    def __init__(
+        self,
+        children: Children,
+        workers: dict[int, Any],
+        forward: Callable[[ipc.Record], object],
+        dropped: Callable[[str, int], None],
+        budget: LineBudget | None = None,
+    ) -> None:
+        """Make the sockets (see `become_stderr`); `budget` bounds the stderr lines logged."""
+        self.children = children
+        self.workers = workers
+        self.forward = forward
+        self.dropped = dropped
+        self.reports, self._reports_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # Room for what all children send while the forker does not read (see loop.INBOX_DELAY).
+        self._reports_child.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        # A stream, as a pipe is (no size limit per write): the kernel still never
+        # hands over the bytes of two writers in one read, with SO_PASSCRED.
+        self.stderr, self.stderr_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Both in an epoll of their own, which the forker's polls: before each
+        # reaping, one poll(0) of it (1 us) says whether anything is to be read.
+        self.poller = select.epoll()
+        for sock in (self.reports, self.stderr):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.setblocking(False)
+            self.poller.register(sock.fileno(), select.EPOLLIN)
+        self._reports_fd = self.reports.fileno()
+        self._send = self._reports_child.send
+        self.unsent = 0  # in a child: records it could not send
+        self.served: list[Any] = []  # workers' connections read in this turn: one record
+        self.denied = 0  # and their refusals
+        self.received: dict[int, int] = {}  # worker's pid -> number of its last connection read
+        self.due = 0.0  # in the forker: not polled until then (0: it is; see loop.INBOX_DELAY)
+        self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
+        self.lines: dict[int, _Lines] = {}  # pid -> its stderr, while it has written some
+        self.strays = _Lines(self._stderr_line, {"service": None, "client": None, "pid": None})
+        self.budget = budget  # shared with programs' stderr (the forker's StderrWatch's)
+
+    def become_stderr(self) -> None:
+        """Make the stderr socket our fd 2 (the forker's own lines come back as strays).
+
+        Inherited by each child as it is forked: no work per connection. A
+        program gets its own pipe as fd 2 instead (sockd.forker.programs).
+        """
+        os.dup2(self.stderr_child.fileno(), 2)
+        self.stderr_child.close()
+
+    def fds(self) -> tuple[int, int, int]:
+        """Return the descriptors a child closes: our epoll and the sockets' reading ends."""
+        return self.poller.fileno(), self._reports_fd, self.stderr.fileno()
+
+    def child_send(self, record: ipc.Record) -> bool:
+        """In a child: send `record` to the forker without waiting; False if it was not sent.
+
+        What was not sent is counted in `unsent`; a pooled worker's next
+        `served` record (`served_send`) carries the count.
+        """
+        try:
+            data = marshal.dumps(record)  # type: ignore[arg-type]
+            if len(data) > MAX_DATAGRAM:
+                raise ValueError  # noqa: TRY301 (handled as one with the rest)
+            self._send(data, socket.MSG_DONTWAIT)
+        except (OSError, ValueError):  # full (EAGAIN), or not plain values
+            self.unsent += 1
+            return False
+        return True
+
+    def served_send(self, record: ipc.Record) -> bool:
+        """In a pooled worker: send ("served", batch, denied, lost); False if not sent (kept)."""
+        unsent = self.unsent
+        self.unsent = 0
+        if self.child_send((*record[:3], int(record[3]) + unsent)):  # type: ignore[call-overload]
+            return True
+        self.unsent = unsent  # the batch is kept for later: not lost
+        return False
+
+    def read(self) -> None:
+        """Take what children sent: records and stderr writes (a bounded number of each)."""
+        for fd, _ in self.poller.poll(0):
+            if fd == self._reports_fd:
+                self._read(self.reports, self._report)
+                # Workers send each connection alone: the daemon gets this turn's in one record.
+                if self.served or self.denied:
+                    self.forward(("served", self.served, self.denied))
+                    self.served, self.denied = [], 0
+            else:
+                self._read(self.stderr, self._stderr)
+
+    def _read(self, sock: socket.socket, take: Callable[[int, bytes, bool], None]) -> None:
+        for _ in range(READS_PER_TURN):
+            try:
+                data, ancillary, flags, _ = sock.recvmsg(MAX_DATAGRAM, _CREDENTIALS)
+            except (BlockingIOError, InterruptedError):
+                return
+            pid = 0
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = int.from_bytes(value[:4], sys.byteorder)
+            take(pid, data, bool(flags & socket.MSG_TRUNC))
+
+    def _report(self, pid: int, data: bytes, truncated: bool) -> None:
+        worker = self.workers.get(pid)
+        entry = self.children.get(pid) if worker is None else None
+        if (worker is None and entry is None) or truncated:
+            self.dropped("child_report", 1)
+            return
+        try:
+            record = marshal.loads(data)  # noqa: S302 (plain values only: no code is built)
+        except (EOFError, ValueError, TypeError):
+            record = None
+        # A worker's connections are as many as it serves (the forker's queue bounds
+        # them); anything else counts toward the child's budget.
+        served = worker is not None and isinstance(record, tuple) and record[:1] == ("served",)
+        if not served and self._over_budget(pid, len(data)):
+            self.dropped("child_report", 1)
+            return
+        numbers: list[int] = []
+        if worker is not None:
+            record = _as_worker(record, pid, worker[0], self.dropped, numbers)
+        else:
+            service, client = entry  # type: ignore[misc]
+            record = _as_child(record, pid, service, client_fields(client))
+        if record is None:
+            self.dropped("child_report", 1)
+        elif record[0] == "served":
+            if numbers:
+                self.received[pid] = numbers[-1]
+            self.served += record[1]  # type: ignore[arg-type]
+            self.denied += record[2]  # type: ignore[operator]
+        else:
+            self.forward(record)
+
+    def _over_budget(self, pid: int, size: int) -> bool:
+        now = time.monotonic()
+        spent = self.spent.get(pid)
+        if spent is None or now >= spent[0]:
+            spent = self.spent[pid] = [now + WINDOW, 0.0]
+        spent[1] += size
+        return spent[1] > CHILD_BUDGET
+
+    def _stderr(self, pid: int, data: bytes, truncated: bool) -> None:  # noqa: ARG002 (cut: kept)
+        now = time.monotonic()
+        lines = self.lines.get(pid)
+        if lines is None:
+            worker = self.workers.get(pid)
+            entry = self.children.get(pid) if worker is None else None
+            if worker is not None:
+                fields = {"service": worker[0], "client": "worker", "pid": pid}
+            elif entry is not None:
+                fields = {"service": entry[0], **client_fields(entry[1]), "pid": pid}
+            else:  # a process a handler started, say: attributed by pid only
+                self.strays.fields = {"service": None, "client": None, "pid": pid}
+                self.strays.feed(data, now)
+                return
+            lines = self.lines[pid] = _Lines(self._stderr_line, fields)
+        lines.feed(data, now)
+
+    def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
+        if self.budget is None or self.budget.take(fields["service"] or "-"):
+            self.forward(("log", "info", "handler_stderr", {**fields, "line": line}))
+
+    def drain(self, pid: int) -> None:
+        """Log the rest of a reaped child's stderr; forget its budget."""
+        self.spent.pop(pid, None)
+        lines = self.lines.pop(pid, None)
+        if lines is not None:
+            lines.end()
+
+    def close(self) -> None:
+        """Close the sockets (not fd 2)."""
+        for sock in (self.reports, self._reports_child, self.stderr, self.stderr_child):
+            sock.close()
+        self.poller.close()
+
+
+def _as_child(
+    record: object, pid: int, service: str, client: dict[str, object]
+) -> ipc.Record | None:
+    """Check a log record from a child forked per connection; tag it with its connection."""
+    if not isinstance(record, tuple) or not record or record[0] != "log":
+        return None
+    if ipc.problem(record, ipc.EVENTS) is not None or record[2] not in CHILD_EVENTS:
+        return None
+    fields = {**_own_fields(record[3]), "pid": pid, "service": service, **client}
+    if "peer_path" not in client:  # none that the child made up
+        fields.pop("peer_path", None)
+    return ("log", record[1], record[2], fields)
+
+
+def _as_worker(
+    record: object,
+    pid: int,
+    service: str,
+    dropped: Callable[[str, int], None],
+    numbers: list[int],
+) -> ipc.Record | None:
+    """Check a pooled worker's record: a log event, or ("served", batch, denied, lost).
+
+    A `served` record's items start with the connection's number in the
+    worker (replaced by its pid): added to `numbers`.
+    """
+    if not isinstance(record, tuple) or not record:
+        return None
+    if record[0] == "served" and ipc.fits(record[1:], (list, int, int)):
+        batch: list[Any] = record[1]
+        if record[3] > 0:
+            dropped("worker_events", record[3])
+        kept = [
+            (pid, service, item[2], item[3], item[4])
+            for item in batch
+            if isinstance(item, tuple) and ipc.fits(item, ipc.SERVED)
+        ]
+        numbers += (item[0] for item in batch if isinstance(item, tuple) and item)
+        if len(kept) != len(batch):
+            dropped("connection_closed", len(batch) - len(kept))
+        return ("served", kept, record[2])
+    if ipc.problem(record, ipc.EVENTS) is not None or record[0] != "log":
+        return None
+    if record[2] not in CHILD_EVENTS:
+        return None
+    return ("log", record[1], record[2], {**_own_fields(record[3]), "pid": pid, "service": service})
+
+
+# Fields a child may not set: the daemon writes them itself (or a renderer reads them).
+_RESERVED_FIELDS = frozenset(("timestamp", "level", "event", "exc_info", "stack_info"))
+
+
+def _own_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Return a child's fields without those only the daemon may set."""
+    return {key: value for key, value in fields.items() if key not in _RESERVED_FIELDS}

@@ -1,0 +1,684 @@
+"""The forker's loop: accept below the caps, fork or spawn, reap, report, obey the daemon.
+
+Started by `sockd.forker`, which also describes the records it exchanges with
+the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import select
+import signal
+import socket
+import time
+
+from sockd import ipc
+from sockd.exits import client_fields, exit_fields
+from sockd.forker import forkhooks, typecache
+from sockd.forker.access import Denials
+from sockd.forker.childlog import Inbox
+from sockd.forker.pool import Pools
+from sockd.forker.programs import StderrWatch
+from sockd.forker.service import HANDLED_SIGNALS, ForkPaused, ServiceServer
+from sockd.forker.shared import Service, Shared
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import FrameType
+    from typing import Any
+
+    from sockd.exits import RawExit
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (at stop, and past max_duration)
+MAX_ACCEPT_BURST = 16  # connections accepted per listener per turn, at most
+ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
+IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due
+REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits for it
+REAP_INTERVAL = 0.01  # under load, exits are reaped at most this often (unless a cap waits)
+STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= is 1/s)
+EVENTS_DELAY = 0.05  # exit records wait this long to go to the daemon in one write
+INBOX_DELAY = 0.02  # children's reports wait this long in the kernel after a read (no wake-up)
+EXITS_PER_RECORD = 16  # a batch this long goes at once (then split by size: see ipc.split)
+# Events wait in a queue while the daemon does not read them (it stalls on its
+# log); past these bounds they are dropped, and counted (`events_dropped`).
+QUEUE_BYTES = 4 << 20
+QUEUE_RECORDS = 20000
+DROPPABLE = frozenset(("log", "closed", "served", "alive", "status", "crowded"))
+DRAIN_TIMEOUT = 1.0  # seconds an exiting forker waits for its queued events to go out
+HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog needs it)
+PRUNE_INTERVAL = 10.0  # refilled per-source rate buckets are dropped this often
+LONG_LIVED = 1.0  # seconds: a connection open this long counts toward renew_forker_after
+CROWD_CHECK = 1.0  # how often the long-lived connections are counted (past the threshold)
+
+
+class Forker:
+    """The forker's loop: accept below the caps, fork, reap, report; obey the daemon."""
+
+    def __init__(  # noqa: PLR0917 (built in one place, from the set-up record)
+        self,
+        servers: list[ServiceServer],
+        shared: Shared,
+        control: ipc.Reader,
+        events: int,
+        max_children: int,
+        stop_timeout: float,
+        renew_after: int = 0,
+        *,
+        standby: bool = False,
+    ) -> None:
+        """Serve `servers`; obey commands from `control`, write events to `events`.
+
+        A forker on `standby` accepts nothing until the daemon's `take_over`.
+        """
+        self.servers = servers
+        self.shared = shared
+        self.control = control
+        self.events = ipc.Sender(
+            events, max_bytes=QUEUE_BYTES, max_records=QUEUE_RECORDS, droppable=DROPPABLE
+        )
+        self.events.watch = self._watch_events
+        self.malformed = ipc.Tally()
+        control.malformed = self._malformed
+        self.pid = os.getpid()
+        self.max_children = max_children
+        self.stop_timeout = stop_timeout  # for a SIGTERM sent to the forker itself
+        self.renew_after = renew_after  # long-lived children that make us "crowded"; 0: never
+        self.standby = standby
+        self.retired = False  # accepts no more; reports its children until the last ends
+        self.reported_children: tuple[int, dict[str, int]] = (0, {})
+        # Children of retired forkers, which count toward our caps: all, and per service.
+        self.elsewhere: tuple[int, dict[str, int]] = (0, {})
+        self.shares = fair_shares(max_children, [server.service for server in servers])
+        self.at_cap: tuple[str, ...] = ()  # services that may accept no more now (STATUS=)
+        self.cap_log = Denials()  # cap_reached, bounded as refusals are
+        self.crowd_check_due = 0.0
+        self.poller = select.epoll()
+        self.pending: list[int] = []
+        self.listening: dict[int, ServiceServer] = {}
+        self.bursts: dict[ServiceServer, int] = {}
+        self.watching_exits = False
+        self.paused_until = 0.0
+        self.stop_phase: str | None = None  # None, "wait", "term", "kill"
+        self.phase_deadline = 0.0
+        self.last_status: tuple[int | tuple[str, ...], ...] = ()
+        self.status_due = 0.0
+        self.batch: list[RawExit] = []  # exits not yet sent
+        self.batch_due = 0.0
+        self.heartbeat_due = 0.0
+        self.prune_due = 0.0
+        self.reap_due = 0.0
+        self.own_fds: tuple[int, ...] = ()  # what a child closes, besides stderr pipes
+        self.stderr = StderrWatch(self.poller, self._stderr_line, self._update_child_fds)
+        self.pools = Pools(servers, self.report)
+        dropped = self.events.count_dropped
+        # Handlers' stderr lines share programs' budget.
+        self.inbox = Inbox(
+            shared.children, self.pools.workers, self._send, dropped, self.stderr.budget
+        )
+        self.inbox.become_stderr()
+        self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        shared.report = self.report
+        shared.closed = self.closed
+        shared.watch_stderr = self.stderr.watch
+        shared.drain_stderr = self._drain_stderr
+        shared.before_reap = self.inbox.read
+        shared.emit = self._emit
+        shared.workers = self.pools.workers
+        shared.worker_exited = self._worker_exited
+
+    def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        """Send a log event to the daemon (from the forker), or to the forker (from a child)."""
+        if os.getpid() != self.pid:
+            self.inbox.child_send(("log", level, event, fields))
+            return
+        self._flush()  # keep events in order
+        self._send(("log", level, event, fields))
+
+    def _send(self, record: ipc.Record, data: bytes | None = None) -> bool:
+        """Send a record to the daemon without waiting: queued, or dropped and counted."""
+        try:
+            return self.events.send(record, data)
+        except ipc.TooLarge:
+            self.events.count_dropped(*ipc.dropped_kind(record))
+            return False
+
+    def _watch_events(self, wanted: bool) -> None:
+        """Poll the events socket for writing exactly while records wait in its queue."""
+        if wanted:
+            self.poller.register(self.events.fd, select.EPOLLOUT)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.poller.unregister(self.events.fd)
+
+    def _malformed(self, error: str) -> None:
+        fields = self.malformed.add(error)
+        if fields is not None:
+            self.report("error", "command_malformed", fields)
+
+    def _drain_stderr(self, pid: int) -> None:
+        self.stderr.drain(pid)
+        self.inbox.drain(pid)
+
+    def closed(self, raw: RawExit) -> None:
+        """Queue a reaped child's exit for the daemon, which decodes and logs it.
+
+        Exits go in batches, encoded and sent once per batch (split by size,
+        see `ipc.split`): less memory touched per connection, and the daemon
+        wakes up once per batch.
+        """
+        if not self.batch:
+            self.batch_due = time.monotonic() + EVENTS_DELAY
+        self.batch.append(raw)
+        if len(self.batch) >= EXITS_PER_RECORD:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.batch:
+            for record, data in ipc.split("closed", self.batch):
+                self._send(record, data)
+            self.batch = []
+            self.batch_due = 0.0
+
+    def _emit(self, record: Any) -> bool:
+        """Send a pooled worker's record to the forker (from the worker); False if not sent."""
+        return self.inbox.served_send(record)
+
+    def _worker_exited(self, raw: RawExit) -> None:
+        pid, _, _, status, duration = raw[:5]
+        # What it sent just before it exited may have come after the last read: read it now,
+        # while its pid is still known to be a worker's.
+        self.inbox.read()
+        self.inbox.drain(pid)
+        records, kept = self.pools.left_over(pid, status, self.inbox.received.pop(pid, 0))
+        if records:  # its unsent batch, and the connection it died serving
+            self._send(("served", records, 0))
+        if kept:
+            self.events.count_dropped("connection_closed", kept)
+        failed = status != 0
+        fields = self.pools.exited(pid, failed, replace=self.stop_phase is None)
+        fields |= {"pid": pid, **exit_fields(status), "duration": round(duration, 3)}
+        self.report("warning" if failed else "info", "worker_exited", fields)
+
+    def _stderr_line(self, fields: dict[str, Any], line: str) -> None:
+        client = client_fields(fields["client"])
+        self.report("info", "program_stderr", {**fields, **client, "line": line})
+
+    def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:  # a child forked per connection, which inherits handlers
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)  # the default action: end, or ignore SIGCHLD
+            return
+        self.pending.append(signum)  # NO LOGGING: the loop acts on it
+
+    def run(self) -> None:
+        """Serve until told to stop and every child has ended."""
+        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            if signum != signal.SIGCHLD:  # see _watch_exits
+                signal.signal(signum, self._record_signal)
+        self.poller.register(self._wakeup_read, select.EPOLLIN)
+        self.poller.register(self.control.fd, select.EPOLLIN)
+        self.poller.register(self.inbox.poller.fileno(), select.EPOLLIN)
+        # Not the wake-up pipe's write end: a signal that reaches a child writes
+        # to it before the inherited handler runs (a closed descriptor's number
+        # could be the handler's own file by then).
+        # Nor the socket of children's reports (or fd 2): they send on it.
+        own = [server.fileno() for server in self.servers]
+        channel = (self.control.fd, self.events.fd, *self.inbox.fds())
+        self.own_fds = (*own, self.poller.fileno(), self._wakeup_read, *channel)
+        self._update_child_fds()
+        self._update_accepting()
+        self._obey()  # commands that came with the set-up record (an early stop)
+        self._warm_type_cache()
+        # Everything loaded so far lives as long as the forker: keep the
+        # collector's hands off it, so no child copies those pages to scan them.
+        gc.freeze()
+        if self.stop_phase is None and not self.standby:  # not stopped before it began
+            self.pools.fill()
+        self._send(("ready",))
+        while self.stop_phase is None or len(self.shared.children):
+            self._turn()
+        self.inbox.read()
+        self._summaries(math.inf)  # what the bounded logs still hold: we are ending
+        backoff = self.shared.fork_backoff
+        if backoff.unlogged:  # fork failures since the last line (and not recovered)
+            fields = {"failures": backoff.failures, "unlogged": backoff.unlogged}
+            self.report("error", "fork_failed", fields)
+        self._flush()
+        self._send(("status", 0, *self.shared.stats.as_tuple(), ()))  # the final counts
+        self._close()
+        self.events.drain(DRAIN_TIMEOUT)
+
+    # The loop is written for the fewest memory pages touched per connection:
+    # between two forks, every page the forker writes (a reference count is
+    # enough) is copied for it while a child still shares it. Hence raw epoll,
+    # no exceptions on the common path, and no SIGCHLD wake-up per child
+    # unless a cap or a stop is waiting for exits (see _watch_exits).
+    def _turn(self) -> None:
+        timeout = self._next_deadline() - time.monotonic()
+        ready = self.poller.poll(max(0.0, timeout))
+        for fd, _ in ready:
+            self._dispatch(fd)
+        while self.pending:
+            if self.pending.pop() == signal.SIGTERM:
+                self.stop(self.stop_timeout)
+        children = len(self.shared.children)
+        now = time.monotonic()
+        # wait4(-1) looks at every child in the kernel (10 us each call with 1,000 of
+        # them): under load, reap the exits of several connections at a time.
+        if children and (self.watching_exits or not ready or now >= self.reap_due):
+            self.reap_due = now + REAP_INTERVAL
+            # Every server's hook reaps the children of all (one registry): call one.
+            if ready:
+                self.servers[0].service_actions()
+            else:
+                self.servers[0].handle_timeout()
+            if len(self.shared.children) != children:
+                self._update_accepting()
+                if self.retired:
+                    self._report_children()
+        self._timed_duties()
+
+    def _timed_duties(self) -> None:
+        if self.stop_phase:
+            self._advance_stop()
+        now = time.monotonic()
+        for pid, service, client, action in self.shared.children.enforce_deadlines(now, KILL_GRACE):
+            fields = {"service": service, **client_fields(client), "pid": pid, "action": action}
+            self.report("warning", "max_duration_exceeded", fields)
+        self._summaries(now)
+        if self.stop_phase is None:
+            self.pools.replace_due(now)
+        self._check_crowded(now)
+        if now >= self.prune_due:  # per-source buckets of sources gone quiet
+            self.prune_due = now + PRUNE_INTERVAL
+            for admission in self.shared.admissions.values():
+                admission.forget_full(now)
+        if self.paused_until and now >= self.paused_until:
+            self.paused_until = 0.0
+            self._update_accepting()
+        self._send_status()
+        if self.batch_due and now >= self.batch_due:
+            self._flush()
+        if self.inbox.due and now >= self.inbox.due:
+            self.inbox.due = 0.0
+            self.poller.modify(self.inbox.poller.fileno(), select.EPOLLIN)
+        if now >= self.heartbeat_due:
+            self.heartbeat_due = now + HEARTBEAT
+            self._send(("alive",))
+            self.events.report_dropped()  # what children sent that we refused, say
+
+    def _summaries(self, now: float) -> None:
+        """Log the bounded logs' summaries due at `now` (math.inf: all, as the forker ends)."""
+        for summary in self.shared.denials.due(now):
+            self.report("info", "connections_denied", summary)
+        for summary in self.cap_log.due(now):
+            fields = {"service": summary["service"], "cap": summary["reason"]}
+            fields |= {"times": summary["count"], "seconds": summary["seconds"]}
+            self.report("warning", "caps_reached", fields)
+        if self.stderr.budget.window_end:
+            for summary in self.stderr.budget.due(now):
+                self.report("warning", "program_stderr_dropped", summary)
+        if self.shared.fork_backoff.failures:
+            self.shared.fork_summary(now)
+
+    def _dispatch(self, fd: int) -> None:
+        server = self.listening.get(fd)
+        if server is not None:
+            self._accept(server)
+        elif fd == self._wakeup_read:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wakeup_read, 4096)
+        elif fd == self.control.fd:
+            self._obey()
+        elif fd == self.events.fd:
+            self.events.flush()
+        elif fd == self.inbox.poller.fileno():
+            # A pooled worker sends a record per connection: read them INBOX_DELAY apart.
+            self.inbox.read()
+            self.poller.modify(fd, 0)
+            self.inbox.due = time.monotonic() + INBOX_DELAY
+        elif fd in self.stderr.pipes:
+            self.stderr.read(fd)
+
+    def _send_status(self) -> None:
+        active = len(self.shared.children) - len(self.pools.workers)
+        status = (active, *self.shared.stats.as_tuple(), self.at_cap)
+        if status == self.last_status:
+            self.status_due = 0.0
+        elif not self.status_due:
+            self.status_due = time.monotonic() + STATUS_INTERVAL
+        elif time.monotonic() >= self.status_due:
+            self.status_due = 0.0
+            self._flush()
+            if self._send(("status", *status)):
+                self.last_status = status
+
+    def _obey(self) -> None:
+        for record in self.control.read():
+            command = record[0]
+            problem = ipc.problem(record, ipc.COMMANDS)
+            if problem is not None or command == "setup":
+                self._malformed(problem or "a second 'setup' record")
+            elif command == "reload":
+                self._reload(*record[1:])  # type: ignore[arg-type]
+            elif command == "stop":
+                self.stop(float(record[1]))  # type: ignore[arg-type]
+            elif command == "quit":
+                self.quit()
+            elif command == "retire":
+                self.retire()
+            elif command in ("take_over", "elsewhere"):
+                self.elsewhere = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
+                if command == "take_over" and self.standby and self.stop_phase is None:
+                    self.standby = False
+                    self.pools.fill()
+                self._update_accepting()
+        if self.control.eof:
+            self.poller.unregister(self.control.fd)
+            self.quit()  # the daemon is gone: nobody would log or supervise us
+
+    def _reload(
+        self,
+        seq: int,
+        records: list[dict[str, Any]],
+        max_children: int,
+        stop_timeout: float,
+        renew_after: int,
+    ) -> None:
+        try:
+            assign_identity(records, self.shared.child_identity)
+            services = {record["name"]: Service(record) for record in records}
+            forkhooks.note_threads()
+        except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
+            self._send(("reload_failed", seq, f"{type(exc).__name__}: {exc}"))
+            return
+        for server in self.servers:
+            server.apply(services[server.service.name])
+        self._warm_type_cache()
+        for name in self.pools.services:  # new workers take over; the old ones finish and leave
+            self.pools.retire(name)
+            if not self.standby and self.stop_phase is None:
+                self.pools.fill(name)
+        self.max_children = max_children
+        self.shares = fair_shares(max_children, services.values())
+        self.stop_timeout = stop_timeout
+        self.renew_after = renew_after
+        self._update_accepting()
+        self._send(("reloaded", seq))
+
+    def _accept(self, server: ServiceServer) -> None:
+        # Accept one per turn while connections come one at a time (trying a
+        # second would end in BlockingIOError, an exception per connection);
+        # while several are served at once and the backlog keeps up, double the
+        # batch, so a burst costs fewer turns.
+        burst = self.bursts.get(server, 1)
+        room = self._room(server)
+        budget = min(burst, room)
+        if not budget:  # another service took the last free place meanwhile
+            self._update_accepting()
+            return
+        reaped = self.shared.reaped
+        try:
+            taken = server.accept_ready(budget)
+        except ForkPaused as paused:  # the backlog waits until forking may work again
+            self.paused_until = time.monotonic() + paused.delay
+            self._update_accepting()
+            return
+        except OSError as exc:
+            self.report(
+                "error", "accept_failed", {"service": server.service.name, "error": exc.strerror}
+            )
+            self.paused_until = time.monotonic() + ACCEPT_PAUSE
+            self._update_accepting()  # level-triggered: stop polling, or it fires at once
+            return
+        busy = taken == budget and len(self.shared.children) > 1
+        self.bursts[server] = min(burst * 2, MAX_ACCEPT_BURST) if busy else 1
+        # Each connection taken lowers the room by one at most (refused ones not at all);
+        # children reaped meanwhile (see verify_request) may give a capped listener room.
+        if taken >= room or self.shared.reaped != reaped:
+            self._update_accepting()
+
+    # The caps are starvation-free: each fork-per-connection service is
+    # guaranteed its share of [daemon] max_children (see fair_shares), and may
+    # borrow beyond it, up to its own max_children, only what no other service
+    # holds in reserve (the unused part of their shares). So idle connections
+    # to one service never keep another from its share. Pooled workers and the
+    # children of retired forkers (`elsewhere`) count as their service's.
+    # Borrowing the last free place leaves the borrower no room either, so
+    # `_accept` then looks at every listener again (and does so too should a
+    # listener fire with no room left).
+    def _room(self, server: ServiceServer) -> int:
+        children = self.shared.children
+        elsewhere, per_service = self.elsewhere
+        name = server.service.name
+        reserved = 0  # what the other services are guaranteed and do not use
+        for other, share in self.shares.items():
+            if other != name:
+                unused = share - children.count(other) - per_service.get(other, 0)
+                if unused > 0:
+                    reserved += unused
+        room = self.max_children - len(children) - elsewhere - reserved
+        cap = server.service.max_children
+        if cap is not None:
+            room = min(room, cap - children.count(name) - per_service.get(name, 0))
+        return max(0, room)
+
+    def _update_accepting(self) -> None:
+        """Poll exactly the listeners that may accept now (below every cap)."""
+        accepting = not self.stop_phase and not self.standby
+        at_cap: list[ServiceServer] = []
+        for server in self.servers:
+            if server.service.record["workers"]:
+                continue  # its workers accept
+            has_room = accepting and self._room(server) > 0
+            if accepting and not has_room:
+                at_cap.append(server)
+            wanted = has_room and not self.paused_until
+            fd = server.socket.fileno()
+            if wanted and fd not in self.listening:
+                self.poller.register(fd, select.EPOLLIN)
+                self.listening[fd] = server
+            elif not wanted and fd in self.listening:
+                self.poller.unregister(fd)
+                del self.listening[fd]
+        self._watch_exits(bool(self.stop_phase) or len(self.listening) < len(self.servers))
+        self._note_caps(at_cap)
+
+    def _note_caps(self, servers: list[ServiceServer]) -> None:
+        """Log `cap_reached` for each service newly at a cap (bounded as refusals are)."""
+        if not servers and not self.at_cap:
+            return
+        services = {server.service.name: server for server in servers}
+        for name, server in services.items():
+            if name not in self.at_cap:
+                fields = self._cap_fields(server)
+                if self.cap_log.first(name, fields["cap"], "", time.monotonic()):
+                    self.report("warning", "cap_reached", fields)
+        self.at_cap = tuple(sorted(services))
+
+    def _cap_fields(self, server: ServiceServer) -> dict[str, Any]:
+        """Say which cap keeps a service from accepting: its own, or the daemon's."""
+        service = server.service
+        elsewhere, per_service = self.elsewhere
+        count = self.shared.children.count(service.name) + per_service.get(service.name, 0)
+        fields = {"service": service.name, "count": count}
+        if service.max_children is not None and count >= service.max_children:
+            return fields | {"cap": "max_children", "limit": service.max_children}
+        total = len(self.shared.children) + elsewhere
+        return fields | {
+            "cap": "daemon.max_children",
+            "limit": self.max_children,
+            "total": total,
+            "reserved": max(0, self.max_children - total),  # for the other services
+        }
+
+    def _watch_exits(self, watch: bool) -> None:
+        """Be woken by SIGCHLD only while a cap or a stop waits for children to exit.
+
+        Otherwise exits are reaped on the next turn: at the latest after
+        REAP_POLL, sooner when a connection arrives.
+        """
+        if watch != self.watching_exits:
+            self.watching_exits = watch
+            signal.signal(signal.SIGCHLD, self._record_signal if watch else signal.SIG_DFL)
+
+    def stop(self, stop_timeout: float) -> None:
+        """Stop accepting; wait up to `stop_timeout` for children, then SIGTERM, then SIGKILL.
+
+        A second stop may shorten the wait (a retired forker's is endless), never lengthen it.
+        """
+        deadline = time.monotonic() + stop_timeout
+        if self.stop_phase == "wait":
+            self.phase_deadline = min(self.phase_deadline, deadline)
+        if self.stop_phase is not None:
+            return
+        self.stop_phase = "wait"
+        self.phase_deadline = deadline
+        self._stop_accepting()
+        self.pools.retire()  # each finishes its connection, then exits
+
+    def retire(self) -> None:
+        """Hand new connections to a fresh forker: accept no more, serve what is open, then exit.
+
+        Our children keep counting toward the caps: the daemon passes on what
+        we report, to the forker that took over.
+        """
+        self.retired = True
+        self.stop(math.inf)
+        self._report_children(always=True)  # the forker taking over waits for it
+
+    def _report_children(self, *, always: bool = False) -> None:
+        children = self.shared.children
+        counts = (len(children), children.per_service())
+        if always or counts != self.reported_children:
+            self.reported_children = counts
+            self._flush()
+            self._send(("children", *counts))
+
+    def _check_crowded(self, now: float) -> None:
+        """Ask the daemon for a fresh forker when long-lived children make each fork dearer.
+
+        Each fork costs more with every child alive (the kernel links each of
+        our memory areas to theirs), so past `renew_after` long-lived ones a
+        fresh forker takes the new connections, while we serve the old. Not
+        with per-source or rate limits: their counts live in this process.
+        """
+        if now < self.crowd_check_due or not self.renew_after or self.stop_phase is not None:
+            return
+        self.crowd_check_due = now + CROWD_CHECK
+        workers = self.pools.workers
+        if len(self.shared.children) - len(workers) < self.renew_after:
+            return
+        if any(admission.limited for admission in self.shared.admissions.values()):
+            return
+        long_lived = self.shared.children.started_before(now - LONG_LIVED, workers)
+        if long_lived >= self.renew_after:
+            self._send(("crowded", long_lived))
+
+    def quit(self) -> None:
+        """Stop now: kill every child."""
+        if self.stop_phase is None:
+            self._stop_accepting()
+        self.stop_phase = "kill"
+        self.shared.children.signal_all(signal.SIGKILL)
+
+    def _stop_accepting(self) -> None:
+        self._update_accepting()
+        for server in self.servers:
+            server.server_close()
+
+    def _advance_stop(self) -> None:
+        if self.stop_phase not in ("wait", "term") or time.monotonic() < self.phase_deadline:
+            return
+        action = "SIGTERM" if self.stop_phase == "wait" else "SIGKILL"
+        self.report(
+            "warning", "stop_timeout", {"children": len(self.shared.children), "action": action}
+        )
+        if self.stop_phase == "wait":
+            self.shared.children.signal_all(signal.SIGTERM)
+            self.stop_phase = "term"
+            self.phase_deadline = time.monotonic() + KILL_GRACE
+        else:
+            self.shared.children.signal_all(signal.SIGKILL)
+            self.stop_phase = "kill"
+
+    def _next_deadline(self) -> float:
+        # Exits of workers wake us (SIGCHLD is watched while a pool runs); other exits
+        # are reaped on the next turn, at the latest after REAP_POLL.
+        per_connection = len(self.shared.children) - len(self.pools.workers)
+        deadline = time.monotonic() + (REAP_POLL if per_connection else IDLE_WAKEUP)
+        if self.stop_phase in ("wait", "term"):
+            deadline = min(deadline, self.phase_deadline)
+        if self.paused_until:
+            deadline = min(deadline, self.paused_until)
+        if self.status_due:
+            deadline = min(deadline, self.status_due)
+        if self.batch_due or self.inbox.due:
+            deadline = min(deadline, self.batch_due or deadline, self.inbox.due or deadline)
+        overdue = self.shared.children.next_deadline()
+        if overdue is not None:
+            deadline = min(deadline, overdue)
+        if self.shared.denials.window_end:
+            deadline = min(deadline, self.shared.denials.window_end)
+        if self.cap_log.window_end:
+            deadline = min(deadline, self.cap_log.window_end)
+        if self.stderr.budget.window_end:
+            deadline = min(deadline, self.stderr.budget.window_end)
+        respawn = self.pools.next_due() if self.stop_phase is None else None
+        if respawn is not None:  # (replace_due waits while stopping: no deadline for it)
+            deadline = min(deadline, respawn)
+        return min(deadline, self.heartbeat_due)
+
+    def _warm_type_cache(self) -> None:
+        # What a child looks up (see sockd.forker.typecache): its server, the state
+        # they share, its service, the handler and the request's socket.
+        classes: set[type] = {socket.socket, type(self.shared)}
+        for server in self.servers:
+            classes |= {type(server), type(server.service)}
+            if server.service.handler is not None:
+                classes.add(server.service.handler)
+        typecache.warm(classes)
+
+    def _update_child_fds(self) -> None:
+        # One tuple, built when it changes: a child closes it without touching
+        # the forker's other objects (each page touched is a page copied).
+        self.shared.child_fds = self.own_fds + tuple(self.stderr.pipes)
+
+    def _close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for server in self.servers:
+            server.server_close()
+        self.poller.close()
+        self.events.watch = lambda _wanted: None
+        self.inbox.close()
+
+
+def assign_identity(records: list[dict[str, Any]], child_identity: list[Any] | None) -> None:
+    """Programs without a `user` of their own run as the children do."""
+    for record in records:
+        if record["program"] and not record["identity"]:
+            record["identity"] = child_identity
+
+
+def fair_shares(max_children: int, services: Iterable[Service]) -> dict[str, int]:
+    """Return the part of `max_children` each service is guaranteed (see `Forker._room`).
+
+    A pooled service's share is its workers. The fork-per-connection services
+    split the rest evenly, each at least 1 (more services than places
+    overcommit); a service's own smaller `max_children` is its share, and
+    what it leaves is free for any service to borrow.
+    """
+    by_name = {service.name: service for service in services}  # a service per listener
+    shares = {name: s.record["workers"] for name, s in by_name.items() if s.record["workers"]}
+    forking = [service for service in by_name.values() if not service.record["workers"]]
+    if forking:
+        part = max(1, (max_children - sum(shares.values())) // len(forking))
+        for service in forking:
+            cap = service.max_children
+            shares[service.name] = part if cap is None else min(part, cap)
+    return shares

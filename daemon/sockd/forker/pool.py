@@ -1,0 +1,464 @@
+"""Pooled services: pre-forked workers, each serving connections one after another.
+
+A service with `workers = N` trades isolation for speed: N processes forked
+at start accept on the service's listeners themselves (an exclusive epoll
+wait, so one connection wakes one worker) and serve each connection in
+process. A worker that has served `max_connections_per_child` connections
+exits and the forker starts another; so does a reload (the old workers finish
+their connection and leave) and a worker that dies. The forker's own loop
+never accepts on a pooled listener.
+
+A worker stops gracefully at its first SIGTERM (at once when idle, after the
+current connection when busy) and aborts its connection at a second one; the
+forker's stop phases send the first at once and the second at stop_timeout.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # the C module behind signal
+import contextlib
+import marshal
+import math
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from sockd import ipc
+from sockd.errors import exception_fields
+from sockd.exits import PEER_GONE, client_fields
+from sockd.forker.service import (
+    HANDLED_SIGNALS,
+    PEER_GONE_ERRORS,
+    TRANSIENT_ACCEPT_ERRORS,
+    ServiceServer,
+)
+from sockd.forker.shared import unix_client
+from sockd.privileges import become_ids
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import mmap
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any
+
+BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
+BATCH_SIZE = 16  # ...or until this many wait
+MAX_BATCH = 4096  # records kept while the forker does not read; older ones are dropped, counted
+SLOT_SIZE = 4096  # a worker's slot: what the forker finds there if the worker dies
+# The slot's fields: busy flag, records kept past the slot (a count), the lengths of the
+# connection in flight and of the unsent batch, then the two themselves (marshalled).
+_BUSY, _KEPT, _LENGTH, _BATCH_LENGTH = 0, slice(4, 8), slice(8, 12), slice(12, 16)
+_DATA, _BATCH = 16, 1024
+RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
+KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
+
+
+class _Stop(BaseException):
+    """A second SIGTERM reached a busy worker: its connection is cut short."""
+
+
+class _Overtime(BaseException):
+    """The connection outlived max_duration (SIGALRM)."""
+
+
+def start_worker(servers: list[ServiceServer], slot: mmap.mmap) -> int:
+    """Fork a worker serving the listeners `servers` (one service); return its pid.
+
+    `slot` is a shared page the worker keeps up to date, without a system
+    call: the connection it serves (client, start) and the records it could
+    not send yet. A worker that dies (SIGKILL) cannot send anything: the
+    forker reads the slot instead, and logs the connection the worker was
+    serving and counts its unsent records (see `Pools.left_over`).
+    """
+    _signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        _signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        raise
+    if pid:
+        _signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        return pid
+    status = 1
+    try:
+        status = _Worker(servers, slot).run()
+    except Exception as exc:  # noqa: BLE001 (a bug: report it as data; the forker replaces us)
+        fields = {"service": servers[0].service.name, "exception": exception_fields(exc)}
+        servers[0].shared.report("critical", "worker_crashed", fields)
+    finally:
+        os._exit(status)
+
+
+class _Worker:
+    """The loop of one worker process."""
+
+    def __init__(self, servers: list[ServiceServer], slot: mmap.mmap) -> None:
+        self.servers = servers
+        self.slot = slot
+        self.service = servers[0].service
+        self.shared = servers[0].shared
+        self.pid = os.getpid()  # made in the worker, after the fork
+        self.busy = False
+        self.stopping = False
+        self.batch: list[tuple[Any, ...]] = []
+        self.batch_due = 0.0
+        self.denied = 0
+        self.lost = 0  # connection records dropped while the forker did not read
+        self.kept = False  # the slot counts records kept unsent
+        self.number = 0  # of the connection served, counted from 1
+
+    def run(self) -> int:
+        """Serve until told to stop, or until max_connections_per_child; return the status."""
+        sockets, poller, wakeup = self._set_up()
+        limit = self.service.record["max_connections_per_child"]
+        served = 0
+        try:
+            while not self.stopping and (limit is None or served < limit):
+                # Under load a connection is waiting already: accept first, wait if none.
+                accepted = False
+                for sock, server in sockets:
+                    if self.stopping or (limit is not None and served >= limit):
+                        break
+                    try:
+                        fd, client_address = sock._accept()  # type: ignore[attr-defined]  # noqa: SLF001
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        self._accept_failed(exc)
+                        continue
+                    accepted = True
+                    served += 1
+                    # The server's family as a plain int: sock.family makes an enum each time.
+                    request = socket.socket(server._family, socket.SOCK_STREAM, 0, fileno=fd)  # noqa: SLF001
+                    self._serve(server, request, client_address)
+                if not accepted:
+                    self._wait(poller, wakeup)
+        except _Stop:  # a second SIGTERM, between connections
+            pass
+        finally:
+            for summary in self.shared.denials.due(math.inf):  # the refusals summed so far
+                self.shared.report("info", "connections_denied", summary)
+            self._flush()
+        return 0
+
+    def _set_up(self) -> tuple[list[tuple[socket.socket, ServiceServer]], select.epoll, int]:
+        """Become a worker: signals, descriptors, identity; return listeners, epoll, wake-up."""
+        shared = self.shared
+        # The forker's descriptors close next: keep our listeners under new numbers.
+        listeners = [(os.dup(server.fileno()), server) for server in self.servers]
+        for signum in HANDLED_SIGNALS:
+            _signal.signal(signum, int(signal.SIG_DFL))
+        shared.close_in_child()
+        # Our own wake-up pipe: a SIGTERM that comes just before epoll_wait() still wakes it.
+        wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        _signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        _signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        if shared.child_identity is not None:
+            become_ids(shared.child_identity)
+        poller = select.epoll()
+        sockets = []
+        for fd, server in listeners:
+            poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            family = server.socket.family
+            sockets.append((socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd), server))
+        poller.register(wakeup_read, select.EPOLLIN)
+        return sockets, poller, wakeup_read
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno not in TRANSIENT_ACCEPT_ERRORS:
+            fields = {"service": self.service.name, "error": exc.strerror}
+            self.shared.report("error", "accept_failed", fields)
+            time.sleep(0.1)
+
+    def _wait(self, poller: select.epoll, wakeup: int) -> None:
+        """Wait for a connection or a signal; send what is due meanwhile."""
+        due = [self.batch_due] if self.batch else []
+        if self.shared.denials.window_end:
+            due.append(self.shared.denials.window_end)
+        timeout = max(0.0, min(due) - time.monotonic()) if due else -1.0
+        ready = poller.poll(timeout)  # a signal's handler runs once it returns
+        if any(fd == wakeup for fd, _ in ready):
+            with contextlib.suppress(BlockingIOError):
+                os.read(wakeup, 512)
+        self._due(time.monotonic())
+
+    def _serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
+        started = time.monotonic()
+        if request.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # reset while it waited
+            server.drop_reset(request)
+            self._due(started)
+            return
+        client = unix_client(request, client_address) if server._unix else client_address  # noqa: SLF001
+        rules = self.service.rules
+        reason = rules.refusal(client_address) if rules.active else None
+        if reason is None:
+            self.number += 1
+            self._in_flight(client, started)
+            status = self._handle(server, request, client_address, client)
+            # The first field is the connection's number (the forker puts our pid there).
+            self._record(
+                (self.number, self.service.name, client, status, time.monotonic() - started)
+            )
+        else:
+            self.denied += 1
+            server._refuse(request, client_address, reason, started)  # noqa: SLF001
+            with contextlib.suppress(OSError):
+                server.shutdown_request(request)
+        self._due(time.monotonic())
+
+    def _handle(
+        self, server: ServiceServer, request: socket.socket, client_address: Any, client: object
+    ) -> int:
+        """Serve one connection in this process; return its status (0, PEER_GONE, 1: error)."""
+        service = self.service
+        status = 0
+        try:
+            self.busy = True
+            if service.idle_timeout:
+                request.settimeout(service.idle_timeout)
+            if service.max_duration:
+                signal.setitimer(signal.ITIMER_REAL, service.max_duration)
+            server.finish_request(request, client_address)
+        except PEER_GONE_ERRORS:
+            status = PEER_GONE
+        except TimeoutError:
+            status = self._timed_out(server, request, client_address)
+        except _Overtime:
+            self._report(client, "warning", "max_duration_exceeded", action="abort")
+            status = 1
+        except _Stop:
+            self.stopping = True  # a second SIGTERM: this connection is cut short
+            status = 1
+        except SystemExit as exc:  # the handler ends its process: this worker leaves
+            self.stopping = True
+            status = exc.code & 0xFF if isinstance(exc.code, int) else 1  # as its exit status
+        except Exception:  # noqa: BLE001 (reported by handle_error; the worker goes on)
+            server.handle_error(request, client_address)
+            status = 1
+        finally:
+            if service.max_duration:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, self._on_alarm)
+            self.busy = False
+            with contextlib.suppress(OSError):
+                server.shutdown_request(request)
+        return status
+
+    def _timed_out(self, server: ServiceServer, request: Any, client_address: Any) -> int:
+        if not self.service.idle_timeout:
+            server.handle_error(request, client_address)
+            return 1
+        server.report_idle(request, client_address)
+        return 0
+
+    def _report(self, client: object, level: str, event: str, **extra: Any) -> None:
+        fields = {"service": self.service.name, **client_fields(client), "pid": self.pid, **extra}
+        self.shared.report(level, event, fields)
+
+    def _in_flight(self, client: object, started: float) -> None:
+        """Note in the slot the connection now served (a plain store: no system call)."""
+        data = marshal.dumps((client, started, self.number))  # type: ignore[arg-type]
+        if len(data) <= _BATCH - _DATA:  # always, but for a UNIX peer's absurd path
+            slot = self.slot
+            slot[_DATA : _DATA + len(data)] = data
+            slot[_LENGTH] = len(data).to_bytes(4, sys.byteorder)
+            slot[_BUSY] = 1
+
+    def _record(self, record: tuple[Any, ...]) -> None:
+        """Queue a connection's record; the batch goes out when full or due.
+
+        Meanwhile the unsent batch is mirrored in the slot (plain stores, no
+        system call), where the forker finds it if a SIGKILL comes first.
+        """
+        if not self.batch:
+            self.batch_due = time.monotonic() + BATCH_DELAY
+        self.batch.append(record)
+        if len(self.batch) >= BATCH_SIZE or not self._mirror():
+            self._flush()
+        # In the batch (mirrored), sent, or counted in the slot. Killed before this, we are
+        # not logged twice: the forker logs each connection's number once.
+        self.slot[_BUSY] = 0
+
+    def _mirror(self) -> bool:
+        """Copy the unsent batch into the slot; False if it does not fit (then send it)."""
+        data = marshal.dumps(self.batch)
+        if len(data) > SLOT_SIZE - _BATCH:
+            return False
+        slot = self.slot
+        slot[_BATCH : _BATCH + len(data)] = data
+        slot[_BATCH_LENGTH] = len(data).to_bytes(4, sys.byteorder)
+        return True
+
+    def _due(self, now: float) -> None:
+        """Send what the forker could not take, when due, and the denial summaries."""
+        if self.batch and now >= self.batch_due:
+            self._flush()
+        if not self.shared.denials.window_end:
+            return  # nothing to sum up (the usual case: no call)
+        for summary in self.shared.denials.due(now):
+            self.shared.report("info", "connections_denied", summary)
+
+    def _flush(self) -> None:
+        """Send the batch without waiting; what the forker cannot take now is kept for later."""
+        if not (self.batch or self.denied):
+            return
+        self.slot[_BATCH_LENGTH] = bytes(4)  # sent, or counted as kept: never logged twice
+        if len(self.batch) > MAX_BATCH:
+            lost = len(self.batch) - MAX_BATCH
+            del self.batch[:lost]
+            self.lost += lost
+        sent = 0
+        if len(self.batch) == 1:  # the usual case: one connection, no encoding to measure
+            parts: list[tuple[ipc.Record, bytes]] = [
+                (("served", self.batch, self.denied, self.lost), b"")
+            ]
+        else:
+            parts = ipc.split("served", self.batch, self.denied, self.lost)
+        for record, _ in parts:
+            if not self.shared.emit(record):
+                self.batch = self.batch[sent:]
+                self.batch_due = time.monotonic() + BATCH_DELAY
+                self.slot[_KEPT] = len(self.batch).to_bytes(4, sys.byteorder)  # counted if we die
+                self.kept = True
+                return
+            sent += len(record[1])  # type: ignore[arg-type]
+            self.denied = self.lost = 0
+        if self.kept:
+            self.slot[_KEPT] = bytes(4)
+            self.kept = False
+        self.batch = []
+
+    def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.busy and self.stopping:
+            raise _Stop
+        self.stopping = True  # idle: the wake-up ends the wait; busy: after this connection
+
+    def _on_alarm(self, _signum: int, _frame: FrameType | None) -> None:
+        # If the handler swallows this or is stuck in C code, the next alarm kills us.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, KILL_GRACE)
+        raise _Overtime
+
+
+class Pools:
+    """The forker's side: keeps every pooled service at its number of workers."""
+
+    def __init__(
+        self, servers: list[ServiceServer], report: Callable[[str, str, dict[str, Any]], None]
+    ) -> None:
+        self.services: dict[str, list[ServiceServer]] = {}  # pooled service -> its listeners
+        for server in servers:
+            if server.service.record["workers"]:
+                self.services.setdefault(server.service.name, []).append(server)
+        self.report = report
+        self.workers: dict[int, tuple[str, float]] = {}  # pid -> service, start time
+        self.slots: dict[int, mmap.mmap] = {}  # pid -> its slot (see start_worker)
+        self.retired: set[int] = set()  # workers told to leave (reload, stop)
+        self.due: list[tuple[float, str]] = []  # replacements that wait
+
+    def fill(self, name: str | None = None) -> None:
+        """Start workers until the service (or each) has its number of them."""
+        for service, servers in self.services.items():
+            if name is not None and service != name:
+                continue
+            wanted = servers[0].service.record["workers"]
+            current = sum(
+                1
+                for pid, (owner, _) in self.workers.items()
+                if owner == service and pid not in self.retired
+            )
+            shared = servers[0].shared
+            for _ in range(wanted - current):
+                # Imported here: a forker without a pool (each fork) has one module less.
+                import mmap  # noqa: PLC0415
+
+                slot = mmap.mmap(-1, SLOT_SIZE)  # shared with the worker
+                try:
+                    pid = start_worker(servers, slot)
+                except OSError as exc:  # EAGAIN, ENOMEM: try again later (logged with back-off)
+                    slot.close()
+                    delay = shared.fork_failed(service, exc.strerror)
+                    self.due.append((time.monotonic() + max(delay, RESPAWN_DELAY), service))
+                    return
+                if shared.fork_backoff.failures:
+                    shared.fork_worked()
+                # No later child inherits it: no other process can write what we log.
+                slot.madvise(mmap.MADV_DONTFORK)
+                self.slots[pid] = slot
+                self.workers[pid] = (service, time.monotonic())
+                shared.children.add(pid, service, "worker")
+
+    def retire(self, name: str | None = None) -> None:
+        """Tell the workers (of service `name`, or all) to finish their connection and leave."""
+        for pid, (owner, _) in self.workers.items():
+            if (name is None or owner == name) and pid not in self.retired:
+                self.retired.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def exited(self, pid: int, failed: bool, *, replace: bool) -> dict[str, Any]:
+        """Forget an exited worker, replacing it (later, if it failed young); return log fields."""
+        service, started = self.workers.pop(pid)
+        retired = pid in self.retired
+        self.retired.discard(pid)
+        if replace and not retired:
+            young = time.monotonic() - started < RESPAWN_DELAY
+            self.due.append(
+                (time.monotonic() + (RESPAWN_DELAY if failed and young else 0), service)
+            )
+        return {"service": service, "retired": retired}
+
+    def left_over(self, pid: int, status: int, received: int) -> tuple[list[tuple[Any, ...]], int]:
+        """Read an exited worker's slot: its unsent batch, the connection it died serving.
+
+        Return the records of connections numbered past `received` (the last the
+        worker sent): those of its batch, then the one it was serving if any;
+        and how many records it could not send.
+
+        The connection's `served` record has the worker's exit code, or the
+        signal that ended it as a negative number (`children.served_fields`).
+        """
+        slot = self.slots.pop(pid)
+        kept = int.from_bytes(slot[_KEPT], sys.byteorder)
+        service = self.workers[pid][0]
+        records = []
+        length = int.from_bytes(slot[_BATCH_LENGTH], sys.byteorder)
+        try:
+            batch = marshal.loads(slot[_BATCH : _BATCH + length]) if length else []  # noqa: S302
+        except (EOFError, ValueError, TypeError):  # killed while it copied: counted
+            batch, kept = [], kept + 1
+        for number, _, client, code, duration in batch:
+            if number > received:
+                records.append((pid, service, client, code, duration))
+                received = number
+        if slot[_BUSY]:
+            length = int.from_bytes(slot[_LENGTH], sys.byteorder)
+            try:
+                client, started, number = marshal.loads(slot[_DATA : _DATA + length])  # noqa: S302 (plain values)
+                duration = max(0.0, time.monotonic() - float(started))
+            except (EOFError, ValueError, TypeError):  # written by the worker's handler, say
+                client, duration, number = None, 0.0, received + 1
+            if number > received:  # not sent, nor in its batch: it died serving it
+                code = os.waitstatus_to_exitcode(status)
+                records.append((pid, service, client, code, duration))
+        slot.close()
+        return records, kept
+
+    def replace_due(self, now: float) -> None:
+        """Start the replacements whose time has come."""
+        waiting, self.due = self.due, []
+        for when, service in waiting:
+            if when <= now:
+                self.fill(service)
+            else:
+                self.due.append((when, service))
+
+    def next_due(self) -> float | None:
+        """Return when the next replacement is due, if one waits."""
+        return min((when for when, _ in self.due), default=None)

@@ -1,0 +1,440 @@
+"""The forking server: one instance per listening socket, with socketserver's hooks overridden.
+
+It runs in the forker (see `sockd.forker`), whose size is the cost of every
+fork: it imports nothing heavy, and reports what it logs as records that the
+daemon renders with structlog.
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import errno
+import os
+import signal
+import socket
+import socketserver
+import sys
+import time
+
+from sockd import listeners
+from sockd.errors import OSFailure, exception_fields
+from sockd.exits import PEER_GONE, client_fields
+from sockd.forker.access import source_text
+from sockd.forker.children import peak_rss_kib
+from sockd.forker.shared import Service, Shared, client_record, unix_client
+from sockd.privileges import become_ids
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from sockd.listeners import Endpoint
+
+# Signals the forker handles (in a child, its handlers take their default actions).
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGCHLD,
+)
+_close_socket: Callable[[socket.socket], None] = _socket.socket.close
+_SHUT_WR = socket.SHUT_WR
+_SOL_SOCKET, _SO_ERROR = socket.SOL_SOCKET, socket.SO_ERROR
+# A connection whose peer reset it while it waited in the backlog is dropped
+# before anything is forked for it: one getsockopt(SO_ERROR) per connection
+# (an int, no exception, under a microsecond), which a flood of resets repays
+# many times over (a fork each). A peer that only half-closed (sent, then
+# SHUT_WR) has no error pending, and is served. Drops are counted, not logged
+# one by one: a `connections_denied` summary with reason "peer_reset".
+PEER_RESET = "peer_reset"
+# accept(2) errors that concern one connection only, not the listener.
+TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+# fork(2) or spawn errors that mean "not now" (process, memory or descriptor
+# limits): forking pauses, with back-off (see sockd.forker.shared.ForkBackoff).
+FORK_RESOURCE_ERRORS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+# A peer that resets or hangs up (ECONNRESET, EPIPE, ECONNABORTED) ends its
+# connection normally, with no handler_error: the child exits with PEER_GONE
+# (see sockd.forker.children).
+PEER_GONE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+class ForkPaused(Exception):
+    """Forking failed for lack of resources: accept nothing for `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
+    """One listening socket (TCP or UNIX, bound or adopted) of one service.
+
+    Each accepted connection is served by `RequestHandlerClass` in a forked
+    child. The forker's loop drives it with `accept_ready()`; `serve_forever()`
+    is not used, so one epoll serves every listener.
+    """
+
+    request_queue_size = socket.SOMAXCONN
+    block_on_close = False  # the forker waits for children, with a deadline
+    # ForkingMixIn's own cap blocks in waitpid() and is never reached here:
+    # the forker enforces the configured caps by not polling a capped listener.
+    max_children = sys.maxsize
+    timeout = None
+
+    def __init__(self, endpoint: Endpoint, service: Service, shared: Shared) -> None:
+        """Create the socket (or take the adopted one), bind and activate it.
+
+        Raises:
+            SockdError: binding failed, or an adopted socket is unusable.
+        """
+        socketserver.BaseServer.__init__(self, endpoint.sockaddr, service.handler)  # type: ignore[arg-type]
+        self.endpoint = endpoint
+        self.service = service
+        self.shared = shared
+        self.admission = shared.admission(service)
+        self._source: Any = None  # the source group of the connection being admitted
+        self._local_address: Any = None  # every connection's local address, if one
+        self._started: list[tuple[int, Any, bool]] = []  # pid, client, group: not yet recorded
+        self.bound_path: str | None = None  # a UNIX socket file we created, to remove
+        try:
+            self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            where = f"service {service.name!r}: listen {endpoint.address}"
+            raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
+        self.address_family = self.socket.family
+        self._family = int(self.socket.family)
+        self._unix = self._family == socket.AF_UNIX
+        try:
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
+
+    @property
+    def adopted(self) -> bool:
+        """True when the socket was inherited (from systemd, or by the forker from the daemon)."""
+        return self.endpoint.adopted is not None
+
+    def server_bind(self) -> None:
+        """Bind the socket, unless it was inherited already bound.
+
+        May be overridden.
+        """
+        if not self.adopted:
+            listeners.bind(self.socket, self.endpoint, self.service.unix_mode)
+            if self.socket.family == socket.AF_UNIX:
+                self.bound_path = str(self.endpoint.sockaddr)
+        self.server_address = self.socket.getsockname()
+        if isinstance(self.server_address, tuple) and self.server_address[0] not in (
+            "0.0.0.0",
+            "::",
+        ):
+            self._local_address = self.server_address
+
+    def server_activate(self) -> None:
+        """Listen on a socket we bound; an inherited one must be listening already.
+
+        May be overridden.
+        """
+        if self.adopted:
+            listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
+        else:
+            self.socket.listen(self.request_queue_size)
+        self.socket.setblocking(False)  # the forker accepts until EAGAIN
+
+    def server_close(self) -> None:
+        """Close the listener, and remove a UNIX socket file we created.
+
+        May be extended, do not override.
+        """
+        self.socket.close()
+        if self.bound_path:
+            # Once only: a new instance may own the path after a long stop.
+            path, self.bound_path = self.bound_path, None
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def describe(self) -> dict[str, Any]:
+        """Return the listener as the `starting` event shows it."""
+        return {
+            "service": self.service.name,
+            "address": listeners.describe(self.server_address),
+            "origin": "adopted" if self.adopted else "bound",
+            "fd_name": self.endpoint.fd_name,
+        }
+
+    def apply(self, service: Service) -> None:
+        """Take a reloaded service's handler and rules; the socket stays.
+
+        May be extended, do not override.
+        """
+        self.service = service
+        self.RequestHandlerClass = service.handler  # type: ignore[assignment]
+        self.admission = self.shared.admission(service)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection.
+
+        Like socket.accept(), without the enum conversions of the family and
+        type properties on every call (measured: several percent per connection).
+
+        May be overridden.
+        """
+        fd, client_address = self.socket._accept()  # type: ignore[attr-defined]  # noqa: SLF001
+        return socket.socket(self._family, socket.SOCK_STREAM, 0, fileno=fd), client_address
+
+    def shutdown_request(self, request: Any) -> None:
+        """Half-close the connection (the peer reads the end of our data), then close it.
+
+        TCPServer's, as one function (see `_fork`) that closes with the C method.
+
+        May be overridden.
+        """
+        try:  # noqa: SIM105 (contextlib.suppress is two more calls in each child)
+            request.shutdown(_SHUT_WR)
+        except OSError:
+            pass
+        _close_socket(request)
+
+    def close_request(self, request: Any) -> None:
+        """Close a connection's socket with the C method directly.
+
+        socket.socket.close() adds a Python layer (reference counting of
+        makefile() objects) that a closing server never needs.
+
+        May be overridden.
+        """
+        _close_socket(request)
+
+    def accept_ready(self, budget: int) -> int:
+        """Accept and serve up to `budget` pending connections; return how many were taken.
+
+        The children started are recorded once the burst is over (see
+        `process_request`).
+
+        Raises:
+            OSError: accept(2) failed in a way that concerns the listener (EMFILE, say).
+            ForkPaused: forking failed for lack of resources (the connection is closed).
+        """
+        try:
+            return self._accept_burst(budget)
+        finally:
+            self._record_started()
+
+    def _accept_burst(self, budget: int) -> int:
+        for taken in range(budget):
+            try:
+                request, client_address = self.get_request()
+            except BlockingIOError:
+                return taken
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
+                    continue
+                raise
+            if request.getsockopt(_SOL_SOCKET, _SO_ERROR):  # reset while it waited
+                self.drop_reset(request)
+                continue
+            if not self.verify_request(request, client_address):
+                self.shutdown_request(request)
+                continue
+            try:
+                self.process_request(request, client_address)
+            except Exception as exc:  # noqa: BLE001 (fork or spawn failed: report it, serve on)
+                self.shared.stats.errors += 1
+                self.shutdown_request(request)
+                if isinstance(exc, OSError) and exc.errno in FORK_RESOURCE_ERRORS:
+                    delay = self.shared.fork_failed(self.service.name, exc.strerror)
+                    raise ForkPaused(delay) from None
+                error = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+                fields = {"service": self.service.name, "error": error}
+                self.shared.report("error", "fork_failed", fields)
+        return budget
+
+    def _record_started(self) -> None:
+        if not self._started:
+            return
+        shared, service = self.shared, self.service
+        if shared.fork_backoff.failures:
+            shared.fork_worked()
+        # A program's peak RSS counts only above the forker's (see Children.add).
+        floor = peak_rss_kib() if service.program is not None else 0
+        for pid, client, group in self._started:
+            program = floor if group else None
+            shared.children.add(pid, service.name, client, service.max_duration, program=program)
+        shared.stats.served += len(self._started)
+        self._started.clear()
+
+    def drop_reset(self, request: Any) -> None:
+        """Close a connection its peer reset before it was served, and count it (see PEER_RESET)."""
+        _close_socket(request)
+        self.shared.denials.count(self.service.name, PEER_RESET, time.monotonic())
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit a connection, or refuse it: allow/deny, then per-source and rate limits.
+
+        A refused client gets the service's `refusal` text, if any, and is
+        closed; the refusal is logged within the bounds of `access.Denials`.
+
+        May be overridden.
+        """
+        # Each call is a page or two the forker writes, and copies, per connection:
+        # a service without rules or limits calls none.
+        self._source = None
+        rules = self.service.rules
+        reason = rules.refusal(client_address) if rules.active else None
+        if reason is None:
+            admission = self.admission
+            if not admission.limited:
+                return True
+            self._source = admission.key(client_address)
+            reason = admission.refusal(self._source, time.monotonic())
+            if reason == "per_source":
+                # Connections that ended count until reaped (reaping waits for a
+                # batch under load): reap now, and count again. The children of
+                # this burst are recorded first, or their exits would be lost.
+                self._record_started()
+                if self.shared.reap():
+                    reason = admission.refusal(self._source, time.monotonic())
+            if reason is None:
+                return True
+        self._refuse(request, client_address, reason, time.monotonic())
+        return False
+
+    def _refuse(self, request: Any, client_address: Any, reason: str, now: float) -> None:
+        self.shared.stats.denied += 1
+        if self.service.refusal:
+            with contextlib.suppress(OSError):
+                request.send(self.service.refusal, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        key = self._source if reason.startswith(("per_source", "rate")) else None
+        if key is not None:
+            limits = self.admission.limits
+            source = source_text(key, limits["source_prefix_v4"], limits["source_prefix_v6"])
+        elif isinstance(client_address, tuple):
+            source = client_address[0]  # repeated refusals of one address sum up
+        else:
+            source = "unix"
+        if self.shared.denials.first(self.service.name, reason, source, now):
+            client = client_fields(client_record(request, client_address))
+            fields = {"service": self.service.name, **client, "reason": reason}
+            self.shared.report("info", "connection_denied", fields)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a new process: a forked child, or the service's program.
+
+        The new child is recorded by `accept_ready`, after the burst: every page
+        the forker writes between two forks is copied again, so between forks
+        it does no more than it must.
+
+        May be extended, do not override.
+        """
+        # The text is made later, by the daemon, except for UNIX peers: their
+        # credentials (SO_PEERCRED), never the path they bound (they choose it).
+        client = unix_client(request, client_address) if self._unix else client_address
+        program = self.service.program
+        if program is None:
+            pid = self._fork(request, client_address)
+        else:
+            pid, stderr = program.start(
+                request, client_address, self._local_address, self.shared.close_in_child
+            )
+            self.shared.watch_stderr(stderr, pid, self.service.name, client)
+        self._started.append((pid, client, program is not None))
+        if self._source is not None:  # counted at once: the next admission depends on it
+            self.admission.opened(self._source)
+            self.shared.sources[pid] = (self.admission, self._source, client_address)
+        self.close_request(request)
+
+    def _fork(self, request: Any, client_address: Any) -> int:
+        """Fork; return the child's pid. The child serves the connection and ends in `os._exit`.
+
+        The child keeps the forker's signal handlers, which take each signal's
+        default action in any process but the forker (`Forker._record_signal`):
+        resetting them in each child cost it 26 page copies.
+        """
+        pid = os.fork()
+        if pid:
+            return pid
+        # The child. Its path stays in this function, which the forker runs
+        # hot: each function a child calls for the first time writes to pages
+        # it shares with the forker (the code's warm-up counter, a new frame),
+        # and each page written is a page copied.
+        status = 1
+        try:
+            for fd in self.shared.child_fds:  # as Shared.close_in_child does
+                os.close(fd)
+            if self.shared.child_identity is not None:
+                become_ids(self.shared.child_identity)
+            if self.service.idle_timeout:
+                request.settimeout(self.service.idle_timeout)
+            self.finish_request(request, client_address)
+            status = 0
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        except PEER_GONE_ERRORS:
+            status = PEER_GONE
+        except TimeoutError:
+            if self.service.idle_timeout:
+                self.report_idle(request, client_address)
+                status = 0
+            else:
+                self.handle_error(request, client_address)
+        except Exception:  # noqa: BLE001 (reported by handle_error, then exit status 1)
+            self.handle_error(request, client_address)
+        finally:
+            try:
+                self.shutdown_request(request)
+            finally:
+                os._exit(status)
+
+    def report_idle(self, request: Any, client_address: Any) -> None:
+        """Report a connection ended by `idle_timeout` as one `idle_timeout` event."""
+        with contextlib.suppress(Exception):  # the error path must not raise
+            fields = {
+                "service": self.service.name,
+                **client_fields(client_record(request, client_address)),
+                "pid": os.getpid(),
+                "seconds": self.service.idle_timeout,
+            }
+            self.shared.report("info", "idle_timeout", fields)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Report the exception being handled as one `handler_error` event, as data.
+
+        May be overridden.
+        """
+        exc = sys.exception()
+        if exc is None:
+            return
+        with contextlib.suppress(Exception):  # the error path must not raise
+            fields = {
+                "service": self.service.name,
+                **client_fields(client_record(request, client_address)),
+                "pid": os.getpid(),
+                "exception": exception_fields(exc),
+            }
+            self.shared.report("error", "handler_error", fields)
+
+    def collect_children(self, *, blocking: bool = False) -> None:  # noqa: ARG002
+        """Reap exited children of every service; never blocks, whatever `blocking` says.
+
+        May be extended, do not override.
+        """
+        self.shared.reap()
+
+    def handle_timeout(self) -> None:
+        """Reap exited children.
+
+        May be overridden.
+        """
+        self.collect_children()
+
+    def service_actions(self) -> None:
+        """Reap exited children.
+
+        May be overridden.
+        """
+        self.collect_children()

@@ -1,0 +1,134 @@
+"""The `sockd` command: argument parsing and exit codes; the only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+import structlog
+
+from sockd._version import __version__
+from sockd.errors import (
+    EX_CONFIG,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_USAGE,
+    SockdError,
+    UsageError,
+    exception_fields,
+)
+from sockd.supervisor import config as sockd_config
+from sockd.supervisor import daemonize
+from sockd.supervisor import log as sockd_log
+
+EXIT_CODES = f"""exit codes:
+  {EX_OK}   stopped cleanly (or the config is valid, for check)
+  {EX_USAGE}  usage error on the command line
+  {EX_SOFTWARE}  internal error (logged as `crashed` or `forker_died`)
+  71  the operating system refused (bind, fork, pid file)
+  77  no permission (a privileged port, or dropping privileges)
+  {EX_CONFIG}  configuration error (file, environment from systemd, handler)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for `sockd`."""
+    parser = _Parser(
+        prog="sockd",
+        description="A systemd-native forking socket server.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sockd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="serve until stopped", epilog=EXIT_CODES)
+    run.add_argument("--config", metavar="FILE", help=f"default {sockd_config.DEFAULT_PATH}")
+    run.add_argument("--handler", metavar="SPEC", help="one service: a built-in or module:Class")
+    run.add_argument(
+        "--listen", metavar="ADDR", action="append", default=[], help="with --handler; repeatable"
+    )
+    run.add_argument("--name", help="with --handler: the service name (FileDescriptorName=)")
+    run.add_argument("--log-format", choices=["json", "console"], help="default: by stderr")
+    run.add_argument("--daemon", action="store_true", help="detach (not under systemd)")
+    run.add_argument("--pidfile", metavar="PATH", help="with --daemon")
+    run.add_argument("--log-file", metavar="PATH", help="with --daemon: where logs go")
+    check = commands.add_parser("check", help="validate and print the effective config")
+    check.add_argument("--config", metavar="FILE", default=sockd_config.DEFAULT_PATH)
+    check.add_argument("--quiet", "-q", action="store_true", help="print nothing when valid")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the `sockd` command line and exit with its status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        sys.exit(_check(args.config, quiet=args.quiet))
+    sys.exit(_run(args))
+
+
+def _check(path: str, *, quiet: bool) -> int:
+    try:
+        config = sockd_config.load(path)
+    except SockdError as exc:
+        # Under systemd (ExecStartPre=, ExecReload=) the journal files it as an error.
+        priority = "<3>" if sockd_log.stderr_is_journal() else ""
+        print(f"{priority}sockd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if not quiet:
+        print(sockd_config.to_toml(config), end="")
+    return EX_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sockd.supervisor import startup  # noqa: PLC0415 (check needs none of it)
+
+    try:
+        _check_run_options(args)
+    except UsageError as exc:
+        print(f"sockd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    sockd_log.configure(args.log_format)
+    try:
+        options = startup.RunOptions(
+            config=_run_config(args),
+            log_format=args.log_format,
+            detach=args.daemon,
+            pidfile=args.pidfile,
+            log_file=args.log_file,
+        )
+        return startup.run(options)
+    except SockdError as exc:
+        structlog.get_logger().error("startup_failed", error=str(exc), exit_code=exc.exit_code)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 (a bug: one event with the traceback as data)
+        structlog.get_logger().critical("crashed", exception=exception_fields(exc))
+        return EX_SOFTWARE
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    if args.daemon and not (args.pidfile and args.log_file):
+        raise UsageError("--daemon needs --pidfile PATH and --log-file PATH")
+    if not args.daemon and (args.pidfile or args.log_file):
+        raise UsageError("--pidfile and --log-file only go with --daemon")
+    if args.handler is None and (args.listen or args.name):
+        raise UsageError("--listen and --name only go with --handler")
+    if args.handler is not None and args.config:
+        raise UsageError("give either --config or --handler, not both")
+    if args.daemon:
+        daemonize.refuse_under_systemd(os.environ)
+
+
+def _run_config(args: argparse.Namespace) -> sockd_config.Config:
+    if args.handler is None:
+        # Absolute: --daemon changes to / and a reload must find the same file.
+        return sockd_config.load(os.path.abspath(args.config or sockd_config.DEFAULT_PATH))
+    name = args.name or args.handler.rpartition(":")[2]
+    return sockd_config.one_service(args.handler, args.listen, name)

@@ -1,0 +1,173 @@
+"""Which socket serves which service: systemd's adopted, or our own bound (the daemon's side).
+
+The daemon opens every listener before it starts the forker, which inherits them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from sockd import listeners
+from sockd.errors import ConfigError, OSFailure
+from sockd.listeners import Endpoint, InheritedFd, adopt, describe
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sockd.supervisor.config import ListenAddress, ServiceConfig
+
+
+def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) -> list[Endpoint]:
+    """Decide where every service listens.
+
+    Inherited sockets go to the service named by `FileDescriptorName=`, else to
+    the service with a matching `listen` address, else to the only service. A
+    service that receives any inherited socket uses only those; the others bind
+    their own `listen` addresses.
+
+    Raises:
+        ConfigError: an inherited socket matches no service, an address does not
+            resolve, or a service ends up with nowhere to listen.
+    """
+    endpoints: list[Endpoint] = []
+    try:
+        endpoints += [_adopted_endpoint(services, fd) for fd in inherited]
+    except ConfigError:
+        for endpoint in endpoints:
+            if endpoint.adopted is not None:
+                endpoint.adopted.close()
+        raise
+    served = {endpoint.service for endpoint in endpoints}
+    for service in services:
+        if service.name in served:
+            continue
+        if not service.listen:
+            msg = f"service {service.name!r}: no listen address and no socket from systemd"
+            raise ConfigError(msg)
+        for index, address in enumerate(service.listen):
+            where = f"service {service.name!r}: listen[{index}]"
+            endpoints += [
+                Endpoint(service.name, family, sockaddr, address)
+                for family, sockaddr in resolve(address, where)
+            ]
+    return endpoints
+
+
+def _adopted_endpoint(services: Sequence[ServiceConfig], fd: InheritedFd) -> Endpoint:
+    sock = adopt(fd)
+    service = next((s for s in services if s.name == fd.name), None)
+    service = service or _match_address(services, sock)
+    if service is None and len(services) == 1:
+        service = services[0]
+    if service is None:
+        name = sock.getsockname()
+        sock.close()
+        where = f"fd {fd.fd}, name {fd.name!r}, {describe(name)}"
+        msg = f"socket from systemd ({where}) matches no service"
+        raise ConfigError(msg)
+    return Endpoint(service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name)
+
+
+def resolve(address: ListenAddress, where: str) -> list[tuple[int, str | tuple[str, int]]]:
+    """Return the distinct (family, sockaddr) pairs an address stands for.
+
+    Raises:
+        ConfigError: the host name does not resolve.
+    """
+    if address.kind == "unix":
+        return [(socket.AF_UNIX, address.path)]
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"{where}: cannot resolve {address.host!r}: {exc.strerror}") from None
+    result: list[tuple[int, str | tuple[str, int]]] = []
+    for family, _, _, _, sockaddr in infos:
+        pair = (int(family), (str(sockaddr[0]), int(sockaddr[1])))
+        if pair not in result:
+            result.append(pair)
+    return result
+
+
+def _match_address(services: Sequence[ServiceConfig], sock: socket.socket) -> ServiceConfig | None:
+    name = sock.getsockname()
+    for service in services:
+        for address in service.listen:
+            if sockname_matches(name, address):
+                return service
+    return None
+
+
+def sockname_matches(sockname: object, address: ListenAddress) -> bool:
+    """Tell whether a bound socket's name is the configured `address`."""
+    if address.kind == "unix":
+        return isinstance(sockname, str) and sockname == address.path
+    if not isinstance(sockname, tuple) or sockname[1] != address.port:
+        return False
+    try:
+        resolved = resolve(address, "")
+    except ConfigError:
+        return False
+    import ipaddress  # noqa: PLC0415 (the daemon's side only: the forker stays small)
+
+    host = ipaddress.ip_address(sockname[0])
+    return any(ipaddress.ip_address(sa[0]) == host for _, sa in resolved if isinstance(sa, tuple))
+
+
+class Listener:
+    """A listening socket the daemon holds for a service; the forker inherits it."""
+
+    __slots__ = ("bound_path", "endpoint", "socket")
+
+    def __init__(self, endpoint: Endpoint, unix_mode: int) -> None:
+        """Take the adopted socket (it must listen), or bind and listen on our own.
+
+        Raises:
+            SockdError: binding failed, or an adopted socket is unusable.
+        """
+        self.endpoint = endpoint
+        self.bound_path: str | None = None  # a UNIX socket file we created, to remove
+        where = f"service {endpoint.service!r}: listen {endpoint.address}"
+        try:
+            self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
+        try:
+            if endpoint.adopted is not None:
+                listeners.check_listening(self.socket, f"socket of service {endpoint.service!r}")
+            else:
+                listeners.bind(self.socket, endpoint, unix_mode)
+                if self.socket.family == socket.AF_UNIX:
+                    self.bound_path = str(endpoint.sockaddr)
+                self.socket.listen(socket.SOMAXCONN)
+        except OSError as exc:
+            self.close()
+            raise OSFailure(f"{where}: cannot listen: {exc.strerror}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def fileno(self) -> int:
+        """Return the socket's descriptor (-1 once closed)."""
+        return self.socket.fileno()
+
+    def describe(self) -> dict[str, Any]:
+        """Return the listener as the `starting` event shows it."""
+        return {
+            "service": self.endpoint.service,
+            "address": describe(self.socket.getsockname()),
+            "origin": "bound" if self.endpoint.adopted is None else "adopted",
+            "fd_name": self.endpoint.fd_name,
+        }
+
+    def close(self) -> None:
+        """Close the socket, and remove a UNIX socket file we created (once)."""
+        self.socket.close()
+        if self.bound_path:
+            path, self.bound_path = self.bound_path, None
+            with contextlib.suppress(OSError):
+                os.unlink(path)

@@ -1,0 +1,202 @@
+"""Tests of sockd.forker.childlog: what children send the forker, attributed by the kernel's pid."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from sockd.forker import childlog, programs
+from sockd.forker.childlog import Inbox
+from sockd.forker.children import Children
+from sockd.forker.programs import MAX_LINE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+
+class Box:
+    """An inbox with what it forwards and counts as dropped."""
+
+    def __init__(self) -> None:
+        self.children = Children()
+        self.workers: dict[int, Any] = {}
+        self.forwarded: list[Any] = []
+        self.dropped: dict[str, int] = {}
+        self.inbox = Inbox(self.children, self.workers, self.forwarded.append, self._dropped)
+
+    def _dropped(self, kind: str, count: int) -> None:
+        self.dropped[kind] = self.dropped.get(kind, 0) + count
+
+    def child(self, act: Callable[[Inbox], object], *, worker: bool = False) -> int:
+        """Fork a child that runs `act` (its fd 2 the stderr socket), registered as ours."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            try:
+                os.close(write_end)
+                os.read(read_end, 1)  # registered by now
+                os.dup2(self.inbox.stderr_child.fileno(), 2)
+                act(self.inbox)
+            finally:
+                os._exit(0)
+        os.close(read_end)
+        if worker:
+            self.workers[pid] = ("pool", 0.0)
+            self.children.add(pid, "pool", "worker")
+        else:
+            self.children.add(pid, "echo", ("127.0.0.1", 4000))
+        os.write(write_end, b".")
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        return pid
+
+
+@pytest.fixture
+def box() -> Iterator[Box]:
+    """Make an inbox; close it at the end."""
+    made = Box()
+    yield made
+    made.inbox.close()
+
+
+def forged(inbox: Inbox) -> None:
+    """Claim another pid, service and client; send kinds a child may not send."""
+    fields = {"service": "evil", "pid": 1, "client": "forged", "seconds": 3}
+    inbox.child_send(("log", "info", "idle_timeout", fields))
+    inbox.child_send(("log", "info", "connection_closed", fields))
+    inbox.child_send(("reloaded", 1))
+    inbox.child_send(("served", [(1, "evil", "x", 0, 0.1)], 0, 0))
+    inbox.child_send(("log", "exit", "handler_error", {}))
+
+
+class TestReports:
+    def test_a_child_reports_only_about_itself(self, box: Box) -> None:
+        """Pid, service and client come from the forker's record; other kinds are dropped."""
+        pid = box.child(forged)
+        box.inbox.read()
+        assert box.forwarded == [
+            (
+                "log",
+                "info",
+                "idle_timeout",
+                {"service": "echo", "pid": pid, "client": "127.0.0.1:4000", "seconds": 3},
+            )
+        ]
+        assert box.dropped == {"child_report": 4}
+
+    def test_a_child_cannot_set_the_daemons_own_fields(self, box: Box) -> None:
+        """Fields the renderer or the daemon set (level, timestamp, exc_info...) are dropped."""
+
+        def claims(inbox: Inbox) -> None:
+            fields = {"level": "critical", "timestamp": "1970", "exc_info": [1, 2], "n": 1}
+            inbox.child_send(("log", "error", "handler_error", {**fields, "stack_info": True}))
+
+        box.child(claims)
+        box.inbox.read()
+        ((_, _, _, fields),) = box.forwarded
+        assert set(fields) == {"n", "service", "pid", "client"}
+
+    def test_a_stranger_is_not_heard(self, box: Box) -> None:
+        """A record from a pid that is not a child (here: the forker's own) is dropped."""
+        forged(box.inbox)
+        box.inbox.read()
+        assert box.forwarded == []
+        assert box.dropped == {"child_report": 5}
+
+    def test_a_worker_reports_its_connections_under_its_own_pid(self, box: Box) -> None:
+        """A pooled worker's `served` batch is rewritten with its pid and service."""
+
+        def served(inbox: Inbox) -> None:
+            inbox.unsent = 2  # two records it could not send earlier
+            inbox.served_send(("served", [(1, "evil", "1.2.3.4:5", 0, 0.5), ("bad",)], 3, 1))
+
+        pid = box.child(served, worker=True)
+        box.inbox.read()
+        assert box.forwarded == [("served", [(pid, "pool", "1.2.3.4:5", 0, 0.5)], 3)]
+        assert box.dropped == {"worker_events": 3, "connection_closed": 1}
+
+    def test_one_child_sends_within_its_budget(
+        self, box: Box, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past CHILD_BUDGET bytes, a child's records are counted, not forwarded."""
+        monkeypatch.setattr(childlog, "CHILD_BUDGET", 1000)
+
+        def flood(inbox: Inbox) -> None:
+            for number in range(50):
+                inbox.child_send(("log", "error", "handler_error", {"n": number, "pad": "p" * 80}))
+
+        box.child(flood)
+        box.inbox.read()
+        assert 0 < len(box.forwarded) < 50
+        assert len(box.forwarded) + box.dropped["child_report"] == 50
+
+    def test_a_workers_connections_are_not_budgeted(
+        self, box: Box, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A busy pooled worker's `served` records all go on (the forker's queue bounds them)."""
+        monkeypatch.setattr(childlog, "CHILD_BUDGET", 1000)
+
+        def busy(inbox: Inbox) -> None:
+            for number in range(50):
+                inbox.served_send(("served", [(0, "pool", f"10.0.0.{number}:1", 0, 0.1)] * 4, 0, 0))
+
+        box.child(busy, worker=True)
+        box.inbox.read()
+        assert sum(len(record[1]) for record in box.forwarded) == 200  # in one record: 1 turn
+        assert box.dropped == {}
+
+
+class TestStderr:
+    def test_lines_are_attributed_and_cut(self, box: Box) -> None:
+        """Each line is a handler_stderr event of its child; long ones cut; the rest at reap."""
+
+        def write(_inbox: Inbox) -> None:
+            os.write(2, b"first line\nsecond " + b"y" * 3000 + b"\nno newline")
+
+        pid = box.child(write)
+        box.inbox.read()
+        box.inbox.drain(pid)
+        lines = [record[3]["line"] for record in box.forwarded]
+        assert lines[0] == "first line"
+        assert [len(line) for line in lines[1:3]] == [MAX_LINE, 3007 - MAX_LINE]
+        assert lines[3] == "no newline"
+        fields = {key: box.forwarded[0][3][key] for key in ("service", "client", "pid")}
+        assert fields == {"service": "echo", "client": "127.0.0.1:4000", "pid": pid}
+        assert {record[2] for record in box.forwarded} == {"handler_stderr"}
+
+    def test_lines_share_the_budget_of_all_stderr(
+        self, box: Box, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past the forker's line budget (programs' and handlers'), lines are counted, not sent."""
+        monkeypatch.setattr(programs, "STDERR_BURST", 10)
+        box.inbox.budget = programs.LineBudget()
+
+        def noisy(_inbox: Inbox) -> None:
+            os.write(2, b"line\n" * 50)
+
+        pid = box.child(noisy)
+        box.inbox.read()
+        box.inbox.drain(pid)
+        assert len(box.forwarded) == 10
+        assert box.inbox.budget.dropped == {"echo": 40}
+
+    def test_a_stranger_is_logged_by_pid_only(self, box: Box) -> None:
+        """A process that is no child of ours (one a handler started, say): pid, no service."""
+        box.inbox.stderr_child.send(b"stray\n")
+        box.inbox.read()
+        ((_, _, event, fields),) = box.forwarded
+        assert event == "handler_stderr"
+        assert fields == {"service": None, "client": None, "pid": os.getpid(), "line": "stray"}
+
+
+def test_sockets_pass_credentials() -> None:
+    """Both sockets carry the sender's credentials (SO_PASSCRED)."""
+    box = Box()
+    try:
+        for sock in (box.inbox.reports, box.inbox.stderr):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) == 1
+    finally:
+        box.inbox.close()

@@ -1,0 +1,109 @@
+"""Tests of sockd.forker.pool: the forker's side of pooled workers, with real forks."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import alive
+
+from sockd.forker.pool import RESPAWN_DELAY, Pools
+from sockd.forker.service import ServiceServer
+from sockd.forker.shared import Service, Shared
+from sockd.listeners import Endpoint
+from sockd.supervisor.config import ServiceConfig, service_record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@pytest.fixture
+def server() -> Iterator[ServiceServer]:
+    record = service_record(ServiceConfig("pool", "echo", workers=2))
+    sock = socket.create_server(("127.0.0.1", 0))
+    endpoint = Endpoint("pool", sock.family, sock.getsockname(), adopted=sock)
+    served = ServiceServer(endpoint, Service(record), Shared())
+    yield served
+    for pid in served.shared.children:  # the workers the test has not waited for
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    served.server_close()
+
+
+class TestPools:
+    def test_fill_starts_the_workers_that_serve(self, server: ServiceServer) -> None:
+        """fill() forks `workers` processes, registered as children; they answer connections."""
+        pools = Pools([server], lambda *_: None)
+        pools.fill()
+        assert len(pools.workers) == 2
+        assert len(server.shared.children) == 2
+        pools.fill("pool")  # already full
+        assert len(pools.workers) == 2
+        host, port = server.server_address[:2]
+        with socket.create_connection((str(host), int(port)), timeout=5) as client:
+            client.sendall(b"hi\n")
+            assert client.recv(10) == b"hi\n"
+
+    def test_retired_workers_leave_and_are_not_replaced(self, server: ServiceServer) -> None:
+        """retire() sends SIGTERM: idle workers exit 0; exited() then schedules nothing."""
+        pools = Pools([server], lambda *_: None)
+        pools.fill()
+        pids = list(pools.workers)
+        pools.retire("pool")
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert pools.exited(pid, failed=False, replace=True)["retired"]
+        assert pools.workers == {}
+        assert pools.next_due() is None
+
+    def test_a_young_failed_worker_is_replaced_later(self, server: ServiceServer) -> None:
+        """A worker that failed right after its start is replaced after RESPAWN_DELAY."""
+        pools = Pools([server], lambda *_: None)
+        pools.fill()
+        victim = next(iter(pools.workers))
+        os.kill(victim, signal.SIGKILL)
+        os.waitpid(victim, 0)
+        pools.exited(victim, failed=True, replace=True)
+        due = pools.next_due()
+        assert due is not None
+        pools.replace_due(due - RESPAWN_DELAY / 2)
+        assert len(pools.workers) == 1
+        pools.replace_due(due)
+        assert len(pools.workers) == 2
+        assert all(alive(pid) for pid in pools.workers)
+
+    def test_a_failed_fork_is_reported_and_retried(
+        self, server: ServiceServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """fork() failing (EAGAIN) is fork_failed, not a dead forker; a retry is scheduled."""
+        reports: list[tuple[str, str, dict[str, object]]] = []
+        pools = Pools([server], lambda *event: reports.append(event))
+        server.shared.report = lambda *event: reports.append(event)  # logged with back-off
+
+        def no_fork() -> int:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(os, "fork", no_fork)
+        pools.fill()
+        assert pools.workers == {}
+        assert reports == [
+            (
+                "error",
+                "fork_failed",
+                {
+                    "service": "pool",
+                    "error": "Resource temporarily unavailable",
+                    "failures": 1,
+                    "retry_in": 0.1,
+                },
+            )
+        ]
+        assert pools.next_due() is not None

@@ -1,0 +1,175 @@
+"""Tests of sockd.forker.service: the hooks of ServiceServer, with real sockets and forks."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from harness import recv_all, wait_until
+
+from sockd import ipc
+from sockd.errors import exception_fields
+from sockd.forker.service import ServiceServer
+from sockd.forker.shared import Service, Shared
+from sockd.listeners import Endpoint
+from sockd.supervisor.config import ServiceConfig, service_record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    return service_record(ServiceConfig("svc", "echo")) | changes
+
+
+@pytest.fixture
+def events() -> list[tuple[str, str, dict[str, Any]]]:
+    return []
+
+
+@pytest.fixture
+def server(events: list[tuple[str, str, dict[str, Any]]]) -> Iterator[ServiceServer]:
+    shared = Shared()
+    shared.report = lambda level, event, fields: events.append((level, event, fields))
+    endpoint = Endpoint("svc", socket.AF_INET, ("127.0.0.1", 0))
+    served = ServiceServer(endpoint, Service(record(deny=["127.0.0.2"])), shared)
+    yield served
+    served.server_close()
+
+
+class TestServiceServer:
+    def test_binds_listens_non_blocking(self, server: ServiceServer) -> None:
+        """server_bind/server_activate leave a bound, listening, non-blocking socket."""
+        assert server.server_address[0] == "127.0.0.1"
+        assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert server.socket.getblocking() is False
+        assert server.accept_ready(10) == 0
+        assert server.describe()["origin"] == "bound"
+
+    def test_adopted_socket_must_listen(self) -> None:
+        """An inherited socket that does not listen fails activation with a clear error."""
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        endpoint = Endpoint("svc", sock.family, sock.getsockname(), adopted=sock)
+        with pytest.raises(Exception, match="not listening"):
+            ServiceServer(endpoint, Service(record()), Shared())
+        assert sock.fileno() == -1, "closed on failure"
+
+    def test_fork_serve_and_reap(
+        self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """A connection is served in a forked child; reaping reports connection_closed."""
+        with socket.create_connection(server.server_address[:2], timeout=5) as client:  # type: ignore[arg-type]
+            assert wait_until(lambda: server.accept_ready(1)) == 1
+            client.sendall(b"ping")
+            assert client.recv(10) == b"ping"
+            # The forked child holds a copy of this very socket: only shutdown() ends it.
+            client.shutdown(socket.SHUT_WR)
+        assert len(server.shared.children) == 1
+        wait_until(server.shared.reap, what="the child to exit")
+        ((level, event, fields),) = events
+        assert (level, event) == ("info", "connection_closed")
+        assert fields["exit_code"] == 0
+        assert fields["service"] == "svc"
+        assert server.shared.stats.as_tuple() == (1, 0, 0)
+
+    def test_denied_connection_is_closed_and_reported(
+        self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """verify_request refuses a denied source, closes it and reports the reason."""
+        client = socket.socket()
+        client.bind(("127.0.0.2", 0))
+        client.settimeout(5)
+        client.connect(server.server_address)
+        assert wait_until(lambda: server.accept_ready(1)) == 1
+        assert client.recv(10) == b""
+        client.close()
+        ((_, event, fields),) = events
+        assert event == "connection_denied"
+        assert fields["reason"] == "deny 127.0.0.2/32"
+        assert server.shared.children.reap() == []
+        assert server.shared.stats.denied == 1
+
+    def test_reset_before_accept_is_dropped_unforked_half_closed_served(
+        self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """A connection reset in the backlog gets no child, only a count; a half-closed one is."""
+        address = server.server_address[:2]
+        reset = socket.create_connection(address, timeout=5)  # type: ignore[arg-type]
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # linger 0: an RST, before sockd accepts it
+        with socket.create_connection(address, timeout=5) as polite:  # type: ignore[arg-type]
+            polite.sendall(b"ping")
+            polite.shutdown(socket.SHUT_WR)  # as harness.exchange() does
+            assert wait_until(lambda: server.accept_ready(2)) == 2
+            assert len(server.shared.children) == 1, "one child: the half-closed connection's"
+            assert recv_all(polite) == b"ping"
+        wait_until(server.shared.reap, what="the child to exit")
+        assert [event for _, event, _ in events] == ["connection_closed"]
+        assert server.shared.stats.as_tuple() == (1, 0, 0)
+        (summary,) = server.shared.denials.due(math.inf)
+        assert (summary["reason"], summary["count"]) == ("peer_reset", 1)
+
+    def test_collect_children_never_blocks(self, server: ServiceServer) -> None:
+        """ForkingMixIn's blocking wait is gone: collect_children(blocking=True) returns at once."""
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            signal.pause()
+        server.shared.children.add(pid, "svc", "x")
+        server.collect_children(blocking=True)
+        server.handle_timeout()
+        assert len(server.shared.children) == 1
+        os.kill(pid, 9)
+        wait_until(server.shared.reap)
+
+
+def raising(secret: str, kind: type[Exception] = KeyError) -> None:
+    raise kind(secret[:3] if kind is KeyError else secret)
+
+
+def recurse(depth: int) -> None:
+    if depth:
+        recurse(depth - 1)
+    raise RuntimeError("deep " * 500)
+
+
+class TestExceptionFields:
+    def test_frames_without_locals(self) -> None:
+        """Exceptions become type, message and frames (file, line, function), never locals."""
+        try:
+            raising("hunter2-password")
+        except KeyError as exc:
+            fields = exception_fields(exc)
+        assert fields["type"] == "KeyError"
+        assert fields["message"] == "'hun'"
+        assert fields["frames"][-1]["function"] == "raising"
+        assert fields["frames"][-1]["file"] == __file__
+        assert isinstance(fields["frames"][-1]["line"], int)
+        assert "hunter2" not in repr(fields)
+
+    def test_deep_traceback_fits_one_pipe_write(self) -> None:
+        """A deep traceback is trimmed in the middle so its record stays one atomic write."""
+        try:
+            recurse(200)
+        except RuntimeError as exc:
+            fields = exception_fields(exc)
+        record = ipc.encode(("log", "error", "handler_error", {"exception": fields}))
+        assert len(record) <= ipc.PIPE_BUF
+        assert fields["frames_omitted"] > 0
+        assert fields["frames"][0]["function"] == "test_deep_traceback_fits_one_pipe_write"
+        assert fields["frames"][-1]["function"] == "recurse"
+        assert fields["message"].startswith("deep deep")
+
+    def test_wide_characters_count_as_bytes(self) -> None:
+        """A message of 4-byte characters is cut by its encoded size, not its length."""
+        try:
+            raising("\N{GRINNING FACE}" * 1000, ValueError)
+        except ValueError as exc:
+            fields = exception_fields(exc)
+        assert len(ipc.encode(("log", "error", "handler_error", {"exception": fields}))) <= 4096
+        assert fields["message"].startswith("\N{GRINNING FACE}")

@@ -1,0 +1,224 @@
+"""Tests of sockd.supervisor.loop: what a reload may change, a standby too slow to start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+import structlog
+
+from sockd import ipc
+from sockd.errors import ConfigError
+from sockd.supervisor import loop as mainloop
+from sockd.supervisor.config import Config, DaemonConfig, ServiceConfig, load, parse_listen
+from sockd.supervisor.loop import RENEW_PAUSE, ForkerProcess, MainLoop, _check_reloadable
+from sockd.supervisor.notify import Notifier
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+OLD = Config(
+    DaemonConfig(user="nobody"),
+    (ServiceConfig("echo", "echo", (parse_listen("127.0.0.1:7"),)),),
+    "/etc/sockd/sockd.toml",
+)
+
+
+def with_service(**changes: object) -> Config:
+    service = dataclasses.replace(OLD.services[0], **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(OLD, services=(service,))
+
+
+class TestCheckReloadable:
+    def test_live_settings(self) -> None:
+        """Handler, rules, caps and timeouts change live."""
+        new = with_service(handler="daytime", max_children=3, deny=(), max_duration=5.0)
+        _check_reloadable(
+            OLD, dataclasses.replace(new, daemon=DaemonConfig(user="nobody", stop_timeout=1))
+        )
+
+    @pytest.mark.parametrize(
+        ("new", "problem"),
+        [
+            (with_service(listen=(parse_listen("127.0.0.1:8"),)), "service 'echo': listen"),
+            (with_service(unix_mode=0o600), "service 'echo': unix_mode"),
+            (with_service(name="other"), r"adding \['other'\] or removing \['echo'\]"),
+            (dataclasses.replace(OLD, daemon=DaemonConfig(user="root")), "daemon.user/group"),
+        ],
+    )
+    def test_restart_only_settings(self, new: Config, problem: str) -> None:
+        """Settings that shaped listeners or identity are refused, naming the key."""
+        with pytest.raises(ConfigError, match=problem):
+            _check_reloadable(OLD, new)
+
+
+def sleeper(keep: list[int] | None = None) -> ForkerProcess:
+    """Start a process to stand in for a forker (in its own process group), with its channel.
+
+    With `keep`, the forker's ends (control to read, events to write) are put there.
+    """
+    control_write, control_read = (sock.detach() for sock in ipc.channel())
+    events_read, events_write = (sock.detach() for sock in ipc.channel())
+    pid = os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ, setpgroup=0)
+    if keep is None:
+        for fd in (control_read, events_write):
+            os.close(fd)
+    else:
+        keep += [control_read, events_write]
+    return ForkerProcess(pid, control_write, events_read)
+
+
+class TestStandbyLimit:
+    def test_a_standby_not_ready_in_time_is_killed_and_the_renewal_pauses(self) -> None:
+        """Past its deadline the standby is dropped and killed; its end will be logged as why."""
+        current, standby = sleeper(), sleeper()
+        loop = MainLoop(OLD, current, [], Notifier({}, os.getpid()))
+        try:
+            loop.standby = standby
+            standby.ready_by = time.monotonic() + 60
+            assert loop._timeout(time.monotonic()) <= 5
+            assert loop.standby is standby
+            assert os.waitpid(standby.pid, os.WNOHANG) == (0, 0), "not yet: it has time"
+            standby.ready_by = time.monotonic()
+            loop._timeout(time.monotonic())
+            assert loop.standby is None
+            assert standby.failed_standby
+            assert standby.failure == ("not ready within 30 s", 0)
+            assert loop.renew_paused_until > time.monotonic() + RENEW_PAUSE - 5
+            _, status = os.waitpid(standby.pid, 0)
+            assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+            assert os.waitpid(current.pid, os.WNOHANG) == (0, 0), "the current one lives on"
+        finally:
+            os.killpg(current.pid, signal.SIGKILL)
+            os.waitpid(current.pid, 0)
+            for forker in (current, standby):
+                forker.close()
+            loop.selector.close()
+            os.close(loop._wakeup_read)
+            os.close(loop._wakeup_write)
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[tuple[MainLoop, list[int]]]:
+    """Make a main loop over a stand-in forker that never answers; give the forker's ends."""
+    path = tmp_path / "sockd.toml"
+    path.write_text('[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:7"]\n')
+    ends: list[int] = []
+    forker = sleeper(ends)
+    main = MainLoop(load(str(path)), forker, [], Notifier({}, os.getpid()))
+    main.ready = True
+    main._watch(forker)
+    yield main, ends
+    os.killpg(forker.pid, signal.SIGKILL)
+    os.waitpid(forker.pid, 0)
+    forker.close()
+    main.selector.close()
+    for fd in (main._wakeup_read, main._wakeup_write, *ends):
+        os.close(fd)
+
+
+class TestEvents:
+    def test_malformed_records_are_logged_once_and_skipped(
+        self, loop: tuple[MainLoop, list[int]]
+    ) -> None:
+        """Undecodable and wrong-shape records are skipped (no exit 70); those around count."""
+        main, (_, events) = loop
+        ipc.send(events, ("status", 1, 2, 3, 4, ()))
+        os.write(events, b"\x00not marshal")
+        ipc.send(events, ("status", "1", 2, 3, 4, ()))
+        ipc.send(events, ("log", "exit", "handler_error", {}))
+        ipc.send(events, ("log", "info", "x", {"event": "forged"}))
+        ipc.send(events, ("closed", [(1, "echo")]))
+        ipc.send(events, ("reloaded", 99))
+        ipc.send(events, ("children", 1, {"echo": "many"}))
+        ipc.send(events, ("status", 5, 6, 7, 8, ()))
+        with structlog.testing.capture_logs() as logs:
+            main._read_events(main.forker)
+        assert main.forker.counts == (5, 6, 7, 8)
+        malformed = [entry for entry in logs if entry["event"] == "event_malformed"]
+        assert len(malformed) == 1
+        assert malformed[0]["count"] == 1
+        assert main.malformed.unlogged == 6  # counted, logged with the next one
+
+
+class TestReload:
+    def test_a_reload_never_answered_fails_in_time(
+        self, loop: tuple[MainLoop, list[int]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A forker that never answers: reload_failed after RELOAD_LIMIT, not pending for ever."""
+        main, _ = loop
+        monkeypatch.setattr(mainloop, "RELOAD_LIMIT", 0.2)
+        main.reload()
+        assert main.reload_pending
+        assert main._timeout(time.monotonic()) <= 0.2
+        time.sleep(0.3)
+        with structlog.testing.capture_logs() as logs:
+            main._timeout(time.monotonic())
+        assert not main.reload_pending
+        (failed,) = [entry for entry in logs if entry["event"] == "reload_failed"]
+        assert "did not answer within 0.2 s" in failed["error"]
+        with structlog.testing.capture_logs() as logs:  # it was applied after all
+            main._on_event(main.forker, ("reloaded", 1))
+        assert logs[0]["event"] == "reloaded"
+        assert logs[0]["late"] is True
+
+    def test_a_second_request_while_pending_is_done_after_it(
+        self, loop: tuple[MainLoop, list[int]]
+    ) -> None:
+        """A SIGHUP during a pending reload is queued, then done (it used to be dropped)."""
+        main, (control, _) = loop
+        main.reload()
+        main.reload()
+        assert main.reload_seq == 1
+        with structlog.testing.capture_logs():
+            main._on_event(main.forker, ("reloaded", 1))
+        assert main.reload_pending
+        assert main.reload_seq == 2
+        commands = ipc.Reader(control).read()
+        assert [command[:2] for command in commands] == [("reload", 1), ("reload", 2)]
+
+    def test_a_record_over_the_maximum_is_a_failed_reload(
+        self, loop: tuple[MainLoop, list[int]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A reload too large for the channel is refused with reload_failed (not exit 70)."""
+        main, _ = loop
+        monkeypatch.setattr(ipc, "MAX_RECORD", 64)
+        monkeypatch.setattr(ipc, "MESSAGE", 32)
+        with structlog.testing.capture_logs() as logs:
+            main.reload()
+        assert not main.reload_pending
+        (failed,) = [entry for entry in logs if entry["event"] == "reload_failed"]
+        assert "exceeds the limit of 64 bytes" in failed["error"]
+
+    def test_validation_has_no_side_effects(
+        self, loop: tuple[MainLoop, list[int]], tmp_path: Path
+    ) -> None:
+        """A refused reload neither changes sys.path nor imports a handler in the daemon."""
+        main, _ = loop
+        planted = tmp_path / "planted"
+        planted.mkdir()
+        marker = tmp_path / "imported"
+        (planted / "sockd_planted.py").write_text(
+            f"open({str(marker)!r}, 'w').close()\n"
+            "import socketserver\nclass H(socketserver.BaseRequestHandler):\n    pass\n"
+        )
+        assert main.config.path is not None
+        with open(main.config.path, "w") as file:
+            file.write(
+                f'[daemon]\npythonpath = ["{planted}"]\n[[service]]\nname = "echo"\n'
+                'handler = "sockd_planted:H"\nlisten = ["127.0.0.1:7"]\n'
+            )
+        path_before = list(sys.path)
+        with structlog.testing.capture_logs() as logs:
+            main.reload()
+        (failed,) = [entry for entry in logs if entry["event"] == "reload_failed"]
+        assert "pythonpath" in failed["error"]
+        assert sys.path == path_before
+        assert "sockd_planted" not in sys.modules
+        assert not marker.exists()
