@@ -82,8 +82,10 @@ def test_one_thread_skips_the_rebuild_and_threads_get_it() -> None:
 
 
 def test_the_forker_imports_threading_without_the_hook() -> None:
-    """Importing the forker's entry point (as `python -S -m sockd.forker` does) hides the hook."""
-    assert run("import sockd.forker\n", "print(fork_and_report())\n") == ["rebuilt=False threads=1"]
+    """Importing the forker's entry (`python -P -S -m sockd.forker` runs it) hides the hook."""
+    assert run("import sockd.forker.start\n", "print(fork_and_report())\n") == [
+        "rebuilt=False threads=1"
+    ]
 
 
 def test_too_late_once_threading_is_imported() -> None:
