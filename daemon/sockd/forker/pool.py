@@ -46,11 +46,14 @@ if TYPE_CHECKING:
     from typing import Any
 
 BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
-BATCH_SIZE = 16  # ...or until this many wait
+# ...or until this many wait: each batch the forker relays to the daemon costs it a
+# turn of its loop (about 80 us), so a batch carries many connections.
+BATCH_SIZE = 64
 MAX_BATCH = 4096  # records kept while the forker does not read; older ones are dropped, counted
-SLOT_SIZE = 4096  # a worker's slot: what the forker finds there if the worker dies
+SLOT_SIZE = 16384  # a worker's slot: what the forker finds there if the worker dies
 # The slot's fields: busy flag, records kept past the slot (a count), the lengths of the
-# connection in flight and of the unsent batch, then the two themselves (marshalled).
+# connection in flight and of the unsent batch, then the two themselves (marshalled; the
+# batch as entries of a 2-byte length and a record, appended one a connection).
 _BUSY, _KEPT, _LENGTH, _BATCH_LENGTH = 0, slice(4, 8), slice(8, 12), slice(12, 16)
 _DATA, _BATCH = 16, 1024
 RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
@@ -110,6 +113,7 @@ class _Worker:
         self.lost = 0  # connection records dropped while the forker did not read
         self.kept = False  # the slot counts records kept unsent
         self.number = 0  # of the connection served, counted from 1
+        self.mirrored = 0  # bytes of the unsent batch copied into the slot
 
     def run(self) -> int:
         """Serve until told to stop, or until max_connections_per_child; return the status."""
@@ -279,20 +283,27 @@ class _Worker:
         if not self.batch:
             self.batch_due = time.monotonic() + BATCH_DELAY
         self.batch.append(record)
-        if len(self.batch) >= BATCH_SIZE or not self._mirror():
+        if len(self.batch) >= BATCH_SIZE or not self._mirror(record):
             self._flush()
         # In the batch (mirrored), sent, or counted in the slot. Killed before this, we are
         # not logged twice: the forker logs each connection's number once.
         self.slot[_BUSY] = 0
 
-    def _mirror(self) -> bool:
-        """Copy the unsent batch into the slot; False if it does not fit (then send it)."""
-        data = marshal.dumps(self.batch)
-        if len(data) > SLOT_SIZE - _BATCH:
+    def _mirror(self, record: tuple[Any, ...]) -> bool:
+        """Append `record` to the batch in the slot; False if it does not fit (then send it).
+
+        The batch's length is stored last: a worker killed while it copies
+        leaves the batch as it was before this record.
+        """
+        data = marshal.dumps(record)
+        start = _BATCH + self.mirrored
+        end = start + 2 + len(data)
+        if end > SLOT_SIZE:
             return False
         slot = self.slot
-        slot[_BATCH : _BATCH + len(data)] = data
-        slot[_BATCH_LENGTH] = len(data).to_bytes(4, sys.byteorder)
+        slot[start:end] = len(data).to_bytes(2, sys.byteorder) + data
+        self.mirrored = end - _BATCH
+        slot[_BATCH_LENGTH] = self.mirrored.to_bytes(4, sys.byteorder)
         return True
 
     def _due(self, now: float) -> None:
@@ -309,6 +320,7 @@ class _Worker:
         if not (self.batch or self.denied):
             return
         self.slot[_BATCH_LENGTH] = bytes(4)  # sent, or counted as kept: never logged twice
+        self.mirrored = 0
         if len(self.batch) > MAX_BATCH:
             lost = len(self.batch) - MAX_BATCH
             del self.batch[:lost]
@@ -428,11 +440,8 @@ class Pools:
         kept = int.from_bytes(slot[_KEPT], sys.byteorder)
         service = self.workers[pid][0]
         records = []
-        length = int.from_bytes(slot[_BATCH_LENGTH], sys.byteorder)
-        try:
-            batch = marshal.loads(slot[_BATCH : _BATCH + length]) if length else []  # noqa: S302
-        except (EOFError, ValueError, TypeError):  # killed while it copied: counted
-            batch, kept = [], kept + 1
+        batch, torn = mirrored_batch(slot)
+        kept += torn
         for number, _, client, code, duration in batch:
             if number > received:
                 records.append((pid, service, client, code, duration))
@@ -462,3 +471,26 @@ class Pools:
     def next_due(self) -> float | None:
         """Return when the next replacement is due, if one waits."""
         return min((when for when, _ in self.due), default=None)
+
+
+def mirrored_batch(slot: mmap.mmap) -> tuple[list[tuple[Any, ...]], int]:
+    """Read the unsent batch a worker mirrored in its slot; return it, and how many were unreadable.
+
+    An entry that does not decode as a record (the slot is the worker's
+    memory: its handler could have written there) ends the reading, counted.
+    """
+    length = min(int.from_bytes(slot[_BATCH_LENGTH], sys.byteorder), SLOT_SIZE - _BATCH)
+    data = slot[_BATCH : _BATCH + length]
+    batch: list[tuple[Any, ...]] = []
+    offset = 0
+    while offset < length:
+        size = int.from_bytes(data[offset : offset + 2], sys.byteorder)
+        try:
+            record = marshal.loads(data[offset + 2 : offset + 2 + size])  # noqa: S302 (plain values)
+        except (EOFError, ValueError, TypeError):
+            return batch, 1
+        if not (isinstance(record, tuple) and len(record) == 5 and isinstance(record[0], int)):
+            return batch, 1
+        batch.append(record)
+        offset += 2 + size
+    return batch, 0

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import marshal
+import mmap
 import os
 import signal
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
 from harness import alive
 
+from sockd.forker import pool
 from sockd.forker.pool import RESPAWN_DELAY, Pools
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
@@ -107,3 +111,49 @@ class TestPools:
             )
         ]
         assert pools.next_due() is not None
+
+
+class TestMirroredBatch:
+    """A worker's unsent batch in its shared slot, as the forker reads it after a SIGKILL."""
+
+    def worker(self) -> pool._Worker:
+        worker = pool._Worker.__new__(pool._Worker)
+        worker.slot = mmap.mmap(-1, pool.SLOT_SIZE)
+        worker.mirrored = 0
+        return worker
+
+    def test_records_appended_one_by_one_read_back_in_order(self) -> None:
+        """Each connection's record, appended as it ends, is read back whole and in order."""
+        worker = self.worker()
+        records = [(n, "pool", ("127.0.0.1", 40000 + n), 0, 0.5) for n in range(1, 6)]
+        for record in records:
+            assert worker._mirror(record)
+        assert pool.mirrored_batch(worker.slot) == (records, 0)
+
+    def test_an_entry_that_does_not_decode_ends_the_reading_counted(self) -> None:
+        """Garbage in the slot (a handler wrote there): what came before it, and one counted."""
+        worker = self.worker()
+        good = (1, "pool", "unix:uid=0,pid=1", 0, 0.1)
+        assert worker._mirror(good)
+        start = pool._BATCH + worker.mirrored
+        worker.slot[start : start + 6] = (4).to_bytes(2, sys.byteorder) + b"\xff\xfe\xfd\xfc"
+        worker.slot[pool._BATCH_LENGTH] = (worker.mirrored + 6).to_bytes(4, sys.byteorder)
+        assert pool.mirrored_batch(worker.slot) == ([good], 1)
+
+    def test_a_length_past_the_slot_is_bounded(self) -> None:
+        """A batch length larger than the slot reads no further than the slot."""
+        worker = self.worker()
+        worker.slot[pool._BATCH_LENGTH] = (1 << 31).to_bytes(4, sys.byteorder)
+        batch, torn = pool.mirrored_batch(worker.slot)
+        assert batch == []
+        assert torn == 1
+
+    def test_a_full_slot_refuses_the_record(self) -> None:
+        """A record that does not fit is refused (the worker then sends its batch)."""
+        worker = self.worker()
+        big = (1, "pool", "x" * 3000, 0, 0.1)
+        fitted = 0
+        while worker._mirror(big):
+            fitted += 1
+        assert fitted == (pool.SLOT_SIZE - pool._BATCH) // (2 + len(marshal.dumps(big)))
+        assert pool.mirrored_batch(worker.slot) == ([big] * fitted, 0)
