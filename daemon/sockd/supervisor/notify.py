@@ -131,14 +131,16 @@ class Notifier:
         self._pending_status = text
         self.last_status_text = text
 
-    def tick(self, *, healthy: bool = True) -> float:
+    def tick(self, *, healthy: bool = True, now: float | None = None) -> float:
         """Send what is due (watchdog, status); return seconds until the next duty.
 
         Args:
             healthy: False withholds WATCHDOG=1, so that systemd's watchdog
                 catches a daemon that runs but no longer serves.
+            now: the time.monotonic() it is (default: read it).
         """
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         self._send_unsent()
         if now >= self._next_watchdog and self.watchdog_interval is not None:
             if healthy:

@@ -17,16 +17,22 @@ if TYPE_CHECKING:
 
 
 def fork(action: str) -> int:
+    """Fork a child that does `action`; return once it is set up (SIGTERM ignored, say)."""
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         try:
             if action == "ignore-term":
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.write(write_end, b".")
             if action in ("sleep", "ignore-term"):
                 time.sleep(60)
             os._exit({"three": 3, "peer-gone": PEER_GONE}.get(action, 0))
         finally:
             os._exit(99)
+    os.close(write_end)
+    os.read(read_end, 1)
+    os.close(read_end)
     return pid
 
 
@@ -102,13 +108,13 @@ class TestDeadlines:
         started = time.monotonic()
         deadline = children.next_deadline()
         assert deadline is not None
-        assert deadline - started < 0.3
-        assert children.enforce_deadlines(started, grace=0.2) == []
-        time.sleep(0.25)
-        (term,) = children.enforce_deadlines(time.monotonic(), grace=0.2)
+        assert started - 0.1 < deadline - 0.2 <= started
+        assert children.enforce_deadlines(deadline - 0.001, grace=0.2) == []
+        (term,) = children.enforce_deadlines(deadline, grace=0.2)
         assert term == (stubborn, "svc", ("127.0.0.1", 1), "SIGTERM")
-        time.sleep(0.25)
-        (kill,) = children.enforce_deadlines(time.monotonic(), grace=0.2)
+        assert children.next_deadline() == deadline + 0.2
+        assert children.enforce_deadlines(deadline + 0.199, grace=0.2) == []
+        (kill,) = children.enforce_deadlines(deadline + 0.2, grace=0.2)
         assert kill[3] == "SIGKILL"
         (exit_record,) = wait_until(children.reap)
         assert os.waitstatus_to_exitcode(exit_record[3]) == -signal.SIGKILL
@@ -117,9 +123,10 @@ class TestDeadlines:
         """No signal goes to a child reaped before its deadline."""
         children = Children()
         children.add(fork("zero"), "svc", None, max_duration=0.1)
+        deadline = children.next_deadline()
+        assert deadline is not None
         wait_until(children.reap)
-        time.sleep(0.15)
-        assert children.enforce_deadlines(time.monotonic(), grace=1.0) == []
+        assert children.enforce_deadlines(deadline + 0.05, grace=1.0) == []
         assert children.next_deadline() is None
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from sockd.forker import typecache
 
 
@@ -22,19 +24,18 @@ class Handler(socketserver.BaseRequestHandler):
         return [name.upper() for name in (cls.nested_name,)]  # type: ignore[attr-defined]
 
 
-class Broken:
-    @property
-    def fails(self) -> int:
-        raise RuntimeError
-
-
 class Meta(type):
     def __getattr__(cls, name: str) -> object:
         raise RuntimeError(name)
 
 
 class Strange(metaclass=Meta):
+    """A class on which looking up a name its method uses raises (not AttributeError)."""
+
     value = 1
+
+    def method(self) -> object:
+        return self.instance_only  # type: ignore[attr-defined]
 
 
 def test_names_cover_class_attributes_and_what_methods_use() -> None:
@@ -45,8 +46,13 @@ def test_names_cover_class_attributes_and_what_methods_use() -> None:
 
 
 def test_a_lookup_that_fails_is_skipped() -> None:
-    """A class whose lookups raise is warmed as far as it goes, without an error."""
-    assert typecache.warm([Broken, Strange]) > 0
+    """A lookup that raises is skipped and not counted; the class's other names are warmed."""
+    names = typecache._names(Strange)
+    assert {"instance_only", "method", "value"} <= names
+    with pytest.raises(RuntimeError, match="instance_only"):
+        getattr(Strange, "instance_only", None)  # what warm() meets
+    assert typecache.warm([Strange]) == len(names) - 1
+    assert typecache.warm([Strange, Handler]) == len(names) - 1 + len(typecache._names(Handler))
 
 
 def test_a_warmed_child_copies_fewer_pages() -> None:

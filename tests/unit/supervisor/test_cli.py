@@ -156,7 +156,7 @@ class TestEntryPoint:
         config.write_text('[[service]]\nname = "e"\nhandler = "echo"\nlisten = ["127.0.0.1:0"]\n')
         # The program stops itself with SIGTERM once the config is loaded.
         code = (
-            "import os, signal, sys; from sockd import config\n"
+            "import os, signal, sys; from sockd.supervisor import config\n"
             "load = config.load\n"
             "config.load = lambda path: (os.kill(os.getpid(), signal.SIGTERM), load(path))[1]\n"
             "sys.argv = ['sockd', 'check', '--config', sys.argv[1]]\n"

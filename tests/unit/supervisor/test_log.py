@@ -1,4 +1,4 @@
-"""Tests of sockd.log: JSON lines, journald priority prefixes, exceptions as data."""
+"""Tests of sockd.supervisor.log: JSON lines, journald priority prefixes, exceptions as data."""
 
 from __future__ import annotations
 

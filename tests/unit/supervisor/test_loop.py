@@ -15,7 +15,14 @@ import structlog
 from sockd import ipc
 from sockd.errors import ConfigError
 from sockd.supervisor import loop as mainloop
-from sockd.supervisor.config import Config, DaemonConfig, ServiceConfig, load, parse_listen
+from sockd.supervisor.config import (
+    Config,
+    DaemonConfig,
+    ServiceConfig,
+    load,
+    parse_listen,
+    service_record,
+)
 from sockd.supervisor.loop import RENEW_PAUSE, ForkerProcess, MainLoop, _check_reloadable
 from sockd.supervisor.notify import Notifier
 
@@ -36,13 +43,6 @@ def with_service(**changes: object) -> Config:
 
 
 class TestCheckReloadable:
-    def test_live_settings(self) -> None:
-        """Handler, rules, caps and timeouts change live."""
-        new = with_service(handler="daytime", max_children=3, deny=(), max_duration=5.0)
-        _check_reloadable(
-            OLD, dataclasses.replace(new, daemon=DaemonConfig(user="nobody", stop_timeout=1))
-        )
-
     @pytest.mark.parametrize(
         ("new", "problem"),
         [
@@ -154,12 +154,17 @@ class TestReload:
         """A forker that never answers: reload_failed after RELOAD_LIMIT, not pending for ever."""
         main, _ = loop
         monkeypatch.setattr(mainloop, "RELOAD_LIMIT", 0.2)
+        before = time.monotonic()
         main.reload()
+        after = time.monotonic()
         assert main.reload_pending
-        assert main._timeout(time.monotonic()) <= 0.2
-        time.sleep(0.3)
+        assert main._timeout(after) <= 0.2
+        with structlog.testing.capture_logs() as logs:  # time passes as `now`, no sleep
+            main._timeout(before + 0.19)
+        assert main.reload_pending
+        assert logs == []
         with structlog.testing.capture_logs() as logs:
-            main._timeout(time.monotonic())
+            main._timeout(after + 0.2)
         assert not main.reload_pending
         (failed,) = [entry for entry in logs if entry["event"] == "reload_failed"]
         assert "did not answer within 0.2 s" in failed["error"]
@@ -167,6 +172,33 @@ class TestReload:
             main._on_event(main.forker, ("reloaded", 1))
         assert logs[0]["event"] == "reloaded"
         assert logs[0]["late"] is True
+
+    def test_live_settings_are_handed_to_the_forker_then_in_force(
+        self, loop: tuple[MainLoop, list[int]]
+    ) -> None:
+        """Handler, rules, caps and timeouts change live: sent to the forker, in force once done."""
+        main, (control, _) = loop
+        assert main.config.path is not None
+        with open(main.config.path, "w") as file:
+            file.write(
+                "[daemon]\nstop_timeout = 1\nmax_children = 50\nrenew_forker_after = 0\n"
+                '[[service]]\nname = "echo"\nhandler = "daytime"\nlisten = ["127.0.0.1:7"]\n'
+                'max_children = 3\nmax_duration = 5.0\nidle_timeout = 2.0\nrefusal = "busy"\n'
+                'deny = ["10.0.0.0/8"]\nallow = ["127.0.0.0/8"]\nper_source = 2\nrate = 10\n'
+            )
+        new = load(main.config.path, import_handlers=False)
+        assert new != main.config
+        with structlog.testing.capture_logs() as logs:
+            main.reload()
+        assert logs == []
+        assert main.reload_pending
+        (command,) = ipc.Reader(control).read()
+        records = [service_record(service) for service in new.services]
+        assert command == ("reload", 1, records, 50, 1.0, 0)
+        with structlog.testing.capture_logs() as logs:
+            main._on_event(main.forker, ("reloaded", 1))
+        assert [entry["event"] for entry in logs] == ["reloaded"]
+        assert main.config == new
 
     def test_a_second_request_while_pending_is_done_after_it(
         self, loop: tuple[MainLoop, list[int]]

@@ -62,10 +62,12 @@ class TestNotifier:
             notifier.tick()
         notifications.wait_for("READY=1")
         assert notifications.poll() == ["READY=1\nSTATUS=first"]
-        wait = notifier.tick()
+        now = time.monotonic()
+        wait = notifier.tick(now=now)
         assert 0 < wait <= 1.0
-        time.sleep(wait)
-        notifier.tick()
+        assert notifier.tick(now=now + wait - 0.01) > 0  # not yet
+        assert notifications.poll() == ["READY=1\nSTATUS=first"]
+        notifier.tick(now=now + 1.0)  # a second after `now`, which came after READY=1
         notifications.wait_for("STATUS=update 4", after=1)
         assert notifications.poll()[1:] == ["STATUS=update 4"]
         notifier.close()
