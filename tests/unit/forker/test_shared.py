@@ -146,11 +146,17 @@ class TestForkBackoff:
         assert backoff.quiet(200.0)
 
     def test_peer_gone_exits_are_not_errors(self) -> None:
-        """A child whose peer reset (exit 141) is reaped without counting an error."""
+        """A child whose peer reset (exit 141) is not counted as an error; one that exits 1 is."""
         shared = Shared()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (the child)
-            os._exit(PEER_GONE)
-        shared.children.add(pid, "echo", ("127.0.0.1", 1))
-        wait_until(shared.reap)
-        assert shared.stats.errors == 0
+        for status in (PEER_GONE, 1):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover (the child)
+                os._exit(status)
+            shared.children.add(pid, "echo", ("127.0.0.1", status))
+
+        def both_reaped() -> bool:
+            shared.reap()
+            return shared.reaped == 2
+
+        wait_until(both_reaped)
+        assert shared.stats.errors == 1
