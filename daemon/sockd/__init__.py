@@ -1,4 +1,4 @@
-"""sockd: a systemd-native forking socket server built on socketserver."""
+"""sockd, a systemd-native forking socket server: its public names (every process imports this)."""
 
 from __future__ import annotations
 

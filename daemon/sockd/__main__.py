@@ -1,4 +1,4 @@
-"""`python -m sockd` and the `sockd` command: `run` blocks its signals before any import.
+"""`python -m sockd`, `sockd`: the daemon's entry point; `run` blocks its signals before any import.
 
 A SIGHUP or SIGTERM that comes while sockd starts (importing alone takes
 about 100 ms) would otherwise kill it with nothing logged. Blocked, it waits:

@@ -1,4 +1,4 @@
-"""Errors that end sockd, each with the sysexits(3) code it exits with; exceptions as data."""
+"""Errors that end sockd, each with its sysexits(3) code; exceptions as data (a leaf)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Listening sockets: adoption of systemd's (sd_listen_fds(3)) and binding of our own."""
+"""Listening sockets (a leaf): adopting systemd's (sd_listen_fds(3)), binding our own, checking."""
 
 from __future__ import annotations
 

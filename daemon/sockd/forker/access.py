@@ -1,4 +1,4 @@
-"""Who may connect: allow/deny rules, per-source caps and rate limits, bounded denial logs."""
+"""Who may connect, asked by the forker and pooled workers: rules, caps, rates, denial logs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pooled services: pre-forked workers, each serving connections one after another.
+"""Pooled services: the forker's `Pools`, and the workers it forks, each serving in turn.
 
 A service with `workers = N` trades isolation for speed: N processes forked
 at start accept on the service's listeners themselves (an exclusive epoll

@@ -1,4 +1,4 @@
-"""Programs exec'd per connection, inetd/UCSPI style: environment, spawning, stderr lines.
+"""Programs the forker execs per connection, inetd/UCSPI style: environment, spawn, stderr lines.
 
 The connection becomes the program's stdin and stdout; its stderr is a pipe
 the forker reads, so that each line becomes one log event and never reaches

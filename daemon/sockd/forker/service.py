@@ -1,8 +1,9 @@
 """The forking server: one instance per listening socket, with socketserver's hooks overridden.
 
-It runs in the forker (see `sockd.forker`), whose size is the cost of every
-fork: it imports nothing heavy, and reports what it logs as records that the
-daemon renders with structlog.
+It runs in the forker (see `sockd.forker`), and from `_fork` on in each
+connection's child. The forker's size is the cost of every fork: it imports
+nothing heavy, and reports what it logs as records that the daemon renders
+with structlog.
 """
 
 from __future__ import annotations

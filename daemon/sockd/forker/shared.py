@@ -1,4 +1,4 @@
-"""What the forker's servers share: each service's settings, the children, counters, limits."""
+"""What the forker's servers share (children inherit it): settings, children, counters, limits."""
 
 from __future__ import annotations
 

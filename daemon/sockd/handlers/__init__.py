@@ -1,4 +1,8 @@
-"""Handler lookup: built-in services by name, or `package.module:Class`."""
+"""Handler lookup: built-ins by name, or `package.module:Class`.
+
+A leaf: the daemon imports handlers with it to validate the config (`run` and
+`check`), the forker to serve them.
+"""
 
 from __future__ import annotations
 

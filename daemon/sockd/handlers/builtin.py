@@ -1,4 +1,4 @@
-"""The classic inetd built-in services: echo, discard, daytime, chargen and time."""
+"""The inetd built-ins, run in the forker's children: echo, discard, daytime, chargen, time."""
 
 from __future__ import annotations
 

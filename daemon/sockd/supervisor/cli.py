@@ -1,4 +1,4 @@
-"""The `sockd` command: argument parsing and exit codes; the only place that exits."""
+"""The `sockd` command, in the daemon: arguments and exit codes; the only place that exits."""
 
 from __future__ import annotations
 

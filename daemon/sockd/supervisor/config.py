@@ -1,4 +1,4 @@
-"""The TOML configuration, loaded into frozen dataclasses and validated on load."""
+"""The TOML configuration, loaded by the daemon (and `check`) into frozen, validated dataclasses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Detaching from the terminal with python-daemon, when sockd runs without systemd."""
+"""Detaching the daemon from the terminal with python-daemon, when sockd runs without systemd."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""structlog set-up: one JSON event per line on stderr, journald priorities, tracebacks as data."""
+"""The daemon's structlog set-up: a JSON event per line, journald priorities, tracebacks as data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""sd_notify(3) through `sdnotify`: never raises, never waits, and a no-op without NOTIFY_SOCKET."""
+"""The daemon's sd_notify(3) via `sdnotify`: never raises or waits; no-op without NOTIFY_SOCKET."""
 
 from __future__ import annotations
 

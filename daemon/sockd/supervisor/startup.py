@@ -1,4 +1,4 @@
-"""sockd's start-up, in its one strict order, then the main loop."""
+"""The daemon's start-up, in its one strict order, then the main loop."""
 
 from __future__ import annotations
 

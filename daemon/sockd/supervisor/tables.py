@@ -1,4 +1,4 @@
-"""TOML tables: typed, bounded access with errors that name the file and the key, and rendering."""
+"""The daemon's TOML tables: typed, bounded access, errors naming file and key, rendering."""
 
 from __future__ import annotations
 
