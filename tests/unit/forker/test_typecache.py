@@ -89,7 +89,7 @@ def test_a_warmed_child_copies_fewer_pages() -> None:
         print(cold, child_faults())
         """
     )
-    source_root = os.path.dirname(os.path.dirname(typecache.__file__))
+    source_root = os.path.dirname(os.path.dirname(os.path.dirname(typecache.__file__)))
     result = subprocess.run(
         [sys.executable, "-S", "-c", script],
         env={**os.environ, "PYTHONPATH": source_root},

@@ -18,7 +18,7 @@ from sockd.supervisor import cli
 if TYPE_CHECKING:
     from pathlib import Path
 
-EXAMPLES = __import__("pathlib").Path(__file__).parents[2] / "examples"
+EXAMPLES = __import__("pathlib").Path(__file__).parents[3] / "examples"
 
 
 def run_main(argv: list[str]) -> int:
