@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from harness import wait_until
 
@@ -17,11 +18,11 @@ from sockd.forker.shared import (
     peer_path,
     unix_client,
 )
-from sockd.supervisor.config import Limits, ServiceConfig, service_record
+from sockd.spec import Limits, ServiceSpec
 
 
-def service(**limits: object) -> Service:
-    return Service(service_record(ServiceConfig("svc", "echo", limits=Limits(**limits))))  # type: ignore[arg-type]
+def service(**limits: Any) -> Service:
+    return Service(ServiceSpec("svc", "echo", limits=Limits(**limits)))
 
 
 class TestShared:
