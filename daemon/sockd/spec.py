@@ -63,23 +63,30 @@ def _items(value: object) -> list[object] | tuple[object, ...]:
     return value
 
 
+def _within(where: str, decode: Decode, value: object) -> Any:
+    """Decode `value`, naming `where` it is in any problem."""
+    try:
+        return decode(value)
+    except WireError as exc:
+        raise WireError(f"{where}: {exc}") from None
+
+
 def _texts(value: object) -> tuple[str, ...]:
     items = _items(value)
-    for index, item in enumerate(items):
+    for index, item in enumerate(items):  # (a deny list may hold 100000: no call per item)
         if not isinstance(item, str):
             raise WireError(f"item {index}: {_expected('a string', item)}")
-    return tuple(items)  # type: ignore[arg-type]  # (each checked above)
+    return tuple(items)  # type: ignore[arg-type]  # (each checked)
 
 
 def _pairs(value: object) -> tuple[tuple[str, str], ...]:
     pairs = []
     for index, item in enumerate(_items(value)):
-        try:
-            name, text = _texts(item)
-        except ValueError:  # WireError, or not two of them
-            msg = f"item {index}: expected [name, value] (strings), got {type(item).__name__}"
-            raise WireError(msg) from None
-        pairs.append((name, text))
+        pair = _within(f"item {index}", _texts, item)
+        if len(pair) != 2:
+            msg = f"item {index}: expected [name, value], got {type(item).__name__} of {len(pair)}"
+            raise WireError(msg)
+        pairs.append(pair)
     return tuple(pairs)
 
 
@@ -89,12 +96,14 @@ def _identity(value: object) -> list[Any] | None:
         return None
     items = _items(value)
     if len(items) != 3:
-        raise WireError(f"expected None or [uid, gid, groups], got {len(items)} items")
-    uid, gid, groups = items
-    for index, group in enumerate(_items(groups)):
-        if not isinstance(group, int) or isinstance(group, bool):
-            raise WireError(f"groups: item {index}: {_expected('an integer', group)}")
-    return [_integer(uid), _integer(gid), list(groups)]  # type: ignore[call-overload]
+        msg = f"expected None or [uid, gid, groups], got {type(value).__name__} of {len(items)}"
+        raise WireError(msg)
+    groups = _within("groups", _items, items[2])
+    return [
+        _within("uid", _integer, items[0]),
+        _within("gid", _integer, items[1]),
+        [_within(f"groups: item {index}", _integer, group) for index, group in enumerate(groups)],
+    ]
 
 
 _OPTIONAL_INTEGER = _optional(_integer, "an integer")
@@ -128,10 +137,7 @@ class WireRecord:  # noqa: PLW1641 (compared by value; only Limits, in a frozen 
             raise WireError(msg)
         record = cls.__new__(cls)
         for (name, decode), value in zip(cls.FIELDS, data, strict=True):
-            try:
-                setattr(record, name, decode(value))
-            except WireError as exc:
-                raise WireError(f"{name}: {exc}") from None
+            setattr(record, name, _within(name, decode, value))
         return record
 
     def as_dict(self) -> dict[str, Any]:
@@ -282,10 +288,7 @@ def services_from_wire(data: object) -> list[ServiceSpec]:
     Raises:
         WireError: naming the service (by its place) and its field.
     """
-    specs = []
-    for index, item in enumerate(_items(data)):
-        try:
-            specs.append(ServiceSpec.from_wire(item))
-        except WireError as exc:
-            raise WireError(f"service {index}: {exc}") from None
-    return specs
+    items = _items(data)
+    return [
+        _within(f"service {index}", ServiceSpec.from_wire, item) for index, item in enumerate(items)
+    ]

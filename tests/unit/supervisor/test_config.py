@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sockd.errors import ConfigError
+from sockd.spec import Limits
 from sockd.supervisor import config, sockets
 
 if TYPE_CHECKING:
@@ -543,7 +544,7 @@ class TestPrograms:
         assert service.program is not None
         assert service.program.endswith("/cat")
         assert service.env == (("A", "1"), ("B", "2"))
-        assert service.limits == config.Limits()
+        assert service.limits == Limits()
         assert (service.limits.source_prefix_v4, service.limits.source_prefix_v6) == (32, 64)
 
     def test_record_carries_what_the_forker_needs(self, tmp_path: Path) -> None:
