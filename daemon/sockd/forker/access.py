@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
+    from sockd.spec import Limits
+
     IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -179,38 +181,35 @@ MAX_SOURCE_BUCKETS = 65536  # per service; past it, the least recently used is d
 EXPIRE_PER_SOURCE = 2  # refilled buckets dropped (oldest first) when a new source comes
 
 
-# The limits that need counting; without them a service admits without looking.
-LIMITS = ("per_source", "per_source_rate", "rate")
-
-
 class Admission:
     """Per-source counts and rate limits of one service, kept across reloads.
 
-    `limits` is the service's `limits` record (see `config.Limits`); it may
-    change on reload (`apply`). Without any limit (`limited` False) nothing is
-    counted: the forker then skips admission altogether.
+    `limits` is the service's `sockd.spec.Limits`; it may change on reload
+    (`apply`). Without any limit (`limited` False) nothing is counted: the
+    forker then skips admission altogether.
     """
 
     __slots__ = ("bucket", "limited", "limits", "open", "source_buckets")
 
-    def __init__(self, limits: dict[str, Any]) -> None:
-        self.limits: dict[str, Any] = {}
-        self.limited = False
+    def __init__(self, limits: Limits) -> None:
         self.apply(limits)
         self.open: dict[tuple[int, int], int] = {}  # source -> connections open now
         self.bucket: Bucket | None = None
         # Least recently used first: refilled buckets are found at the front.
         self.source_buckets: OrderedDict[tuple[int, int], Bucket] = OrderedDict()
 
-    def apply(self, limits: dict[str, Any]) -> None:
+    def apply(self, limits: Limits) -> None:
         """Take new limits (the caller recounts the connections open, see `Shared.admission`)."""
         self.limits = limits
-        self.limited = any(limits[name] is not None for name in LIMITS)
+        # The limits that need counting; without them a service admits without looking.
+        self.limited = any(
+            limit is not None for limit in (limits.per_source, limits.per_source_rate, limits.rate)
+        )
 
     def key(self, client_address: object) -> tuple[int, int] | None:
         """Return the client's source group under the current prefixes."""
         limits = self.limits
-        return source_key(client_address, limits["source_prefix_v4"], limits["source_prefix_v6"])
+        return source_key(client_address, limits.source_prefix_v4, limits.source_prefix_v6)
 
     def refusal(self, key: tuple[int, int] | None, now: float) -> str | None:
         """Return which limit refuses a connection from `key` now, or None (tokens taken).
@@ -218,13 +217,13 @@ class Admission:
         A refused connection takes no token from any bucket.
         """
         limits = self.limits
-        per_source = limits["per_source"]
+        per_source = limits.per_source
         if per_source is not None and key is not None and self.open.get(key, 0) >= per_source:
             return "per_source"
         source_bucket = None
-        rate = limits["per_source_rate"]
+        rate = limits.per_source_rate
         if rate is not None and key is not None:
-            burst = limits["per_source_burst"] or max(1.0, rate)
+            burst = limits.per_source_burst or max(1.0, rate)
             buckets = self.source_buckets
             source_bucket = buckets.get(key)
             if source_bucket is None:
@@ -236,9 +235,9 @@ class Admission:
                 buckets.move_to_end(key)  # `ready` stamps it: the order stays by last use
             if not source_bucket.ready(rate, burst, now):
                 return "per_source_rate"
-        rate = limits["rate"]
+        rate = limits.rate
         if rate is not None:
-            burst = limits["burst"] or max(1.0, rate)
+            burst = limits.burst or max(1.0, rate)
             if self.bucket is None:
                 self.bucket = Bucket(burst, now)
             if not self.bucket.ready(rate, burst, now):
@@ -267,11 +266,11 @@ class Admission:
         from the front, up to the first that has not refilled: each bucket is
         looked at once when it is dropped, plus one look per call.
         """
-        rate = self.limits["per_source_rate"]
+        rate = self.limits.per_source_rate
         if rate is None:
             self.source_buckets = OrderedDict()
             return
-        burst = self.limits["per_source_burst"] or max(1.0, rate)
+        burst = self.limits.per_source_burst or max(1.0, rate)
         buckets = self.source_buckets
         if self._expire(rate, burst, now, len(buckets)) > len(buckets):
             # A table never shrinks: copy it so the memory goes back (the forker's

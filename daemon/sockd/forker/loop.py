@@ -24,6 +24,7 @@ from sockd.forker.pool import Pools
 from sockd.forker.programs import StderrWatch
 from sockd.forker.service import HANDLED_SIGNALS, ForkPaused, ServiceServer
 from sockd.forker.shared import Service, Shared
+from sockd.spec import services_from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -385,14 +386,14 @@ class Forker:
     def _reload(
         self,
         seq: int,
-        records: list[dict[str, Any]],
+        records: list[tuple[object, ...]],  # ServiceSpec.to_wire() each
         max_children: int,
         stop_timeout: float,
         renew_after: int,
     ) -> None:
         try:
-            assign_identity(records, self.shared.child_identity)
-            services = {record["name"]: Service(record) for record in records}
+            identity = self.shared.child_identity
+            services = {spec.name: Service(spec, identity) for spec in services_from_wire(records)}
             forkhooks.note_threads()
         except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
             self._send(("reload_failed", seq, f"{type(exc).__name__}: {exc}"))
@@ -473,7 +474,7 @@ class Forker:
         accepting = not self.stop_phase and not self.standby
         at_cap: list[ServiceServer] = []
         for server in self.servers:
-            if server.service.record["workers"]:
+            if server.service.workers:
                 continue  # its workers accept
             has_room = accepting and self._room(server) > 0
             if accepting and not has_room:
@@ -658,13 +659,6 @@ class Forker:
         self.inbox.close()
 
 
-def assign_identity(records: list[dict[str, Any]], child_identity: list[Any] | None) -> None:
-    """Programs without a `user` of their own run as the children do."""
-    for record in records:
-        if record["program"] and not record["identity"]:
-            record["identity"] = child_identity
-
-
 def fair_shares(max_children: int, services: Iterable[Service]) -> dict[str, int]:
     """Return the part of `max_children` each service is guaranteed (see `Forker._room`).
 
@@ -674,8 +668,8 @@ def fair_shares(max_children: int, services: Iterable[Service]) -> dict[str, int
     what it leaves is free for any service to borrow.
     """
     by_name = {service.name: service for service in services}  # a service per listener
-    shares = {name: s.record["workers"] for name, s in by_name.items() if s.record["workers"]}
-    forking = [service for service in by_name.values() if not service.record["workers"]]
+    shares = {name: s.workers for name, s in by_name.items() if s.workers}
+    forking = [service for service in by_name.values() if not service.workers]
     if forking:
         part = max(1, (max_children - sum(shares.values())) // len(forking))
         for service in forking:

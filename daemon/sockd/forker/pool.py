@@ -118,7 +118,7 @@ class _Worker:
     def run(self) -> int:
         """Serve until told to stop, or until max_connections_per_child; return the status."""
         sockets, poller, wakeup = self._set_up()
-        limit = self.service.record["max_connections_per_child"]
+        limit = self.service.max_connections_per_child
         served = 0
         try:
             while not self.stopping and (limit is None or served < limit):
@@ -366,7 +366,7 @@ class Pools:
     ) -> None:
         self.services: dict[str, list[ServiceServer]] = {}  # pooled service -> its listeners
         for server in servers:
-            if server.service.record["workers"]:
+            if server.service.workers:
                 self.services.setdefault(server.service.name, []).append(server)
         self.report = report
         self.workers: dict[int, tuple[str, float]] = {}  # pid -> service, start time
@@ -379,7 +379,7 @@ class Pools:
         for service, servers in self.services.items():
             if name is not None and service != name:
                 continue
-            wanted = servers[0].service.record["workers"]
+            wanted = servers[0].service.workers or 0  # (only pooled services are here)
             current = sum(
                 1
                 for pid, (owner, _) in self.workers.items()

@@ -313,7 +313,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         key = self._source if reason.startswith(("per_source", "rate")) else None
         if key is not None:
             limits = self.admission.limits
-            source = source_text(key, limits["source_prefix_v4"], limits["source_prefix_v6"])
+            source = source_text(key, limits.source_prefix_v4, limits.source_prefix_v6)
         elif isinstance(client_address, tuple):
             source = client_address[0]  # repeated refusals of one address sum up
         else:

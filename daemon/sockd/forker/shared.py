@@ -18,40 +18,51 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sockd.exits import RawExit
+    from sockd.spec import ServiceSpec
 
 
 class Service:
-    """What a server needs of its service's settings, built from a plain record."""
+    """What a server needs of its service's settings, built from its `ServiceSpec`.
+
+    Plain slots, copied once: a connection reads `service.X`, nothing more.
+    """
 
     __slots__ = (
         "handler",
         "idle_timeout",
+        "limits",
         "max_children",
+        "max_connections_per_child",
         "max_duration",
         "name",
         "program",
-        "record",
         "refusal",
         "rules",
         "unix_mode",
+        "workers",
     )
 
-    def __init__(self, record: dict[str, Any]) -> None:
-        """Load what `record` (from `config.service_record`) names: handler or program, rules."""
-        self.record = record
-        self.name: str = record["name"]
-        self.handler = load_handler(record["handler"]) if record["handler"] else None
+    def __init__(self, spec: ServiceSpec, child_identity: list[Any] | None = None) -> None:
+        """Load what `spec` names: handler or program, rules.
+
+        A program without a `user` of its own runs as `child_identity` (see
+        `Shared.child_identity`).
+        """
+        self.name = spec.name
+        self.handler = load_handler(spec.handler) if spec.handler else None
         self.program = None
-        if record["program"]:
-            self.program = Program(
-                record["program"], record["exec"], record["env"], record["identity"]
-            )
-        self.max_children: int | None = record["max_children"]
-        self.max_duration: float | None = record["max_duration"]
-        self.idle_timeout: float | None = record["idle_timeout"]
-        self.unix_mode: int = record["unix_mode"]
-        self.rules = AccessRules(record["allow"], record["deny"])
-        self.refusal: bytes = record["refusal"].encode()
+        if spec.program:
+            identity = spec.identity or child_identity
+            self.program = Program(spec.program, list(spec.exec), dict(spec.env), identity)
+        self.max_children = spec.max_children
+        self.max_duration = spec.max_duration
+        self.idle_timeout = spec.idle_timeout
+        self.unix_mode = spec.unix_mode
+        self.rules = AccessRules(spec.allow, spec.deny)
+        self.refusal = spec.refusal.encode()
+        self.limits = spec.limits
+        self.workers = spec.workers  # pooled: this many workers serve it
+        self.max_connections_per_child = spec.max_connections_per_child
 
 
 class Stats:
@@ -212,7 +223,7 @@ class Shared:
         Changed limits recount the service's connections open, each in its
         source group under the new prefixes (or not at all, without limits).
         """
-        limits = service.record["limits"]
+        limits = service.limits
         admission = self.admissions.get(service.name)
         if admission is None:
             admission = self.admissions[service.name] = Admission(limits)

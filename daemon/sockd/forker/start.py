@@ -16,7 +16,7 @@ listening sockets, and talks to it through two SOCK_SEQPACKET sockets of
 `ipc.MAX_RECORD` bytes; a reader skips and logs what does not decode or has
 the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
 
-- control, daemon -> forker: ("setup", {...}), ("reload", seq, [services],
+- control, daemon -> forker: ("setup", {...}, [services]), ("reload", seq, [services],
   max_children, stop_timeout, renew_forker_after),
   ("stop", stop_timeout), ("quit",). End of file (the daemon died): quit.
   Renewal (see `sockd.supervisor.loop`): ("retire",); to a forker started on
@@ -55,18 +55,24 @@ import sys
 
 from sockd import ipc, privileges
 from sockd.errors import EX_SOFTWARE, SockdError, exception_fields
-from sockd.forker.loop import Forker, assign_identity
+from sockd.forker.loop import Forker
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.listeners import Endpoint
+from sockd.spec import services_from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from sockd.spec import ServiceSpec
 
-def _servers(setup: dict[str, Any], shared: Shared) -> list[ServiceServer]:
-    services = {record["name"]: Service(record) for record in setup["services"]}
+
+def _servers(
+    setup: dict[str, Any], specs: list[ServiceSpec], shared: Shared
+) -> list[ServiceServer]:
+    identity = shared.child_identity
+    services = {spec.name: Service(spec, identity) for spec in specs}
     servers = []
     for fd, name, fd_name in setup["listeners"]:
         os.set_inheritable(fd, False)
@@ -103,16 +109,16 @@ def main() -> None:
     if record is None or ipc.problem(record, ipc.COMMANDS) or record[0] != "setup":
         os._exit(EX_SOFTWARE)
     setup: dict[str, Any] = record[1]  # type: ignore[assignment]
+    specs = services_from_wire(record[2])
     sys.path.extend(entry for entry in setup["sys_path"] if entry not in sys.path)
     shared = Shared()
     try:
         identity = setup["identity"]  # [daemon] user: [name, uid, gid], or None
-        if identity and any(record["identity"] for record in setup["services"]):
+        if identity and any(spec.identity for spec in specs):
             # Programs run as their own users: we stay root; children become the daemon user.
             shared.child_identity = privileges.group_ids(*identity)
             identity = None
-        assign_identity(setup["services"], shared.child_identity)
-        servers = _servers(setup, shared)
+        servers = _servers(setup, specs, shared)
         forkhooks.note_threads()
         privileges.become(tuple(identity) if identity else None)
     except SockdError as exc:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sockd.errors import ConfigError
 from sockd.handlers import load_handler
 from sockd.privileges import group_ids
+from sockd.spec import Limits, ServiceSpec
 from sockd.supervisor.sockets import resolve
 from sockd.supervisor.tables import Table, key_text, one_line, shown, toml_pairs
 
@@ -74,19 +75,6 @@ class ListenAddress:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Admission limits of a service, checked before a connection is served."""
-
-    per_source: int | None = None  # connections at once from one source
-    source_prefix_v4: int = 32  # a source is an IPv4 address...
-    source_prefix_v6: int = 64  # ...or an IPv6 /64
-    rate: float | None = None  # connections per second, all sources (token bucket)
-    burst: int | None = None
-    per_source_rate: float | None = None  # connections per second from one source
-    per_source_burst: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -536,26 +524,26 @@ def _check_socket_path(path: str, key: str) -> None:
         raise ConfigError(f"{key}: {shown(path)} exists and is not a socket")
 
 
-def service_record(service: ServiceConfig) -> dict[str, Any]:
-    """Return the service as plain values, for the forker (which never imports this module)."""
-    return {
-        "name": service.name,
-        "handler": service.handler,
-        "exec": list(service.exec),
-        "program": service.program,
-        "env": dict(service.env),
-        "identity": _identity(service.user, service.group),
-        "max_children": service.max_children,
-        "max_duration": service.max_duration,
-        "idle_timeout": service.idle_timeout,
-        "unix_mode": service.unix_mode,
-        "allow": [str(network) for network in service.allow],
-        "deny": [str(network) for network in service.deny],
-        "refusal": service.refusal,
-        "limits": dataclasses.asdict(service.limits),
-        "workers": service.workers,
-        "max_connections_per_child": service.max_connections_per_child,
-    }
+def service_spec(service: ServiceConfig) -> ServiceSpec:
+    """Return what the forker needs of the service (it never imports this module)."""
+    return ServiceSpec(
+        service.name,
+        service.handler,
+        exec=service.exec,
+        program=service.program,
+        env=service.env,
+        identity=_identity(service.user, service.group),
+        max_children=service.max_children,
+        max_duration=service.max_duration,
+        idle_timeout=service.idle_timeout,
+        unix_mode=service.unix_mode,
+        allow=tuple(str(network) for network in service.allow),
+        deny=tuple(str(network) for network in service.deny),
+        refusal=service.refusal,
+        limits=service.limits,
+        workers=service.workers,
+        max_connections_per_child=service.max_connections_per_child,
+    )
 
 
 def _identity(user: str | None, group: str | None) -> list[Any] | None:
@@ -572,7 +560,7 @@ def to_toml(config: Config) -> str:
     lines = [f"# effective configuration of {config.path or 'the command line'}", "[daemon]"]
     lines += toml_pairs(vars(config.daemon))
     for service in config.services:
-        values = {**vars(service), **vars(service.limits)}
+        values = {**vars(service), **service.limits.as_dict()}
         del values["limits"]
         lines += ["", "[[service]]", *toml_pairs(values)]
     return "\n".join(lines) + "\n"

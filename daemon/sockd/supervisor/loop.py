@@ -126,9 +126,9 @@ def spawn(
     Raises:
         OSError: the interpreter could not be started.
     """
-    services = [sockd_config.service_record(service) for service in config.services]
+    services = [sockd_config.service_spec(service) for service in config.services]
     # One that keeps root for programs' users (see sockd.forker) keeps only what it needs.
-    keeps_root = who is not None and any(service["identity"] for service in services)
+    keeps_root = who is not None and any(service.identity for service in services)
     prefix = capabilities_prefix() if keeps_root else []
     control_write, control_read = (sock.detach() for sock in ipc.channel())
     events_read, events_write = (sock.detach() for sock in ipc.channel())
@@ -178,7 +178,6 @@ def spawn(
             [server.fileno(), server.endpoint.service, server.endpoint.fd_name]
             for server in servers
         ],
-        "services": services,
         "max_children": daemon.max_children,
         "stop_timeout": daemon.stop_timeout,
         "renew_forker_after": daemon.renew_forker_after,
@@ -187,7 +186,7 @@ def spawn(
         "sys_path": sys.path,
     }
     try:
-        forker.send(("setup", setup))
+        forker.send(("setup", setup, [service.to_wire() for service in services]))
     except ipc.TooLarge as exc:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -508,7 +507,7 @@ class MainLoop:
         try:
             new = sockd_config.load(_reload_path(self.config.path), import_handlers=False)
             _check_reloadable(self.config, new)
-            services = [sockd_config.service_record(service) for service in new.services]
+            services = [sockd_config.service_spec(service).to_wire() for service in new.services]
             daemon = new.daemon
             record = (
                 "reload",

@@ -17,6 +17,7 @@ from sockd.forker.access import (
     source_key,
     source_text,
 )
+from sockd.spec import Limits
 
 if TYPE_CHECKING:
     import pytest
@@ -103,19 +104,6 @@ class TestAccessRules:
         assert rules(allow=("fe80::/10",)).refusal(("fe80::1%lo", 1, 0, 1)) is None
 
 
-def limits(**changes: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "per_source": None,
-        "source_prefix_v4": 32,
-        "source_prefix_v6": 64,
-        "rate": None,
-        "burst": None,
-        "per_source_rate": None,
-        "per_source_burst": None,
-    }
-    return base | changes
-
-
 class TestSourceGroups:
     def test_ipv6_sources_are_grouped_by_their_prefix(self) -> None:
         """Two addresses of one /64 are one source; the next /64 is another."""
@@ -170,14 +158,14 @@ class TestBucket:
 class TestAdmission:
     def test_limited_only_with_a_limit(self) -> None:
         """Without per_source, per_source_rate or rate there is nothing to count."""
-        assert not Admission(limits()).limited
-        assert not Admission(limits(source_prefix_v4=24)).limited
+        assert not Admission(Limits()).limited
+        assert not Admission(Limits(source_prefix_v4=24)).limited
         for name in ("per_source", "per_source_rate", "rate"):
-            assert Admission(limits(**{name: 1})).limited
+            assert Admission(Limits(**{name: 1})).limited
 
     def test_per_source_counts_open_connections(self) -> None:
         """At `per_source` open connections a source is refused until one closes."""
-        admission = Admission(limits(per_source=2))
+        admission = Admission(Limits(per_source=2))
         key = admission.key(("127.0.0.2", 1))
         for _ in range(2):
             assert admission.refusal(key, 0.0) is None
@@ -191,16 +179,16 @@ class TestAdmission:
 
     def test_rates_per_source_and_per_service(self) -> None:
         """per_source_rate throttles one source only; rate throttles the service."""
-        admission = Admission(limits(per_source_rate=1.0, per_source_burst=2))
+        admission = Admission(Limits(per_source_rate=1.0, per_source_burst=2))
         flood, other = admission.key(("127.0.0.2", 1)), admission.key(("127.0.0.3", 1))
         assert [admission.refusal(flood, 0.0) for _ in range(3)] == [None, None, "per_source_rate"]
         assert admission.refusal(other, 0.0) is None
-        admission.apply(limits(rate=1.0))
+        admission.apply(Limits(rate=1.0))
         assert [admission.refusal(other, 5.0) for _ in range(2)] == [None, "rate"]
 
     def test_a_refused_connection_takes_no_token(self) -> None:
         """Refused by the service's rate, a connection leaves its source's bucket as it was."""
-        admission = Admission(limits(per_source_rate=1.0, per_source_burst=1, rate=1.0, burst=1))
+        admission = Admission(Limits(per_source_rate=1.0, per_source_burst=1, rate=1.0, burst=1))
         first, second = admission.key(("127.0.0.2", 1)), admission.key(("127.0.0.3", 1))
         assert admission.refusal(first, 0.0) is None  # takes the service's only token
         assert admission.refusal(second, 0.0) == "rate"
@@ -208,7 +196,7 @@ class TestAdmission:
 
     def test_refilled_source_buckets_are_forgotten(self) -> None:
         """forget_full() drops buckets that have refilled, and keeps the others."""
-        admission = Admission(limits(per_source_rate=1.0, per_source_burst=2))
+        admission = Admission(Limits(per_source_rate=1.0, per_source_burst=2))
         for host in ("10.0.0.1", "10.0.0.2"):
             admission.refusal(admission.key((host, 1)), 0.0)
         admission.refusal(admission.key(("10.0.0.2", 1)), 1.5)
@@ -218,7 +206,7 @@ class TestAdmission:
     def test_source_buckets_stay_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A flood from ever new sources cannot grow the table past its bound."""
         monkeypatch.setattr(access, "MAX_SOURCE_BUCKETS", 8)
-        admission = Admission(limits(per_source_rate=1.0))
+        admission = Admission(Limits(per_source_rate=1.0))
         for index in range(100):
             admission.refusal(admission.key((f"10.0.0.{index}", 1)), 0.0)
         assert len(admission.source_buckets) <= 8
@@ -231,7 +219,7 @@ class TestAdmission:
         A flooding source that keeps coming stays throttled.
         """
         monkeypatch.setattr(access, "MAX_SOURCE_BUCKETS", 4)
-        admission = Admission(limits(per_source_rate=0.001, per_source_burst=1))
+        admission = Admission(Limits(per_source_rate=0.001, per_source_burst=1))
         keys = [admission.key((f"10.0.0.{index}", 1)) for index in range(6)]
         for key in keys[:4]:
             assert admission.refusal(key, 0.0) is None
@@ -244,14 +232,14 @@ class TestAdmission:
 
     def test_refilled_buckets_go_as_new_sources_come(self) -> None:
         """Sources that came once, long ago, are dropped as new ones come, before any bound."""
-        admission = Admission(limits(per_source_rate=1.0, per_source_burst=1))
+        admission = Admission(Limits(per_source_rate=1.0, per_source_burst=1))
         for index in range(1000):  # one new source every half second
             admission.refusal(admission.key((f"10.0.{index // 256}.{index % 256}", 1)), index / 2)
         assert len(admission.source_buckets) <= 4  # the last second's, refilling
 
     def test_a_pruned_table_is_rebuilt_small(self) -> None:
         """Once most buckets have refilled and gone, the table is a new, small one."""
-        admission = Admission(limits(per_source_rate=1.0, per_source_burst=1))
+        admission = Admission(Limits(per_source_rate=1.0, per_source_burst=1))
         for index in range(1000):
             admission.refusal(admission.key((f"10.0.{index // 256}.{index % 256}", 1)), 0.0)
         table = admission.source_buckets

@@ -6,11 +6,11 @@ from typing import Any
 
 from sockd.forker.loop import fair_shares
 from sockd.forker.shared import Service
-from sockd.supervisor.config import ServiceConfig, service_record
+from sockd.spec import ServiceSpec
 
 
 def service(name: str, **changes: Any) -> Service:
-    return Service(service_record(ServiceConfig(name, "echo")) | changes)
+    return Service(ServiceSpec(name, "echo", **changes))
 
 
 class TestFairShares:

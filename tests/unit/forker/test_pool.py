@@ -20,7 +20,7 @@ from sockd.forker.pool import RESPAWN_DELAY, Pools
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.listeners import Endpoint
-from sockd.supervisor.config import ServiceConfig, service_record
+from sockd.spec import ServiceSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,10 +28,9 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def server() -> Iterator[ServiceServer]:
-    record = service_record(ServiceConfig("pool", "echo", workers=2))
     sock = socket.create_server(("127.0.0.1", 0))
     endpoint = Endpoint("pool", sock.family, sock.getsockname(), adopted=sock)
-    served = ServiceServer(endpoint, Service(record), Shared())
+    served = ServiceServer(endpoint, Service(ServiceSpec("pool", "echo", workers=2)), Shared())
     yield served
     for pid in served.shared.children:  # the workers the test has not waited for
         with contextlib.suppress(ProcessLookupError):

@@ -17,14 +17,10 @@ from sockd.errors import exception_fields
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.listeners import Endpoint
-from sockd.supervisor.config import ServiceConfig, service_record
+from sockd.spec import ServiceSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def record(**changes: Any) -> dict[str, Any]:
-    return service_record(ServiceConfig("svc", "echo")) | changes
 
 
 @pytest.fixture
@@ -37,7 +33,8 @@ def server(events: list[tuple[str, str, dict[str, Any]]]) -> Iterator[ServiceSer
     shared = Shared()
     shared.report = lambda level, event, fields: events.append((level, event, fields))
     endpoint = Endpoint("svc", socket.AF_INET, ("127.0.0.1", 0))
-    served = ServiceServer(endpoint, Service(record(deny=["127.0.0.2"])), shared)
+    service = Service(ServiceSpec("svc", "echo", deny=("127.0.0.2",)))
+    served = ServiceServer(endpoint, service, shared)
     yield served
     served.server_close()
 
@@ -57,7 +54,7 @@ class TestServiceServer:
         sock.bind(("127.0.0.1", 0))
         endpoint = Endpoint("svc", sock.family, sock.getsockname(), adopted=sock)
         with pytest.raises(Exception, match="not listening"):
-            ServiceServer(endpoint, Service(record()), Shared())
+            ServiceServer(endpoint, Service(ServiceSpec("svc", "echo")), Shared())
         assert sock.fileno() == -1, "closed on failure"
 
     def test_fork_serve_and_reap(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from harness import wait_until
 
@@ -17,11 +18,36 @@ from sockd.forker.shared import (
     peer_path,
     unix_client,
 )
-from sockd.supervisor.config import Limits, ServiceConfig, service_record
+from sockd.spec import Limits, ServiceSpec
 
 
-def service(**limits: object) -> Service:
-    return Service(service_record(ServiceConfig("svc", "echo", limits=Limits(**limits))))  # type: ignore[arg-type]
+def service(**limits: Any) -> Service:
+    return Service(ServiceSpec("svc", "echo", limits=Limits(**limits)))
+
+
+class TestService:
+    def test_takes_the_spec_in_typed_attributes(self) -> None:
+        """The handler is loaded, the rules and the refusal made, the rest copied as it is."""
+        spec = ServiceSpec(
+            "svc", "echo", deny=("10.0.0.0/8",), refusal="busy\n", workers=2, idle_timeout=1.5
+        )
+        service = Service(spec)
+        assert service.handler is not None
+        assert service.handler.__name__ == "Echo"
+        assert service.program is None
+        assert service.rules.refusal(("10.1.2.3", 5)) == "deny 10.0.0.0/8"
+        assert service.refusal == b"busy\n"
+        assert (service.workers, service.idle_timeout) == (2, 1.5)
+        assert service.limits is spec.limits
+
+    def test_a_program_without_a_user_of_its_own_runs_as_the_children(self) -> None:
+        """A program's own identity wins; without one it takes the children's identity."""
+        children, own = [65534, 65534, [65534]], [1, 1, [1]]
+        for identity, runs_as in ((None, children), (own, own)):
+            spec = ServiceSpec("p", None, exec=("/bin/cat",), program="/bin/cat", identity=identity)
+            program = Service(spec, children).program
+            assert program is not None
+            assert program.identity == runs_as
 
 
 class TestShared:

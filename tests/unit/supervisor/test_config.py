@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sockd.errors import ConfigError
+from sockd.spec import Limits
 from sockd.supervisor import config, sockets
 
 if TYPE_CHECKING:
@@ -543,20 +544,21 @@ class TestPrograms:
         assert service.program is not None
         assert service.program.endswith("/cat")
         assert service.env == (("A", "1"), ("B", "2"))
-        assert service.limits == config.Limits()
+        assert service.limits == Limits()
         assert (service.limits.source_prefix_v4, service.limits.source_prefix_v6) == (32, 64)
 
     def test_record_carries_what_the_forker_needs(self, tmp_path: Path) -> None:
-        """service_record: plain values, the program's identity resolved to ids."""
+        """service_spec: plain values, the program's identity resolved to ids."""
         loaded = load_text(
             tmp_path,
             "[[service]]\nname = 'p'\nexec = ['/bin/cat']\nuser = 'root'\nper_source = 3\n",
         )
-        record = config.service_record(loaded.services[0])
-        assert record["program"] == "/bin/cat"
-        assert record["identity"][:2] == [0, 0]
-        assert 0 in record["identity"][2]
-        assert record["limits"]["per_source"] == 3
+        spec = config.service_spec(loaded.services[0])
+        assert spec.program == "/bin/cat"
+        assert spec.identity is not None
+        assert spec.identity[:2] == [0, 0]
+        assert 0 in spec.identity[2]
+        assert spec.limits.per_source == 3
 
     def test_effective_config_renders_programs(self, tmp_path: Path) -> None:
         """`sockd check` prints env as an inline table and the limits flat; it parses back."""
