@@ -268,3 +268,91 @@ class TestPoolListeners:
         wait_until(lambda: summed() + len(daemon.events("connection_denied")) == 60, timeout=25)
         assert len(daemon.events("connection_denied")) <= 2
         assert {event["source"] for event in daemon.events("connections_denied")} == {"127.0.0.2"}
+
+
+WITNESS_HANDLER = '''"""Read until the connection ends; write down what ended it."""
+
+import socketserver
+
+
+class Witness(socketserver.BaseRequestHandler):
+    """Say "ready", read to the end, then append to WITNESS how it ended: eof, or an exception."""
+
+    def handle(self) -> None:
+        """Read until the end, and write it down."""
+        self.request.sendall(b"ready\\n")
+        outcome = "eof"
+        try:
+            while self.request.recv(1024):
+                pass
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            with open(WITNESS, "a") as witness:
+                witness.write(outcome + "\\n")
+'''
+
+
+class TestCutShort:
+    """A connection cut short in a worker ends by its socket; nothing is raised into the handler."""
+
+    def config(self, tmp_path: Path, extra: str, stop_timeout: float = 5) -> tuple[str, Path]:
+        witness = tmp_path / "witness"
+        module = WITNESS_HANDLER.replace("WITNESS", repr(str(witness)), 1)
+        module = module.replace("open(WITNESS", f"open({str(witness)!r}")
+        (tmp_path / "witness_handler.py").write_text(module)
+        config = write_config(
+            tmp_path / "sockd.toml",
+            f"""
+            [daemon]
+            pythonpath = ["{tmp_path}"]
+            stop_timeout = {stop_timeout}
+
+            [[service]]
+            name = "pool"
+            handler = "witness_handler:Witness"
+            listen = ["127.0.0.1:0"]
+            workers = 1
+            {extra}
+            """,
+        )
+        return config, witness
+
+    def test_max_duration_shuts_the_connection_down(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Past max_duration the handler reads the end of its connection; the worker serves on."""
+        config, witness = self.config(tmp_path, "max_duration = 0.5")
+        daemon = sockd("run", "--config", config)
+        workers = wait_until(lambda: worker_pids(daemon) or None)
+        with connect(daemon.address()) as client:
+            assert client.recv(10) == b"ready\n"
+            (overtime,) = daemon.wait_event("max_duration_exceeded")
+            assert client.recv(10) == b""
+        wait_until(witness.exists)
+        assert witness.read_text().split() == ["eof"]
+        assert overtime["action"] == "abort"
+        assert not daemon.events("handler_error")
+        (closed,) = daemon.wait_event("connection_closed")
+        assert closed["exit_code"] == 1
+        assert worker_pids(daemon) == workers
+        assert exchange(daemon.address(), b"") == b"ready\n"
+
+    def test_a_second_sigterm_shuts_the_connection_down(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """At stop_timeout the busy worker's connection ends by its socket; the worker leaves."""
+        config, witness = self.config(tmp_path, "", stop_timeout=0.5)
+        daemon = sockd("run", "--config", config)
+        with connect(daemon.address()) as client:
+            assert client.recv(10) == b"ready\n"
+            daemon.signal(signal.SIGTERM)
+            (stop,) = daemon.wait_event("stop_timeout")
+            assert client.recv(10) == b""
+        assert daemon.wait() == 0
+        assert stop["action"] == "SIGTERM"
+        assert witness.read_text().split() == ["eof"]
+        assert not daemon.events("handler_error")
+        (exited,) = daemon.events("worker_exited")
+        assert exited["signal"] is None

@@ -9,8 +9,14 @@ their connection and leave) and a worker that dies. The forker's own loop
 never accepts on a pooled listener.
 
 A worker stops gracefully at its first SIGTERM (at once when idle, after the
-current connection when busy) and aborts its connection at a second one; the
-forker's stop phases send the first at once and the second at stop_timeout.
+current connection when busy) and cuts its connection short at a second one;
+the forker's stop phases send the first at once and the second at
+stop_timeout. Nothing is raised into the handler: a connection cut short (a
+second SIGTERM, or `max_duration` passed) is shut down, so that the handler's
+next read sees its end and its next write fails; a handler that does no I/O is
+killed later (SIGKILL from the forker's stop, or SIGALRM's default action
+KILL_GRACE seconds past `max_duration`). Signal handlers only record, and
+shut the connection down.
 """
 
 from __future__ import annotations
@@ -60,14 +66,6 @@ RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is re
 KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
 
 
-class _Stop(BaseException):
-    """A second SIGTERM reached a busy worker: its connection is cut short."""
-
-
-class _Overtime(BaseException):
-    """The connection outlived max_duration (SIGALRM)."""
-
-
 def start_worker(servers: list[ServiceServer], slot: mmap.mmap) -> int:
     """Fork a worker serving the listeners `servers` (one service); return its pid.
 
@@ -106,6 +104,8 @@ class _Worker:
         self.shared = servers[0].shared
         self.pid = os.getpid()  # made in the worker, after the fork
         self.busy = False
+        self.request: socket.socket | None = None  # the connection being served
+        self.cut: str | None = None  # why it was cut short: "stop" or "overtime"
         self.stopping = False
         self.batch: list[tuple[Any, ...]] = []
         self.batch_due = 0.0
@@ -141,8 +141,6 @@ class _Worker:
                     self._serve(server, request, client_address)
                 if not accepted:
                     self._wait(poller, wakeup)
-        except _Stop:  # a second SIGTERM, between connections
-            pass
         finally:
             for summary in self.shared.denials.due(math.inf):  # the refusals summed so far
                 self.shared.report("info", "connections_denied", summary)
@@ -222,7 +220,9 @@ class _Worker:
         """Serve one connection in this process; return its status (0, PEER_GONE, 1: error)."""
         service = self.service
         status = 0
+        self.cut = None
         try:
+            self.request = request
             self.busy = True
             if service.idle_timeout:
                 request.settimeout(service.idle_timeout)
@@ -233,26 +233,28 @@ class _Worker:
             status = PEER_GONE
         except TimeoutError:
             status = self._timed_out(server, request, client_address)
-        except _Overtime:
-            self._report(client, "warning", "max_duration_exceeded", action="abort")
-            status = 1
-        except _Stop:
-            self.stopping = True  # a second SIGTERM: this connection is cut short
-            status = 1
         except SystemExit as exc:  # the handler ends its process: this worker leaves
             self.stopping = True
             status = exc.code & 0xFF if isinstance(exc.code, int) else 1  # as its exit status
         except Exception:  # noqa: BLE001 (reported by handle_error; the worker goes on)
-            server.handle_error(request, client_address)
+            if self.cut is None:  # a connection cut short fails as the cut made it: no error
+                server.handle_error(request, client_address)
             status = 1
         finally:
             if service.max_duration:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, self._on_alarm)
             self.busy = False
+            self.request = None
             with contextlib.suppress(OSError):
                 server.shutdown_request(request)
-        return status
+        return status if self.cut is None else self._cut_short(client)
+
+    def _cut_short(self, client: object) -> int:
+        """Report a connection cut short (past max_duration: logged); return its status, 1."""
+        if self.cut == "overtime":
+            self._report(client, "warning", "max_duration_exceeded", action="abort")
+        return 1
 
     def _timed_out(self, server: ServiceServer, request: Any, client_address: Any) -> int:
         if not self.service.idle_timeout:
@@ -347,15 +349,23 @@ class _Worker:
         self.batch = []
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
-        if self.busy and self.stopping:
-            raise _Stop
+        if self.busy and self.stopping:  # a second SIGTERM: the connection is cut short
+            self._cut("stop")
         self.stopping = True  # idle: the wake-up ends the wait; busy: after this connection
 
     def _on_alarm(self, _signum: int, _frame: FrameType | None) -> None:
-        # If the handler swallows this or is stuck in C code, the next alarm kills us.
+        # If the handler does no I/O (or ignores its end), the next alarm kills us.
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, KILL_GRACE)
-        raise _Overtime
+        self._cut("overtime")
+
+    def _cut(self, why: str) -> None:
+        """Shut the connection being served down, so that the handler's I/O ends; no raise."""
+        if self.cut is None:
+            self.cut = why
+        if self.request is not None:
+            with contextlib.suppress(OSError):
+                self.request.shutdown(socket.SHUT_RDWR)
 
 
 class Pools:
