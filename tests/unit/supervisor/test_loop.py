@@ -21,7 +21,7 @@ from sockd.supervisor.config import (
     ServiceConfig,
     load,
     parse_listen,
-    service_record,
+    service_spec,
 )
 from sockd.supervisor.loop import RENEW_PAUSE, ForkerProcess, MainLoop, _check_reloadable
 from sockd.supervisor.notify import Notifier
@@ -193,7 +193,7 @@ class TestReload:
         assert logs == []
         assert main.reload_pending
         (command,) = ipc.Reader(control).read()
-        records = [service_record(service) for service in new.services]
+        records = [service_spec(service).to_wire() for service in new.services]
         assert command == ("reload", 1, records, 50, 1.0, 0)
         with structlog.testing.capture_logs() as logs:
             main._on_event(main.forker, ("reloaded", 1))
