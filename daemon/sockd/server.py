@@ -200,8 +200,8 @@ class ForkingMixIn(_Base):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection in a forked child (`fork_request`); count it in `active_children`.
 
-        May be extended, do not override (an override that forks through
-        `fork_request` must reap the child itself: see `collect_children`).
+        May be overridden: an override that forks through `fork_request`
+        records the child where `collect_children` reaps it.
         """
         pid = self.fork_request(request, client_address)
         if self.active_children is None:
