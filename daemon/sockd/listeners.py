@@ -376,6 +376,17 @@ def describe(sockname: object) -> str:
     return f"unix:{sockname}"
 
 
+def client_text(request: Any, client_address: Any) -> str:
+    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED."""
+    if isinstance(client_address, tuple):
+        return describe(client_address)
+    try:
+        pid, uid, _ = peer_credentials(request)
+    except (OSError, AttributeError):  # no peer, or not a socket (a datagram server's request)
+        return "unix"
+    return f"unix:uid={uid},pid={pid}"
+
+
 def client_label(client: object) -> str:
     """Write a client as recorded: an address is described, a UNIX peer's text kept."""
     return client if isinstance(client, str) else describe(client)

@@ -343,7 +343,7 @@ class JSONErrorMixIn(_Server):
             return
         _error_log().error(
             "handler_error",
-            client=_client_text(request, client_address),
+            client=listeners.client_text(request, client_address),
             pid=os.getpid(),
             exception=exception_fields(exc),
         )
@@ -355,17 +355,6 @@ class ForkingTCPServer(ForkingMixIn, JSONErrorMixIn, socketserver.TCPServer):
 
 class ForkingUnixStreamServer(ForkingMixIn, JSONErrorMixIn, socketserver.UnixStreamServer):
     """socketserver.ForkingUnixStreamServer, with sockd's ForkingMixIn and JSONErrorMixIn."""
-
-
-def _client_text(request: Any, client_address: Any) -> str:
-    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED."""
-    if isinstance(client_address, tuple):
-        return listeners.describe(client_address)
-    try:
-        pid, uid, _ = listeners.peer_credentials(request)
-    except (OSError, AttributeError, TypeError):
-        return "unix"
-    return f"unix:uid={uid},pid={pid}"
 
 
 def _error_log() -> Any:
