@@ -307,6 +307,22 @@ def in_child(function: Callable[[], Any]) -> Any:
     return value
 
 
+def inherit(sockets: list[socket.socket], names: list[str] | None = None, pid: int = 0) -> None:
+    """Pass `sockets` to this process as systemd does: fds 3, 4... and LISTEN_* (in a child).
+
+    LISTEN_PID names this process, or `pid`. For `in_child`: it changes fds 3
+    and up, and the environment, of the process that calls it.
+    """
+    high = [fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD, 100) for sock in sockets]
+    for offset, fd in enumerate(high):
+        os.dup2(fd, 3 + offset)
+        os.close(fd)
+    os.environ["LISTEN_PID"] = str(pid or os.getpid())
+    os.environ["LISTEN_FDS"] = str(len(sockets))
+    if names is not None:
+        os.environ["LISTEN_FDNAMES"] = ":".join(names)
+
+
 _AS_LISTENER = """
 import os, socket, sys
 kind = sys.argv[1]

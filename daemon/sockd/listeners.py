@@ -15,6 +15,7 @@ from sockd.errors import ConfigError, OSFailure, PermissionFailure
 TYPE_CHECKING = False  # typing is not imported at run time: the forker stays small
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
+    from typing import Any
 
 
 SD_LISTEN_FDS_START = 3
@@ -106,6 +107,133 @@ def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]
             raise ConfigError(msg) from None
         inherited.append(InheritedFd(fd, name or None))
     return inherited
+
+
+class _Inherited:
+    """The sockets systemd passed this process, read once per process, each taken once.
+
+    The LISTEN_* variables are parsed (and removed from os.environ) at the
+    first `claim` in a process; a forked child starts afresh, with nothing:
+    LISTEN_PID names its parent, and the variables are gone anyway.
+    """
+
+    __slots__ = ("error", "fds", "pid", "untaken")
+
+    def __init__(self) -> None:
+        self.pid = 0  # the process that read them
+        self.fds: list[InheritedFd] = []
+        self.untaken: list[InheritedFd] = []
+        self.error: str | None = None  # what was wrong with the variables: raised again
+
+    def available(self) -> list[InheritedFd]:
+        """Return the sockets not taken yet, reading the variables if this process has not.
+
+        Raises:
+            ConfigError: the variables are garbage (at each call in this process).
+        """
+        pid = os.getpid()
+        if self.pid != pid:
+            self.pid, self.error = pid, None
+            try:
+                self.fds = listen_fds(os.environ, pid)
+            except ConfigError as exc:
+                self.fds, self.error = [], str(exc)
+            self.untaken = list(self.fds)
+        if self.error is not None:
+            raise ConfigError(self.error)
+        return self.untaken
+
+
+_inherited = _Inherited()
+
+
+def claim(family: int, address: object, fd_name: str | None = None) -> socket.socket | None:
+    """Take the socket systemd passed this process for a server of `family` at `address`.
+
+    As sd_listen_fds(3) describes: the one named `fd_name` (FileDescriptorName=),
+    else the one bound to `address` (a TCP port 0 matches none), else the only
+    one of `family` systemd passed, if not taken. Each is taken once per
+    process, so several servers take one each. The socket is returned as it is
+    (close-on-exec): its caller checks that it listens (`check_listening`).
+
+    Raises:
+        ConfigError: the LISTEN_* variables are garbage, or the chosen
+            descriptor is not a socket.
+    """
+    available = _inherited.available()
+    if not available:
+        return None
+    chosen = None
+    if fd_name is not None:
+        chosen = next((fd for fd in available if fd.name == fd_name), None)
+    if chosen is None:
+        chosen = next((fd for fd in available if _bound_to(fd, family, address)), None)
+    if chosen is None:
+        of_family = [fd for fd in _inherited.fds if _family(fd) == family]
+        if len(of_family) == 1 and of_family[0] in available:
+            chosen = of_family[0]
+    if chosen is None:
+        return None
+    available.remove(chosen)
+    try:
+        return socket.socket(fileno=chosen.fd)
+    except OSError as exc:
+        msg = f"socket from systemd (fd {chosen.fd}, name {chosen.name!r}): not a socket"
+        raise ConfigError(f"{msg}: {exc.strerror}") from None
+
+
+def _family(inherited: InheritedFd) -> int | None:
+    """Return the family of an inherited socket (None: not a socket)."""
+    try:
+        probe = socket.socket(fileno=inherited.fd)
+    except OSError:
+        return None
+    try:
+        return int(probe.family)
+    finally:
+        probe.detach()
+
+
+def _bound_to(inherited: InheritedFd, family: int, address: object) -> bool:
+    """Tell whether an inherited socket of `family` is bound to `address` (numeric, or a path)."""
+    if _family(inherited) != family:
+        return False
+    probe = socket.socket(fileno=inherited.fd)
+    try:
+        bound = probe.getsockname()
+    except OSError:
+        return False
+    finally:
+        probe.detach()
+    if family == socket.AF_UNIX:
+        return _same_path(address, bound)
+    return _same_ip(family, address, bound)
+
+
+def _same_ip(family: int, address: object, bound: tuple[Any, ...]) -> bool:
+    """Tell whether an IP socket bound to `bound` is at `address` (a numeric host; "": any)."""
+    # Port 0 asks for the kernel's choice: it matches no socket (an unbound one has port 0).
+    if not isinstance(address, tuple) or len(address) < 2 or not address[1]:
+        return False
+    if address[1] != bound[1]:
+        return False
+    host = address[0]
+    if host == "":  # socketserver's spelling of "every address"
+        return bound[0] in ("0.0.0.0", "::")
+    try:
+        return socket.inet_pton(family, host) == socket.inet_pton(family, bound[0])
+    except (OSError, TypeError):
+        return False  # a host name: never resolved here
+
+
+def _same_path(address: object, bound: str | bytes) -> bool:
+    """Tell whether a UNIX socket bound to `bound` is at `address` (relative paths resolved)."""
+    if not isinstance(address, (str, bytes)) or not address or not bound:
+        return False
+    wanted, found = os.fsencode(address), os.fsencode(bound)
+    if wanted == found:
+        return True
+    return wanted[:1] != b"\0" and os.path.abspath(wanted) == os.path.abspath(found)
 
 
 def ascii_number(text: str, digits: int = 10) -> int | None:
@@ -246,6 +374,17 @@ def describe(sockname: object) -> str:
         host, port = sockname[0], sockname[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"unix:{sockname}"
+
+
+def client_text(request: Any, client_address: Any) -> str:
+    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED."""
+    if isinstance(client_address, tuple):
+        return describe(client_address)
+    try:
+        pid, uid, _ = peer_credentials(request)
+    except (OSError, AttributeError):  # no peer, or not a socket (a datagram server's request)
+        return "unix"
+    return f"unix:uid={uid},pid={pid}"
 
 
 def client_label(client: object) -> str:

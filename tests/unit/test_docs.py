@@ -50,7 +50,16 @@ def emitted() -> dict[str, str]:
     """Return every event the code logs, with where it is first found."""
     events: dict[str, str] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        slots = {  # attribute names, not a record: ("error", "fds") names no event
+            id(node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets)
+        }
+        for node in ast.walk(tree):
+            if id(node) in slots:
+                continue
             if isinstance(node, ast.Call):
                 values = node.args
                 names = [_name(node.args[0])] if node.args and _logger_call(node) else []

@@ -11,7 +11,7 @@ import stat
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import in_child
+from harness import in_child, inherit
 
 from sockd import listeners
 from sockd.errors import ConfigError, OSFailure
@@ -108,6 +108,39 @@ class TestListenFds:
 
         with pytest.raises(ConfigError, match="file descriptor 3 is not open"):
             in_child(child)
+
+
+class TestClaim:
+    def test_port_zero_matches_no_address(self) -> None:
+        """A request for port 0 matches no inherited socket's address, not even an unbound one's."""
+
+        def child() -> list[object]:
+            unbound, bound = socket.socket(), listening()
+            inherit([unbound, bound])
+            taken = [listeners.claim(socket.AF_INET, (host, 0)) for host in ("", "0.0.0.0")]
+            wanted = listeners.claim(socket.AF_INET, bound.getsockname())
+            return [*taken, wanted and wanted.fileno()]
+
+        assert in_child(child) == [None, None, 4]
+
+    def test_names_and_paths(self, tmp_path: Path) -> None:
+        """Claims by name, then by path (a relative one too); each socket is claimed once."""
+        path = tmp_path / "s"
+
+        def child() -> list[object]:
+            unix = socket.socket(socket.AF_UNIX)
+            unix.bind(str(path))
+            inherit([listening(), unix], ["a", "b"])
+            os.chdir(tmp_path)
+            claims = [
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0), "a"),
+                listeners.claim(socket.AF_UNIX, "s"),
+                listeners.claim(socket.AF_UNIX, str(path), "b"),
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0), "a"),
+            ]
+            return [claim and claim.fileno() for claim in claims]
+
+        assert in_child(child) == [3, 4, None, None]
 
 
 class TestAdopt:

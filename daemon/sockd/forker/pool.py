@@ -37,12 +37,12 @@ from sockd.errors import exception_fields
 from sockd.exits import PEER_GONE, client_fields
 from sockd.forker.service import (
     HANDLED_SIGNALS,
-    PEER_GONE_ERRORS,
     TRANSIENT_ACCEPT_ERRORS,
     ServiceServer,
 )
 from sockd.forker.shared import unix_client
 from sockd.privileges import become_ids
+from sockd.server import PEER_GONE_ERRORS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The forking server: one instance per listening socket, with socketserver's hooks overridden.
+"""The forker's server: the library's ForkingMixIn, its hooks overridden, one per listening socket.
 
 It runs in the forker (see `sockd.forker`), and from `_fork` on in each
 connection's child. The forker's size is the cost of every fork: it imports
@@ -20,11 +20,12 @@ import time
 
 from sockd import listeners
 from sockd.errors import OSFailure, exception_fields
-from sockd.exits import PEER_GONE, client_fields
+from sockd.exits import client_fields
 from sockd.forker.access import source_text
 from sockd.forker.children import peak_rss_kib
 from sockd.forker.shared import Service, Shared, client_record, unix_client
 from sockd.privileges import become_ids
+from sockd.server import ForkingMixIn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,10 +57,6 @@ TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 # fork(2) or spawn errors that mean "not now" (process, memory or descriptor
 # limits): forking pauses, with back-off (see sockd.forker.shared.ForkBackoff).
 FORK_RESOURCE_ERRORS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
-# A peer that resets or hangs up (ECONNRESET, EPIPE, ECONNABORTED) ends its
-# connection normally, with no handler_error: the child exits with PEER_GONE
-# (see sockd.forker.children).
-PEER_GONE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 class ForkPaused(Exception):
@@ -70,28 +67,31 @@ class ForkPaused(Exception):
         self.delay = delay
 
 
-class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
-    """One listening socket (TCP or UNIX, bound or adopted) of one service.
+class ServiceServer(ForkingMixIn, socketserver.TCPServer):
+    """One listening socket (TCP or UNIX, bound or passed by the daemon) of one service.
 
-    Each accepted connection is served by `RequestHandlerClass` in a forked
-    child. The forker's loop drives it with `accept_ready()`; `serve_forever()`
-    is not used, so one epoll serves every listener.
+    sockd's ForkingMixIn, with the forker's hooks: admission in
+    `verify_request`, the spawn of programs in `process_request`, children of
+    every service reaped through `Shared.reap` (not `active_children`),
+    events sent to the daemon instead of structlog. Each accepted connection
+    is served by `RequestHandlerClass` in a forked child (`fork_request`). The
+    forker's loop drives it with `accept_ready()`; `serve_forever()` is not
+    used, so one epoll serves every listener.
     """
 
     request_queue_size = socket.SOMAXCONN
     block_on_close = False  # the forker waits for children, with a deadline
-    # ForkingMixIn's own cap blocks in waitpid() and is never reached here:
-    # the forker enforces the configured caps by not polling a capped listener.
+    # Never reached: the forker enforces the configured caps by not polling a
+    # capped listener.
     max_children = sys.maxsize
     timeout = None
 
     def __init__(self, endpoint: Endpoint, service: Service, shared: Shared) -> None:
-        """Create the socket (or take the adopted one), bind and activate it.
+        """Take the socket the daemon passed (or bind one), and activate it.
 
         Raises:
-            SockdError: binding failed, or an adopted socket is unusable.
+            SockdError: binding failed, or a passed socket is unusable.
         """
-        socketserver.BaseServer.__init__(self, endpoint.sockaddr, service.handler)  # type: ignore[arg-type]
         self.endpoint = endpoint
         self.service = service
         self.shared = shared
@@ -100,34 +100,29 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         self._local_address: Any = None  # every connection's local address, if one
         self._started: list[tuple[int, Any, bool]] = []  # pid, client, group: not yet recorded
         self.bound_path: str | None = None  # a UNIX socket file we created, to remove
-        try:
-            self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
-        except OSError as exc:
-            where = f"service {service.name!r}: listen {endpoint.address}"
-            raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
-        self.address_family = self.socket.family
-        self._family = int(self.socket.family)
+        self.address_family = endpoint.family
+        self._family = int(endpoint.family)
         self._unix = self._family == socket.AF_UNIX
         try:
-            self.server_bind()
-            self.server_activate()
-        except BaseException:
-            self.server_close()
-            raise
-
-    @property
-    def adopted(self) -> bool:
-        """True when the socket was inherited (from systemd, or by the forker from the daemon)."""
-        return self.endpoint.adopted is not None
+            super().__init__(endpoint.sockaddr, service.handler, fd_name=endpoint.fd_name)
+        except OSError as exc:  # socket(2) failed: bind and activate raise SockdErrors
+            where = f"service {service.name!r}: listen {endpoint.address}"
+            raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
 
     def server_bind(self) -> None:
-        """Bind the socket, unless it was inherited already bound.
+        """Take the socket the daemon passed, or bind one (`listeners.bind`).
 
-        May be overridden.
+        Overrides ForkingMixIn's: the forker's sockets come from the daemon,
+        never from LISTEN_FDS. May be overridden.
         """
-        if not self.adopted:
+        passed = self.endpoint.adopted
+        if passed is not None:
+            self.socket.close()  # the one TCPServer made
+            self.socket = passed
+            self.adopted = True
+        else:
             listeners.bind(self.socket, self.endpoint, self.service.unix_mode)
-            if self.socket.family == socket.AF_UNIX:
+            if self._unix:
                 self.bound_path = str(self.endpoint.sockaddr)
         self.server_address = self.socket.getsockname()
         if isinstance(self.server_address, tuple) and self.server_address[0] not in (
@@ -137,18 +132,21 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             self._local_address = self.server_address
 
     def server_activate(self) -> None:
-        """Listen on a socket we bound; an inherited one must be listening already.
+        """Listen on a socket we bound; a passed one must be listening already.
 
-        May be overridden.
+        Overrides ForkingMixIn's (whose errors name systemd), and leaves the
+        socket non-blocking: the forker accepts until EAGAIN. May be overridden.
         """
         if self.adopted:
             listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
         else:
             self.socket.listen(self.request_queue_size)
-        self.socket.setblocking(False)  # the forker accepts until EAGAIN
+        self.socket.setblocking(False)
 
     def server_close(self) -> None:
         """Close the listener, and remove a UNIX socket file we created.
+
+        Overrides ForkingMixIn's, which reaps: the forker reaps in its loop.
 
         May be extended, do not override.
         """
@@ -330,6 +328,9 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         the forker writes between two forks is copied again, so between forks
         it does no more than it must.
 
+        Overrides ForkingMixIn's, whose children are its `active_children`:
+        these are the forker's (`Shared.children`).
+
         May be extended, do not override.
         """
         # The text is made later, by the daemon, except for UNIX peers: their
@@ -337,7 +338,7 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
         client = unix_client(request, client_address) if self._unix else client_address
         program = self.service.program
         if program is None:
-            pid = self._fork(request, client_address)
+            pid = self.fork_request(request, client_address)
         else:
             pid, stderr = program.start(
                 request, client_address, self._local_address, self.shared.close_in_child
@@ -349,47 +350,34 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
             self.shared.sources[pid] = (self.admission, self._source, client_address)
         self.close_request(request)
 
-    def _fork(self, request: Any, client_address: Any) -> int:
-        """Fork; return the child's pid. The child serves the connection and ends in `os._exit`.
+    def serve_in_child(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in the child, first of all closing the forker's descriptors.
 
+        Then it takes the child's ids, sets the idle timeout, and runs the
+        handler. Overrides ForkingMixIn's: the handler runs here rather than
+        through `finish_request` (which pooled workers call), so that a child
+        calls no more functions than it must: each function a child calls for
+        the first time writes to pages it shares with the forker (the code's
+        warm-up counter, a new frame), and each page written is a page copied.
         The child keeps the forker's signal handlers, which take each signal's
         default action in any process but the forker (`Forker._record_signal`):
         resetting them in each child cost it 26 page copies.
+
+        May be overridden.
         """
-        pid = os.fork()
-        if pid:
-            return pid
-        # The child. Its path stays in this function, which the forker runs
-        # hot: each function a child calls for the first time writes to pages
-        # it shares with the forker (the code's warm-up counter, a new frame),
-        # and each page written is a page copied.
-        status = 1
+        for fd in self.shared.child_fds:  # as Shared.close_in_child does
+            os.close(fd)
+        if self.shared.child_identity is not None:
+            become_ids(self.shared.child_identity)
+        idle_timeout = self.service.idle_timeout
+        if idle_timeout:
+            request.settimeout(idle_timeout)
         try:
-            for fd in self.shared.child_fds:  # as Shared.close_in_child does
-                os.close(fd)
-            if self.shared.child_identity is not None:
-                become_ids(self.shared.child_identity)
-            if self.service.idle_timeout:
-                request.settimeout(self.service.idle_timeout)
-            self.finish_request(request, client_address)
-            status = 0
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
-        except PEER_GONE_ERRORS:
-            status = PEER_GONE
+            self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
         except TimeoutError:
-            if self.service.idle_timeout:
-                self.report_idle(request, client_address)
-                status = 0
-            else:
-                self.handle_error(request, client_address)
-        except Exception:  # noqa: BLE001 (reported by handle_error, then exit status 1)
-            self.handle_error(request, client_address)
-        finally:
-            try:
-                self.shutdown_request(request)
-            finally:
-                os._exit(status)
+            if not idle_timeout:
+                raise  # the handler's own: an error
+            self.report_idle(request, client_address)  # the end of an idle connection
 
     def report_idle(self, request: Any, client_address: Any) -> None:
         """Report a connection ended by `idle_timeout` as one `idle_timeout` event."""
@@ -404,6 +392,8 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Report the exception being handled as one `handler_error` event, as data.
+
+        Sent to the daemon (its log renders it), not written to stderr.
 
         May be overridden.
         """
@@ -422,20 +412,10 @@ class ServiceServer(socketserver.ForkingMixIn, socketserver.TCPServer):
     def collect_children(self, *, blocking: bool = False) -> None:  # noqa: ARG002
         """Reap exited children of every service; never blocks, whatever `blocking` says.
 
+        Overrides ForkingMixIn's: the forker's children are in `Shared.children`
+        (those `handle_request()` or `serve_forever()` started are recorded first).
+
         May be extended, do not override.
         """
+        self._record_started()
         self.shared.reap()
-
-    def handle_timeout(self) -> None:
-        """Reap exited children.
-
-        May be overridden.
-        """
-        self.collect_children()
-
-    def service_actions(self) -> None:
-        """Reap exited children.
-
-        May be overridden.
-        """
-        self.collect_children()

@@ -260,15 +260,7 @@ class Shared:
         return len(exits)
 
 
-def client_text(request: Any, client_address: Any) -> str:
-    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED."""
-    if isinstance(client_address, tuple):
-        return listeners.describe(client_address)
-    try:
-        pid, uid, _ = listeners.peer_credentials(request)
-    except OSError:
-        return "unix"
-    return f"unix:uid={uid},pid={pid}"
+client_text = listeners.client_text  # as the library's servers describe their clients
 
 
 def unix_client(request: Any, path: str | bytes) -> str | list[str]:

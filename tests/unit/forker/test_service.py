@@ -7,16 +7,18 @@ import os
 import signal
 import socket
 import struct
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from harness import recv_all, wait_until
+from harness import children_of, recv_all, wait_until
 
 from sockd import ipc
 from sockd.errors import exception_fields
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.listeners import Endpoint
+from sockd.server import ForkingMixIn
 from sockd.spec import ServiceSpec
 
 if TYPE_CHECKING:
@@ -111,6 +113,42 @@ class TestServiceServer:
         assert server.shared.stats.as_tuple() == (1, 0, 0)
         (summary,) = server.shared.denials.due(math.inf)
         assert (summary["reason"], summary["count"]) == ("peer_reset", 1)
+
+    def test_is_the_library_server(self, server: ServiceServer) -> None:
+        """The forker's server is the library's ForkingMixIn with hooks overridden, not a copy."""
+        assert isinstance(server, ForkingMixIn)
+        assert ServiceServer.fork_request is ForkingMixIn.fork_request
+        assert ServiceServer.serve_forever is ForkingMixIn.serve_forever
+
+    @pytest.mark.parametrize("driver", ["handle_request", "serve_forever"])
+    def test_socketserver_loops_record_and_reap(
+        self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]], driver: str
+    ) -> None:
+        """Driven by handle_request() or serve_forever(), its children are recorded and reaped."""
+        server.socket.setblocking(True)  # handle_request() would take its timeout, 0, as its own
+        if driver == "serve_forever":
+            thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        else:
+            thread = threading.Thread(target=server.handle_request, daemon=True)
+        thread.start()
+        with socket.create_connection(server.server_address[:2], timeout=5) as client:  # type: ignore[arg-type]
+            client.sendall(b"ping")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"ping"
+        if driver == "serve_forever":
+            wait_until(lambda: events, what="the child reaped by service_actions")
+            server.shutdown()
+        else:
+            thread.join(5)
+
+            def reaped() -> bool:
+                server.handle_timeout()  # as handle_request() does when it times out
+                return bool(events)
+
+            wait_until(reaped, what="the child reaped")
+        thread.join(5)
+        assert [event for _, event, _ in events] == ["connection_closed"]
+        assert not [pid for pid, state in children_of(os.getpid()) if state == "Z"]
 
     def test_collect_children_never_blocks(self, server: ServiceServer) -> None:
         """ForkingMixIn's blocking wait is gone: collect_children(blocking=True) returns at once."""
