@@ -35,8 +35,8 @@ selectors signal sockd sockd._version sockd.errors sockd.exits sockd.forker
 sockd.forker.access sockd.forker.childlog sockd.forker.children
 sockd.forker.forkhooks sockd.forker.loop sockd.forker.pool sockd.forker.programs
 sockd.forker.service sockd.forker.shared sockd.forker.start sockd.forker.typecache
-sockd.handlers sockd.handlers.builtin sockd.ipc sockd.listeners sockd.privileges socket
-socketserver stat sys threading time types warnings zipimport
+sockd.handlers sockd.handlers.builtin sockd.ipc sockd.listeners sockd.privileges
+sockd.timers socket socketserver stat sys threading time types warnings zipimport
 """.split()  # noqa: SIM905 (a paragraph of names reads better than one a line)
 
 MODULES_HANDLER = '''"""Report the modules of the process serving the connection."""
