@@ -165,6 +165,22 @@ class TestHandOver:
         main._on_event(old.forker, ("children", 3, {"echo": 3}))  # one of its children ended
         assert commands(new.control) == [("elsewhere", 3, {"echo": 3})]
 
+    def test_the_new_one_waits_for_the_count_of_the_one_it_replaces(
+        self, renewing: Renewing, stand_in: Callable[[], StandIn]
+    ) -> None:
+        """Counts of forkers retired earlier do not free it (it would under-count); all add up."""
+        main, old, fresh = renewing
+        earlier = stand_in()  # retired by an earlier renewal, still serving two connections
+        main.watch(earlier.forker)
+        main.renewal.crowded(4, NOW)
+        (new,) = fresh
+        main._on_event(new.forker, ("ready",))
+        main._on_event(earlier.forker, ("children", 2, {"echo": 2}))
+        assert commands(new.control) == [], "still waiting for the one it replaces"
+        with structlog.testing.capture_logs():
+            main._on_event(old.forker, ("children", 4, {"echo": 4}))
+        assert commands(new.control) == [("take_over", 6, {"echo": 6})]
+
     def test_a_retired_forker_gone_early_frees_the_new_one(self, renewing: Renewing) -> None:
         """The old forker exits before it reports: forker_retired, and take_over with none left."""
         main, old, fresh = renewing
