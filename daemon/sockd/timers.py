@@ -29,11 +29,10 @@ def _nothing(_now: float) -> None:
 class Timers:
     """Named due times (monotonic seconds), each with what runs when it is due."""
 
-    __slots__ = ("_actions", "_follows", "_index", "names", "times")
+    __slots__ = ("_actions", "_follows", "_index", "times")
 
     def __init__(self) -> None:
         """Make an empty table."""
-        self.names: list[str] = []  # by timer number
         self.times: list[float] = []  # by timer number: when it is due (math.inf: not set)
         self._actions: list[Action] = []
         self._index: dict[str, int] = {}
@@ -46,7 +45,6 @@ class Timers:
         time (see `is_set`).
         """
         self._index[name] = len(self.times)
-        self.names.append(name)
         self.times.append(when)
         self._actions.append(action or _nothing)
 
