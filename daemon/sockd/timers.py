@@ -8,7 +8,7 @@ each `next_due()`.
 
 Cheap on purpose, since the forker's loop asks once per turn, and a turn runs
 once per connection under load: the due times are one list of floats, whose
-minimum is one C call, and nothing is allocated unless a timer is due.
+minimum is one C call, and no list or dict is built unless a timer is due.
 """
 
 from __future__ import annotations

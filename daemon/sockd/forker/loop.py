@@ -152,13 +152,13 @@ class Forker:
         timers.follow("max_duration", self._overdue_at, self._enforce_deadlines)
         timers.follow("summaries", self._summaries_at, self._summaries)  # the bounded logs'
         timers.follow("respawn", self._respawn_at, self._respawn)  # pooled workers'
-        timers.add("crowd_check", self._check_crowded)  # set while there may be a crowd
-        timers.add("prune", self._prune, 0.0)
+        timers.add("crowd_check", self._check_crowded)  # set while renew_after children are open
+        timers.add("prune", self._prune, 0.0)  # every PRUNE_INTERVAL
         timers.add("pause", self._resume)  # accept(2) or fork(2) failed: accepting waits
         timers.add("status", self._send_status)  # the counts changed: they go STATUS_INTERVAL on
         timers.add("batch", self._flush_batch)  # the first exit of a batch waits EVENTS_DELAY
         timers.add("inbox", self._poll_inbox)  # children's reports wait INBOX_DELAY
-        timers.add("heartbeat", self._heartbeat, 0.0)
+        timers.add("heartbeat", self._heartbeat, 0.0)  # every HEARTBEAT, for the watchdog
         return timers
 
     def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
