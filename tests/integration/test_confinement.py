@@ -36,8 +36,7 @@ sockd.forker.access sockd.forker.childlog sockd.forker.children
 sockd.forker.forkhooks sockd.forker.loop sockd.forker.pool sockd.forker.programs
 sockd.forker.service sockd.forker.shared sockd.forker.start sockd.forker.typecache
 sockd.handlers sockd.handlers.builtin sockd.ipc sockd.listeners sockd.privileges sockd.server
-sockd.spec
-socket socketserver stat sys threading time types warnings zipimport
+sockd.spec sockd.timers socket socketserver stat sys threading time types warnings zipimport
 """.split()  # noqa: SIM905 (a paragraph of names reads better than one a line)
 
 MODULES_HANDLER = '''"""Report the modules of the process serving the connection."""

@@ -9,7 +9,6 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-import pytest
 from harness import (
     Notifications,
     Sockd,
@@ -222,24 +221,4 @@ class TestRenewal:
             assert failed["retry_in"] == 60
             assert forkers(daemon) == [first]
             assert exchange(daemon.address(), b"served\n") == b"served\n"
-        assert daemon.stop() == 0
-
-    @pytest.mark.parametrize(
-        ("daemon_settings", "service_settings"),
-        [("renew_forker_after = 0", ""), ("renew_forker_after = 2", "per_source = 10")],
-        ids=["off", "per-source-limits"],
-    )
-    def test_no_renewal(
-        self,
-        sockd: Callable[..., Sockd],
-        tmp_path: Path,
-        daemon_settings: str,
-        service_settings: str,
-    ) -> None:
-        """Off, or under per-source limits (counted in one forker), nothing is renewed."""
-        daemon = start(sockd, tmp_path, daemon_settings, extra=service_settings)
-        with held(daemon.address(), 3):
-            time.sleep(3)  # two crowd checks past the age of a long-lived connection
-            assert not daemon.events("forker_renewing")
-            assert len(forkers(daemon)) == 1
         assert daemon.stop() == 0

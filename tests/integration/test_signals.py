@@ -1,4 +1,4 @@
-"""Signals acted on by the main loop: graceful and immediate stop, reload; status and watchdog."""
+"""Signals acted on by the main loop (stop, reload; status and watchdog), and the forker's own."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 from harness import TESTS, Notifications, Sockd, connect, exchange, wait_until, write_config
+
+from sockd.supervisor.loop import FORKER_SILENCE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -124,6 +126,90 @@ class TestStop:
         assert daemon.wait() == 0
         assert "Traceback" not in "\n".join(daemon.lines())
         assert daemon.events("stopped")
+
+
+class TestForkerSignals:
+    def test_sigterm_to_the_forker_stops_it_gracefully_then_the_daemon_exits_70(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGTERM to the forker alone: its connection is served to its end, then it exits 0.
+
+        The daemon did not ask for that stop: it logs `forker_died` and exits
+        70, for systemd to restart the service.
+        """
+        daemon = sockd("run", "--config", echo_config(tmp_path))
+        forker = daemon.forker()
+        with connect(daemon.address()) as client:
+            client.sendall(b"before\n")
+            assert client.recv(100) == b"before\n"
+            os.kill(forker, signal.SIGTERM)
+            client.sendall(b"during\n")
+            assert client.recv(100) == b"during\n"
+            assert daemon.process.poll() is None, "the forker waits for its connection"
+        assert daemon.wait() == 70
+        (closed,) = daemon.events("connection_closed")
+        assert closed["exit_code"] == 0
+        (died,) = daemon.events("forker_died")
+        assert died["exit_status"] == 0
+        assert not daemon.events("stop_timeout")
+        assert not daemon.events("stopped")
+
+    def test_sigterm_to_the_forker_ends_its_children_at_stop_timeout(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGTERM to the forker: a child still running at stop_timeout gets SIGTERM; exit 70."""
+        config = echo_config(tmp_path, stop_timeout=0.3, handler="support_handlers:Sleep")
+        daemon = sockd("run", "--config", config)
+        with connect(daemon.address()) as client:
+            assert client.recv(100) == b"sleeping\n"
+            os.kill(daemon.forker(), signal.SIGTERM)
+            assert daemon.wait() == 70
+            assert client.recv(100) == b"", "its child was ended"
+        (timeout,) = daemon.events("stop_timeout")
+        assert (timeout["children"], timeout["action"]) == (1, "SIGTERM")
+        (closed,) = daemon.events("connection_closed")
+        assert closed["signal"] == "SIGTERM"
+        (died,) = daemon.events("forker_died")
+        assert died["exit_status"] == 0
+
+    @pytest.mark.slow
+    def test_a_silent_forker_stops_the_watchdog(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """A forker silent past FORKER_SILENCE (SIGSTOP): WATCHDOG=1 stops, for systemd's restart.
+
+        The daemon neither kills nor replaces it: heard from again, it is
+        healthy, WATCHDOG=1 comes again, and it serves.
+        """
+        daemon = sockd(
+            "run",
+            "--config",
+            echo_config(tmp_path),
+            notify=notifications,
+            env={"WATCHDOG_USEC": "200000"},  # WATCHDOG=1 every 0.1 s
+        )
+        forker = daemon.forker()
+        notifications.wait_for("WATCHDOG=1")
+        os.kill(forker, signal.SIGSTOP)
+        try:
+            last = [time.monotonic(), notifications.poll().count("WATCHDOG=1")]
+
+            def withheld() -> bool:
+                """Whether no WATCHDOG=1 came for a second (ten of its intervals)."""
+                count = notifications.poll().count("WATCHDOG=1")
+                if count != last[1]:
+                    last[:] = [time.monotonic(), count]
+                return time.monotonic() - last[0] > 1.0
+
+            wait_until(withheld, timeout=FORKER_SILENCE + 10, what="WATCHDOG=1 withheld")
+            assert daemon.process.poll() is None
+            assert daemon.forker() == forker, "neither killed nor replaced"
+        finally:
+            os.kill(forker, signal.SIGCONT)
+        notifications.wait_for("WATCHDOG=1", after=len(notifications.poll()))
+        assert exchange(daemon.address(), b"again") == b"again"
+        assert daemon.stop() == 0
+        assert not daemon.events("forker_died")
 
 
 class TestReload:

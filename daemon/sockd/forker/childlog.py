@@ -118,7 +118,6 @@ class Inbox:
         self.served: list[Any] = []  # workers' connections read in this turn: one record
         self.denied = 0  # and their refusals
         self.received: dict[int, int] = {}  # worker's pid -> number of its last connection read
-        self.due = 0.0  # in the forker: not polled until then (0: it is; see loop.INBOX_DELAY)
         self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
         self.lines: dict[int, _Lines] = {}  # pid -> its stderr, while it has written some
         self.strays = _Lines(self._stderr_line, {"service": None, "client": None, "pid": None})

@@ -7,6 +7,7 @@ the daemon.
 from __future__ import annotations
 
 import contextlib
+import enum
 import gc
 import math
 import os
@@ -25,10 +26,11 @@ from sockd.forker.programs import StderrWatch
 from sockd.forker.service import HANDLED_SIGNALS, ForkPaused, ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.spec import services_from_wire
+from sockd.timers import Timers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Collection, Iterable
     from types import FrameType
     from typing import Any
 
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (at stop, and past max_duration)
 MAX_ACCEPT_BURST = 16  # connections accepted per listener per turn, at most
 ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
-IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due
+IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due (the heartbeat comes first)
 REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits for it
 REAP_INTERVAL = 0.01  # under load, exits are reaped at most this often (unless a cap waits)
 STATUS_INTERVAL = 0.5  # counters go to the daemon at most this often (STATUS= is 1/s)
@@ -54,6 +56,20 @@ HEARTBEAT = 2.0  # the daemon hears from us at least this often (its watchdog ne
 PRUNE_INTERVAL = 10.0  # refilled per-source rate buckets are dropped this often
 LONG_LIVED = 1.0  # seconds: a connection open this long counts toward renew_forker_after
 CROWD_CHECK = 1.0  # how often the long-lived connections are counted (past the threshold)
+
+
+class StopPhase(enum.Enum):
+    """How far the forker is in stopping (see `Forker.stop`)."""
+
+    SERVING = "serving"  # not stopping
+    WAIT = "wait"  # accepts no more; its children may finish until the stop's deadline
+    TERM = "term"  # past it: they got SIGTERM, and get SIGKILL KILL_GRACE later
+    KILL = "kill"  # they got SIGKILL (`quit`, or past the grace)
+
+
+# By their names here too: an Enum's class attribute costs about 100 ns more a
+# lookup (CPython 3.11), and the loop looks at least once a turn.
+SERVING, WAIT, TERM, KILL = StopPhase
 
 
 class Forker:
@@ -96,21 +112,16 @@ class Forker:
         self.shares = fair_shares(max_children, [server.service for server in servers])
         self.at_cap: tuple[str, ...] = ()  # services that may accept no more now (STATUS=)
         self.cap_log = Denials()  # cap_reached, bounded as refusals are
-        self.crowd_check_due = 0.0
         self.poller = select.epoll()
         self.pending: list[int] = []
         self.listening: dict[int, ServiceServer] = {}
         self.bursts: dict[ServiceServer, int] = {}
         self.watching_exits = False
-        self.paused_until = 0.0
-        self.stop_phase: str | None = None  # None, "wait", "term", "kill"
-        self.phase_deadline = 0.0
+        self.stop_phase = SERVING
         self.last_status: tuple[int | tuple[str, ...], ...] = ()
-        self.status_due = 0.0
         self.batch: list[RawExit] = []  # exits not yet sent
-        self.batch_due = 0.0
-        self.heartbeat_due = 0.0
-        self.prune_due = 0.0
+        # Under load, exits are reaped no sooner than this: a bound on a rate, not a
+        # timer (nothing is due then; REAP_POLL bounds how long an exit waits).
         self.reap_due = 0.0
         self.own_fds: tuple[int, ...] = ()  # what a child closes, besides stderr pipes
         self.stderr = StderrWatch(self.poller, self._stderr_line, self._update_child_fds)
@@ -130,6 +141,26 @@ class Forker:
         shared.emit = self._emit
         shared.workers = self.pools.workers
         shared.worker_exited = self._worker_exited
+        self.timers = self._timers()
+
+    def _timers(self) -> Timers:
+        """Return what the loop does at given times, in the order it does what is due at once.
+
+        One line a timer (see sockd.timers); a followed one's due time is kept elsewhere.
+        """
+        timers = Timers()
+        timers.add("stop", self._advance_stop)  # the stop's deadline, then the grace
+        timers.follow("max_duration", self._overdue_at, self._enforce_deadlines)
+        timers.follow("summaries", self._summaries_at, self._summaries)  # the bounded logs'
+        timers.follow("respawn", self._respawn_at, self._respawn)  # pooled workers'
+        timers.add("crowd_check", self._check_crowded)  # set while renew_after children are open
+        timers.add("prune", self._prune, 0.0)  # every PRUNE_INTERVAL
+        timers.add("pause", self._resume)  # accept(2) or fork(2) failed: accepting waits
+        timers.add("status", self._send_status)  # the counts changed: they go STATUS_INTERVAL on
+        timers.add("batch", self._flush_batch)  # the first exit of a batch waits EVENTS_DELAY
+        timers.add("inbox", self._poll_inbox)  # children's reports wait INBOX_DELAY
+        timers.add("heartbeat", self._heartbeat, 0.0)  # every HEARTBEAT, for the watchdog
+        return timers
 
     def report(self, level: str, event: str, fields: dict[str, Any]) -> None:
         """Send a log event to the daemon (from the forker), or to the forker (from a child)."""
@@ -172,7 +203,7 @@ class Forker:
         wakes up once per batch.
         """
         if not self.batch:
-            self.batch_due = time.monotonic() + EVENTS_DELAY
+            self.timers.set("batch", time.monotonic() + EVENTS_DELAY)
         self.batch.append(raw)
         if len(self.batch) >= EXITS_PER_RECORD:
             self._flush()
@@ -182,7 +213,10 @@ class Forker:
             for record, data in ipc.split("closed", self.batch):
                 self._send(record, data)
             self.batch = []
-            self.batch_due = 0.0
+            self.timers.clear("batch")
+
+    def _flush_batch(self, _now: float) -> None:
+        self._flush()
 
     def _emit(self, record: Any) -> bool:
         """Send a pooled worker's record to the forker (from the worker); False if not sent."""
@@ -200,7 +234,7 @@ class Forker:
         if kept:
             self.events.count_dropped("connection_closed", kept)
         failed = status != 0
-        fields = self.pools.exited(pid, failed, replace=self.stop_phase is None)
+        fields = self.pools.exited(pid, failed, replace=self.stop_phase is SERVING)
         fields |= {"pid": pid, **exit_fields(status), "duration": round(duration, 3)}
         self.report("warning" if failed else "info", "worker_exited", fields)
 
@@ -238,10 +272,10 @@ class Forker:
         # Everything loaded so far lives as long as the forker: keep the
         # collector's hands off it, so no child copies those pages to scan them.
         gc.freeze()
-        if self.stop_phase is None and not self.standby:  # not stopped before it began
+        if self.stop_phase is SERVING and not self.standby:  # not stopped before it began
             self.pools.fill()
         self._send(("ready",))
-        while self.stop_phase is None or len(self.shared.children):
+        while self.stop_phase is SERVING or len(self.shared.children):
             self._turn()
         self.inbox.read()
         self._summaries(math.inf)  # what the bounded logs still hold: we are ending
@@ -260,7 +294,11 @@ class Forker:
     # no exceptions on the common path, and no SIGCHLD wake-up per child
     # unless a cap or a stop is waiting for exits (see _watch_exits).
     def _turn(self) -> None:
-        timeout = self._next_deadline() - time.monotonic()
+        # Exits of workers wake us (SIGCHLD is watched while a pool runs); other exits
+        # are reaped on the next turn, at the latest after REAP_POLL.
+        per_connection = len(self.shared.children) - len(self.pools.workers)
+        longest = REAP_POLL if per_connection else IDLE_WAKEUP
+        timeout = min(self.timers.next_due() - time.monotonic(), longest)
         ready = self.poller.poll(max(0.0, timeout))
         for fd, _ in ready:
             self._dispatch(fd)
@@ -282,36 +320,74 @@ class Forker:
                 self._update_accepting()
                 if self.retired:
                     self._report_children()
-        self._timed_duties()
+        self._watch_counts(now)
+        self.timers.run(now)
 
-    def _timed_duties(self) -> None:
-        if self.stop_phase:
-            self._advance_stop()
-        now = time.monotonic()
+    def _watch_counts(self, now: float) -> None:
+        """Set the timers the counts call for: a status to send, a crowd to check."""
+        active = len(self.shared.children) - len(self.pools.workers)
+        status = (active, *self.shared.stats.as_tuple(), self.at_cap)
+        timers = self.timers
+        if status == self.last_status:
+            timers.clear("status")
+        elif not timers.is_set("status"):
+            timers.set("status", now + STATUS_INTERVAL)
+        if self.renew_after and active >= self.renew_after and not timers.is_set("crowd_check"):
+            timers.set("crowd_check", now + CROWD_CHECK)
+
+    def _send_status(self, _now: float) -> None:
+        active = len(self.shared.children) - len(self.pools.workers)
+        status = (active, *self.shared.stats.as_tuple(), self.at_cap)
+        if status != self.last_status:
+            self._flush()
+            if self._send(("status", *status)):
+                self.last_status = status
+
+    def _heartbeat(self, now: float) -> None:
+        self.timers.set("heartbeat", now + HEARTBEAT)
+        self._send(("alive",))
+        self.events.report_dropped()  # what children sent that we refused, say
+
+    def _prune(self, now: float) -> None:
+        """Drop the per-source buckets of sources gone quiet (refilled)."""
+        self.timers.set("prune", now + PRUNE_INTERVAL)
+        for admission in self.shared.admissions.values():
+            admission.forget_full(now)
+
+    def _resume(self, _now: float) -> None:
+        self._update_accepting()  # the pause is over
+
+    def _poll_inbox(self, _now: float) -> None:
+        self.poller.modify(self.inbox.poller.fileno(), select.EPOLLIN)
+
+    def _overdue_at(self) -> float:
+        deadline = self.shared.children.next_deadline()
+        return math.inf if deadline is None else deadline
+
+    def _enforce_deadlines(self, now: float) -> None:
         for pid, service, client, action in self.shared.children.enforce_deadlines(now, KILL_GRACE):
             fields = {"service": service, **client_fields(client), "pid": pid, "action": action}
             self.report("warning", "max_duration_exceeded", fields)
-        self._summaries(now)
-        if self.stop_phase is None:
+
+    def _respawn_at(self) -> float:
+        # (No respawn while stopping: no deadline for it.)
+        if not self.pools.due or self.stop_phase is not SERVING:
+            return math.inf
+        return min(when for when, _ in self.pools.due)
+
+    def _respawn(self, now: float) -> None:
+        if self.stop_phase is SERVING:  # (a stop may have come in this turn)
             self.pools.replace_due(now)
-        self._check_crowded(now)
-        if now >= self.prune_due:  # per-source buckets of sources gone quiet
-            self.prune_due = now + PRUNE_INTERVAL
-            for admission in self.shared.admissions.values():
-                admission.forget_full(now)
-        if self.paused_until and now >= self.paused_until:
-            self.paused_until = 0.0
-            self._update_accepting()
-        self._send_status()
-        if self.batch_due and now >= self.batch_due:
-            self._flush()
-        if self.inbox.due and now >= self.inbox.due:
-            self.inbox.due = 0.0
-            self.poller.modify(self.inbox.poller.fileno(), select.EPOLLIN)
-        if now >= self.heartbeat_due:
-            self.heartbeat_due = now + HEARTBEAT
-            self._send(("alive",))
-            self.events.report_dropped()  # what children sent that we refused, say
+
+    def _summaries_at(self) -> float:
+        """Return when a bounded log's summary is due, or the end of a fork-failure episode."""
+        backoff = self.shared.fork_backoff
+        return min(
+            self.shared.denials.window_end or math.inf,
+            self.cap_log.window_end or math.inf,
+            self.stderr.budget.window_end or math.inf,
+            backoff.last + backoff.QUIET if backoff.worked else math.inf,
+        )
 
     def _summaries(self, now: float) -> None:
         """Log the bounded logs' summaries due at `now` (math.inf: all, as the forker ends)."""
@@ -342,22 +418,9 @@ class Forker:
             # A pooled worker sends a record per connection: read them INBOX_DELAY apart.
             self.inbox.read()
             self.poller.modify(fd, 0)
-            self.inbox.due = time.monotonic() + INBOX_DELAY
+            self.timers.set("inbox", time.monotonic() + INBOX_DELAY)
         elif fd in self.stderr.pipes:
             self.stderr.read(fd)
-
-    def _send_status(self) -> None:
-        active = len(self.shared.children) - len(self.pools.workers)
-        status = (active, *self.shared.stats.as_tuple(), self.at_cap)
-        if status == self.last_status:
-            self.status_due = 0.0
-        elif not self.status_due:
-            self.status_due = time.monotonic() + STATUS_INTERVAL
-        elif time.monotonic() >= self.status_due:
-            self.status_due = 0.0
-            self._flush()
-            if self._send(("status", *status)):
-                self.last_status = status
 
     def _obey(self) -> None:
         for record in self.control.read():
@@ -375,7 +438,7 @@ class Forker:
                 self.retire()
             elif command in ("take_over", "elsewhere"):
                 self.elsewhere = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
-                if command == "take_over" and self.standby and self.stop_phase is None:
+                if command == "take_over" and self.standby and self.stop_phase is SERVING:
                     self.standby = False
                     self.pools.fill()
                 self._update_accepting()
@@ -403,7 +466,7 @@ class Forker:
         self._warm_type_cache()
         for name in self.pools.services:  # new workers take over; the old ones finish and leave
             self.pools.retire(name)
-            if not self.standby and self.stop_phase is None:
+            if not self.standby and self.stop_phase is SERVING:
                 self.pools.fill(name)
         self.max_children = max_children
         self.shares = fair_shares(max_children, services.values())
@@ -427,14 +490,14 @@ class Forker:
         try:
             taken = server.accept_ready(budget)
         except ForkPaused as paused:  # the backlog waits until forking may work again
-            self.paused_until = time.monotonic() + paused.delay
+            self.timers.set("pause", time.monotonic() + paused.delay)
             self._update_accepting()
             return
         except OSError as exc:
             self.report(
                 "error", "accept_failed", {"service": server.service.name, "error": exc.strerror}
             )
-            self.paused_until = time.monotonic() + ACCEPT_PAUSE
+            self.timers.set("pause", time.monotonic() + ACCEPT_PAUSE)
             self._update_accepting()  # level-triggered: stop polling, or it fires at once
             return
         busy = taken == budget and len(self.shared.children) > 1
@@ -471,7 +534,8 @@ class Forker:
 
     def _update_accepting(self) -> None:
         """Poll exactly the listeners that may accept now (below every cap)."""
-        accepting = not self.stop_phase and not self.standby
+        accepting = self.stop_phase is SERVING and not self.standby
+        paused = self.timers.is_set("pause")
         at_cap: list[ServiceServer] = []
         for server in self.servers:
             if server.service.workers:
@@ -479,7 +543,7 @@ class Forker:
             has_room = accepting and self._room(server) > 0
             if accepting and not has_room:
                 at_cap.append(server)
-            wanted = has_room and not self.paused_until
+            wanted = has_room and not paused
             fd = server.socket.fileno()
             if wanted and fd not in self.listening:
                 self.poller.register(fd, select.EPOLLIN)
@@ -487,7 +551,8 @@ class Forker:
             elif not wanted and fd in self.listening:
                 self.poller.unregister(fd)
                 del self.listening[fd]
-        self._watch_exits(bool(self.stop_phase) or len(self.listening) < len(self.servers))
+        stopping = self.stop_phase is not SERVING
+        self._watch_exits(stopping or len(self.listening) < len(self.servers))
         self._note_caps(at_cap)
 
     def _note_caps(self, servers: list[ServiceServer]) -> None:
@@ -534,12 +599,12 @@ class Forker:
         A second stop may shorten the wait (a retired forker's is endless), never lengthen it.
         """
         deadline = time.monotonic() + stop_timeout
-        if self.stop_phase == "wait":
-            self.phase_deadline = min(self.phase_deadline, deadline)
-        if self.stop_phase is not None:
+        if self.stop_phase is WAIT:
+            self.timers.set("stop", min(self.timers.get("stop"), deadline))
+        if self.stop_phase is not SERVING:
             return
-        self.stop_phase = "wait"
-        self.phase_deadline = deadline
+        self.stop_phase = WAIT
+        self.timers.set("stop", deadline)
         self._stop_accepting()
         self.pools.retire()  # each finishes its connection, then exits
 
@@ -562,30 +627,18 @@ class Forker:
             self._send(("children", *counts))
 
     def _check_crowded(self, now: float) -> None:
-        """Ask the daemon for a fresh forker when long-lived children make each fork dearer.
-
-        Each fork costs more with every child alive (the kernel links each of
-        our memory areas to theirs), so past `renew_after` long-lived ones a
-        fresh forker takes the new connections, while we serve the old. Not
-        with per-source or rate limits: their counts live in this process.
-        """
-        if now < self.crowd_check_due or not self.renew_after or self.stop_phase is not None:
-            return
-        self.crowd_check_due = now + CROWD_CHECK
-        workers = self.pools.workers
-        if len(self.shared.children) - len(workers) < self.renew_after:
-            return
-        if any(admission.limited for admission in self.shared.admissions.values()):
-            return
-        long_lived = self.shared.children.started_before(now - LONG_LIVED, workers)
-        if long_lived >= self.renew_after:
-            self._send(("crowded", long_lived))
+        """Ask the daemon for a fresh forker when long-lived children make each fork dearer."""
+        if self.stop_phase is SERVING:
+            count = crowd(self.shared, self.pools.workers, self.renew_after, now)
+            if count:
+                self._send(("crowded", count))
 
     def quit(self) -> None:
         """Stop now: kill every child."""
-        if self.stop_phase is None:
+        if self.stop_phase is SERVING:
             self._stop_accepting()
-        self.stop_phase = "kill"
+        self.stop_phase = KILL
+        self.timers.clear("stop")
         self.shared.children.signal_all(signal.SIGKILL)
 
     def _stop_accepting(self) -> None:
@@ -593,47 +646,20 @@ class Forker:
         for server in self.servers:
             server.server_close()
 
-    def _advance_stop(self) -> None:
-        if self.stop_phase not in ("wait", "term") or time.monotonic() < self.phase_deadline:
-            return
-        action = "SIGTERM" if self.stop_phase == "wait" else "SIGKILL"
+    def _advance_stop(self, now: float) -> None:
+        """Past the stop's deadline, SIGTERM the children left; past the grace, SIGKILL."""
+        term = self.stop_phase is WAIT
+        action = "SIGTERM" if term else "SIGKILL"
         self.report(
             "warning", "stop_timeout", {"children": len(self.shared.children), "action": action}
         )
-        if self.stop_phase == "wait":
+        if term:
             self.shared.children.signal_all(signal.SIGTERM)
-            self.stop_phase = "term"
-            self.phase_deadline = time.monotonic() + KILL_GRACE
+            self.stop_phase = TERM
+            self.timers.set("stop", now + KILL_GRACE)
         else:
             self.shared.children.signal_all(signal.SIGKILL)
-            self.stop_phase = "kill"
-
-    def _next_deadline(self) -> float:
-        # Exits of workers wake us (SIGCHLD is watched while a pool runs); other exits
-        # are reaped on the next turn, at the latest after REAP_POLL.
-        per_connection = len(self.shared.children) - len(self.pools.workers)
-        deadline = time.monotonic() + (REAP_POLL if per_connection else IDLE_WAKEUP)
-        if self.stop_phase in ("wait", "term"):
-            deadline = min(deadline, self.phase_deadline)
-        if self.paused_until:
-            deadline = min(deadline, self.paused_until)
-        if self.status_due:
-            deadline = min(deadline, self.status_due)
-        if self.batch_due or self.inbox.due:
-            deadline = min(deadline, self.batch_due or deadline, self.inbox.due or deadline)
-        overdue = self.shared.children.next_deadline()
-        if overdue is not None:
-            deadline = min(deadline, overdue)
-        if self.shared.denials.window_end:
-            deadline = min(deadline, self.shared.denials.window_end)
-        if self.cap_log.window_end:
-            deadline = min(deadline, self.cap_log.window_end)
-        if self.stderr.budget.window_end:
-            deadline = min(deadline, self.stderr.budget.window_end)
-        respawn = self.pools.next_due() if self.stop_phase is None else None
-        if respawn is not None:  # (replace_due waits while stopping: no deadline for it)
-            deadline = min(deadline, respawn)
-        return min(deadline, self.heartbeat_due)
+            self.stop_phase = KILL
 
     def _warm_type_cache(self) -> None:
         # What a child looks up (see sockd.forker.typecache): its server, the state
@@ -657,6 +683,23 @@ class Forker:
         self.poller.close()
         self.events.watch = lambda _wanted: None
         self.inbox.close()
+
+
+def crowd(shared: Shared, workers: Collection[int], renew_after: int, now: float) -> int:
+    """Return how many long-lived children make the forker crowded at `now`; 0: it is not.
+
+    Each fork costs more with every child alive (the kernel links each of
+    the forker's memory areas to theirs), so past `renew_after` long-lived
+    ones (0: never) a fresh forker takes the new connections, while this one
+    serves the old. Not with per-source or rate limits: their counts live in
+    this process. Pooled `workers` do not count.
+    """
+    if not renew_after or len(shared.children) - len(workers) < renew_after:
+        return 0
+    if any(admission.limited for admission in shared.admissions.values()):
+        return 0
+    long_lived = shared.children.started_before(now - LONG_LIVED, workers)
+    return long_lived if long_lived >= renew_after else 0
 
 
 def fair_shares(max_children: int, services: Iterable[Service]) -> dict[str, int]:

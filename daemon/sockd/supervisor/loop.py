@@ -1,12 +1,7 @@
 """The daemon's side: start and supervise the forker, log its events, act on signals.
 
-The forker's side, and the protocol between the two, are in sockd.forker.
-
-Renewal: once the forker reports itself `crowded` (many long-lived children,
-which make each fork dearer), the daemon starts a fresh forker on standby.
-When it is ready, the old one retires: it accepts no more and exits after its
-last child. The new one takes over once it knows how many children the
-retired ones still have (they count toward the caps).
+The forker's side, and the protocol between the two, are in sockd.forker;
+renewal of the forker in sockd.supervisor.renewal.
 """
 
 from __future__ import annotations
@@ -30,6 +25,8 @@ from sockd.supervisor import config as sockd_config
 from sockd.supervisor import log as sockd_log
 from sockd.supervisor.confine import capabilities_prefix, forker_environment
 from sockd.supervisor.notify import status_text
+from sockd.supervisor.renewal import Renewal
+from sockd.timers import Timers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,9 +46,6 @@ DRAIN_LIMIT = 1.0  # seconds to collect the last events once a forker has exited
 # stuck, and WATCHDOG=1 stops, so that systemd restarts us (with WatchdogSec=).
 FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
-RENEW_PAUSE = 60.0  # seconds without renewing the forker after a renewal failed
-MAX_FORKERS = 8  # no renewal while this many forkers (retired ones too) are alive
-STANDBY_LIMIT = 30.0  # seconds a fresh forker may take to be ready; then it is killed
 RELOAD_LIMIT = 30.0  # seconds the forker may take to answer a reload; then it failed
 # Settings a reload cannot change, because they shaped the listeners or our identity.
 _RESTART_ONLY = ("listen", "unix_mode", "user", "group")
@@ -72,7 +66,6 @@ class ForkerProcess:
         "failed_standby",
         "failure",
         "pid",
-        "ready_by",
         "status",
         "waits_for",
     )
@@ -90,7 +83,6 @@ class ForkerProcess:
         self.failure: tuple[str, int] | None = None  # its "fatal" record: error, exit code
         self.status: int | None = None  # its exit status, once reaped
         self.drain_until = 0.0  # once exited: how long its last events are waited for
-        self.ready_by = math.inf  # a standby: killed if not ready by then (STANDBY_LIMIT)
         self.failed_standby = False  # exited before taking over: logged once its events are read
         self.closed = False
 
@@ -213,10 +205,7 @@ class MainLoop:
         """
         self.config = config
         self.forker = forker  # the one that accepts
-        self.standby: ForkerProcess | None = None  # starting, to take over from it
         self.forkers: list[ForkerProcess] = []  # all not yet forgotten, retired ones too
-        self.renew = renew
-        self.renew_paused_until = 0.0
         self.servers = servers
         self.notifier = notifier
         # A logger bound once, for the events forkers and children send: the module's
@@ -233,11 +222,16 @@ class MainLoop:
         self.reload_pending = False
         self.reload_requested = False
         self.reload_seq = 0  # the number of the last reload sent to the forker
-        self.reload_by = math.inf  # the forker answers it by then, or it failed
         self.late_reload: tuple[int, sockd_config.Config] | None = None  # timed out, maybe applied
         self.next_config = config
         self.malformed = ipc.Tally()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # What the loop does at given times (see sockd.timers), renewal's own timers too;
+        # the notifier keeps its own (watchdog, STATUS= pace), ticked each turn.
+        self.timers = Timers()
+        self.timers.add("reload_limit", self._reload_timed_out)  # the forker answers by then
+        self.timers.follow("drain", self._drain_at)  # an exited forker's last events: wake up
+        self.renewal = Renewal(self, renew)
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
@@ -250,7 +244,7 @@ class MainLoop:
         # Blocked since `sockd run` began (sockd.__main__): one that came meanwhile runs now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, DAEMON_SIGNALS)
         self.selector.register(self._wakeup_read, selectors.EVENT_READ, None)
-        self._watch(self.forker)
+        self.watch(self.forker)
         try:
             while self.forkers:
                 self._turn()
@@ -263,7 +257,8 @@ class MainLoop:
             os.close(self._wakeup_write)
         return self._exit_code()
 
-    def _watch(self, forker: ForkerProcess) -> None:
+    def watch(self, forker: ForkerProcess) -> None:
+        """Supervise a forker just started: read its events, notice its exit."""
         self.forkers.append(forker)
         self.selector.register(forker.events.fd, selectors.EVENT_READ, ("events", forker))
         self.selector.register(forker.exit_fd, selectors.EVENT_READ, ("exit", forker))
@@ -294,30 +289,21 @@ class MainLoop:
             log.error("event_malformed", **fields)
 
     def _timeout(self, now: float) -> float:
-        """Tick the watchdog; return how long to wait. A standby too slow to start is killed."""
-        # A standby is not heard from while it starts: it has STANDBY_LIMIT.
-        alive = [f for f in self.forkers if f.status is None and f is not self.standby]
-        healthy = all(now - forker.events.last_read < FORKER_SILENCE for forker in alive)
-        due = [self.notifier.tick(healthy=healthy), IDLE_WAKEUP]
-        standby = self.standby
-        if standby is not None and now >= standby.ready_by:
-            # No hand-over to it from now on; its exit is logged as the renewal's failure.
-            self.standby = None
-            self.renew_paused_until = now + RENEW_PAUSE
-            standby.failed_standby = True
-            standby.failure = (f"not ready within {STANDBY_LIMIT:g} s", 0)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(standby.pid, signal.SIGKILL)
-        elif standby is not None:
-            due.append(standby.ready_by - now)
-        # Forkers that exited: their last events are being read.
-        due += [f.drain_until - now for f in self.forkers if f.status is not None]
-        if self.reload_pending and now >= self.reload_by:
-            self.late_reload = (self.reload_seq, self.next_config)
-            self._reload_done(f"the forker did not answer within {RELOAD_LIMIT:g} s")
-        elif self.reload_pending:
-            due.append(self.reload_by - now)
-        return max(0.0, min(due))
+        """Do what is due at `now` (the timers', the watchdog's); return how long to wait."""
+        self.timers.run(now)
+        notify = self.notifier.tick(healthy=self._healthy(now))
+        return max(0.0, min(self.timers.next_due() - now, notify, IDLE_WAKEUP))
+
+    def _healthy(self, now: float) -> bool:
+        """Tell whether every forker was heard from within FORKER_SILENCE (else: no WATCHDOG=1)."""
+        standby = self.renewal.standby  # not heard from while it starts: it has STANDBY_LIMIT
+        alive = (f for f in self.forkers if f.status is None and f is not standby)
+        return all(now - forker.events.last_read < FORKER_SILENCE for forker in alive)
+
+    def _drain_at(self) -> float:
+        """Return when the first exited forker's last events were waited for long enough."""
+        exited = (forker.drain_until for forker in self.forkers if forker.status is not None)
+        return min(exited, default=math.inf)
 
     def _turn(self) -> None:
         for key, _ in self.selector.select(self._timeout(time.monotonic())):
@@ -362,13 +348,13 @@ class MainLoop:
             forker.at_cap = tuple(str(name) for name in record[5])  # type: ignore[attr-defined]
             self._status()
         elif kind == "ready" and not self.stopping and not self.failed:
-            if forker is self.standby:
-                self._hand_over(forker)
+            if forker is self.renewal.standby:
+                self.renewal.hand_over(forker)
             elif not self.ready:
                 self.ready = True
                 log.info("ready", services=[service.name for service in self.config.services])
                 self.notifier.ready(self.notifier.last_status_text)
-                self._reload_if_requested()
+                self.reload_if_requested()
         elif kind in ("reloaded", "reload_failed"):
             self._reload_answered(int(record[1]), None if kind == "reloaded" else str(record[2]))  # type: ignore[call-overload]
         elif kind == "events_dropped":
@@ -376,10 +362,10 @@ class MainLoop:
         elif kind == "fatal":
             forker.failure = (str(record[1]), int(record[2]))  # type: ignore[call-overload]
         elif kind == "crowded" and forker is self.forker and not self.failed:
-            self._renew(int(record[1]))  # type: ignore[call-overload]
+            self.renewal.crowded(int(record[1]), time.monotonic())  # type: ignore[call-overload]
         elif kind == "children":
             forker.children = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
-            self._tell_elsewhere(forker)
+            self.renewal.tell_elsewhere(forker)
 
     def _valid(self, items: list[object], shape: tuple[Any, ...]) -> list[Any]:
         """Return the items of a batch that have `shape`; the others are logged as malformed."""
@@ -410,64 +396,6 @@ class MainLoop:
         )
         at_cap = sorted({name for forker in self.forkers for name in forker.at_cap})
         self.notifier.status(status_text(active, served, denied, errors, at_cap))
-
-    def _renew(self, long_lived: int) -> None:
-        """Start a fresh forker on standby, to take new connections from the crowded one."""
-        busy = self.standby is not None or self.forker.waits_for is not None
-        if self.renew is None or busy or self.stopping or self.reload_pending or not self.ready:
-            return
-        if time.monotonic() < self.renew_paused_until or len(self.forkers) >= MAX_FORKERS:
-            return
-        try:
-            standby = self.renew(self.config)
-        except OSError as exc:
-            self._renewal_failed(exc.strerror)
-            return
-        except ConfigError as exc:  # its set-up record is over ipc.MAX_RECORD
-            self._renewal_failed(str(exc))
-            return
-        log.info("forker_renewing", forker=self.forker.pid, long_lived=long_lived, new=standby.pid)
-        standby.ready_by = time.monotonic() + STANDBY_LIMIT
-        self.standby = standby
-        self._watch(standby)
-
-    def _renewal_failed(self, error: str | None, **fields: Any) -> None:
-        self.renew_paused_until = time.monotonic() + RENEW_PAUSE
-        log.error("forker_renewal_failed", error=error, retry_in=RENEW_PAUSE, **fields)
-        self._reload_if_requested()
-
-    def _hand_over(self, new: ForkerProcess) -> None:
-        """Make the ready standby current; retire the old one, whose count the new one awaits."""
-        old = self.forker
-        self.forker, self.standby = new, None
-        new.waits_for = old
-        old.send(("retire",))
-        self._reload_if_requested()
-
-    def _tell_elsewhere(self, reporter: ForkerProcess) -> None:
-        """Tell the current forker how many children the retired ones have (they count toward caps).
-
-        A forker still waiting for the count of the one it replaces hears
-        nothing before that count (it would under-count), then `take_over`.
-        """
-        current = self.forker
-        if current.status is not None:
-            return
-        if current.waits_for is not None and current.waits_for is not reporter:
-            return
-        total, per_service = 0, dict[str, int]()
-        for forker in self.forkers:
-            if forker not in (current, self.standby) and forker.status is None:
-                total += forker.children[0]
-                for service, count in forker.children[1].items():
-                    per_service[service] = per_service.get(service, 0) + count
-        if current.waits_for is None:
-            current.send(("elsewhere", total, per_service))
-            return
-        current.waits_for = None
-        current.send(("take_over", total, per_service))
-        # The retired one accepts no more (it reported after it stopped, or it exited).
-        log.info("forker_renewed", forker=current.pid, retired=reporter.pid)
 
     def _act_on(self, signum: int) -> None:
         if signum == signal.SIGHUP and not self.stopping and not self.failed:
@@ -500,7 +428,7 @@ class MainLoop:
         `reload_failed` if one does not load. A reload asked for while one
         is pending (or a standby starts) is done after it.
         """
-        if self.reload_pending or self.standby is not None:
+        if self.reload_pending or self.renewal.standby is not None:
             self.reload_requested = True  # a standby was started with the config in force
             return
         self.notifier.reloading()
@@ -526,7 +454,7 @@ class MainLoop:
             return
         self.reload_seq += 1
         self.reload_pending = True
-        self.reload_by = time.monotonic() + RELOAD_LIMIT
+        self.timers.set("reload_limit", time.monotonic() + RELOAD_LIMIT)
         self.next_config = new
 
     def _reload_answered(self, seq: int, error: str | None) -> None:
@@ -541,21 +469,27 @@ class MainLoop:
         else:
             self._malformed(f"an answer to reload {seq}, not pending")
 
-    def _reload_if_requested(self) -> None:
+    def _reload_timed_out(self, _now: float) -> None:
+        if self.reload_pending:
+            self.late_reload = (self.reload_seq, self.next_config)
+            self._reload_done(f"the forker did not answer within {RELOAD_LIMIT:g} s")
+
+    def reload_if_requested(self) -> None:
+        """Reload now if a reload was asked for while it could not be done."""
         if self.reload_requested and not self.stopping:
             self.reload_requested = False
             self.reload()
 
     def _reload_done(self, error: str | None) -> None:
         self.reload_pending = False
-        self.reload_by = math.inf
+        self.timers.clear("reload_limit")
         if error is None:
             self.config = self.next_config
             log.info("reloaded", config=self.config.path)
         else:
             log.error("reload_failed", config=self.config.path, error=error)
         self.notifier.ready(self.notifier.last_status_text)
-        self._reload_if_requested()
+        self.reload_if_requested()
 
     def _reap(self, forker: ForkerProcess) -> None:
         """Reap a forker that exited, kill what is left of its children, act on who it was."""
@@ -577,13 +511,8 @@ class MainLoop:
                 for other in self.forkers:
                     if other.status is None:
                         other.send(("quit",))
-        elif forker is self.standby:
-            self.standby = None
-            forker.failed_standby = not self.stopping and not self.failed
-        elif not forker.failed_standby:
-            level = "info" if forker.status == 0 else "error"
-            getattr(log, level)("forker_retired", forker=forker.pid, exit_status=forker.status)
-            self._tell_elsewhere(forker)  # a forker waiting for its count waits no more
+        else:
+            self.renewal.exited(forker)
 
     def _forget(self, forker: ForkerProcess) -> None:
         """Its last events are read (or waited for long enough): close, and keep its totals."""
@@ -592,9 +521,7 @@ class MainLoop:
         self._watch_control(forker, False)
         forker.close()
         self.forkers.remove(forker)
-        if forker.failed_standby:  # now with its "fatal" record, if it sent one
-            error = forker.failure[0] if forker.failure else None
-            self._renewal_failed(error, exit_status=forker.status)
+        self.renewal.forgotten(forker, time.monotonic())
         for index, count in enumerate(forker.counts[1:]):
             self.finished[index] += count
 

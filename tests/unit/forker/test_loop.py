@@ -1,12 +1,13 @@
-"""Tests of sockd.forker.loop's pure parts: each service's guaranteed share of the daemon's cap."""
+"""Tests of sockd.forker.loop's pure parts: each service's share of the cap; when it is crowded."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sockd.forker.loop import fair_shares
-from sockd.forker.shared import Service
-from sockd.spec import ServiceSpec
+from sockd.forker.loop import LONG_LIVED, crowd, fair_shares
+from sockd.forker.shared import Service, Shared
+from sockd.spec import Limits, ServiceSpec
 
 
 def service(name: str, **changes: Any) -> Service:
@@ -38,3 +39,38 @@ class TestFairShares:
         """More services than places: each is still guaranteed one."""
         shares = fair_shares(2, [service(name) for name in "abc"])
         assert shares == {"a": 1, "b": 1, "c": 1}
+
+
+def with_children(count: int) -> Shared:
+    """Return the forker's shared state with `count` children just started (pids 1, 2...)."""
+    shared = Shared()
+    for pid in range(1, count + 1):
+        shared.children.add(pid, "echo", ("127.0.0.1", 40000 + pid))
+    return shared
+
+
+class TestCrowd:
+    def test_renew_after_long_lived_children_make_a_crowd(self) -> None:
+        """`renew_after` children open over LONG_LIVED s: crowded (their count); fewer: not."""
+        shared, now = with_children(3), time.monotonic()
+        assert crowd(shared, {}, 3, now) == 0, "none is long-lived yet"
+        later = now + LONG_LIVED + 0.1
+        assert crowd(shared, {}, 3, later) == 3
+        assert crowd(shared, {}, 2, later) == 3
+        assert crowd(shared, {}, 4, later) == 0
+
+    def test_never_when_off(self) -> None:
+        """renew_forker_after = 0: never crowded, however many children and however old."""
+        assert crowd(with_children(5), {}, 0, time.monotonic() + 3600) == 0
+
+    def test_pooled_workers_do_not_count(self) -> None:
+        """Pooled workers are not connections: they neither count nor are long-lived ones."""
+        shared, later = with_children(3), time.monotonic() + LONG_LIVED + 0.1
+        assert crowd(shared, {3: ("echo", 0.0)}, 3, later) == 0
+        assert crowd(shared, {3: ("echo", 0.0)}, 2, later) == 2
+
+    def test_never_under_per_source_or_rate_limits(self) -> None:
+        """A service with admission limits keeps its counts in this forker: no renewal."""
+        shared, later = with_children(3), time.monotonic() + LONG_LIVED + 0.1
+        shared.admission(Service(ServiceSpec("echo", "echo", limits=Limits(per_source=10))))
+        assert crowd(shared, {}, 3, later) == 0

@@ -1,12 +1,10 @@
-"""Tests of sockd.supervisor.loop: what a reload may change, a standby too slow to start."""
+"""Tests of sockd.supervisor.loop: what a reload may change, events, reloads that time out."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -23,12 +21,13 @@ from sockd.supervisor.config import (
     parse_listen,
     service_spec,
 )
-from sockd.supervisor.loop import RENEW_PAUSE, ForkerProcess, MainLoop, _check_reloadable
-from sockd.supervisor.notify import Notifier
+from sockd.supervisor.loop import MainLoop, _check_reloadable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable
     from pathlib import Path
+
+    from unit.supervisor.conftest import StandIn
 
 OLD = Config(
     DaemonConfig(user="nobody"),
@@ -58,69 +57,15 @@ class TestCheckReloadable:
             _check_reloadable(OLD, new)
 
 
-def sleeper(keep: list[int] | None = None) -> ForkerProcess:
-    """Start a process to stand in for a forker (in its own process group), with its channel.
-
-    With `keep`, the forker's ends (control to read, events to write) are put there.
-    """
-    control_write, control_read = (sock.detach() for sock in ipc.channel())
-    events_read, events_write = (sock.detach() for sock in ipc.channel())
-    pid = os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ, setpgroup=0)
-    if keep is None:
-        for fd in (control_read, events_write):
-            os.close(fd)
-    else:
-        keep += [control_read, events_write]
-    return ForkerProcess(pid, control_write, events_read)
-
-
-class TestStandbyLimit:
-    def test_a_standby_not_ready_in_time_is_killed_and_the_renewal_pauses(self) -> None:
-        """Past its deadline the standby is dropped and killed; its end will be logged as why."""
-        current, standby = sleeper(), sleeper()
-        loop = MainLoop(OLD, current, [], Notifier({}, os.getpid()))
-        try:
-            loop.standby = standby
-            standby.ready_by = time.monotonic() + 60
-            assert loop._timeout(time.monotonic()) <= 5
-            assert loop.standby is standby
-            assert os.waitpid(standby.pid, os.WNOHANG) == (0, 0), "not yet: it has time"
-            standby.ready_by = time.monotonic()
-            loop._timeout(time.monotonic())
-            assert loop.standby is None
-            assert standby.failed_standby
-            assert standby.failure == ("not ready within 30 s", 0)
-            assert loop.renew_paused_until > time.monotonic() + RENEW_PAUSE - 5
-            _, status = os.waitpid(standby.pid, 0)
-            assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL
-            assert os.waitpid(current.pid, os.WNOHANG) == (0, 0), "the current one lives on"
-        finally:
-            os.killpg(current.pid, signal.SIGKILL)
-            os.waitpid(current.pid, 0)
-            for forker in (current, standby):
-                forker.close()
-            loop.selector.close()
-            os.close(loop._wakeup_read)
-            os.close(loop._wakeup_write)
-
-
 @pytest.fixture
-def loop(tmp_path: Path) -> Iterator[tuple[MainLoop, list[int]]]:
+def loop(
+    tmp_path: Path, main_loop: Callable[..., tuple[MainLoop, StandIn]]
+) -> tuple[MainLoop, list[int]]:
     """Make a main loop over a stand-in forker that never answers; give the forker's ends."""
     path = tmp_path / "sockd.toml"
     path.write_text('[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:7"]\n')
-    ends: list[int] = []
-    forker = sleeper(ends)
-    main = MainLoop(load(str(path)), forker, [], Notifier({}, os.getpid()))
-    main.ready = True
-    main._watch(forker)
-    yield main, ends
-    os.killpg(forker.pid, signal.SIGKILL)
-    os.waitpid(forker.pid, 0)
-    forker.close()
-    main.selector.close()
-    for fd in (main._wakeup_read, main._wakeup_write, *ends):
-        os.close(fd)
+    main, current = main_loop(load(str(path)))
+    return main, [current.control, current.events]
 
 
 class TestEvents:
@@ -154,17 +99,14 @@ class TestReload:
         """A forker that never answers: reload_failed after RELOAD_LIMIT, not pending for ever."""
         main, _ = loop
         monkeypatch.setattr(mainloop, "RELOAD_LIMIT", 0.2)
-        before = time.monotonic()
         main.reload()
-        after = time.monotonic()
         assert main.reload_pending
-        assert main._timeout(after) <= 0.2
-        with structlog.testing.capture_logs() as logs:  # time passes as `now`, no sleep
-            main._timeout(before + 0.19)
-        assert main.reload_pending
-        assert logs == []
+        limit = main.timers.get("reload_limit")
+        assert main._timeout(limit - 0.1) == pytest.approx(0.1), "it wakes up in time"
+        main._timeout(limit - 0.01)
+        assert main.reload_pending, "not yet: it has time"
         with structlog.testing.capture_logs() as logs:
-            main._timeout(after + 0.2)
+            main._timeout(limit)
         assert not main.reload_pending
         (failed,) = [entry for entry in logs if entry["event"] == "reload_failed"]
         assert "did not answer within 0.2 s" in failed["error"]
