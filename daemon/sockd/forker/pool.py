@@ -104,7 +104,10 @@ class _Worker:
         self.shared = servers[0].shared
         self.pid = os.getpid()  # made in the worker, after the fork
         self.busy = False
-        self.request: socket.socket | None = None  # the connection being served
+        # The connection being served, by descriptor: a handler may wrap its socket
+        # (TLS), which leaves the socket object without one.
+        self.request_fd = -1
+        self.peer: Any = None  # its peer's address, as accept() gave it
         self.cut: str | None = None  # why it was cut short: "stop" or "overtime"
         self.stopping = False
         self.batch: list[tuple[Any, ...]] = []
@@ -222,7 +225,7 @@ class _Worker:
         status = 0
         self.cut = None
         try:
-            self.request = request
+            self.request_fd, self.peer = request.fileno(), client_address
             self.busy = True
             if service.idle_timeout:
                 request.settimeout(service.idle_timeout)
@@ -245,7 +248,7 @@ class _Worker:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, self._on_alarm)
             self.busy = False
-            self.request = None
+            self.request_fd = -1
             with contextlib.suppress(OSError):
                 server.shutdown_request(request)
         return status if self.cut is None else self._cut_short(client)
@@ -257,6 +260,8 @@ class _Worker:
         return 1
 
     def _timed_out(self, server: ServiceServer, request: Any, client_address: Any) -> int:
+        if self.cut is not None:  # the cut, not an idle peer
+            return 1
         if not self.service.idle_timeout:
             server.handle_error(request, client_address)
             return 1
@@ -360,12 +365,20 @@ class _Worker:
         self._cut("overtime")
 
     def _cut(self, why: str) -> None:
-        """Shut the connection being served down, so that the handler's I/O ends; no raise."""
+        """Shut the connection being served down, so that the handler's I/O ends; no raise.
+
+        Through a copy of its descriptor, which works whatever the handler made
+        of the socket object (a TLS wrapper took it over, say). The descriptor
+        is the connection's still if its peer is: a handler that closed it and
+        opened another socket under its number keeps that one.
+        """
         if self.cut is None:
             self.cut = why
-        if self.request is not None:
-            with contextlib.suppress(OSError):
-                self.request.shutdown(socket.SHUT_RDWR)
+        if self.request_fd < 0:
+            return
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.request_fd)) as copy:
+            if copy.getpeername() == self.peer:
+                copy.shutdown(socket.SHUT_RDWR)
 
 
 class Pools:
@@ -499,8 +512,21 @@ def mirrored_batch(slot: mmap.mmap) -> tuple[list[tuple[Any, ...]], int]:
             record = marshal.loads(data[offset + 2 : offset + 2 + size])  # noqa: S302 (plain values)
         except (EOFError, ValueError, TypeError):
             return batch, 1
-        if not (isinstance(record, tuple) and len(record) == 5 and isinstance(record[0], int)):
+        if not _is_record(record):
             return batch, 1
         batch.append(record)
         offset += 2 + size
     return batch, 0
+
+
+def _is_record(record: object) -> bool:
+    """Tell whether `record` is a connection's (number, service, client, status, seconds)."""
+    if not (isinstance(record, tuple) and len(record) == 5):
+        return False
+    number, service, _, status, seconds = record
+    return (
+        type(number) is int
+        and type(service) is str
+        and type(status) is int
+        and type(seconds) is float
+    )

@@ -156,3 +156,56 @@ class TestMirroredBatch:
             fitted += 1
         assert fitted == (pool.SLOT_SIZE - pool._BATCH) // (2 + len(marshal.dumps(big)))
         assert pool.mirrored_batch(worker.slot) == ([big] * fitted, 0)
+
+    def test_a_record_of_the_wrong_types_ends_the_reading(self) -> None:
+        """Five values, but not a record's types (a handler scribbled): not passed on, counted."""
+        worker = self.worker()
+        good = (1, "pool", "unix:uid=0,pid=1", 0, 0.1)
+        assert worker._mirror(good)
+        assert worker._mirror((2, "pool", "x", "0", 0.1))  # the status a string
+        assert worker._mirror((3, "pool", "x", 0, 0.1))
+        assert pool.mirrored_batch(worker.slot) == ([good], 1)
+
+
+class TestCut:
+    """Cutting a worker's connection short: by its descriptor, whatever became of its socket."""
+
+    def worker(self, request: socket.socket, peer: object) -> pool._Worker:
+        worker = pool._Worker.__new__(pool._Worker)
+        worker.cut = None
+        worker.request_fd, worker.peer = request.fileno(), peer
+        return worker
+
+    def test_a_socket_taken_over_by_the_handler_is_shut_down(self) -> None:
+        """The handler took the descriptor (as a TLS wrapper does): the peer still sees the end."""
+        ours, theirs = socket.socketpair()
+        worker = self.worker(ours, ours.getpeername())
+        taken = socket.socket(fileno=ours.detach())  # the socket object has no descriptor now
+        worker._cut("overtime")
+        theirs.settimeout(5)
+        assert theirs.recv(1) == b""
+        assert worker.cut == "overtime"
+        taken.close()
+        theirs.close()
+
+    def test_a_descriptor_reused_for_another_peer_is_left_alone(self) -> None:
+        """Under the same number, a socket to another peer: not the connection, not shut down."""
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(server.getsockname())
+        ours, peer = server.accept()
+        worker = self.worker(ours, ("127.0.0.1", 1))  # the connection's peer was another
+        worker._cut("stop")
+        client.sendall(b"x")
+        assert ours.recv(1) == b"x"
+        for sock in (ours, client, server):
+            sock.close()
+        assert peer != ("127.0.0.1", 1)
+
+    def test_after_a_cut_a_timeout_is_the_cut_not_an_idle_peer(self) -> None:
+        """A read that times out after the cut ends with status 1, and no idle_timeout is told."""
+        ours, theirs = socket.socketpair()
+        worker = self.worker(ours, "")
+        worker.cut = "overtime"
+        assert worker._timed_out(None, ours, "") == 1  # type: ignore[arg-type]  # never used
+        ours.close()
+        theirs.close()
