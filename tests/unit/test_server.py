@@ -588,8 +588,10 @@ class TestChild:
         assert capfd.readouterr().err == ""
 
     @pytest.mark.parametrize("stderr", ["broken", "none"])
-    def test_handle_error_never_raises(self, stderr: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        """handle_error() with a broken stderr, or none, raises nothing: the server goes on."""
+    def test_handle_error_never_raises(
+        self, stderr: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """handle_error() with a broken stderr, or none, raises and writes nothing."""
 
         class Unforking(Recording):
             def fork_request(self, request: Any, client_address: Any) -> int:  # noqa: ARG002
@@ -609,6 +611,7 @@ class TestChild:
             monkeypatch.undo()
             with contextlib.suppress(BrokenPipeError):  # what handle_error left in its buffer
                 broken.close()
+        assert capfd.readouterr() == ("", "")
 
     def test_serve_in_child_runs_first_in_the_child(self, tmp_path: Path) -> None:
         """serve_in_child runs in the child, before the handler: the hook a subclass prepares in."""
