@@ -46,9 +46,10 @@ PEER_GONE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedErro
 class ForkingMixIn(_Base):
     """socketserver.ForkingMixIn, systemd-native: a child per connection, and no zombie.
 
-    - `server_bind()` adopts a socket systemd passed (sd_listen_fds(3)), if one
-      matches the server (`fd_name`, else its address, else the only one of
-      its family), and binds as socketserver does otherwise.
+    - `server_bind()` adopts a stream socket of the server's family that
+      systemd passed (sd_listen_fds(3)), if one matches the server (the one
+      named `fd_name` if given; else its address, else the only one), and
+      binds as socketserver does otherwise.
     - Children are reaped, each by its pid and never blocking, in
       `handle_timeout()` and `service_actions()`. At `max_children`, the
       server stops accepting (connections wait in the backlog) and reaps every
@@ -211,11 +212,11 @@ class ForkingMixIn(_Base):
         """Fork; return the child's pid. The child serves the connection and ends in `os._exit`.
 
         The child runs `serve_in_child`, then `shutdown_request`, and exits with
-        status 0; or SystemExit's code if an int, else 1; or 141 (PEER_GONE) when the peer reset
-        or hung up; or 1 after `handle_error` for any other exception. Nothing
-        escapes it. The child's path is this one function (and the hooks it
-        calls): every function a child calls for the first time writes to a
-        page it shares with its parent, which is copied.
+        status 0; or SystemExit's code if an int, else 1; or 141 (PEER_GONE)
+        when the peer reset or hung up; or 1 after `handle_error` for any other
+        exception. Nothing escapes it. The child's path is this one function
+        (and the hooks it calls): every function a child calls for the first
+        time writes to a page it shares with its parent, which is copied.
 
         May be extended, do not override: what follows super() runs in the
         parent; what the child does goes in `serve_in_child`.
