@@ -88,17 +88,8 @@ def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]
     if count > most:
         msg = f"environment: LISTEN_FDS={count} is more than the {most} descriptors allowed"
         raise ConfigError(f"{msg} (RLIMIT_NOFILE)")
-    names: list[str | None] = [None] * count
-    if names_text is not None:
-        names = list(names_text.split(":"))
-        if len(names) != count:
-            msg = (
-                f"environment: LISTEN_FDNAMES has {len(names)} names"
-                f" for LISTEN_FDS={count} descriptors"
-            )
-            raise ConfigError(msg)
     inherited = []
-    for offset, name in enumerate(names):
+    for offset, name in enumerate(_fd_names(names_text, count)):
         fd = SD_LISTEN_FDS_START + offset
         try:
             os.set_inheritable(fd, False)
@@ -107,6 +98,23 @@ def listen_fds(environ: MutableMapping[str, str], pid: int) -> list[InheritedFd]
             raise ConfigError(msg) from None
         inherited.append(InheritedFd(fd, name or None))
     return inherited
+
+
+def _fd_names(text: str | None, count: int) -> list[str | None]:
+    """Return the names LISTEN_FDNAMES gives `count` descriptors (None: no name).
+
+    Raises:
+        ConfigError: there are more or fewer names than descriptors.
+    """
+    if text is None or not count:  # zero descriptors: none, whatever the names ("" is one)
+        return [None] * count
+    names: list[str | None] = list(text.split(":"))
+    if len(names) != count:
+        msg = (
+            f"environment: LISTEN_FDNAMES has {len(names)} names for LISTEN_FDS={count} descriptors"
+        )
+        raise ConfigError(msg)
+    return names
 
 
 class _Inherited:
@@ -147,67 +155,60 @@ class _Inherited:
 _inherited = _Inherited()
 
 
-def claim(family: int, address: object, fd_name: str | None = None) -> socket.socket | None:
-    """Take the socket systemd passed this process for a server of `family` at `address`.
+def claim(family: int, address: object, fd_name: str | None = None) -> InheritedFd | None:
+    """Take the socket systemd passed this process for a stream server of `family` at `address`.
 
-    As sd_listen_fds(3) describes: the one named `fd_name` (FileDescriptorName=),
-    else the one bound to `address` (a TCP port 0 matches none), else the only
-    one of `family` systemd passed, if not taken. Each is taken once per
-    process, so several servers take one each. The socket is returned as it is
-    (close-on-exec): its caller checks that it listens (`check_listening`).
+    As sd_listen_fds(3) describes, among the untaken stream sockets of
+    `family` systemd passed (others are left alone, for the program's other
+    servers): the one named `fd_name` (FileDescriptorName=), and no other if a
+    name is given; else the one bound to `address` (a TCP port 0 matches none),
+    else the only one. Each is taken once per process, so several servers take
+    one each. Its descriptor is returned as it is (close-on-exec): the caller
+    wraps it and checks that it listens (`check_listening`).
 
     Raises:
-        ConfigError: the LISTEN_* variables are garbage, or the chosen
-            descriptor is not a socket.
+        ConfigError: the LISTEN_* variables are garbage.
     """
     available = _inherited.available()
-    if not available:
-        return None
-    chosen = None
+    fitting = []  # the untaken stream sockets of the family, and where each is bound
+    for inherited in available:
+        bound = _stream_bound(inherited.fd, family)
+        if bound is not None:
+            fitting.append((inherited, bound))
     if fd_name is not None:
-        chosen = next((fd for fd in available if fd.name == fd_name), None)
-    if chosen is None:
-        chosen = next((fd for fd in available if _bound_to(fd, family, address)), None)
-    if chosen is None:
-        of_family = [fd for fd in _inherited.fds if _family(fd) == family]
-        if len(of_family) == 1 and of_family[0] in available:
-            chosen = of_family[0]
-    if chosen is None:
+        chosen = next((fd for fd, _ in fitting if fd.name == fd_name), None)
+    else:
+        chosen = next((fd for fd, bound in fitting if _at(family, address, bound)), None)
+        if chosen is None and len(fitting) == 1:
+            chosen = fitting[0][0]
+    if chosen is not None:
+        available.remove(chosen)
+    return chosen
+
+
+def _stream_bound(fd: int, family: int) -> object:
+    """Return where socket `fd` is bound, if it is a stream socket of `family` (else None)."""
+    try:
+        probe = socket.socket(fileno=fd)
+    except OSError:  # closed, or not a socket
         return None
-    available.remove(chosen)
     try:
-        return socket.socket(fileno=chosen.fd)
-    except OSError as exc:
-        msg = f"socket from systemd (fd {chosen.fd}, name {chosen.name!r}): not a socket"
-        raise ConfigError(f"{msg}: {exc.strerror}") from None
-
-
-def _family(inherited: InheritedFd) -> int | None:
-    """Return the family of an inherited socket (None: not a socket)."""
-    try:
-        probe = socket.socket(fileno=inherited.fd)
+        if probe.family != family:
+            return None
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+            return None
+        return probe.getsockname()
     except OSError:
         return None
-    try:
-        return int(probe.family)
     finally:
         probe.detach()
 
 
-def _bound_to(inherited: InheritedFd, family: int, address: object) -> bool:
-    """Tell whether an inherited socket of `family` is bound to `address` (numeric, or a path)."""
-    if _family(inherited) != family:
-        return False
-    probe = socket.socket(fileno=inherited.fd)
-    try:
-        bound = probe.getsockname()
-    except OSError:
-        return False
-    finally:
-        probe.detach()
+def _at(family: int, address: object, bound: object) -> bool:
+    """Tell whether a socket of `family` bound to `bound` is at `address` (numeric, or a path)."""
     if family == socket.AF_UNIX:
-        return _same_path(address, bound)
-    return _same_ip(family, address, bound)
+        return isinstance(bound, (str, bytes)) and _same_path(address, bound)
+    return isinstance(bound, tuple) and _same_ip(family, address, bound)
 
 
 def _same_ip(family: int, address: object, bound: tuple[Any, ...]) -> bool:

@@ -2,8 +2,7 @@
 
 A leaf: it runs in any program that imports it, and in sockd's forker, whose
 `ServiceServer` subclasses `ForkingMixIn`. So it imports nothing heavy:
-structlog and sdnotify are imported by the methods that use them, when they
-are called.
+structlog is imported by `handle_error`, when it is called.
 
 Hooks are documented as socketserver documents its own: "May be overridden"
 (replace it freely), or "May be extended, do not override" (call super()).
@@ -11,6 +10,7 @@ Hooks are documented as socketserver documents its own: "May be overridden"
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -20,7 +20,7 @@ import threading
 import time
 
 from sockd import listeners
-from sockd.errors import ConfigError, exception_fields
+from sockd.errors import exception_fields
 from sockd.exits import PEER_GONE
 
 TYPE_CHECKING = False
@@ -46,9 +46,10 @@ PEER_GONE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedErro
 class ForkingMixIn(_Base):
     """socketserver.ForkingMixIn, systemd-native: a child per connection, and no zombie.
 
-    - `server_bind()` adopts a socket systemd passed (sd_listen_fds(3)), if one
-      matches the server (`fd_name`, else its address, else the only one of
-      its family), and binds as socketserver does otherwise.
+    - `server_bind()` adopts a stream socket of the server's family that
+      systemd passed (sd_listen_fds(3)), if one matches the server (the one
+      named `fd_name` if given; else its address, else the only one), and
+      binds as socketserver does otherwise.
     - Children are reaped, each by its pid and never blocking, in
       `handle_timeout()` and `service_actions()`. At `max_children`, the
       server stops accepting (connections wait in the backlog) and reaps every
@@ -63,6 +64,7 @@ class ForkingMixIn(_Base):
 
     fd_name: str | None = None  # picks an inherited socket by its name (see server_bind)
     adopted = False  # the socket was passed by systemd, not bound here
+    _inherited_as = ""  # the adopted socket, as error messages name it
 
     def __init__(self, *args: Any, fd_name: str | None = None, **kwargs: Any) -> None:
         """Construct as socketserver does; the keyword `fd_name` picks an inherited socket.
@@ -84,12 +86,15 @@ class ForkingMixIn(_Base):
     def server_bind(self) -> None:
         """Adopt the inherited socket meant for this server, or bind one.
 
-        Only stream servers adopt. The inherited socket is the one named
-        `fd_name` (LISTEN_FDNAMES), else the one bound to `server_address`
-        (a numeric address or a path; port 0 matches none), else the only one
-        of the server's family: each is taken once per process.
+        Only stream servers adopt, and only stream sockets of their family
+        (others are left to the program's other servers). The inherited socket
+        is the one named `fd_name` (LISTEN_FDNAMES), and no other if it is
+        given; else the one bound to `server_address` (a numeric address or a
+        path; port 0 matches none), else the only one untaken: each is taken
+        once per process.
 
-        May be extended, do not override.
+        May be overridden: an override that does not call super() adopts
+        nothing (sockd's forker takes the sockets its daemon passes).
 
         Raises:
             SockdError: the LISTEN_* variables are garbage.
@@ -101,29 +106,24 @@ class ForkingMixIn(_Base):
             super().server_bind()
             return
         self.socket.close()
-        self.socket = inherited
+        self.socket = socket.socket(fileno=inherited.fd)
         self.adopted = True
-        self.server_address = inherited.getsockname()
+        self._inherited_as = f"socket from systemd (fd {inherited.fd}, name {inherited.name!r})"
+        self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:
         """Listen on a socket bound here; check that an adopted one listens already.
 
-        May be extended, do not override.
+        May be overridden: an override checks an adopted socket itself
+        (`listeners.check_listening`).
 
         Raises:
-            SockdError: the adopted socket is of another family, not a stream
-                socket, or not listening.
+            SockdError: the adopted socket is not listening.
         """
         if not self.adopted:
             super().server_activate()
             return
-        where = f"socket from systemd (fd {self.socket.fileno()}, name {self.fd_name!r})"
-        if self.socket.family != self.address_family:
-            family = getattr(self.socket.family, "name", self.socket.family)
-            wanted = getattr(self.address_family, "name", self.address_family)
-            msg = f"{where}: address family {family}, where {type(self).__name__} needs {wanted}"
-            raise ConfigError(msg)
-        listeners.check_listening(self.socket, where)
+        listeners.check_listening(self.socket, self._inherited_as)
 
     # Serving ------------------------------------------------------------------
 
@@ -176,19 +176,18 @@ class ForkingMixIn(_Base):
         deadline = None if timeout is None else time.monotonic() + timeout
         with selectors.PollSelector() as selector:
             selector.register(self, selectors.EVENT_READ)
-            while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left < 0:
-                    self.handle_timeout()
-                    return
+            while True:  # polls at least once, as socketserver does (a timeout of 0 polls)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if self._full():
                     self.collect_children()
-                    if self._full():
-                        pause = self.cap_poll_interval
-                        time.sleep(pause if left is None else max(0.0, min(pause, left)))
-                        continue
-                if selector.select(left):
+                if self._full():
+                    pause = self.cap_poll_interval
+                    time.sleep(pause if left is None else min(pause, left))
+                elif selector.select(left):
                     self._handle_request_noblock()
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.handle_timeout()
                     return
 
     def _full(self) -> bool:
@@ -213,11 +212,11 @@ class ForkingMixIn(_Base):
         """Fork; return the child's pid. The child serves the connection and ends in `os._exit`.
 
         The child runs `serve_in_child`, then `shutdown_request`, and exits with
-        status 0; or SystemExit's code; or 141 (PEER_GONE) when the peer reset
-        or hung up; or 1 after `handle_error` for any other exception. Nothing
-        escapes it. The child's path is this one function (and the hooks it
-        calls): every function a child calls for the first time writes to a
-        page it shares with its parent, which is copied.
+        status 0; or SystemExit's code if an int, else 1; or 141 (PEER_GONE)
+        when the peer reset or hung up; or 1 after `handle_error` for any other
+        exception. Nothing escapes it. The child's path is this one function
+        (and the hooks it calls): every function a child calls for the first
+        time writes to a page it shares with its parent, which is copied.
 
         May be extended, do not override: what follows super() runs in the
         parent; what the child does goes in `serve_in_child`.
@@ -230,8 +229,7 @@ class ForkingMixIn(_Base):
             self.serve_in_child(request, client_address)
             status = 0
         except SystemExit as exc:
-            code = exc.code
-            status = code if isinstance(code, int) else 0 if code is None else 1
+            status = exc.code if isinstance(exc.code, int) else 1  # sys.exit(): 1, as socketserver
         except PEER_GONE_ERRORS:
             status = PEER_GONE
         except Exception:  # noqa: BLE001 (reported by handle_error, then exit status 1)
@@ -309,14 +307,18 @@ class ForkingMixIn(_Base):
         self._notify("STATUS=" + " ".join(text.splitlines()))
 
     def _notify(self, state: str) -> None:
-        if not os.environ.get("NOTIFY_SOCKET"):
+        """Send `state` to NOTIFY_SOCKET (sd_notify(3)); errors are ignored."""
+        address = os.environ.get("NOTIFY_SOCKET")
+        if not address:
             return
-        import sdnotify  # noqa: PLC0415 (when there is a systemd to notify)
-
-        notifier = sdnotify.SystemdNotifier()  # connects; sends, ignoring errors
-        notifier.notify(state)
-        if notifier.socket is not None:
-            notifier.socket.close()
+        if address[0] == "@":  # the abstract namespace
+            address = "\0" + address[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(address)
+                sock.sendall(state.encode())
+        except OSError:
+            pass  # no systemd listening: nothing to tell
 
 
 class JSONErrorMixIn(_Server):
@@ -336,17 +338,21 @@ class JSONErrorMixIn(_Server):
         structlog logger of its own: the program's structlog configuration is
         neither used nor changed.
 
+        Never raises: the server that calls it goes on serving (nothing is
+        written where stderr is None or broken).
+
         May be overridden.
         """
         exc = sys.exc_info()[1]
-        if exc is None:
+        if exc is None or sys.stderr is None:
             return
-        _error_log().error(
-            "handler_error",
-            client=listeners.client_text(request, client_address),
-            pid=os.getpid(),
-            exception=exception_fields(exc),
-        )
+        with contextlib.suppress(Exception):
+            _error_log().error(
+                "handler_error",
+                client=listeners.client_text(request, client_address),
+                pid=os.getpid(),
+                exception=exception_fields(exc),
+            )
 
 
 class ForkingTCPServer(ForkingMixIn, JSONErrorMixIn, socketserver.TCPServer):

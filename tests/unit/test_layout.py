@@ -18,9 +18,9 @@ import sockd
 PACKAGE = Path(sockd.__file__).parent
 # Modules nothing the forker loads may import at run time: each is memory in every fork.
 HEAVY = {"structlog", "typing", "tomllib", "ipaddress", "dataclasses", "json", "sdnotify", "daemon"}
-# The library's servers import these in the methods that use them (handle_error,
-# notify_ready), which the forker's ServiceServer overrides or never calls.
-LAZY = {"sockd.server": {"structlog", "sdnotify"}}
+# The library's servers import these in the methods that use them (handle_error),
+# which the forker's ServiceServer never calls.
+LAZY = {"sockd.server": {"structlog"}}
 
 
 def side(module: str) -> str:

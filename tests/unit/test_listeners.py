@@ -98,6 +98,12 @@ class TestListenFds:
 
         assert in_child(child) == [(3, "echo", True), (4, "daytime", True)]
 
+    def test_no_descriptor_whatever_the_names(self) -> None:
+        """LISTEN_FDS=0 means none, even with LISTEN_FDNAMES="" (which splits into one name)."""
+        environ = {"LISTEN_PID": "123", "LISTEN_FDS": "0", "LISTEN_FDNAMES": ""}
+        assert listeners.listen_fds(environ, 123) == []
+        assert environ == {}
+
     def test_closed_descriptor(self) -> None:
         """LISTEN_FDS counting a descriptor that is not open is an error."""
 
@@ -119,7 +125,7 @@ class TestClaim:
             inherit([unbound, bound])
             taken = [listeners.claim(socket.AF_INET, (host, 0)) for host in ("", "0.0.0.0")]
             wanted = listeners.claim(socket.AF_INET, bound.getsockname())
-            return [*taken, wanted and wanted.fileno()]
+            return [*taken, wanted and wanted.fd]
 
         assert in_child(child) == [None, None, 4]
 
@@ -138,9 +144,30 @@ class TestClaim:
                 listeners.claim(socket.AF_UNIX, str(path), "b"),
                 listeners.claim(socket.AF_INET, ("127.0.0.1", 0), "a"),
             ]
-            return [claim and claim.fileno() for claim in claims]
+            return [claim and claim.fd for claim in claims]
 
         assert in_child(child) == [3, 4, None, None]
+
+    def test_only_untaken_stream_sockets_of_the_family(self, tmp_path: Path) -> None:
+        """Datagram sockets, other families, closed or taken descriptors count for nothing."""
+
+        def child() -> list[object]:
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            unix = socket.socket(socket.AF_UNIX)
+            unix.bind(str(tmp_path / "s"))
+            first, second = listening(), listening()
+            third = listening()
+            inherit([udp, unix, first, second, third], ["x", "x", "x", "y", "z"])
+            claims = [listeners.claim(socket.AF_INET, ("127.0.0.1", 0), "x")]
+            os.close(7)  # by the program, after the variables were read
+            claims += [
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0), "z"),  # closed: none
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0)),  # 6, the only one left
+                listeners.claim(socket.AF_UNIX, "elsewhere"),
+            ]
+            return [claim and claim.fd for claim in claims]
+
+        assert in_child(child) == [5, None, 6, 4]
 
 
 class TestAdopt:

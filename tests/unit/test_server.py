@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -218,33 +219,101 @@ class TestAdoption:
 
         assert in_child(run) == (False, True, [])
 
-    @pytest.mark.parametrize(
-        ("make", "problem"),
-        [
-            (_bound_only, "not listening"),
-            (lambda: made(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)), "not a stream socket"),
-            (lambda: made(socket.socket(socket.AF_UNIX)), "address family AF_UNIX"),
-        ],
-        ids=["not-listening", "datagram", "other-family"],
-    )
-    def test_unusable_socket_is_refused(
-        self, make: Callable[[], socket.socket], problem: str
-    ) -> None:
-        """A named socket that does not listen, is a datagram one or of another family: an error."""
-        sock = make()
+    @pytest.mark.parametrize("fd_name", ["web", None])
+    def test_socket_not_listening_is_refused(self, fd_name: str | None) -> None:
+        """An adopted stream socket that does not listen: an error naming it, and it is closed."""
+        sock = _bound_only()
 
         def run() -> tuple[str, bool]:
             inherit([sock], ["web"])
             try:
-                ForkingTCPServer(LOOPBACK, Echo, fd_name="web")
+                ForkingTCPServer(LOOPBACK, Echo, fd_name=fd_name)
             except ConfigError as exc:
                 return str(exc), not _is_open(3)
             return "adopted", False
 
         message, closed = in_child(run)
-        assert problem in message
-        assert message.startswith("socket from systemd (fd 3, name 'web')")
+        assert (
+            message
+            == "socket from systemd (fd 3, name 'web'): not listening (Accept=yes is not supported)"
+        )
         assert closed, "the server closed the socket it refused"
+
+    @pytest.mark.parametrize("fd_name", ["web", None])
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: made(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+            lambda: listening(socket.AF_INET6, ("::1", 0)),
+        ],
+        ids=["datagram", "other-family"],
+    )
+    def test_other_sockets_are_left_alone(
+        self, make: Callable[[], socket.socket], fd_name: str | None
+    ) -> None:
+        """A datagram socket, or one of another family, is not adopted (even named), nor closed."""
+        sock = make()
+
+        def run() -> tuple[bool, bool]:
+            inherit([sock], ["web"])
+            with ForkingTCPServer(LOOPBACK, Echo, fd_name=fd_name) as server:
+                return server.adopted, _is_open(3)
+
+        assert in_child(run) == (False, True)
+
+    @pytest.mark.parametrize("fd_name", ["dns", None])
+    def test_stream_socket_beside_a_datagram_one(self, fd_name: str | None) -> None:
+        """TCP and UDP on one port, one name (ListenDatagram= and ListenStream=): TCP is adopted."""
+        tcp = listening()
+        udp = made(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        udp.bind(tcp.getsockname())
+
+        def run() -> tuple[Any, ...]:
+            inherit([udp, tcp], ["dns", "dns"])
+            with ForkingTCPServer(tcp.getsockname(), Echo, fd_name=fd_name) as server:
+                return server.adopted, server.socket.fileno(), _is_open(3)
+
+        assert in_child(run) == (True, 4, True)
+
+    def test_name_of_the_family(self) -> None:
+        """Two sockets of one name, IPv6 and IPv4: an IPv4 server takes the IPv4 one."""
+        v6 = listening(socket.AF_INET6, ("::1", 0))
+        v4 = listening()
+
+        def run() -> tuple[Any, ...]:
+            inherit([v6, v4], ["web", "web"])
+            with ForkingTCPServer(LOOPBACK, Echo, fd_name="web") as server:
+                return server.adopted, server.socket.fileno()
+
+        assert in_child(run) == (True, 4)
+
+    def test_name_given_takes_no_other(self) -> None:
+        """A server asking for a name absent binds its own: the only socket passed is another's."""
+        web = listening()
+
+        def run() -> tuple[Any, ...]:
+            inherit([web], ["web"])
+            with (
+                ForkingTCPServer(LOOPBACK, Echo, fd_name="admin") as admin,
+                ForkingTCPServer(LOOPBACK, Echo, fd_name="web") as www,
+            ):
+                return admin.adopted, www.adopted, www.server_address
+
+        assert in_child(run) == (False, True, web.getsockname())
+
+    def test_only_one_untaken(self) -> None:
+        """The fallback counts untaken sockets: once one of two is taken, the other is the one."""
+        first, second = listening(), listening()
+
+        def run() -> tuple[Any, ...]:
+            inherit([first, second], ["a", "b"])
+            with (
+                ForkingTCPServer(LOOPBACK, Echo, fd_name="a") as named,
+                ForkingTCPServer(LOOPBACK, Echo) as other,
+            ):
+                return named.socket.fileno(), other.adopted, other.socket.fileno()
+
+        assert in_child(run) == (3, True, 4)
 
     def test_garbage_variables_are_an_error(self) -> None:
         """LISTEN_FDS that is not a count fails the server's construction with a one-line error."""
@@ -325,6 +394,33 @@ class TestServing:
             (pid,) = server.active_children or set()
         assert server.exits == {pid: 0}
         assert not alive(pid), "reaped by server_close"
+
+    @pytest.mark.parametrize("how", ["timeout", "non-blocking"])
+    def test_handle_request_polls_once_at_timeout_zero(self, tmp_path: Path, how: str) -> None:
+        """Timeout 0 (or a non-blocking listener) polls once: a waiting connection is served."""
+        timeouts = []
+
+        class Server(ForkingUnixStreamServer):
+            def handle_timeout(self) -> None:
+                timeouts.append(1)
+                super().handle_timeout()
+
+        path = str(tmp_path / "s")
+        with Server(path, Echo) as server:
+            if how == "timeout":
+                server.timeout = 0
+            else:
+                server.socket.setblocking(False)
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(10)
+                client.connect(path)  # in the backlog when connect() returns
+                client.sendall(b"now\n")
+                client.shutdown(socket.SHUT_WR)
+                server.handle_request()
+                assert timeouts == []
+                assert recv_all(client) == b"now\n"
+            server.handle_request()  # nothing waits: times out at once
+            assert timeouts == [1]
 
     def test_active_children_none_before_the_first(self) -> None:
         """active_children is None until a child is forked, as socketserver documents."""
@@ -482,14 +578,40 @@ class TestChild:
         assert server.exits == {pid: code}
         assert capfd.readouterr().err == ""
 
-    @pytest.mark.parametrize(("action", "code"), [(b"3", 3), (b"0", 0)])
+    @pytest.mark.parametrize(("action", "code"), [(b"3", 3), (b"0", 1)])
     def test_system_exit_gives_the_status(
         self, action: bytes, code: int, capfd: pytest.CaptureFixture[str]
     ) -> None:
-        """SystemExit's code is the child's exit status (sys.exit(): 0), with no handler_error."""
+        """SystemExit's int code is the exit status (sys.exit(): 1), with no handler_error."""
         server, pid, _ = self.serve(action)
         assert server.exits == {pid: code}
         assert capfd.readouterr().err == ""
+
+    @pytest.mark.parametrize("stderr", ["broken", "none"])
+    def test_handle_error_never_raises(
+        self, stderr: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """handle_error() with a broken stderr, or none, raises and writes nothing."""
+
+        class Unforking(Recording):
+            def fork_request(self, request: Any, client_address: Any) -> int:  # noqa: ARG002
+                raise OSError(errno.EAGAIN, "no fork now")
+
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        broken = open(write_end, "w")  # noqa: SIM115 (closed below, its error suppressed)
+        monkeypatch.setattr(sys, "stderr", broken if stderr == "broken" else None)
+        try:
+            with Unforking(LOOPBACK, Failing) as server:
+                for _ in range(2):
+                    with socket.create_connection(address(server), timeout=10) as client:
+                        server.handle_request()
+                        assert recv_all(client) == b""
+        finally:
+            monkeypatch.undo()
+            with contextlib.suppress(BrokenPipeError):  # what handle_error left in its buffer
+                broken.close()
+        assert capfd.readouterr() == ("", "")
 
     def test_serve_in_child_runs_first_in_the_child(self, tmp_path: Path) -> None:
         """serve_in_child runs in the child, before the handler: the hook a subclass prepares in."""
@@ -528,13 +650,26 @@ class TestNotify:
             assert systemd.recv(100) == b"READY=1"
             assert systemd.recv(100) == b"STATUS=serving well"
 
-    def test_nothing_without_systemd(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Without NOTIFY_SOCKET, notify_ready() does nothing (sdnotify is not even imported)."""
+    def test_abstract_socket_and_utf8(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A NOTIFY_SOCKET starting with @ is in the abstract namespace; text is sent as UTF-8."""
+        name = f"sockd-test-notify-{os.getpid()}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+            systemd.bind("\0" + name)
+            systemd.settimeout(10)
+            monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+            with ForkingTCPServer(LOOPBACK, Echo) as server:
+                server.notify_status("prêt ✓")
+            assert systemd.recv(100) == "STATUS=prêt ✓".encode()
+
+    def test_nothing_without_systemd(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without NOTIFY_SOCKET, or with no one listening there, notify_ready() does nothing."""
         monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
         monkeypatch.setitem(sys.modules, "sdnotify", None)  # importing it would raise
         with ForkingTCPServer(LOOPBACK, Echo) as server:
             server.notify_ready()
             server.notify_status("idle")
+            monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+            server.notify_ready()  # the socket made is closed: no ResourceWarning
 
 
 def test_importing_the_servers_is_light() -> None:

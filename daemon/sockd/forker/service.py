@@ -1,6 +1,6 @@
 """The forker's server: the library's ForkingMixIn, its hooks overridden, one per listening socket.
 
-It runs in the forker (see `sockd.forker`), and from `_fork` on in each
+It runs in the forker (see `sockd.forker`), and from `fork_request` on in each
 connection's child. The forker's size is the cost of every fork: it imports
 nothing heavy, and reports what it logs as records that the daemon renders
 with structlog.
@@ -106,14 +106,18 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         try:
             super().__init__(endpoint.sockaddr, service.handler, fd_name=endpoint.fd_name)
         except OSError as exc:  # socket(2) failed: bind and activate raise SockdErrors
-            where = f"service {service.name!r}: listen {endpoint.address}"
-            raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
+            raise self._failure("cannot create a socket", exc) from None
 
     def server_bind(self) -> None:
         """Take the socket the daemon passed, or bind one (`listeners.bind`).
 
-        Overrides ForkingMixIn's: the forker's sockets come from the daemon,
-        never from LISTEN_FDS. May be overridden.
+        Overrides ForkingMixIn's, without calling it: the forker's sockets
+        come from the daemon, never from LISTEN_FDS.
+
+        May be extended, do not override.
+
+        Raises:
+            SockdError: binding failed, or a passed socket has no address.
         """
         passed = self.endpoint.adopted
         if passed is not None:
@@ -124,7 +128,10 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             listeners.bind(self.socket, self.endpoint, self.service.unix_mode)
             if self._unix:
                 self.bound_path = str(self.endpoint.sockaddr)
-        self.server_address = self.socket.getsockname()
+        try:
+            self.server_address = self.socket.getsockname()
+        except OSError as exc:
+            raise self._failure("cannot read its address", exc) from None
         if isinstance(self.server_address, tuple) and self.server_address[0] not in (
             "0.0.0.0",
             "::",
@@ -134,19 +141,35 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
     def server_activate(self) -> None:
         """Listen on a socket we bound; a passed one must be listening already.
 
-        Overrides ForkingMixIn's (whose errors name systemd), and leaves the
-        socket non-blocking: the forker accepts until EAGAIN. May be overridden.
+        Overrides ForkingMixIn's, without calling it (its errors name
+        systemd), and leaves the socket non-blocking: the forker accepts until
+        EAGAIN.
+
+        May be extended, do not override.
+
+        Raises:
+            SockdError: a passed socket is unusable, or listen(2) failed.
         """
-        if self.adopted:
-            listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
-        else:
-            self.socket.listen(self.request_queue_size)
-        self.socket.setblocking(False)
+        try:
+            if self.adopted:
+                listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
+            else:
+                self.socket.listen(self.request_queue_size)
+            self.socket.setblocking(False)
+        except OSError as exc:
+            raise self._failure(
+                "cannot check the passed socket" if self.adopted else "cannot listen", exc
+            ) from None
+
+    def _failure(self, what: str, exc: OSError) -> OSFailure:
+        where = f"service {self.service.name!r}: listen {self.endpoint.address}"
+        return OSFailure(f"{where}: {what}: {exc.strerror}")
 
     def server_close(self) -> None:
         """Close the listener, and remove a UNIX socket file we created.
 
-        Overrides ForkingMixIn's, which reaps: the forker reaps in its loop.
+        Overrides ForkingMixIn's, without calling it (it reaps: the forker
+        reaps in its loop).
 
         May be extended, do not override.
         """
@@ -189,7 +212,7 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
     def shutdown_request(self, request: Any) -> None:
         """Half-close the connection (the peer reads the end of our data), then close it.
 
-        TCPServer's, as one function (see `_fork`) that closes with the C method.
+        TCPServer's, as one function (see `fork_request`) that closes with the C method.
 
         May be overridden.
         """

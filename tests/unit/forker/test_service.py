@@ -6,7 +6,9 @@ import math
 import os
 import signal
 import socket
+import socketserver
 import struct
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import pytest
 from harness import children_of, recv_all, wait_until
 
 from sockd import ipc
-from sockd.errors import exception_fields
+from sockd.errors import OSFailure, exception_fields
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.listeners import Endpoint
@@ -23,6 +25,15 @@ from sockd.spec import ServiceSpec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+class Exits(socketserver.BaseRequestHandler):
+    """Exit as the client's first byte says: sys.exit() for b"0", else sys.exit(3)."""
+
+    def handle(self) -> None:
+        if self.request.recv(1) == b"0":
+            sys.exit()
+        sys.exit(3)
 
 
 @pytest.fixture
@@ -58,6 +69,36 @@ class TestServiceServer:
         with pytest.raises(Exception, match="not listening"):
             ServiceServer(endpoint, Service(ServiceSpec("svc", "echo")), Shared())
         assert sock.fileno() == -1, "closed on failure"
+
+    def test_failure_in_the_constructor_says_what_failed(self) -> None:
+        """An OSError after socket(2) names its step, not "cannot create a socket"."""
+        sock = socket.socket()
+        sock.close()  # getsockname() fails: EBADF
+        endpoint = Endpoint(
+            "svc", sock.family, ("127.0.0.1", 0), address="127.0.0.1:0", adopted=sock
+        )
+        with pytest.raises(OSFailure) as raised:
+            ServiceServer(endpoint, Service(ServiceSpec("svc", "echo")), Shared())
+        message = "service 'svc': listen 127.0.0.1:0: cannot read its address: Bad file descriptor"
+        assert str(raised.value) == message
+
+    @pytest.mark.parametrize(("action", "code"), [(b"0", 1), (b"3", 3)])
+    def test_system_exit_status(
+        self,
+        server: ServiceServer,
+        events: list[tuple[str, str, dict[str, Any]]],
+        action: bytes,
+        code: int,
+    ) -> None:
+        """A handler's sys.exit() ends its child with 1, sys.exit(3) with 3 (connection_closed)."""
+        server.RequestHandlerClass = Exits
+        with socket.create_connection(server.server_address[:2], timeout=5) as client:  # type: ignore[arg-type]
+            assert wait_until(lambda: server.accept_ready(1)) == 1
+            client.sendall(action)
+            assert recv_all(client) == b""
+        wait_until(server.shared.reap, what="the child to exit")
+        ((_, event, fields),) = events
+        assert (event, fields["exit_code"]) == ("connection_closed", code)
 
     def test_fork_serve_and_reap(
         self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]]
