@@ -343,7 +343,8 @@ class TestCutShort:
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
         """At stop_timeout the busy worker's connection ends by its socket; the worker leaves."""
-        config, witness = self.config(tmp_path, "", stop_timeout=0.5)
+        # Not much shorter: two SIGTERMs that reach a worker not scheduled in between are one.
+        config, witness = self.config(tmp_path, "", stop_timeout=1.0)
         daemon = sockd("run", "--config", config)
         with connect(daemon.address()) as client:
             assert client.recv(10) == b"ready\n"
