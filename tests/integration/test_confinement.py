@@ -32,7 +32,7 @@ functools gc genericpath heapq importlib importlib._abc importlib._bootstrap
 importlib._bootstrap_external importlib.machinery importlib.util io itertools keyword
 marshal math operator os os.path posix posixpath pwd reprlib resource runpy select
 selectors signal sockd sockd._version sockd.errors sockd.exits sockd.forker
-sockd.forker.access sockd.forker.childlog sockd.forker.children
+sockd.forker.access sockd.forker.caps sockd.forker.childlog sockd.forker.children
 sockd.forker.forkhooks sockd.forker.loop sockd.forker.pool sockd.forker.programs
 sockd.forker.service sockd.forker.shared sockd.forker.start sockd.forker.typecache
 sockd.handlers sockd.handlers.builtin sockd.ipc sockd.listeners sockd.privileges sockd.server

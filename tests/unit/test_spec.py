@@ -162,17 +162,20 @@ class TestMalformed:
             ServiceSpec.from_wire(data)
         assert str(raised.value).startswith(problem)
 
-    def test_the_channel_skips_a_record_with_a_malformed_service(self) -> None:
-        """ipc.problem names the record, the service's place and its field (command_malformed)."""
+    def test_a_list_of_services_names_the_place_of_a_malformed_one(self) -> None:
+        """services_from_wire names the service's place and its field (the forker logs it).
+
+        ipc.problem checks the record's own shape only: the forker decodes the
+        services once, when it acts on the record (sockd.forker.loop).
+        """
         good = service_spec(EVERY).to_wire()
         reload = ("reload", 3, [good, wire(max_children="3")], 128, 10.0, 0)
-        assert ipc.problem(reload, ipc.COMMANDS) == (
-            "'reload' record of the wrong shape: service 1: max_children:"
-            " expected an integer or None, got str"
-        )
-        setup: ipc.Record = ("setup", {}, [wire(name=None)])
-        assert ipc.problem(setup, ipc.COMMANDS) == (
-            "'setup' record of the wrong shape: service 0: name: expected a string, got NoneType"
-        )
+        assert ipc.problem(reload, ipc.COMMANDS) is None
+        with pytest.raises(WireError) as raised:
+            services_from_wire(reload[2])
+        assert str(raised.value) == "service 1: max_children: expected an integer or None, got str"
+        with pytest.raises(WireError) as raised:
+            services_from_wire([wire(name=None)])
+        assert str(raised.value) == "service 0: name: expected a string, got NoneType"
         assert ipc.problem(("setup", {}, {"every": good}), ipc.COMMANDS) is not None
         assert ipc.problem(("setup", {"services": [good]}), ipc.COMMANDS) is not None

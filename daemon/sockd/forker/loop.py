@@ -19,18 +19,18 @@ import time
 from sockd import ipc
 from sockd.exits import client_fields, exit_fields
 from sockd.forker import forkhooks, typecache
-from sockd.forker.access import Denials
+from sockd.forker.caps import Caps
 from sockd.forker.childlog import Inbox
 from sockd.forker.pool import Pools
 from sockd.forker.programs import StderrWatch
 from sockd.forker.service import HANDLED_SIGNALS, ForkPaused, ServiceServer
 from sockd.forker.shared import Service, Shared
-from sockd.spec import services_from_wire
+from sockd.spec import WireError, services_from_wire
 from sockd.timers import Timers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable
+    from collections.abc import Collection
     from types import FrameType
     from typing import Any
 
@@ -101,17 +101,13 @@ class Forker:
         self.malformed = ipc.Tally()
         control.malformed = self._malformed
         self.pid = os.getpid()
-        self.max_children = max_children
         self.stop_timeout = stop_timeout  # for a SIGTERM sent to the forker itself
         self.renew_after = renew_after  # long-lived children that make us "crowded"; 0: never
         self.standby = standby
         self.retired = False  # accepts no more; reports its children until the last ends
         self.reported_children: tuple[int, dict[str, int]] = (0, {})
-        # Children of retired forkers, which count toward our caps: all, and per service.
-        self.elsewhere: tuple[int, dict[str, int]] = (0, {})
-        self.shares = fair_shares(max_children, [server.service for server in servers])
-        self.at_cap: tuple[str, ...] = ()  # services that may accept no more now (STATUS=)
-        self.cap_log = Denials()  # cap_reached, bounded as refusals are
+        services = [server.service for server in servers]
+        self.caps = Caps(shared.children, max_children, services, self.report)
         self.poller = select.epoll()
         self.pending: list[int] = []
         self.listening: dict[int, ServiceServer] = {}
@@ -326,7 +322,7 @@ class Forker:
     def _watch_counts(self, now: float) -> None:
         """Set the timers the counts call for: a status to send, a crowd to check."""
         active = len(self.shared.children) - len(self.pools.workers)
-        status = (active, *self.shared.stats.as_tuple(), self.at_cap)
+        status = (active, *self.shared.stats.as_tuple(), self.caps.at_cap)
         timers = self.timers
         if status == self.last_status:
             timers.clear("status")
@@ -337,7 +333,7 @@ class Forker:
 
     def _send_status(self, _now: float) -> None:
         active = len(self.shared.children) - len(self.pools.workers)
-        status = (active, *self.shared.stats.as_tuple(), self.at_cap)
+        status = (active, *self.shared.stats.as_tuple(), self.caps.at_cap)
         if status != self.last_status:
             self._flush()
             if self._send(("status", *status)):
@@ -384,7 +380,7 @@ class Forker:
         backoff = self.shared.fork_backoff
         return min(
             self.shared.denials.window_end or math.inf,
-            self.cap_log.window_end or math.inf,
+            self.caps.log.window_end or math.inf,
             self.stderr.budget.window_end or math.inf,
             backoff.last + backoff.QUIET if backoff.worked else math.inf,
         )
@@ -393,7 +389,7 @@ class Forker:
         """Log the bounded logs' summaries due at `now` (math.inf: all, as the forker ends)."""
         for summary in self.shared.denials.due(now):
             self.report("info", "connections_denied", summary)
-        for summary in self.cap_log.due(now):
+        for summary in self.caps.log.due(now):
             fields = {"service": summary["service"], "cap": summary["reason"]}
             fields |= {"times": summary["count"], "seconds": summary["seconds"]}
             self.report("warning", "caps_reached", fields)
@@ -437,7 +433,7 @@ class Forker:
             elif command == "retire":
                 self.retire()
             elif command in ("take_over", "elsewhere"):
-                self.elsewhere = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
+                self.caps.elsewhere = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
                 if command == "take_over" and self.standby and self.stop_phase is SERVING:
                     self.standby = False
                     self.pools.fill()
@@ -449,14 +445,19 @@ class Forker:
     def _reload(
         self,
         seq: int,
-        records: list[tuple[object, ...]],  # ServiceSpec.to_wire() each
+        records: list[object],  # ServiceSpec.to_wire() each
         max_children: int,
         stop_timeout: float,
         renew_after: int,
     ) -> None:
         try:
+            specs = services_from_wire(records)  # decoded once, here
+        except WireError as exc:
+            self._malformed(f"'reload' record of the wrong shape: {exc}")
+            return
+        try:
             identity = self.shared.child_identity
-            services = {spec.name: Service(spec, identity) for spec in services_from_wire(records)}
+            services = {spec.name: Service(spec, identity) for spec in specs}
             forkhooks.note_threads()
         except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
             self._send(("reload_failed", seq, f"{type(exc).__name__}: {exc}"))
@@ -468,8 +469,7 @@ class Forker:
             self.pools.retire(name)
             if not self.standby and self.stop_phase is SERVING:
                 self.pools.fill(name)
-        self.max_children = max_children
-        self.shares = fair_shares(max_children, services.values())
+        self.caps.set(max_children, services.values())
         self.stop_timeout = stop_timeout
         self.renew_after = renew_after
         self._update_accepting()
@@ -481,7 +481,7 @@ class Forker:
         # while several are served at once and the backlog keeps up, double the
         # batch, so a burst costs fewer turns.
         burst = self.bursts.get(server, 1)
-        room = self._room(server)
+        room = self.caps.room(server.service)
         budget = min(burst, room)
         if not budget:  # another service took the last free place meanwhile
             self._update_accepting()
@@ -507,42 +507,17 @@ class Forker:
         if taken >= room or self.shared.reaped != reaped:
             self._update_accepting()
 
-    # The caps are starvation-free: each fork-per-connection service is
-    # guaranteed its share of [daemon] max_children (see fair_shares), and may
-    # borrow beyond it, up to its own max_children, only what no other service
-    # holds in reserve (the unused part of their shares). So idle connections
-    # to one service never keep another from its share. Pooled workers and the
-    # children of retired forkers (`elsewhere`) count as their service's.
-    # Borrowing the last free place leaves the borrower no room either, so
-    # `_accept` then looks at every listener again (and does so too should a
-    # listener fire with no room left).
-    def _room(self, server: ServiceServer) -> int:
-        children = self.shared.children
-        elsewhere, per_service = self.elsewhere
-        name = server.service.name
-        reserved = 0  # what the other services are guaranteed and do not use
-        for other, share in self.shares.items():
-            if other != name:
-                unused = share - children.count(other) - per_service.get(other, 0)
-                if unused > 0:
-                    reserved += unused
-        room = self.max_children - len(children) - elsewhere - reserved
-        cap = server.service.max_children
-        if cap is not None:
-            room = min(room, cap - children.count(name) - per_service.get(name, 0))
-        return max(0, room)
-
     def _update_accepting(self) -> None:
         """Poll exactly the listeners that may accept now (below every cap)."""
         accepting = self.stop_phase is SERVING and not self.standby
         paused = self.timers.is_set("pause")
-        at_cap: list[ServiceServer] = []
+        at_cap: list[Service] = []
         for server in self.servers:
             if server.service.workers:
                 continue  # its workers accept
-            has_room = accepting and self._room(server) > 0
+            has_room = accepting and self.caps.room(server.service) > 0
             if accepting and not has_room:
-                at_cap.append(server)
+                at_cap.append(server.service)
             wanted = has_room and not paused
             fd = server.socket.fileno()
             if wanted and fd not in self.listening:
@@ -553,35 +528,7 @@ class Forker:
                 del self.listening[fd]
         stopping = self.stop_phase is not SERVING
         self._watch_exits(stopping or len(self.listening) < len(self.servers))
-        self._note_caps(at_cap)
-
-    def _note_caps(self, servers: list[ServiceServer]) -> None:
-        """Log `cap_reached` for each service newly at a cap (bounded as refusals are)."""
-        if not servers and not self.at_cap:
-            return
-        services = {server.service.name: server for server in servers}
-        for name, server in services.items():
-            if name not in self.at_cap:
-                fields = self._cap_fields(server)
-                if self.cap_log.first(name, fields["cap"], "", time.monotonic()):
-                    self.report("warning", "cap_reached", fields)
-        self.at_cap = tuple(sorted(services))
-
-    def _cap_fields(self, server: ServiceServer) -> dict[str, Any]:
-        """Say which cap keeps a service from accepting: its own, or the daemon's."""
-        service = server.service
-        elsewhere, per_service = self.elsewhere
-        count = self.shared.children.count(service.name) + per_service.get(service.name, 0)
-        fields = {"service": service.name, "count": count}
-        if service.max_children is not None and count >= service.max_children:
-            return fields | {"cap": "max_children", "limit": service.max_children}
-        total = len(self.shared.children) + elsewhere
-        return fields | {
-            "cap": "daemon.max_children",
-            "limit": self.max_children,
-            "total": total,
-            "reserved": max(0, self.max_children - total),  # for the other services
-        }
+        self.caps.note(at_cap)
 
     def _watch_exits(self, watch: bool) -> None:
         """Be woken by SIGCHLD only while a cap or a stop waits for children to exit.
@@ -700,22 +647,3 @@ def crowd(shared: Shared, workers: Collection[int], renew_after: int, now: float
         return 0
     long_lived = shared.children.started_before(now - LONG_LIVED, workers)
     return long_lived if long_lived >= renew_after else 0
-
-
-def fair_shares(max_children: int, services: Iterable[Service]) -> dict[str, int]:
-    """Return the part of `max_children` each service is guaranteed (see `Forker._room`).
-
-    A pooled service's share is its workers. The fork-per-connection services
-    split the rest evenly, each at least 1 (more services than places
-    overcommit); a service's own smaller `max_children` is its share, and
-    what it leaves is free for any service to borrow.
-    """
-    by_name = {service.name: service for service in services}  # a service per listener
-    shares = {name: s.workers for name, s in by_name.items() if s.workers}
-    forking = [service for service in by_name.values() if not service.workers]
-    if forking:
-        part = max(1, (max_children - sum(shares.values())) // len(forking))
-        for service in forking:
-            cap = service.max_children
-            shares[service.name] = part if cap is None else min(part, cap)
-    return shares

@@ -59,7 +59,7 @@ from sockd.forker.loop import Forker
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.listeners import Endpoint
-from sockd.spec import services_from_wire
+from sockd.spec import WireError, services_from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -109,7 +109,10 @@ def main() -> None:
     if record is None or ipc.problem(record, ipc.COMMANDS) or record[0] != "setup":
         os._exit(EX_SOFTWARE)
     setup: dict[str, Any] = record[1]  # type: ignore[assignment]
-    specs = services_from_wire(record[2])
+    try:
+        specs = services_from_wire(record[2])
+    except WireError:
+        os._exit(EX_SOFTWARE)
     sys.path.extend(entry for entry in setup["sys_path"] if entry not in sys.path)
     shared = Shared()
     try:

@@ -1,44 +1,23 @@
-"""Tests of sockd.forker.loop's pure parts: each service's share of the cap; when it is crowded."""
+"""Tests of sockd.forker.loop: when the forker is crowded; how it obeys the daemon's commands."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from sockd.forker.loop import LONG_LIVED, crowd, fair_shares
+import sockd
+from sockd import ipc
+from sockd.forker.loop import LONG_LIVED, crowd
 from sockd.forker.shared import Service, Shared
 from sockd.spec import Limits, ServiceSpec
 
 
 def service(name: str, **changes: Any) -> Service:
     return Service(ServiceSpec(name, "echo", **changes))
-
-
-class TestFairShares:
-    def test_the_cap_is_split_evenly(self) -> None:
-        """Three services under 128: 42 each; the 2 left over are anyone's to borrow."""
-        shares = fair_shares(128, [service("a"), service("b"), service("c")])
-        assert shares == {"a": 42, "b": 42, "c": 42}
-
-    def test_a_service_with_several_listeners_counts_once(self) -> None:
-        """A service is one share, however many listeners (servers) it has."""
-        echo = service("echo")
-        assert fair_shares(10, [echo, echo, service("git")]) == {"echo": 5, "git": 5}
-
-    def test_a_smaller_own_cap_is_the_share(self) -> None:
-        """A service capped below its part holds only its cap in reserve."""
-        shares = fair_shares(128, [service("chargen", max_children=4), service("echo")])
-        assert shares == {"chargen": 4, "echo": 64}
-
-    def test_pooled_workers_are_their_service_share(self) -> None:
-        """A pooled service holds its workers; the others split the rest."""
-        shares = fair_shares(20, [service("pool", workers=4), service("a"), service("b")])
-        assert shares == {"pool": 4, "a": 8, "b": 8}
-
-    def test_every_service_gets_at_least_one(self) -> None:
-        """More services than places: each is still guaranteed one."""
-        shares = fair_shares(2, [service(name) for name in "abc"])
-        assert shares == {"a": 1, "b": 1, "c": 1}
 
 
 def with_children(count: int) -> Shared:
@@ -74,3 +53,72 @@ class TestCrowd:
         shared, later = with_children(3), time.monotonic() + LONG_LIVED + 0.1
         shared.admission(Service(ServiceSpec("echo", "echo", limits=Limits(per_source=10))))
         assert crowd(shared, {}, 3, later) == 0
+
+
+class TestCommands:
+    """A real forker process, driven over its control channel as the daemon drives it."""
+
+    SETUP: dict[str, object] = {  # noqa: RUF012 (read only)
+        "sys_path": [],
+        "identity": None,
+        "listeners": [],
+        "max_children": 8,
+        "stop_timeout": 1.0,
+        "renew_forker_after": 0,
+        "standby": False,
+    }
+
+    @staticmethod
+    def events_until(reader: ipc.Reader, kind: str) -> list[ipc.Record]:
+        """Return the events read up to the first of `kind` (bounded in time)."""
+        seen: list[ipc.Record] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            record = reader.read_blocking()
+            assert record is not None, f"the forker ended before {kind!r}: {seen}"
+            seen.append(record)
+            if record[0] == kind:
+                return seen
+        raise AssertionError(f"no {kind!r} in {seen}")
+
+    def test_a_reload_with_a_malformed_service_is_skipped_and_logged(self) -> None:
+        """Specs are decoded once, in the forker: command_malformed names the field; it goes on."""
+        control, control_end = ipc.channel()
+        events, events_end = ipc.channel()
+        env = {**os.environ, "PYTHONPATH": str(Path(sockd.__file__).parents[1])}
+        command = [sys.executable, "-P", "-S", "-m", "sockd.forker"]
+        fds = [str(control_end.fileno()), str(events_end.fileno())]
+        keep = (control_end.fileno(), events_end.fileno())
+        forker = subprocess.Popen([*command, *fds], env=env, pass_fds=keep)
+        control_end.close()
+        events_end.close()
+        try:
+            good = ServiceSpec("echo", "echo").to_wire()
+            bad = ServiceSpec("echo", "echo").to_wire()[:15]
+            ipc.send(control.fileno(), ("setup", self.SETUP, [good]))
+            reader = ipc.Reader(events.fileno())
+            self.events_until(reader, "ready")
+            ipc.send(control.fileno(), ("reload", 1, [good, bad], 8, 1.0, 0))
+            ipc.send(control.fileno(), ("reload", 2, [good], 8, 1.0, 0))
+            seen = self.events_until(reader, "reloaded")
+            logged = [record for record in seen if record[0] == "log"]
+            assert logged == [
+                (
+                    "log",
+                    "error",
+                    "command_malformed",
+                    {
+                        "error": "'reload' record of the wrong shape: service 1:"
+                        " expected 16 values, got tuple of 15",
+                        "count": 1,
+                    },
+                )
+            ]
+            assert seen[-1] == ("reloaded", 2), "the first reload was skipped, the second done"
+            ipc.send(control.fileno(), ("quit",))
+            assert forker.wait(10) == 0
+        finally:
+            forker.kill()
+            forker.wait()
+            control.close()
+            events.close()
