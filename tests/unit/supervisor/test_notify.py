@@ -109,14 +109,13 @@ class TestNotifier:
         """While the daemon is not healthy (a silent forker), WATCHDOG=1 is not sent."""
         environ = {"NOTIFY_SOCKET": str(notifications.path), "WATCHDOG_USEC": "100000"}
         notifier = Notifier(environ, os.getpid())
-        notifier.tick(healthy=False)
-        time.sleep(0.06)
-        notifier.tick(healthy=False)
+        now = time.monotonic()
+        notifier.tick(healthy=False, now=now)
+        notifier.tick(healthy=False, now=now + 0.06)  # each past the 0.05 s interval
         notifier.ready("x")
         notifications.wait_for("READY=1")
         assert not [m for m in notifications.poll() if "WATCHDOG" in m]
-        time.sleep(0.06)
-        notifier.tick(healthy=True)
+        notifier.tick(healthy=True, now=now + 0.12)
         notifications.wait_for("WATCHDOG=1")
         notifier.close()
 
