@@ -1,4 +1,8 @@
-"""sockd, a systemd-native forking socket server: its public names (every process imports this)."""
+"""sockd, a systemd-native forking socket server: its public names (every process imports this).
+
+The drop-in server classes and mix-ins (`sockd.server`), the errors they raise, the
+version. The daemon and the forker are programs, not an API: nothing of theirs is here.
+"""
 
 from __future__ import annotations
 
@@ -17,30 +21,20 @@ if TYPE_CHECKING:  # what type checkers see of the lazy exports below
 
 # Re-exported lazily: the forker imports this package and must stay small.
 _EXPORTS = {
-    "Config": "sockd.supervisor.config",
     "ConfigError": "sockd.errors",
-    "DaemonConfig": "sockd.supervisor.config",
     "ForkingMixIn": "sockd.server",
     "ForkingTCPServer": "sockd.server",
     "ForkingUnixStreamServer": "sockd.server",
     "JSONErrorMixIn": "sockd.server",
-    "ListenAddress": "sockd.supervisor.config",
-    "ServiceConfig": "sockd.supervisor.config",
-    "ServiceServer": "sockd.forker.service",
     "SockdError": "sockd.errors",
 }
 
 __all__ = [
-    "Config",
     "ConfigError",
-    "DaemonConfig",
     "ForkingMixIn",
     "ForkingTCPServer",
     "ForkingUnixStreamServer",
     "JSONErrorMixIn",
-    "ListenAddress",
-    "ServiceConfig",
-    "ServiceServer",
     "SockdError",
     "__version__",
 ]

@@ -46,7 +46,8 @@ class PermissionFailure(SockdError):
     exit_code = EX_NOPERM
 
 
-# An error record must fit one atomic pipe write: frames are trimmed to fit.
+# An exception's report stays one small log line (under 4 KiB with its record),
+# whatever the exception: frames are trimmed to fit.
 _MAX_ERROR_RECORD = 3800
 # Each name (the type, a frame's file and function) is cut to this many characters.
 _MAX_NAME = 300

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import signal
 
+from sockd.listeners import describe
+
 # The exit status of a child whose peer reset or hung up: 128 + SIGPIPE, a
 # shell's status for a writer whose reader left. A handler's child exits so
-# (sockd.forker.service), a shell script whose command wrote to the gone peer too;
+# (sockd.server.ForkingMixIn.fork_request), a shell script whose command wrote to the gone peer too;
 # a program killed by SIGPIPE did the same. `connection_closed` says
 # `peer_reset: true` for these, and STATUS= does not count them as errors.
 PEER_GONE = 128 + signal.SIGPIPE
@@ -70,9 +72,7 @@ def client_fields(client: object) -> dict[str, object]:
     """
     if isinstance(client, list):
         return {"client": client[0], "peer_path": client[1]}
-    from sockd.listeners import client_label  # noqa: PLC0415 (not at import: the daemon's side)
-
-    return {"client": client_label(client)}
+    return {"client": client if isinstance(client, str) else describe(client)}
 
 
 def exit_fields(status: int) -> dict[str, object]:

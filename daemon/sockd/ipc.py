@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 # LD_BIND_NOW as the daemon sets it for the forker, which takes it out of the
 # environment its children and programs inherit.
 BIND_NOW_MARK = "sockd-forker"
-PIPE_BUF = select.PIPE_BUF  # the size errors.exception_fields keeps a report under
 MESSAGE = 32768  # bytes of a record per message: a few fit the socket's send buffer
 MAX_RECORD = 16 << 20  # the longest record (512 messages): a reload with a huge deny list fits
 READ_BATCH = 1024  # messages a reader takes per call, at most: its loop acts on the rest later

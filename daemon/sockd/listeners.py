@@ -388,11 +388,6 @@ def client_text(request: Any, client_address: Any) -> str:
     return f"unix:uid={uid},pid={pid}"
 
 
-def client_label(client: object) -> str:
-    """Write a client as recorded: an address is described, a UNIX peer's text kept."""
-    return client if isinstance(client, str) else describe(client)
-
-
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """Return the pid, uid and gid of a UNIX socket's peer (SO_PEERCRED).
 

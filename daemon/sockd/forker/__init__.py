@@ -2,7 +2,9 @@
 
 Started by the daemon as `python -P -S -m sockd.forker` (see `start`). Every
 module here runs in the forker; the code a child runs after fork() is in
-`service` (fork per connection) and `pool` (pooled workers). Nothing here
+`service` with the library's `sockd.server.ForkingMixIn.fork_request` (fork
+per connection), `programs` (the child that execs a program) and `pool`
+(pooled workers). Nothing here
 imports the daemon's side (`sockd.supervisor`) or anything heavy: the
 forker's size is the cost of every fork. This file imports nothing.
 """

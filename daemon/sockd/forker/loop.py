@@ -308,10 +308,7 @@ class Forker:
         if children and (self.watching_exits or not ready or now >= self.reap_due):
             self.reap_due = now + REAP_INTERVAL
             # Every server's hook reaps the children of all (one registry): call one.
-            if ready:
-                self.servers[0].service_actions()
-            else:
-                self.servers[0].handle_timeout()
+            self.servers[0].service_actions()
             if len(self.shared.children) != children:
                 self._update_accepting()
                 if self.retired:
@@ -319,10 +316,15 @@ class Forker:
         self._watch_counts(now)
         self.timers.run(now)
 
+    def _status(self) -> tuple[int, int, int, int, tuple[str, ...]]:
+        """Return what a `status` record tells: active, served, denied, errors, at_cap."""
+        active = len(self.shared.children) - len(self.pools.workers)
+        return (active, *self.shared.stats.as_tuple(), self.caps.at_cap)
+
     def _watch_counts(self, now: float) -> None:
         """Set the timers the counts call for: a status to send, a crowd to check."""
-        active = len(self.shared.children) - len(self.pools.workers)
-        status = (active, *self.shared.stats.as_tuple(), self.caps.at_cap)
+        status = self._status()
+        active = status[0]
         timers = self.timers
         if status == self.last_status:
             timers.clear("status")
@@ -332,8 +334,7 @@ class Forker:
             timers.set("crowd_check", now + CROWD_CHECK)
 
     def _send_status(self, _now: float) -> None:
-        active = len(self.shared.children) - len(self.pools.workers)
-        status = (active, *self.shared.stats.as_tuple(), self.caps.at_cap)
+        status = self._status()
         if status != self.last_status:
             self._flush()
             if self._send(("status", *status)):

@@ -19,7 +19,7 @@ the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
 - control, daemon -> forker: ("setup", {...}, [services]), ("reload", seq, [services],
   max_children, stop_timeout, renew_forker_after),
   ("stop", stop_timeout), ("quit",). End of file (the daemon died): quit.
-  Renewal (see `sockd.supervisor.loop`): ("retire",); to a forker started on
+  Renewal (see `sockd.supervisor.renewal`): ("retire",); to a forker started on
   standby, ("take_over", children, {service: children}), then
   ("elsewhere", ...) alike: the children of retired forkers.
 - events, forker -> daemon: ("ready",), ("alive",), ("status", active,

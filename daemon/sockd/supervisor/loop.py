@@ -1,6 +1,6 @@
 """The daemon's side: start and supervise the forker, log its events, act on signals.
 
-The forker's side, and the protocol between the two, are in sockd.forker;
+The forker's side is sockd.forker, the protocol between the two in sockd.forker.start;
 renewal of the forker in sockd.supervisor.renewal.
 """
 
