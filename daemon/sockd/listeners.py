@@ -178,7 +178,7 @@ def claim(family: int, address: object, fd_name: str | None = None) -> Inherited
     if fd_name is not None:
         chosen = next((fd for fd, _ in fitting if fd.name == fd_name), None)
     else:
-        chosen = next((fd for fd, bound in fitting if _at(family, address, bound)), None)
+        chosen = next((fd for fd, bound in fitting if bound_at(family, address, bound)), None)
         if chosen is None and len(fitting) == 1:
             chosen = fitting[0][0]
     if chosen is not None:
@@ -204,8 +204,12 @@ def _stream_bound(fd: int, family: int) -> object:
         probe.detach()
 
 
-def _at(family: int, address: object, bound: object) -> bool:
-    """Tell whether a socket of `family` bound to `bound` is at `address` (numeric, or a path)."""
+def bound_at(family: int, address: object, bound: object) -> bool:
+    """Tell whether a socket of `family` bound to `bound` is at `address` (numeric, or a path).
+
+    A relative path and its absolute form are one place; a host name is never
+    resolved here (the daemon resolves its configured names first).
+    """
     if family == socket.AF_UNIX:
         return isinstance(bound, (str, bytes)) and _same_path(address, bound)
     return isinstance(bound, tuple) and _same_ip(family, address, bound)

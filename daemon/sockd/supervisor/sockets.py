@@ -103,19 +103,15 @@ def _match_address(services: Sequence[ServiceConfig], sock: socket.socket) -> Se
 
 
 def sockname_matches(sockname: object, address: ListenAddress) -> bool:
-    """Tell whether a bound socket's name is the configured `address`."""
-    if address.kind == "unix":
-        return isinstance(sockname, str) and sockname == address.path
-    if not isinstance(sockname, tuple) or sockname[1] != address.port:
-        return False
+    """Tell whether a bound socket's name is the configured `address` (its host name resolved).
+
+    By the library's rule (`listeners.bound_at`), once the name is resolved.
+    """
     try:
         resolved = resolve(address, "")
     except ConfigError:
         return False
-    import ipaddress  # noqa: PLC0415 (the daemon's side only: the forker stays small)
-
-    host = ipaddress.ip_address(sockname[0])
-    return any(ipaddress.ip_address(sa[0]) == host for _, sa in resolved if isinstance(sa, tuple))
+    return any(listeners.bound_at(family, sockaddr, sockname) for family, sockaddr in resolved)
 
 
 class Listener:
