@@ -18,6 +18,7 @@ import socketserver
 import sys
 import threading
 import time
+import warnings
 
 from sockd import listeners
 from sockd.errors import exception_fields
@@ -307,18 +308,20 @@ class ForkingMixIn(_Base):
         self._notify("STATUS=" + " ".join(text.splitlines()))
 
     def _notify(self, state: str) -> None:
-        """Send `state` to NOTIFY_SOCKET (sd_notify(3)); errors are ignored."""
-        address = os.environ.get("NOTIFY_SOCKET")
-        if not address:
+        """Send `state` to NOTIFY_SOCKET through sdnotify (sd_notify(3)); errors are ignored."""
+        if not os.environ.get("NOTIFY_SOCKET"):
             return
-        if address[0] == "@":  # the abstract namespace
-            address = "\0" + address[1:]
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.connect(address)
-                sock.sendall(state.encode())
-        except OSError:
-            pass  # no systemd listening: nothing to tell
+        import sdnotify  # noqa: PLC0415 (under systemd only: the forker never imports it)
+
+        with warnings.catch_warnings():
+            # Nobody listening: sdnotify drops its socket unclosed (and keeps None).
+            warnings.simplefilter("ignore", ResourceWarning)
+            notifier = sdnotify.SystemdNotifier()
+        if notifier.socket is None:
+            return
+        with notifier.socket:
+            # sdnotify encodes text as latin-1: hand it the UTF-8 bytes as latin-1 text.
+            notifier.notify(state.encode().decode("latin-1"))
 
 
 class JSONErrorMixIn(_Server):

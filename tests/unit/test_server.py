@@ -664,10 +664,11 @@ class TestNotify:
     def test_nothing_without_systemd(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without NOTIFY_SOCKET, or with no one listening there, notify_ready() does nothing."""
         monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-        monkeypatch.setitem(sys.modules, "sdnotify", None)  # importing it would raise
         with ForkingTCPServer(LOOPBACK, Echo) as server:
-            server.notify_ready()
-            server.notify_status("idle")
+            with monkeypatch.context() as blocked:
+                blocked.setitem(sys.modules, "sdnotify", None)  # importing it would raise
+                server.notify_ready()
+                server.notify_status("idle")
             monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
             server.notify_ready()  # the socket made is closed: no ResourceWarning
 
