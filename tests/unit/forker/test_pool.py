@@ -255,7 +255,7 @@ class TestLeftOver:
         sent = Sent()
         worker = make_worker(sent)
         for _ in range(3):
-            serve(worker)
+            serve(worker, "unix:" + "x" * 500)  # in flight, longer than the last one
         worker._flush()  # 1 to 3 sent
         serve(worker)
         serve(worker)
