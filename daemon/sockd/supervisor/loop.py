@@ -386,7 +386,7 @@ class MainLoop:
         for pid, service, data in batches:
             entries, bad = read_entries(data)
             if bad:
-                self._malformed("a pooled connection's entry of the wrong shape", bad)
+                self._malformed("a pooled connection's entry torn or of the wrong shape", bad)
             for _, client, code, seconds in entries:
                 served.append(served_fields(pid, service, client, code, seconds))
                 errors += code not in (0, PEER_GONE)
