@@ -8,6 +8,8 @@ import socket
 import socketserver
 import sys
 
+from sockd.exits import entry
+
 
 class Raise(socketserver.BaseRequestHandler):
     """Raise with a long message: each connection logs a large `handler_error`."""
@@ -38,7 +40,7 @@ class Forge(socketserver.StreamRequestHandler):
         shared.report("error", "handler_error", {**fields, "exception": "forged"})
         shared.report("info", "connection_closed", fields)
         shared.report("info", "reloaded", {})
-        shared.emit(("served", [(1, "evil", "forged", 0, 0.1)], 0, 0))
+        shared.emit(entry(1, "forged", 0, 0.1), 1, 0, 0)  # a pooled worker's batch
         kinds = {}
         for name in os.listdir("/proc/self/fd"):
             try:

@@ -20,6 +20,8 @@ import select
 import socket
 import time
 
+from sockd.exits import count_entries
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -102,8 +104,11 @@ def dropped_kind(record: Record) -> tuple[str, int]:
     kind = str(record[0])
     if kind == "log":
         return str(record[2]), 1
-    if kind in ("closed", "served"):
+    if kind == "closed":
         return "connection_closed", len(record[1])  # type: ignore[arg-type]
+    if kind == "served":  # batches of entries, counted (a drop is rare: no need to be quick)
+        batches: list[tuple[int, str, bytes]] = record[1]  # type: ignore[assignment]
+        return "connection_closed", sum(count_entries(batch[2]) for batch in batches)
     return kind, 1
 
 
@@ -233,9 +238,9 @@ class Tally:
         self.unlogged = 0
         self.next_log = 0.0
 
-    def add(self, error: str) -> dict[str, object] | None:
-        """Count one malformed record; return what to log now, if anything."""
-        self.unlogged += 1
+    def add(self, error: str, count: int = 1) -> dict[str, object] | None:
+        """Count `count` malformed records; return what to log now, if anything."""
+        self.unlogged += count
         now = time.monotonic()
         if now < self.next_log:
             return None
@@ -358,8 +363,8 @@ COMMANDS: dict[str, tuple[type | tuple[type, ...], ...]] = {
 }
 # A child's exit: pid, service, client, wait status, seconds, user CPU, system CPU, max RSS.
 RAW_EXIT = (int, str, object, int, NUMBER, NUMBER, NUMBER, (int, type(None)))
-# A pooled worker's connection: pid, service, client, exit code, seconds.
-SERVED = (int, str, object, int, NUMBER)
+# A batch of a pooled worker's connections: its pid, service, entries (see sockd.exits).
+SERVED = (int, str, bytes)
 
 
 def fits(values: tuple[object, ...], shape: tuple[type | tuple[type, ...], ...]) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sockd import ipc
+from sockd.exits import entry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -260,6 +261,13 @@ class TestTally:
         tally.next_log = 0.0
         assert tally.add("four") == {"error": "four", "count": 3}
 
+    def test_many_at_once(self) -> None:
+        """A batch's malformed entries are counted in one call."""
+        tally = ipc.Tally()
+        assert tally.add("five bad", 5) == {"error": "five bad", "count": 5}
+        assert tally.add("one", 1) is None
+        assert tally.unlogged == 1
+
 
 def test_channel_is_seqpacket() -> None:
     """The channel keeps message boundaries."""
@@ -274,3 +282,18 @@ class TestItems:
         assert ipc.fits((1, "echo", ("127.0.0.1", 1), 0, 0.5, 0.1, 0.1, None), ipc.RAW_EXIT)
         assert ipc.fits((1, "echo", "unix:uid=0,pid=1", 0, 0.5, 0.1, 0.1, 1000), ipc.RAW_EXIT)
         assert not ipc.fits((1, "echo", "x", 0, 0.5, 0.1, 0.1, "big"), ipc.RAW_EXIT)
+
+    def test_a_pooled_batch_is_its_workers_entries_unread(self) -> None:
+        """A `served` item is the worker's pid, its service, and its entries as bytes."""
+        assert ipc.fits((7, "pool", entry(1, "x", 0, 0.5)), ipc.SERVED)
+        assert not ipc.fits((7, "pool", "x", 0, 0.5), ipc.SERVED)
+        assert not ipc.fits((7, "pool", "entries"), ipc.SERVED)
+
+
+class TestDropped:
+    def test_a_dropped_batch_counts_its_connections(self) -> None:
+        """Workers' batches dropped on the way count as many `connection_closed` as entries."""
+        batches = [(7, "pool", entry(1, "x", 0, 0.5) * 3), (8, "pool", entry(2, "y", 0, 0.5))]
+        assert ipc.dropped_kind(("served", batches, 0)) == ("connection_closed", 4)
+        assert ipc.dropped_kind(("closed", [1, 2])) == ("connection_closed", 2)
+        assert ipc.dropped_kind(("log", "info", "handler_error", {})) == ("handler_error", 1)

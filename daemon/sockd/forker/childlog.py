@@ -21,7 +21,7 @@ import sys
 import time
 
 from sockd import ipc
-from sockd.exits import client_fields
+from sockd.exits import BATCH_HEADER, batch_header, client_fields, read_batch_header
 from sockd.forker.programs import LineBudget, StderrLines
 
 TYPE_CHECKING = False
@@ -48,6 +48,7 @@ CHILD_BUDGET = 1 << 20  # bytes of reports one child may send per WINDOW; the re
 WINDOW = 60.0  # seconds: a child's stderr may give MAX_LINES lines per window
 SEND_BUFFER = 1 << 20  # bytes of children's reports in flight (the kernel caps it: wmem_max)
 READS_PER_TURN = 256  # reads per socket per turn, at most: the loop serves on
+SERVED_BYTES = ipc.MESSAGE  # workers' entries passed on in one record, about (then another)
 _CREDENTIALS = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
 
 
@@ -115,7 +116,9 @@ class Inbox:
         self._reports_fd = self.reports.fileno()
         self._send = self._reports_child.send
         self.unsent = 0  # in a child: records it could not send
-        self.served: list[Any] = []  # workers' connections read in this turn: one record
+        # Workers' batches read in this turn, passed on in one record: (pid, service, entries).
+        self.served: list[tuple[int, str, bytes]] = []
+        self.served_bytes = 0
         self.denied = 0  # and their refusals
         self.received: dict[int, int] = {}  # worker's pid -> number of its last connection read
         self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
@@ -140,7 +143,7 @@ class Inbox:
         """In a child: send `record` to the forker without waiting; False if it was not sent.
 
         What was not sent is counted in `unsent`; a pooled worker's next
-        `served` record (`served_send`) carries the count.
+        batch (`served_send`) carries the count.
         """
         try:
             data = marshal.dumps(record)  # type: ignore[arg-type]
@@ -152,24 +155,27 @@ class Inbox:
             return False
         return True
 
-    def served_send(self, record: ipc.Record) -> bool:
-        """In a pooled worker: send ("served", batch, denied, lost); False if not sent (kept)."""
-        unsent = self.unsent
+    def served_send(self, entries: bytes, last: int, denied: int, lost: int) -> bool:
+        """In a pooled worker: send a batch of entries (sockd.exits); False if not sent (kept).
+
+        `last` is the number of its last entry; `denied` and `lost` count the
+        connections refused and the records lost since the last batch.
+        """
+        try:
+            header = batch_header(last, denied, lost + self.unsent)
+            self._send(header + entries, socket.MSG_DONTWAIT)
+        except OSError:  # full (EAGAIN): the batch is kept for later
+            return False
         self.unsent = 0
-        if self.child_send((*record[:3], int(record[3]) + unsent)):  # type: ignore[call-overload]
-            return True
-        self.unsent = unsent  # the batch is kept for later: not lost
-        return False
+        return True
 
     def read(self) -> None:
         """Take what children sent: records and stderr writes (a bounded number of each)."""
         for fd, _ in self.poller.poll(0):
             if fd == self._reports_fd:
                 self._read(self.reports, self._report)
-                # Workers send each connection alone: the daemon gets this turn's in one record.
-                if self.served or self.denied:
-                    self.forward(("served", self.served, self.denied))
-                    self.served, self.denied = [], 0
+                # Workers send batches: the daemon gets this turn's in one record.
+                self._forward_served()
             else:
                 self._read(self.stderr, self._stderr)
 
@@ -185,37 +191,56 @@ class Inbox:
                     pid = int.from_bytes(value[:4], sys.byteorder)
             take(pid, data, bool(flags & socket.MSG_TRUNC))
 
+    def _forward_served(self) -> None:
+        if self.served or self.denied:
+            self.forward(("served", self.served, self.denied))
+            self.served, self.served_bytes, self.denied = [], 0, 0
+
     def _report(self, pid: int, data: bytes, truncated: bool) -> None:
         worker = self.workers.get(pid)
         entry = self.children.get(pid) if worker is None else None
         if (worker is None and entry is None) or truncated:
             self.dropped("child_report", 1)
             return
+        # A worker's batch: its connections are as many as it serves (the forker's queue
+        # bounds them, and MAX_DATAGRAM each read); not budgeted, nor read.
+        header = read_batch_header(data) if worker is not None else None
+        if header is not None:
+            self._batch(pid, worker[0], header, data)  # type: ignore[index]
+            return
+        if self._over_budget(pid, len(data)):
+            self.dropped("child_report", 1)
+            return
         try:
             record = marshal.loads(data)  # noqa: S302 (plain values only: no code is built)
         except (EOFError, ValueError, TypeError):
             record = None
-        # A worker's connections are as many as it serves (the forker's queue bounds
-        # them); anything else counts toward the child's budget.
-        served = worker is not None and isinstance(record, tuple) and record[:1] == ("served",)
-        if not served and self._over_budget(pid, len(data)):
-            self.dropped("child_report", 1)
-            return
-        numbers: list[int] = []
         if worker is not None:
-            record = _as_worker(record, pid, worker[0], self.dropped, numbers)
+            record = _as_worker(record, pid, worker[0])
         else:
             service, client = entry  # type: ignore[misc]
             record = _as_child(record, pid, service, client_fields(client))
         if record is None:
             self.dropped("child_report", 1)
-        elif record[0] == "served":
-            if numbers:
-                self.received[pid] = numbers[-1]
-            self.served += record[1]  # type: ignore[arg-type]
-            self.denied += record[2]  # type: ignore[operator]
         else:
             self.forward(record)
+
+    def _batch(self, pid: int, service: str, header: tuple[int, int, int], data: bytes) -> None:
+        """Take a worker's batch (sockd.exits): the header read, the entries passed on unread.
+
+        The daemon decodes and checks the entries (attributed here: the
+        kernel's pid, our service name), and logs one of the wrong shape.
+        """
+        last, denied, lost = header
+        if lost:
+            self.dropped("worker_events", lost)
+        self.denied += denied
+        if len(data) > BATCH_HEADER:
+            self.received[pid] = last
+            self.served.append((pid, service, data[BATCH_HEADER:]))
+            self.served_bytes += len(data)
+            if self.served_bytes >= SERVED_BYTES:  # one record stays small enough to queue
+                self._forward_served()
 
     def _over_budget(self, pid: int, size: int) -> bool:
         now = time.monotonic()
@@ -274,41 +299,11 @@ def _as_child(
     return ("log", record[1], record[2], fields)
 
 
-def _as_worker(
-    record: object,
-    pid: int,
-    service: str,
-    dropped: Callable[[str, int], None],
-    numbers: list[int],
-) -> ipc.Record | None:
-    """Check a pooled worker's record: a log event, or ("served", batch, denied, lost).
-
-    A `served` record's items start with the connection's number in the
-    worker (replaced by its pid): the last one is added to `numbers`.
-    """
-    if not isinstance(record, tuple) or not record:
+def _as_worker(record: object, pid: int, service: str) -> ipc.Record | None:
+    """Check a pooled worker's log record (its connections come in batches: `Inbox._batch`)."""
+    if not isinstance(record, tuple) or not record or record[0] != "log":
         return None
-    if record[0] == "served" and ipc.fits(record[1:], (list, int, int)):
-        batch: list[Any] = record[1]
-        if record[3] > 0:
-            dropped("worker_events", record[3])
-        # Attributed here (the kernel's pid, our service name); the fields' types are
-        # checked once, by the daemon, which logs an item of the wrong shape (see
-        # MainLoop._valid): a check here too cost 1.2 us a connection.
-        kept = [
-            (pid, service, item[2], item[3], item[4])
-            for item in batch
-            if type(item) is tuple and len(item) == 5
-        ]
-        last = batch[-1] if batch else None
-        if type(last) is tuple and last and type(last[0]) is int:
-            numbers.append(last[0])
-        if len(kept) != len(batch):
-            dropped("connection_closed", len(batch) - len(kept))
-        return ("served", kept, record[2])
-    if ipc.problem(record, ipc.EVENTS) is not None or record[0] != "log":
-        return None
-    if record[2] not in CHILD_EVENTS:
+    if ipc.problem(record, ipc.EVENTS) is not None or record[2] not in CHILD_EVENTS:
         return None
     return ("log", record[1], record[2], {**_own_fields(record[3]), "pid": pid, "service": service})
 

@@ -214,19 +214,19 @@ class Forker:
     def _flush_batch(self, _now: float) -> None:
         self._flush()
 
-    def _emit(self, record: Any) -> bool:
-        """Send a pooled worker's record to the forker (from the worker); False if not sent."""
-        return self.inbox.served_send(record)
+    def _emit(self, entries: bytes, last: int, denied: int, lost: int) -> bool:
+        """Send a pooled worker's batch to the forker (from the worker); False if not sent."""
+        return self.inbox.served_send(entries, last, denied, lost)
 
     def _worker_exited(self, raw: RawExit) -> None:
-        pid, _, _, status, duration = raw[:5]
+        pid, service, _, status, duration = raw[:5]
         # What it sent just before it exited may have come after the last read: read it now,
         # while its pid is still known to be a worker's.
         self.inbox.read()
         self.inbox.drain(pid)
-        records, kept = self.pools.left_over(pid, status, self.inbox.received.pop(pid, 0))
-        if records:  # its unsent batch, and the connection it died serving
-            self._send(("served", records, 0))
+        entries, kept = self.pools.left_over(pid, status, self.inbox.received.pop(pid, 0))
+        if entries:  # its unsent batch, and the connection it died serving
+            self._send(("served", [(pid, service, entries)], 0))
         if kept:
             self.events.count_dropped("connection_closed", kept)
         failed = status != 0

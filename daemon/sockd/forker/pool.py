@@ -32,9 +32,9 @@ import socket
 import sys
 import time
 
-from sockd import ipc
 from sockd.errors import exception_fields
-from sockd.exits import PEER_GONE, client_fields
+from sockd.exits import BATCH_HEADER, PEER_GONE, client_fields, entry, read_entries
+from sockd.forker.childlog import MAX_DATAGRAM
 from sockd.forker.service import (
     HANDLED_SIGNALS,
     TRANSIENT_ACCEPT_ERRORS,
@@ -51,17 +51,21 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
+    from sockd.exits import Entry
+
 BATCH_DELAY = 0.05  # a worker's connection records wait this long to go out in one write
 # ...or until this many wait: each batch the forker relays to the daemon costs it a
 # turn of its loop (about 80 us), so a batch carries many connections.
 BATCH_SIZE = 64
 MAX_BATCH = 4096  # records kept while the forker does not read; older ones are dropped, counted
 SLOT_SIZE = 16384  # a worker's slot: what the forker finds there if the worker dies
-# The slot's fields: busy flag, records kept past the slot (a count), the lengths of the
-# connection in flight and of the unsent batch, then the two themselves (marshalled; the
-# batch as entries of a 2-byte length and a record, appended one a connection).
-_BUSY, _KEPT, _LENGTH, _BATCH_LENGTH = 0, slice(4, 8), slice(8, 12), slice(12, 16)
+# The slot's fields: busy flag, records kept past the slot (a count), the length of the
+# unsent batch, then the connection in flight (marshalled: marshal reads no further than
+# its end) and the batch (its entries, see sockd.exits, appended one a connection).
+_BUSY, _KEPT, _BATCH_LENGTH = 0, slice(4, 8), slice(12, 16)
 _DATA, _BATCH = 16, 1024
+# The entries a batch datagram carries, in bytes (a longer batch goes in several).
+_MAX_ENTRIES = MAX_DATAGRAM - BATCH_HEADER
 RESPAWN_DELAY = 1.0  # a worker that failed young (or could not be forked) is replaced this late
 KILL_GRACE = 5.0  # after max_duration, a handler that does not give up is killed this late
 
@@ -110,7 +114,7 @@ class _Worker:
         self.peer: Any = None  # its peer's address, as accept() gave it
         self.cut: str | None = None  # why it was cut short: "stop" or "overtime"
         self.stopping = False
-        self.batch: list[tuple[Any, ...]] = []
+        self.batch: list[bytes] = []  # the entries of connections not sent yet (sockd.exits)
         self.batch_due = 0.0
         self.denied = 0
         self.lost = 0  # connection records dropped while the forker did not read
@@ -278,37 +282,43 @@ class _Worker:
         if len(data) <= _BATCH - _DATA:  # always, but for a UNIX peer's absurd path
             slot = self.slot
             slot[_DATA : _DATA + len(data)] = data
-            slot[_LENGTH] = len(data).to_bytes(4, sys.byteorder)
             slot[_BUSY] = 1
 
     def _record(self, record: tuple[Any, ...]) -> None:
-        """Queue a connection's record; the batch goes out when full or due.
+        """Queue a connection's (number, service, client, status, seconds); sent when due.
 
+        It is encoded once, here, as an entry (sockd.exits; without the
+        service: the forker knows it), which the forker passes on unread.
         Meanwhile the unsent batch is mirrored in the slot (plain stores, no
         system call), where the forker finds it if a SIGKILL comes first.
         """
-        if not self.batch:
-            self.batch_due = time.monotonic() + BATCH_DELAY
-        self.batch.append(record)
-        if len(self.batch) >= BATCH_SIZE or not self._mirror(record):
-            self._flush()
+        number, _, client, status, seconds = record
+        data = marshal.dumps((number, client, status, seconds))
+        if len(data) <= _MAX_ENTRIES - 2:  # always, a client being an address
+            if not self.batch:
+                self.batch_due = time.monotonic() + BATCH_DELAY
+            framed = len(data).to_bytes(2, "little") + data
+            self.batch.append(framed)
+            if len(self.batch) >= BATCH_SIZE or not self._mirror(framed):
+                self._flush()
+        else:
+            self.lost += 1
         # In the batch (mirrored), sent, or counted in the slot. Killed before this, we are
         # not logged twice: the forker logs each connection's number once.
         self.slot[_BUSY] = 0
 
-    def _mirror(self, record: tuple[Any, ...]) -> bool:
-        """Append `record` to the batch in the slot; False if it does not fit (then send it).
+    def _mirror(self, framed: bytes) -> bool:
+        """Append an entry to the batch in the slot; False if it does not fit (then send it).
 
         The batch's length is stored last: a worker killed while it copies
-        leaves the batch as it was before this record.
+        leaves the batch as it was before this entry.
         """
-        data = marshal.dumps(record)
         start = _BATCH + self.mirrored
-        end = start + 2 + len(data)
+        end = start + len(framed)
         if end > SLOT_SIZE:
             return False
         slot = self.slot
-        slot[start:end] = len(data).to_bytes(2, sys.byteorder) + data
+        slot[start:end] = framed
         self.mirrored = end - _BATCH
         slot[_BATCH_LENGTH] = self.mirrored.to_bytes(4, sys.byteorder)
         return True
@@ -323,35 +333,39 @@ class _Worker:
             self.shared.report("info", "connections_denied", summary)
 
     def _flush(self) -> None:
-        """Send the batch without waiting; what the forker cannot take now is kept for later."""
+        """Send the batch without waiting; what the forker cannot take now is kept for later.
+
+        The entries go as they are, behind a header (sockd.exits.batch_header),
+        in as few datagrams as hold them.
+        """
         if not (self.batch or self.denied):
             return
         self.slot[_BATCH_LENGTH] = bytes(4)  # sent, or counted as kept: never logged twice
         self.mirrored = 0
-        if len(self.batch) > MAX_BATCH:
-            lost = len(self.batch) - MAX_BATCH
-            del self.batch[:lost]
+        batch = self.batch
+        if len(batch) > MAX_BATCH:
+            lost = len(batch) - MAX_BATCH
+            del batch[:lost]
             self.lost += lost
-        sent = 0
-        if len(self.batch) == 1:  # the usual case: one connection, no encoding to measure
-            parts: list[tuple[ipc.Record, bytes]] = [
-                (("served", self.batch, self.denied, self.lost), b"")
-            ]
-        else:
-            parts = ipc.split("served", self.batch, self.denied, self.lost)
-        for record, _ in parts:
-            if not self.shared.emit(record):
-                self.batch = self.batch[sent:]
+        while True:
+            count = len(batch)
+            entries = b"".join(batch)
+            while len(entries) > _MAX_ENTRIES:  # a backlog: halved until a datagram holds it
+                count //= 2
+                entries = b"".join(batch[:count])
+            last = marshal.loads(batch[count - 1][2:])[0] if count else 0  # noqa: S302 (ours)
+            if not self.shared.emit(entries, last, self.denied, self.lost):
                 self.batch_due = time.monotonic() + BATCH_DELAY
-                self.slot[_KEPT] = len(self.batch).to_bytes(4, sys.byteorder)  # counted if we die
+                self.slot[_KEPT] = len(batch).to_bytes(4, sys.byteorder)  # counted if we die
                 self.kept = True
                 return
-            sent += len(record[1])  # type: ignore[arg-type]
+            del batch[:count]
             self.denied = self.lost = 0
+            if not batch:
+                break
         if self.kept:
             self.slot[_KEPT] = bytes(4)
             self.kept = False
-        self.batch = []
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
         if self.busy and self.stopping:  # a second SIGTERM: the connection is cut short
@@ -449,38 +463,39 @@ class Pools:
             )
         return {"service": service, "retired": retired}
 
-    def left_over(self, pid: int, status: int, received: int) -> tuple[list[tuple[Any, ...]], int]:
+    def left_over(self, pid: int, status: int, received: int) -> tuple[bytes, int]:
         """Read an exited worker's slot: its unsent batch, the connection it died serving.
 
-        Return the records of connections numbered past `received` (the last the
-        worker sent): those of its batch, then the one it was serving if any;
-        and how many records it could not send.
+        Return the entries (sockd.exits) of connections numbered past
+        `received` (the last the worker sent): those of its batch, then the
+        one it was serving if any; and how many records it could not send.
 
-        The connection's `served` record has the worker's exit code, or the
-        signal that ended it as a negative number (`children.served_fields`).
+        The connection's entry has the worker's exit code, or the signal that
+        ended it as a negative number (`exits.served_fields`).
         """
         slot = self.slots.pop(pid)
         kept = int.from_bytes(slot[_KEPT], sys.byteorder)
-        service = self.workers[pid][0]
-        records = []
         batch, torn = mirrored_batch(slot)
         kept += torn
-        for number, _, client, code, duration in batch:
+        entries = []
+        for number, client, code, seconds in batch:
             if number > received:
-                records.append((pid, service, client, code, duration))
+                entries.append(entry(number, client, code, seconds))
                 received = number
         if slot[_BUSY]:
-            length = int.from_bytes(slot[_LENGTH], sys.byteorder)
+            code = os.waitstatus_to_exitcode(status)
             try:
-                client, started, number = marshal.loads(slot[_DATA : _DATA + length])  # noqa: S302 (plain values)
-                duration = max(0.0, time.monotonic() - float(started))
+                client, started, number = marshal.loads(slot[_DATA:_BATCH])  # noqa: S302 (plain values)
+                if type(number) is not int or type(started) is not float:
+                    raise TypeError  # noqa: TRY301 (handled as one with the rest)
+                dying = entry(number, client, code, max(0.0, time.monotonic() - started))
             except (EOFError, ValueError, TypeError):  # written by the worker's handler, say
-                client, duration, number = None, 0.0, received + 1
+                number = received + 1
+                dying = entry(number, None, code, 0.0)
             if number > received:  # not sent, nor in its batch: it died serving it
-                code = os.waitstatus_to_exitcode(status)
-                records.append((pid, service, client, code, duration))
+                entries.append(dying)
         slot.close()
-        return records, kept
+        return b"".join(entries), kept
 
     def replace_due(self, now: float) -> None:
         """Start the replacements whose time has come."""
@@ -496,37 +511,11 @@ class Pools:
         return min((when for when, _ in self.due), default=None)
 
 
-def mirrored_batch(slot: mmap.mmap) -> tuple[list[tuple[Any, ...]], int]:
+def mirrored_batch(slot: mmap.mmap) -> tuple[list[Entry], int]:
     """Read the unsent batch a worker mirrored in its slot; return it, and how many were unreadable.
 
-    An entry that does not decode as a record (the slot is the worker's
-    memory: its handler could have written there) ends the reading, counted.
+    The slot is the worker's memory, which its handler could have written:
+    its entries are read as the daemon reads a batch (`exits.read_entries`).
     """
     length = min(int.from_bytes(slot[_BATCH_LENGTH], sys.byteorder), SLOT_SIZE - _BATCH)
-    data = slot[_BATCH : _BATCH + length]
-    batch: list[tuple[Any, ...]] = []
-    offset = 0
-    while offset < length:
-        size = int.from_bytes(data[offset : offset + 2], sys.byteorder)
-        try:
-            record = marshal.loads(data[offset + 2 : offset + 2 + size])  # noqa: S302 (plain values)
-        except (EOFError, ValueError, TypeError):
-            return batch, 1
-        if not _is_record(record):
-            return batch, 1
-        batch.append(record)
-        offset += 2 + size
-    return batch, 0
-
-
-def _is_record(record: object) -> bool:
-    """Tell whether `record` is a connection's (number, service, client, status, seconds)."""
-    if not (isinstance(record, tuple) and len(record) == 5):
-        return False
-    number, service, _, status, seconds = record
-    return (
-        type(number) is int
-        and type(service) is str
-        and type(status) is int
-        and type(seconds) is float
-    )
+    return read_entries(slot[_BATCH : _BATCH + length])

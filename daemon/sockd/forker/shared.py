@@ -176,8 +176,9 @@ class Shared:
         self.drain_stderr: Callable[[int], None] = lambda _pid: None
         # Reads what children sent before they exited, so that it comes before their exits.
         self.before_reap: Callable[[], None] = lambda: None
-        # A pooled worker's record for the forker (its connections); False: not sent now.
-        self.emit: Callable[[Any], bool] = lambda _record: True
+        # A pooled worker's batch for the forker: `Inbox.served_send`'s (entries, last number,
+        # denied, lost); False: not sent now.
+        self.emit: Callable[[bytes, int, int, int], bool] = lambda *_batch: True
         # Pooled workers among the children: their exits go to `worker_exited`.
         self.workers: dict[int, Any] = {}
         self.worker_exited: Callable[[RawExit], None] = lambda _raw: None

@@ -24,9 +24,10 @@ the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
   ("elsewhere", ...) alike: the children of retired forkers.
 - events, forker -> daemon: ("ready",), ("alive",), ("status", active,
   served, denied, errors, at_cap), ("log", level, event, fields), ("closed", [RawExit, ...]),
-  ("served", [(pid, service, client, exit_code, seconds), ...], denied) of
-  pooled workers (exit_code < 0: the signal that killed the worker serving
-  it), ("reloaded", seq), ("reload_failed", seq, error),
+  ("served", [(pid, service, entries), ...], denied) of pooled workers (each
+  item a batch of one worker's connections: its `entries`, bytes the daemon
+  decodes, see `sockd.exits.read_entries`; an exit code < 0 is the signal that
+  killed the worker serving it), ("reloaded", seq), ("reload_failed", seq, error),
   ("fatal", error, exit_code), ("crowded", long_lived), once retired
   ("children", children, {service: children}), and ("events_dropped",
   {event: count}). The forker never waits for the daemon: what the socket
@@ -35,10 +36,15 @@ the wrong shape, see `ipc.EVENTS` and `ipc.COMMANDS`):
 
 Only the forker holds these two sockets. Its children report to it instead
 (`sockd.forker.childlog`): `log` events of their own connection, and a pooled
-worker's `served` records (one a connection, its first field the
-connection's number in the worker), on a datagram socket the forker reads with the
+worker's batches of connections, on a datagram socket the forker reads with the
 kernel's pid of each sender; their fd 2 is a stream socket to it, whose
-lines the forker logs as `handler_stderr`.
+lines the forker logs as `handler_stderr`. A batch is a fixed header (a 0
+byte, which no marshal output starts with, then the number of its last
+connection in the worker, the connections refused and the records lost, 8
+bytes each) and the entries, each a connection's (number, client, exit_code,
+seconds) marshalled once, in the worker, behind its 2-byte length (see
+`sockd.exits`): the forker reads the header and passes the entries on unread,
+with the kernel's pid and its own service name.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import structlog
 
 from sockd import ipc
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
-from sockd.exits import PEER_GONE, closed_fields, served_fields
+from sockd.exits import PEER_GONE, closed_fields, read_entries, served_fields
 from sockd.supervisor import config as sockd_config
 from sockd.supervisor import log as sockd_log
 from sockd.supervisor.confine import capabilities_prefix, forker_environment
@@ -282,9 +282,9 @@ class MainLoop:
         except Exception as exc:  # noqa: BLE001 (a bad record must not end the daemon)
             self._malformed(f"log {event!r}: {type(exc).__name__}: {exc}")
 
-    def _malformed(self, error: str) -> None:
-        """Log a malformed event record, within the bounds of `ipc.Tally`."""
-        fields = self.malformed.add(error)
+    def _malformed(self, error: str, count: int = 1) -> None:
+        """Log a malformed event record (or `count`), within the bounds of `ipc.Tally`."""
+        fields = self.malformed.add(error, count)
         if fields is not None:
             log.error("event_malformed", **fields)
 
@@ -374,12 +374,26 @@ class MainLoop:
             self._malformed("an item of a batch of the wrong shape")
         return valid
 
-    def _served(self, records: list[tuple[Any, ...]], denied: int) -> None:
-        """Log the connections pooled workers served, and count them for STATUS=."""
-        sockd_log.info_many("connection_closed", (served_fields(*record) for record in records))
-        self.pooled[0] += len(records)
+    def _served(self, batches: list[tuple[int, str, bytes]], denied: int) -> None:
+        """Log the connections pooled workers served, and count them for STATUS=.
+
+        Their entries are decoded here, once (a worker encoded them, the
+        forker passed them on unread); one that does not decode or has the
+        wrong shape is logged as malformed, and skipped.
+        """
+        served = []
+        errors = 0
+        for pid, service, data in batches:
+            entries, bad = read_entries(data)
+            if bad:
+                self._malformed("a pooled connection's entry torn or of the wrong shape", bad)
+            for _, client, code, seconds in entries:
+                served.append(served_fields(pid, service, client, code, seconds))
+                errors += code not in (0, PEER_GONE)
+        sockd_log.info_many("connection_closed", served)
+        self.pooled[0] += len(served)
         self.pooled[1] += denied
-        self.pooled[2] += sum(1 for record in records if record[3] not in (0, PEER_GONE))
+        self.pooled[2] += errors
         self._status()
 
     def _status(self) -> None:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from sockd import ipc
+from sockd.exits import BATCH_HEADER, batch_header, entry, read_entries
 from sockd.forker import childlog, programs
 from sockd.forker.childlog import Inbox
 from sockd.forker.children import Children
@@ -69,6 +71,7 @@ def forged(inbox: Inbox) -> None:
     inbox.child_send(("log", "info", "connection_closed", fields))
     inbox.child_send(("reloaded", 1))
     inbox.child_send(("served", [(1, "evil", "x", 0, 0.1)], 0, 0))
+    inbox.served_send(entry(1, "x", 0, 0.1), 1, 0, 0)  # a worker's batch
     inbox.child_send(("log", "exit", "handler_error", {}))
 
 
@@ -85,7 +88,7 @@ class TestReports:
                 {"service": "echo", "pid": pid, "client": "127.0.0.1:4000", "seconds": 3},
             )
         ]
-        assert box.dropped == {"child_report": 4}
+        assert box.dropped == {"child_report": 5}
 
     def test_a_child_cannot_set_the_daemons_own_fields(self, box: Box) -> None:
         """Fields the renderer or the daemon set (level, timestamp, exc_info...) are dropped."""
@@ -104,19 +107,47 @@ class TestReports:
         forged(box.inbox)
         box.inbox.read()
         assert box.forwarded == []
-        assert box.dropped == {"child_report": 5}
+        assert box.dropped == {"child_report": 6}
 
     def test_a_worker_reports_its_connections_under_its_own_pid(self, box: Box) -> None:
-        """A pooled worker's `served` batch is rewritten with its pid and service."""
+        """A pooled worker's batch goes on unread, with its pid and service; lost ones counted."""
+        entries = entry(1, ("1.2.3.4", 5), 0, 0.5) + b"\x03\x00bad" + entry(2, "x", 1, 0.1)
 
         def served(inbox: Inbox) -> None:
-            inbox.unsent = 2  # two records it could not send earlier
-            inbox.served_send(("served", [(1, "evil", "1.2.3.4:5", 0, 0.5), ("bad",)], 3, 1))
+            inbox.unsent = 2  # two log records it could not send earlier
+            inbox.served_send(entries, 2, 3, 1)
 
         pid = box.child(served, worker=True)
         box.inbox.read()
-        assert box.forwarded == [("served", [(pid, "pool", "1.2.3.4:5", 0, 0.5)], 3)]
-        assert box.dropped == {"worker_events": 3, "connection_closed": 1}
+        assert box.forwarded == [("served", [(pid, "pool", entries)], 3)]
+        assert box.dropped == {"worker_events": 3}
+        assert box.inbox.received == {pid: 2}
+
+    def test_a_workers_garbage_is_dropped_counted(self, box: Box) -> None:
+        """A datagram too short for a header, or garbage, is a report dropped: never fatal."""
+
+        def garbage(inbox: Inbox) -> None:
+            for data in (b"\x00", b"\x00" * (BATCH_HEADER - 1), b"\xff" * 100, b""):
+                inbox._send(data)
+
+        pid = box.child(garbage, worker=True)
+        box.inbox.read()
+        assert box.forwarded == []
+        assert box.dropped == {"child_report": 4}
+        assert pid not in box.inbox.received
+
+    def test_a_header_claiming_a_huge_number_is_taken_as_it_is(self, box: Box) -> None:
+        """The worker's own numbers: a huge one (or huge counts) is recorded, nothing breaks."""
+        huge = 2**64 - 1
+
+        def claims(inbox: Inbox) -> None:
+            inbox._send(batch_header(huge, huge, 0) + entry(1, "x", 0, 0.1))
+            inbox._send(batch_header(huge - 1, 0, 0))  # no entries: the number is not taken
+
+        pid = box.child(claims, worker=True)
+        box.inbox.read()
+        assert box.forwarded == [("served", [(pid, "pool", entry(1, "x", 0, 0.1))], huge)]
+        assert box.inbox.received == {pid: huge}
 
     def test_one_child_sends_within_its_budget(
         self, box: Box, monkeypatch: pytest.MonkeyPatch
@@ -141,12 +172,29 @@ class TestReports:
 
         def busy(inbox: Inbox) -> None:
             for number in range(50):
-                inbox.served_send(("served", [(0, "pool", f"10.0.0.{number}:1", 0, 0.1)] * 4, 0, 0))
+                inbox.served_send(entry(number, ("10.0.0.1", number), 0, 0.1) * 4, number, 0, 0)
 
         box.child(busy, worker=True)
         box.inbox.read()
-        assert sum(len(record[1]) for record in box.forwarded) == 200  # in one record: 1 turn
+        ((_, batches, _),) = box.forwarded  # in one record: 1 turn
+        assert sum(len(read_entries(data)[0]) for _, _, data in batches) == 200
         assert box.dropped == {}
+
+    def test_a_turns_batches_go_on_in_records_of_bounded_size(self, box: Box) -> None:
+        """Past SERVED_BYTES of entries, the batches read so far go on in one record."""
+        big = entry(1, ("10.0.0.1", 1), 0, 0.1) * (childlog.SERVED_BYTES // 60)  # half, about
+        assert childlog.SERVED_BYTES < 2 * len(big) < 2 * childlog.SERVED_BYTES
+
+        def busy(inbox: Inbox) -> None:
+            for number in range(8):
+                assert inbox.served_send(big, number, 1, 0)
+
+        box.child(busy, worker=True)
+        box.inbox.read()
+        assert len(box.forwarded) > 1
+        assert all(len(ipc.encode(record)) < 2 * childlog.SERVED_BYTES for record in box.forwarded)
+        assert [len(record[1]) for record in box.forwarded] == [2, 2, 2, 2]
+        assert sum(record[2] for record in box.forwarded) == 8
 
 
 class TestStderr:

@@ -10,12 +10,15 @@ import os
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from harness import alive
 
+from sockd.exits import batch_header, entry, read_entries
 from sockd.forker import pool
+from sockd.forker.childlog import MAX_DATAGRAM, Inbox
+from sockd.forker.children import Children
 from sockd.forker.pool import RESPAWN_DELAY, Pools
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
@@ -23,7 +26,7 @@ from sockd.listeners import Endpoint
 from sockd.spec import ServiceSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 
 @pytest.fixture
@@ -112,59 +115,235 @@ class TestPools:
         assert pools.next_due() is not None
 
 
+def make_worker(emit: Callable[[bytes, int, int, int], bool] | None = None) -> pool._Worker:
+    """Return a worker's record keeping (not forked): its slot, its batch, `emit` to send."""
+    worker = pool._Worker.__new__(pool._Worker)
+    worker.slot = mmap.mmap(-1, pool.SLOT_SIZE)
+    worker.shared = Shared()
+    if emit is not None:
+        worker.shared.emit = emit
+    worker.batch, worker.batch_due, worker.mirrored = [], 0.0, 0
+    worker.denied = worker.lost = worker.number = 0
+    worker.kept = False
+    return worker
+
+
+def serve(worker: pool._Worker, client: object = ("127.0.0.1", 40000), status: int = 0) -> None:
+    """Record one connection as `_Worker._serve` does: in flight, then its record."""
+    worker.number += 1
+    worker._in_flight(client, 1.0)
+    worker._record((worker.number, "pool", client, status, 0.5))
+
+
+class Sent:
+    """A worker's batches as `Inbox.served_send` gets them; refused while `full`."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[bytes, int, int, int]] = []
+        self.full = False
+
+    def __call__(self, entries: bytes, last: int, denied: int, lost: int) -> bool:
+        if self.full:
+            return False
+        self.batches.append((entries, last, denied, lost))
+        return True
+
+
+class TestBatch:
+    """A worker's connections: encoded once as entries, sent in batches, kept while refused."""
+
+    def test_a_batch_goes_as_entries_the_daemon_reads(self) -> None:
+        """Through the forker's inbox, unread: the daemon decodes what the worker recorded."""
+        forwarded: list[Any] = []
+        inbox = Inbox(Children(), {os.getpid(): ("pool", 0.0)}, forwarded.append, print)
+        try:
+            worker = make_worker(inbox.served_send)
+            for port in range(3):
+                serve(worker, ("10.0.0.1", port), status=port)
+            worker.denied = 2
+            worker._flush()
+            inbox.read()
+        finally:
+            inbox.close()
+        ((kind, ((pid, service, entries),), denied),) = forwarded
+        assert (kind, pid, service, denied) == ("served", os.getpid(), "pool", 2)
+        expected = [(n + 1, ("10.0.0.1", n), n, 0.5) for n in range(3)]
+        assert read_entries(entries) == (expected, 0)
+        assert inbox.received == {os.getpid(): 3}
+
+    def test_a_full_batch_goes_at_once(self) -> None:
+        """BATCH_SIZE connections: sent without waiting for BATCH_DELAY; the slot emptied."""
+        sent = Sent()
+        worker = make_worker(sent)
+        for _ in range(pool.BATCH_SIZE):
+            serve(worker)
+        ((entries, last, denied, lost),) = sent.batches
+        assert (len(read_entries(entries)[0]), last, denied, lost) == (pool.BATCH_SIZE, 64, 0, 0)
+        assert worker.batch == []
+        assert pool.mirrored_batch(worker.slot) == ([], 0)
+
+    def test_a_refused_batch_is_kept_counted_in_the_slot(self) -> None:
+        """The forker cannot take it (EAGAIN): kept, counted in the slot, sent later in order."""
+        sent = Sent()
+        worker = make_worker(sent)
+        sent.full = True
+        for _ in range(pool.BATCH_SIZE + 3):
+            serve(worker)
+        assert sent.batches == []
+        # Past BATCH_SIZE each connection tries again: all are counted, none left in the slot.
+        assert int.from_bytes(worker.slot[pool._KEPT], sys.byteorder) == pool.BATCH_SIZE + 3
+        assert pool.mirrored_batch(worker.slot) == ([], 0)
+        sent.full = False
+        worker._flush()
+        ((entries, last, _, _),) = sent.batches
+        assert [number for number, *_ in read_entries(entries)[0]] == list(range(1, 68))
+        assert last == 67
+        assert int.from_bytes(worker.slot[pool._KEPT], sys.byteorder) == 0
+
+    def test_past_max_batch_the_oldest_are_lost_counted(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Kept records are bounded: the oldest go, and the next batch says how many."""
+        monkeypatch.setattr(pool, "MAX_BATCH", 10)
+        sent = Sent()
+        worker = make_worker(sent)
+        sent.full = True
+        for _ in range(15):
+            serve(worker)
+        worker._flush()
+        sent.full = False
+        worker._flush()
+        ((entries, last, _, lost),) = sent.batches
+        assert [number for number, *_ in read_entries(entries)[0]] == list(range(6, 16))
+        assert (last, lost) == (15, 5)
+
+    def test_a_backlog_goes_in_datagrams_of_bounded_size(self) -> None:
+        """Kept entries past MAX_DATAGRAM go in several batches, each naming its last number."""
+        sent = Sent()
+        worker = make_worker(sent)
+        sent.full = True
+        for _ in range(pool.BATCH_SIZE * 3):
+            serve(worker, "unix:" + "x" * 1000)
+        sent.full = False
+        worker._flush()
+        assert len(sent.batches) > 1
+        numbers = []
+        for entries, last, _, _ in sent.batches:
+            assert len(batch_header(last, 0, 0) + entries) <= MAX_DATAGRAM
+            part = [number for number, *_ in read_entries(entries)[0]]
+            assert part[-1] == last
+            numbers += part
+        assert numbers == list(range(1, pool.BATCH_SIZE * 3 + 1))
+
+
+class TestLeftOver:
+    """What the forker logs of a worker that died: from its slot, each connection once."""
+
+    PID = 99999
+
+    def left_over(self, worker: pool._Worker, received: int) -> tuple[list[Any], int]:
+        pools = Pools([], lambda *_: None)
+        pools.slots[self.PID] = worker.slot
+        pools.workers[self.PID] = ("pool", 0.0)
+        entries, kept = pools.left_over(self.PID, signal.SIGKILL, received)
+        decoded, bad = read_entries(entries)
+        assert bad == 0
+        return decoded, kept
+
+    def test_its_unsent_batch_and_the_connection_it_died_serving(self) -> None:
+        """Entries past the last number the forker read, then the one in flight, with the signal."""
+        sent = Sent()
+        worker = make_worker(sent)
+        for _ in range(3):
+            serve(worker, "unix:" + "x" * 500)  # in flight, longer than the last one
+        worker._flush()  # 1 to 3 sent
+        serve(worker)
+        serve(worker)
+        worker.number += 1
+        worker._in_flight(("127.0.0.1", 6), 1.0)  # killed serving 6
+        entries, kept = self.left_over(worker, received=3)
+        assert [(number, code) for number, _, code, _ in entries] == [(4, 0), (5, 0), (6, -9)]
+        assert entries[-1][1] == ("127.0.0.1", 6)
+        assert kept == 0
+
+    def test_what_the_forker_read_is_not_logged_again(self) -> None:
+        """Killed after it sent its connection, before it cleared the slot: logged once, sent."""
+        worker = make_worker(Sent())
+        serve(worker)
+        serve(worker)
+        worker._flush()
+        worker.slot[pool._BUSY] = 1  # as if killed just before the end of _record
+        assert self.left_over(worker, received=2) == ([], 0)
+
+    def test_kept_and_unreadable_records_are_counted(self) -> None:
+        """Records kept past the slot, and a scribbled entry, are counted (events_dropped)."""
+        sent = Sent()
+        worker = make_worker(sent)
+        sent.full = True
+        serve(worker)
+        worker._flush()  # 1 kept
+        serve(worker)
+        start = pool._BATCH + worker.mirrored
+        worker.slot[start : start + 6] = (4).to_bytes(2, "little") + b"\xff\xfe\xfd\xfc"
+        worker.slot[pool._BATCH_LENGTH] = (worker.mirrored + 6).to_bytes(4, sys.byteorder)
+        entries, kept = self.left_over(worker, received=0)
+        assert [number for number, *_ in entries] == [2]
+        assert kept == 2
+
+    def test_an_unreadable_connection_in_flight_is_logged_once(self) -> None:
+        """Its slot scribbled on (by its handler, say): logged, its client unknown, never fatal."""
+        for garbage in (b"\xff" * 20, marshal.dumps((("h", 1), 1.0, "7")), marshal.dumps(7)):
+            worker = make_worker(Sent())
+            worker.slot[pool._DATA : pool._DATA + len(garbage)] = garbage
+            worker.slot[pool._BUSY] = 1
+            entries, _ = self.left_over(worker, received=4)
+            assert entries == [(5, None, -9, 0.0)]
+
+
 class TestMirroredBatch:
     """A worker's unsent batch in its shared slot, as the forker reads it after a SIGKILL."""
 
-    def worker(self) -> pool._Worker:
-        worker = pool._Worker.__new__(pool._Worker)
-        worker.slot = mmap.mmap(-1, pool.SLOT_SIZE)
-        worker.mirrored = 0
-        return worker
-
-    def test_records_appended_one_by_one_read_back_in_order(self) -> None:
-        """Each connection's record, appended as it ends, is read back whole and in order."""
-        worker = self.worker()
-        records = [(n, "pool", ("127.0.0.1", 40000 + n), 0, 0.5) for n in range(1, 6)]
+    def test_entries_appended_one_by_one_read_back_in_order(self) -> None:
+        """Each connection's entry, appended as it ends, is read back whole and in order."""
+        worker = make_worker()
+        records = [(n, ("127.0.0.1", 40000 + n), 0, 0.5) for n in range(1, 6)]
         for record in records:
-            assert worker._mirror(record)
+            assert worker._mirror(entry(*record))
         assert pool.mirrored_batch(worker.slot) == (records, 0)
 
-    def test_an_entry_that_does_not_decode_ends_the_reading_counted(self) -> None:
-        """Garbage in the slot (a handler wrote there): what came before it, and one counted."""
-        worker = self.worker()
-        good = (1, "pool", "unix:uid=0,pid=1", 0, 0.1)
-        assert worker._mirror(good)
-        start = pool._BATCH + worker.mirrored
-        worker.slot[start : start + 6] = (4).to_bytes(2, sys.byteorder) + b"\xff\xfe\xfd\xfc"
-        worker.slot[pool._BATCH_LENGTH] = (worker.mirrored + 6).to_bytes(4, sys.byteorder)
-        assert pool.mirrored_batch(worker.slot) == ([good], 1)
+    def test_an_entry_that_does_not_decode_is_counted(self) -> None:
+        """Garbage in the slot (a handler wrote there): skipped, counted; the rest read."""
+        worker = make_worker()
+        good = (1, "unix:uid=0,pid=1", 0, 0.1)
+        assert worker._mirror(entry(*good))
+        assert worker._mirror((4).to_bytes(2, "little") + b"\xff\xfe\xfd\xfc")
+        assert worker._mirror(entry(*good))
+        assert pool.mirrored_batch(worker.slot) == ([good, good], 1)
 
     def test_a_length_past_the_slot_is_bounded(self) -> None:
         """A batch length larger than the slot reads no further than the slot."""
-        worker = self.worker()
+        worker = make_worker()
         worker.slot[pool._BATCH_LENGTH] = (1 << 31).to_bytes(4, sys.byteorder)
-        batch, torn = pool.mirrored_batch(worker.slot)
-        assert batch == []
-        assert torn == 1
+        assert pool.mirrored_batch(worker.slot) == ([], 1)
 
-    def test_a_full_slot_refuses_the_record(self) -> None:
-        """A record that does not fit is refused (the worker then sends its batch)."""
-        worker = self.worker()
-        big = (1, "pool", "x" * 3000, 0, 0.1)
+    def test_a_full_slot_refuses_the_entry(self) -> None:
+        """An entry that does not fit is refused (the worker then sends its batch)."""
+        worker = make_worker()
+        big = entry(1, "x" * 3000, 0, 0.1)
         fitted = 0
         while worker._mirror(big):
             fitted += 1
-        assert fitted == (pool.SLOT_SIZE - pool._BATCH) // (2 + len(marshal.dumps(big)))
-        assert pool.mirrored_batch(worker.slot) == ([big] * fitted, 0)
+        assert fitted == (pool.SLOT_SIZE - pool._BATCH) // len(big)
+        assert pool.mirrored_batch(worker.slot) == ([(1, "x" * 3000, 0, 0.1)] * fitted, 0)
 
-    def test_a_record_of_the_wrong_types_ends_the_reading(self) -> None:
-        """Five values, but not a record's types (a handler scribbled): not passed on, counted."""
-        worker = self.worker()
-        good = (1, "pool", "unix:uid=0,pid=1", 0, 0.1)
-        assert worker._mirror(good)
-        assert worker._mirror((2, "pool", "x", "0", 0.1))  # the status a string
-        assert worker._mirror((3, "pool", "x", 0, 0.1))
-        assert pool.mirrored_batch(worker.slot) == ([good], 1)
+    def test_an_entry_of_the_wrong_types_is_counted(self) -> None:
+        """Four values, but not an entry's types (a handler scribbled): not passed on, counted."""
+        worker = make_worker()
+        good = (1, "unix:uid=0,pid=1", 0, 0.1)
+        assert worker._mirror(entry(*good))
+        assert worker._mirror(entry(2, "x", "0", 0.1))  # type: ignore[arg-type]  # the status a string
+        assert worker._mirror(entry(3, "x", 0, 0.1))
+        assert pool.mirrored_batch(worker.slot) == ([good, (3, "x", 0, 0.1)], 1)
 
 
 class TestCut:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import marshal
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ import structlog
 
 from sockd import ipc
 from sockd.errors import ConfigError
+from sockd.exits import entry
 from sockd.supervisor import loop as mainloop
 from sockd.supervisor.config import (
     Config,
@@ -34,6 +36,12 @@ OLD = Config(
     (ServiceConfig("echo", "echo", (parse_listen("127.0.0.1:7"),)),),
     "/etc/sockd/sockd.toml",
 )
+
+
+def framed(value: object) -> bytes:
+    """Frame any marshalled value as an entry (what a hostile worker may send)."""
+    data = marshal.dumps(value)  # type: ignore[arg-type]
+    return len(data).to_bytes(2, "little") + data
 
 
 def with_service(**changes: object) -> Config:
@@ -90,6 +98,31 @@ class TestEvents:
         assert len(malformed) == 1
         assert malformed[0]["count"] == 1
         assert main.malformed.unlogged == 6  # counted, logged with the next one
+
+    def test_a_workers_bad_entries_are_skipped_never_fatal(
+        self, loop: tuple[MainLoop, list[int]]
+    ) -> None:
+        """Entries torn, of the wrong shape, or whose client no line can name: skipped, counted."""
+        main, (_, events) = loop
+        good = entry(1, ("127.0.0.1", 4000), 0, 0.5)
+        wrong = [(2, (), 0, 0.5), (3, ["unix"], 0, 0.5), (4, "x", "0", 0.5), (5, "x", 0, 5)]
+        entries = b"".join(
+            [good, *map(framed, wrong), entry(6, "unix:uid=0,pid=1", 1, 0.25), good[:5]]
+        )
+        ipc.send(events, ("served", [(42, "pool", entries), (43, "pool", b"\xff\xff")], 3))
+        ipc.send(events, ("served", [(44, "pool", "not bytes")], 0))
+        with structlog.testing.capture_logs() as logs:
+            main._read_events(main.forker)
+        closed = [line for line in logs if line["event"] == "connection_closed"]
+        assert [(line["pid"], line["client"], line["exit_code"]) for line in closed] == [
+            (42, "127.0.0.1:4000", 0),
+            (42, "unix:uid=0,pid=1", 1),
+        ]
+        assert closed[0]["worker"] is True
+        assert main.pooled == [2, 3, 1]  # served, denied, errors
+        malformed = [entry for entry in logs if entry["event"] == "event_malformed"]
+        assert [line["count"] for line in malformed] == [5]  # batch 42's, then at most 1/min
+        assert main.malformed.unlogged == 2  # batch 43 (torn), batch 44 (not bytes)
 
 
 class TestReload:
