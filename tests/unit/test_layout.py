@@ -20,7 +20,7 @@ PACKAGE = Path(sockd.__file__).parent
 HEAVY = {"structlog", "typing", "tomllib", "ipaddress", "dataclasses", "json", "sdnotify", "daemon"}
 # The library's servers import these in the methods that use them (handle_error),
 # which the forker's ServiceServer never calls.
-LAZY = {"sockd.server": {"structlog"}}
+LAZY = {"sockd.server": {"structlog", "sdnotify"}}
 
 
 def side(module: str) -> str:
