@@ -214,9 +214,9 @@ class ForkingMixIn(_Base):
         The child runs `serve_in_child` and exits with the status it returns
         (see `serve_connection`; 0 if it returns None); or SystemExit's code if
         an int, else 1; or 1 after `handle_error` if `serve_in_child` raised
-        before serving. Nothing escapes it. The child's path is as short as can be: every function a
-        child calls for the first time writes to a page it shares with its
-        parent, which is copied.
+        before serving. Nothing escapes it. The child calls nothing else here:
+        every function a child calls for the first time writes to a page it
+        shares with its parent, which is copied.
 
         May be extended, do not override: what follows super() runs in the
         parent; what the child does goes in `serve_in_child`.

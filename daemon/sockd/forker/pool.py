@@ -3,10 +3,16 @@
 A service with `workers = N` trades isolation for speed: N processes forked
 at start accept on the service's listeners themselves (an exclusive epoll
 wait, so one connection wakes one worker) and serve each connection in
-process. A worker that has served `max_connections_per_child` connections
-exits and the forker starts another; so does a reload (the old workers finish
-their connection and leave) and a worker that dies. The forker's own loop
-never accepts on a pooled listener.
+process. A worker serves as the forker does, through its own copy of each
+listener's `ServiceServer` (`_PooledServer`): `accept_ready` accepts, drops a
+connection reset in the backlog and admits (`verify_request`), then
+`process_request` serves in process where the forker forks, through
+`serve_connection`, the path a forked child takes too. The worker adds its
+own: the connection's number, its slot and batched record, `max_duration`.
+A worker that has served `max_connections_per_child` connections exits and
+the forker starts another; so does a reload (the old workers finish their
+connection and leave) and a worker that dies. The forker's own loop never
+accepts on a pooled listener.
 
 A worker stops gracefully at its first SIGTERM (at once when idle, after the
 current connection when busy) and cuts its connection short at a second one;

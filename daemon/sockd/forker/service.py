@@ -76,7 +76,8 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
     events sent to the daemon instead of structlog. Each accepted connection
     is served by `RequestHandlerClass` in a forked child (`fork_request`). The
     forker's loop drives it with `accept_ready()`; `serve_forever()` is not
-    used, so one epoll serves every listener.
+    used, so one epoll serves every listener. A pooled worker drives its own
+    copy the same way, serving in process (`sockd.forker.pool._PooledServer`).
     """
 
     request_queue_size = socket.SOMAXCONN
@@ -416,7 +417,10 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             self.report_idle(request, client_address)  # the end of an idle connection
 
     def report_idle(self, request: Any, client_address: Any) -> None:
-        """Report a connection ended by `idle_timeout` as one `idle_timeout` event."""
+        """Report a connection ended by `idle_timeout` as one `idle_timeout` event.
+
+        May be overridden.
+        """
         with contextlib.suppress(Exception):  # the error path must not raise
             fields = {
                 "service": self.service.name,
