@@ -212,12 +212,12 @@ class ForkingMixIn(_Base):
     def fork_request(self, request: Any, client_address: Any) -> int:
         """Fork; return the child's pid. The child serves the connection and ends in `os._exit`.
 
-        The child runs `serve_in_child`, then `shutdown_request`, and exits with
-        status 0; or SystemExit's code if an int, else 1; or 141 (PEER_GONE)
-        when the peer reset or hung up; or 1 after `handle_error` for any other
-        exception. Nothing escapes it. The child's path is this one function
-        (and the hooks it calls): every function a child calls for the first
-        time writes to a page it shares with its parent, which is copied.
+        The child runs `serve_in_child` and exits with the status it returns
+        (see `serve_connection`; 0 if it returns None); or SystemExit's code if
+        an int, else 1; or 1 after `handle_error` if `serve_in_child` raised
+        before serving. Nothing escapes it. The child calls nothing else here:
+        every function a child calls for the first time writes to a page it
+        shares with its parent, which is copied.
 
         May be extended, do not override: what follows super() runs in the
         parent; what the child does goes in `serve_in_child`.
@@ -227,28 +227,45 @@ class ForkingMixIn(_Base):
             return pid
         status = 1
         try:
-            self.serve_in_child(request, client_address)
-            status = 0
+            status = self.serve_in_child(request, client_address)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1  # sys.exit(): 1, as socketserver
-        except PEER_GONE_ERRORS:
-            status = PEER_GONE
-        except Exception:  # noqa: BLE001 (reported by handle_error, then exit status 1)
+        except Exception:  # noqa: BLE001 (an override's preparation failed: reported, status 1)
             self.handle_error(request, client_address)
         finally:
-            try:
-                self.shutdown_request(request)
-            finally:
-                os._exit(status)
+            os._exit(status if isinstance(status, int) else 0)  # an override returned nothing
 
-    def serve_in_child(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in the forked child: `finish_request`.
+    def serve_in_child(self, request: Any, client_address: Any) -> int:
+        """Serve the connection in the forked child (`serve_connection`); return the exit status.
 
         May be overridden: an override typically prepares the child (drops
         privileges, closes descriptors, sets a timeout on `request`), then
-        calls super().
+        returns super()'s status.
         """
-        self.finish_request(request, client_address)
+        return self.serve_connection(request, client_address)
+
+    def serve_connection(self, request: Any, client_address: Any) -> int:
+        """Serve a connection in this process: `finish_request`, then `shutdown_request`.
+
+        Return the status of its end: 0 when the handler returned; 141
+        (PEER_GONE) when the peer reset or hung up; 1 after `handle_error` for
+        any other exception. SystemExit is left to the caller (the connection
+        shut down first): a forked child exits with its code.
+
+        May be extended, do not override: a forked child (`serve_in_child`)
+        and a process that serves connections one after another both call it.
+        """
+        status = 1
+        try:
+            self.finish_request(request, client_address)
+            status = 0
+        except PEER_GONE_ERRORS:
+            status = PEER_GONE
+        except Exception:  # noqa: BLE001 (reported by handle_error, then status 1)
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+        return status
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap the children in `active_children` that exited (with `blocking`: wait for all).

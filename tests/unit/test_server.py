@@ -618,10 +618,10 @@ class TestChild:
         marks = tmp_path / "marks"
 
         class Preparing(Recording):
-            def serve_in_child(self, request: Any, client_address: Any) -> None:
+            def serve_in_child(self, request: Any, client_address: Any) -> int:
                 with marks.open("a") as out:
                     out.write(f"prepare {os.getpid()}\n")
-                super().serve_in_child(request, client_address)
+                return super().serve_in_child(request, client_address)
 
         class Marking(Echo):
             def handle(self) -> None:
@@ -634,6 +634,53 @@ class TestChild:
             wait_until(lambda: server.exits, what="the child reaped")
         (pid,) = server.exits
         assert marks.read_text() == f"prepare {pid}\nhandle {pid}\n"
+
+    def test_serve_in_child_returning_nothing_exits_0(self) -> None:
+        """An override of serve_in_child that returns None (no status) ends its child with 0."""
+
+        class Silent(Recording):
+            def serve_in_child(self, request: Any, client_address: Any) -> int:
+                super().serve_in_child(request, client_address)
+                return None  # type: ignore[return-value]  # what an older override returns
+
+        with (  # the server's server_close() waits for the child
+            Silent(LOOPBACK, Failing) as server,
+            socket.create_connection(address(server), timeout=10) as client,
+        ):
+            client.sendall(b"E")
+            server.handle_request()
+            assert recv_all(client) == b""
+        assert list(server.exits.values()) == [0]
+
+    @pytest.mark.parametrize(
+        ("action", "status"), [(b"-", 0), (b"E", 1), (b"R", PEER_GONE), (b"P", PEER_GONE)]
+    )
+    def test_serve_connection_in_process(
+        self, action: bytes, status: int, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """serve_connection serves in the calling process: the status, the connection shut down."""
+        with Recording(LOOPBACK, Failing) as server:
+            with socket.create_connection(address(server), timeout=10) as client:
+                request, client_address = server.get_request()
+                client.sendall(action)
+                assert server.serve_connection(request, client_address) == status
+                assert request.fileno() == -1
+                assert recv_all(client) == b""
+            assert server.active_children is None, "nothing forked"
+        errors = capfd.readouterr().err.splitlines()
+        assert len(errors) == (action == b"E")
+
+    def test_serve_connection_leaves_system_exit_to_its_caller(self) -> None:
+        """A handler's SystemExit leaves serve_connection after the connection is shut down."""
+        with (
+            Recording(LOOPBACK, Failing) as server,
+            socket.create_connection(address(server), timeout=10) as client,
+        ):
+            request, client_address = server.get_request()
+            client.sendall(b"3")
+            with pytest.raises(SystemExit):
+                server.serve_connection(request, client_address)
+            assert request.fileno() == -1
 
 
 class TestNotify:

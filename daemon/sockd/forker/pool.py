@@ -3,10 +3,16 @@
 A service with `workers = N` trades isolation for speed: N processes forked
 at start accept on the service's listeners themselves (an exclusive epoll
 wait, so one connection wakes one worker) and serve each connection in
-process. A worker that has served `max_connections_per_child` connections
-exits and the forker starts another; so does a reload (the old workers finish
-their connection and leave) and a worker that dies. The forker's own loop
-never accepts on a pooled listener.
+process. A worker serves as the forker does, through its own copy of each
+listener's `ServiceServer` (`_PooledServer`): `accept_ready` accepts, drops a
+connection reset in the backlog and admits (`verify_request`), then
+`process_request` serves in process where the forker forks, through
+`serve_connection`, the path a forked child takes too. The worker adds its
+own: the connection's number, its slot and batched record, `max_duration`.
+A worker that has served `max_connections_per_child` connections exits and
+the forker starts another; so does a reload (the old workers finish their
+connection and leave) and a worker that dies. The forker's own loop never
+accepts on a pooled listener.
 
 A worker stops gracefully at its first SIGTERM (at once when idle, after the
 current connection when busy) and cuts its connection short at a second one;
@@ -33,16 +39,14 @@ import sys
 import time
 
 from sockd.errors import exception_fields
-from sockd.exits import BATCH_HEADER, PEER_GONE, client_fields, entry, read_entries
+from sockd.exits import BATCH_HEADER, client_fields, entry, read_entries
+from sockd.forker.access import Admission
 from sockd.forker.childlog import MAX_DATAGRAM
-from sockd.forker.service import (
-    HANDLED_SIGNALS,
-    TRANSIENT_ACCEPT_ERRORS,
-    ServiceServer,
-)
+from sockd.forker.service import HANDLED_SIGNALS, ServiceServer
 from sockd.forker.shared import unix_client
+from sockd.listeners import Endpoint
 from sockd.privileges import become_ids
-from sockd.server import PEER_GONE_ERRORS
+from sockd.spec import Limits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -124,28 +128,27 @@ class _Worker:
 
     def run(self) -> int:
         """Serve until told to stop, or until max_connections_per_child; return the status."""
-        sockets, poller, wakeup = self._set_up()
+        servers, poller, wakeup = self._set_up()
         limit = self.service.max_connections_per_child
-        served = 0
+        served = 0  # connections taken from the backlogs: served, refused or dropped
         try:
             while not self.stopping and (limit is None or served < limit):
                 # Under load a connection is waiting already: accept first, wait if none.
                 accepted = False
-                for sock, server in sockets:
+                for server in servers:
                     if self.stopping or (limit is not None and served >= limit):
                         break
-                    try:
-                        fd, client_address = sock._accept()  # type: ignore[attr-defined]  # noqa: SLF001
-                    except BlockingIOError:
+                    try:  # one at a time: a stop or the limit is seen between two
+                        taken = server.accept_ready(1)
+                    except OSError as exc:  # the listener's error, not one connection's
+                        fields = {"service": self.service.name, "error": exc.strerror}
+                        self.shared.report("error", "accept_failed", fields)
+                        time.sleep(0.1)
                         continue
-                    except OSError as exc:
-                        self._accept_failed(exc)
-                        continue
-                    accepted = True
-                    served += 1
-                    # The server's family as a plain int: sock.family makes an enum each time.
-                    request = socket.socket(server._family, socket.SOCK_STREAM, 0, fileno=fd)  # noqa: SLF001
-                    self._serve(server, request, client_address)
+                    if taken:
+                        accepted = True
+                        served += 1
+                        self._due(time.monotonic())
                 if not accepted:
                     self._wait(poller, wakeup)
         finally:
@@ -154,11 +157,11 @@ class _Worker:
             self._flush()
         return 0
 
-    def _set_up(self) -> tuple[list[tuple[socket.socket, ServiceServer]], select.epoll, int]:
-        """Become a worker: signals, descriptors, identity; return listeners, epoll, wake-up."""
+    def _set_up(self) -> tuple[list[_PooledServer], select.epoll, int]:
+        """Become a worker: signals, descriptors, identity; return its servers, epoll, wake-up."""
         shared = self.shared
         # The forker's descriptors close next: keep our listeners under new numbers.
-        listeners = [(os.dup(server.fileno()), server) for server in self.servers]
+        fds = [os.dup(server.fileno()) for server in self.servers]
         for signum in HANDLED_SIGNALS:
             _signal.signal(signum, int(signal.SIG_DFL))
         shared.close_in_child()
@@ -171,19 +174,13 @@ class _Worker:
         if shared.child_identity is not None:
             become_ids(shared.child_identity)
         poller = select.epoll()
-        sockets = []
-        for fd, server in listeners:
+        for fd in fds:
             poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            family = server.socket.family
-            sockets.append((socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd), server))
         poller.register(wakeup_read, select.EPOLLIN)
-        return sockets, poller, wakeup_read
-
-    def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno not in TRANSIENT_ACCEPT_ERRORS:
-            fields = {"service": self.service.name, "error": exc.strerror}
-            self.shared.report("error", "accept_failed", fields)
-            time.sleep(0.1)
+        servers = [
+            _PooledServer(self, server, fd) for server, fd in zip(self.servers, fds, strict=True)
+        ]
+        return servers, poller, wakeup_read
 
     def _wait(self, poller: select.epoll, wakeup: int) -> None:
         """Wait for a connection or a signal; send what is due meanwhile."""
@@ -197,64 +194,37 @@ class _Worker:
                 os.read(wakeup, 512)
         self._due(time.monotonic())
 
-    def _serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
+    def serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
+        """Serve a connection admitted by `server`, numbered and recorded (`_PooledServer`)."""
         started = time.monotonic()
-        if request.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # reset while it waited
-            server.drop_reset(request)
-            self._due(started)
-            return
         client = unix_client(request, client_address) if server._unix else client_address  # noqa: SLF001
-        rules = self.service.rules
-        reason = rules.refusal(client_address) if rules.active else None
-        if reason is None:
-            self.number += 1
-            self._in_flight(client, started)
-            status = self._handle(server, request, client_address, client)
-            # The first field is the connection's number (the forker puts our pid there).
-            self._record(
-                (self.number, self.service.name, client, status, time.monotonic() - started)
-            )
-        else:
-            self.denied += 1
-            server._refuse(request, client_address, reason, started)  # noqa: SLF001
-            with contextlib.suppress(OSError):
-                server.shutdown_request(request)
-        self._due(time.monotonic())
+        self.number += 1
+        self._in_flight(client, started)
+        status = self._handle(server, request, client_address, client)
+        # The first field is the connection's number (the forker puts our pid there).
+        self._record((self.number, self.service.name, client, status, time.monotonic() - started))
 
     def _handle(
         self, server: ServiceServer, request: socket.socket, client_address: Any, client: object
     ) -> int:
-        """Serve one connection in this process; return its status (0, PEER_GONE, 1: error)."""
-        service = self.service
-        status = 0
+        """Serve a connection (`serve_connection`) within max_duration; return its status."""
+        max_duration = self.service.max_duration
         self.cut = None
+        self.request_fd, self.peer = request.fileno(), client_address
+        self.busy = True
         try:
-            self.request_fd, self.peer = request.fileno(), client_address
-            self.busy = True
-            if service.idle_timeout:
-                request.settimeout(service.idle_timeout)
-            if service.max_duration:
-                signal.setitimer(signal.ITIMER_REAL, service.max_duration)
-            server.finish_request(request, client_address)
-        except PEER_GONE_ERRORS:
-            status = PEER_GONE
-        except TimeoutError:
-            status = self._timed_out(server, request, client_address)
+            if max_duration:
+                signal.setitimer(signal.ITIMER_REAL, max_duration)
+            status = server.serve_connection(request, client_address)
         except SystemExit as exc:  # the handler ends its process: this worker leaves
             self.stopping = True
             status = exc.code & 0xFF if isinstance(exc.code, int) else 1  # as its exit status
-        except Exception:  # noqa: BLE001 (reported by handle_error; the worker goes on)
-            if self.cut is None:  # a connection cut short fails as the cut made it: no error
-                server.handle_error(request, client_address)
-            status = 1
         finally:
-            if service.max_duration:
+            if max_duration:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, self._on_alarm)
             self.busy = False
             self.request_fd = -1
-            with contextlib.suppress(OSError):
-                server.shutdown_request(request)
         return status if self.cut is None else self._cut_short(client)
 
     def _cut_short(self, client: object) -> int:
@@ -262,15 +232,6 @@ class _Worker:
         if self.cut == "overtime":
             self._report(client, "warning", "max_duration_exceeded", action="abort")
         return 1
-
-    def _timed_out(self, server: ServiceServer, request: Any, client_address: Any) -> int:
-        if self.cut is not None:  # the cut, not an idle peer
-            return 1
-        if not self.service.idle_timeout:
-            server.handle_error(request, client_address)
-            return 1
-        server.report_idle(request, client_address)
-        return 0
 
     def _report(self, client: object, level: str, event: str, **extra: Any) -> None:
         fields = {"service": self.service.name, **client_fields(client), "pid": self.pid, **extra}
@@ -393,6 +354,49 @@ class _Worker:
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.request_fd)) as copy:
             if copy.getpeername() == self.peer:
                 copy.shutdown(socket.SHUT_RDWR)
+
+
+class _PooledServer(ServiceServer):
+    """A worker's server for one listener: the forker's, accepting on the worker's descriptor.
+
+    It accepts, drops a connection reset in the backlog and admits (allow and
+    deny: a pooled service has no limits) as the forker's `ServiceServer`
+    does, through the same methods; `process_request` then serves in this
+    process (`_Worker.serve`, through `serve_connection`) instead of forking.
+    A connection cut short (`_Worker._cut`) fails as the cut made it: it is
+    neither a handler error nor an idle peer.
+    """
+
+    def __init__(self, worker: _Worker, server: ServiceServer, fd: int) -> None:
+        """Take over `fd`, the worker's copy of the forker's `server`'s listening socket."""
+        at = server.endpoint
+        sock = socket.socket(at.family, socket.SOCK_STREAM, 0, fileno=fd)
+        endpoint = Endpoint(at.service, at.family, at.sockaddr, at.address, adopted=sock)
+        super().__init__(endpoint, server.service, server.shared)
+        # The forker's per-source and rate counts are not ours (pooled services have none).
+        self.admission = Admission(Limits())
+        self.worker = worker
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit as the forker does; count a refusal in the worker's next batch."""
+        if super().verify_request(request, client_address):
+            return True
+        self.worker.denied += 1
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in this process (`_Worker.serve`), not in a child."""
+        self.worker.serve(self, request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Report a handler's exception, unless its connection was cut short."""
+        if self.worker.cut is None:
+            super().handle_error(request, client_address)
+
+    def report_idle(self, request: Any, client_address: Any) -> None:
+        """Report an idle connection's end, unless it was cut short (the timeout is the cut)."""
+        if self.worker.cut is None:
+            super().report_idle(request, client_address)
 
 
 class Pools:

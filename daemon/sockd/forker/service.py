@@ -76,7 +76,8 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
     events sent to the daemon instead of structlog. Each accepted connection
     is served by `RequestHandlerClass` in a forked child (`fork_request`). The
     forker's loop drives it with `accept_ready()`; `serve_forever()` is not
-    used, so one epoll serves every listener.
+    used, so one epoll serves every listener. A pooled worker drives its own
+    copy the same way, serving in process (`sockd.forker.pool._PooledServer`).
     """
 
     request_queue_size = socket.SOMAXCONN
@@ -373,18 +374,19 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             self.shared.sources[pid] = (self.admission, self._source, client_address)
         self.close_request(request)
 
-    def serve_in_child(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in the child, first of all closing the forker's descriptors.
+    def serve_in_child(self, request: Any, client_address: Any) -> int:
+        """Close the forker's descriptors, take the child's ids, then serve (`serve_connection`).
 
-        Then it takes the child's ids, sets the idle timeout, and runs the
-        handler. Overrides ForkingMixIn's: the handler runs here rather than
-        through `finish_request` (which pooled workers call), so that a child
-        calls no more functions than it must: each function a child calls for
-        the first time writes to pages it shares with the forker (the code's
-        warm-up counter, a new frame), and each page written is a page copied.
-        The child keeps the forker's signal handlers, which take each signal's
-        default action in any process but the forker (`Forker._record_signal`):
-        resetting them in each child cost it 26 page copies.
+        Overrides ForkingMixIn's: what a forked child does before serving. A
+        pooled worker did the same once, at its start, and calls
+        `serve_connection` itself. Each function a child calls for the first
+        time writes to pages it shares with the forker (the code's warm-up
+        counter, a new frame), and each page written is a page copied: the
+        child's path is this, `serve_connection`, `finish_request` and
+        `shutdown_request`. The child keeps the forker's signal handlers,
+        which take each signal's default action in any process but the
+        forker (`Forker._record_signal`): resetting them in each child cost it
+        26 page copies.
 
         May be overridden.
         """
@@ -392,6 +394,18 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             os.close(fd)
         if self.shared.child_identity is not None:
             become_ids(self.shared.child_identity)
+        return self.serve_connection(request, client_address)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Run the handler within the service's `idle_timeout`, its end reported by `report_idle`.
+
+        A timeout is the end of an idle connection when the service has an
+        `idle_timeout` (no error); without one, it is the handler's own, an
+        error (`serve_connection` passes it to `handle_error`). Called by
+        `serve_connection`, in a forked child and in a pooled worker alike.
+
+        May be extended, do not override.
+        """
         idle_timeout = self.service.idle_timeout
         if idle_timeout:
             request.settimeout(idle_timeout)
@@ -403,7 +417,10 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             self.report_idle(request, client_address)  # the end of an idle connection
 
     def report_idle(self, request: Any, client_address: Any) -> None:
-        """Report a connection ended by `idle_timeout` as one `idle_timeout` event."""
+        """Report a connection ended by `idle_timeout` as one `idle_timeout` event.
+
+        May be overridden.
+        """
         with contextlib.suppress(Exception):  # the error path must not raise
             fields = {
                 "service": self.service.name,

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import marshal
+import math
 import mmap
 import os
 import signal
 import socket
+import socketserver
+import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from harness import alive
+from harness import alive, recv_all, wait_until
 
 from sockd.exits import batch_header, entry, read_entries
 from sockd.forker import pool
@@ -23,10 +27,11 @@ from sockd.forker.pool import RESPAWN_DELAY, Pools
 from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.listeners import Endpoint
-from sockd.spec import ServiceSpec
+from sockd.spec import Limits, ServiceSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 
 @pytest.fixture
@@ -380,11 +385,277 @@ class TestCut:
             sock.close()
         assert peer != ("127.0.0.1", 1)
 
-    def test_after_a_cut_a_timeout_is_the_cut_not_an_idle_peer(self) -> None:
-        """A read that times out after the cut ends with status 1, and no idle_timeout is told."""
+    def test_after_a_cut_neither_an_error_nor_an_idle_peer_is_told(
+        self, server: ServiceServer
+    ) -> None:
+        """A connection cut short fails as the cut made it: no handler_error, no idle_timeout."""
+        reports: list[tuple[str, str, dict[str, object]]] = []
+        server.shared.report = lambda *event: reports.append(event)
         ours, theirs = socket.socketpair()
         worker = self.worker(ours, "")
+        pooled = pool._PooledServer(worker, server, os.dup(server.fileno()))
         worker.cut = "overtime"
-        assert worker._timed_out(None, ours, "") == 1  # type: ignore[arg-type]  # never used
+        try:
+            raise TimeoutError  # noqa: TRY301 (the exception being handled, as in serve_connection)
+        except TimeoutError:
+            pooled.handle_error(ours, "")
+            pooled.report_idle(ours, "")
+        assert reports == []
+        worker.cut = None
+        try:
+            raise TimeoutError  # noqa: TRY301
+        except TimeoutError:
+            pooled.handle_error(ours, "")
+        assert [event for _, event, _ in reports] == ["handler_error"]
+        pooled.server_close()
         ours.close()
         theirs.close()
+
+
+class TestPooledServer:
+    """A worker's server: the forker's ServiceServer, its admission its own."""
+
+    def test_admits_by_rules_only_and_counts_nothing_of_the_forker(
+        self, server: ServiceServer
+    ) -> None:
+        """Per-source limits (refused by config for a pool) are not counted in a worker."""
+        limits = Limits(per_source=1)
+        spec = ServiceSpec("pool", "echo", workers=2, deny=("127.0.0.2",), limits=limits)
+        server.apply(Service(spec))
+        assert server.admission.limited
+        worker = pool._Worker.__new__(pool._Worker)
+        worker.denied = 0
+        pooled = pool._PooledServer(worker, server, os.dup(server.fileno()))
+        try:
+            assert not pooled.admission.limited
+            ours, theirs = socket.socketpair()
+            for _ in range(3):
+                assert pooled.verify_request(ours, ("127.0.0.1", 4000))
+            assert not pooled.verify_request(ours, ("127.0.0.2", 4000))
+            assert worker.denied == 1
+            assert server.admission.open == {}
+            assert server.shared.sources == {}
+            ours.close()
+            theirs.close()
+        finally:
+            pooled.server_close()
+        assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+
+
+class Acts(socketserver.BaseRequestHandler):
+    """As the client's first byte says: E raises, I waits (idle), C reads to the end, then raises.
+
+    Anything else is echoed.
+    """
+
+    def handle(self) -> None:
+        action = self.request.recv(1)
+        if action == b"E":
+            raise ValueError("bad")
+        if action == b"I":
+            self.request.recv(1)
+        if action == b"C":
+            self.request.sendall(b"ready\n")
+            while self.request.recv(1024):
+                pass
+            raise ValueError("read the end")  # an error, were the end not the cut
+        self.request.sendall(action)
+
+
+def reporter(path: Path) -> Callable[..., bool]:
+    """Return a function that appends its arguments to `path` as a JSON line (any process)."""
+
+    def write(*args: Any) -> bool:
+        with path.open("a") as out:
+            out.write(json.dumps(args) + "\n")
+        return True
+
+    return write
+
+
+class Served:
+    """A listener of service "svc", served by forked children or by one pooled worker.
+
+    Its connections wait in the backlog until `start()`: a fork-per-connection
+    forker accepts them (`accept_ready`), or a worker is started that does.
+    Every process reports into one file.
+    """
+
+    def __init__(self, mode: str, tmp_path: Path, idle_timeout: float | None = 0.5) -> None:
+        self.mode = mode
+        self.log = tmp_path / "events"
+        shared = Shared()
+        shared.report = reporter(self.log)  # type: ignore[assignment]  # returns True: no matter
+        shared.emit = lambda entries, *counts: reporter(self.log)("emit", entries.hex(), *counts)
+        sock = socket.create_server(("127.0.0.1", 0))
+        endpoint = Endpoint("svc", sock.family, sock.getsockname(), adopted=sock)
+        spec = ServiceSpec("svc", "echo", deny=("127.0.0.2",), idle_timeout=idle_timeout)
+        service = Service(spec)
+        service.handler = Acts
+        self.server = ServiceServer(endpoint, service, shared)
+        self.address = self.server.server_address[:2]
+        self.worker = 0
+
+    def connect(self, source: str = "127.0.0.1") -> socket.socket:
+        client = socket.socket()
+        client.bind((source, 0))
+        client.settimeout(10)
+        client.connect(self.address)
+        return client
+
+    def start(self, connections: int) -> None:
+        if self.mode == "pool":
+            self.worker = pool.start_worker([self.server], mmap.mmap(-1, pool.SLOT_SIZE))
+            return
+        for _ in range(connections):
+            wait_until(lambda: self.server.accept_ready(1))
+
+    def finish(self) -> list[Any]:
+        """End the serving (reap the children, or stop the worker); return the events."""
+        shared = self.server.shared
+        if self.worker:
+            os.kill(self.worker, signal.SIGTERM)
+            _, status = os.waitpid(self.worker, 0)
+            self.worker = 0
+            assert os.waitstatus_to_exitcode(status) == 0
+        else:
+            wait_until(lambda: shared.reap() or not shared.children, what="the children reaped")
+            for summary in shared.denials.due(math.inf):  # as the forker's loop does
+                shared.report("info", "connections_denied", summary)
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def statuses(self, events: list[Any]) -> list[int]:
+        """Return the connections' statuses: children's exit codes, or the worker's records."""
+        if self.mode == "fork":
+            return [e[2]["exit_code"] for e in events if e[1] == "connection_closed"]
+        emitted = [read_entries(bytes.fromhex(e[1]))[0] for e in events if e[0] == "emit"]
+        return [entry[2] for entries in emitted for entry in entries]
+
+    def events(self, events: list[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Return the events but the connections' ends (reported differently in each mode)."""
+        return [
+            (level, event, {key: value for key, value in fields.items() if key != "pid"})
+            for level, event, fields in (e for e in events if e[0] != "emit")
+            if event != "connection_closed"
+        ]
+
+
+@pytest.fixture
+def made() -> Iterator[list[Served]]:
+    """Collect the Served made by a test; kill a worker left running."""
+    served: list[Served] = []
+    yield served
+    for one in served:
+        if one.worker:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(one.worker, signal.SIGKILL)
+            os.waitpid(one.worker, 0)
+        one.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["fork", "pool"])
+class TestOnePath:
+    """A connection in a forked child and in a pooled worker: the same server methods, events."""
+
+    def test_a_refusal(self, mode: str, tmp_path: Path, made: list[Served]) -> None:
+        """A denied client: connection_denied with the same fields, counted, nothing served."""
+        served = Served(mode, tmp_path)
+        made.append(served)
+        with served.connect("127.0.0.2") as client:
+            source = "{}:{}".format(*client.getsockname())
+            served.start(1)
+            assert recv_all(client) == b""
+        events = served.finish()
+        fields = {"service": "svc", "client": source, "reason": "deny 127.0.0.2/32"}
+        assert served.events(events) == [("info", "connection_denied", fields)]
+        assert served.statuses(events) == []
+        if mode == "pool":
+            assert [e[1:] for e in events if e[0] == "emit"] == [["", 0, 1, 0]]
+        else:
+            assert served.server.shared.stats.denied == 1
+
+    def test_a_reset_in_the_backlog_is_dropped(
+        self, mode: str, tmp_path: Path, made: list[Served]
+    ) -> None:
+        """Reset before it is served: no handler runs, one peer_reset counted; the next served."""
+        served = Served(mode, tmp_path)
+        made.append(served)
+        reset = served.connect()
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # linger 0: an RST, before the connection is accepted
+        with served.connect() as polite:
+            polite.sendall(b"p")
+            served.start(2)
+            assert recv_all(polite) == b"p"
+        events = served.finish()
+        summary = {"service": "svc", "reason": "peer_reset", "source": "all", "count": 1}
+        summary["seconds"] = 10.0
+        assert served.events(events) == [("info", "connections_denied", summary)]
+        assert served.statuses(events) == [0]
+
+    def test_an_idle_timeout(self, mode: str, tmp_path: Path, made: list[Served]) -> None:
+        """A silent client: idle_timeout with the same fields, and status 0."""
+        served = Served(mode, tmp_path)
+        made.append(served)
+        with served.connect() as client:
+            source = "{}:{}".format(*client.getsockname())
+            client.sendall(b"I")
+            served.start(1)
+            assert recv_all(client) == b""
+        events = served.finish()
+        fields = {"service": "svc", "client": source, "seconds": 0.5}
+        assert served.events(events) == [("info", "idle_timeout", fields)]
+        assert served.statuses(events) == [0]
+
+    def test_a_handler_error(self, mode: str, tmp_path: Path, made: list[Served]) -> None:
+        """A handler that raises: handler_error from the same frames on (serve_connection), 1."""
+        served = Served(mode, tmp_path)
+        made.append(served)
+        with served.connect() as client:
+            source = "{}:{}".format(*client.getsockname())
+            client.sendall(b"E")
+            served.start(1)
+            assert recv_all(client) == b""
+        events = served.finish()
+        ((level, event, fields),) = served.events(events)
+        assert (level, event, fields["service"], fields["client"]) == (
+            "error",
+            "handler_error",
+            "svc",
+            source,
+        )
+        exception = fields["exception"]
+        assert (exception["type"], exception["message"]) == ("ValueError", "bad")
+        functions = [frame["function"] for frame in exception["frames"]]
+        assert functions == ["serve_connection", "finish_request", "__init__", "handle"]
+        assert served.statuses(events) == [1]
+
+
+def signal_handled(pid: int, signum: int) -> bool:
+    """Tell whether process `pid` has taken `signum` and sleeps again (its handler has run)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        lines = dict(line.split(":", 1) for line in status.read().splitlines())
+    pending = int(lines["SigPnd"], 16) | int(lines["ShdPnd"], 16)
+    return not pending & (1 << (signum - 1)) and lines["State"].split()[0] == "S"
+
+
+def test_a_second_sigterm_cuts_a_handler_blocked_in_recv(
+    tmp_path: Path, made: list[Served]
+) -> None:
+    """A worker's second SIGTERM ends the connection by its socket: no handler_error, status 1."""
+    served = Served("pool", tmp_path, idle_timeout=None)
+    made.append(served)
+    with served.connect() as client:
+        client.sendall(b"C")
+        served.start(1)
+        assert client.recv(10) == b"ready\n"  # the handler now blocks in recv()
+        os.kill(served.worker, signal.SIGTERM)  # a stop: after this connection
+        wait_until(lambda: signal_handled(served.worker, signal.SIGTERM), what="the first taken")
+        os.kill(served.worker, signal.SIGTERM)  # the connection is cut short
+        assert recv_all(client) == b""
+        _, status = os.waitpid(served.worker, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    served.worker = 0
+    events = [json.loads(line) for line in served.log.read_text().splitlines()]
+    assert served.events(events) == []
+    assert served.statuses(events) == [1]
