@@ -200,7 +200,7 @@ class Limits(WireRecord):
 
 
 class ServiceSpec(WireRecord):
-    """What the forker needs of one `[[service]]`: its config, minus the listeners (sent apart).
+    """What the forker needs of one `[[service]]`: its config, minus the listeners (passed apart).
 
     `program` is exec[0] found on PATH; `identity` is [uid, gid, groups] for
     a program's `user`/`group`, or None; `allow` and `deny` are networks as
@@ -222,7 +222,6 @@ class ServiceSpec(WireRecord):
         "name",
         "program",
         "refusal",
-        "unix_mode",
         "workers",
     )
     FIELDS = (
@@ -235,7 +234,6 @@ class ServiceSpec(WireRecord):
         ("max_children", _OPTIONAL_INTEGER),
         ("max_duration", _OPTIONAL_NUMBER),
         ("idle_timeout", _OPTIONAL_NUMBER),
-        ("unix_mode", _integer),
         ("allow", _texts),
         ("deny", _texts),
         ("refusal", _text),
@@ -256,7 +254,6 @@ class ServiceSpec(WireRecord):
         max_children: int | None = None,
         max_duration: float | None = None,
         idle_timeout: float | None = None,
-        unix_mode: int = 0o666,
         allow: tuple[str, ...] = (),
         deny: tuple[str, ...] = (),
         refusal: str = "",
@@ -273,7 +270,6 @@ class ServiceSpec(WireRecord):
         self.max_children = max_children
         self.max_duration = max_duration
         self.idle_timeout = idle_timeout
-        self.unix_mode = unix_mode
         self.allow = allow
         self.deny = deny
         self.refusal = refusal

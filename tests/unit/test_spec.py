@@ -26,7 +26,6 @@ EVERY = ServiceConfig(
     max_children=3,
     allow=(ipaddress.ip_network("10.0.0.0/8"),),
     deny=(ipaddress.ip_network("::1/128"), ipaddress.ip_network("10.1.0.0/16")),
-    unix_mode=0o600,
     max_duration=2.5,
     idle_timeout=1.5,
     exec=("/bin/cat", "-u"),
@@ -49,7 +48,7 @@ EVERY = ServiceConfig(
 )
 # Not carried as such: the daemon passes the listening sockets themselves, and
 # a program's user and group go as the ids they resolve to (`identity`).
-NOT_CARRIED = {"listen", "user", "group"}
+NOT_CARRIED = {"listen", "unix_mode", "user", "group"}  # the daemon binds and passes sockets
 
 
 def wire(**changes: object) -> list[object]:
@@ -134,8 +133,8 @@ class TestMalformed:
     @pytest.mark.parametrize(
         ("data", "problem"),
         [
-            ("every", "expected 16 values, got str"),
-            (wire()[:15], "expected 16 values, got list of 15"),
+            ("every", "expected 15 values, got str"),
+            (wire()[:14], "expected 15 values, got list of 14"),
             (wire(name=1), "name: expected a string, got int"),
             (wire(handler=True), "handler: expected a string or None, got bool"),
             (wire(exec=("/bin/cat", b"-u")), "exec: item 1: expected a string, got bytes"),
@@ -148,7 +147,6 @@ class TestMalformed:
             (wire(identity=[0, 0, 0]), "identity: groups: expected a list, got int"),
             (wire(max_children=True), "max_children: expected an integer or None, got bool"),
             (wire(max_duration="1"), "max_duration: expected a number or None, got str"),
-            (wire(unix_mode=None), "unix_mode: expected an integer, got NoneType"),
             (wire(deny="10.0.0.0/8"), "deny: expected a list, got str"),
             (wire(refusal=b""), "refusal: expected a string, got bytes"),
             (wire(limits={}), "limits: expected 7 values, got dict"),

@@ -88,10 +88,10 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
     timeout = None
 
     def __init__(self, endpoint: Endpoint, service: Service, shared: Shared) -> None:
-        """Take the socket the daemon passed (or bind one), and activate it.
+        """Serve the listening socket the daemon passed (`endpoint.adopted`).
 
         Raises:
-            SockdError: binding failed, or a passed socket is unusable.
+            SockdError: the passed socket is unusable.
         """
         self.endpoint = endpoint
         self.service = service
@@ -100,35 +100,33 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         self._source: Any = None  # the source group of the connection being admitted
         self._local_address: Any = None  # every connection's local address, if one
         self._started: list[tuple[int, Any, bool]] = []  # pid, client, group: not yet recorded
-        self.bound_path: str | None = None  # a UNIX socket file we created, to remove
         self.address_family = endpoint.family
         self._family = int(endpoint.family)
         self._unix = self._family == socket.AF_UNIX
         try:
             super().__init__(endpoint.sockaddr, service.handler, fd_name=endpoint.fd_name)
-        except OSError as exc:  # socket(2) failed: bind and activate raise SockdErrors
+        except OSError as exc:  # TCPServer's socket(2), closed at once: bind raises SockdErrors
             raise self._failure("cannot create a socket", exc) from None
 
     def server_bind(self) -> None:
-        """Take the socket the daemon passed, or bind one (`listeners.bind`).
+        """Take the socket the daemon passed: the forker never binds one.
 
         Overrides ForkingMixIn's, without calling it: the forker's sockets
-        come from the daemon, never from LISTEN_FDS.
+        come from the daemon (which bound them, or adopted them from systemd),
+        never from LISTEN_FDS.
 
         May be extended, do not override.
 
         Raises:
-            SockdError: binding failed, or a passed socket has no address.
+            SockdError: no socket was passed, or it has no address.
         """
         passed = self.endpoint.adopted
-        if passed is not None:
-            self.socket.close()  # the one TCPServer made
-            self.socket = passed
-            self.adopted = True
-        else:
-            listeners.bind(self.socket, self.endpoint, self.service.unix_mode)
-            if self._unix:
-                self.bound_path = str(self.endpoint.sockaddr)
+        if passed is None:
+            msg = f"service {self.service.name!r}: no socket passed by the daemon"
+            raise OSFailure(msg)
+        self.socket.close()  # the one TCPServer made
+        self.socket = passed
+        self.adopted = True
         try:
             self.server_address = self.socket.getsockname()
         except OSError as exc:
@@ -140,34 +138,29 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             self._local_address = self.server_address
 
     def server_activate(self) -> None:
-        """Listen on a socket we bound; a passed one must be listening already.
+        """Check that the passed socket listens; leave it non-blocking (accepted until EAGAIN).
 
-        Overrides ForkingMixIn's, without calling it (its errors name
-        systemd), and leaves the socket non-blocking: the forker accepts until
-        EAGAIN.
+        Overrides ForkingMixIn's, without calling it (its errors name systemd).
 
         May be extended, do not override.
 
         Raises:
-            SockdError: a passed socket is unusable, or listen(2) failed.
+            SockdError: the passed socket is unusable.
         """
         try:
-            if self.adopted:
-                listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
-            else:
-                self.socket.listen(self.request_queue_size)
+            listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
             self.socket.setblocking(False)
         except OSError as exc:
-            raise self._failure(
-                "cannot check the passed socket" if self.adopted else "cannot listen", exc
-            ) from None
+            raise self._failure("cannot check the passed socket", exc) from None
 
     def _failure(self, what: str, exc: OSError) -> OSFailure:
-        where = f"service {self.service.name!r}: listen {self.endpoint.address}"
+        where = (
+            f"service {self.service.name!r}: listen {listeners.describe(self.endpoint.sockaddr)}"
+        )
         return OSFailure(f"{where}: {what}: {exc.strerror}")
 
     def server_close(self) -> None:
-        """Close the listener, and remove a UNIX socket file we created.
+        """Close the listener (the daemon removes a UNIX socket file it created).
 
         Overrides ForkingMixIn's, without calling it (it reaps: the forker
         reaps in its loop).
@@ -175,20 +168,6 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         May be extended, do not override.
         """
         self.socket.close()
-        if self.bound_path:
-            # Once only: a new instance may own the path after a long stop.
-            path, self.bound_path = self.bound_path, None
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-    def describe(self) -> dict[str, Any]:
-        """Return the listener as the `starting` event shows it."""
-        return {
-            "service": self.service.name,
-            "address": listeners.describe(self.server_address),
-            "origin": "adopted" if self.adopted else "bound",
-            "fd_name": self.endpoint.fd_name,
-        }
 
     def apply(self, service: Service) -> None:
         """Take a reloaded service's handler and rules; the socket stays.

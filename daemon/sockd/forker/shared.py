@@ -38,7 +38,6 @@ class Service:
         "program",
         "refusal",
         "rules",
-        "unix_mode",
         "workers",
     )
 
@@ -57,7 +56,6 @@ class Service:
         self.max_children = spec.max_children
         self.max_duration = spec.max_duration
         self.idle_timeout = spec.idle_timeout
-        self.unix_mode = spec.unix_mode
         self.rules = AccessRules(spec.allow, spec.deny)
         self.refusal = spec.refusal.encode()
         self.limits = spec.limits

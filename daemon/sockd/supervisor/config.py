@@ -536,7 +536,6 @@ def service_spec(service: ServiceConfig) -> ServiceSpec:
         max_children=service.max_children,
         max_duration=service.max_duration,
         idle_timeout=service.idle_timeout,
-        unix_mode=service.unix_mode,
         allow=tuple(str(network) for network in service.allow),
         deny=tuple(str(network) for network in service.deny),
         refusal=service.refusal,

@@ -6,13 +6,15 @@ The daemon opens every listener before it starts the forker, which inherits them
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
 from typing import TYPE_CHECKING, Any
 
 from sockd import listeners
-from sockd.errors import ConfigError, OSFailure
-from sockd.listeners import Endpoint, InheritedFd, adopt, describe
+from sockd.errors import ConfigError, OSFailure, PermissionFailure
+from sockd.listeners import Endpoint, InheritedFd, check_listening, describe
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -114,6 +116,110 @@ def sockname_matches(sockname: object, address: ListenAddress) -> bool:
     return any(listeners.bound_at(family, sockaddr, sockname) for family, sockaddr in resolved)
 
 
+def adopt(inherited: InheritedFd) -> socket.socket:
+    """Wrap an inherited descriptor; it must be a listening IP or UNIX stream socket.
+
+    Raises:
+        ConfigError: it is not a socket, of another family, not a stream socket,
+            or not listening.
+    """
+    where = f"socket from systemd (fd {inherited.fd}, name {inherited.name!r})"
+    try:
+        sock = socket.socket(fileno=inherited.fd)
+    except OSError as exc:
+        raise ConfigError(f"{where}: not a socket: {exc.strerror}") from None
+    try:
+        check_listening(sock, where)
+    except ConfigError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
+    """Bind our own socket for `endpoint` (TCP: SO_REUSEADDR, IPv6-only; UNIX: mode, owner).
+
+    A UNIX socket file gets its mode from the umask at bind(), and its owner
+    (`endpoint.owner`, as root) through `_give_away`: nothing is done to the
+    path once it exists, where another user could have put a symlink by then.
+
+    Raises:
+        OSFailure: the address is in use or unavailable, or the socket file was
+            replaced before its owner could be set.
+        PermissionFailure: binding needs privileges we lack.
+        ConfigError: a UNIX path is taken by a file that is not a socket.
+    """
+    where = f"service {endpoint.service!r}: listen {endpoint.address}"
+    try:
+        if sock.family == socket.AF_UNIX:
+            assert isinstance(endpoint.sockaddr, str)  # noqa: S101 (AF_UNIX implies a path)
+            _remove_stale_socket(endpoint.sockaddr, where)
+            old_umask = os.umask(0o777 & ~unix_mode)
+            try:
+                sock.bind(endpoint.sockaddr)
+            finally:
+                os.umask(old_umask)
+            if endpoint.owner is not None:
+                _give_away(endpoint.sockaddr, endpoint.owner, where)
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(endpoint.sockaddr)
+    except PermissionError as exc:
+        raise PermissionFailure(f"{where}: cannot bind: {exc.strerror}") from None
+    except OSError as exc:
+        raise OSFailure(f"{where}: cannot bind: {exc.strerror}") from None
+
+
+def _give_away(path: str, owner: tuple[int, int], where: str) -> None:
+    """Give the socket file just bound at `path` to `owner` (uid, gid), following nothing.
+
+    Whoever may write the socket's directory can replace the file by a symlink
+    (or another file) between bind() and here. So the name is opened without
+    following it (O_PATH | O_NOFOLLOW: a symlink is opened as itself), the
+    inode opened must be what bind() made (a socket, ours, with one name: a
+    hard link to someone else's socket has two), and that very inode is
+    changed, through /proc/self/fd (fchown() refuses O_PATH descriptors).
+
+    Raises:
+        OSFailure: the file is not the socket we made, or cannot be changed.
+    """
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSFailure(f"{where}: cannot open {path}: {exc.strerror}") from None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISSOCK(found.st_mode) or found.st_uid != os.geteuid() or found.st_nlink != 1:
+            msg = f"{where}: {path} was replaced after bind(): not changing its owner"
+            raise OSFailure(msg)
+        os.chown(f"/proc/self/fd/{fd}", *owner)
+    except OSError as exc:
+        raise OSFailure(f"{where}: cannot chown {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_socket(path: str, where: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"{where}: {path} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+        else:
+            raise OSFailure(f"{where}: {path} is in use by another process")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class Listener:
     """A listening socket the daemon holds for a service; the forker inherits it."""
 
@@ -136,7 +242,7 @@ class Listener:
             if endpoint.adopted is not None:
                 listeners.check_listening(self.socket, f"socket of service {endpoint.service!r}")
             else:
-                listeners.bind(self.socket, endpoint, unix_mode)
+                bind(self.socket, endpoint, unix_mode)
                 if self.socket.family == socket.AF_UNIX:
                     self.bound_path = str(endpoint.sockaddr)
                 self.socket.listen(socket.SOMAXCONN)

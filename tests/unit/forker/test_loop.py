@@ -94,7 +94,7 @@ class TestCommands:
         events_end.close()
         try:
             good = ServiceSpec("echo", "echo").to_wire()
-            bad = ServiceSpec("echo", "echo").to_wire()[:15]
+            bad = ServiceSpec("echo", "echo").to_wire()[:14]
             ipc.send(control.fileno(), ("setup", self.SETUP, [good]))
             reader = ipc.Reader(events.fileno())
             self.events_until(reader, "ready")
@@ -109,7 +109,7 @@ class TestCommands:
                     "command_malformed",
                     {
                         "error": "'reload' record of the wrong shape: service 1:"
-                        " expected 16 values, got tuple of 15",
+                        " expected 15 values, got tuple of 14",
                         "count": 1,
                     },
                 )

@@ -45,7 +45,8 @@ def events() -> list[tuple[str, str, dict[str, Any]]]:
 def server(events: list[tuple[str, str, dict[str, Any]]]) -> Iterator[ServiceServer]:
     shared = Shared()
     shared.report = lambda level, event, fields: events.append((level, event, fields))
-    endpoint = Endpoint("svc", socket.AF_INET, ("127.0.0.1", 0))
+    sock = socket.create_server(("127.0.0.1", 0))  # as the daemon passes it
+    endpoint = Endpoint("svc", sock.family, sock.getsockname(), adopted=sock)
     service = Service(ServiceSpec("svc", "echo", deny=("127.0.0.2",)))
     served = ServiceServer(endpoint, service, shared)
     yield served
@@ -53,13 +54,19 @@ def server(events: list[tuple[str, str, dict[str, Any]]]) -> Iterator[ServiceSer
 
 
 class TestServiceServer:
-    def test_binds_listens_non_blocking(self, server: ServiceServer) -> None:
-        """server_bind/server_activate leave a bound, listening, non-blocking socket."""
+    def test_takes_the_passed_socket_non_blocking(self, server: ServiceServer) -> None:
+        """server_bind/server_activate take the daemon's listening socket, non-blocking."""
         assert server.server_address[0] == "127.0.0.1"
+        assert server.adopted
         assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
         assert server.socket.getblocking() is False
         assert server.accept_ready(10) == 0
-        assert server.describe()["origin"] == "bound"
+
+    def test_without_a_passed_socket_it_says_so(self) -> None:
+        """The forker never binds: an endpoint without a socket is an error naming the service."""
+        endpoint = Endpoint("svc", socket.AF_INET, ("127.0.0.1", 0))
+        with pytest.raises(OSFailure, match="service 'svc': no socket passed by the daemon"):
+            ServiceServer(endpoint, Service(ServiceSpec("svc", "echo")), Shared())
 
     def test_adopted_socket_must_listen(self) -> None:
         """An inherited socket that does not listen fails activation with a clear error."""

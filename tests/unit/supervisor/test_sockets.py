@@ -16,6 +16,7 @@ from sockd.supervisor.config import ServiceConfig, parse_listen
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 
 def service(name: str, *listen: str) -> ServiceConfig:
@@ -143,3 +144,189 @@ class TestListener:
         listener = sockets.Listener(endpoint, 0o666)
         assert not os.get_inheritable(listener.fileno())
         listener.close()
+
+
+class TestAdopt:
+    def test_listening_stream_socket(self) -> None:
+        """A listening stream socket is adopted as it is."""
+        sock = listening()
+        fd = os.dup(sock.fileno())
+        adopted = sockets.adopt(listeners.InheritedFd(fd, "x"))
+        assert adopted.getsockname() == sock.getsockname()
+        adopted.close()
+        sock.close()
+
+    def test_not_listening(self) -> None:
+        """A bound but not listening socket is refused with a clear reason."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            with pytest.raises(ConfigError, match="not listening"):
+                sockets.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
+
+    def test_vsock_is_refused(self) -> None:
+        """A listening AF_VSOCK stream socket is refused, naming its descriptor and family."""
+        try:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+        except OSError as exc:
+            pytest.skip(f"no AF_VSOCK here: {exc.strerror}")
+        with sock:
+            sock.listen()
+            fd = os.dup(sock.fileno())
+            with pytest.raises(ConfigError) as caught:
+                sockets.adopt(listeners.InheritedFd(fd, "v"))
+        expected = f"socket from systemd (fd {fd}, name 'v'): address family AF_VSOCK"
+        assert str(caught.value).startswith(expected)
+        assert "not supported (AF_INET, AF_INET6, AF_UNIX)" in str(caught.value)
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)  # closed
+
+    def test_netlink_is_refused(self) -> None:
+        """An AF_NETLINK socket is refused for its family."""
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW) as sock:
+            fd = os.dup(sock.fileno())
+            with pytest.raises(ConfigError, match=f"fd {fd}, .*address family AF_NETLINK"):
+                sockets.adopt(listeners.InheritedFd(fd, None))
+
+    def test_datagram(self) -> None:
+        """A datagram socket is refused: sockd serves streams."""
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+            pytest.raises(ConfigError, match="not a stream socket"),
+        ):
+            sockets.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
+
+    def test_not_a_socket(self, tmp_path: Path) -> None:
+        """A plain file descriptor is refused."""
+        fd = os.open(tmp_path, os.O_RDONLY)
+        with pytest.raises(ConfigError, match="not a socket"):
+            sockets.adopt(listeners.InheritedFd(fd, None))
+
+
+class Swapped(socket.socket):
+    """A UNIX socket whose bind() is followed at once by what an attacker races for.
+
+    Whoever may write the socket's directory moves the new socket file away and
+    puts in its name a symlink to `victim` (or, with `hard_link`, a second name
+    of the same socket): whatever sockd does to the path after bind() meets it.
+    """
+
+    victim: Path | None = None
+    hard_link = False
+
+    def bind(self, address: Any) -> None:
+        super().bind(address)
+        os.rename(address, f"{address}.moved")
+        if self.hard_link:
+            os.link(f"{address}.moved", address)
+        else:
+            os.symlink(str(self.victim), address)
+
+
+class TestBind:
+    def endpoint(self, text: str) -> listeners.Endpoint:
+        address = parse_listen(text)
+        family, sockaddr = sockets.resolve(address, "")[0]
+        return listeners.Endpoint("svc", family, sockaddr, address)
+
+    def victim(self, tmp_path: Path) -> Path:
+        victim = tmp_path / "shadow"
+        victim.write_text("secret")
+        victim.chmod(0o600)
+        return victim
+
+    def test_mode_is_never_set_through_the_path(self, tmp_path: Path) -> None:
+        """The mode comes from the umask at bind(): a symlink swapped in is not chmod()ed."""
+        victim = self.victim(tmp_path)
+        with Swapped(socket.AF_UNIX) as sock:
+            sock.victim = victim
+            sockets.bind(sock, self.endpoint(f"unix:{tmp_path}/s.sock"), 0o666)
+        assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "s.sock.moved").stat().st_mode) == 0o666
+
+    def test_owner_is_never_set_through_a_symlink(self, tmp_path: Path) -> None:
+        """A symlink swapped in after bind() is refused, and its target keeps its owner."""
+        victim = self.victim(tmp_path)
+        before = victim.stat()
+        endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
+        endpoint.owner = (65534, 65534)
+        with Swapped(socket.AF_UNIX) as sock:
+            sock.victim = victim
+            with pytest.raises(OSFailure) as caught:
+                sockets.bind(sock, endpoint, 0o666)
+        assert str(caught.value) == (
+            f"service 'svc': listen unix:{tmp_path}/s.sock:"
+            f" {tmp_path}/s.sock was replaced after bind(): not changing its owner"
+        )
+        after = victim.stat()
+        assert (after.st_uid, after.st_gid, after.st_mode) == (
+            before.st_uid,
+            before.st_gid,
+            before.st_mode,
+        )
+
+    def test_owner_is_never_set_through_a_hard_link(self, tmp_path: Path) -> None:
+        """A socket file with a second name (a hard link to another socket) is refused."""
+        endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
+        endpoint.owner = (65534, 65534)
+        with Swapped(socket.AF_UNIX) as sock:
+            sock.hard_link = True
+            with pytest.raises(OSFailure, match="was replaced"):
+                sockets.bind(sock, endpoint, 0o666)
+        assert (tmp_path / "s.sock").stat().st_uid == os.geteuid()
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+    def test_owner_and_mode_of_the_socket_made(self, tmp_path: Path) -> None:
+        """As root, the socket file bound is given to the owner, with the configured mode."""
+        endpoint = self.endpoint(f"unix:{tmp_path}/s.sock")
+        endpoint.owner = (65534, 65533)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sockets.bind(sock, endpoint, 0o660)
+        made = (tmp_path / "s.sock").stat()
+        assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (65534, 65533, 0o660)
+
+    def test_ipv6_is_v6only(self) -> None:
+        """An IPv6 listener never takes IPv4 too, so [::] and 0.0.0.0 can coexist."""
+        with socket.socket(socket.AF_INET6) as sock:
+            sockets.bind(sock, self.endpoint("[::1]:0"), 0o666)
+            assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+
+    def test_unix_mode_and_stale_socket(self, tmp_path: Path) -> None:
+        """A stale socket file is replaced, and the new one gets the configured mode."""
+        path = tmp_path / "s.sock"
+        with socket.socket(socket.AF_UNIX) as stale:
+            stale.bind(str(path))
+        with socket.socket(socket.AF_UNIX) as sock:
+            sockets.bind(sock, self.endpoint(f"unix:{path}"), 0o640)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+    def test_unix_path_is_not_a_socket(self, tmp_path: Path) -> None:
+        """A regular file where the socket should be is left alone, with an error."""
+        path = tmp_path / "file"
+        path.write_text("precious")
+        with (
+            socket.socket(socket.AF_UNIX) as sock,
+            pytest.raises(ConfigError, match="exists and is not a socket"),
+        ):
+            sockets.bind(sock, self.endpoint(f"unix:{path}"), 0o666)
+        assert path.read_text() == "precious"
+
+    def test_unix_socket_in_use(self, tmp_path: Path) -> None:
+        """A socket file someone listens on is not stolen."""
+        path = tmp_path / "live.sock"
+        with socket.socket(socket.AF_UNIX) as live:
+            live.bind(str(path))
+            live.listen()
+            with socket.socket(socket.AF_UNIX) as sock, pytest.raises(OSFailure, match="in use"):
+                sockets.bind(sock, self.endpoint(f"unix:{path}"), 0o666)
+
+    def test_address_in_use(self) -> None:
+        """A taken port is an OS error (exit 71) naming the service and address."""
+        taken = listening()
+        port = taken.getsockname()[1]
+        with socket.socket() as sock, pytest.raises(OSFailure) as caught:
+            sockets.bind(sock, self.endpoint(f"127.0.0.1:{port}"), 0o666)
+        assert f"service 'svc': listen 127.0.0.1:{port}: cannot bind" in str(caught.value)
+        assert caught.value.exit_code == 71
+        taken.close()
