@@ -6,6 +6,7 @@ Every test that boots a container runs once per supported Debian release
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -17,9 +18,10 @@ from harness import TESTS
 from nspawn import HANDLERS_DIR, SUITES, Container, rootfs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 REPO = TESTS.parent
+DIST = REPO / "dist"
 # The first test of a release may make its build root and its rootfs (about
 # 45 s each) and build the package (about 25 s).
 SETUP_TIMEOUT = 300
@@ -39,11 +41,9 @@ def suite(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def deb(suite: str) -> Path:
-    """Build the package from this tree in a root of `suite` (scripts/build-deb --suite)."""
-    if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
-        pytest.fail("the system tests need root and systemd-nspawn: run `make test` as root")
+@functools.cache
+def build(suite: str) -> Path:
+    """Build the package from this tree in a root of `suite`, once a session (build-deb --suite)."""
     result = subprocess.run(
         [str(REPO / "scripts/build-deb"), "--suite", suite],
         capture_output=True,
@@ -51,8 +51,22 @@ def deb(suite: str) -> Path:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    (package,) = (REPO / "dist" / suite).glob("sockd_*_all.deb")
+    (package,) = (DIST / suite).glob("sockd_*_all.deb")
     return package
+
+
+@pytest.fixture(scope="session")
+def builder() -> Callable[[str], Path]:
+    """Return `build`: the package of any release, in dist/SUITE/ (/mnt/share/SUITE/ inside)."""
+    if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
+        pytest.fail("the system tests need root and systemd-nspawn: run `make test` as root")
+    return build
+
+
+@pytest.fixture(scope="session")
+def deb(suite: str, builder: Callable[[str], Path]) -> Path:
+    """Return the package built for `suite` (in dist/SUITE/: /mnt/share/SUITE/ in a container)."""
+    return builder(suite)
 
 
 @pytest.fixture(scope="session")
@@ -63,12 +77,14 @@ def root(suite: str, deb: Path) -> Path:
 
 
 @pytest.fixture
-def machine(deb: Path, root: Path, tmp_path: Path) -> Iterator[Container]:
+def machine(suite: str, deb: Path, root: Path, tmp_path: Path) -> Iterator[Container]:
     """Boot a fresh container and install sockd with apt, as an administrator would."""
-    container = Container(f"sockd-{os.getpid()}", deb.parent, tmp_path)
+    container = Container(f"sockd-{os.getpid()}", DIST, tmp_path)
     try:
         container.boot(root)
-        container.run("apt-get", "install", "-y", "-q", f"/mnt/share/{deb.name}", timeout=120)
+        container.run(
+            "apt-get", "install", "-y", "-q", f"/mnt/share/{suite}/{deb.name}", timeout=120
+        )
         container.write(
             f"{HANDLERS_DIR}/support_handlers.py", (TESTS / "support_handlers.py").read_text()
         )

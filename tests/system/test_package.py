@@ -11,6 +11,7 @@ import pytest
 from harness import TESTS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from nspawn import Container
@@ -82,10 +83,7 @@ def test_units_are_where_the_releases_systemd_keeps_a_packages_units(
     machine: Container, suite: str
 ) -> None:
     """Debian 13 has merged /usr: /usr/lib/systemd/system; Debian 12 keeps /lib/systemd/system."""
-    files = machine.run("dpkg", "-L", "sockd").stdout.split()
-    assert sorted(path for path in files if path.endswith(UNITS)) == sorted(
-        f"{UNIT_DIRS[suite]}/{unit}" for unit in UNITS
-    )
+    assert _unit_paths(machine) == [f"{UNIT_DIRS[suite]}/{unit}" for unit in UNITS]
     assert machine.show("sockd.socket", "FragmentPath").endswith("/lib/systemd/system/sockd.socket")
 
 
@@ -147,7 +145,7 @@ def test_remove_then_purge_leave_nothing_of_ours(machine: Container) -> None:
 
 
 def test_upgrade_keeps_the_listener_and_restarts_sockd_on_the_new_code(
-    machine: Container, deb: Path
+    machine: Container, suite: str, deb: Path
 ) -> None:
     """Reinstalling (dpkg's upgrade path) never closes the socket; a running sockd restarts."""
     with machine.connect("127.0.0.1", 7) as client:
@@ -156,7 +154,7 @@ def test_upgrade_keeps_the_listener_and_restarts_sockd_on_the_new_code(
     before = machine.run("ss", "-Hltne", "sport = :7").stdout
     main = machine.show("sockd.service", "MainPID")
 
-    machine.run("apt-get", "install", "--reinstall", "-y", "-q", f"/mnt/share/{deb.name}")
+    machine.run("apt-get", "install", "--reinstall", "-y", "-q", f"/mnt/share/{suite}/{deb.name}")
 
     assert machine.run("ss", "-Hltne", "sport = :7").stdout == before  # the same socket
     assert machine.show("sockd.service", "ActiveState") == "active"
@@ -164,6 +162,44 @@ def test_upgrade_keeps_the_listener_and_restarts_sockd_on_the_new_code(
     with machine.connect("127.0.0.1", 7) as client:
         client.sendall(b"again\n")
         assert client.recv(10) == b"again\n"
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_debian_12s_package_upgraded_to_13s_moves_the_units_to_usr_and_keeps_the_socket(
+    machine: Container, deb: Path, builder: Callable[[str], Path]
+) -> None:
+    """On Debian 13, 12's package then 13's: the units move /lib -> /usr/lib, none is lost.
+
+    /lib is a link to /usr/lib there, so each unit's old and new paths are one
+    file: dpkg must not remove the new one as the old one's leftover.
+    """
+    old = builder("bookworm")
+    machine.run("dpkg", "-i", f"/mnt/share/bookworm/{old.name}")  # same version: a reinstall
+    assert _unit_paths(machine) == [f"/lib/systemd/system/{unit}" for unit in UNITS]
+    with machine.connect("127.0.0.1", 7) as client:  # starts sockd
+        client.sendall(b"hi\n")
+        assert client.recv(10) == b"hi\n"
+    before = machine.run("ss", "-Hltne", "sport = :7").stdout
+    main = machine.show("sockd.service", "MainPID")
+
+    machine.run("apt-get", "install", "--reinstall", "-y", "-q", f"/mnt/share/trixie/{deb.name}")
+
+    assert _unit_paths(machine) == [f"/usr/lib/systemd/system/{unit}" for unit in UNITS]
+    for unit in UNITS:
+        machine.run("test", "-f", f"/usr/lib/systemd/system/{unit}")
+    machine.run("systemctl", "daemon-reload")
+    assert machine.show("sockd.socket", "LoadState") == "loaded"
+    assert machine.run("ss", "-Hltne", "sport = :7").stdout == before
+    assert machine.show("sockd.service", "MainPID") != main
+    with machine.connect("127.0.0.1", 7) as client:
+        client.sendall(b"again\n")
+        assert client.recv(10) == b"again\n"
+
+
+def _unit_paths(machine: Container) -> list[str]:
+    """Return where dpkg says the package's units are, in `UNITS`' order."""
+    files = machine.run("dpkg", "-L", "sockd").stdout.split()
+    return [path for unit in UNITS for path in files if path.endswith(f"/{unit}")]
 
 
 def _our_units(machine: Container, *listing: str) -> str:
