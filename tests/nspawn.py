@@ -50,8 +50,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def rootfs(suite: str) -> Path:
     """Return the cached rootfs of `suite` with `PACKAGES`, building it first if needed (30 s).
 
-    No mirror is given: mmdebstrap uses the host's apt sources for the host's own
-    release and deb.debian.org for another.
+    No mirror is given: mmdebstrap uses its default, deb.debian.org (with
+    security.debian.org), for either release.
     """
     key = hashlib.sha256(f"{suite} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
     path = CACHE / f"rootfs-{suite}-{key}"
