@@ -20,8 +20,9 @@ lint: setup-tests
 test: lint
 	.venv/bin/python -m pytest
 
+# `make deb` builds on this machine; `make deb SUITE=trixie` (as root) in a root of that release.
 deb:
-	./scripts/build-deb
+	./scripts/build-deb $(if $(SUITE),--suite $(SUITE))
 
 bench: setup-tests
 	.venv/bin/python bench/run.py

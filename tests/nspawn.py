@@ -1,6 +1,7 @@
-"""A Debian 12 container booted with systemd as its PID 1 (systemd-nspawn), for system tests.
+"""A Debian container booted with systemd as its PID 1 (systemd-nspawn), for system tests.
 
 The host's PID 1 is not systemd, so the tests boot one: a cached minbase rootfs
+of a Debian release (`SUITES`: 12 bookworm, systemd 252; 13 trixie, systemd 257)
 (mmdebstrap, with sockd's dependencies baked in: the container has no network
 and no apt lists), booted with `--volatile=overlay` so every boot starts from
 the pristine rootfs. Commands run inside through `nsenter`; connections reach
@@ -23,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITE = "bookworm"
+# The Debian releases sockd supports; each has its own rootfs (and its own build).
+SUITES = ("bookworm", "trixie")
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -45,10 +47,14 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def rootfs() -> Path:
-    """Return the cached rootfs for `PACKAGES`, building it first if needed (about 30 s)."""
-    key = hashlib.sha256(f"{SUITE} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
-    path = CACHE / f"rootfs-{key}"
+def rootfs(suite: str) -> Path:
+    """Return the cached rootfs of `suite` with `PACKAGES`, building it first if needed (30 s).
+
+    No mirror is given: mmdebstrap uses its default, deb.debian.org (with
+    security.debian.org), for either release.
+    """
+    key = hashlib.sha256(f"{suite} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
+    path = CACHE / f"rootfs-{suite}-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with (CACHE / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -62,7 +68,7 @@ def rootfs() -> Path:
                 "--quiet",
                 "--variant=minbase",
                 f"--include={','.join(PACKAGES)}",
-                SUITE,
+                suite,
                 str(partial),
             ],
             check=True,
@@ -70,7 +76,7 @@ def rootfs() -> Path:
             env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
         partial.rename(path)
-        for stale in CACHE.glob("rootfs-*"):  # made for another package list
+        for stale in CACHE.glob(f"rootfs-{suite}-*"):  # made for another package list
             if stale != path:
                 shutil.rmtree(stale, ignore_errors=True)
     return path

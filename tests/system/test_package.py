@@ -11,18 +11,21 @@ import pytest
 from harness import TESTS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from nspawn import Container
 
 UNITS = ("sockd.socket", "sockd.service", "sockd@.socket", "sockd@.service")
-MAX_EXPOSURE = 2.0
+MAX_EXPOSURE = 1.2
+# Where each release's debhelper installs the units (packaging/debian/rules).
+UNIT_DIRS = {"bookworm": "/lib/systemd/system", "trixie": "/usr/lib/systemd/system"}
 REPO = TESTS.parent
 
 
-def test_lintian_reports_no_error_and_no_warning(deb: Path) -> None:
-    """Lintian on the .deb and the .changes: informational notes at most."""
-    report = (REPO / "build/deb/lintian.log").read_text()
+def test_lintian_reports_no_error_and_no_warning(suite: str, deb: Path) -> None:
+    """The release's own lintian on the .deb and the .changes: informational notes at most."""
+    report = (REPO / f"build/deb-{suite}/lintian.log").read_text()
     assert not [line for line in report.splitlines() if line[:2] in {"E:", "W:"}], report
     assert list(deb.parent.glob("sockd_*.changes"))
 
@@ -76,14 +79,22 @@ def test_the_template_service_is_the_service_per_instance() -> None:
     assert options("sockd@.service") == per_instance
 
 
-def test_units_verify_clean_and_the_service_is_hardened(machine: Container) -> None:
-    """`systemd-analyze verify` says nothing of any unit; exposure is at most 2.0."""
-    paths = [f"/lib/systemd/system/{unit}" for unit in UNITS]
+def test_units_are_where_the_releases_systemd_keeps_a_packages_units(
+    machine: Container, suite: str
+) -> None:
+    """Debian 13 has merged /usr: /usr/lib/systemd/system; Debian 12 keeps /lib/systemd/system."""
+    assert _unit_paths(machine) == [f"{UNIT_DIRS[suite]}/{unit}" for unit in UNITS]
+    assert machine.show("sockd.socket", "FragmentPath").endswith("/lib/systemd/system/sockd.socket")
+
+
+def test_units_verify_clean_and_the_service_is_hardened(machine: Container, suite: str) -> None:
+    """The release's `systemd-analyze verify` says nothing of any unit; exposure is at most 1.2."""
+    paths = [f"{UNIT_DIRS[suite]}/{unit}" for unit in UNITS]
     verify = machine.run("systemd-analyze", "verify", *paths, check=False)
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
     for unit in ("sockd.service", "sockd@.service"):
         security = machine.run(
-            "systemd-analyze", "security", "--offline=yes", f"/lib/systemd/system/{unit}"
+            "systemd-analyze", "security", "--offline=yes", f"{UNIT_DIRS[suite]}/{unit}"
         ).stdout
         score = re.search(r"Overall exposure level for \S+: (\d+\.\d)", security)
         assert score is not None, security
@@ -134,7 +145,7 @@ def test_remove_then_purge_leave_nothing_of_ours(machine: Container) -> None:
 
 
 def test_upgrade_keeps_the_listener_and_restarts_sockd_on_the_new_code(
-    machine: Container, deb: Path
+    machine: Container, suite: str, deb: Path
 ) -> None:
     """Reinstalling (dpkg's upgrade path) never closes the socket; a running sockd restarts."""
     with machine.connect("127.0.0.1", 7) as client:
@@ -143,7 +154,7 @@ def test_upgrade_keeps_the_listener_and_restarts_sockd_on_the_new_code(
     before = machine.run("ss", "-Hltne", "sport = :7").stdout
     main = machine.show("sockd.service", "MainPID")
 
-    machine.run("apt-get", "install", "--reinstall", "-y", "-q", f"/mnt/share/{deb.name}")
+    machine.run("apt-get", "install", "--reinstall", "-y", "-q", f"/mnt/share/{suite}/{deb.name}")
 
     assert machine.run("ss", "-Hltne", "sport = :7").stdout == before  # the same socket
     assert machine.show("sockd.service", "ActiveState") == "active"
@@ -151,6 +162,44 @@ def test_upgrade_keeps_the_listener_and_restarts_sockd_on_the_new_code(
     with machine.connect("127.0.0.1", 7) as client:
         client.sendall(b"again\n")
         assert client.recv(10) == b"again\n"
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_debian_12s_package_upgraded_to_13s_moves_the_units_to_usr_and_keeps_the_socket(
+    machine: Container, deb: Path, builder: Callable[[str], Path]
+) -> None:
+    """On Debian 13, 12's package then 13's: the units move /lib -> /usr/lib, none is lost.
+
+    /lib is a link to /usr/lib there, so each unit's old and new paths are one
+    file: dpkg must not remove the new one as the old one's leftover.
+    """
+    old = builder("bookworm")
+    machine.run("dpkg", "-i", f"/mnt/share/bookworm/{old.name}")  # same version: a reinstall
+    assert _unit_paths(machine) == [f"/lib/systemd/system/{unit}" for unit in UNITS]
+    with machine.connect("127.0.0.1", 7) as client:  # starts sockd
+        client.sendall(b"hi\n")
+        assert client.recv(10) == b"hi\n"
+    before = machine.run("ss", "-Hltne", "sport = :7").stdout
+    main = machine.show("sockd.service", "MainPID")
+
+    machine.run("apt-get", "install", "--reinstall", "-y", "-q", f"/mnt/share/trixie/{deb.name}")
+
+    assert _unit_paths(machine) == [f"/usr/lib/systemd/system/{unit}" for unit in UNITS]
+    for unit in UNITS:
+        machine.run("test", "-f", f"/usr/lib/systemd/system/{unit}")
+    machine.run("systemctl", "daemon-reload")
+    assert machine.show("sockd.socket", "LoadState") == "loaded"
+    assert machine.run("ss", "-Hltne", "sport = :7").stdout == before
+    assert machine.show("sockd.service", "MainPID") != main
+    with machine.connect("127.0.0.1", 7) as client:
+        client.sendall(b"again\n")
+        assert client.recv(10) == b"again\n"
+
+
+def _unit_paths(machine: Container) -> list[str]:
+    """Return where dpkg says the package's units are, in `UNITS`' order."""
+    files = machine.run("dpkg", "-L", "sockd").stdout.split()
+    return [path for unit in UNITS for path in files if path.endswith(f"/{unit}")]
 
 
 def _our_units(machine: Container, *listing: str) -> str:
