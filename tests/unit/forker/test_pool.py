@@ -503,6 +503,15 @@ class Served:
         client.connect(self.address)
         return client
 
+    def serve_one(self, action: bytes) -> tuple[str, list[Any]]:
+        """Serve one client that sends `action` and reads to the end; return its address, events."""
+        with self.connect() as client:
+            source = "{}:{}".format(*client.getsockname())
+            client.sendall(action)
+            self.start(1)
+            assert recv_all(client) == b""
+        return source, self.finish()
+
     def start(self, connections: int) -> None:
         if self.mode == "pool":
             self.worker = pool.start_worker([self.server], mmap.mmap(-1, pool.SLOT_SIZE))
@@ -597,12 +606,7 @@ class TestOnePath:
         """A silent client: idle_timeout with the same fields, and status 0."""
         served = Served(mode, tmp_path)
         made.append(served)
-        with served.connect() as client:
-            source = "{}:{}".format(*client.getsockname())
-            client.sendall(b"I")
-            served.start(1)
-            assert recv_all(client) == b""
-        events = served.finish()
+        source, events = served.serve_one(b"I")
         fields = {"service": "svc", "client": source, "seconds": 0.5}
         assert served.events(events) == [("info", "idle_timeout", fields)]
         assert served.statuses(events) == [0]
@@ -611,12 +615,7 @@ class TestOnePath:
         """A handler that raises: handler_error from the same frames on (serve_connection), 1."""
         served = Served(mode, tmp_path)
         made.append(served)
-        with served.connect() as client:
-            source = "{}:{}".format(*client.getsockname())
-            client.sendall(b"E")
-            served.start(1)
-            assert recv_all(client) == b""
-        events = served.finish()
+        source, events = served.serve_one(b"E")
         ((level, event, fields),) = served.events(events)
         assert (level, event, fields["service"], fields["client"]) == (
             "error",
