@@ -57,6 +57,9 @@ TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 # fork(2) or spawn errors that mean "not now" (process, memory or descriptor
 # limits): forking pauses, with back-off (see sockd.forker.shared.ForkBackoff).
 FORK_RESOURCE_ERRORS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+# Connections `rehearse` serves: more than CPython 3.11 to 3.13 take to warm up
+# a function and specialize its instructions.
+REHEARSALS = 32
 
 
 class ForkPaused(Exception):
@@ -177,6 +180,32 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         self.service = service
         self.RequestHandlerClass = service.handler  # type: ignore[assignment]
         self.admission = self.shared.admission(service)
+
+    def rehearse(self) -> None:
+        """Serve `REHEARSALS` connections of a socket pair here, in the forker, with no handler.
+
+        Until the interpreter has warmed a function up and specialized its
+        instructions, each run writes to its code (counters, inline caches)
+        and looks up its attributes the slow way, writing CPython's type
+        cache; in a child, every page written is a page copied. Rehearsed
+        in the forker, `serve_connection`, `finish_request` and
+        `shutdown_request` are specialized once, and children only read them.
+        Nothing is reported; a rehearsal cut short (no descriptors left) only
+        costs its children those copies.
+        """
+        if self.service.handler is None:  # a program: spawned, never served here
+            return
+        handler = self.RequestHandlerClass
+        self.RequestHandlerClass = _Rehearsal  # type: ignore[assignment]
+        try:
+            for _ in range(REHEARSALS):
+                request, peer = socket.socketpair()
+                with peer:
+                    self.serve_connection(request, "rehearsal")
+        except OSError:
+            pass
+        finally:
+            self.RequestHandlerClass = handler
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection.
@@ -388,8 +417,9 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         idle_timeout = self.service.idle_timeout
         if idle_timeout:
             request.settimeout(idle_timeout)
+        handler = self.RequestHandlerClass  # an attribute load: specialized (a method call's is not)
         try:
-            self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
+            handler(request, client_address, self)  # type: ignore[arg-type]
         except TimeoutError:
             if not idle_timeout:
                 raise  # the handler's own: an error
@@ -438,3 +468,10 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         """
         self._record_started()
         self.shared.reap()
+
+
+class _Rehearsal:
+    """The handler of `ServiceServer.rehearse`: it does nothing."""
+
+    def __init__(self, request: object, client_address: object, server: object) -> None:
+        pass

@@ -8,7 +8,9 @@ import signal
 import socket
 import socketserver
 import struct
+import subprocess
 import sys
+import textwrap
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +199,61 @@ class TestServiceServer:
         thread.join(5)
         assert [event for _, event, _ in events] == ["connection_closed"]
         assert not [pid for pid, state in children_of(os.getpid()) if state == "Z"]
+
+    def test_rehearsal_serves_nothing_reports_nothing_and_restores_the_handler(
+        self, server: ServiceServer, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> None:
+        """rehearse() calls no handler and reports nothing; real connections are served after it."""
+        called: list[object] = []
+
+        class Recording(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                called.append(self.client_address)
+                self.request.sendall(b"real")
+
+        server.RequestHandlerClass = Recording
+        fds_before = len(os.listdir("/proc/self/fd"))
+        server.rehearse()
+        assert (called, events, server.RequestHandlerClass) == ([], [], Recording)
+        assert len(os.listdir("/proc/self/fd")) == fds_before  # every socket pair closed
+        with socket.create_connection(server.server_address[:2], timeout=5) as client:  # type: ignore[arg-type]
+            assert wait_until(lambda: server.accept_ready(1)) == 1
+            assert recv_all(client) == b"real"
+        wait_until(server.shared.reap, what="the child to exit")
+        assert [event for _, event, _ in events] == ["connection_closed"]
+
+    def test_rehearsal_specializes_the_childs_path(self) -> None:
+        """After rehearse(), a fresh interpreter's finish_request loads attributes specialized."""
+        script = textwrap.dedent(
+            """
+            import dis, socket
+            from sockd.forker.service import ServiceServer
+            from sockd.forker.shared import Service, Shared
+            from sockd.listeners import Endpoint
+            from sockd.spec import ServiceSpec
+
+            def specialized():
+                names = {i.opname for i in dis.get_instructions(ServiceServer.finish_request, adaptive=True)}
+                return "LOAD_ATTR_INSTANCE_VALUE" in names
+
+            sock = socket.create_server(("127.0.0.1", 0))
+            endpoint = Endpoint("svc", sock.family, sock.getsockname(), adopted=sock)
+            server = ServiceServer(endpoint, Service(ServiceSpec("svc", "echo")), Shared())
+            before = specialized()
+            server.rehearse()
+            print(before, specialized())
+            """
+        )
+        source_root = os.path.dirname(os.path.dirname(ipc.__file__))
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", script],
+            env={**os.environ, "PYTHONPATH": source_root},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        assert result.stdout.split() == ["False", "True"]
 
     def test_collect_children_never_blocks(self, server: ServiceServer) -> None:
         """ForkingMixIn's blocking wait is gone: collect_children(blocking=True) returns at once."""
