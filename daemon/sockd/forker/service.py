@@ -417,7 +417,7 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         idle_timeout = self.service.idle_timeout
         if idle_timeout:
             request.settimeout(idle_timeout)
-        handler = self.RequestHandlerClass  # an attribute load: specialized (a method call's is not)
+        handler = self.RequestHandlerClass  # loaded as an attribute: specialized, unlike a call
         try:
             handler(request, client_address, self)  # type: ignore[arg-type]
         except TimeoutError:

@@ -233,7 +233,8 @@ class TestServiceServer:
             from sockd.spec import ServiceSpec
 
             def specialized():
-                names = {i.opname for i in dis.get_instructions(ServiceServer.finish_request, adaptive=True)}
+                code = dis.get_instructions(ServiceServer.finish_request, adaptive=True)
+                names = {i.opname for i in code}
                 return "LOAD_ATTR_INSTANCE_VALUE" in names
 
             sock = socket.create_server(("127.0.0.1", 0))
