@@ -610,16 +610,17 @@ class Forker:
             self.stop_phase = KILL
 
     def _warm_type_cache(self) -> None:
-        # What a child runs, specialized first (ServiceServer.rehearse); then what it
-        # looks up (see sockd.forker.typecache): its server, the state they share,
-        # its service, the handler and the request's socket.
+        # What a child looks up (see sockd.forker.typecache): its server, the state
+        # they share, its service, the handler and the request's socket; then what
+        # it runs, specialized for those types as they are now (ServiceServer.rehearse).
         classes: set[type] = {socket.socket, type(self.shared)}
         for server in self.servers:
-            server.rehearse()
             classes |= {type(server), type(server.service)}
             if server.service.handler is not None:
                 classes.add(server.service.handler)
         typecache.warm(classes)
+        for server in self.servers:
+            server.rehearse()
 
     def _update_child_fds(self) -> None:
         # One tuple, built when it changes: a child closes it without touching

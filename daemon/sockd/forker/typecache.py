@@ -22,11 +22,17 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 
+# Looked up on a class that has none, `__annotations__` is made, an empty dict
+# stored in the class: that changes the class's version, which makes stale every
+# entry of it cached before and every instruction specialized for it.
+_CHANGES_THE_CLASS = "__annotations__"
+
+
 def warm(classes: Iterable[type]) -> int:
     """Look up on each class what its methods may look up; return how many lookups."""
     lookups = 0
     for cls in classes:
-        for name in sorted(_names(cls)):
+        for name in sorted(_names(cls) - {_CHANGES_THE_CLASS}):
             try:
                 getattr(cls, name, None)
             except Exception:  # noqa: BLE001, S112 (a descriptor that fails on its class: no matter)

@@ -45,6 +45,18 @@ def test_names_cover_class_attributes_and_what_methods_use() -> None:
     assert {"request", "sendall", "suffix", "nested_name", "upper"} <= names  # used by methods
 
 
+def test_warming_leaves_the_classes_as_they_were() -> None:
+    """No lookup changes a class (getattr of __annotations__ stores one): its version stays."""
+
+    class Plain(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(type(self).__annotations__)  # uses the name, too
+
+    before = {klass: dict(vars(klass)) for klass in Plain.__mro__}
+    assert typecache.warm([Plain]) > 0
+    assert {klass: dict(vars(klass)) for klass in Plain.__mro__} == before
+
+
 def test_a_lookup_that_fails_is_skipped() -> None:
     """A lookup that raises is skipped and not counted; the class's other names are warmed."""
     names = typecache._names(Strange)
