@@ -11,6 +11,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from harness import recv_all, wait_until
 from nspawn import HANDLERS_DIR
 
@@ -234,6 +235,58 @@ def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_confi
     assert "listen" in failed["error"]
     assert DAYTIME.fullmatch(daytime(machine))
     assert machine.show("sockd.service", "ActiveState") == "active"
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_reload_on_systemd_257_returns_once_sockd_serves_the_new_config(
+    machine: Container,
+) -> None:
+    """Type=notify-reload: `systemctl reload` waits for sockd's READY=1; a broken file still fails.
+
+    The new handler takes a second to import in the forker: a reload that
+    returned once SIGHUP was sent would still find the old handler serving.
+    """
+    machine.write(f"{HANDLERS_DIR}/slow_start.py", SLOW_START)
+    machine.write(CONFIG, config(ECHO, daemon=PYTHONPATH))
+    assert echo(machine) == b"hi\n"
+    main = machine.show("sockd.service", "MainPID")
+
+    slow = 'name = "echo"\nhandler = "slow_start:Hello"\nlisten = ["127.0.0.1:7"]'
+    machine.write(CONFIG, config(slow, daemon=PYTHONPATH))
+    machine.run("systemctl", "reload", "sockd.service")
+    assert daytime(machine) == b"hello\n"  # at once: no waiting for the journal
+    assert machine.show("sockd.service", "MainPID") == main
+
+    # Invalid TOML: the reload fails (ExecReload= checks); sockd refuses it too.
+    machine.write(CONFIG, "[daemon\n")
+    assert machine.run("systemctl", "reload", "sockd.service", check=False).returncode != 0
+    wait_journal(machine, f"sockd: {CONFIG}: invalid TOML", "-p", "err")
+    (failed,) = wait_events(machine, "reload_failed")
+    assert "invalid TOML" in failed["error"]
+    assert daytime(machine) == b"hello\n"
+
+    # A change that needs a restart: sockd refuses it, and cannot tell systemd so.
+    machine.write(CONFIG, config(slow.replace(":7", ":8007"), daemon=PYTHONPATH))
+    machine.run("systemctl", "reload", "sockd.service")
+    failed = wait_events(machine, "reload_failed", count=2)[-1]
+    assert "listen" in failed["error"]
+    assert daytime(machine) == b"hello\n"
+    assert machine.show("sockd.service", "ActiveState") == "active"
+    assert machine.show("sockd.service", "MainPID") == main
+
+
+def test_the_service_has_a_cgroup_namespace_of_its_own_on_systemd_257(
+    machine: Container, suite: str
+) -> None:
+    """ProtectControlGroups=strict (Debian 13): its own cgroup is its root; read-only on both."""
+    machine.run("systemctl", "start", "sockd.service")
+    main = machine.show("sockd.service", "MainPID")
+    inside = ("nsenter", f"--target={main}", "--cgroup", "--mount")
+    seen = machine.run(*inside, "cat", f"/proc/{main}/cgroup").stdout.splitlines()
+    cgroup = {"bookworm": "/system.slice/sockd.service", "trixie": "/"}[suite]
+    assert seen[-1] == f"0::{cgroup}"
+    options = machine.run(*inside, "findmnt", "-n", "-o", "OPTIONS", "/sys/fs/cgroup").stdout
+    assert options.split(",")[0] == "ro"
 
 
 def test_restart_under_load_loses_no_connection(machine: Container) -> None:
