@@ -207,7 +207,7 @@ def test_journal_holds_json_events_and_a_handler_error_as_one_err_entry(
 
 
 def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_config(
-    machine: Container,
+    machine: Container, suite: str
 ) -> None:
     """`systemctl reload`: same process and socket, new behaviour; broken: old one serves."""
     assert echo(machine) == b"hi\n"
@@ -229,9 +229,10 @@ def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_confi
     wait_journal(machine, f"sockd: {CONFIG}: invalid TOML", "-p", "err")
 
     # A change that needs a restart reaches the daemon (a bare SIGHUP): refused and logged.
+    # (On systemd 257 the SIGHUP of the broken reload reached sockd too, which refused it.)
     machine.write(CONFIG, config('name = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:8007"]'))
     machine.run("systemctl", "kill", "--kill-who=main", "--signal=HUP", "sockd.service")
-    (failed,) = wait_events(machine, "reload_failed")
+    failed = wait_events(machine, "reload_failed", count=2 if suite == "trixie" else 1)[-1]
     assert "listen" in failed["error"]
     assert DAYTIME.fullmatch(daytime(machine))
     assert machine.show("sockd.service", "ActiveState") == "active"
