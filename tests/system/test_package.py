@@ -124,6 +124,7 @@ def test_only_the_package_for_systemd_257_has_its_drop_ins(machine: Container, s
         assert "/usr/bin/sockd" in reloads
         # systemd 257 sends the SIGHUP itself; 252 runs `kill -HUP $MAINPID` after the check.
         assert ("/bin/kill" in reloads) is not on_257
+        assert machine.show(unit, "FileDescriptorStoreMax") == ("128" if on_257 else "0")
 
 
 def test_systemd_warns_of_no_option_of_the_units(machine: Container) -> None:

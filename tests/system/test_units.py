@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import re
 import socket
@@ -277,6 +278,67 @@ def test_reload_on_systemd_257_returns_once_sockd_serves_the_new_config(
     assert daytime(machine) == b"hello\n"
     assert machine.show("sockd.service", "ActiveState") == "active"
     assert machine.show("sockd.service", "MainPID") == main
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_restart_on_systemd_257_keeps_the_sockets_sockd_bound_itself(machine: Container) -> None:
+    """The file descriptor store: through restarts no client of a self-bound port is refused.
+
+    sockd gives systemd its own TCP listener and takes it back at the next
+    start; a config without that service lets it go, and a stop closes it.
+    """
+    own = 'name = "own"\nhandler = "echo"\nlisten = ["127.0.0.1:8000"]'  # no socket unit
+    machine.write(CONFIG, config(ECHO, own))
+    machine.run("systemctl", "start", "sockd.service")
+    before = inode(listener(machine, 8000))
+    store = machine.run("systemd-analyze", "fdstore", "sockd.service").stdout
+    assert "sockd-bound/own" in store, store
+    refused: list[str] = []
+    wrong: list[object] = []
+    served = [0] * CLIENTS
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        while not stop.is_set():
+            line = b"client %d line %d\n" % (index, served[index])
+            try:
+                answer: object = echo(machine, line, port=8000)
+            except ConnectionRefusedError as exc:
+                refused.append(repr(exc))
+                continue
+            except OSError as exc:
+                answer = exc
+            if answer != line:
+                wrong.append(answer)
+            served[index] += 1
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
+        for target in (10, 20, 30):  # clients served between the restarts
+            wait_until(functools.partial(lambda least: sum(served) >= least, target))
+            machine.run("systemctl", "restart", "sockd.service")
+        wait_until(lambda: sum(served) >= 40)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert refused == []
+    assert wrong == []
+    assert inode(listener(machine, 8000)) == before
+    starting = wait_events(machine, "starting", count=4)
+    origins = [[lst["origin"] for lst in event["listeners"]] for event in starting]
+    assert origins == [["adopted", "bound"]] + [["adopted", "stored"]] * 3
+
+    machine.write(CONFIG, config(ECHO))
+    machine.run("systemctl", "restart", "sockd.service")
+    assert machine.run("ss", "-Hltn", "sport = :8000").stdout == ""
+    assert "sockd-bound" not in machine.run("systemd-analyze", "fdstore", "sockd.service").stdout
+    machine.write(CONFIG, config(ECHO, own))
+    machine.run("systemctl", "restart", "sockd.service")
+    machine.run("systemctl", "stop", "sockd.service")
+    assert machine.run("ss", "-Hltn", "sport = :8000").stdout == ""
 
 
 def test_the_service_has_a_cgroup_namespace_of_its_own_on_systemd_257(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,9 @@ def run(options: RunOptions) -> int:
             daemonize.detach(str(options.pidfile), str(options.log_file), keep)
         sockd_log.configure(options.log_format)
         notifier = Notifier(os.environ, os.getpid())
+        _keep_in_systemd(
+            notifier, servers, {str(fd.name) for fd in inherited if sockets.is_stored(fd.name)}
+        )
         log.info(
             "starting",
             version=__version__,
@@ -93,6 +97,22 @@ def run(options: RunOptions) -> int:
     finally:
         for server in servers:
             server.close()
+
+
+def _keep_in_systemd(notifier: Notifier, servers: list[Listener], before: set[str]) -> None:
+    """Give systemd the TCP listeners we bound to keep across a restart, one name per service.
+
+    What it kept under a name no service of ours uses any more is dropped.
+    A UNIX socket is not given: its file goes when sockd stops.
+    """
+    if not notifier.fd_store:
+        return
+    fds: dict[str, list[int]] = {name: [] for name in before}
+    for server in servers:
+        if server.origin != "adopted" and server.socket.family != socket.AF_UNIX:
+            fds.setdefault(sockets.STORED + server.endpoint.service, []).append(server.fileno())
+    for name, kept in fds.items():
+        notifier.store(name, kept)
 
 
 def _renewal(
