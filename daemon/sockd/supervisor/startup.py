@@ -50,7 +50,8 @@ def run(options: RunOptions) -> int:
        UNIX socket file is given to `[daemon] user` as soon as it exists).
     3. Detach, if asked, keeping the listeners.
     4. Configure logging again: stderr may now be a log file or the journal.
-    5. Take systemd's notify variables out of the environment children inherit.
+    5. Take systemd's notify variables out of the environment children inherit;
+       give systemd the TCP listeners we bound to keep, if it keeps any for us.
     6. Start the forker with the listeners (as root: it may need to read
        handler modules only root can); it drops privileges before it accepts.
     7. Drop privileges here too, so nothing of sockd's serves as root.
