@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 UNITS = ("sockd.socket", "sockd.service", "sockd@.socket", "sockd@.service")
 MAX_EXPOSURE = 1.2
+# What each release's `systemd-analyze security` rates the services (README, Hardening).
+EXPOSURE = {"bookworm": 1.1, "trixie": 1.1}
+# The drop-ins of the package built for a release with systemd 257 (packaging/debian/rules).
+DROP_INS = ("sockd.service.d/systemd-257.conf", "sockd@.service.d/systemd-257.conf")
+SYSTEMD_257 = {"bookworm": False, "trixie": True}
 # Where each release's debhelper installs the units (packaging/debian/rules).
 UNIT_DIRS = {"bookworm": "/lib/systemd/system", "trixie": "/usr/lib/systemd/system"}
 REPO = TESTS.parent
@@ -64,19 +69,20 @@ def test_the_build_refuses_a_version_other_than_the_projects(
 
 
 def test_the_template_service_is_the_service_per_instance() -> None:
-    """sockd@.service has every option of sockd.service, for /etc/sockd/INSTANCE.toml."""
+    """sockd@.service (and its drop-in) has every option of sockd.service, for INSTANCE.toml."""
 
     def options(name: str) -> list[str]:
         text = (REPO / "packaging/systemd" / name).read_text()
         return [line for line in text.splitlines() if line and not line.startswith("#")]
 
-    per_instance = [
-        line.replace("sockd.socket", "sockd@%i.socket")
-        .replace("/etc/sockd/sockd.toml", "/etc/sockd/%i.toml")
-        .replace("=sockd socket server", "=sockd socket server, instance %i")
-        for line in options("sockd.service")
-    ]
-    assert options("sockd@.service") == per_instance
+    for service, template in [("sockd.service", "sockd@.service"), DROP_INS]:
+        per_instance = [
+            line.replace("sockd.socket", "sockd@%i.socket")
+            .replace("/etc/sockd/sockd.toml", "/etc/sockd/%i.toml")
+            .replace("=sockd socket server", "=sockd socket server, instance %i")
+            for line in options(service)
+        ]
+        assert options(template) == per_instance
 
 
 def test_units_are_where_the_releases_systemd_keeps_a_packages_units(
@@ -88,7 +94,10 @@ def test_units_are_where_the_releases_systemd_keeps_a_packages_units(
 
 
 def test_units_verify_clean_and_the_service_is_hardened(machine: Container, suite: str) -> None:
-    """The release's `systemd-analyze verify` says nothing of any unit; exposure is at most 1.2."""
+    """The release's `systemd-analyze verify` says nothing of any unit; exposure is at most 1.2.
+
+    Both read the units with their drop-ins, as systemd loads them.
+    """
     paths = [f"{UNIT_DIRS[suite]}/{unit}" for unit in UNITS]
     verify = machine.run("systemd-analyze", "verify", *paths, check=False)
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
@@ -98,7 +107,39 @@ def test_units_verify_clean_and_the_service_is_hardened(machine: Container, suit
         ).stdout
         score = re.search(r"Overall exposure level for \S+: (\d+\.\d)", security)
         assert score is not None, security
-        assert float(score[1]) <= MAX_EXPOSURE, security
+        assert float(score[1]) == EXPOSURE[suite] <= MAX_EXPOSURE, security
+        assert "✗ PrivateMounts=" not in security
+
+
+def test_only_the_package_for_systemd_257_has_its_drop_ins(machine: Container, suite: str) -> None:
+    """Debian 13's package: notify-reload, a reload's check without kill; Debian 12's: neither."""
+    files = machine.run("dpkg", "-L", "sockd").stdout.split()
+    shipped = [path for path in files if path.endswith(".conf") and "/systemd/" in path]
+    on_257 = SYSTEMD_257[suite]
+    expected = [f"/usr/lib/systemd/system/{drop_in}" for drop_in in DROP_INS] if on_257 else []
+    assert shipped == expected
+    for unit in ("sockd.service", "sockd@i.service"):
+        assert machine.show(unit, "Type") == ("notify-reload" if on_257 else "notify")
+        reloads = machine.show(unit, "ExecReload")
+        assert "/usr/bin/sockd" in reloads
+        # systemd 257 sends the SIGHUP itself; 252 runs `kill -HUP $MAINPID` after the check.
+        assert ("/bin/kill" in reloads) is not on_257
+        assert machine.show(unit, "FileDescriptorStoreMax") == ("128" if on_257 else "0")
+
+
+def test_systemd_warns_of_no_option_of_the_units(machine: Container) -> None:
+    """No option is unknown to the release's systemd: it logs none as ignored when it loads them.
+
+    Debian 12's systemd would log each systemd 257 option of the drop-ins
+    ("Failed to parse service type, ignoring: notify-reload").
+    """
+    machine.write("/etc/sockd/extra.toml", EXTRA_INSTANCE)
+    machine.run("systemctl", "daemon-reload")
+    machine.run("systemctl", "start", "sockd.service", "sockd@extra.socket", "sockd@extra.service")
+    assert machine.show("sockd@extra.service", "ActiveState") == "active"
+    warnings = machine.journal("-b", "_PID=1", "-p", "warning")
+    about_ours = [entry["MESSAGE"] for entry in warnings if "sockd" in entry["MESSAGE"]]
+    assert about_ours == []
 
 
 def test_install_creates_the_user_and_starts_only_the_socket(machine: Container) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import re
 import socket
@@ -11,6 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from harness import recv_all, wait_until
 from nspawn import HANDLERS_DIR
 
@@ -206,7 +208,7 @@ def test_journal_holds_json_events_and_a_handler_error_as_one_err_entry(
 
 
 def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_config(
-    machine: Container,
+    machine: Container, suite: str
 ) -> None:
     """`systemctl reload`: same process and socket, new behaviour; broken: old one serves."""
     assert echo(machine) == b"hi\n"
@@ -228,12 +230,129 @@ def test_reload_applies_a_change_keeping_the_listener_and_refuses_a_broken_confi
     wait_journal(machine, f"sockd: {CONFIG}: invalid TOML", "-p", "err")
 
     # A change that needs a restart reaches the daemon (a bare SIGHUP): refused and logged.
+    # (On systemd 257 the SIGHUP of the broken reload reached sockd too, which refused it.)
     machine.write(CONFIG, config('name = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:8007"]'))
     machine.run("systemctl", "kill", "--kill-who=main", "--signal=HUP", "sockd.service")
-    (failed,) = wait_events(machine, "reload_failed")
+    failed = wait_events(machine, "reload_failed", count=2 if suite == "trixie" else 1)[-1]
     assert "listen" in failed["error"]
     assert DAYTIME.fullmatch(daytime(machine))
     assert machine.show("sockd.service", "ActiveState") == "active"
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_reload_on_systemd_257_returns_once_sockd_serves_the_new_config(
+    machine: Container,
+) -> None:
+    """Type=notify-reload: `systemctl reload` waits for sockd's READY=1; a broken file still fails.
+
+    The new handler takes a second to import in the forker, so a reload that
+    returned once SIGHUP was sent would return a second before sockd has reloaded.
+    """
+    machine.write(f"{HANDLERS_DIR}/slow_start.py", SLOW_START)
+    machine.write(CONFIG, config(ECHO, daemon=PYTHONPATH))
+    assert echo(machine) == b"hi\n"
+    main = machine.show("sockd.service", "MainPID")
+
+    slow = 'name = "echo"\nhandler = "slow_start:Hello"\nlisten = ["127.0.0.1:7"]'
+    machine.write(CONFIG, config(slow, daemon=PYTHONPATH))
+    machine.run("systemctl", "reload", "sockd.service")
+    returned = dt.datetime.now(dt.UTC)
+    (reloaded,) = wait_events(machine, "reloaded")
+    assert timestamp(reloaded["timestamp"]) <= returned
+    assert daytime(machine) == b"hello\n"
+    assert machine.show("sockd.service", "MainPID") == main
+
+    # Invalid TOML: the reload fails (ExecReload= checks); sockd refuses it too.
+    machine.write(CONFIG, "[daemon\n")
+    assert machine.run("systemctl", "reload", "sockd.service", check=False).returncode != 0
+    wait_journal(machine, f"sockd: {CONFIG}: invalid TOML", "-p", "err")
+    (failed,) = wait_events(machine, "reload_failed")
+    assert "invalid TOML" in failed["error"]
+    assert daytime(machine) == b"hello\n"
+
+    # A change that needs a restart: sockd refuses it, and cannot tell systemd so.
+    machine.write(CONFIG, config(slow.replace(":7", ":8007"), daemon=PYTHONPATH))
+    machine.run("systemctl", "reload", "sockd.service")
+    failed = wait_events(machine, "reload_failed", count=2)[-1]
+    assert "listen" in failed["error"]
+    assert daytime(machine) == b"hello\n"
+    assert machine.show("sockd.service", "ActiveState") == "active"
+    assert machine.show("sockd.service", "MainPID") == main
+
+
+@pytest.mark.parametrize("suite", ["trixie"], indirect=True)
+def test_restart_on_systemd_257_keeps_the_sockets_sockd_bound_itself(machine: Container) -> None:
+    """The file descriptor store: through restarts no client of a self-bound port is refused.
+
+    sockd gives systemd its own TCP listener and takes it back at the next
+    start; a config without that service lets it go, and a stop closes it.
+    """
+    own = 'name = "own"\nhandler = "echo"\nlisten = ["127.0.0.1:8000"]'  # no socket unit
+    machine.write(CONFIG, config(ECHO, own))
+    machine.run("systemctl", "start", "sockd.service")
+    before = inode(listener(machine, 8000))
+    store = machine.run("systemd-analyze", "fdstore", "sockd.service").stdout
+    assert "sockd-bound/own" in store, store
+    refused: list[str] = []
+    wrong: list[object] = []
+    served = [0] * CLIENTS
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        while not stop.is_set():
+            line = b"client %d line %d\n" % (index, served[index])
+            try:
+                answer: object = echo(machine, line, port=8000)
+            except ConnectionRefusedError as exc:
+                refused.append(repr(exc))
+                continue
+            except OSError as exc:
+                answer = exc
+            if answer != line:
+                wrong.append(answer)
+            served[index] += 1
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
+        for target in (10, 20, 30):  # clients served between the restarts
+            wait_until(functools.partial(lambda least: sum(served) >= least, target))
+            machine.run("systemctl", "restart", "sockd.service")
+        wait_until(lambda: sum(served) >= 40)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert refused == []
+    assert wrong == []
+    assert inode(listener(machine, 8000)) == before
+    starting = wait_events(machine, "starting", count=4)
+    origins = [[lst["origin"] for lst in event["listeners"]] for event in starting]
+    assert origins == [["adopted", "bound"]] + [["adopted", "stored"]] * 3
+
+    machine.write(CONFIG, config(ECHO))
+    machine.run("systemctl", "restart", "sockd.service")
+    assert machine.run("ss", "-Hltn", "sport = :8000").stdout == ""
+    assert "sockd-bound" not in machine.run("systemd-analyze", "fdstore", "sockd.service").stdout
+    machine.write(CONFIG, config(ECHO, own))
+    machine.run("systemctl", "restart", "sockd.service")
+    machine.run("systemctl", "stop", "sockd.service")
+    assert machine.run("ss", "-Hltn", "sport = :8000").stdout == ""
+
+
+def test_the_service_has_a_cgroup_namespace_of_its_own_on_systemd_257(
+    machine: Container, suite: str
+) -> None:
+    """ProtectControlGroups=strict (Debian 13): its own cgroup is its root; read-only on both."""
+    machine.run("systemctl", "start", "sockd.service")
+    main = machine.show("sockd.service", "MainPID")
+    inside = ("nsenter", f"--target={main}", "--cgroup", "--mount")
+    seen = machine.run(*inside, "cat", f"/proc/{main}/cgroup").stdout.splitlines()
+    cgroup = {"bookworm": "/system.slice/sockd.service", "trixie": "/"}[suite]
+    assert seen[-1] == f"0::{cgroup}"
+    options = machine.run(*inside, "findmnt", "-n", "-o", "OPTIONS", "/sys/fs/cgroup").stdout
+    assert options.split(",")[0] == "ro"
 
 
 def test_restart_under_load_loses_no_connection(machine: Container) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from sockd.ipc import Tally
 from sockd.listeners import ascii_number
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, MutableMapping
+    from collections.abc import Iterable, MutableMapping, Sequence
 
 log = structlog.get_logger()
 
@@ -33,7 +34,7 @@ def status_text(
 class Notifier:
     """The daemon's channel to systemd: readiness, status, reload, stop and watchdog.
 
-    It takes NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID out of the
+    It takes NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID and FDSTORE out of the
     environment when created, so children never inherit them.
     """
 
@@ -42,6 +43,8 @@ class Notifier:
         address = environ.pop("NOTIFY_SOCKET", "")
         watchdog_usec = environ.pop("WATCHDOG_USEC", "")
         watchdog_pid = environ.pop("WATCHDOG_PID", "")
+        # How many descriptors systemd keeps for us (FileDescriptorStoreMax=; systemd 254+ says so).
+        self.fd_store = bool(ascii_number(environ.pop("FDSTORE", "")))
         self._socket = None
         self.watchdog_interval: float | None = None
         self._last_status = float("-inf")
@@ -121,6 +124,22 @@ class Notifier:
         """RELOADING=1 with the CLOCK_MONOTONIC timestamp systemd expects."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}", keep=True)
+
+    def store(self, name: str, fds: Sequence[int]) -> None:
+        """Have systemd keep `fds` under `name` (FDNAME=), in place of what it kept under it.
+
+        A no-op unless systemd keeps descriptors for us (FDSTORE). A failure is
+        logged, never raised: the sockets then close at a restart, as without a store.
+        """
+        if self._socket is None or not self.fd_store:
+            return
+        self.send(f"FDSTOREREMOVE=1\nFDNAME={name}")
+        if not fds:
+            return
+        try:
+            socket.send_fds(self._socket.socket, [f"FDSTORE=1\nFDNAME={name}".encode()], fds)
+        except OSError as exc:
+            log.warning("notify_failed", state="FDSTORE=1", error=exc.strerror or str(exc))
 
     def stopping(self) -> None:
         """STOPPING=1."""

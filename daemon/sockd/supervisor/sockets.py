@@ -1,6 +1,9 @@
 """Which socket serves which service: systemd's adopted, or our own bound (the daemon's side).
 
 The daemon opens every listener before it starts the forker, which inherits them.
+The TCP sockets it binds itself it may give systemd to keep across a restart
+(its file descriptor store), named `STORED` + the service: a later start takes
+back those its config still listens on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ if TYPE_CHECKING:
 
     from sockd.supervisor.config import ListenAddress, ServiceConfig
 
+# The FDNAME= prefix of the sockets we give systemd to keep ("/" is in no service name).
+STORED = "sockd-bound/"
+
+
+def is_stored(fd_name: str | None) -> bool:
+    """Tell whether a socket from systemd is one we bound and gave it to keep."""
+    return fd_name is not None and fd_name.startswith(STORED)
+
 
 def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) -> list[Endpoint]:
     """Decide where every service listens.
@@ -28,34 +39,67 @@ def plan(services: Sequence[ServiceConfig], inherited: Sequence[InheritedFd]) ->
     Inherited sockets go to the service named by `FileDescriptorName=`, else to
     the service with a matching `listen` address, else to the only service. A
     service that receives any inherited socket uses only those; the others bind
-    their own `listen` addresses.
+    their own `listen` addresses, or take back the socket systemd kept for one
+    (`STORED`). A kept socket no service listens on any more is closed.
 
     Raises:
         ConfigError: an inherited socket matches no service, an address does not
             resolve, or a service ends up with nowhere to listen.
     """
     endpoints: list[Endpoint] = []
+    kept: list[tuple[str, socket.socket]] = []
     try:
-        endpoints += [_adopted_endpoint(services, fd) for fd in inherited]
+        endpoints += [_adopted_endpoint(services, fd) for fd in inherited if not is_stored(fd.name)]
+        kept = _kept([fd for fd in inherited if is_stored(fd.name)])
+        served = {endpoint.service for endpoint in endpoints}
+        for service in services:
+            if service.name not in served:
+                endpoints += _own_endpoints(service, kept)
     except ConfigError:
         for endpoint in endpoints:
             if endpoint.adopted is not None:
                 endpoint.adopted.close()
         raise
-    served = {endpoint.service for endpoint in endpoints}
-    for service in services:
-        if service.name in served:
-            continue
-        if not service.listen:
-            msg = f"service {service.name!r}: no listen address and no socket from systemd"
-            raise ConfigError(msg)
-        for index, address in enumerate(service.listen):
-            where = f"service {service.name!r}: listen[{index}]"
-            endpoints += [
-                Endpoint(service.name, family, sockaddr, address)
-                for family, sockaddr in resolve(address, where)
-            ]
+    finally:
+        for _, sock in kept:
+            sock.close()
     return endpoints
+
+
+def _own_endpoints(service: ServiceConfig, kept: list[tuple[str, socket.socket]]) -> list[Endpoint]:
+    """Return where a service with no socket from a unit listens: kept sockets, or to bind."""
+    if not service.listen:
+        msg = f"service {service.name!r}: no listen address and no socket from systemd"
+        raise ConfigError(msg)
+    endpoints = []
+    name = STORED + service.name
+    for index, address in enumerate(service.listen):
+        for family, sockaddr in resolve(address, f"service {service.name!r}: listen[{index}]"):
+            sock = _take(kept, name, family, sockaddr)
+            fd_name = None if sock is None else name
+            endpoints.append(Endpoint(service.name, family, sockaddr, address, sock, fd_name))
+    return endpoints
+
+
+def _kept(stored: Sequence[InheritedFd]) -> list[tuple[str, socket.socket]]:
+    """Return the sockets systemd kept for us, with their names; drop any that is unusable."""
+    kept = []
+    for fd in stored:
+        with contextlib.suppress(ConfigError):  # adopt() closed it
+            kept.append((str(fd.name), adopt(fd)))
+    return kept
+
+
+def _take(
+    kept: list[tuple[str, socket.socket]], name: str, family: int, sockaddr: object
+) -> socket.socket | None:
+    """Remove from `kept` and return the socket of `name` bound at (family, sockaddr), if any."""
+    for index, (kept_name, sock) in enumerate(kept):
+        same = kept_name == name and sock.family == family
+        if same and listeners.bound_at(family, sockaddr, sock.getsockname()):
+            del kept[index]
+            return sock
+    return None
 
 
 def _adopted_endpoint(services: Sequence[ServiceConfig], fd: InheritedFd) -> Endpoint:
@@ -262,9 +306,16 @@ class Listener:
         return {
             "service": self.endpoint.service,
             "address": describe(self.socket.getsockname()),
-            "origin": "bound" if self.endpoint.adopted is None else "adopted",
+            "origin": self.origin,
             "fd_name": self.endpoint.fd_name,
         }
+
+    @property
+    def origin(self) -> str:
+        """Return "bound" (by us now), "stored" (by us before, kept by systemd) or "adopted"."""
+        if self.endpoint.adopted is None:
+            return "bound"
+        return "stored" if is_stored(self.endpoint.fd_name) else "adopted"
 
     def close(self) -> None:
         """Close the socket, and remove a UNIX socket file we created (once)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,8 @@ def run(options: RunOptions) -> int:
        UNIX socket file is given to `[daemon] user` as soon as it exists).
     3. Detach, if asked, keeping the listeners.
     4. Configure logging again: stderr may now be a log file or the journal.
-    5. Take systemd's notify variables out of the environment children inherit.
+    5. Take systemd's notify variables out of the environment children inherit;
+       give systemd the TCP listeners we bound to keep, if it keeps any for us.
     6. Start the forker with the listeners (as root: it may need to read
        handler modules only root can); it drops privileges before it accepts.
     7. Drop privileges here too, so nothing of sockd's serves as root.
@@ -78,6 +80,9 @@ def run(options: RunOptions) -> int:
             daemonize.detach(str(options.pidfile), str(options.log_file), keep)
         sockd_log.configure(options.log_format)
         notifier = Notifier(os.environ, os.getpid())
+        _keep_in_systemd(
+            notifier, servers, {str(fd.name) for fd in inherited if sockets.is_stored(fd.name)}
+        )
         log.info(
             "starting",
             version=__version__,
@@ -93,6 +98,22 @@ def run(options: RunOptions) -> int:
     finally:
         for server in servers:
             server.close()
+
+
+def _keep_in_systemd(notifier: Notifier, servers: list[Listener], before: set[str]) -> None:
+    """Give systemd the TCP listeners we bound to keep across a restart, one name per service.
+
+    What it kept under a name no service of ours uses any more is dropped.
+    A UNIX socket is not given: its file goes when sockd stops.
+    """
+    if not notifier.fd_store:
+        return
+    fds: dict[str, list[int]] = {name: [] for name in before}
+    for server in servers:
+        if server.origin != "adopted" and server.socket.family != socket.AF_UNIX:
+            fds.setdefault(sockets.STORED + server.endpoint.service, []).append(server.fileno())
+    for name, kept in fds.items():
+        notifier.store(name, kept)
 
 
 def _renewal(

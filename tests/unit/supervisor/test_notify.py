@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,38 @@ class TestNotifier:
         assert first == "RELOADING=1"
         assert before <= int(usec.removeprefix("MONOTONIC_USEC=")) <= before + 5_000_000
         assert stopping == "STOPPING=1"
+        notifier.close()
+
+    def test_store_gives_systemd_the_descriptors_under_their_name(
+        self, notifications: Notifications
+    ) -> None:
+        """FDSTORE set: what was kept under the name is dropped, then the descriptors are sent."""
+        environ = {"NOTIFY_SOCKET": str(notifications.path), "FDSTORE": "128"}
+        notifier = Notifier(environ, os.getpid())
+        assert environ == {}
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            notifier.store("sockd-bound/a", [listener.fileno()])
+            notifier.store("sockd-bound/gone", [])
+            remove = notifications.socket.recv(4096)
+            message, fds, _, _ = socket.recv_fds(notifications.socket, 4096, 4)
+            assert (remove, message) == (
+                b"FDSTOREREMOVE=1\nFDNAME=sockd-bound/a",
+                b"FDSTORE=1\nFDNAME=sockd-bound/a",
+            )
+            (fd,) = fds
+            with socket.socket(fileno=fd) as received:
+                assert received.getsockname() == listener.getsockname()
+        assert notifications.poll() == ["FDSTOREREMOVE=1\nFDNAME=sockd-bound/gone"]
+        notifier.close()
+
+    def test_store_without_fdstore_sends_nothing(self, notifications: Notifications) -> None:
+        """Without FDSTORE (systemd keeps nothing for us, or is older than 254) nothing is sent."""
+        notifier = Notifier({"NOTIFY_SOCKET": str(notifications.path)}, os.getpid())
+        with socket.socket() as listener:
+            notifier.store("sockd-bound/a", [listener.fileno()])
+        notifier.stopping()
+        assert notifications.poll() == ["STOPPING=1"]
         notifier.close()
 
     def test_status_at_most_once_a_second(self, notifications: Notifications) -> None:

@@ -85,6 +85,53 @@ class TestPlan:
         with pytest.raises(ConfigError, match=r"service 'a': listen\[0\]: cannot resolve"):
             sockets.plan([service("a", "no-such-host.invalid:80")], [])
 
+    def test_a_kept_socket_is_taken_back_for_its_address(self) -> None:
+        """A socket systemd kept for a service serves its address again; others are bound."""
+        kept = listening()
+        port = kept.getsockname()[1]
+        services = [service("a", f"127.0.0.1:{port}", "127.0.0.1:0"), service("b", "127.0.0.1:0")]
+        plan = sockets.plan(services, [self.inherit(kept, "sockd-bound/a")])
+        assert [(e.service, e.fd_name) for e in plan] == [
+            ("a", "sockd-bound/a"),
+            ("a", None),
+            ("b", None),
+        ]
+        assert plan[0].adopted is not None
+        assert plan[0].adopted.getsockname() == kept.getsockname()
+        listener = sockets.Listener(plan[0], 0o666)
+        assert listener.describe()["origin"] == "stored"
+        listener.close()
+        kept.close()
+
+    def test_a_kept_socket_nothing_listens_on_any_more_is_closed(self) -> None:
+        """Kept for an address or a service no longer configured: closed, not given to a service."""
+        old_address, old_service = listening(), listening()
+        inherited = [
+            self.inherit(old_address, "sockd-bound/only"),
+            self.inherit(old_service, "sockd-bound/gone"),
+        ]
+        plan = sockets.plan([service("only", "127.0.0.1:0")], inherited)
+        assert [(e.service, e.adopted) for e in plan] == [("only", None)]
+        for fd in inherited:
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                os.fstat(fd.fd)
+        old_address.close()
+        old_service.close()
+
+    def test_a_service_with_sockets_from_a_unit_gets_no_kept_socket(self) -> None:
+        """Sockets from a socket unit are the service's only ones: a kept one is closed."""
+        from_unit, kept = listening(), listening()
+        services = [service("a", f"127.0.0.1:{kept.getsockname()[1]}")]
+        inherited = [self.inherit(from_unit, "a"), self.inherit(kept, "sockd-bound/a")]
+        plan = sockets.plan(services, inherited)
+        assert [(e.fd_name, e.sockaddr) for e in plan] == [("a", from_unit.getsockname())]
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(inherited[1].fd)
+        assert plan[0].adopted is not None
+        plan[0].adopted.close()
+        from_unit.close()
+        kept.close()
+
     def test_sockname_matches(self) -> None:
         """Bound names compare equal to the configured address, resolving host names."""
         assert sockets.sockname_matches(("127.0.0.1", 80), parse_listen("localhost:80"))
