@@ -45,6 +45,7 @@ class ModeResult:
     cells: list[Cell] = field(default_factory=list)
     rows: list[Summary] = field(default_factory=list)
     log_line: str = ""
+    executables: dict[str, list[str]] = field(default_factory=dict)  # per server (Server's)
     seconds: float = 0.0
 
     def row(self, server: str, clients: int) -> Summary | None:
