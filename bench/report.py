@@ -450,8 +450,9 @@ From the repository root, on an otherwise idle machine with two CPUs or more:
 It builds the C client, `bench/loadgen.c`, with gcc into `bench/build/`; runs every mode;
 prints the table; and writes `bench/results/latest.json` (every cell of every repetition),
 `docs/performance.png` and this page. `--quick` makes a smoke run (1 repetition of 0.5 s at
-1 and 8 clients); `--help` lists the options. One mode alone: `bench/echo.py`,
-`bench/exec.py`, `bench/pool.py`, with the same options.
+1 and 8 clients); `--python PATH` runs sockd and every Python reference under another
+interpreter (a virtualenv made once in `bench/build/`); `--help` lists the options. One
+mode alone: `bench/echo.py`, `bench/exec.py`, `bench/pool.py`, with the same options.
 
 ## Notes
 
