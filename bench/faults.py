@@ -3,11 +3,11 @@
 For each start-up it runs `sockd run --handler echo` (fork per connection) pinned
 to one CPU, serves a warm-up, then `--connections` connections one after another
 from this process (pinned to another CPU), waits until every child is reaped,
-and reads the forker's /proc/PID/stat before and after: its own minor faults
-and CPU (minflt, utime+stime), and its reaped children's (cminflt,
-cutime+cstime). Page faults do not depend on the machine's load, nor on the
-other engineers' tests: they are the measure to compare versions by; CPU
-times move with the load.
+and reads /proc/PID/stat before and after: the forker's own minor faults and
+CPU (minflt, utime+stime), its reaped children's (cminflt, cutime+cstime),
+and the daemon's CPU (it logs each connection). Page faults do not depend on
+the machine's load: they are the measure to compare versions by; CPU times
+move with the load.
 
 A copy-on-write fault is a page of the forker's the child wrote: what the
 forker's tricks (sockd.forker.forkhooks, sockd.forker.typecache) save. The
@@ -101,11 +101,12 @@ def measure_once(connections: int, checkout: Path | None) -> dict[str, float]:
             for _ in range(WARMUP):
                 connect(sockd.port)
             settle(sockd.forker)
-            before = stat(sockd.forker)
+            before, daemon_before = stat(sockd.forker), stat(sockd.process.pid)
             for _ in range(connections):
                 connect(sockd.port)
             settle(sockd.forker)
-            after = stat(sockd.forker)
+            time.sleep(0.2)  # the daemon logs the last exits (they come in batches)
+            after, daemon_after = stat(sockd.forker), stat(sockd.process.pid)
         finally:
             os.sched_setaffinity(0, allowed)
             sockd.stop()
@@ -115,6 +116,7 @@ def measure_once(connections: int, checkout: Path | None) -> dict[str, float]:
         "forker_faults": per["faults"],
         "child_cpu_us": per["child_cpu"] * 1e6,
         "forker_cpu_us": per["cpu"] * 1e6,
+        "daemon_cpu_us": (daemon_after["cpu"] - daemon_before["cpu"]) / connections * 1e6,
     }
 
 
