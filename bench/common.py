@@ -428,15 +428,8 @@ class Sockd(Server):
             BenchError: sockd exited or did not get ready in time.
 
         """
-        command = [
-            servers_python().executable,
-            "-m",
-            "sockd",
-            "run",
-            *options,
-            "--log-format",
-            "json",
-        ]
+        python = servers_python().executable
+        command = [python, "-m", "sockd", "run", *options, "--log-format", "json"]
         # stderr goes to a file, not a pipe: one line per connection can never block sockd,
         # and we spend no CPU draining it.
         with log_path.open("wb") as log:

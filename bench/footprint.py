@@ -1,7 +1,7 @@
 """Measure sockd's start-up time and memory: exec to READY=1, RSS, and a child's USS.
 
 For each repetition it starts `sockd run --config examples/sockd.toml` under
-this interpreter with a NOTIFY_SOCKET of its own, and measures:
+this interpreter (or --python's) with a NOTIFY_SOCKET of its own, and measures:
 
 - start-up: from just before exec to the READY=1 datagram;
 - the daemon's and the forker's RSS (VmRSS), once ready;
@@ -13,7 +13,7 @@ Medians over repetitions are compared with the goals of the performance issue:
 start-up under 250 ms, daemon RSS under 30 MiB, a child's USS under 2 MiB.
 Loopback only; each repetition stops sockd before the next.
 
-    python bench/footprint.py [--repeat 7] [--json PATH]
+    python bench/footprint.py [--repeat 7] [--json PATH] [--python PATH]
 """
 
 from __future__ import annotations
@@ -79,18 +79,10 @@ def measure_once(workdir: Path) -> dict[str, float]:
         notify.bind(str(notify_path))
         notify.settimeout(READY_TIMEOUT)
         environ = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        python = servers_python().executable
         started = time.perf_counter()
         process = subprocess.Popen(
-            [
-                servers_python().executable,
-                "-m",
-                "sockd",
-                "run",
-                "--config",
-                str(CONFIG),
-                "--log-format",
-                "json",
-            ],
+            [python, "-m", "sockd", "run", "--config", str(CONFIG), "--log-format", "json"],
             env=environ,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -113,14 +113,8 @@ class PreforkRef(Server):
             BenchError: it exited or did not print its port in time.
 
         """
-        argv = [
-            servers_python().executable,
-            str(PREFORK_REF),
-            "--host",
-            HOST,
-            "--workers",
-            str(WORKERS),
-        ]
+        python = servers_python().executable
+        argv = [python, str(PREFORK_REF), "--host", HOST, "--workers", str(WORKERS)]
         return cls(*start_reference(argv, "the prefork reference", err_path, cpu))
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ Two measurements of fork-per-connection sockd (`echo`, max_children 1,500):
 sockd runs pinned to CPU 0 and the clients to CPU 1 when there are two.
 Loopback only; everything is stopped at the end.
 
-    python bench/scale.py [--repeat 3] [--duration 3] [--json PATH]
+    python bench/scale.py [--repeat 3] [--duration 3] [--json PATH] [--python PATH]
 """
 
 from __future__ import annotations
@@ -77,17 +77,9 @@ def start_sockd(workdir: Path, port: int) -> subprocess.Popen[bytes]:
         f'[daemon]\nmax_children = 1500\n[[service]]\nname = "echo"\nhandler = "echo"\n'
         f'listen = ["{HOST}:{port}"]\n'
     )
+    python = servers_python().executable
     process = subprocess.Popen(
-        [
-            servers_python().executable,
-            "-m",
-            "sockd",
-            "run",
-            "--config",
-            str(config),
-            "--log-format",
-            "json",
-        ],
+        [python, "-m", "sockd", "run", "--config", str(config), "--log-format", "json"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "sockd.log").open("wb"),
