@@ -3,7 +3,8 @@
 # How a cell is measured, and why:
 #
 # - The servers run as their own processes, started once and kept for the whole
-#   run; sockd runs under this interpreter (sys.executable), which the header names.
+#   run; sockd and every Python reference run under one interpreter (this one, or
+#   --python's, see servers_python), which the header names.
 # - The servers are pinned to one CPU and the load generator to another (when
 #   there are two), so the generator never steals the server's CPU. Forked
 #   children inherit the pinning.
@@ -35,6 +36,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import fcntl
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -42,6 +45,7 @@ import multiprocessing
 import os
 import platform
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -78,6 +82,133 @@ CLIENTS = ("auto", "c", "python")  # --client: auto is c when gcc builds it, els
 
 class BenchError(Exception):
     """The benchmark cannot go on (a server failed to start or died)."""
+
+
+# --- the servers' interpreter --------------------------------------------------------------
+
+ROOT = BENCH_DIR.parent
+CONSTRAINTS = ROOT / ".ci" / "constraints.txt"
+# What a version check prints: version, implementation, executable's real path.
+ABOUT = (
+    "import os, platform, sys; print(platform.python_version(),"
+    " platform.python_implementation(), os.path.realpath(sys.executable))"
+)
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python that runs sockd and every Python reference server."""
+
+    executable: str  # what the servers are started with
+    realpath: str  # the interpreter binary behind it
+    version: str  # "3.13.0"
+    implementation: str  # "CPython"
+    venv: str | None = None  # the virtualenv bench/ made for it, if it made one
+
+    def describe(self) -> str:
+        """Say which interpreter it is, for the header."""
+        return f"{self.executable} -> {self.realpath} ({self.implementation} {self.version})"
+
+
+def interpreter_of(executable: str) -> Interpreter:
+    """Ask `executable` what it is.
+
+    Raises:
+        BenchError: it does not run.
+
+    """
+    try:
+        result = subprocess.run(
+            [executable, "-c", ABOUT], capture_output=True, text=True, check=False, timeout=60
+        )
+    except OSError as exc:
+        raise BenchError(f"--python {executable}: {exc.strerror}") from None
+    if result.returncode != 0:
+        raise BenchError(f"--python {executable}: exit {result.returncode}: {result.stderr}")
+    version, implementation, realpath = result.stdout.split(maxsplit=2)
+    return Interpreter(executable, realpath.strip(), version, implementation)
+
+
+# The interpreter every server starts under (see use_python): this one, by default.
+_servers_python = Interpreter(
+    sys.executable,
+    str(Path(sys.executable).resolve()),
+    platform.python_version(),
+    platform.python_implementation(),
+)
+
+
+def servers_python() -> Interpreter:
+    """Return the interpreter that runs sockd and the Python references."""
+    return _servers_python
+
+
+def use_python(requested: str | None, build_dir: Path) -> Interpreter:
+    """Run the servers under `requested` (None: this interpreter) from now on; return it.
+
+    Another interpreter than this one gets a virtualenv in `build_dir` (see
+    python_venv): sockd from this checkout, its dependencies pinned as CI pins them.
+
+    Raises:
+        BenchError: it does not run, or its virtualenv cannot be made.
+
+    """
+    global _servers_python  # noqa: PLW0603 (one setting, made once per run, read by every start)
+    if requested is not None:
+        wanted = interpreter_of(requested)
+        if wanted.realpath != _servers_python.realpath:
+            venv = python_venv(wanted, build_dir)
+            _servers_python = dataclasses.replace(
+                interpreter_of(str(venv / "bin" / "python")), venv=str(venv)
+            )
+    return _servers_python
+
+
+def python_venv(interpreter: Interpreter, build_dir: Path) -> Path:
+    """Make (once) `build_dir`/venv-X.Y for `interpreter`, with sockd and its dependencies.
+
+    sockd is installed editable from this checkout, its dependencies pinned by
+    .ci/constraints.txt (the versions Debian packages), by the interpreter's own
+    venv and pip. A stamp of what was installed saves the install next time; a
+    lock keeps two runs from making it at once.
+
+    Raises:
+        BenchError: venv or pip failed.
+
+    """
+    major_minor = ".".join(interpreter.version.split(".")[:2])
+    venv = build_dir / f"venv-{major_minor}"
+    wanted = hashlib.sha256(
+        "\n".join(
+            [
+                interpreter.realpath,
+                str(ROOT),
+                CONSTRAINTS.read_text(),
+                (ROOT / "pyproject.toml").read_text(),
+            ]
+        ).encode()
+    ).hexdigest()
+    stamp = venv / "sockd-bench.stamp"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with (build_dir / f".venv-{major_minor}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == wanted:
+            return venv
+        print(f"making {venv} for {interpreter.describe()}", file=sys.stderr, flush=True)
+        steps = [
+            [interpreter.realpath, "-m", "venv", "--clear", str(venv)],
+            [
+                str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                "--disable-pip-version-check", "-c", str(CONSTRAINTS), "-e", str(ROOT),
+            ],
+        ]  # fmt: skip
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                said = (result.stderr.strip() or result.stdout.strip())[-2000:]
+                raise BenchError(f"{shlex.join(step)} failed (exit {result.returncode}): {said}")
+        stamp.write_text(wanted)
+    return venv
 
 
 @dataclass(frozen=True)
@@ -205,6 +336,12 @@ class Server:
             return {self.process.pid}
         return {self.process.pid, self.forking_pid()}
 
+    def executables(self) -> list[str]:
+        """Return what its processes run (/proc/PID/exe, resolved): which interpreter, say."""
+        return sorted(
+            {os.path.realpath(f"/proc/{pid}/exe") for pid in process_tree(self.process.pid)}
+        )
+
     def cpu_seconds(self) -> tuple[float, float]:
         """Return CPU time of the server's own processes, and of the rest of its tree.
 
@@ -291,7 +428,8 @@ class Sockd(Server):
             BenchError: sockd exited or did not get ready in time.
 
         """
-        command = [sys.executable, "-m", "sockd", "run", *options, "--log-format", "json"]
+        python = servers_python().executable
+        command = [python, "-m", "sockd", "run", *options, "--log-format", "json"]
         # stderr goes to a file, not a pipe: one line per connection can never block sockd,
         # and we spend no CPU draining it.
         with log_path.open("wb") as log:
@@ -1091,7 +1229,19 @@ def build_parser(
             "--sockd-log", metavar="PATH", type=Path, help="keep sockd's JSON log (stderr) here"
         )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    add_python_option(parser)
     return parser
+
+
+def add_python_option(parser: argparse.ArgumentParser) -> None:
+    """Add --python: the interpreter of sockd and of every Python reference (see use_python)."""
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="run sockd and every Python reference under this interpreter (default: the one"
+        " running the benchmark); another one gets a virtualenv in the build directory, made"
+        " once: sockd from this checkout, its dependencies pinned by .ci/constraints.txt",
+    )
 
 
 def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
@@ -1127,15 +1277,19 @@ class Outcome:
     cells: list[Cell]
     rows: list[Summary]
     log_line: str  # sockd_log_summary's
+    executables: dict[str, list[str]]  # per server, what its processes ran (Server.executables)
 
 
 def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Settings, Pinning, str]:
-    """Pin this process, choose the load generator; return the settings, pinning, client text.
+    """Choose the servers' interpreter, pin this process, choose the load generator.
+
+    Returns the settings, pinning and client text.
 
     Raises:
-        BenchError: --client c, and the C client does not build.
+        BenchError: --client c, and the C client does not build; --python's does not run.
 
     """
+    use_python(args.python, args.build_dir)
     pinning = choose_pinning(not args.no_pin)
     if pinning.generator_cpu is not None:
         # This process only waits during cells; keep it off the servers' CPU too.
@@ -1147,10 +1301,12 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Settings, Pin
 
 def run_meta(settings: Settings, pinning: Pinning, client: str) -> dict[str, Any]:
     """Return the facts every report starts with: interpreter, date, pinning, settings."""
+    python = servers_python()
     return {
-        "interpreter": sys.executable,
-        "interpreter_realpath": str(Path(sys.executable).resolve()),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "interpreter": python.executable,
+        "interpreter_realpath": python.realpath,
+        "python": f"{python.implementation} {python.version}",
+        "interpreter_venv": python.venv,
         "sockd": importlib.metadata.version("sockd"),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "pinning": asdict(pinning),
@@ -1189,13 +1345,15 @@ def measure(
     """
     with tempfile.TemporaryDirectory(prefix="sockd-bench-") as tmp:
         with bench.start_servers(Path(tmp), pinning) as servers:
+            executables = {server.name: server.executables() for server in servers}
             cells = run_all(servers, settings, pinning, label)
         log_path = Path(tmp) / SOCKD_LOG
         log_line = sockd_log_summary(log_path)
         if sockd_log and log_path.exists():
             sockd_log.write_bytes(log_path.read_bytes())
     names = [server.name for server in servers]
-    return Outcome(cells, summarize(cells, names, settings.clients, bench.reference), log_line)
+    rows = summarize(cells, names, settings.clients, bench.reference)
+    return Outcome(cells, rows, log_line, executables)
 
 
 def run(bench: Bench, args: argparse.Namespace, settings: Settings) -> int:
@@ -1227,6 +1385,7 @@ def run(bench: Bench, args: argparse.Namespace, settings: Settings) -> int:
             "meta": meta,
             "cells": [asdict(cell) for cell in outcome.cells],
             "summary": [asdict(row) for row in outcome.rows],
+            "executables": outcome.executables,
             "not_run": bench.not_run,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Benchmark sockd's echo built-in against socketserver.ForkingTCPServer on loopback."""
 
 # How a cell is measured is described in bench/common.py. Here, both servers run under
-# this interpreter (sys.executable): a fork server's cost is mostly the kernel's (fork,
+# one interpreter (common.servers_python): a fork server's cost is mostly the kernel's (fork,
 # copy-on-write faults, exit teardown), which grows with the forking process's resident
 # memory, so a fair comparison needs the same interpreter for both; the header says which.
 
@@ -25,6 +25,7 @@ from bench.common import (
     Sockd,
     build_parser,
     run,
+    servers_python,
     settings_from,
     start_reference,
 )
@@ -60,7 +61,7 @@ class Stdlib(Server):
             BenchError: it exited or did not print its port in time.
 
         """
-        argv = [sys.executable, "-c", STDLIB_SERVER]
+        argv = [servers_python().executable, "-c", STDLIB_SERVER]
         return cls(*start_reference(argv, "the stdlib server", err_path, cpu))
 
 

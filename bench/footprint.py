@@ -1,7 +1,7 @@
 """Measure sockd's start-up time and memory: exec to READY=1, RSS, and a child's USS.
 
 For each repetition it starts `sockd run --config examples/sockd.toml` under
-this interpreter with a NOTIFY_SOCKET of its own, and measures:
+this interpreter (or --python's) with a NOTIFY_SOCKET of its own, and measures:
 
 - start-up: from just before exec to the READY=1 datagram;
 - the daemon's and the forker's RSS (VmRSS), once ready;
@@ -13,7 +13,7 @@ Medians over repetitions are compared with the goals of the performance issue:
 start-up under 250 ms, daemon RSS under 30 MiB, a child's USS under 2 MiB.
 Loopback only; each repetition stops sockd before the next.
 
-    python bench/footprint.py [--repeat 7] [--json PATH]
+    python bench/footprint.py [--repeat 7] [--json PATH] [--python PATH]
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# Run as a script, Python puts bench/ on sys.path, not the repository root: the shared
+# code is the module bench.common, the name mypy knows it by.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    DEFAULT_BUILD_DIR,
+    BenchError,
+    add_python_option,
+    servers_python,
+    use_python,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "sockd.toml"
@@ -67,9 +79,10 @@ def measure_once(workdir: Path) -> dict[str, float]:
         notify.bind(str(notify_path))
         notify.settimeout(READY_TIMEOUT)
         environ = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        python = servers_python().executable
         started = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "sockd", "run", "--config", str(CONFIG), "--log-format", "json"],
+            [python, "-m", "sockd", "run", "--config", str(CONFIG), "--log-format", "json"],
             env=environ,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -103,7 +116,7 @@ def measure(repeat: int) -> tuple[dict[str, Any], list[str]]:
     with tempfile.TemporaryDirectory() as workdir:
         runs = [measure_once(Path(workdir)) for _ in range(repeat)]
     lines = [
-        f"interpreter: {sys.executable} ({sys.version.split()[0]}); config: {CONFIG.name}",
+        f"interpreter: {servers_python().describe()}; config: {CONFIG.name}",
         f"{'measure':<16}{'median':>10}{'min-max':>18}{'goal':>10}  met",
     ]
     summary: dict[str, Any] = {}
@@ -124,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=7, help="repetitions (medians reported)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    add_python_option(parser)
     args = parser.parse_args(argv)
+    try:
+        use_python(args.python, DEFAULT_BUILD_DIR)
+    except BenchError as exc:
+        print(f"{Path(__file__).name}: {exc}", file=sys.stderr)
+        return 1
     result, lines = measure(args.repeat)
     print("\n".join(lines))
     if args.json:

@@ -5,7 +5,7 @@
 # connections one after another. The reference is bench/prefork_ref.py: four pre-forked
 # processes blocking in accept() on one socket, each reading a line, sending it back and
 # closing, with nothing else (no logging, no limits): the least a Python server does per
-# connection. Both run under this interpreter (sys.executable); the clients send a line
+# connection. Both run under one interpreter (common.servers_python); the clients send a line
 # and close once it is back (sockd's echo then reads EOF and closes; the reference has
 # closed already). Such servers reach tens of thousands of connections/s: the C client
 # (bench/loadgen.c) is the one to use, and run.py shows how far it drives the reference.
@@ -38,6 +38,7 @@ from bench.common import (
     can_steer_loopback,
     loopback_received_on,
     run,
+    servers_python,
     settings_from,
     start_reference,
 )
@@ -72,7 +73,7 @@ def sockd_rejects(config: str) -> str | None:
         path = Path(tmp) / "sockd.toml"
         path.write_text(config)
         result = subprocess.run(
-            [sys.executable, "-m", "sockd", "check", "--config", str(path)],
+            [servers_python().executable, "-m", "sockd", "check", "--config", str(path)],
             capture_output=True,
             text=True,
             check=False,
@@ -112,7 +113,8 @@ class PreforkRef(Server):
             BenchError: it exited or did not print its port in time.
 
         """
-        argv = [sys.executable, str(PREFORK_REF), "--host", HOST, "--workers", str(WORKERS)]
+        python = servers_python().executable
+        argv = [python, str(PREFORK_REF), "--host", HOST, "--workers", str(WORKERS)]
         return cls(*start_reference(argv, "the prefork reference", err_path, cpu))
 
     def stop(self) -> None:

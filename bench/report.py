@@ -45,6 +45,7 @@ class ModeResult:
     cells: list[Cell] = field(default_factory=list)
     rows: list[Summary] = field(default_factory=list)
     log_line: str = ""
+    executables: dict[str, list[str]] = field(default_factory=dict)  # per server (Server's)
     seconds: float = 0.0
 
     def row(self, server: str, clients: int) -> Summary | None:
@@ -449,8 +450,9 @@ From the repository root, on an otherwise idle machine with two CPUs or more:
 It builds the C client, `bench/loadgen.c`, with gcc into `bench/build/`; runs every mode;
 prints the table; and writes `bench/results/latest.json` (every cell of every repetition),
 `docs/performance.png` and this page. `--quick` makes a smoke run (1 repetition of 0.5 s at
-1 and 8 clients); `--help` lists the options. One mode alone: `bench/echo.py`,
-`bench/exec.py`, `bench/pool.py`, with the same options.
+1 and 8 clients); `--python PATH` runs sockd and every Python reference under another
+interpreter (a virtualenv made once in `bench/build/`); `--help` lists the options. One
+mode alone: `bench/echo.py`, `bench/exec.py`, `bench/pool.py`, with the same options.
 
 ## Notes
 

@@ -10,8 +10,8 @@ tcpserver missing) is reported as not run, with the reason; the others go on.
 """
 
 # How a cell is measured is described in bench/common.py; each mode's own script says
-# what it compares. Every server runs under this interpreter (sys.executable) and on
-# loopback only; every cell is bounded by duration + timeout.
+# what it compares. Every Python server runs under one interpreter (this one, or --python's:
+# see common.use_python) and on loopback only; every cell is bounded by duration + timeout.
 
 from __future__ import annotations
 
@@ -111,6 +111,7 @@ def run_mode(
         result.failure = str(exc)
     else:
         result.cells, result.rows, result.log_line = outcome.cells, outcome.rows, outcome.log_line
+        result.executables = outcome.executables
     result.seconds = time.monotonic() - started
     return result
 

@@ -18,7 +18,7 @@ Two measurements of fork-per-connection sockd (`echo`, max_children 1,500):
 sockd runs pinned to CPU 0 and the clients to CPU 1 when there are two.
 Loopback only; everything is stopped at the end.
 
-    python bench/scale.py [--repeat 3] [--duration 3] [--json PATH]
+    python bench/scale.py [--repeat 3] [--duration 3] [--json PATH] [--python PATH]
 """
 
 from __future__ import annotations
@@ -37,6 +37,18 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+# Run as a script, Python puts bench/ on sys.path, not the repository root: the shared
+# code is the module bench.common, the name mypy knows it by.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    DEFAULT_BUILD_DIR,
+    BenchError,
+    add_python_option,
+    servers_python,
+    use_python,
+)
 
 HOST = "127.0.0.1"
 IDLE = 1000
@@ -65,8 +77,9 @@ def start_sockd(workdir: Path, port: int) -> subprocess.Popen[bytes]:
         f'[daemon]\nmax_children = 1500\n[[service]]\nname = "echo"\nhandler = "echo"\n'
         f'listen = ["{HOST}:{port}"]\n'
     )
+    python = servers_python().executable
     process = subprocess.Popen(
-        [sys.executable, "-m", "sockd", "run", "--config", str(config), "--log-format", "json"],
+        [python, "-m", "sockd", "run", "--config", str(config), "--log-format", "json"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "sockd.log").open("wb"),
@@ -218,7 +231,7 @@ def measure(repeat: int, duration: float) -> tuple[dict[str, Any], list[str]]:
         os.sched_setaffinity(0, affinity)
     empty, loaded = flat["rate_idle_0"], flat[f"rate_idle_{IDLE}"]
     lines = [
-        f"interpreter: {sys.executable} ({sys.version.split()[0]}); sockd echo, a fork each",
+        f"interpreter: {servers_python().describe()}; sockd echo, a fork each",
         f"short connections/s, {CLIENTS} clients, {repeat} x {duration:g} s each:",
         f"  no idle connection:    median {statistics.median(empty):6.0f}  runs {fmt(empty)}",
         f"  {IDLE} idle connections: median {statistics.median(loaded):6.0f}  runs {fmt(loaded)}",
@@ -241,7 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="alternations (medians reported)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per rate measure")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    add_python_option(parser)
     args = parser.parse_args(argv)
+    try:
+        use_python(args.python, DEFAULT_BUILD_DIR)
+    except BenchError as exc:
+        print(f"{Path(__file__).name}: {exc}", file=sys.stderr)
+        return 1
     result, lines = measure(args.repeat, args.duration)
     print("\n".join(lines))
     if args.json:

@@ -13,11 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = (1, 8)  # what --quick measures
 
 
-def quick_run(script: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    """Run `bench/SCRIPT --quick`; return what it printed and the JSON report it wrote."""
+def quick_run(
+    script: str, tmp_path: Path, options: tuple[str, ...] = ()
+) -> tuple[str, dict[str, Any]]:
+    """Run `bench/SCRIPT --quick OPTIONS`; return what it printed and the JSON report it wrote."""
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--quick", "--json", str(report)],
+        [sys.executable, ROOT / "bench" / script, "--quick", "--json", report, *options],
         cwd=ROOT,
         capture_output=True,
         text=True,

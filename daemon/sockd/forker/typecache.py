@@ -6,7 +6,11 @@ entry; in a child, that write copies a page of the table, which it shares
 with the forker. A child looks up what the forker never did (the handler's
 methods and attributes, the request socket's methods), so each child copied
 most of the table: 16 of a child's 121 page faults, measured on the
-benchmark machine.
+benchmark machine (CPython 3.11). Measured again with bench/faults.py
+(2026-12-03): a child 2 faults fewer on 3.11.7 and 11 on 3.13.0, where the
+forker takes 8 more itself; since 3.12 a cold lookup writes little besides
+the entry (the names it pushes out are immortal), so less is at stake. A
+fault or two per connection for one pass at start-up: kept on both.
 
 `warm(types)` makes those lookups in the forker: for each type, every
 attribute its classes define, and every name their functions use (their

@@ -81,6 +81,32 @@ def test_one_thread_skips_the_rebuild_and_threads_get_it() -> None:
     ]
 
 
+def test_one_thread_runs_no_python_code_in_the_child() -> None:
+    """One thread: no hook is registered, so a child calls no Python function after fork()."""
+    before = """
+        from sockd.forker import forkhooks
+        forkhooks.import_threading()
+    """
+    after = """
+        import sys
+        forkhooks.note_threads()
+        calls = []
+        sys.setprofile(lambda f, event, _: event == "call" and calls.append(f.f_code.co_name))
+        read_end, write_end = os.pipe()
+        calls.clear()
+        pid = os.fork()  # a C call: only the hooks it runs are Python calls
+        if pid == 0:
+            sys.setprofile(None)
+            os.write(write_end, f"child calls={calls}".encode())
+            os._exit(0)
+        sys.setprofile(None)
+        os.close(write_end)
+        print(os.read(read_end, 1000).decode())
+        os.waitpid(pid, 0)
+    """
+    assert run(before, after) == ["child calls=[]"]
+
+
 def test_the_forker_imports_threading_without_the_hook() -> None:
     """Importing the forker's entry (`python -P -S -m sockd.forker` runs it) hides the hook."""
     assert run("import sockd.forker.start\n", "print(fork_and_report())\n") == [

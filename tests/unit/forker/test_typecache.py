@@ -67,11 +67,20 @@ def test_a_lookup_that_fails_is_skipped() -> None:
     assert typecache.warm([Strange, Handler]) == len(names) - 1 + len(typecache._names(Handler))
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="since 3.12 the names a cold lookup pushes out of the cache are immortal (PEP 683):"
+    " it writes little besides the cache's entry, and these 300 lookups copy 192-207 pages"
+    " cold against 188-194 warmed (3.13.0), too close to tell; bench/faults.py measures the"
+    " forker's children (3.13.0: 11 faults fewer warmed)",
+)
 def test_a_warmed_child_copies_fewer_pages() -> None:
-    """Lookups a child makes after `warm` copy fewer pages than the same lookups cold.
+    """Lookups a child makes after `warm` copy fewer pages than the same lookups cold (3.11).
 
     Three hundred classes with an attribute each: cold, the child's lookups
-    write entries all over the cache; warmed, they only read it.
+    write entries all over the cache, and the reference counts of the names
+    they put in and of those they push out (strings all over the heap);
+    warmed, they only read it (3.11.7: 253-279 pages cold, 195-208 warmed).
     """
     script = textwrap.dedent(
         """
