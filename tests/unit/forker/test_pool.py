@@ -638,6 +638,16 @@ def signal_handled(pid: int, signum: int) -> bool:
     return not pending & (1 << (signum - 1)) and lines["State"].split()[0] == "S"
 
 
+def blocked_in_a_system_call(pid: int) -> bool:
+    """Tell whether process `pid` sleeps in a system call (not running Python code).
+
+    A signal that comes while Python code runs is only noted: its handler
+    runs later. One that interrupts a blocking call has its handler run at once.
+    """
+    with open(f"/proc/{pid}/syscall", encoding="ascii") as syscall:
+        return syscall.read().split()[0] not in ("running", "-1")
+
+
 def test_a_second_sigterm_cuts_a_handler_blocked_in_recv(
     tmp_path: Path, made: list[Served]
 ) -> None:
@@ -648,6 +658,9 @@ def test_a_second_sigterm_cuts_a_handler_blocked_in_recv(
         client.sendall(b"C")
         served.start(1)
         assert client.recv(10) == b"ready\n"  # the handler now blocks in recv()
+        # Two signals before the handler of the first has run would be one: the
+        # first must interrupt recv() itself, so that its handler runs at once.
+        wait_until(lambda: blocked_in_a_system_call(served.worker), what="recv() to block")
         os.kill(served.worker, signal.SIGTERM)  # a stop: after this connection
         wait_until(lambda: signal_handled(served.worker, signal.SIGTERM), what="the first taken")
         os.kill(served.worker, signal.SIGTERM)  # the connection is cut short
