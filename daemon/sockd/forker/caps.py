@@ -48,25 +48,37 @@ class Caps:
         self.max_children = max_children
         self.shares = fair_shares(max_children, services)
 
-    def room(self, service: Service) -> int:
+    def unused(self) -> int:
+        """Return the places services are guaranteed and do not use now, all together."""
+        children = self.children
+        per_service = self.elsewhere[1]
+        total = 0
+        for name, share in self.shares.items():
+            left = share - children.count(name) - per_service.get(name, 0)
+            if left > 0:
+                total += left
+        return total
+
+    def room(self, service: Service, unused: int | None = None) -> int:
         """Return how many more children `service` may have now (0: it is at a cap).
 
-        Borrowing the last free place leaves the borrower no room either: so
-        the forker looks at every listener again when a service's room runs out.
+        `unused` is `unused()`, if the caller has it (one pass over the
+        services, not one per listener). Borrowing the last free place leaves
+        the borrower no room either: so the forker looks at every listener
+        again when a service's room runs out.
         """
         children = self.children
         elsewhere, per_service = self.elsewhere
         name = service.name
-        reserved = 0  # what the other services are guaranteed and do not use
-        for other, share in self.shares.items():
-            if other != name:
-                unused = share - children.count(other) - per_service.get(other, 0)
-                if unused > 0:
-                    reserved += unused
+        used = children.count(name) + per_service.get(name, 0)
+        if unused is None:
+            unused = self.unused()
+        # What the other services are guaranteed and do not use: not ours to take.
+        reserved = unused - max(0, self.shares.get(name, 0) - used)
         room = self.max_children - len(children) - elsewhere - reserved
         cap = service.max_children
         if cap is not None:
-            room = min(room, cap - children.count(name) - per_service.get(name, 0))
+            room = min(room, cap - used)
         return max(0, room)
 
     def note(self, services: list[Service]) -> None:

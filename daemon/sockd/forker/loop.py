@@ -513,10 +513,11 @@ class Forker:
         accepting = self.stop_phase is SERVING and not self.standby
         paused = self.timers.is_set("pause")
         at_cap: list[Service] = []
+        unused = self.caps.unused()  # once, not once per listener
         for server in self.servers:
             if server.service.workers:
                 continue  # its workers accept
-            has_room = accepting and self.caps.room(server.service) > 0
+            has_room = accepting and self.caps.room(server.service, unused) > 0
             if accepting and not has_room:
                 at_cap.append(server.service)
             wanted = has_room and not paused
