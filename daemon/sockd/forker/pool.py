@@ -284,6 +284,11 @@ class _Worker:
         slot[_BATCH_LENGTH] = self.mirrored.to_bytes(4, sys.byteorder)
         return True
 
+    def _unmirror(self) -> None:
+        """Empty the batch mirrored in the slot (its records were sent, or are counted)."""
+        self.slot[_BATCH_LENGTH] = bytes(4)
+        self.mirrored = 0
+
     def _due(self, now: float) -> None:
         """Send what the forker could not take, when due, and the denial summaries."""
         if self.batch and now >= self.batch_due:
@@ -301,8 +306,6 @@ class _Worker:
         """
         if not (self.batch or self.denied):
             return
-        self.slot[_BATCH_LENGTH] = bytes(4)  # sent, or counted as kept: never logged twice
-        self.mirrored = 0
         batch = self.batch
         if len(batch) > MAX_BATCH:
             lost = len(batch) - MAX_BATCH
@@ -317,13 +320,19 @@ class _Worker:
             last = marshal.loads(batch[count - 1][2:])[0] if count else 0  # noqa: S302 (ours)
             if not self.shared.emit(entries, last, self.denied, self.lost):
                 self.batch_due = time.monotonic() + BATCH_DELAY
+                # Counted, then out of the slot: killed in between, a record is counted
+                # and logged, never neither.
                 self.slot[_KEPT] = len(batch).to_bytes(4, sys.byteorder)  # counted if we die
+                self._unmirror()
                 self.kept = True
                 return
             del batch[:count]
             self.denied = self.lost = 0
             if not batch:
                 break
+        # Sent, and only then out of the slot: killed before this, the forker has read
+        # what we sent, and logs from the slot only what is numbered past it.
+        self._unmirror()
         if self.kept:
             self.slot[_KEPT] = bytes(4)
             self.kept = False

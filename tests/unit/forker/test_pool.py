@@ -187,6 +187,25 @@ class TestBatch:
         assert worker.batch == []
         assert pool.mirrored_batch(worker.slot) == ([], 0)
 
+    def test_a_batch_stays_in_the_slot_until_it_is_sent(self) -> None:
+        """Killed while it sends, a worker leaves its batch in the slot (none lost, none twice).
+
+        The forker reads what a dead worker sent before its slot, and logs from
+        the slot only the records numbered past the last one sent.
+        """
+        in_slot: list[list[Any]] = []
+
+        def emit(*_sent: object) -> bool:
+            in_slot.append(pool.mirrored_batch(worker.slot)[0])  # what a SIGKILL now leaves
+            return True
+
+        worker = make_worker(emit)
+        for _ in range(3):
+            serve(worker)
+        worker._flush()
+        assert [[number for number, *_ in batch] for batch in in_slot] == [[1, 2, 3]]
+        assert pool.mirrored_batch(worker.slot) == ([], 0)  # sent: out of the slot
+
     def test_a_refused_batch_is_kept_counted_in_the_slot(self) -> None:
         """The forker cannot take it (EAGAIN): kept, counted in the slot, sent later in order."""
         sent = Sent()
