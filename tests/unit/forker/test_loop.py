@@ -28,6 +28,19 @@ def with_children(count: int) -> Shared:
     return shared
 
 
+def events_until(reader: ipc.Reader, kind: str) -> list[ipc.Record]:
+    """Return the forker's events up to the first of `kind` (bounded in time)."""
+    seen: list[ipc.Record] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        record = reader.read_blocking()
+        assert record is not None, f"the forker ended before {kind!r}: {seen}"
+        seen.append(record)
+        if record[0] == kind:
+            return seen
+    raise AssertionError(f"no {kind!r} in {seen}")
+
+
 class TestCrowd:
     def test_renew_after_long_lived_children_make_a_crowd(self) -> None:
         """`renew_after` children open over LONG_LIVED s: crowded (their count); fewer: not."""
@@ -68,19 +81,6 @@ class TestCommands:
         "standby": False,
     }
 
-    @staticmethod
-    def events_until(reader: ipc.Reader, kind: str) -> list[ipc.Record]:
-        """Return the events read up to the first of `kind` (bounded in time)."""
-        seen: list[ipc.Record] = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            record = reader.read_blocking()
-            assert record is not None, f"the forker ended before {kind!r}: {seen}"
-            seen.append(record)
-            if record[0] == kind:
-                return seen
-        raise AssertionError(f"no {kind!r} in {seen}")
-
     def test_a_reload_with_a_malformed_service_is_skipped_and_logged(self) -> None:
         """Specs are decoded once, in the forker: command_malformed names the field; it goes on."""
         control, control_end = ipc.channel()
@@ -97,10 +97,10 @@ class TestCommands:
             bad = ServiceSpec("echo", "echo").to_wire()[:14]
             ipc.send(control.fileno(), ("setup", self.SETUP, [good]))
             reader = ipc.Reader(events.fileno())
-            self.events_until(reader, "ready")
+            events_until(reader, "ready")
             ipc.send(control.fileno(), ("reload", 1, [good, bad], 8, 1.0, 0))
             ipc.send(control.fileno(), ("reload", 2, [good], 8, 1.0, 0))
-            seen = self.events_until(reader, "reloaded")
+            seen = events_until(reader, "reloaded")
             logged = [record for record in seen if record[0] == "log"]
             assert logged == [
                 (

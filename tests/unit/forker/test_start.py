@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from harness import recv_all
 import sockd
 from sockd import ipc
 from sockd.spec import ServiceSpec
+from unit.forker.test_loop import events_until
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,19 +42,6 @@ class Echo(socketserver.StreamRequestHandler):
     def handle(self):
         self.wfile.write(self.rfile.readline())
 """
-
-
-def events_until(reader: ipc.Reader, kind: str) -> list[ipc.Record]:
-    """Return the forker's events up to the first of `kind` (bounded in time)."""
-    seen: list[ipc.Record] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        record = reader.read_blocking()
-        assert record is not None, f"the forker ended before {kind!r}: {seen}"
-        seen.append(record)
-        if record[0] == kind:
-            return seen
-    raise AssertionError(f"no {kind!r} in {seen}")
 
 
 def serve(
