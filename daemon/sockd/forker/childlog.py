@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from sockd.exits import RawExit
     from sockd.forker.children import Children
 
 # The log events a child may send (a pooled worker reports its own connections' too).
@@ -121,6 +122,9 @@ class Inbox:
         self.served_bytes = 0
         self.denied = 0  # and their refusals
         self.received: dict[int, int] = {}  # worker's pid -> number of its last connection read
+        # Children reaped since the reports socket was last found empty: what they sent
+        # before they exited may wait there still (pid -> service, client).
+        self.exited: dict[int, tuple[str, object]] = {}
         self.spent: dict[int, list[float]] = {}  # pid -> [window end, bytes of reports]
         self.lines: dict[int, _Lines] = {}  # pid -> its stderr, while it has written some
         self.strays = _Lines(self._stderr_line, {"service": None, "client": None, "pid": None})
@@ -171,25 +175,43 @@ class Inbox:
 
     def read(self) -> None:
         """Take what children sent: records and stderr writes (a bounded number of each)."""
+        emptied = True
         for fd, _ in self.poller.poll(0):
             if fd == self._reports_fd:
-                self._read(self.reports, self._report)
+                emptied = self._read(self.reports, self._report)
                 # Workers send batches: the daemon gets this turn's in one record.
                 self._forward_served()
             else:
                 self._read(self.stderr, self._stderr)
+        if emptied and self.exited:
+            self.exited.clear()
 
-    def _read(self, sock: socket.socket, take: Callable[[int, bytes, bool], None]) -> None:
+    def reaped(self, exits: list[RawExit]) -> None:
+        """Read what children sent before they exited, with them still known (call after reaping).
+
+        A child may send its report after our last read and exit before the
+        reaping: its report, still in the socket, would come from a pid that is
+        no child's any more. The reaped stay known until the socket is empty.
+        """
+        workers = self.workers
+        for raw in exits:
+            if raw[0] not in workers:
+                self.exited[raw[0]] = (raw[1], raw[2])
+        self.read()
+
+    def _read(self, sock: socket.socket, take: Callable[[int, bytes, bool], None]) -> bool:
+        """Read up to READS_PER_TURN writes; return whether the socket was read empty."""
         for _ in range(READS_PER_TURN):
             try:
                 data, ancillary, flags, _ = sock.recvmsg(MAX_DATAGRAM, _CREDENTIALS)
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             pid = 0
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     pid = int.from_bytes(value[:4], sys.byteorder)
             take(pid, data, bool(flags & socket.MSG_TRUNC))
+        return False
 
     def _forward_served(self) -> None:
         if self.served or self.denied:
@@ -198,7 +220,7 @@ class Inbox:
 
     def _report(self, pid: int, data: bytes, truncated: bool) -> None:
         worker = self.workers.get(pid)
-        entry = self.children.get(pid) if worker is None else None
+        entry = (self.children.get(pid) or self.exited.get(pid)) if worker is None else None
         if (worker is None and entry is None) or truncated:
             self.dropped("child_report", 1)
             return

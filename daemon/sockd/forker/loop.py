@@ -133,7 +133,7 @@ class Forker:
         shared.closed = self.closed
         shared.watch_stderr = self.stderr.watch
         shared.drain_stderr = self._drain_stderr
-        shared.before_reap = self.inbox.read
+        shared.after_reap = self.inbox.reaped
         shared.emit = self._emit
         shared.workers = self.pools.workers
         shared.worker_exited = self._worker_exited

@@ -172,8 +172,9 @@ class Shared:
         self.child_fds: tuple[int, ...] = ()  # the forker's own: listeners, pipes, epoll
         self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
         self.drain_stderr: Callable[[int], None] = lambda _pid: None
-        # Reads what children sent before they exited, so that it comes before their exits.
-        self.before_reap: Callable[[], None] = lambda: None
+        # Reads what the children just reaped sent before they exited (it comes before their
+        # exits): `Inbox.reaped`.
+        self.after_reap: Callable[[list[RawExit]], None] = lambda _exits: None
         # A pooled worker's batch for the forker: `Inbox.served_send`'s (entries, last number,
         # denied, lost); False: not sent now.
         self.emit: Callable[[bytes, int, int, int], bool] = lambda *_batch: True
@@ -241,8 +242,10 @@ class Shared:
 
     def reap(self) -> int:
         """Reap exited children without blocking, reporting `connection_closed` for each."""
-        self.before_reap()
         exits = self.children.reap()
+        if not exits:
+            return 0
+        self.after_reap(exits)
         self.reaped += len(exits)
         for raw in exits:
             pid = raw[0]

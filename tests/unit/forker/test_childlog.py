@@ -32,8 +32,13 @@ class Box:
     def _dropped(self, kind: str, count: int) -> None:
         self.dropped[kind] = self.dropped.get(kind, 0) + count
 
-    def child(self, act: Callable[[Inbox], object], *, worker: bool = False) -> int:
-        """Fork a child that runs `act` (its fd 2 the stderr socket), registered as ours."""
+    def child(
+        self, act: Callable[[Inbox], object], *, worker: bool = False, reap: bool = True
+    ) -> int:
+        """Fork a child that runs `act` (its fd 2 the stderr socket), registered as ours.
+
+        Returns once it has exited; not reaped with `reap=False` (`Children.reap` does it).
+        """
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover (the child)
@@ -52,7 +57,10 @@ class Box:
             self.children.add(pid, "echo", ("127.0.0.1", 4000))
         os.write(write_end, b".")
         os.close(write_end)
-        os.waitpid(pid, 0)
+        if reap:
+            os.waitpid(pid, 0)
+        else:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         return pid
 
 
@@ -73,6 +81,11 @@ def forged(inbox: Inbox) -> None:
     inbox.child_send(("served", [(1, "evil", "x", 0, 0.1)], 0, 0))
     inbox.served_send(entry(1, "x", 0, 0.1), 1, 0, 0)  # a worker's batch
     inbox.child_send(("log", "exit", "handler_error", {}))
+
+
+def report(number: int) -> ipc.Record:
+    """Return a child's report, numbered."""
+    return ("log", "error", "handler_error", {"n": number})
 
 
 class TestReports:
@@ -108,6 +121,34 @@ class TestReports:
         box.inbox.read()
         assert box.forwarded == []
         assert box.dropped == {"child_report": 6}
+
+    def test_a_report_sent_after_the_last_read_is_read_once_the_child_is_reaped(
+        self, box: Box
+    ) -> None:
+        """A child reports after the forker's last read and exits before the reaping: kept."""
+        box.inbox.read()  # the last read: nothing yet
+        pid = box.child(lambda inbox: inbox.child_send(report(1)), reap=False)
+        box.inbox.reaped(box.children.reap())
+        fields = {"n": 1, "service": "echo", "pid": pid, "client": "127.0.0.1:4000"}
+        assert box.forwarded == [("log", "error", "handler_error", fields)]
+        assert box.dropped == {}
+        assert box.inbox.exited == {}, "forgotten once the socket is empty"
+
+    def test_the_reaped_stay_known_until_the_socket_is_empty(
+        self, box: Box, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Reads are bounded per turn: what is left is read in a later one, still attributed."""
+        monkeypatch.setattr(childlog, "READS_PER_TURN", 2)
+        pid = box.child(lambda inbox: [inbox.child_send(report(n)) for n in range(5)], reap=False)
+        box.inbox.reaped(box.children.reap())
+        assert len(box.forwarded) == 2
+        assert pid in box.inbox.exited
+        box.inbox.read()
+        box.inbox.read()  # the fifth, and the socket found empty
+        assert [fields["n"] for _, _, _, fields in box.forwarded] == [0, 1, 2, 3, 4]
+        assert {fields["pid"] for _, _, _, fields in box.forwarded} == {pid}
+        assert box.dropped == {}
+        assert box.inbox.exited == {}
 
     def test_a_worker_reports_its_connections_under_its_own_pid(self, box: Box) -> None:
         """A pooled worker's batch goes on unread, with its pid and service; lost ones counted."""

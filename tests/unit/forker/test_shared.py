@@ -103,6 +103,21 @@ class TestShared:
         assert admission.refusal(key, 0.0) is None
         assert [event for _, event, _ in events] == ["connection_closed"]
 
+    def test_what_the_reaped_sent_is_read_before_their_exits_go_on(self) -> None:
+        """`after_reap` gets the exits reaped, before any is reported."""
+        shared = Shared()
+        order: list[object] = []
+        shared.report = lambda _level, event, _fields: order.append(event)
+        shared.after_reap = lambda exits: order.append([raw[0] for raw in exits])
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            os._exit(0)
+        shared.children.add(pid, "svc", ("127.0.0.2", 9))
+        wait_until(shared.reap)
+        assert order == [[pid], "connection_closed"]
+        assert shared.reap() == 0
+        assert order == [[pid], "connection_closed"], "nothing reaped: nothing read"
+
 
 class TestClientText:
     def test_tcp_and_unix(self) -> None:
