@@ -3,16 +3,19 @@
 Runs in the forker (`Inbox`) and in its children (`Inbox.child_send`).
 Children hold no end of the forker<->daemon channel: they send records on a
 datagram socket whose other end only the forker holds, and their fd 2 is a
-stream socket to it. The forker reads both with SO_PASSCRED, so that the
-kernel tells which process sent what it reads (a process can only claim its
-own pid without CAP_SYS_ADMIN); it accepts from a child only the events a child
-may send, sets `pid`, `service` (and `client`, for a child forked per
+stream socket to it. A record that the datagram socket cannot take (the
+forker is behind) is counted instead: a byte on a pipe, one per record.
+The forker reads the sockets with SO_PASSCRED, so that the kernel tells
+which process sent what it reads (a process can only claim its own pid
+without CAP_SYS_ADMIN); it accepts from a child only the events a child may
+send, sets `pid`, `service` (and `client`, for a child forked per
 connection) from its own record of that child, drops what comes from a pid
 that is not a child, and bounds what one child may send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import select
@@ -44,6 +47,9 @@ CHILD_EVENTS = frozenset(
         "max_duration_exceeded",
     )
 )
+# A report a child could not send is counted by a byte on the `lost` pipe: its event's index.
+LOST_KINDS = ("child_report", *sorted(CHILD_EVENTS))
+_LOST_CODES = {kind: bytes((code,)) for code, kind in enumerate(LOST_KINDS)}
 MAX_DATAGRAM = 65536  # the longest report (longer: dropped); stderr is read in pieces this long
 CHILD_BUDGET = 1 << 20  # bytes of reports one child may send per WINDOW; the rest is counted
 WINDOW = 60.0  # seconds: a child's stderr may give MAX_LINES lines per window
@@ -107,16 +113,18 @@ class Inbox:
         # A stream, as a pipe is (no size limit per write): the kernel still never
         # hands over the bytes of two writers in one read, with SO_PASSCRED.
         self.stderr, self.stderr_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Both in an epoll of their own, which the forker's polls: before each
+        # A byte per record a child could not send (`LOST_KINDS`): one write, never waits.
+        self.lost, self._lost_child = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # All three in an epoll of their own, which the forker's polls: after each
         # reaping, one poll(0) of it (1 us) says whether anything is to be read.
         self.poller = select.epoll()
         for sock in (self.reports, self.stderr):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.setblocking(False)
             self.poller.register(sock.fileno(), select.EPOLLIN)
+        self.poller.register(self.lost, select.EPOLLIN)
         self._reports_fd = self.reports.fileno()
         self._send = self._reports_child.send
-        self.unsent = 0  # in a child: records it could not send
         # Workers' batches read in this turn, passed on in one record: (pid, service, entries).
         self.served: list[tuple[int, str, bytes]] = []
         self.served_bytes = 0
@@ -139,15 +147,15 @@ class Inbox:
         os.dup2(self.stderr_child.fileno(), 2)
         self.stderr_child.close()
 
-    def fds(self) -> tuple[int, int, int]:
-        """Return the descriptors a child closes: our epoll and the sockets' reading ends."""
-        return self.poller.fileno(), self._reports_fd, self.stderr.fileno()
+    def fds(self) -> tuple[int, int, int, int]:
+        """Return the descriptors a child closes: our epoll and the reading ends."""
+        return self.poller.fileno(), self._reports_fd, self.stderr.fileno(), self.lost
 
     def child_send(self, record: ipc.Record) -> bool:
         """In a child: send `record` to the forker without waiting; False if it was not sent.
 
-        What was not sent is counted in `unsent`; a pooled worker's next
-        batch (`served_send`) carries the count.
+        What was not sent is counted: a byte on the `lost` pipe, which the
+        forker reports as dropped (`events_dropped`), by event.
         """
         try:
             data = marshal.dumps(record)  # type: ignore[arg-type]
@@ -155,7 +163,9 @@ class Inbox:
                 raise ValueError  # noqa: TRY301 (handled as one with the rest)
             self._send(data, socket.MSG_DONTWAIT)
         except (OSError, ValueError):  # full (EAGAIN), or not plain values
-            self.unsent += 1
+            kind = record[2] if record[0] == "log" and len(record) > 2 else None
+            with contextlib.suppress(OSError):  # a full pipe: 64 KiB of them unread
+                os.write(self._lost_child, _LOST_CODES.get(kind, b"\0"))  # type: ignore[call-overload]
             return False
         return True
 
@@ -166,11 +176,9 @@ class Inbox:
         connections refused and the records lost since the last batch.
         """
         try:
-            header = batch_header(last, denied, lost + self.unsent)
-            self._send(header + entries, socket.MSG_DONTWAIT)
+            self._send(batch_header(last, denied, lost) + entries, socket.MSG_DONTWAIT)
         except OSError:  # full (EAGAIN): the batch is kept for later
             return False
-        self.unsent = 0
         return True
 
     def read(self) -> None:
@@ -181,6 +189,8 @@ class Inbox:
                 emptied = self._read(self.reports, self._report)
                 # Workers send batches: the daemon gets this turn's in one record.
                 self._forward_served()
+            elif fd == self.lost:
+                self._count_lost()
             else:
                 self._read(self.stderr, self._stderr)
         if emptied and self.exited:
@@ -212,6 +222,14 @@ class Inbox:
                     pid = int.from_bytes(value[:4], sys.byteorder)
             take(pid, data, bool(flags & socket.MSG_TRUNC))
         return False
+
+    def _count_lost(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            codes = os.read(self.lost, 65536)
+            for code, kind in enumerate(LOST_KINDS):
+                count = codes.count(code)
+                if count:
+                    self.dropped(kind, count)
 
     def _forward_served(self) -> None:
         if self.served or self.denied:
@@ -301,9 +319,11 @@ class Inbox:
             lines.end()
 
     def close(self) -> None:
-        """Close the sockets (not fd 2)."""
+        """Close the sockets and the pipe (not fd 2)."""
         for sock in (self.reports, self._reports_child, self.stderr, self.stderr_child):
             sock.close()
+        os.close(self.lost)
+        os.close(self._lost_child)
         self.poller.close()
 
 

@@ -150,13 +150,35 @@ class TestReports:
         assert box.dropped == {}
         assert box.inbox.exited == {}
 
+    def test_what_a_child_could_not_send_is_counted_by_event(
+        self, box: Box, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The socket full (the forker behind), or a record too large: counted, by event."""
+        monkeypatch.setattr(childlog, "READS_PER_TURN", 1 << 20)
+        sent = os.pipe()
+
+        def flood(inbox: Inbox) -> None:
+            number = 0
+            while inbox.child_send(report(number)):  # until the socket is full
+                number += 1
+            inbox.child_send(("log", "info", "idle_timeout", {}))
+            inbox.child_send(("log", "error", "handler_error", {"pad": "x" * 70000}))
+            inbox.child_send(("reloaded", 1))  # not a log record
+            os.write(sent[1], b"%d" % number)
+
+        box.child(flood)
+        box.inbox.read()
+        assert len(box.forwarded) == int(os.read(sent[0], 100)) > 100
+        for fd in sent:
+            os.close(fd)
+        assert box.dropped == {"handler_error": 2, "idle_timeout": 1, "child_report": 1}
+
     def test_a_worker_reports_its_connections_under_its_own_pid(self, box: Box) -> None:
         """A pooled worker's batch goes on unread, with its pid and service; lost ones counted."""
         entries = entry(1, ("1.2.3.4", 5), 0, 0.5) + b"\x03\x00bad" + entry(2, "x", 1, 0.1)
 
         def served(inbox: Inbox) -> None:
-            inbox.unsent = 2  # two log records it could not send earlier
-            inbox.served_send(entries, 2, 3, 1)
+            inbox.served_send(entries, 2, 3, 3)
 
         pid = box.child(served, worker=True)
         box.inbox.read()
