@@ -59,3 +59,21 @@ class RealTimeSignal(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         """Kill ourselves."""
         os.kill(os.getpid(), signal.SIGRTMIN + 6)
+
+
+class ProxyReport(socketserver.StreamRequestHandler):
+    """Report the client, the proxy and the PROXY header's TLVs as one JSON line."""
+
+    def handle(self) -> None:
+        """Write client_address, server.proxy_address and the header's fields."""
+        header = getattr(self.server, "proxy_header", None)
+        report = {
+            "client": list(self.client_address),
+            "proxy": list(getattr(self.server, "proxy_address", None) or ()),
+            "version": header and header.version,
+            "local": header and header.local,
+            "authority": header and header.authority,
+            "cn": header and header.ssl and header.ssl.cn,
+            "payload": self.rfile.read1(100).decode(),
+        }
+        self.wfile.write(json.dumps(report).encode() + b"\n")

@@ -122,6 +122,8 @@ def _is_client(client: object) -> bool:
         return len(client) >= 2 and type(client[0]) is str
     if type(client) is list:  # [credentials' text, escaped path]
         return len(client) == 2 and type(client[0]) is str and type(client[1]) is str
+    if type(client) is dict:  # a proxied client: {"client": text, "via": text}
+        return client.keys() == _PROXIED and all(type(text) is str for text in client.values())
     return client is None or type(client) is str  # None: not known (a worker's slot scribbled on)
 
 
@@ -164,14 +166,21 @@ def served_fields(
     return fields
 
 
-def client_fields(client: object) -> dict[str, object]:
-    """Return the fields naming a recorded client: `client`, and a UNIX peer's `peer_path`.
+_PROXIED = {"client", "via"}
 
-    `client` is a TCP client's address, a UNIX peer's credentials' text, or
-    [text, escaped path] for a UNIX peer bound to a path (`sockd.forker.shared.unix_client`).
+
+def client_fields(client: object) -> dict[str, object]:
+    """Return the fields naming a recorded client: `client`, a UNIX peer's `peer_path`, `via`.
+
+    `client` is a TCP client's address, a UNIX peer's credentials' text,
+    [text, escaped path] for a UNIX peer bound to a path (`sockd.forker.shared.unix_client`),
+    or a proxied client's fields: the client its PROXY header named, and the
+    proxy `via` (`sockd.forker.proxied.proxied_client`).
     """
     if isinstance(client, list):
         return {"client": client[0], "peer_path": client[1]}
+    if isinstance(client, dict):
+        return {"client": client["client"], "via": client["via"]}
     return {"client": client if isinstance(client, str) else describe(client)}
 
 

@@ -37,6 +37,12 @@ def _integer(value: object) -> int:
     return value
 
 
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _expected("true or false", value)
+    return value
+
+
 def _number(value: object) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise _expected("a number", value)
@@ -205,6 +211,8 @@ class ServiceSpec(WireRecord):
     `program` is exec[0] found on PATH; `identity` is [uid, gid, groups] for
     a program's `user`/`group`, or None; `allow` and `deny` are networks as
     text. Read-only once made: the forker's `Service` copies what it uses.
+    With `proxy_protocol`, each connection starts with a PROXY header, taken
+    from the addresses in `proxy_trusted` only, within `proxy_timeout` seconds.
     """
 
     __slots__ = (
@@ -221,6 +229,9 @@ class ServiceSpec(WireRecord):
         "max_duration",
         "name",
         "program",
+        "proxy_protocol",
+        "proxy_timeout",
+        "proxy_trusted",
         "refusal",
         "workers",
     )
@@ -240,6 +251,9 @@ class ServiceSpec(WireRecord):
         ("limits", Limits.from_wire),
         ("workers", _OPTIONAL_INTEGER),
         ("max_connections_per_child", _OPTIONAL_INTEGER),
+        ("proxy_protocol", _flag),
+        ("proxy_trusted", _texts),
+        ("proxy_timeout", _number),
     )
 
     def __init__(  # noqa: PLR0913 (a keyword a field)
@@ -260,6 +274,9 @@ class ServiceSpec(WireRecord):
         limits: Limits | None = None,
         workers: int | None = None,
         max_connections_per_child: int | None = None,
+        proxy_protocol: bool = False,
+        proxy_trusted: tuple[str, ...] = (),
+        proxy_timeout: float = 3.0,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -276,6 +293,9 @@ class ServiceSpec(WireRecord):
         self.limits = Limits() if limits is None else limits
         self.workers = workers
         self.max_connections_per_child = max_connections_per_child
+        self.proxy_protocol = proxy_protocol
+        self.proxy_trusted = proxy_trusted
+        self.proxy_timeout = proxy_timeout
 
 
 def services_from_wire(data: object) -> list[ServiceSpec]:

@@ -27,6 +27,7 @@ class TestEntries:
             (3, "unix:uid=0,pid=1", -9, 1.0),
             (4, ["unix:uid=0,pid=1", "/run/x\\x00"], 1, 0.0),
             (5, None, 0, 0.0),  # the connection a worker died serving, its slot unreadable
+            (6, {"client": "192.0.2.1:5", "via": "127.0.0.1:4"}, 0, 0.1),  # proxied
         ]
         assert read_entries(b"".join(entry(*values) for values in sent)) == (sent, 0)
 
@@ -64,6 +65,9 @@ class TestEntries:
             (1, [1, 2], 0, 0.5),
             (1, b"127.0.0.1", 0, 0.5),
             (1, 7, 0, 0.5),
+            (1, {"client": "a"}, 0, 0.5),  # a proxied client without its proxy
+            (1, {"client": "a", "via": "b", "x": "c"}, 0, 0.5),
+            (1, {"client": "a", "via": 1}, 0, 0.5),
         ],
     )
     def test_an_entry_of_the_wrong_shape_is_skipped(self, value: object) -> None:
@@ -72,7 +76,14 @@ class TestEntries:
 
     def test_every_entry_read_can_be_logged(self) -> None:
         """What read_entries keeps, served_fields describes: no client read can make it raise."""
-        for client in (("h", 1), ("h", "p", 3), ["a", "b"], "text", None):
+        for client in (
+            ("h", 1),
+            ("h", "p", 3),
+            ["a", "b"],
+            "text",
+            None,
+            {"client": "a", "via": "b"},
+        ):
             (kept,), _ = read_entries(entry(1, client, 0, 0.5))
             exits.served_fields(7, "pool", kept[1], kept[2], kept[3])
 
@@ -85,6 +96,12 @@ class TestEntries:
         """A batch dropped on the way is counted by its frames alone."""
         assert exits.count_entries(entry(*GOOD) * 5) == 5
         assert exits.count_entries(b"") == 0
+
+
+def test_a_proxied_client_is_named_with_its_proxy() -> None:
+    """The client its header named, and the proxy `via`."""
+    fields = exits.client_fields({"client": "192.0.2.1:5", "via": "127.0.0.1:4"})
+    assert fields == {"client": "192.0.2.1:5", "via": "127.0.0.1:4"}
 
 
 class TestBatchHeader:

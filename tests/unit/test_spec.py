@@ -36,6 +36,9 @@ EVERY = ServiceConfig(
     refusal="busy\r\n",
     workers=4,
     max_connections_per_child=9,
+    proxy_protocol=True,
+    proxy_trusted=(ipaddress.ip_network("192.0.2.0/24"),),
+    proxy_timeout=0.5,
     limits=Limits(
         per_source=2,
         source_prefix_v4=24,
@@ -79,7 +82,7 @@ class TestFromConfig:
         assert set(ServiceSpec.__slots__) == carried | {"identity"}
         for name in sorted(carried):
             expected = getattr(EVERY, name)
-            if name in ("allow", "deny"):
+            if name in ("allow", "deny", "proxy_trusted"):
                 expected = tuple(str(network) for network in expected)
             assert getattr(spec, name) == expected, name
             assert getattr(spec, name) != getattr(blank, name), f"{name}: set to its default"
@@ -133,8 +136,8 @@ class TestMalformed:
     @pytest.mark.parametrize(
         ("data", "problem"),
         [
-            ("every", "expected 15 values, got str"),
-            (wire()[:14], "expected 15 values, got list of 14"),
+            ("every", "expected 18 values, got str"),
+            (wire()[:14], "expected 18 values, got list of 14"),
             (wire(name=1), "name: expected a string, got int"),
             (wire(handler=True), "handler: expected a string or None, got bool"),
             (wire(exec=("/bin/cat", b"-u")), "exec: item 1: expected a string, got bytes"),
@@ -152,6 +155,9 @@ class TestMalformed:
             (wire(limits={}), "limits: expected 7 values, got dict"),
             (wire(limits=(2, 24, 48, "5", 7, 1.5, 3)), "limits: rate: expected a number or None"),
             (wire(workers=4.0), "workers: expected an integer or None, got float"),
+            (wire(proxy_protocol=1), "proxy_protocol: expected true or false, got int"),
+            (wire(proxy_trusted=[1]), "proxy_trusted: item 0: expected a string, got int"),
+            (wire(proxy_timeout=None), "proxy_timeout: expected a number, got NoneType"),
         ],
     )
     def test_is_refused_naming_the_field(self, data: object, problem: str) -> None:

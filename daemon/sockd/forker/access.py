@@ -58,6 +58,16 @@ class AccessRules:
         return None
 
 
+def trusted(networks: Networks, proxy_address: object) -> bool:
+    """Whether a proxy at `proxy_address` may send PROXY headers (a UNIX peer always may).
+
+    On a UNIX listener, the socket file's mode decides who may connect at all.
+    """
+    if not isinstance(proxy_address, tuple):
+        return True
+    return networks.match(*_address(proxy_address[0])) is not None
+
+
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 

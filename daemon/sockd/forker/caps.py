@@ -41,6 +41,8 @@ class Caps:
         # Children of retired forkers, which count toward our caps: all, and per service.
         self.elsewhere: tuple[int, dict[str, int]] = (0, {})
         self.at_cap: tuple[str, ...] = ()  # services that may accept no more now (STATUS=)
+        # Connections waiting for their PROXY header, per service: they count as children.
+        self.waiting: dict[str, int] = {}
         self.log = Denials()  # cap_reached, bounded as refusals are
 
     def set(self, max_children: int, services: Iterable[Service]) -> None:
@@ -52,9 +54,10 @@ class Caps:
         """Return the places services are guaranteed and do not use now, all together."""
         children = self.children
         per_service = self.elsewhere[1]
+        waiting = self.waiting
         total = 0
         for name, share in self.shares.items():
-            left = share - children.count(name) - per_service.get(name, 0)
+            left = share - children.count(name) - per_service.get(name, 0) - waiting.get(name, 0)
             if left > 0:
                 total += left
         return total
@@ -69,13 +72,16 @@ class Caps:
         """
         children = self.children
         elsewhere, per_service = self.elsewhere
+        waiting = self.waiting
         name = service.name
-        used = children.count(name) + per_service.get(name, 0)
+        used = children.count(name) + per_service.get(name, 0) + waiting.get(name, 0)
         if unused is None:
             unused = self.unused()
         # What the other services are guaranteed and do not use: not ours to take.
         reserved = unused - max(0, self.shares.get(name, 0) - used)
         room = self.max_children - len(children) - elsewhere - reserved
+        if waiting:
+            room -= sum(waiting.values())
         cap = service.max_children
         if cap is not None:
             room = min(room, cap - used)

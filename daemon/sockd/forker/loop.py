@@ -23,6 +23,7 @@ from sockd.forker.caps import Caps
 from sockd.forker.childlog import Inbox
 from sockd.forker.pool import Pools
 from sockd.forker.programs import StderrWatch
+from sockd.forker.proxied import Waiting
 from sockd.forker.service import HANDLED_SIGNALS, ForkPaused, ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.spec import WireError, services_from_wire
@@ -109,6 +110,10 @@ class Forker:
         services = [server.service for server in servers]
         self.caps = Caps(shared.children, max_children, services, self.report)
         self.poller = select.epoll()
+        # Connections whose PROXY header is not complete yet: polled here too.
+        self.waiting = shared.waiting = Waiting(self.poller)
+        shared.waiting_fds = self.waiting.connections
+        self.caps.waiting = self.waiting.counts
         self.pending: list[int] = []
         self.listening: dict[int, ServiceServer] = {}
         self.bursts: dict[ServiceServer, int] = {}
@@ -149,6 +154,7 @@ class Forker:
         timers.follow("max_duration", self._overdue_at, self._enforce_deadlines)
         timers.follow("summaries", self._summaries_at, self._summaries)  # the bounded logs'
         timers.follow("respawn", self._respawn_at, self._respawn)  # pooled workers'
+        timers.follow("headers", self.waiting.next_deadline, self._headers_due)  # proxy_timeout
         timers.add("crowd_check", self._check_crowded)  # set while renew_after children are open
         timers.add("prune", self._prune, 0.0)  # every PRUNE_INTERVAL
         timers.add("pause", self._resume)  # accept(2) or fork(2) failed: accepting waits
@@ -418,6 +424,26 @@ class Forker:
             self.timers.set("inbox", time.monotonic() + INBOX_DELAY)
         elif fd in self.stderr.pipes:
             self.stderr.read(fd)
+        elif fd in self.waiting.connections:
+            self._header(fd)
+
+    def _header(self, fd: int) -> None:
+        """Read more of a PROXY header; serve its connection once it is complete."""
+        try:
+            self.waiting.ready(fd)
+        except ForkPaused as paused:
+            self.timers.set("pause", time.monotonic() + paused.delay)
+        if fd not in self.waiting.connections:
+            self._waited()
+
+    def _headers_due(self, now: float) -> None:
+        self.waiting.expire(now)
+        self._waited()
+
+    def _waited(self) -> None:
+        """Look at the listeners again if a capped service may have room (a header wait ended)."""
+        if self.caps.at_cap or self.timers.is_set("pause"):
+            self._update_accepting()
 
     def _obey(self) -> None:
         for record in self.control.read():
@@ -594,6 +620,7 @@ class Forker:
         self._update_accepting()
         for server in self.servers:
             server.server_close()
+        self.waiting.close()  # not admitted yet: as the backlog, dropped
 
     def _advance_stop(self, now: float) -> None:
         """Past the stop's deadline, SIGTERM the children left; past the grace, SIGKILL."""

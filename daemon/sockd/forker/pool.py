@@ -165,6 +165,8 @@ class _Worker:
         for signum in HANDLED_SIGNALS:
             _signal.signal(signum, int(signal.SIG_DFL))
         shared.close_in_child()
+        # Proxied connections' headers: read here, waiting (no loop polls them for us).
+        shared.waiting, shared.waiting_fds = None, {}
         # Our own wake-up pipe: a SIGTERM that comes just before epoll_wait() still wakes it.
         wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         _signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
@@ -197,7 +199,10 @@ class _Worker:
     def serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
         """Serve a connection admitted by `server`, numbered and recorded (`_PooledServer`)."""
         started = time.monotonic()
-        client = unix_client(request, client_address) if server._unix else client_address  # noqa: SLF001
+        if server.proxy_header is None:
+            client = unix_client(request, client_address) if server._unix else client_address  # noqa: SLF001
+        else:
+            client = server.record_client(request, client_address)
         self.number += 1
         self._in_flight(client, started)
         status = self._handle(server, request, client_address, client)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
+    from sockd.proxy import Header
+
 # What every program starts from, before its service's `env` and the connection's
 # variables: a fixed PATH, as systemd gives services and xinetd its servers. No
 # LANG: a program speaks its protocol in the C locale unless `env` says otherwise
@@ -109,7 +111,12 @@ class Program:
         )
 
     def start(
-        self, request: socket.socket, client: Any, local: Any, in_child: Callable[[], None]
+        self,
+        request: socket.socket,
+        client: Any,
+        local: Any,
+        in_child: Callable[[], None],
+        proxied: tuple[Header, Any] | None = None,
     ) -> tuple[int, int]:
         """Start the program on the connection; return its pid and the read end of its stderr.
 
@@ -118,11 +125,22 @@ class Program:
             client: the client's address ("" for a UNIX peer).
             local: the listener's address, if not a wildcard (see connection_environment).
             in_child: what a forked child does first (close the forker's descriptors).
+            proxied: the connection's PROXY header and the proxy's address, if it had one
+                (`client` is then the header's; see `sockd.forker.proxied.proxy_environment`).
 
         Raises:
             OSError: the pipe or the process could not be made.
         """
-        environ = connection_environment(self.environ, request, client, local)
+        if proxied is None:
+            environ = connection_environment(self.environ, request, client, local)
+        else:
+            from sockd.forker.proxied import proxy_environment  # noqa: PLC0415
+
+            header, proxy_address = proxied
+            if not header.local:
+                local = header.destination
+            environ = connection_environment(self.environ, request, client, local)
+            proxy_environment(environ, header, request, proxy_address)
         connection = request.fileno()
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:

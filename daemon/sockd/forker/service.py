@@ -21,7 +21,7 @@ import time
 from sockd import listeners
 from sockd.errors import OSFailure, exception_fields
 from sockd.exits import client_fields
-from sockd.forker.access import source_text
+from sockd.forker.access import source_text, trusted
 from sockd.forker.children import peak_rss_kib
 from sockd.forker.shared import Service, Shared, client_record, unix_client
 from sockd.privileges import become_ids
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sockd.listeners import Endpoint
+    from sockd.proxy import Header
 
 # Signals the forker handles (in a child, its handlers take their default actions).
 HANDLED_SIGNALS = (
@@ -89,6 +90,11 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
     # capped listener.
     max_children = sys.maxsize
     timeout = None
+    # The connection's PROXY header (`sockd.proxy.Header`), and the address of the proxy
+    # that sent it (the connection's own peer), while it is admitted and served: a
+    # handler reads them as `self.server.proxy_header`, `self.server.proxy_address`.
+    proxy_header: Header | None = None
+    proxy_address: Any = None
 
     def __init__(self, endpoint: Endpoint, service: Service, shared: Shared) -> None:
         """Serve the listening socket the daemon passed (`endpoint.adopted`).
@@ -269,21 +275,107 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             if request.getsockopt(_SOL_SOCKET, _SO_ERROR):  # reset while it waited
                 self.drop_reset(request)
                 continue
-            if not self.verify_request(request, client_address):
-                self.shutdown_request(request)
+            if self.service.proxy_trusted is not None:
+                self.take_proxied(request, client_address)
                 continue
-            try:
-                self.process_request(request, client_address)
-            except Exception as exc:  # noqa: BLE001 (fork or spawn failed: report it, serve on)
-                self.shared.stats.errors += 1
-                self.shutdown_request(request)
-                if isinstance(exc, OSError) and exc.errno in FORK_RESOURCE_ERRORS:
-                    delay = self.shared.fork_failed(self.service.name, exc.strerror)
-                    raise ForkPaused(delay) from None
-                error = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-                fields = {"service": self.service.name, "error": error}
-                self.shared.report("error", "fork_failed", fields)
+            self._admit(request, client_address)
         return budget
+
+    def _admit(self, request: Any, client_address: Any) -> None:
+        """Admit (`verify_request`) and serve (`process_request`) a connection, or refuse it."""
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception as exc:  # noqa: BLE001 (fork or spawn failed: report it, serve on)
+            self.shared.stats.errors += 1
+            self.shutdown_request(request)
+            if isinstance(exc, OSError) and exc.errno in FORK_RESOURCE_ERRORS:
+                delay = self.shared.fork_failed(self.service.name, exc.strerror)
+                raise ForkPaused(delay) from None
+            error = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            fields = {"service": self.service.name, "error": error}
+            self.shared.report("error", "fork_failed", fields)
+
+    def take_proxied(self, request: Any, proxy_address: Any) -> None:
+        """Take a connection that starts with a PROXY header: from a trusted proxy only.
+
+        Nothing is read from an untrusted one. In the forker, the header is
+        read without waiting (`sockd.forker.proxied.Waiting`); elsewhere,
+        waiting for it (`read_proxied`).
+
+        May be extended, do not override.
+        """
+        networks = self.service.proxy_trusted
+        if networks is None or not trusted(networks, proxy_address):
+            self.refuse_proxied(request, proxy_address, "proxy_untrusted")
+        elif self.shared.waiting is not None:
+            self.shared.waiting.take(self, request, proxy_address)
+        else:
+            self.read_proxied(request, proxy_address)
+
+    def read_proxied(self, request: Any, proxy_address: Any) -> None:
+        """Wait for the connection's header (up to `proxy_timeout`), then serve it, or refuse it.
+
+        May be extended, do not override.
+        """
+        from sockd import proxy  # noqa: PLC0415 (see sockd.forker.proxied)
+        from sockd.forker.proxied import header_problem  # noqa: PLC0415
+
+        try:
+            header = proxy.read(request, self.service.proxy_timeout)
+        except TimeoutError:
+            self.refuse_proxied(request, proxy_address, "proxy_timeout")
+        except (proxy.ProxyError, EOFError, OSError) as exc:
+            self.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
+        else:
+            self.serve_proxied(request, header, proxy_address)
+
+    def serve_proxied(self, request: Any, header: Header, proxy_address: Any) -> None:
+        """Admit and serve a connection whose header is read, as the real client's.
+
+        A LOCAL header (a proxy's health check) or an UNKNOWN one is served
+        with the connection's own addresses.
+
+        Raises:
+            ForkPaused: see `accept_ready`.
+
+        May be extended, do not override.
+        """
+        self.proxy_header, self.proxy_address = header, proxy_address
+        try:
+            self._admit(request, proxy_address if header.local else header.source)
+        finally:
+            self.proxy_header = self.proxy_address = None
+            self._record_started()
+
+    def refuse_proxied(
+        self, request: Any, proxy_address: Any, reason: str, error: str | None = None
+    ) -> None:
+        """Refuse a connection whose proxy is not trusted, or whose header failed; close it.
+
+        Logged as `connection_denied` with the `reason` (and the header's
+        `error`), within the bounds of `access.Denials`.
+
+        May be extended, do not override.
+        """
+        self._refuse(request, proxy_address, reason, time.monotonic(), error)
+        self.shutdown_request(request)
+
+    def record_client(self, request: Any, client_address: Any) -> object:
+        """Return how the connection's client is recorded (see `sockd.exits.client_fields`).
+
+        A proxied client is named by its header, the proxy as `via`.
+
+        May be overridden.
+        """
+        header = self.proxy_header
+        if header is not None and not header.local:
+            from sockd.forker.proxied import proxied_client  # noqa: PLC0415
+
+            return proxied_client(request, client_address, self.proxy_address)
+        return client_record(request, client_address)
 
     def _record_started(self) -> None:
         if not self._started:
@@ -335,7 +427,9 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         self._refuse(request, client_address, reason, time.monotonic())
         return False
 
-    def _refuse(self, request: Any, client_address: Any, reason: str, now: float) -> None:
+    def _refuse(
+        self, request: Any, client_address: Any, reason: str, now: float, error: str | None = None
+    ) -> None:
         self.shared.stats.denied += 1
         if self.service.refusal:
             with contextlib.suppress(OSError):
@@ -349,8 +443,10 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         else:
             source = "unix"
         if self.shared.denials.first(self.service.name, reason, source, now):
-            client = client_fields(client_record(request, client_address))
+            client = client_fields(self.record_client(request, client_address))
             fields = {"service": self.service.name, **client, "reason": reason}
+            if error is not None:
+                fields["error"] = error
             self.shared.report("info", "connection_denied", fields)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -367,13 +463,22 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         """
         # The text is made later, by the daemon, except for UNIX peers: their
         # credentials (SO_PEERCRED), never the path they bound (they choose it).
-        client = unix_client(request, client_address) if self._unix else client_address
+        header = self.proxy_header
+        if header is None:
+            client = unix_client(request, client_address) if self._unix else client_address
+        else:
+            client = self.record_client(request, client_address)
         program = self.service.program
         if program is None:
             pid = self.fork_request(request, client_address)
         else:
+            proxied = None if header is None else (header, self.proxy_address)
             pid, stderr = program.start(
-                request, client_address, self._local_address, self.shared.close_in_child
+                request,
+                client_address,
+                self._local_address,
+                self.shared.close_in_child,
+                proxied,
             )
             self.shared.watch_stderr(stderr, pid, self.service.name, client)
         self._started.append((pid, client, program is not None))
@@ -398,10 +503,13 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
 
         May be overridden.
         """
-        for fd in self.shared.child_fds:  # as Shared.close_in_child does
+        shared = self.shared
+        for fd in shared.child_fds:  # as Shared.close_in_child does
             os.close(fd)
-        if self.shared.child_identity is not None:
-            become_ids(self.shared.child_identity)
+        for fd in shared.waiting_fds:
+            os.close(fd)
+        if shared.child_identity is not None:
+            become_ids(shared.child_identity)
         return self.serve_connection(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -433,7 +541,7 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         with contextlib.suppress(Exception):  # the error path must not raise
             fields = {
                 "service": self.service.name,
-                **client_fields(client_record(request, client_address)),
+                **client_fields(self.record_client(request, client_address)),
                 "pid": os.getpid(),
                 "seconds": self.service.idle_timeout,
             }
@@ -452,7 +560,7 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
         with contextlib.suppress(Exception):  # the error path must not raise
             fields = {
                 "service": self.service.name,
-                **client_fields(client_record(request, client_address)),
+                **client_fields(self.record_client(request, client_address)),
                 "pid": os.getpid(),
                 "exception": exception_fields(exc),
             }

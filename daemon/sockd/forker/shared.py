@@ -7,7 +7,7 @@ import time
 
 from sockd import listeners
 from sockd.exits import PEER_GONE_STATUSES, closed_fields
-from sockd.forker.access import AccessRules, Admission, Denials
+from sockd.forker.access import AccessRules, Admission, Denials, Networks
 from sockd.forker.children import Children
 from sockd.forker.programs import Program
 from sockd.handlers import load_handler
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sockd.exits import RawExit
+    from sockd.forker.proxied import Waiting
     from sockd.spec import ServiceSpec
 
 
@@ -36,6 +37,8 @@ class Service:
         "max_duration",
         "name",
         "program",
+        "proxy_timeout",
+        "proxy_trusted",
         "refusal",
         "rules",
         "workers",
@@ -61,6 +64,9 @@ class Service:
         self.limits = spec.limits
         self.workers = spec.workers  # pooled: this many workers serve it
         self.max_connections_per_child = spec.max_connections_per_child
+        # With the PROXY protocol: who may send headers (None: connections have none).
+        self.proxy_trusted = Networks(spec.proxy_trusted) if spec.proxy_protocol else None
+        self.proxy_timeout = spec.proxy_timeout
 
 
 class Stats:
@@ -170,6 +176,10 @@ class Shared:
         self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
         self.closed: Callable[[RawExit], None] = self._report_closed
         self.child_fds: tuple[int, ...] = ()  # the forker's own: listeners, pipes, epoll
+        # Connections waiting for their PROXY header, by descriptor (`proxied.Waiting`'s):
+        # a child closes them too.
+        self.waiting_fds: dict[int, Any] = {}
+        self.waiting: Waiting | None = None  # None: no loop polls them (read them waiting)
         self.watch_stderr: Callable[[int, int, str, object], None] = _close_stderr
         self.drain_stderr: Callable[[int], None] = lambda _pid: None
         # Reads what the children just reaped sent before they exited (it comes before their
@@ -188,6 +198,8 @@ class Shared:
     def close_in_child(self) -> None:
         """Close the forker's descriptors (`child_fds`): call it first in a child."""
         for fd in self.child_fds:
+            os.close(fd)
+        for fd in self.waiting_fds:
             os.close(fd)
 
     def fork_failed(self, service: str, error: str | None) -> float:

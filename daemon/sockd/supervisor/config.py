@@ -49,6 +49,9 @@ MAX_LISTEN = 64  # addresses per service
 MAX_ADDRESS_BYTES = 512  # a listen address as written
 MAX_NETWORKS = 100_000  # entries of allow, and of deny
 MAX_NETWORK_BYTES = 64  # an allow/deny entry as written
+MAX_PROXY_TIMEOUT = 300.0  # seconds a PROXY header may take, at most
+# Who may send PROXY headers, unless proxy_trusted says: this host only.
+DEFAULT_PROXY_TRUSTED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
 MAX_NAME_BYTES = 256  # handler, user, group
 MAX_PATH_BYTES = 4096  # a pythonpath entry
 MAX_PYTHONPATH = 64
@@ -99,6 +102,9 @@ class ServiceConfig:
     workers: int | None = None  # pooled: this many pre-forked processes serve one after another
     max_connections_per_child: int | None = None  # pooled: a worker is replaced after these
     limits: Limits = dataclasses.field(default_factory=Limits)
+    proxy_protocol: bool = False  # each connection starts with a PROXY header (v1 or v2)
+    proxy_trusted: tuple[IPNetwork, ...] = DEFAULT_PROXY_TRUSTED  # who may send one
+    proxy_timeout: float = 3.0  # seconds the header may take
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,10 +327,25 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
         max_connections_per_child=table.integer(
             "max_connections_per_child", None, minimum=1, maximum=MAX_CONNECTIONS_PER_CHILD
         ),
+        **_proxy(table),
     )
     table.done()
     _check_kind(table, service, import_handlers=import_handlers)
     return service
+
+
+def _proxy(table: Table) -> dict[str, Any]:
+    """Return proxy_protocol, and proxy_trusted and proxy_timeout, which go with it."""
+    proxy_protocol = table.flag("proxy_protocol", default=False)
+    settings: dict[str, Any] = {"proxy_protocol": proxy_protocol}
+    for key in ("proxy_trusted", "proxy_timeout"):
+        if key in table.data and not proxy_protocol:
+            table.fail(key, "goes with proxy_protocol = true")
+    if "proxy_trusted" in table.data:
+        settings["proxy_trusted"] = _networks(table, "proxy_trusted")
+    timeout = table.number("proxy_timeout", 3.0, minimum=MIN_SECONDS, maximum=MAX_PROXY_TIMEOUT)
+    settings["proxy_timeout"] = timeout
+    return settings
 
 
 def _check_kind(table: Table, service: ServiceConfig, *, import_handlers: bool = True) -> None:
@@ -542,6 +563,9 @@ def service_spec(service: ServiceConfig) -> ServiceSpec:
         limits=service.limits,
         workers=service.workers,
         max_connections_per_child=service.max_connections_per_child,
+        proxy_protocol=service.proxy_protocol,
+        proxy_trusted=tuple(str(network) for network in service.proxy_trusted),
+        proxy_timeout=service.proxy_timeout,
     )
 
 
@@ -561,5 +585,7 @@ def to_toml(config: Config) -> str:
     for service in config.services:
         values = {**vars(service), **service.limits.as_dict()}
         del values["limits"]
+        if not service.proxy_protocol:  # they go with it
+            del values["proxy_trusted"], values["proxy_timeout"]
         lines += ["", "[[service]]", *toml_pairs(values)]
     return "\n".join(lines) + "\n"

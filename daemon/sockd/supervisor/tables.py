@@ -72,6 +72,14 @@ class Table:
             self.fail(key, f"expected {_KIND_NAMES[kind]}, got {type(value).__name__}")
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        """Return true or false, or `default` if absent."""
+        self.seen.add(key)
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {type(value).__name__}")
+        return value
+
     def table(self, key: str) -> Table:
         """Return the sub-table `key` (empty if absent)."""
         return Table(self.get(key, dict, {}), self.source, f"{self.prefix}{key}.")
@@ -158,6 +166,8 @@ def toml_pairs(values: dict[str, Any]) -> list[str]:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         # A valid TOML basic string, escapes and all (JSON leaves DEL as it is; TOML does not).
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")

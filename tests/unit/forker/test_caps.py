@@ -71,6 +71,17 @@ class TestRoom:
         assert caps.room(ssh) == 1
         assert caps.room(git) == 2
 
+    def test_connections_waiting_for_a_proxy_header_count_as_children(self) -> None:
+        """A PROXY service's connections not yet forked take their service's places."""
+        git, ssh = service("git"), service("ssh", max_children=2)
+        caps, _ = self.caps(4, git, ssh)
+        caps.waiting["ssh"] = 1
+        assert caps.room(ssh) == 1
+        assert caps.room(git) == 2
+        caps.waiting["git"] = 2
+        assert caps.room(ssh) == 1
+        assert caps.room(git) == 0
+
     def test_a_services_own_cap_bounds_its_room(self) -> None:
         """max_children = 1 on one service: one place, whatever the daemon's cap leaves."""
         one = service("one", max_children=1)

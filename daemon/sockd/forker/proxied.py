@@ -1,0 +1,172 @@
+"""Connections whose PROXY header the forker reads before it admits them; what they record.
+
+Runs in the forker (`Waiting`), and in its children and pooled workers (the
+records and the environment). A service with `proxy_protocol` takes a
+connection only from a trusted proxy (`proxy_trusted`, checked before
+anything is read), then reads its header without waiting
+(`sockd.proxy.receive`): a header that came with the connection is read at
+once, and the connection admitted and served as any other, under the real
+client's address. One that did not waits here, polled with the listeners,
+until it is complete or `proxy_timeout` runs out. No child is forked before
+the header is complete and the real client admitted: a proxy that sends its
+header a byte at a time, or never, costs a descriptor and a poll, not a
+fork. Connections that wait count toward their service's caps (`Caps`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import select
+import time
+
+from sockd.listeners import client_text, describe
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import Any
+
+    from sockd import proxy
+    from sockd.forker.service import ServiceServer
+
+MAX_ERROR = 200  # characters of a header's problem in `connection_denied`
+
+
+class Waiting:
+    """The connections whose header is not complete yet, each until its deadline.
+
+    `counts` (service name -> connections waiting) is what `Caps` counts.
+    """
+
+    def __init__(self, poller: select.epoll) -> None:
+        """Poll waiting connections in `poller` (the forker's)."""
+        self.poller = poller
+        self.connections: dict[int, tuple[ServiceServer, socket.socket, Any, float]] = {}
+        self.deadlines: list[tuple[float, int]] = []  # (deadline, fd), the soonest first
+        self.counts: dict[str, int] = {}
+
+    def take(self, server: ServiceServer, request: socket.socket, proxy_address: Any) -> None:
+        """Read the header of a connection from a trusted proxy: serve it, or wait for the rest."""
+        request.setblocking(False)
+        if self._receive(server, request, proxy_address):
+            return
+        fd = request.fileno()
+        deadline = time.monotonic() + server.service.proxy_timeout
+        self.connections[fd] = (server, request, proxy_address, deadline)
+        heapq.heappush(self.deadlines, (deadline, fd))
+        name = server.service.name
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.poller.register(fd, select.EPOLLIN)
+
+    def ready(self, fd: int) -> None:
+        """Read more of a waiting connection's header (its socket is readable).
+
+        Raises:
+            ForkPaused: the header was complete, and forking failed (see `ServiceServer`).
+        """
+        server, request, proxy_address, _ = self.connections[fd]
+        self._receive(server, request, proxy_address, waited=fd)
+
+    def next_deadline(self) -> float:
+        """Return when the soonest wait ends (math.inf: none waits)."""
+        deadlines, connections = self.deadlines, self.connections
+        while deadlines:
+            deadline, fd = deadlines[0]
+            entry = connections.get(fd)
+            if entry is not None and entry[3] == deadline:
+                return deadline
+            heapq.heappop(deadlines)  # its connection ended (and its fd may wait anew)
+        return math.inf
+
+    def expire(self, now: float) -> None:
+        """Drop the connections whose header is not complete by their deadline."""
+        while self.next_deadline() <= now:
+            _, fd = heapq.heappop(self.deadlines)
+            server, request, proxy_address, _ = self._forget(fd)
+            server.refuse_proxied(request, proxy_address, "proxy_timeout")
+
+    def close(self) -> None:
+        """Close every waiting connection (the forker stops)."""
+        for fd in list(self.connections):
+            self._forget(fd)[1].close()
+
+    def _receive(
+        self, server: ServiceServer, request: socket.socket, proxy_address: Any, waited: int = -1
+    ) -> bool:
+        """Read what there is of the header; True when the connection is done with here."""
+        # Imported on first use: a forker without a PROXY service has one module less.
+        from sockd import proxy  # noqa: PLC0415
+
+        try:
+            header = proxy.receive(request)
+        except (proxy.ProxyError, EOFError, OSError) as exc:
+            if waited >= 0:
+                self._forget(waited)
+            server.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
+            return True
+        if header is None:
+            return False
+        if waited >= 0:
+            self._forget(waited)
+        request.setblocking(True)
+        server.serve_proxied(request, header, proxy_address)
+        return True
+
+    def _forget(self, fd: int) -> tuple[ServiceServer, socket.socket, Any, float]:
+        entry = self.connections.pop(fd)
+        self.poller.unregister(fd)
+        name = entry[0].service.name
+        self.counts[name] -= 1
+        if not self.counts[name]:
+            del self.counts[name]
+        return entry
+
+
+def header_problem(exc: BaseException) -> str:
+    """Say in one bounded line why a header could not be read (`connection_denied`'s `error`)."""
+    if isinstance(exc, EOFError):
+        return "the connection ended before its header did"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"reading the header: {exc.strerror}"
+    return str(exc)[:MAX_ERROR]
+
+
+def proxied_client(request: Any, client_address: Any, proxy_address: Any) -> dict[str, str]:
+    """Return how a proxied connection's client is recorded: the real one, and `via` the proxy.
+
+    See `sockd.exits.client_fields`.
+    """
+    return {"client": describe(client_address), "via": client_text(request, proxy_address)}
+
+
+def proxy_environment(
+    environ: dict[bytes, bytes], header: proxy.Header, request: Any, proxy_address: Any
+) -> None:
+    """Add what a PROXY header says to a program's environment (see README, "PROXY protocol").
+
+    The UCSPI variables (TCPREMOTEIP...) already name the real client; this
+    adds the proxy's own connection (PROXYREMOTEIP, PROXYREMOTEPORT,
+    PROXYLOCALIP, PROXYLOCALPORT) and the header's TLVs. A value that cannot
+    be in an environment (a NUL) is left out.
+    """
+    if isinstance(proxy_address, tuple):
+        local = request.getsockname()
+        environ[b"PROXYREMOTEIP"] = proxy_address[0].encode()
+        environ[b"PROXYREMOTEPORT"] = b"%d" % proxy_address[1]
+        environ[b"PROXYLOCALIP"] = local[0].encode()
+        environ[b"PROXYLOCALPORT"] = b"%d" % local[1]
+    values: dict[bytes, bytes | str | None] = {
+        b"PROXY_ALPN": header.alpn,
+        b"PROXY_AUTHORITY": header.authority,
+        b"PROXY_UNIQUE_ID": None if header.unique_id is None else header.unique_id.hex(),
+    }
+    ssl = header.ssl
+    if ssl is not None:
+        values[b"SSL_PROTOCOL"] = ssl.version
+        values[b"SSL_CIPHER"] = ssl.cipher
+        values[b"SSL_PEER_CERT_CN"] = ssl.cn
+    for name, value in values.items():
+        data = value.encode() if isinstance(value, str) else value
+        if data is not None and b"\0" not in data:
+            environ[name] = data
