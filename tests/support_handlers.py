@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import socketserver
 import time
 
@@ -77,3 +78,24 @@ class ProxyReport(socketserver.StreamRequestHandler):
             "payload": self.rfile.read1(100).decode(),
         }
         self.wfile.write(json.dumps(report).encode() + b"\n")
+
+
+class PeerFds(socketserver.BaseRequestHandler):
+    """Report the peers of every connected socket the child has, as one JSON line."""
+
+    def handle(self) -> None:
+        """Write [host, port] of each TCP peer found among the process's descriptors."""
+        peers = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                sock = socket.socket(fileno=os.dup(int(name)))
+            except OSError:
+                continue  # not a socket
+            with sock:
+                try:
+                    peer = sock.getpeername()
+                except OSError:
+                    continue
+            if isinstance(peer, tuple):
+                peers.append(list(peer[:2]))
+        self.request.sendall(json.dumps(peers).encode() + b"\n")

@@ -58,6 +58,12 @@ per_source = 1
 max_children = 2
 
 [[service]]
+name = "peers"
+handler = "support_handlers:PeerFds"
+listen = ["127.0.0.1:0"]
+proxy_protocol = true
+
+[[service]]
 name = "elsewhere"
 handler = "echo"
 listen = ["127.0.0.1:0"]
@@ -222,12 +228,13 @@ class TestWaiting:
         """Headers that never end cost no fork, are dropped after proxy_timeout, bounded in log."""
         daemon = start(sockd, tmp_path)
         echo = address(daemon, "echo")
+        worker = wait_until(daemon.children, what="the pooled service's worker")
         stalled = [connect(echo) for _ in range(20)]
         try:
             for client in stalled:
                 client.sendall(b"PROXY TCP4 192.0.2.1")
             time.sleep(0.2)
-            assert daemon.children() == []
+            assert daemon.children() == worker, "no child but the pooled worker"
             assert exchange(echo, v1(CLIENT, SERVER) + b"served") == b"served"
             for client in stalled:  # dropped at proxy_timeout
                 client.settimeout(5)
@@ -241,6 +248,20 @@ class TestWaiting:
         assert daemon.stop() == 0
         (summary,) = daemon.events("connections_denied", service="echo", reason="proxy_timeout")
         assert summary["count"] == 19  # the other 19, in one line
+
+    def test_a_child_does_not_hold_the_connections_that_wait(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A child forked while a header waits has no descriptor of that connection."""
+        daemon = start(sockd, tmp_path)
+        with connect(address(daemon, "peers")) as waiting:
+            waiting.sendall(b"PROXY ")
+            time.sleep(0.1)  # accepted, and waiting
+            answer = exchange(address(daemon, "peers"), v1(CLIENT, SERVER))
+            peers = [tuple(peer) for peer in json.loads(answer)]
+            assert waiting.getsockname() not in peers
+            assert len(peers) == 1  # its own connection
+        assert daemon.stop() == 0
 
     def test_a_bad_header_is_refused_with_its_problem(
         self, sockd: Callable[..., Sockd], tmp_path: Path
