@@ -20,6 +20,8 @@ import math
 import select
 import time
 
+from sockd.forker.access import trusted
+from sockd.forker.shared import client_record
 from sockd.listeners import client_text, describe
 
 TYPE_CHECKING = False
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sockd import proxy
-    from sockd.forker.service import ServiceServer
+    from sockd.forker.shared import Service, Shared
+    from sockd.proxy import Header
 
 MAX_ERROR = 200  # characters of a header's problem in `connection_denied`
 
@@ -42,11 +45,11 @@ class Waiting:
     def __init__(self, poller: select.epoll) -> None:
         """Poll waiting connections in `poller` (the forker's)."""
         self.poller = poller
-        self.connections: dict[int, tuple[ServiceServer, socket.socket, Any, float]] = {}
+        self.connections: dict[int, tuple[ProxiedMixIn, socket.socket, Any, float]] = {}
         self.deadlines: list[tuple[float, int]] = []  # (deadline, fd), the soonest first
         self.counts: dict[str, int] = {}
 
-    def take(self, server: ServiceServer, request: socket.socket, proxy_address: Any) -> None:
+    def take(self, server: ProxiedMixIn, request: socket.socket, proxy_address: Any) -> None:
         """Read the header of a connection from a trusted proxy: serve it, or wait for the rest."""
         request.setblocking(False)
         if self._receive(server, request, proxy_address):
@@ -92,7 +95,7 @@ class Waiting:
             self._forget(fd)[1].close()
 
     def _receive(
-        self, server: ServiceServer, request: socket.socket, proxy_address: Any, waited: int = -1
+        self, server: ProxiedMixIn, request: socket.socket, proxy_address: Any, waited: int = -1
     ) -> bool:
         """Read what there is of the header; True when the connection is done with here."""
         # Imported on first use: a forker without a PROXY service has one module less.
@@ -113,7 +116,7 @@ class Waiting:
         server.serve_proxied(request, header, proxy_address)
         return True
 
-    def _forget(self, fd: int) -> tuple[ServiceServer, socket.socket, Any, float]:
+    def _forget(self, fd: int) -> tuple[ProxiedMixIn, socket.socket, Any, float]:
         entry = self.connections.pop(fd)
         self.poller.unregister(fd)
         name = entry[0].service.name
@@ -121,6 +124,105 @@ class Waiting:
         if not self.counts[name]:
             del self.counts[name]
         return entry
+
+
+class ProxiedMixIn:
+    """The `ServiceServer` hooks for connections that start with a PROXY header.
+
+    `proxy_header` (a `sockd.proxy.Header`) and `proxy_address` (the proxy's
+    own address: the connection's peer) are set while such a connection is
+    admitted and served: a handler reads them as `self.server.proxy_header`
+    and `self.server.proxy_address` (None without a header).
+    """
+
+    proxy_header: Header | None = None
+    proxy_address: Any = None
+    if TYPE_CHECKING:  # what the server that mixes this in has
+        service: Service
+        shared: Shared
+
+        def _admit(self, request: Any, client_address: Any) -> None: ...
+        def _record_started(self) -> None: ...
+        def shutdown_request(self, request: Any) -> None: ...  # noqa: D102
+        def _refuse(
+            self, request: Any, client_address: Any, reason: str, now: float, error: str | None
+        ) -> None: ...
+
+    def take_proxied(self, request: Any, proxy_address: Any) -> None:
+        """Take a connection that starts with a PROXY header: from a trusted proxy only.
+
+        Nothing is read from an untrusted one. In the forker, the header is
+        read without waiting (`sockd.forker.proxied.Waiting`); elsewhere,
+        waiting for it (`read_proxied`).
+
+        May be extended, do not override.
+        """
+        networks = self.service.proxy_trusted
+        if networks is None or not trusted(networks, proxy_address):
+            self.refuse_proxied(request, proxy_address, "proxy_untrusted")
+        elif self.shared.waiting is not None:
+            self.shared.waiting.take(self, request, proxy_address)
+        else:
+            self.read_proxied(request, proxy_address)
+
+    def read_proxied(self, request: Any, proxy_address: Any) -> None:
+        """Wait for the connection's header (up to `proxy_timeout`), then serve it, or refuse it.
+
+        May be extended, do not override.
+        """
+        from sockd import proxy  # noqa: PLC0415 (see `Waiting._receive`)
+
+        try:
+            header = proxy.read(request, self.service.proxy_timeout)
+        except TimeoutError:
+            self.refuse_proxied(request, proxy_address, "proxy_timeout")
+        except (proxy.ProxyError, EOFError, OSError) as exc:
+            self.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
+        else:
+            self.serve_proxied(request, header, proxy_address)
+
+    def serve_proxied(self, request: Any, header: Header, proxy_address: Any) -> None:
+        """Admit and serve a connection whose header is read, as the real client's.
+
+        A LOCAL header (a proxy's health check) or an UNKNOWN one is served
+        with the connection's own addresses.
+
+        Raises:
+            ForkPaused: see `accept_ready`.
+
+        May be extended, do not override.
+        """
+        self.proxy_header, self.proxy_address = header, proxy_address
+        try:
+            self._admit(request, proxy_address if header.local else header.source)
+        finally:
+            self.proxy_header = self.proxy_address = None
+            self._record_started()
+
+    def refuse_proxied(
+        self, request: Any, proxy_address: Any, reason: str, error: str | None = None
+    ) -> None:
+        """Refuse a connection whose proxy is not trusted, or whose header failed; close it.
+
+        Logged as `connection_denied` with the `reason` (and the header's
+        `error`), within the bounds of `access.Denials`.
+
+        May be extended, do not override.
+        """
+        self._refuse(request, proxy_address, reason, time.monotonic(), error)
+        self.shutdown_request(request)
+
+    def record_client(self, request: Any, client_address: Any) -> object:
+        """Return how the connection's client is recorded (see `sockd.exits.client_fields`).
+
+        A proxied client is named by its header, the proxy as `via`.
+
+        May be overridden.
+        """
+        header = self.proxy_header
+        if header is not None and not header.local:
+            return proxied_client(request, client_address, self.proxy_address)
+        return client_record(request, client_address)
 
 
 def header_problem(exc: BaseException) -> str:

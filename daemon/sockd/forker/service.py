@@ -21,9 +21,10 @@ import time
 from sockd import listeners
 from sockd.errors import OSFailure, exception_fields
 from sockd.exits import client_fields
-from sockd.forker.access import source_text, trusted
+from sockd.forker.access import source_text
 from sockd.forker.children import peak_rss_kib
-from sockd.forker.shared import Service, Shared, client_record, unix_client
+from sockd.forker.proxied import ProxiedMixIn
+from sockd.forker.shared import Service, Shared, unix_client
 from sockd.privileges import become_ids
 from sockd.server import ForkingMixIn
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from sockd.listeners import Endpoint
-    from sockd.proxy import Header
 
 # Signals the forker handles (in a child, its handlers take their default actions).
 HANDLED_SIGNALS = (
@@ -71,7 +71,7 @@ class ForkPaused(Exception):
         self.delay = delay
 
 
-class ServiceServer(ForkingMixIn, socketserver.TCPServer):
+class ServiceServer(ProxiedMixIn, ForkingMixIn, socketserver.TCPServer):
     """One listening socket (TCP or UNIX, bound or passed by the daemon) of one service.
 
     sockd's ForkingMixIn, with the forker's hooks: admission in
@@ -90,11 +90,6 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
     # capped listener.
     max_children = sys.maxsize
     timeout = None
-    # The connection's PROXY header (`sockd.proxy.Header`), and the address of the proxy
-    # that sent it (the connection's own peer), while it is admitted and served: a
-    # handler reads them as `self.server.proxy_header`, `self.server.proxy_address`.
-    proxy_header: Header | None = None
-    proxy_address: Any = None
 
     def __init__(self, endpoint: Endpoint, service: Service, shared: Shared) -> None:
         """Serve the listening socket the daemon passed (`endpoint.adopted`).
@@ -297,85 +292,6 @@ class ServiceServer(ForkingMixIn, socketserver.TCPServer):
             error = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
             fields = {"service": self.service.name, "error": error}
             self.shared.report("error", "fork_failed", fields)
-
-    def take_proxied(self, request: Any, proxy_address: Any) -> None:
-        """Take a connection that starts with a PROXY header: from a trusted proxy only.
-
-        Nothing is read from an untrusted one. In the forker, the header is
-        read without waiting (`sockd.forker.proxied.Waiting`); elsewhere,
-        waiting for it (`read_proxied`).
-
-        May be extended, do not override.
-        """
-        networks = self.service.proxy_trusted
-        if networks is None or not trusted(networks, proxy_address):
-            self.refuse_proxied(request, proxy_address, "proxy_untrusted")
-        elif self.shared.waiting is not None:
-            self.shared.waiting.take(self, request, proxy_address)
-        else:
-            self.read_proxied(request, proxy_address)
-
-    def read_proxied(self, request: Any, proxy_address: Any) -> None:
-        """Wait for the connection's header (up to `proxy_timeout`), then serve it, or refuse it.
-
-        May be extended, do not override.
-        """
-        from sockd import proxy  # noqa: PLC0415 (see sockd.forker.proxied)
-        from sockd.forker.proxied import header_problem  # noqa: PLC0415
-
-        try:
-            header = proxy.read(request, self.service.proxy_timeout)
-        except TimeoutError:
-            self.refuse_proxied(request, proxy_address, "proxy_timeout")
-        except (proxy.ProxyError, EOFError, OSError) as exc:
-            self.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
-        else:
-            self.serve_proxied(request, header, proxy_address)
-
-    def serve_proxied(self, request: Any, header: Header, proxy_address: Any) -> None:
-        """Admit and serve a connection whose header is read, as the real client's.
-
-        A LOCAL header (a proxy's health check) or an UNKNOWN one is served
-        with the connection's own addresses.
-
-        Raises:
-            ForkPaused: see `accept_ready`.
-
-        May be extended, do not override.
-        """
-        self.proxy_header, self.proxy_address = header, proxy_address
-        try:
-            self._admit(request, proxy_address if header.local else header.source)
-        finally:
-            self.proxy_header = self.proxy_address = None
-            self._record_started()
-
-    def refuse_proxied(
-        self, request: Any, proxy_address: Any, reason: str, error: str | None = None
-    ) -> None:
-        """Refuse a connection whose proxy is not trusted, or whose header failed; close it.
-
-        Logged as `connection_denied` with the `reason` (and the header's
-        `error`), within the bounds of `access.Denials`.
-
-        May be extended, do not override.
-        """
-        self._refuse(request, proxy_address, reason, time.monotonic(), error)
-        self.shutdown_request(request)
-
-    def record_client(self, request: Any, client_address: Any) -> object:
-        """Return how the connection's client is recorded (see `sockd.exits.client_fields`).
-
-        A proxied client is named by its header, the proxy as `via`.
-
-        May be overridden.
-        """
-        header = self.proxy_header
-        if header is not None and not header.local:
-            from sockd.forker.proxied import proxied_client  # noqa: PLC0415
-
-            return proxied_client(request, client_address, self.proxy_address)
-        return client_record(request, client_address)
 
     def _record_started(self) -> None:
         if not self._started:
