@@ -103,7 +103,7 @@ class Waiting:
 
         try:
             header = proxy.receive(request)
-        except (proxy.ProxyError, EOFError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 (what a peer sends never stops serving)
             if waited >= 0:
                 self._forget(waited)
             server.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
@@ -176,7 +176,7 @@ class ProxiedMixIn:
             header = proxy.read(request, self.service.proxy_timeout)
         except TimeoutError:
             self.refuse_proxied(request, proxy_address, "proxy_timeout")
-        except (proxy.ProxyError, EOFError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 (what a peer sends never stops serving)
             self.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
         else:
             self.serve_proxied(request, header, proxy_address)
@@ -227,11 +227,15 @@ class ProxiedMixIn:
 
 def header_problem(exc: BaseException) -> str:
     """Say in one bounded line why a header could not be read (`connection_denied`'s `error`)."""
+    from sockd.proxy import ProxyError  # noqa: PLC0415 (see `Waiting._receive`)
+
     if isinstance(exc, EOFError):
         return "the connection ended before its header did"
     if isinstance(exc, OSError) and exc.strerror:
         return f"reading the header: {exc.strerror}"
-    return str(exc)[:MAX_ERROR]
+    if isinstance(exc, ProxyError):
+        return str(exc)[:MAX_ERROR]
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]  # a bug of ours: said, and served on
 
 
 def proxied_client(request: Any, client_address: Any, proxy_address: Any) -> dict[str, str]:

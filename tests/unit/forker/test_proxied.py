@@ -165,3 +165,4 @@ class TestRecords:
         assert header_problem(ConnectionResetError(104, "Connection reset by peer")) == (
             "reading the header: Connection reset by peer"
         )
+        assert header_problem(IndexError("out of range")) == "IndexError: out of range"
