@@ -38,9 +38,9 @@ def v2(  # noqa: PLR0913 (each a part of the header)
     command: int = PROXY,
     family: int | None = None,
     crc: bool = False,
+    block: bytes = b"",
 ) -> bytes:
-    """Return a v2 header: PROXY with the addresses (IPv4 or IPv6), or LOCAL without."""
-    block = b""
+    """Return a v2 header: PROXY with the addresses (IPv4 or IPv6, or `block`), or LOCAL without."""
     if family is None:
         family = UNSPEC if source is None else TCP6 if ":" in source[0] else TCP4
     if source is not None and destination is not None:
@@ -54,6 +54,11 @@ def v2(  # noqa: PLR0913 (each a part of the header)
     if crc:
         header = header[:-4] + crc32c(header).to_bytes(4, "big")
     return header
+
+
+def unix_block(source: bytes, destination: bytes) -> bytes:
+    """Return v2's address block of AF_UNIX: two paths of 108 bytes, NUL-padded."""
+    return source.ljust(108, b"\0") + destination.ljust(108, b"\0")
 
 
 def crc32c(data: bytes) -> int:

@@ -8,7 +8,18 @@ import time
 from typing import TYPE_CHECKING
 
 from harness import TESTS, connect, exchange, recv_all, wait_until, write_config
-from proxylib import ALPN, AUTHORITY, LOCAL, UNIQUE_ID, ssl_tlv, tlv, v1, v2
+from proxylib import (
+    ALPN,
+    AUTHORITY,
+    LOCAL,
+    UNIQUE_ID,
+    UNIX_STREAM,
+    ssl_tlv,
+    tlv,
+    unix_block,
+    v1,
+    v2,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,6 +161,25 @@ class TestHeaders:
         assert environ["SSL_PROTOCOL"] == "TLSv1.3"
         assert environ["SSL_CIPHER"] == "TLS_AES_128_GCM_SHA256"
         assert environ["SSL_PEER_CERT_CN"] == "alice"
+        assert daemon.stop() == 0
+
+    def test_a_unix_client_leaves_a_program_the_connections_own_variables(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """v2's AF_UNIX on a TCP listener: TCP variables of the real connection, no made-up ones."""
+        daemon = start(sockd, tmp_path)
+        header = v2(family=UNIX_STREAM, block=unix_block(b"/run/client.sock", b"/run/haproxy"))
+        with connect(address(daemon, "env")) as client:
+            client.sendall(header)
+            client.shutdown(socket.SHUT_WR)
+            port = client.getsockname()[1]
+            lines = recv_all(client).decode().splitlines()
+        environ = dict(line.split("=", 1) for line in lines)
+        assert (environ["PROTO"], environ["TCPREMOTEIP"]) == ("TCP", "127.0.0.1")
+        assert environ["TCPREMOTEPORT"] == environ["PROXYREMOTEPORT"] == str(port)
+        (closed,) = daemon.wait_event("connection_closed", service="env")
+        assert closed["client"] == "unix:/run/client.sock"
+        assert closed["via"] == f"127.0.0.1:{port}"
         assert daemon.stop() == 0
 
     def test_a_local_header_is_served_with_the_connections_own_addresses(

@@ -137,8 +137,10 @@ class Program:
             from sockd.forker.proxied import proxy_environment  # noqa: PLC0415
 
             header, proxy_address = proxied
-            if not header.local:
+            if isinstance(client, tuple) and not header.local:
                 local = header.destination
+            else:  # a UNIX client (v2's AF_UNIX) has no UCSPI variables: the connection's own
+                client = proxy_address
             environ = connection_environment(self.environ, request, client, local)
             proxy_environment(environ, header, request, proxy_address)
         connection = request.fileno()
