@@ -111,7 +111,7 @@ class Key:
 
     table: str  # "daemon" or "service"
     name: str
-    kind: str  # int, number, string, list, table
+    kind: str  # int, number, string, list, table, bool
     own: tuple[tuple[str, Any], ...]  # (label, value): edges of its range, valid and not
     service: tuple[tuple[str, Any], ...] = tuple(ECHO.items())
     also: tuple[str, ...] = ()  # other keys an error may name (a rule that spans two)
@@ -136,6 +136,7 @@ def _int(low: int, high: int) -> tuple[tuple[str, Any], ...]:
 RATED = (*ECHO.items(), ("rate", 1))
 SOURCE_RATED = (*ECHO.items(), ("per_source_rate", 1))
 POOLED = (*ECHO.items(), ("workers", 2))
+PROXIED = (*ECHO.items(), ("proxy_protocol", True))
 RUN_AS = (*PROGRAM.items(), ("user", "nobody" if ROOT else ME))
 NAMES = (("nobody", "nobody"), ("me", ME), ("no-such", "no-such-user-x"), ("dash", "-"))
 GROUPS = (("nogroup", "nogroup"), ("mine", MY_GROUP), ("no-such", "no-such-group-x"))
@@ -305,6 +306,27 @@ KEYS = (
         _int(1, 1_000_000_000),
         service=POOLED,
     ),
+    Key("service", "proxy_protocol", "bool", (("true", True), ("false", False))),
+    Key(
+        "service",
+        "proxy_trusted",
+        "list",
+        (
+            ("v6", ["::1", "10.0.0.0/8"]),
+            ("empty", []),
+            ("scoped", ["fe80::1%eth0"]),
+            ("word", ["haproxy"]),
+            ("100001-addresses", ["10.0.0.1"] * 100_001),
+        ),
+        service=PROXIED,
+    ),
+    Key(
+        "service",
+        "proxy_timeout",
+        "number",
+        _number(0.001, 300, integer=False),
+        service=PROXIED,
+    ),
 )
 
 
@@ -316,6 +338,7 @@ _WRONG: dict[
     "string": [("integer", 7), ("bool", True), ("list", ["x"]), ("float", 0.5)],
     "list": [("string", "x"), ("table", {"a": "x"}), ("integer", 0)],
     "table": [("list", ["A=1"]), ("string", "A=1")],
+    "bool": [("integer", 1), ("string", "true"), ("list", [True])],
 }
 
 
@@ -431,6 +454,11 @@ def _file_cases() -> list[Case]:
                 b"[daemon]\nmax_children = 4\n"
                 + _service_text((*ECHO.items(), ("workers", 4))).encode()
             ),
+        ),
+        Case(
+            "file=proxy-timeout-alone",
+            ("proxy_timeout: goes with proxy_protocol = true",),
+            fixed(_service_text((*ECHO.items(), ("proxy_timeout", 3))).encode()),
         ),
     ]
 
