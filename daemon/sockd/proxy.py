@@ -34,6 +34,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     Address = tuple[str, int] | str | None
     Data = bytes | bytearray | memoryview
 
@@ -111,6 +113,7 @@ class Header:
         family: int = socket.AF_UNSPEC,
         source: Address = None,
         destination: Address = None,
+        *,
         datagram: bool = False,
     ) -> None:
         self.version = version  # 1 or 2
@@ -164,57 +167,68 @@ def _v1(data: bytes) -> Header | int:
     """Parse a v1 line, or say how far it may go (see parse)."""
     n = len(data)
     end = data.find(b"\r", 0, V1_MAX - 1)  # the CR of a CRLF ending by byte 107
-    complete = 0 <= end < n - 1
     if end < 0:
         if n >= V1_MAX:
             raise ProxyError("v1: no CRLF in the first 107 bytes")
         line = data
     else:
-        if complete and data[end + 1] != 0x0A:
+        if end < n - 1 and data[end + 1] != 0x0A:
             raise ProxyError("v1: a CR not followed by LF")
         line = data[:end]
     bad = line.translate(None, _PRINTABLE)
     if bad:
         raise ProxyError(f"v1: byte {bad[0]:#04x} in the line")
     fields = line.split(b" ")
+    # fields[:whole] are complete: all once a CR came, the line's end.
+    checked = _v1_fields(fields, len(fields) if end >= 0 else len(fields) - 1)
+    if not 0 <= end < n - 1:
+        return max(n + 1, 15)
+    if checked is None:
+        return Header(1, end + 2)  # UNKNOWN: the rest ignored, as the spec says
+    family, source, destination = checked
+    return Header(1, end + 2, family, source, destination)
+
+
+def _v1_fields(fields: list[bytes], whole: int) -> tuple[int, Address, Address] | None:
+    """Check a v1 line's fields, the first `whole` complete, the next begun (if any).
+
+    Returns:
+        Once all are complete, the family and the addresses (None: UNKNOWN).
+    """
     count = len(fields)
-    whole = count if complete else count - 1  # fields[:whole] are complete
-    need = max(n + 1, 15)
     if not (fields[0] == b"PROXY" if whole else b"PROXY".startswith(fields[0])):
         raise ProxyError("v1: the line does not start with 'PROXY '")
     if count == 1:
-        if complete:
+        if whole:
             raise ProxyError("v1: no protocol")
-        return need
+        return None
     keyword = fields[1]
-    if whole < 2:
-        if not any(known.startswith(keyword) for known in _KEYWORDS):
-            raise ProxyError(f"v1: unknown protocol {keyword.decode()!r}")
-        return need
-    if keyword not in _KEYWORDS:
+    if not (keyword in _KEYWORDS if whole > 1 else any(k.startswith(keyword) for k in _KEYWORDS)):
         raise ProxyError(f"v1: unknown protocol {keyword.decode()!r}")
-    if keyword == b"UNKNOWN":
-        return Header(1, end + 2) if complete else need  # the rest ignored, as the spec says
+    if whole < 2 or keyword == b"UNKNOWN":
+        return None
+    _v1_addresses(fields, whole, _ipv4 if keyword == b"TCP4" else _ipv6)
     if count > 6:
         raise ProxyError(f"v1: more than 4 fields after {keyword.decode()}")
-    family = socket.AF_INET if keyword == b"TCP4" else socket.AF_INET6
-    for index in range(2, count):
-        field = fields[index]
-        if index < 4:
-            ok = _ipv4(field, index < whole) if keyword == b"TCP4" else _ipv6(field, index < whole)
-        else:
-            ok = _port(field, index < whole)
-        if not ok:
-            raise ProxyError(f"v1: bad {_FIELDS[index - 2]} {field.decode()!r}")
-    if not complete:
-        return need
-    if count < 6:
-        raise ProxyError(f"v1: {keyword.decode()} needs 4 fields after it, not {count - 2}")
+    if whole < 6:
+        if whole == count:
+            raise ProxyError(f"v1: {keyword.decode()} needs 4 fields after it, not {count - 2}")
+        return None
     source, destination = fields[2].decode(), fields[3].decode()
-    if family == socket.AF_INET6:  # written canonical, as v2's
-        source = socket.inet_ntop(family, socket.inet_pton(family, source))
-        destination = socket.inet_ntop(family, socket.inet_pton(family, destination))
-    return Header(1, end + 2, family, (source, int(fields[4])), (destination, int(fields[5])))
+    if keyword == b"TCP4":
+        return socket.AF_INET, (source, int(fields[4])), (destination, int(fields[5]))
+    # Written canonical, as v2's are.
+    source = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, source))
+    destination = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, destination))
+    return socket.AF_INET6, (source, int(fields[4])), (destination, int(fields[5]))
+
+
+def _v1_addresses(fields: list[bytes], whole: int, address: Callable[[bytes, bool], bool]) -> None:
+    """Check a TCP4 or TCP6 line's addresses and ports, those up to the sixth field."""
+    for index in range(2, min(len(fields), 6)):
+        field = fields[index]
+        if not (address if index < 4 else _port)(field, index < whole):
+            raise ProxyError(f"v1: bad {_FIELDS[index - 2]} {field.decode()!r}")
 
 
 def _ipv4(field: bytes, whole: bool) -> bool:
@@ -227,9 +241,12 @@ def _ipv4(field: bytes, whole: bool) -> bool:
         if not part:
             if whole or index < last:
                 return False
-        elif not part.isdigit() or len(part) > 3 or (part[0] == 0x30 and len(part) > 1):
-            return False
-        elif int(part) > 255:
+        elif (
+            not part.isdigit()
+            or len(part) > 3
+            or (part[0] == 0x30 and len(part) > 1)
+            or int(part) > 255
+        ):
             return False
     return True
 
@@ -259,15 +276,7 @@ def _port(field: bytes, whole: bool) -> bool:
 def _v2(data: bytes) -> Header | int:
     """Parse a v2 header, or say how far it goes (see parse)."""
     n = len(data)
-    if data[:12] != SIGNATURE[:n]:
-        raise ProxyError("v2: bad signature")
-    if n > 12:
-        if data[12] >> 4 != 2:
-            raise ProxyError(f"v2: version {data[12] >> 4}, not 2")
-        if data[12] & 0x0F > 1:
-            raise ProxyError(f"v2: unknown command {data[12] & 0x0F}")
-    if n > 13 and data[13] not in _FAMILIES:
-        raise ProxyError(f"v2: unknown family and transport {data[13]:#04x}")
+    _v2_fixed(data[:14])
     if n < 16:
         return 16
     family, datagram, block = _FAMILIES[data[13]]
@@ -278,29 +287,39 @@ def _v2(data: bytes) -> Header | int:
         return size
     if data[12] & 0x0F == 0 or family == socket.AF_UNSPEC:
         header = Header(2, size, family, datagram=datagram)
-    elif family == socket.AF_INET:
-        header = Header(
-            2,
-            size,
-            family,
-            (socket.inet_ntop(family, data[16:20]), data[24] << 8 | data[25]),
-            (socket.inet_ntop(family, data[20:24]), data[26] << 8 | data[27]),
-            datagram,
-        )
-    elif family == socket.AF_INET6:
-        header = Header(
-            2,
-            size,
-            family,
-            (socket.inet_ntop(family, data[16:32]), data[48] << 8 | data[49]),
-            (socket.inet_ntop(family, data[32:48]), data[50] << 8 | data[51]),
-            datagram,
-        )
     else:
-        header = Header(2, size, family, _unix(data[16:124]), _unix(data[124:232]), datagram)
+        header = Header(2, size, family, *_addresses(data, family), datagram=datagram)
     if size > 16 + block:
         _tlvs(header, data[:size], 16 + block)
     return header
+
+
+def _v2_fixed(data: bytes) -> None:
+    """Check a v2 header's signature, version, command, family and transport: as far as seen."""
+    if data[:12] != SIGNATURE[: len(data)]:
+        raise ProxyError("v2: bad signature")
+    if len(data) > 12:
+        if data[12] >> 4 != 2:
+            raise ProxyError(f"v2: version {data[12] >> 4}, not 2")
+        if data[12] & 0x0F > 1:
+            raise ProxyError(f"v2: unknown command {data[12] & 0x0F}")
+    if len(data) > 13 and data[13] not in _FAMILIES:
+        raise ProxyError(f"v2: unknown family and transport {data[13]:#04x}")
+
+
+def _addresses(data: bytes, family: int) -> tuple[Address, Address]:
+    """Return a v2 header's source and destination, from its address block."""
+    if family == socket.AF_INET:
+        return (
+            (socket.inet_ntop(family, data[16:20]), data[24] << 8 | data[25]),
+            (socket.inet_ntop(family, data[20:24]), data[26] << 8 | data[27]),
+        )
+    if family == socket.AF_INET6:
+        return (
+            (socket.inet_ntop(family, data[16:32]), data[48] << 8 | data[49]),
+            (socket.inet_ntop(family, data[32:48]), data[50] << 8 | data[51]),
+        )
+    return _unix(data[16:124]), _unix(data[124:232])
 
 
 def _unix(field: bytes) -> str:
@@ -317,14 +336,7 @@ def _tlvs(header: Header, data: bytes, at: int) -> None:
     header.tlvs = tlvs = tuple((kind, data[start:end]) for kind, start, end in spans)
     crcs = [(start, end) for kind, start, end in spans if kind == CRC32C]
     if crcs:
-        start, end = crcs[0]
-        if len(crcs) > 1:
-            raise ProxyError("v2: two CRC32C TLVs")
-        if end - start != 4:
-            raise ProxyError(f"v2: CRC32C TLV of {end - start} bytes, not 4")
-        crc = crc32c(data[end:], crc32c(b"\0\0\0\0", crc32c(data[:start])))
-        if crc != int.from_bytes(data[start:end], "big"):
-            raise ProxyError("v2: wrong CRC32C")
+        _check(data, crcs)
     for kind, value in tlvs:
         if kind == ALPN:
             header.alpn = value if header.alpn is None else header.alpn
@@ -341,8 +353,20 @@ def _tlvs(header: Header, data: bytes, at: int) -> None:
             header.ssl = _ssl(value)
 
 
+def _check(data: bytes, crcs: list[tuple[int, int]]) -> None:
+    """Check the header's CRC32C, whose value is at data[start:end]: computed with it zeroed."""
+    if len(crcs) > 1:
+        raise ProxyError("v2: two CRC32C TLVs")
+    start, end = crcs[0]
+    if end - start != 4:
+        raise ProxyError(f"v2: CRC32C TLV of {end - start} bytes, not 4")
+    crc = crc32c(data[end:], crc32c(b"\0\0\0\0", crc32c(data[:start])))
+    if crc != int.from_bytes(data[start:end], "big"):
+        raise ProxyError("v2: wrong CRC32C")
+
+
 def _split(data: bytes, at: int, within: str) -> list[tuple[int, int, int]]:
-    """Return the TLVs from data[at:] to its end as (type, start, end) of each value, bounds checked."""
+    """Return the TLVs from data[at:] to its end, bounds checked: (type, start, end) of values."""
     spans = []
     size = len(data)
     while at < size:
@@ -399,8 +423,10 @@ def receive(sock: socket.socket) -> Header | None:
     Incomplete, it raises SO_RCVLOWAT to the least total the header needs,
     so that poll or epoll say a TCP socket is readable only once more came
     (or it closed): call again then. It puts SO_RCVLOWAT back to 1 when it
-    returns the header. (A UNIX socket's poll ignores SO_RCVLOWAT: readable
-    while any byte waits.)
+    returns the header or raises ProxyError; a caller that gives up on an
+    incomplete header and still reads must do it (a blocking recv would
+    wait for that many bytes). A UNIX socket's poll ignores SO_RCVLOWAT:
+    readable while any byte waits.
 
     Returns:
         The header, or None while it is incomplete.
@@ -428,7 +454,11 @@ def _receive(sock: socket.socket) -> Header | int:
             return 0
         if not data:
             raise EOFError("the peer closed before a PROXY header")
-        result = parse(data)
+        try:
+            result = parse(data)
+        except ProxyError:
+            _lowat(sock, 1)  # an earlier call may have raised it: the caller may still write
+            raise
         if not isinstance(result, int):
             break
         if len(data) < ask:
@@ -437,7 +467,7 @@ def _receive(sock: socket.socket) -> Header | int:
             poller.register(sock, select.POLLRDHUP)
             if poller.poll(0):
                 raise EOFError(f"the peer closed after {len(data)} bytes of a PROXY header")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, result)
+            _lowat(sock, result)
             return len(data)
         ask = min(result, ask * 2)
     left = result.size
@@ -446,8 +476,13 @@ def _receive(sock: socket.socket) -> Header | int:
         if not taken:
             raise EOFError("the peer closed within the PROXY header")
         left -= taken
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+    _lowat(sock, 1)
     return result
+
+
+def _lowat(sock: socket.socket, count: int) -> None:
+    """Set `sock`'s SO_RCVLOWAT: poll says it is readable once `count` bytes wait (TCP)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
 
 
 def read(sock: socket.socket, timeout: float) -> Header:
@@ -475,4 +510,5 @@ def read(sock: socket.socket, timeout: float) -> Header:
                 time.sleep(min(_NAP, left))
             seen = result
         if left <= 0:
+            _lowat(sock, 1)  # as it was, for whatever reads next (a message saying why, say)
             raise TimeoutError(f"no complete PROXY header within {timeout} s")
