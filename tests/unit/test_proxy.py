@@ -705,10 +705,10 @@ class TestReceive:
     def test_a_huge_length_costs_a_small_peek(
         self, pair: tuple[socket.socket, socket.socket]
     ) -> None:
-        """16 bytes announcing 65535 more: None, with no 64 KiB buffer allocated."""
+        """A v2 length of 65535 with 316 bytes sent: None, with no 64 KiB buffer allocated."""
         sender, receiver = pair
-        sender.sendall(SIGNATURE + b"\x21\x11\xff\xff")
-        wait_readable(receiver)
+        sender.sendall(SIGNATURE + b"\x21\x11\xff\xff" + bytes(300))
+        wait_queued(receiver, 316)
         tracemalloc.start()
         try:
             assert receive(receiver) is None
@@ -760,8 +760,12 @@ class TestRead:
         sender, receiver = pair
         receiver.setblocking(True)
         sender.sendall(SPEC_V1[:-1])
+        started = time.thread_time()
         with pytest.raises(TimeoutError):
-            read(receiver, 0.2)
+            read(receiver, 0.3)
+        # Waiting is not spinning: a busy loop would take about 0.3 s of CPU (UNIX sockets, where
+        # poll ignores SO_RCVLOWAT, included). One-sided: a busy machine only makes it smaller.
+        assert time.thread_time() - started < 0.15
         assert receiver.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
         assert receiver.recv(4096) == SPEC_V1[:-1]
 
