@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import TESTS, connect, exchange, recv_all, wait_until, write_config
@@ -23,7 +25,6 @@ from proxylib import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     from harness import Sockd
 
@@ -75,6 +76,13 @@ listen = ["127.0.0.1:0"]
 proxy_protocol = true
 
 [[service]]
+name = "unix"
+handler = "echo"
+listen = ["unix:{tmp}/proxied.sock"]
+proxy_protocol = true
+proxy_timeout = 2
+
+[[service]]
 name = "elsewhere"
 handler = "echo"
 listen = ["127.0.0.1:0"]
@@ -87,9 +95,14 @@ SERVER = ("198.51.100.1", 80)
 
 def start(sockd: Callable[..., Sockd], tmp_path: Path) -> Sockd:
     """Start sockd with SERVICES."""
-    return sockd(
-        "run", "--config", write_config(tmp_path / "sockd.toml", SERVICES.format(tests=TESTS))
-    )
+    text = SERVICES.format(tests=TESTS, tmp=tmp_path)
+    return sockd("run", "--config", write_config(tmp_path / "sockd.toml", text))
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time `pid` used so far (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def address(daemon: Sockd, service: str) -> str:
@@ -291,6 +304,24 @@ class TestWaiting:
             peers = [tuple(peer) for peer in json.loads(answer)]
             assert waiting.getsockname() not in peers
             assert len(peers) == 1  # its own connection
+        assert daemon.stop() == 0
+
+    def test_a_header_waited_for_on_a_unix_listener_does_not_spin_the_forker(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A UNIX socket's poll ignores SO_RCVLOWAT: the wait must not be a busy loop."""
+        daemon = start(sockd, tmp_path)
+        forker = daemon.forker()
+        with connect(address(daemon, "unix")) as client:
+            client.sendall(b"PROXY TCP4 192.0.2.1 ")
+            time.sleep(0.1)
+            before = cpu_seconds(forker)
+            time.sleep(1)
+            spent = cpu_seconds(forker) - before
+            client.sendall(b"198.51.100.1 5000 80\r\nunix")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"unix"
+        assert spent < 0.2, f"the forker spent {spent:.2f} s of CPU in 1 s waiting for a header"
         assert daemon.stop() == 0
 
     def test_a_bad_header_is_refused_with_its_problem(

@@ -60,7 +60,10 @@ class Waiting:
         heapq.heappush(self.deadlines, (deadline, fd))
         name = server.service.name
         self.counts[name] = self.counts.get(name, 0) + 1
-        self.poller.register(fd, select.EPOLLIN)
+        # Edge-triggered: each read looks at all that came. A TCP socket is readable
+        # only once the rest could be there (`proxy.receive` sets SO_RCVLOWAT); a UNIX
+        # one, whose poll ignores that, would wake the loop until its header ended.
+        self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
 
     def ready(self, fd: int) -> None:
         """Read more of a waiting connection's header (its socket is readable).
