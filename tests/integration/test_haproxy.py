@@ -1,0 +1,170 @@
+"""sockd behind the real HAProxy on loopback: PROXY v1 and v2, health checks, the real client.
+
+Three sockd instances stand for three hosts behind one HAProxy in tcp mode.
+The client binds 127.0.0.5 (or .6, .7) and HAProxy connects from 127.0.0.9
+(`source`), so the client's, the proxy's and sockd's own addresses all differ,
+as they would across machines.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+from haproxylib import CHECK, server
+from harness import connect, exchange, recv_all, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from haproxylib import HAProxy
+    from harness import Sockd
+
+CLIENT = "127.0.0.5"
+DENIED = "127.0.0.6"
+OTHER = "127.0.0.7"
+PROXY = "127.0.0.9"  # HAProxy's source towards the servers
+# The program tells who it was told the client is, and who the proxy; then echoes.
+WHO = """["sh", "-c", 'echo "$TCPREMOTEIP:$TCPREMOTEPORT $PROXYREMOTEIP"; exec cat']"""
+# Two servers get PROXY v2, one v1; every check sends a PROXY header (LOCAL / UNKNOWN).
+HEADERS = ("send-proxy-v2", "send-proxy-v2", "send-proxy")
+
+
+def start_host(
+    sockd: Callable[..., Sockd], tmp_path: Path, name: str, service: str, proxied: bool = True
+) -> Sockd:
+    """Start one sockd "host" serving `service` (a `[[service]]` body without name/listen)."""
+    proxy = "proxy_protocol = true\n" if proxied else ""
+    config = write_config(
+        tmp_path / f"{name}.toml",
+        f'[[service]]\nname = "{name}"\nlisten = ["127.0.0.1:0"]\n{proxy}{service}\n',
+    )
+    return sockd("run", "--config", config)
+
+
+def three_hosts(
+    sockd: Callable[..., Sockd],
+    haproxy: Callable[..., HAProxy],
+    tmp_path: Path,
+    service: str,
+    headers: tuple[str, ...] = HEADERS,
+) -> tuple[list[Sockd], HAProxy]:
+    """Start hosts s1, s2, s3 serving `service` behind one HAProxy; wait until all are UP."""
+    proxied = any(headers)
+    hosts = [
+        start_host(sockd, tmp_path, f"s{n}", service, proxied=proxied) for n in range(1, 4)
+    ]
+    servers = [
+        server(f"s{n}", host.address(), f"{header} {CHECK} source {PROXY}".strip())
+        for n, (host, header) in enumerate(zip(hosts, headers, strict=True), 1)
+    ]
+    proxy = haproxy(servers)
+    proxy.wait_states(s1="UP", s2="UP", s3="UP")
+    return hosts, proxy
+
+
+def served(host: Sockd, client: str) -> list[dict[str, object]]:
+    """Return `host`'s connection_closed events of connections from `client` (an address)."""
+    return [
+        event
+        for event in host.events("connection_closed")
+        if str(event["client"]).startswith(f"{client}:")
+    ]
+
+
+class TestWithoutProxyProtocol:
+    def test_haproxy_spreads_connections_and_sockd_sees_only_the_proxy(
+        self, sockd: Callable[..., Sockd], haproxy: Callable[..., HAProxy], tmp_path: Path
+    ) -> None:
+        """Plain tcp mode, checks on: all UP, 9 clients spread over the three, each the proxy.
+
+        Why the PROXY protocol exists: without it a host knows only the proxy.
+        """
+        hosts, proxy = three_hosts(sockd, haproxy, tmp_path, f"exec = {WHO}", ("", "", ""))
+        for n in range(9):
+            answer = exchange(proxy.address, b"payload %d\n" % n, source=CLIENT)
+            assert answer.startswith(f"{PROXY}:".encode()), answer
+            assert answer.endswith(b" \npayload %d\n" % n), answer
+        sessions = {name: int(row["stot"]) for name, row in proxy.servers().items()}
+        assert sessions == {"s1": 3, "s2": 3, "s3": 3}  # roundrobin, all UP
+        assert not any(served(host, CLIENT) for host in hosts)
+
+
+class TestBehindHAProxy:
+    def test_three_hosts_are_up_share_connections_and_see_the_real_client(
+        self, sockd: Callable[..., Sockd], haproxy: Callable[..., HAProxy], tmp_path: Path
+    ) -> None:
+        """v2, v2 and v1 with checks: all UP; 9 clients spread over all three, each seen as itself.
+
+        The program's TCPREMOTEIP:TCPREMOTEPORT is the client's own address and
+        port, PROXYREMOTEIP the proxy's; each host's log names the client in
+        `client` and the proxy in `via`; the bytes after the header reach the
+        program untouched.
+        """
+        hosts, proxy = three_hosts(sockd, haproxy, tmp_path, f"exec = {WHO}")
+        ports = []
+        for n in range(9):
+            with connect(proxy.address, source=CLIENT) as sock:
+                port = sock.getsockname()[1]
+                ports.append(port)
+                sock.sendall(b"payload %d\n" % n)
+                sock.shutdown(socket.SHUT_WR)
+                answer = recv_all(sock)
+            assert answer == f"{CLIENT}:{port} {PROXY}\npayload {n}\n".encode()
+        logged: dict[int, dict[str, object]] = {}
+        for host in hosts:
+            events = served(host, CLIENT)
+            assert events, f"{host.address()} served none of the 9"
+            for event in events:
+                assert str(event["via"]).startswith(f"{PROXY}:"), event
+                logged[int(str(event["client"]).rpartition(":")[2])] = event
+        assert sorted(logged) == sorted(ports)
+        # The checks are served: v2's LOCAL with the real endpoints (no `via`); v1's
+        # carries the check's own connection (HAProxy 2.6 and 3.0), so the proxy twice.
+        assert proxy.states() == {"s1": "UP", "s2": "UP", "s3": "UP"}
+        for host in hosts[:2]:
+            check = served(host, PROXY)[0]
+            assert check.get("via") is None, check
+        check = served(hosts[2], PROXY)[0]
+        assert check["via"] == check["client"], check
+
+    def test_a_deny_rule_refuses_the_client_haproxy_saw(
+        self, sockd: Callable[..., Sockd], haproxy: Callable[..., HAProxy], tmp_path: Path
+    ) -> None:
+        """deny = [127.0.0.6] on every host: 127.0.0.6 is refused through HAProxy, .5 is served."""
+        service = f'handler = "echo"\ndeny = ["{DENIED}"]\nrefusal = "busy\\r\\n"'
+        hosts, proxy = three_hosts(sockd, haproxy, tmp_path, service)
+        for _ in range(3):  # whichever host it reaches
+            assert exchange(proxy.address, b"ping\n", source=DENIED) == b"busy\r\n"
+            assert exchange(proxy.address, b"ping\n", source=CLIENT) == b"ping\n"
+        denied = [event for host in hosts for event in host.events("connection_denied")]
+        assert denied, "no refusal logged"
+        for event in denied:
+            assert str(event["reason"]).startswith("deny "), event
+            assert str(event["client"]).startswith(f"{DENIED}:"), event
+            assert str(event["via"]).startswith(f"{PROXY}:"), event
+        assert all(served(host, CLIENT) for host in hosts)
+
+    def test_a_per_source_cap_counts_the_client_haproxy_saw(
+        self, sockd: Callable[..., Sockd], haproxy: Callable[..., HAProxy], tmp_path: Path
+    ) -> None:
+        """per_source = 1: a second connection from 127.0.0.5 is refused, one from .7 served.
+
+        Through one HAProxy every connection comes from the proxy's address: only
+        the header's client tells them apart.
+        """
+        service = 'handler = "echo"\nper_source = 1\nrefusal = "busy\\r\\n"'
+        host = start_host(sockd, tmp_path, "s1", service)
+        check = f"send-proxy-v2 {CHECK} source {PROXY}"
+        proxy = haproxy([server("s1", host.address(), check)])
+        proxy.wait_states(s1="UP")
+        with connect(proxy.address, source=CLIENT) as held:
+            held.sendall(b"held\n")
+            assert held.recv(100) == b"held\n"  # being served: it holds 127.0.0.5's one slot
+            assert exchange(proxy.address, b"second\n", source=CLIENT) == b"busy\r\n"
+            assert exchange(proxy.address, b"other\n", source=OTHER) == b"other\n"
+        (denied,) = host.wait_event("connection_denied")
+        assert denied["reason"] == "per_source"
+        assert str(denied["client"]).startswith(f"{CLIENT}:")
+        assert str(denied["via"]).startswith(f"{PROXY}:")
