@@ -83,6 +83,7 @@ class Sockd:
         prefix: Iterable[str] = (),
         python_options: Iterable[str] = (),
         cwd: Path | None = None,
+        pass_fds: Iterable[int] = (),
     ) -> None:
         self.log_path = tmp_path / f"sockd-{time.monotonic_ns()}.log"
         environ = {
@@ -103,6 +104,7 @@ class Sockd:
                 env=environ,
                 start_new_session=True,
                 cwd=cwd,
+                pass_fds=tuple(pass_fds),
             )
         self.pid = self.process.pid
 

@@ -52,9 +52,7 @@ def three_hosts(
 ) -> tuple[list[Sockd], HAProxy]:
     """Start hosts s1, s2, s3 serving `service` behind one HAProxy; wait until all are UP."""
     proxied = any(headers)
-    hosts = [
-        start_host(sockd, tmp_path, f"s{n}", service, proxied=proxied) for n in range(1, 4)
-    ]
+    hosts = [start_host(sockd, tmp_path, f"s{n}", service, proxied=proxied) for n in range(1, 4)]
     servers = [
         server(f"s{n}", host.address(), f"{header} {CHECK} source {PROXY}".strip())
         for n, (host, header) in enumerate(zip(hosts, headers, strict=True), 1)
@@ -132,7 +130,7 @@ class TestBehindHAProxy:
     def test_a_deny_rule_refuses_the_client_haproxy_saw(
         self, sockd: Callable[..., Sockd], haproxy: Callable[..., HAProxy], tmp_path: Path
     ) -> None:
-        """deny = [127.0.0.6] on every host: 127.0.0.6 is refused through HAProxy, .5 is served."""
+        """Deny = [127.0.0.6] on every host: 127.0.0.6 is refused through HAProxy, .5 is served."""
         service = f'handler = "echo"\ndeny = ["{DENIED}"]\nrefusal = "busy\\r\\n"'
         hosts, proxy = three_hosts(sockd, haproxy, tmp_path, service)
         for _ in range(3):  # whichever host it reaches
