@@ -29,9 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
-# Health checks: every 0.2 s, DOWN after 2 failed, UP after 2 passed (with send-proxy
-# or send-proxy-v2, `check-send-proxy` makes each check send a PROXY LOCAL header first).
-CHECK = "check check-send-proxy inter 200ms fall 2 rise 2"
+# Health checks every 0.2 s, DOWN after 2 failed, UP after 2 passed.
+CHECK = "check inter 200ms fall 2 rise 2"
 DEFAULTS = """\
 defaults
     mode tcp
@@ -54,9 +53,18 @@ def haproxy_path() -> str:
     return found
 
 
-def server(name: str, address: str, options: str = f"send-proxy-v2 {CHECK}") -> str:
-    """Return a backend's `server` line for `address` (host:port)."""
-    return f"server {name} {address} {options}"
+def server(name: str, address: str, header: str = "send-proxy-v2", extra: str = "") -> str:
+    """Return a backend's `server` line for `address` (host:port), with health checks.
+
+    `header` is `send-proxy-v2`, `send-proxy` (v1) or "" (none). With a header,
+    each check sends one too (`check-send-proxy`: HAProxy 2.6 and 3.0 do it by
+    default for such a server, unless the check goes to another `port` or
+    `addr`; the keyword says so, and on a server without a header it would
+    send a v1 one): v2 a LOCAL header, v1 a TCP4 line naming the check's own
+    connection.
+    """
+    checks = f"{CHECK} check-send-proxy" if header else CHECK
+    return " ".join(part for part in ("server", name, address, header, checks, extra) if part)
 
 
 def listener(address: str, netns: str | None) -> socket.socket:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
-from haproxylib import CHECK, server
+from haproxylib import server
 from harness import connect, exchange, recv_all, write_config
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def three_hosts(
     proxied = any(headers)
     hosts = [start_host(sockd, tmp_path, f"s{n}", service, proxied=proxied) for n in range(1, 4)]
     servers = [
-        server(f"s{n}", host.address(), f"{header} {CHECK} source {PROXY}".strip())
+        server(f"s{n}", host.address(), header, f"source {PROXY}")
         for n, (host, header) in enumerate(zip(hosts, headers, strict=True), 1)
     ]
     proxy = haproxy(servers)
@@ -154,8 +154,7 @@ class TestBehindHAProxy:
         """
         service = 'handler = "echo"\nper_source = 1\nrefusal = "busy\\r\\n"'
         host = start_host(sockd, tmp_path, "s1", service)
-        check = f"send-proxy-v2 {CHECK} source {PROXY}"
-        proxy = haproxy([server("s1", host.address(), check)])
+        proxy = haproxy([server("s1", host.address(), extra=f"source {PROXY}")])
         proxy.wait_states(s1="UP")
         with connect(proxy.address, source=CLIENT) as held:
             held.sendall(b"held\n")

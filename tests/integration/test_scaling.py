@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Self
 
 import pytest
 from chaoslib import in_netns
-from haproxylib import CHECK, server
+from haproxylib import server
 from harness import Sockd, recv_all, wait_until, write_config
 
 if TYPE_CHECKING:
@@ -205,10 +205,7 @@ def start_all(  # noqa: PLR0913 (the fixtures, and what the hosts are)
         start_host(sockd, tmp_path, network, n, header, held=held.get(n))
         for n in range(1, HOSTS + 1)
     ]
-    servers = [
-        server(f"s{n}", f"{host_address(n)}:{PORT}", f"{header} {CHECK}".strip())
-        for n in range(1, HOSTS + 1)
-    ]
+    servers = [server(f"s{n}", f"{host_address(n)}:{PORT}", header) for n in range(1, HOSTS + 1)]
     proxy = haproxy(servers, bind=PROXY_ADDRESS, netns=network.proxy)
     proxy.wait_states(s1="UP", s2="UP", s3="UP")
     return hosts, proxy
