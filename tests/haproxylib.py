@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 
 # Health checks every 0.2 s, DOWN after 2 failed, UP after 2 passed.
 CHECK = "check inter 200ms fall 2 rise 2"
+# The servers echo: a check sends "check" and passes only when it comes back, so only
+# once sockd has taken its PROXY header (LOCAL from v2; v1 names the check's own
+# connection) and served it. A bare tcp check would pass on the connect alone.
+ECHO_CHECK = """\
+    option tcp-check
+    tcp-check send-binary 636865636b0a
+    tcp-check expect string check
+"""
 DEFAULTS = """\
 defaults
     mode tcp
@@ -42,6 +50,9 @@ defaults
     # tried again, the last time on another server: no client sees it fail.
     retries 3
     option redispatch
+    # A line per session to stdout (-db): the client, the server it ended on, how it ended.
+    log stdout format raw local0
+    log-format "session %ci:%cp %s %ts"
 """
 
 
@@ -111,7 +122,7 @@ class HAProxy:
         self.config.write_text(
             f"global\n    stats socket {self.stats} level admin\n\n{DEFAULTS}\n"
             f"frontend fe\n    bind fd@{frontend.fileno()}\n    default_backend be\n\n"
-            f"backend be\n    balance {balance}\n{lines}\n"
+            f"backend be\n    balance {balance}\n{ECHO_CHECK}{lines}\n"
         )
         os.set_inheritable(frontend.fileno(), True)
         prefix = ["ip", "netns", "exec", netns] if netns else []
@@ -180,6 +191,24 @@ class HAProxy:
             return all(states[name] == state for name, state in wanted.items())
 
         wait_until(reached, timeout, f"servers {wanted} (now {self.states()})")
+
+    def sessions(self) -> dict[str, tuple[str, str]]:
+        """Return the sessions logged so far: by client "ip:port", (server, termination state)."""
+        found = {}
+        for line in self._said().splitlines():
+            words = line.split()
+            if len(words) == 4 and words[0] == "session":
+                found[words[1]] = (words[2], words[3])
+        return found
+
+    def sessions_until(self, clients: set[str]) -> dict[str, tuple[str, str]]:
+        """Wait until the sessions of `clients` ("ip:port") are logged; return every session."""
+        return dict(
+            wait_until(
+                lambda: (found := self.sessions()).keys() >= clients and found,
+                what=f"haproxy's log of {sorted(clients)}",
+            )
+        )
 
     def stop(self) -> None:
         """Stop HAProxy (SIGTERM, then SIGKILL), whatever state it is in."""
