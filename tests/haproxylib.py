@@ -46,8 +46,8 @@ defaults
     timeout client 10s
     timeout server 10s
     timeout check 1s
-    # A connection refused by a host being stopped (before its checks say DOWN) is
-    # tried again, the last time on another server: no client sees it fail.
+    # A connection refused by a host that stopped (before its checks say DOWN) is
+    # tried again, the last time on another server: its client does not see it.
     retries 3
     option redispatch
     # A line per session to stdout (-db): the client, the server it ended on, how it ended.
@@ -67,12 +67,11 @@ def haproxy_path() -> str:
 def server(name: str, address: str, header: str = "send-proxy-v2", extra: str = "") -> str:
     """Return a backend's `server` line for `address` (host:port), with health checks.
 
-    `header` is `send-proxy-v2`, `send-proxy` (v1) or "" (none). With a header,
-    each check sends one too (`check-send-proxy`: HAProxy 2.6 and 3.0 do it by
-    default for such a server, unless the check goes to another `port` or
-    `addr`; the keyword says so, and on a server without a header it would
-    send a v1 one): v2 a LOCAL header, v1 a TCP4 line naming the check's own
-    connection.
+    `header`: `send-proxy-v2`, `send-proxy` (v1) or "" (none). With a header,
+    checks send one too (v2: LOCAL; v1: a TCP4 line naming the check's own
+    connection). HAProxy 2.6 and 3.0 do so by default unless a check goes to
+    another `port` or `addr`; `check-send-proxy` says it (on a server without
+    `send-proxy` it would send a v1 header).
     """
     checks = f"{CHECK} check-send-proxy" if header else CHECK
     return " ".join(part for part in ("server", name, address, header, checks, extra) if part)
@@ -99,7 +98,6 @@ class HAProxy:
         servers: the backend's `server` lines (see `server()`).
         bind: the frontend's address; the port is the kernel's choice (`self.address`).
         netns: the network namespace it runs in (the frontend's too), by name.
-        balance: the backend's algorithm.
     """
 
     def __init__(
@@ -109,7 +107,6 @@ class HAProxy:
         *,
         bind: str = "127.0.0.1",
         netns: str | None = None,
-        balance: str = "roundrobin",
     ) -> None:
         stamp = len(list(tmp_path.glob("haproxy-*.cfg")))
         self.config = tmp_path / f"haproxy-{stamp}.cfg"
@@ -122,7 +119,7 @@ class HAProxy:
         self.config.write_text(
             f"global\n    stats socket {self.stats} level admin\n\n{DEFAULTS}\n"
             f"frontend fe\n    bind fd@{frontend.fileno()}\n    default_backend be\n\n"
-            f"backend be\n    balance {balance}\n{ECHO_CHECK}{lines}\n"
+            f"backend be\n    balance roundrobin\n{ECHO_CHECK}{lines}\n"
         )
         os.set_inheritable(frontend.fileno(), True)
         prefix = ["ip", "netns", "exec", netns] if netns else []

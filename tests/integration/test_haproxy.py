@@ -27,7 +27,7 @@ OTHER = "127.0.0.7"
 PROXY = "127.0.0.9"  # HAProxy's source towards the servers
 # The program tells who it was told the client is, and who the proxy; then echoes.
 WHO = """["sh", "-c", 'echo "$TCPREMOTEIP:$TCPREMOTEPORT $PROXYREMOTEIP"; exec cat']"""
-# Two servers get PROXY v2, one v1; every check sends a PROXY header (LOCAL / UNKNOWN).
+# Two servers get PROXY v2, one v1; their checks send headers too (see haproxylib.server).
 HEADERS = ("send-proxy-v2", "send-proxy-v2", "send-proxy")
 
 
