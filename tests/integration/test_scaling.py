@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import pytest
 from chaoslib import in_netns
@@ -230,13 +230,15 @@ def assert_real_client_logged(hosts: list[Sockd], but: int = 0) -> None:
     for n, host in enumerate(hosts, 1):
         if n == but:
             continue
-        served = [
-            event
-            for event in host.events("connection_closed")
-            if str(event["client"]).startswith(f"{CLIENT_ADDRESS}:")
-        ]
-        assert served, f"s{n} logged no connection from {CLIENT_ADDRESS}"
-        for event in served:
+
+        def served(host: Sockd = host) -> list[dict[str, Any]]:
+            return [
+                event
+                for event in host.events("connection_closed")
+                if str(event["client"]).startswith(f"{CLIENT_ADDRESS}:")
+            ]
+
+        for event in wait_until(served, what=f"s{n} logging a client"):
             assert str(event["via"]).startswith(f"10.231.{n}.1:"), event
 
 
