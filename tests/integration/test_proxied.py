@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -323,6 +324,22 @@ class TestWaiting:
             assert recv_all(client) == b"unix"
         assert spent < 0.2, f"the forker spent {spent:.2f} s of CPU in 1 s waiting for a header"
         assert daemon.stop() == 0
+
+    def test_a_graceful_stop_serves_a_header_still_coming(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Accepted before SIGTERM, its header half sent: served once the rest comes."""
+        daemon = start(sockd, tmp_path)
+        with connect(address(daemon, "report")) as client:
+            client.sendall(b"PROXY TCP4 192.0.2.1 ")
+            time.sleep(0.1)  # accepted, and waiting
+            daemon.signal(signal.SIGTERM)
+            daemon.wait_event("stopping")
+            client.sendall(b"198.51.100.1 5000 80\r\nlate")
+            client.shutdown(socket.SHUT_WR)
+            answer = json.loads(recv_all(client))
+        assert (answer["client"], answer["payload"]) == (list(CLIENT), "late")
+        assert daemon.wait() == 0
 
     def test_a_bad_header_is_refused_with_its_problem(
         self, sockd: Callable[..., Sockd], tmp_path: Path

@@ -51,6 +51,7 @@ class TestStop:
         daemon = sockd("run", "--config", echo_config(tmp_path), notify=notifications)
         address = daemon.address()
         with connect(address) as client:
+            ours = f"127.0.0.1:{client.getsockname()[1]}"
             client.sendall(b"before\n")
             assert client.recv(100) == b"before\n"
             daemon.signal(signal.SIGTERM)
@@ -62,9 +63,32 @@ class TestStop:
             assert client.recv(100) == b"during\n"
             assert daemon.process.poll() is None, "sockd waits for the connection"
         assert daemon.wait() == 0
-        (closed,) = daemon.events("connection_closed")
+        # (A probe that connected just before the forker heard of the stop is served too.)
+        (closed,) = daemon.events("connection_closed", client=ours)
         assert closed["exit_code"] == 0
         assert daemon.events("stopped")
+
+    def test_graceful_stop_serves_the_connections_already_queued(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Connected before SIGTERM, not accepted yet: taken from the backlog and served."""
+        daemon = sockd("run", "--config", echo_config(tmp_path))
+        address = daemon.address()
+        forker = daemon.forker()
+        os.kill(forker, signal.SIGSTOP)  # the connections wait in the kernel's backlog
+        try:
+            queued = [connect(address) for _ in range(3)]
+            for number, client in enumerate(queued):
+                client.sendall(b"queued %d\n" % number)
+            daemon.signal(signal.SIGTERM)
+            daemon.wait_event("stopping")
+        finally:
+            os.kill(forker, signal.SIGCONT)
+        for number, client in enumerate(queued):
+            with client:
+                client.settimeout(10)
+                assert client.recv(100) == b"queued %d\n" % number
+        assert daemon.wait() == 0
 
     def test_stop_timeout_terminates_children(
         self, sockd: Callable[..., Sockd], tmp_path: Path

@@ -277,7 +277,7 @@ class Forker:
         if self.stop_phase is SERVING and not self.standby:  # not stopped before it began
             self.pools.fill()
         self._send(("ready",))
-        while self.stop_phase is SERVING or len(self.shared.children):
+        while self.stop_phase is SERVING or len(self.shared.children) or self.waiting.connections:
             self._turn()
         self.inbox.read()
         self._summaries(math.inf)  # what the bounded logs still hold: we are ending
@@ -580,6 +580,8 @@ class Forker:
             return
         self.stop_phase = WAIT
         self.timers.set("stop", deadline)
+        if not self.standby:
+            self._accept_queued()
         self._stop_accepting()
         self.pools.retire()  # each finishes its connection, then exits
 
@@ -614,13 +616,30 @@ class Forker:
             self._stop_accepting()
         self.stop_phase = KILL
         self.timers.clear("stop")
+        self.waiting.close()
         self.shared.children.signal_all(signal.SIGKILL)
+
+    def _accept_queued(self) -> None:
+        """Take what the kernel queued on our listeners before a graceful stop (within the caps).
+
+        Closing a listener resets the connections in its backlog: clients
+        that connected, and may have sent their request, before the stop.
+        """
+        for server in self.servers:
+            if server.service.workers:
+                continue  # its workers' to take, and they are leaving
+            with contextlib.suppress(OSError, ForkPaused):
+                server.accept_ready(self.caps.room(server.service))
 
     def _stop_accepting(self) -> None:
         self._update_accepting()
+        closed = {server.fileno() for server in self.servers}
         for server in self.servers:
             server.server_close()
-        self.waiting.close()  # not admitted yet: as the backlog, dropped
+        # A child forked from now on (a header that was waiting) must not close their
+        # numbers: its own connection may have one of them.
+        self.own_fds = tuple(fd for fd in self.own_fds if fd not in closed)
+        self._update_child_fds()
 
     def _advance_stop(self, now: float) -> None:
         """Past the stop's deadline, SIGTERM the children left; past the grace, SIGKILL."""
@@ -630,6 +649,7 @@ class Forker:
             "warning", "stop_timeout", {"children": len(self.shared.children), "action": action}
         )
         if term:
+            self.waiting.close()  # headers not complete by the stop's deadline
             self.shared.children.signal_all(signal.SIGTERM)
             self.stop_phase = TERM
             self.timers.set("stop", now + KILL_GRACE)
