@@ -22,6 +22,8 @@ from sockd.errors import (
 from sockd.supervisor import config as sockd_config
 from sockd.supervisor import daemonize
 from sockd.supervisor import log as sockd_log
+from sockd.supervisor.importer import EX_PARTIAL
+from sockd.supervisor.tables import one_line
 
 EXIT_CODES = f"""exit codes:
   {EX_OK}   stopped cleanly (or the config is valid, for check)
@@ -30,6 +32,14 @@ EXIT_CODES = f"""exit codes:
   71  the operating system refused (bind, fork, pid file)
   77  no permission (a privileged port, or dropping privileges)
   {EX_CONFIG}  configuration error (file, environment from systemd, handler)
+"""
+
+
+IMPORT_EXIT_CODES = f"""exit codes:
+  {EX_OK}   converted: the output passes `sockd check`
+  {EX_PARTIAL}   converted, but parts with no equivalent are comments (listed on stderr)
+  {EX_USAGE}  usage error on the command line
+  {EX_CONFIG}  the file cannot be read or parsed, or no service is left to serve
 """
 
 
@@ -63,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate and print the effective config")
     check.add_argument("--config", metavar="FILE", default=sockd_config.DEFAULT_PATH)
     check.add_argument("--quiet", "-q", action="store_true", help="print nothing when valid")
+    convert = commands.add_parser(
+        "import",
+        help="print a sockd.toml converted from inetd.conf or xinetd.conf",
+        epilog=IMPORT_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("format", choices=["inetd", "xinetd"])
+    convert.add_argument(
+        "file", nargs="?", metavar="FILE", help="default /etc/inetd.conf, /etc/xinetd.conf"
+    )
     return parser
 
 
@@ -71,6 +91,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         sys.exit(_check(args.config, quiet=args.quiet))
+    if args.command == "import":
+        sys.exit(_import(args.format, args.file))
     sys.exit(_run(args))
 
 
@@ -85,6 +107,28 @@ def _check(path: str, *, quiet: bool) -> int:
     if not quiet:
         print(sockd_config.to_toml(config), end="")
     return EX_OK
+
+
+def _import(kind: str, path: str | None) -> int:
+    from sockd.supervisor import importer, inetdconf, xinetdconf  # noqa: PLC0415 (import only)
+
+    reader = inetdconf.read if kind == "inetd" else xinetdconf.read
+    path = path or (inetdconf.DEFAULT_PATH if kind == "inetd" else xinetdconf.DEFAULT_PATH)
+    try:
+        result = importer.convert(reader(path), path)
+    except SockdError as exc:
+        print(f"sockd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(result.text, end="")
+    for problem in result.problems:
+        print(f"sockd: {problem}", file=sys.stderr)
+    if not result.served:
+        where = one_line(path, 4096)
+        print(
+            f"sockd: {where}: no service left to serve (sockd check refuses that)", file=sys.stderr
+        )
+        return EX_CONFIG
+    return EX_PARTIAL if result.problems else EX_OK
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,0 +1,136 @@
+"""inetd.conf (openbsd-inetd's syntax) read into services for `sockd import inetd` (the daemon)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from sockd.supervisor.config import MAX_RATE
+from sockd.supervisor.importer import (
+    Entry,
+    listen_addresses,
+    port_of,
+    read_text,
+    safe_name,
+    set_builtin,
+    set_program,
+)
+
+DEFAULT_PATH = "/etc/inetd.conf"
+OFF = "#<off>#"  # update-inetd --disable's mark
+_FAMILIES = {
+    "tcp": (socket.AF_INET, socket.AF_INET6),  # openbsd-inetd: both, one socket each
+    "tcp4": (socket.AF_INET,),
+    "tcp6": (socket.AF_INET6,),
+    "tcp46": (socket.AF_INET, socket.AF_INET6),
+}
+_UDP = ("udp", "udp4", "udp6", "udp46")
+
+
+def read(path: str = DEFAULT_PATH) -> list[Entry]:
+    """Read every service line of the inetd.conf at `path`, enabled or disabled by update-inetd.
+
+    A line `HOST[,HOST...]:` alone sets the local addresses of the lines after
+    it (`*:`, every address, before the first), as openbsd-inetd does. Lines
+    do not continue: inetd.conf has no continuation.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    entries = []
+    hosts = ["*"]
+    for number, raw in enumerate(read_text(path).splitlines(), 1):
+        line = raw.strip()
+        disabled = ""
+        if line.startswith(OFF):
+            line = line.removeprefix(OFF).strip()
+            disabled = f"disabled by update-inetd ({OFF})"
+        elif not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) == 1 and fields[0].endswith(":"):
+            if not disabled:
+                hosts = fields[0][:-1].split(",")
+            continue
+        source = f"{OFF} {' '.join(fields)}" if disabled else " ".join(fields)
+        entries.append(_entry(f"{path}:{number}", source, fields, hosts, disabled))
+    return entries
+
+
+def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled: str) -> Entry:
+    head, sep, service = fields[0].rpartition(":")
+    if sep and head:
+        hosts = head.split(",")
+    entry = Entry(origin, line, os.path.basename(service) or safe_name(service), disabled=disabled)
+    if len(fields) < 6:
+        entry.fail(
+            f"{len(fields)} fields: expected service, socket type, protocol, wait, user, server"
+        )
+        return entry
+    socket_type, protocol_field, wait, user, server, *argv = fields[1:]
+    protocol, *buffers = protocol_field.split(",")
+    if protocol != "tcp":
+        entry.suffix = protocol
+    _listen(entry, service, socket_type, protocol, hosts)
+    entry.lost += [f"{option}: sockd does not size socket buffers" for option in buffers]
+    _wait(entry, wait)
+    if server == "internal":
+        set_builtin(entry, service)
+        return entry
+    set_program(entry, server, argv)
+    name, sep, group = user.partition(":")
+    if not sep:
+        name, sep, group = user.partition(".")
+    entry.keys["user"] = name
+    if group:
+        entry.keys["group"] = group
+    return entry
+
+
+def _listen(entry: Entry, service: str, socket_type: str, protocol: str, hosts: list[str]) -> None:
+    if protocol.startswith("rpc/"):
+        entry.fail(f"{protocol}: RPC services (through the portmapper) have no equivalent")
+    elif protocol in _UDP or socket_type == "dgram":
+        entry.fail(f"{socket_type} {protocol}: sockd serves no datagram (UDP) services yet")
+        try:
+            port = port_of(service, "udp")
+        except ValueError:
+            return
+        entry.keys["listen"] = [
+            f"udp:{address}" for address in listen_addresses(hosts, _FAMILIES["tcp"], port)
+        ]
+    elif socket_type != "stream":
+        entry.fail(f"socket type {socket_type!r}: sockd serves stream sockets only")
+    elif protocol == "unix":
+        entry.keys["listen"] = [f"unix:{service}"]
+    elif protocol not in _FAMILIES:
+        entry.fail(f"protocol {protocol!r}: expected tcp, tcp4, tcp6, tcp46 or unix")
+    else:
+        try:
+            port = port_of(service, "tcp")
+            entry.keys["listen"] = listen_addresses(hosts, _FAMILIES[protocol], port)
+        except ValueError as exc:
+            entry.fail(str(exc))
+        if protocol == "tcp46":
+            entry.notes.append("tcp46: IPv4 clients arrive on an IPv4 socket, not IPv4-mapped")
+
+
+def _wait(entry: Entry, wait: str) -> None:
+    mode, dot, maximum = wait.partition(".")
+    if mode == "wait":
+        if not entry.failed:  # a datagram service said so already
+            entry.fail("wait: sockd does not hand a program the listening socket yet")
+    elif mode != "nowait":
+        entry.fail(f"{wait!r}: expected wait or nowait[.max]")
+    if not dot:
+        return
+    if not (maximum.isascii() and maximum.isdigit() and int(maximum) > 0):
+        entry.lost.append(f"{wait!r}: the maximum is not a positive number (ignored)")
+        return
+    count = int(maximum)
+    entry.keys["rate"] = max(round(count / 60, 3), 0.001)
+    entry.keys["burst"] = min(count, MAX_RATE)
+    entry.notes.append(
+        f"{wait}: {count} a minute, as rate (a second) and burst; inetd stops the "
+        "service for 10 minutes past it, sockd refuses only the connections over it"
+    )
