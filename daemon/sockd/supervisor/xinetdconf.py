@@ -35,9 +35,8 @@ _CUMULATIVE |= {"disabled", "enabled", "log_type"}
 _LOGS = {"log_type", "log_on_success", "log_on_failure"}
 _DONE = {"id", "type", "flags", "disable", "socket_type", "protocol", "wait", "user", "group"}
 _DONE |= {"server", "server_args", "port", "bind", "interface", "only_from", "no_access"}
-_DONE |= {"instances", "per_source", "cps", "env", "passenv"} | _LOGS
+_DONE |= {"instances", "per_source", "cps", "env", "passenv", "redirect"} | _LOGS
 _NO_EQUIVALENT = {
-    "redirect": "sockd does not forward connections to another host",
     "banner": "sockd sends no banner",
     "banner_success": "sockd sends no banner",
     "banner_fail": "sockd sends no banner (a refused client gets `refusal`)",

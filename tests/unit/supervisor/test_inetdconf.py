@@ -1,0 +1,264 @@
+"""Tests of sockd.supervisor.inetdconf: inetd.conf lines as services, on Debian's own files."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from importing import DATA, check, commented, inetd, served
+
+from sockd.errors import ConfigError
+from sockd.supervisor import importer, inetdconf
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+BOTH = ["0.0.0.0:7", "[::]:7"]
+
+
+@pytest.fixture(autouse=True)
+def no_wrapper_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TCP wrappers' files of the tests' own: none, unless a test writes one."""
+    paths = (str(tmp_path / "hosts.allow"), str(tmp_path / "hosts.deny"))
+    monkeypatch.setattr(importer, "HOSTS_ACCESS", paths)
+
+
+class TestDebianFiles:
+    def test_openbsd_inetd_default_serves_nothing(self) -> None:
+        """Debian's default inetd.conf has only comments: no service, not even the internal ones."""
+        assert inetdconf.read(str(DATA / "openbsd-inetd" / "inetd.conf")) == []
+
+    def test_default_with_internal_lines_uncommented(self, tmp_path: Path) -> None:
+        """The #echo... lines of Debian's default, uncommented, become sockd's built-ins."""
+        text = (DATA / "openbsd-inetd" / "inetd.conf").read_text()
+        for name in ("echo", "discard", "daytime", "time", "chargen"):
+            text = text.replace(f"\n#{name}\t", f"\n{name}\t")
+        result = inetd(tmp_path / "inetd.conf", text)
+        tables = {service["name"]: service for service in served(result)}
+        assert list(tables) == ["echo", "discard", "daytime", "time", "chargen"]
+        assert tables["echo"] == {"name": "echo", "handler": "echo", "listen": BOTH}
+        assert tables["time"]["listen"] == ["0.0.0.0:37", "[::]:37"]
+        udp = commented(result)
+        assert udp == [
+            {
+                "name": "discard-udp",
+                "handler": "discard",
+                "listen": ["udp:0.0.0.0:9", "udp:[::]:9"],
+            }
+        ]
+        assert result.problems == [
+            (
+                f"{tmp_path}/inetd.conf:21: discard-udp: dgram udp: sockd serves no datagram"
+                " (UDP) services yet"
+            )
+        ]
+        assert [service.name for service in check(tmp_path, result).services] == list(tables)
+
+    def test_update_inetd_lines(self) -> None:
+        """The lines of fingerd, talkd, micro-httpd: tcpd dropped, user.group split, UDP aside."""
+        path = DATA / "update-inetd" / "inetd.conf"
+        result = inetd(path)
+        assert served(result) == []  # none of the programs is installed here
+        www, talk, ntalk, finger = commented(result)
+        assert www == {
+            "name": "www",
+            "exec": ["/usr/sbin/micro-httpd", "/var/www/html"],
+            "listen": ["0.0.0.0:80", "[::]:80"],
+            "user": "nobody",
+            "group": "www-data",
+        }
+        assert talk["exec"] == ["/usr/sbin/in.talkd"]
+        assert (talk["user"], talk["group"]) == ("nobody", "tty")
+        assert talk["listen"] == ["udp:0.0.0.0:517", "udp:[::]:517"]
+        assert ntalk["name"] == "ntalk"
+        assert finger == {
+            "name": "finger",
+            "exec": ["/usr/sbin/in.fingerd"],
+            "listen": ["0.0.0.0:79", "[::]:79"],
+            "user": "nobody",
+        }
+        assert "# - disabled by update-inetd (#<off>#): uncomment to serve it" in result.text
+        assert result.problems == [
+            (
+                f"{path}:28: www: kept as a comment: service 'www': exec[0]:"
+                " /usr/sbin/micro-httpd: no such program"
+            ),
+            f"{path}:31: talk: dgram udp: sockd serves no datagram (UDP) services yet",
+            (
+                f"{path}:37: finger: kept as a comment: service 'finger': exec[0]:"
+                " /usr/sbin/in.fingerd: no such program"
+            ),
+        ]
+
+    def test_update_inetd_lines_with_the_programs_there(self, tmp_path: Path) -> None:
+        """With programs that exist, fingerd's and micro-httpd's lines are served and checked."""
+        text = (DATA / "update-inetd" / "inetd.conf").read_text()
+        text = text.replace("/usr/sbin/in.fingerd", "/bin/cat")
+        text = text.replace("/usr/sbin/micro-httpd", "/bin/ls")
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert [service["exec"] for service in served(result)] == [
+            ["/bin/ls", "/var/www/html"],
+            ["/bin/cat"],
+        ]
+        finger = check(tmp_path, result).services[1]
+        assert (finger.name, finger.user, finger.group) == ("finger", "nobody", None)
+        assert "tcpd dropped (/bin/cat is run directly): " in result.text
+
+
+class TestListen:
+    @pytest.mark.parametrize(
+        ("protocol", "listen"),
+        [
+            ("tcp", BOTH),
+            ("tcp4", ["0.0.0.0:7"]),
+            ("tcp6", ["[::]:7"]),
+            ("tcp46", BOTH),
+        ],
+    )
+    def test_protocols(self, tmp_path: Path, protocol: str, listen: list[str]) -> None:
+        """Protocol tcp is both families (a socket each, as openbsd-inetd), tcp4 and tcp6 one."""
+        result = inetd(tmp_path / "inetd.conf", f"echo stream {protocol} nowait root internal\n")
+        assert served(result)[0]["listen"] == listen
+        assert result.problems == []
+
+    def test_numeric_port(self, tmp_path: Path) -> None:
+        """A port number is a service field too."""
+        result = inetd(tmp_path / "inetd.conf", "7007 stream tcp4 nowait nobody /bin/cat cat\n")
+        assert served(result)[0]["listen"] == ["0.0.0.0:7007"]
+        assert served(result)[0]["name"] == "7007"
+
+    def test_unknown_service_name(self, tmp_path: Path) -> None:
+        """A name unknown to /etc/services: a line naming FILE:LINE; the service stays a comment."""
+        result = inetd(
+            tmp_path / "inetd.conf", "# x\nnosuchsvc stream tcp nowait nobody /bin/cat cat\n"
+        )
+        assert served(result) == []
+        where = f"{tmp_path}/inetd.conf:2"
+        assert result.problems == [
+            f"{where}: nosuchsvc: service 'nosuchsvc' is not in /etc/services for tcp"
+        ]
+
+    def test_local_addresses(self, tmp_path: Path) -> None:
+        """`HOST:service` listens there only; a lone `HOST:` line sets it for the lines after."""
+        text = (
+            "127.0.0.1:echo stream tcp nowait root internal\n"
+            "[::1]:discard stream tcp nowait root internal\n"
+            "127.0.0.2,::1:\n"
+            "daytime stream tcp nowait root internal\n"
+            "*:\n"
+            "time stream tcp4 nowait root internal\n"
+        )
+        listens = [service["listen"] for service in served(inetd(tmp_path / "inetd.conf", text))]
+        assert listens == [
+            ["127.0.0.1:7"],
+            ["[::1]:9"],
+            ["127.0.0.2:13", "[::1]:13"],
+            ["0.0.0.0:37"],
+        ]
+
+    def test_unix(self, tmp_path: Path) -> None:
+        """`stream unix` listens on the path; the name is its file name."""
+        text = f"{tmp_path}/cat.sock stream unix nowait nobody /bin/cat cat\n"
+        service = served(inetd(tmp_path / "inetd.conf", text))[0]
+        assert service["listen"] == [f"unix:{tmp_path}/cat.sock"]
+        assert service["name"] == "cat.sock"
+
+    def test_same_name_twice(self, tmp_path: Path) -> None:
+        """Two lines of one service get unique names, the second by its protocol."""
+        text = "echo stream tcp4 nowait root internal\necho stream tcp6 nowait root internal\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert [service["name"] for service in served(result)] == ["echo", "echo-tcp6"]
+        check(tmp_path, result)
+
+
+class TestFields:
+    def test_max_is_a_minute(self, tmp_path: Path) -> None:
+        """The wait field nowait.120 (120 a minute) is rate 2 a second, burst 120, and says why."""
+        result = inetd(tmp_path / "inetd.conf", "echo stream tcp nowait.120 root internal\n")
+        service = served(result)[0]
+        assert (service["rate"], service["burst"]) == (2.0, 120)
+        assert "inetd stops the service for 10 minutes" in result.text
+        assert result.problems == []
+
+    def test_bad_max(self, tmp_path: Path) -> None:
+        """A maximum that is not a positive number is ignored, and said so."""
+        result = inetd(tmp_path / "inetd.conf", "echo stream tcp nowait.x root internal\n")
+        assert "rate" not in served(result)[0]
+        assert result.problems[0].endswith(
+            "'nowait.x': the maximum is not a positive number (ignored)"
+        )
+
+    @pytest.mark.parametrize("user", ["nobody:nogroup", "nobody.nogroup"])
+    def test_user_and_group(self, tmp_path: Path, user: str) -> None:
+        """user:group and user.group both set user and group."""
+        result = inetd(tmp_path / "inetd.conf", f"echo stream tcp nowait {user} /bin/cat cat\n")
+        assert (served(result)[0]["user"], served(result)[0]["group"]) == ("nobody", "nogroup")
+
+    def test_arguments(self, tmp_path: Path) -> None:
+        """The arguments after argv[0] are exec's; a program named otherwise in argv[0] is said."""
+        text = "echo stream tcp nowait nobody /bin/echo echo -n hi\n"
+        text += "discard stream tcp nowait nobody /bin/echo httpd -i\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert [service["exec"] for service in served(result)] == [
+            ["/bin/echo", "-n", "hi"],
+            ["/bin/echo", "-i"],
+        ]
+        assert result.problems == [
+            (
+                f"{tmp_path}/inetd.conf:2: discard: argv[0] 'httpd' is not the program's name:"
+                " sockd runs /bin/echo as 'echo'"
+            )
+        ]
+
+    def test_tcpd_with_rules(self, tmp_path: Path) -> None:
+        """With rules in hosts.deny, tcpd dropped is a part lost (the service is wider now)."""
+        (tmp_path / "hosts.deny").write_text("# comment\nALL: ALL\n")
+        text = "finger stream tcp nowait nobody /usr/sbin/tcpd in.fingerd\n"
+        text += "echo stream tcp nowait nobody /usr/sbin/tcpd /bin/cat\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert commented(result)[0]["exec"] == ["/usr/sbin/in.fingerd"]  # tcpd's own directory
+        assert served(result)[0]["exec"] == ["/bin/cat"]
+        assert len(result.problems) == 3  # and finger's: no such program
+        assert result.problems[2] == (
+            f"{tmp_path}/inetd.conf:2: echo: tcpd dropped (/bin/cat is run directly): the rules in"
+            f" {tmp_path}/hosts.deny no longer apply; write them as allow/deny"
+        )
+
+    @pytest.mark.parametrize(
+        ("line", "problem"),
+        [
+            ("echo stream tcp nowait root", "5 fields: expected service, socket type,"),
+            ("echo stream tcp wait root internal", "wait: sockd does not hand a program the"),
+            ("echo dgram udp wait root internal", "dgram udp: sockd serves no datagram (UDP)"),
+            ("echo raw tcp nowait root internal", "socket type 'raw': sockd serves stream"),
+            ("echo stream sctp nowait root internal", "protocol 'sctp': expected tcp, tcp4"),
+            ("rstatd/1-3 dgram rpc/udp wait root /bin/cat", "rpc/udp: RPC services"),
+            ("tcpmux stream tcp nowait root internal", "internal service 'tcpmux' has no sockd"),
+            ("echo stream tcp waitless root internal", "'waitless': expected wait or nowait"),
+        ],
+    )
+    def test_no_equivalent(self, tmp_path: Path, line: str, problem: str) -> None:
+        """What sockd cannot serve keeps the service as a comment, with one line on stderr."""
+        result = inetd(tmp_path / "inetd.conf", f"{line}\n")
+        assert served(result) == []
+        assert len(result.problems) == 1
+        assert problem in result.problems[0]
+        assert result.problems[0].startswith(f"{tmp_path}/inetd.conf:1: ")
+
+    def test_buffer_sizes(self, tmp_path: Path) -> None:
+        """tcp,rcvbuf=... is served without the buffer size, which is said."""
+        result = inetd(tmp_path / "inetd.conf", "echo stream tcp,rcvbuf=64k nowait root internal\n")
+        assert served(result)[0]["handler"] == "echo"
+        assert result.problems[0].endswith("rcvbuf=64k: sockd does not size socket buffers")
+
+    def test_no_continuation(self, tmp_path: Path) -> None:
+        """A line ending in a backslash does not continue: inetd.conf has no continuation."""
+        text = "echo stream tcp nowait nobody /bin/echo echo a \\\n  discard\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert served(result)[0]["exec"] == ["/bin/echo", "a", "\\"]
+        assert "2: discard: 1 fields" in result.problems[0]
+
+    def test_unreadable(self, tmp_path: Path) -> None:
+        """A file that cannot be read is one line naming it."""
+        with pytest.raises(ConfigError, match=r"/nonexistent: cannot read: No such file"):
+            inetdconf.read(f"{tmp_path}/nonexistent")
