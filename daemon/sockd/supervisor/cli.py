@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import NoReturn
 
 import structlog
@@ -119,6 +120,9 @@ def _import(kind: str, path: str | None) -> int:
     except SockdError as exc:
         print(f"sockd: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception:  # noqa: BLE001 (a bug: not exit 1, which says "converted in part")
+        traceback.print_exc()
+        return EX_SOFTWARE
     print(result.text, end="")
     for problem in result.problems:
         print(f"sockd: {problem}", file=sys.stderr)

@@ -225,12 +225,18 @@ def convert(entries: list[Entry], what: str) -> Result:
     accepted: list[dict[str, Any]] = []
     for entry in entries:
         entry.keys = {"name": _unique(entry, names), **entry.keys}
-        if entry.served:
-            try:
-                sockd_config.from_dict({"service": [*accepted, entry.keys]}, entry.origin)
-            except ConfigError as exc:
-                entry.rejected = str(exc).removeprefix(f"{entry.origin}: ")
+        if entry.failed:
+            continue
+        try:
+            sockd_config.from_dict({"service": [*accepted, entry.keys]}, entry.origin)
+        except ConfigError as exc:
+            reason = str(exc).removeprefix(f"{entry.origin}: ")
+            if entry.disabled:
+                entry.notes.append(f"sockd check would refuse it: {reason}")
             else:
+                entry.rejected = reason
+        else:
+            if entry.served:
                 accepted.append(entry.keys)
     # What a disabled service lost costs nothing now: its comments say it.
     problems = [
@@ -243,7 +249,7 @@ def convert(entries: list[Entry], what: str) -> Result:
         ]
     ]
     lines = [
-        f"# Converted by `sockd import` from {one_line(what)}.",
+        f"# Converted by `sockd import` from {one_line(what)}; check it with `sockd check`.",
         "# Parts with no equivalent in sockd are comments, listed on stderr as well.",
     ]
     for entry in entries:

@@ -245,6 +245,21 @@ class TestFields:
         assert problem in result.problems[0]
         assert result.problems[0].startswith(f"{tmp_path}/inetd.conf:1: ")
 
+    def test_disabled_line(self, tmp_path: Path) -> None:
+        """A #<off># line: a service kept as a comment, no problem; it says what check would."""
+        text = "echo stream tcp nowait root internal\n"
+        text += (
+            "#<off># finger\tstream\ttcp\tnowait\tnobody\t/usr/sbin/tcpd\t/usr/sbin/in.fingerd\n"
+        )
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert [service["name"] for service in commented(result)] == ["finger"]
+        assert result.problems == []
+        assert "# - disabled by update-inetd (#<off>#): uncomment to serve it" in result.text
+        assert (
+            "# - sockd check would refuse it: service 'finger': exec[0]: /usr/sbin/in.fingerd:"
+            " no such program"
+        ) in result.text
+
     def test_buffer_sizes(self, tmp_path: Path) -> None:
         """tcp,rcvbuf=... is served without the buffer size, which is said."""
         result = inetd(tmp_path / "inetd.conf", "echo stream tcp,rcvbuf=64k nowait root internal\n")
