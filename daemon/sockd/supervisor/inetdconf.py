@@ -11,7 +11,6 @@ from sockd.supervisor.importer import (
     listen_addresses,
     port_of,
     read_text,
-    safe_name,
     set_builtin,
     set_program,
 )
@@ -61,7 +60,7 @@ def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled
     head, sep, service = fields[0].rpartition(":")
     if sep and head:
         hosts = head.split(",")
-    entry = Entry(origin, line, os.path.basename(service) or safe_name(service), disabled=disabled)
+    entry = Entry(origin, line, service, disabled=disabled)
     if len(fields) < 6:
         entry.fail(
             f"{len(fields)} fields: expected service, socket type, protocol, wait, user, server"
@@ -69,6 +68,8 @@ def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled
         return entry
     socket_type, protocol_field, wait, user, server, *argv = fields[1:]
     protocol, *buffers = protocol_field.split(",")
+    if protocol == "unix":  # the service field is the socket's path
+        entry.base = os.path.basename(service) or service
     if protocol != "tcp":
         entry.suffix = protocol
     _listen(entry, service, socket_type, protocol, hosts)

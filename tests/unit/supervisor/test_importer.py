@@ -66,6 +66,8 @@ class TestConvert:
         names = [service["name"] for service in served(result)]
         assert names == ["a-b-c.sock", "a-b-c.sock-unix", "a-b-c.sock-2"]
         check(tmp_path, result)
+        rpc = inetd(tmp_path / "inetd.conf", "rstatd/1-3 dgram rpc/udp wait root /bin/cat cat\n")
+        assert rpc.problems[0].startswith(f"{tmp_path}/inetd.conf:1: rstatd-1-3: ")
 
     def test_strings_are_escaped(self, tmp_path: Path) -> None:
         """Quotes and backslashes in arguments come back as written."""
