@@ -211,7 +211,7 @@ def set_builtin(entry: Entry, service: str) -> None:
 
 def safe_name(text: str) -> str:
     """Return `text` as a valid service name (characters sockd refuses become '-')."""
-    return (_UNSAFE.sub("-", text) or "service")[:48]
+    return (_UNSAFE.sub("-", text) or "service")[:56]  # room for -2, -3...
 
 
 def convert(entries: list[Entry], what: str) -> Result:
@@ -240,7 +240,7 @@ def convert(entries: list[Entry], what: str) -> Result:
                 accepted.append(entry.keys)
     # What a disabled service lost costs nothing now: its comments say it.
     problems = [
-        f"{entry.origin}: {entry.keys['name']}: {one_line(lost)}"
+        f"{one_line(entry.origin)}: {entry.keys['name']}: {one_line(lost)}"
         for entry in entries
         if not entry.disabled
         for lost in [
@@ -259,7 +259,8 @@ def convert(entries: list[Entry], what: str) -> Result:
 
 def _unique(entry: Entry, names: set[str]) -> str:
     base = safe_name(entry.base)
-    name = base if base not in names or not entry.suffix else f"{base}-{safe_name(entry.suffix)}"
+    name = base if base not in names or not entry.suffix else f"{base}-{entry.suffix}"
+    name = safe_name(name)
     index = 2
     while name in names:
         name = f"{base}-{index}"

@@ -25,7 +25,6 @@ from sockd.supervisor.tables import one_line
 
 DEFAULT_PATH = "/etc/xinetd.conf"
 _ASSIGNMENT = re.compile(r"([A-Za-z_]+)\s*(\+=|-=|=)\s*(.*)")
-_INCLUDES = 64  # files, at most: an include loop ends
 # Attributes a service inherits from `defaults`; the cumulative ones add up there.
 _INHERITED = {"bind", "per_source", "instances", "cps", "only_from", "no_access", "passenv"}
 _INHERITED |= {"banner", "banner_success", "banner_fail", "umask", "groups", "max_load"}
@@ -60,7 +59,7 @@ class _Block:
     kind: str
     name: str
     origin: str
-    assignments: list[tuple[str, str, list[str], str]] = dataclasses.field(default_factory=list)
+    assignments: list[tuple[str, str, list[str]]] = dataclasses.field(default_factory=list)
 
 
 def read(path: str = DEFAULT_PATH) -> list[Entry]:
@@ -70,19 +69,20 @@ def read(path: str = DEFAULT_PATH) -> list[Entry]:
         ConfigError: a file that cannot be read or parsed, one line naming FILE:LINE.
     """
     blocks: list[_Block] = []
-    _parse(path, blocks, [])
+    _parse(path, blocks, ())
     defaults: dict[str, list[str]] = {}
     for block in blocks:
         if block.kind == "defaults":
-            for attribute, operator, values, _origin in block.assignments:
+            for attribute, operator, values in block.assignments:
                 _assign(defaults, attribute, "+=" if operator == "=" else operator, values)
     return [_entry(block, defaults) for block in blocks if block.kind == "service"]
 
 
-def _parse(path: str, blocks: list[_Block], files: list[str]) -> None:
-    if len(files) >= _INCLUDES:
-        raise ConfigError(f"{one_line(path)}: more than {_INCLUDES} files included")
-    files.append(path)
+def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
+    """Read the blocks of the file at `path`, included by the files `including` (a loop fails)."""
+    if os.path.realpath(path) in including:
+        raise ConfigError(f"{one_line(path)}: included by itself (an include loop)")
+    including = (*including, os.path.realpath(path))
     block: _Block | None = None
     opened = False
     lines = read_text(path).splitlines()
@@ -92,7 +92,7 @@ def _parse(path: str, blocks: list[_Block], files: list[str]) -> None:
         if not words or words[0].startswith("#"):
             continue
         if block is None:
-            block = _top_level(origin, words, blocks, files)
+            block = _top_level(origin, words, blocks, including)
             opened = block is not None and words[-1] == "{"
         elif not opened:
             if words != ["{"]:
@@ -107,13 +107,13 @@ def _parse(path: str, blocks: list[_Block], files: list[str]) -> None:
                 problem = f"expected ATTRIBUTE = VALUE... (or '}}'), got {raw.strip()!r}"
                 raise ConfigError(f"{one_line(origin)}: {one_line(problem)}")
             attribute, operator, values = match.groups()
-            block.assignments.append((attribute, operator, values.split(), origin))
+            block.assignments.append((attribute, operator, values.split()))
     if block is not None:
         raise ConfigError(f"{one_line(block.origin)}: {block.kind} {block.name}: no closing '}}'")
 
 
 def _top_level(
-    origin: str, words: list[str], blocks: list[_Block], files: list[str]
+    origin: str, words: list[str], blocks: list[_Block], including: tuple[str, ...]
 ) -> _Block | None:
     """Act on a line outside any block: return the block it opens, or include files."""
     keyword, *rest = words
@@ -124,7 +124,7 @@ def _top_level(
     if keyword == "defaults" and not rest:
         return _Block("defaults", "", origin)
     if keyword == "include" and len(rest) == 1:
-        _parse(rest[0], blocks, files)
+        _parse(rest[0], blocks, including)
         return None
     if keyword == "includedir" and len(rest) == 1:
         try:
@@ -136,7 +136,7 @@ def _top_level(
         for name in names:  # as xinetd: not a name with a dot, nor one ending in ~
             full = os.path.join(rest[0], name)
             if "." not in name and not name.endswith("~") and os.path.isfile(full):
-                _parse(full, blocks, files)
+                _parse(full, blocks, including)
         return None
     problem = (
         f"expected service NAME, defaults, include FILE or includedir DIR, got {' '.join(words)!r}"
@@ -155,7 +155,7 @@ def _assign(values: dict[str, list[str]], attribute: str, operator: str, given: 
 
 def _entry(block: _Block, defaults: dict[str, list[str]]) -> Entry:
     values = {key: list(value) for key, value in defaults.items() if key in _INHERITED}
-    for attribute, operator, given, _origin in block.assignments:
+    for attribute, operator, given in block.assignments:
         # xinetd refuses += on a single value; the value is still what was meant.
         single = operator != "=" and attribute not in _CUMULATIVE
         _assign(values, attribute, "=" if single else operator, given)
