@@ -28,6 +28,7 @@ from sockd.supervisor.tables import one_line
 
 EXIT_CODES = f"""exit codes:
   {EX_OK}   stopped cleanly (or the config is valid, for check)
+  1   import: converted, but parts were left as comments (see `sockd import --help`)
   {EX_USAGE}  usage error on the command line
   {EX_SOFTWARE}  internal error (logged as `crashed` or `forker_died`)
   71  the operating system refused (bind, fork, pid file)
