@@ -122,8 +122,11 @@ def _is_client(client: object) -> bool:
         return len(client) >= 2 and type(client[0]) is str
     if type(client) is list:  # [credentials' text, escaped path]
         return len(client) == 2 and type(client[0]) is str and type(client[1]) is str
-    if type(client) is dict:  # a proxied client: {"client": text, "via": text}
-        return client.keys() == _PROXIED and all(type(text) is str for text in client.values())
+    if type(client) is dict:  # a proxied client: {"client": ..., "via": ...}, address or text
+        return client.keys() == _PROXIED and all(
+            type(value) is str or (type(value) is tuple and _is_client(value))
+            for value in client.values()
+        )
     return client is None or type(client) is str  # None: not known (a worker's slot scribbled on)
 
 
@@ -180,8 +183,12 @@ def client_fields(client: object) -> dict[str, object]:
     if isinstance(client, list):
         return {"client": client[0], "peer_path": client[1]}
     if isinstance(client, dict):
-        return {"client": client["client"], "via": client["via"]}
+        return {name: _text(value) for name, value in client.items()}
     return {"client": client if isinstance(client, str) else describe(client)}
+
+
+def _text(client: object) -> object:
+    return describe(client) if isinstance(client, tuple) else client
 
 
 def exit_fields(status: int) -> dict[str, object]:

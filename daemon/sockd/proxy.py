@@ -59,8 +59,14 @@ _SSL_TEXT = {0x21: "version", 0x22: "cn", 0x23: "cipher", 0x24: "sig_alg", 0x25:
 _CERT = 0x02 | 0x04  # PP2_CLIENT_CERT_CONN, PP2_CLIENT_CERT_SESS
 _PRINTABLE = bytes(range(0x20, 0x7F))
 _HEX6 = b"0123456789abcdefABCDEF:."
+_COMMANDS = (0x20, 0x21)  # v2 LOCAL, v2 PROXY
 _KEYWORDS = (b"TCP4", b"TCP6", b"UNKNOWN")
 _FIELDS = ("source address", "destination address", "source port", "destination port")
+# Plain ints, not the socket module's flags: `|` of two IntFlag members runs enum's
+# Python code, per connection.
+_NOW = int(socket.MSG_DONTWAIT)
+_PEEK_NOW = int(socket.MSG_PEEK) | _NOW
+_SOL_SOCKET, _SO_RCVLOWAT = int(socket.SOL_SOCKET), int(socket.SO_RCVLOWAT)
 _crc_table: list[int] = []  # made for the first CRC32C TLV: the forker stays small
 
 
@@ -276,7 +282,8 @@ def _port(field: bytes, whole: bool) -> bool:
 def _v2(data: bytes) -> Header | int:
     """Parse a v2 header, or say how far it goes (see parse)."""
     n = len(data)
-    _v2_fixed(data[:14])
+    if n < 14 or data[:12] != SIGNATURE or data[12] not in _COMMANDS or data[13] not in _FAMILIES:
+        _v2_fixed(data[:14])  # a part, or wrong: which part (a valid one is checked inline)
     if n < 16:
         return 16
     family, datagram, block = _FAMILIES[data[13]]
@@ -436,12 +443,15 @@ def receive(sock: socket.socket) -> Header | None:
         EOFError: the peer closed before the header was complete.
         OSError: the socket failed (ECONNRESET...).
     """
-    result = _receive(sock)
+    result = receive_seen(sock)
     return None if isinstance(result, int) else result
 
 
-def _receive(sock: socket.socket) -> Header | int:
-    """Return the header from `sock` (see receive), or the bytes seen while incomplete."""
+def receive_seen(sock: socket.socket) -> Header | int:
+    """Return the header from `sock` (as `receive` does), or the bytes seen while incomplete.
+
+    The forker's way: one call less per connection than `receive`.
+    """
     # The first peek takes _PEEK bytes; a longer header's each following one
     # twice as much, up to its size: at most MAX_SIZE (16 + 65535) bytes are
     # peeked, and never much more than twice what is queued (a v2 length of
@@ -449,13 +459,14 @@ def _receive(sock: socket.socket) -> Header | int:
     ask = _PEEK
     while True:
         try:
-            data = sock.recv(ask, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = sock.recv(ask, _PEEK_NOW)
         except BlockingIOError:
             return 0
         if not data:
             raise EOFError("the peer closed before a PROXY header")
+        first = data[0]  # parse's dispatch, inline: a call less per connection
         try:
-            result = parse(data)
+            result = _v2(data) if first == 0x0D else _v1(data) if first == 0x50 else parse(data)
         except ProxyError:
             _lowat(sock, 1)  # an earlier call may have raised it: the caller may still write
             raise
@@ -472,17 +483,17 @@ def _receive(sock: socket.socket) -> Header | int:
         ask = min(result, ask * 2)
     left = result.size
     while left:
-        taken = len(sock.recv(left, socket.MSG_DONTWAIT))
+        taken = len(sock.recv(left, _NOW))
         if not taken:
             raise EOFError("the peer closed within the PROXY header")
         left -= taken
-    _lowat(sock, 1)
+    sock.setsockopt(_SOL_SOCKET, _SO_RCVLOWAT, 1)  # (_lowat, inline: a call less)
     return result
 
 
 def _lowat(sock: socket.socket, count: int) -> None:
     """Set `sock`'s SO_RCVLOWAT: poll says it is readable once `count` bytes wait (TCP)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+    sock.setsockopt(_SOL_SOCKET, _SO_RCVLOWAT, count)
 
 
 def read(sock: socket.socket, timeout: float) -> Header:
@@ -503,7 +514,7 @@ def read(sock: socket.socket, timeout: float) -> Header:
     while True:
         left = deadline - time.monotonic()
         if poller.poll(int(left * 1000) + 1 if left > 0 else 0):
-            result = _receive(sock)
+            result = receive_seen(sock)
             if not isinstance(result, int):
                 return result
             if result == seen and left > 0:

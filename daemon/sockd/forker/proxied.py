@@ -27,6 +27,7 @@ from sockd.listeners import client_text, describe
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
     from typing import Any
 
     from sockd import proxy
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from sockd.proxy import Header
 
 MAX_ERROR = 200  # characters of a header's problem in `connection_denied`
+MAX_KNOWN_PROXIES = 64  # trusted proxy addresses a service remembers (see `take_proxied`)
 
 
 class Waiting:
@@ -48,31 +50,50 @@ class Waiting:
         self.connections: dict[int, tuple[ProxiedMixIn, socket.socket, Any, float]] = {}
         self.deadlines: list[tuple[float, int]] = []  # (deadline, fd), the soonest first
         self.counts: dict[str, int] = {}
+        # `sockd.proxy.receive`, imported on first use: a forker without a PROXY service
+        # has one module less (and one attribute here saves importlib's work per connection).
+        self.receive: Callable[[socket.socket], proxy.Header | int] | None = None
 
-    def take(self, server: ProxiedMixIn, request: socket.socket, proxy_address: Any) -> None:
-        """Read the header of a connection from a trusted proxy: serve it, or wait for the rest."""
-        request.setblocking(False)
-        if self._receive(server, request, proxy_address):
+    def take(
+        self, server: ProxiedMixIn, request: socket.socket, proxy_address: Any, waited: int = -1
+    ) -> None:
+        """Read the header of a connection from a trusted proxy: serve it, or wait for the rest.
+
+        `waited` is the descriptor of a connection that waits already (see
+        `ready`). The socket stays blocking, as a handler or program expects
+        it: the header is read with MSG_DONTWAIT.
+
+        Raises:
+            ForkPaused: the header was complete, and forking failed (see `ServiceServer`).
+        """
+        receive = self.receive
+        if receive is None:
+            from sockd import proxy  # noqa: PLC0415
+
+            receive = self.receive = proxy.receive_seen
+        try:
+            header = receive(request)
+        except Exception as exc:  # noqa: BLE001 (what a peer sends never stops serving)
+            if waited >= 0:
+                self._forget(waited)
+            server.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
             return
-        fd = request.fileno()
-        deadline = time.monotonic() + server.service.proxy_timeout
-        self.connections[fd] = (server, request, proxy_address, deadline)
-        heapq.heappush(self.deadlines, (deadline, fd))
-        name = server.service.name
-        self.counts[name] = self.counts.get(name, 0) + 1
-        # Edge-triggered: each read looks at all that came. A TCP socket is readable
-        # only once the rest could be there (`proxy.receive` sets SO_RCVLOWAT); a UNIX
-        # one, whose poll ignores that, would wake the loop until its header ended.
-        self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
+        if isinstance(header, int):  # incomplete
+            if waited < 0:
+                self._wait(server, request, proxy_address)
+            return
+        if waited >= 0:
+            self._forget(waited)
+        server.serve_proxied(request, header, proxy_address)
 
     def ready(self, fd: int) -> None:
         """Read more of a waiting connection's header (its socket is readable).
 
         Raises:
-            ForkPaused: the header was complete, and forking failed (see `ServiceServer`).
+            ForkPaused: as `take`.
         """
         server, request, proxy_address, _ = self.connections[fd]
-        self._receive(server, request, proxy_address, waited=fd)
+        self.take(server, request, proxy_address, waited=fd)
 
     def next_deadline(self) -> float:
         """Return when the soonest wait ends (math.inf: none waits)."""
@@ -97,27 +118,17 @@ class Waiting:
         for fd in list(self.connections):
             self._forget(fd)[1].close()
 
-    def _receive(
-        self, server: ProxiedMixIn, request: socket.socket, proxy_address: Any, waited: int = -1
-    ) -> bool:
-        """Read what there is of the header; True when the connection is done with here."""
-        # Imported on first use: a forker without a PROXY service has one module less.
-        from sockd import proxy  # noqa: PLC0415
-
-        try:
-            header = proxy.receive(request)
-        except Exception as exc:  # noqa: BLE001 (what a peer sends never stops serving)
-            if waited >= 0:
-                self._forget(waited)
-            server.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
-            return True
-        if header is None:
-            return False
-        if waited >= 0:
-            self._forget(waited)
-        request.setblocking(True)
-        server.serve_proxied(request, header, proxy_address)
-        return True
+    def _wait(self, server: ProxiedMixIn, request: socket.socket, proxy_address: Any) -> None:
+        fd = request.fileno()
+        deadline = time.monotonic() + server.service.proxy_timeout
+        self.connections[fd] = (server, request, proxy_address, deadline)
+        heapq.heappush(self.deadlines, (deadline, fd))
+        name = server.service.name
+        self.counts[name] = self.counts.get(name, 0) + 1
+        # Edge-triggered: each read looks at all that came. A TCP socket is readable
+        # only once the rest could be there (`proxy.receive` sets SO_RCVLOWAT); a UNIX
+        # one, whose poll ignores that, would wake the loop until its header ended.
+        self.poller.register(fd, select.EPOLLIN | select.EPOLLET)
 
     def _forget(self, fd: int) -> tuple[ProxiedMixIn, socket.socket, Any, float]:
         entry = self.connections.pop(fd)
@@ -160,10 +171,18 @@ class ProxiedMixIn:
 
         May be extended, do not override.
         """
-        networks = self.service.proxy_trusted
-        if networks is None or not trusted(networks, proxy_address):
-            self.refuse_proxied(request, proxy_address, "proxy_untrusted")
-        elif self.shared.waiting is not None:
+        service = self.service
+        # The proxies are few: each found trusted once is known by its address. (A UNIX
+        # peer is trusted: the socket file's mode says who may connect.)
+        known = service.proxy_known
+        if isinstance(proxy_address, tuple) and proxy_address[0] not in known:
+            networks = service.proxy_trusted
+            if networks is None or not trusted(networks, proxy_address):
+                self.refuse_proxied(request, proxy_address, "proxy_untrusted")
+                return
+            if len(known) < MAX_KNOWN_PROXIES:
+                known.add(proxy_address[0])
+        if self.shared.waiting is not None:
             self.shared.waiting.take(self, request, proxy_address)
         else:
             self.read_proxied(request, proxy_address)
@@ -241,12 +260,17 @@ def header_problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]  # a bug of ours: said, and served on
 
 
-def proxied_client(request: Any, client_address: Any, proxy_address: Any) -> dict[str, str]:
+def proxied_client(request: Any, client_address: Any, proxy_address: Any) -> dict[str, Any]:
     """Return how a proxied connection's client is recorded: the real one, and `via` the proxy.
 
-    See `sockd.exits.client_fields`.
+    Addresses as they are (the daemon writes them: `sockd.exits.client_fields`);
+    a UNIX client's path, and a UNIX proxy's credentials, as text.
     """
-    return {"client": describe(client_address), "via": client_text(request, proxy_address)}
+    if not isinstance(client_address, tuple):
+        client_address = describe(client_address)
+    if not isinstance(proxy_address, tuple):
+        proxy_address = client_text(request, proxy_address)
+    return {"client": client_address, "via": proxy_address}
 
 
 def proxy_environment(

@@ -37,6 +37,7 @@ class Service:
         "max_duration",
         "name",
         "program",
+        "proxy_known",
         "proxy_timeout",
         "proxy_trusted",
         "refusal",
@@ -67,6 +68,7 @@ class Service:
         # With the PROXY protocol: who may send headers (None: connections have none).
         self.proxy_trusted = Networks(spec.proxy_trusted) if spec.proxy_protocol else None
         self.proxy_timeout = spec.proxy_timeout
+        self.proxy_known: set[str] = set()  # addresses found in proxy_trusted (a cache)
 
 
 class Stats:

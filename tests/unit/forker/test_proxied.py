@@ -11,6 +11,7 @@ import pytest
 from proxylib import ALPN, AUTHORITY, UNIQUE_ID, ssl_tlv, tlv, v1, v2
 
 from sockd import proxy
+from sockd.exits import client_fields
 from sockd.forker.proxied import Waiting, header_problem, proxied_client, proxy_environment
 from sockd.forker.shared import Service
 from sockd.spec import ServiceSpec
@@ -129,9 +130,12 @@ class TestWaiting:
 
 class TestRecords:
     def test_a_proxied_client_is_the_headers_via_the_proxy(self) -> None:
-        """Client text from the header; `via` the proxy's address."""
+        """The header's client, `via` the proxy: addresses as they are, written by the daemon."""
         record = proxied_client(None, ("2001:db8::7", 4242), ("127.0.0.1", 40000))
-        assert record == {"client": "[2001:db8::7]:4242", "via": "127.0.0.1:40000"}
+        assert record == {"client": ("2001:db8::7", 4242), "via": ("127.0.0.1", 40000)}
+        assert client_fields(record) == {"client": "[2001:db8::7]:4242", "via": "127.0.0.1:40000"}
+        unix = proxied_client(None, "/run/client.sock", ("127.0.0.1", 40000))
+        assert client_fields(unix)["client"] == "unix:/run/client.sock"
 
     def test_the_environment_has_the_proxy_and_the_tlvs_without_nul(self) -> None:
         """PROXY* from our side of the proxy's connection; a TLV holding a NUL is left out."""
