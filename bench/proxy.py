@@ -191,7 +191,7 @@ def _wait_through(process: subprocess.Popen[bytes], port: int, err_path: Path) -
     raise BenchError(f"no line went through haproxy (status {process.poll()}):\n{tail}")
 
 
-def start_backend(variant: str, workdir: Path, cpu: int | None) -> Server:
+def start_backend(variant: str, workdir: Path, cpu: int | None) -> Sockd:
     """Write the sockd config of `variant` into `workdir`, start sockd, wait until ready.
 
     The proxy variant (the one measured) logs where common.measure summarizes the log.
