@@ -10,8 +10,8 @@
 # Where HAProxy runs: on the load generator's CPU, one thread (`nbthread 1`), so that
 # sockd keeps the servers' CPU to itself, as it would with HAProxy on another machine;
 # the server figures (CPU, busy) are sockd's alone. If that CPU ran out, both servers
-# would be held to the same rate and the ratio would read 1: the generator's busy and
-# sockd's (near 100%: sockd was the limit) say which it was.
+# would be held to the same rate and the ratio would move towards 1: sockd's busy (near
+# 100%: sockd was the limit) and the generator's say which it was.
 
 from __future__ import annotations
 
