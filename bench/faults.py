@@ -9,9 +9,9 @@ and the daemon's CPU (it logs each connection). Page faults do not depend on
 the machine's load: they are the measure to compare versions by; CPU times
 move with the load.
 
-With `--haproxy plain` or `--haproxy proxy`, the connections go through HAProxy to
-bench/proxy.py's variant of the echo service (with `proxy=`: `proxy_protocol = true`
-and `send-proxy-v2`), HAProxy on this process's CPU.
+With `--haproxy plain` or `--haproxy proxy`, the connections go through HAProxy (on
+this process's CPU) to that variant of bench/proxy.py's echo service: `proxy` with
+`proxy_protocol = true` and `send-proxy-v2`, `plain` with neither.
 
 A copy-on-write fault is a page of the forker's the child wrote: what the
 forker's tricks (sockd.forker.forkhooks, sockd.forker.typecache) save. The
