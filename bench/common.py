@@ -1132,15 +1132,16 @@ def render(head: Sequence[str], body: Sequence[Sequence[str]], left: int = 1) ->
 
 
 def table(rows: Sequence[Summary], reference: str, not_run: dict[str, str] | None = None) -> str:
-    """Render the summary as a plain-text table, then one sockd/`reference` ratio line each."""
+    """Render the summary as a plain-text table, then one SERVER/`reference` ratio line each."""
     body: list[tuple[str, ...]] = [row_texts(row, reference) for row in rows]
     body += [(name, f"not run: {reason}") for name, reason in (not_run or {}).items()]
     lines = render(TABLE_HEAD, body)
     lines.append("")
     lines.extend(
-        f"ratio sockd/{reference} conn/s at {row.clients:>2} clients: {ratio_text(row.ratio)}"
+        f"ratio {row.server}/{reference} conn/s at {row.clients:>2} clients:"
+        f" {ratio_text(row.ratio)}"
         for row in rows
-        if row.server == "sockd"
+        if row.server != reference
     )
     return "\n".join(lines)
 

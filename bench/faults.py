@@ -9,17 +9,22 @@ and the daemon's CPU (it logs each connection). Page faults do not depend on
 the machine's load: they are the measure to compare versions by; CPU times
 move with the load.
 
+With `--haproxy plain` or `--haproxy proxy`, the connections go through HAProxy (on
+this process's CPU) to that variant of bench/proxy.py's echo service: `proxy` with
+`proxy_protocol = true` and `send-proxy-v2`, `plain` with neither.
+
 A copy-on-write fault is a page of the forker's the child wrote: what the
 forker's tricks (sockd.forker.forkhooks, sockd.forker.typecache) save. The
 layout of memory depends on the path of the checkout (a figure moves by a
 few faults with it): compare checkouts whose paths have the same length.
 
-    python bench/faults.py [--python PATH] [--checkout DIR] [--repeat 5]
+    python bench/faults.py [--python PATH] [--checkout DIR] [--repeat 5] [--haproxy VARIANT]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -34,6 +39,7 @@ from typing import Any
 # code is the module bench.common, the name mypy knows it by.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
+from bench import proxy
 from bench.common import (
     CLK_TCK,
     DEFAULT_BUILD_DIR,
@@ -86,30 +92,45 @@ def settle(forker: int) -> None:
     time.sleep(0.2)  # the last exit's accounting
 
 
-def measure_once(connections: int, checkout: Path | None) -> dict[str, float]:
-    """Start sockd, serve the warm-up and `connections`; return the figures per connection."""
+def measure_once(
+    connections: int, checkout: Path | None, variant: str | None = None
+) -> dict[str, float]:
+    """Start sockd, serve the warm-up and `connections`; return the figures per connection.
+
+    With `variant`, sockd serves bench/proxy.py's `variant`, behind HAProxy.
+    """
     if checkout is not None:
         os.environ["PYTHONPATH"] = str(checkout / "daemon")
     allowed = sorted(os.sched_getaffinity(0))
     server_cpu, client_cpu = (allowed[0], allowed[1]) if len(allowed) > 1 else (None, None)
-    with tempfile.TemporaryDirectory(prefix="sockd-faults-") as tmp:
-        options = ["--handler", "echo", "--listen", f"{HOST}:0"]
-        sockd = Sockd.start(Path(tmp) / SOCKD_LOG, server_cpu, options)
-        try:
-            if client_cpu is not None:
-                os.sched_setaffinity(0, {client_cpu})
-            for _ in range(WARMUP):
-                connect(sockd.port)
-            settle(sockd.forker)
-            before, daemon_before = stat(sockd.forker), stat(sockd.process.pid)
-            for _ in range(connections):
-                connect(sockd.port)
-            settle(sockd.forker)
-            time.sleep(0.2)  # the daemon logs the last exits (they come in batches)
-            after, daemon_after = stat(sockd.forker), stat(sockd.process.pid)
-        finally:
-            os.sched_setaffinity(0, allowed)
-            sockd.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="sockd-faults-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        if variant is None:
+            options = ["--handler", "echo", "--listen", f"{HOST}:0"]
+            sockd = Sockd.start(Path(tmp) / SOCKD_LOG, server_cpu, options)
+            stack.callback(sockd.stop)
+            port = sockd.port
+        else:
+            sockd = proxy.start_backend(variant, Path(tmp), server_cpu)
+            stack.callback(sockd.stop)
+            haproxy, port = proxy.start_haproxy(
+                "haproxy", variant, sockd.port, Path(tmp), client_cpu
+            )
+            stack.callback(proxy.stop_haproxy, haproxy)
+        stack.callback(os.sched_setaffinity, 0, allowed)
+        if client_cpu is not None:
+            os.sched_setaffinity(0, {client_cpu})
+        for _ in range(WARMUP):
+            connect(port)
+        settle(sockd.forker)
+        before, daemon_before = stat(sockd.forker), stat(sockd.process.pid)
+        for _ in range(connections):
+            connect(port)
+        settle(sockd.forker)
+        time.sleep(0.2)  # the daemon logs the last exits (they come in batches)
+        after, daemon_after = stat(sockd.forker), stat(sockd.process.pid)
     per = {key: (after[key] - before[key]) / connections for key in before}
     return {
         "child_faults": per["child_faults"],
@@ -120,9 +141,11 @@ def measure_once(connections: int, checkout: Path | None) -> dict[str, float]:
     }
 
 
-def measure(repeat: int, connections: int, checkout: Path | None) -> dict[str, Any]:
+def measure(
+    repeat: int, connections: int, checkout: Path | None, variant: str | None = None
+) -> dict[str, Any]:
     """Run `repeat` start-ups; return every run and the medians."""
-    runs = [measure_once(connections, checkout) for _ in range(repeat)]
+    runs = [measure_once(connections, checkout, variant) for _ in range(repeat)]
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     return {"runs": runs, "median": medians}
 
@@ -136,16 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         "--checkout", type=Path, help="run sockd from this checkout's daemon/ (default: this one)"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    parser.add_argument(
+        "--haproxy",
+        choices=sorted(proxy.VARIANTS),
+        help="serve bench/proxy.py's variant of the echo service, behind HAProxy",
+    )
     add_python_option(parser)
     args = parser.parse_args(argv)
     try:
         use_python(args.python, DEFAULT_BUILD_DIR)
-        result = measure(args.repeat, args.connections, args.checkout)
+        result = measure(args.repeat, args.connections, args.checkout, args.haproxy)
     except BenchError as exc:
         print(f"faults.py: {exc}", file=sys.stderr)
         return 1
     where = args.checkout or Path(__file__).resolve().parents[1]
-    print(f"interpreter: {servers_python().describe()}; sockd from {where}")
+    behind = f", bench/proxy.py's {args.haproxy} behind HAProxy" if args.haproxy else ""
+    print(f"interpreter: {servers_python().describe()}; sockd from {where}{behind}")
     print(f"per connection, medians of {args.repeat} start-ups x {args.connections}:")
     for key, value in result["median"].items():
         runs = ", ".join(f"{run[key]:.1f}" for run in result["runs"])

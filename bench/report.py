@@ -35,7 +35,7 @@ CLIENT_BOUND = 0.9  # generator busy at or above this: the client was the limit
 class ModeResult:
     """One mode of the run: sockd against its reference, or why it did not run."""
 
-    mode: str  # echo, exec, pool
+    mode: str  # echo, exec, pool, proxy
     title: str  # what is compared, in words
     reference: str  # the reference server's name
     header: tuple[str, ...] = ()  # what exactly ran (the mode's Bench header)
@@ -47,6 +47,12 @@ class ModeResult:
     log_line: str = ""
     executables: dict[str, list[str]] = field(default_factory=dict)  # per server (Server's)
     seconds: float = 0.0
+
+    @property
+    def subject(self) -> str:
+        """Return the server measured against the reference: sockd, or the mode's name for it."""
+        names = [row.server for row in self.rows] + list(self.not_run)
+        return next((name for name in names if name != self.reference), "sockd")
 
     def row(self, server: str, clients: int) -> Summary | None:
         """Return the summary row of `server` at `clients`, if measured."""
@@ -150,11 +156,11 @@ def verdict(check: ClientCheck) -> str:
     )
 
 
-# --- the goals of issue 5 ------------------------------------------------------------------
+# --- the goals of issues 5 and 14 ---------------------------------------------------------
 
 
 def goal_lines(results: Sequence[ModeResult]) -> list[tuple[str, str, str]]:
-    """Return (goal, measured, verdict) for each goal of issue 5 that this run measures."""
+    """Return (goal, measured, verdict) for each goal of issues 5 and 14 this run measures."""
     by_mode = {result.mode: result for result in results}
     goals: list[tuple[str, str, str]] = []
     echo, pool = by_mode.get("echo"), by_mode.get("pool")
@@ -173,6 +179,10 @@ def goal_lines(results: Sequence[ModeResult]) -> list[tuple[str, str, str]]:
     if pool is not None and pool.rows:
         count = max(row.clients for row in pool.rows)
         goals.append(_cpu_proxy(pool, count, 0.8))
+    proxy = by_mode.get("proxy")
+    if proxy is not None:
+        counts = sorted({row.clients for row in proxy.rows}) or [64]
+        goals += [_ratio_goal(proxy, "proxy", count, 0.95) for count in counts]
     return goals
 
 
@@ -180,10 +190,11 @@ def _ratio_goal(
     result: ModeResult | None, mode: str, clients: int, minimum: float, aim: float | None = None
 ) -> tuple[str, str, str]:
     reference = result.reference if result else "its reference"
-    what = f"{mode}: sockd >= {minimum:g}x {reference}'s conn/s at {plural(clients, 'client')}"
+    subject = result.subject if result else "sockd"
+    what = f"{mode}: {subject} >= {minimum:g}x {reference}'s conn/s at {plural(clients, 'client')}"
     if aim:
         what += f" (aim {aim:g}x)"
-    row = result.row("sockd", clients) if result else None
+    row = result.row(subject, clients) if result else None
     if row is None or row.ratio is None:
         return what, "not measured", "n/a"
     ok = "met" if row.ratio >= minimum else "NOT met"
@@ -235,7 +246,7 @@ def draw_chart(
     from matplotlib.patches import Patch  # noqa: PLC0415 (optional: needed here only)
 
     legend = [
-        Patch(color=SOCKD_COLOUR, label="sockd"),
+        Patch(color=SOCKD_COLOUR, label="sockd (proxy: with the PROXY header)"),
         Patch(color=REFERENCE_COLOUR, label="its reference, named under each mode"),
     ]
     rate_axes.legend(handles=legend, loc="upper left", fontsize=9)
@@ -260,15 +271,16 @@ def _panel(
         for offset, count in enumerate(clients):
             ticks.append(base + offset)
             labels.append(plural(count, "client"))
-            for side, server in ((-1, "sockd"), (1, result.reference)):
+            for side, server in ((-1, result.subject), (1, result.reference)):
                 position = base + offset + side * BAR_WIDTH / 2
                 row = result.row(server, count)
                 if row is None:
                     axes.text(position, 0.03, "not run", rotation=90, fontsize=8, color="grey",
                               ha="center", va="bottom", transform=below)  # fmt: skip
                     continue
-                _bar(axes, position, row, latency=latency)
-        name = f"{result.mode}: sockd vs {result.reference}"
+                colour = SOCKD_COLOUR if side < 0 else REFERENCE_COLOUR
+                _bar(axes, position, row, colour, latency=latency)
+        name = f"{result.mode}: {result.subject} vs {result.reference}"
         axes.text(base + (len(clients) - 1) / 2, -0.1, name, ha="center", va="top",
                   fontsize=10, fontweight="bold", transform=below)  # fmt: skip
     axes.set_yscale("log")
@@ -283,15 +295,14 @@ def _panel(
     axes.margins(y=0.15)
 
 
-def _bar(axes: Axes, position: float, row: Summary, *, latency: bool) -> None:
-    is_sockd = row.server == "sockd"
+def _bar(axes: Axes, position: float, row: Summary, colour: str, *, latency: bool) -> None:
     value = row.p99_ms if latency else row.conn_per_s
     error = None if latency else [[value - row.conn_per_s_min], [row.conn_per_s_max - value]]
     axes.bar(
         position,
         value,
         BAR_WIDTH,
-        color=SOCKD_COLOUR if is_sockd else REFERENCE_COLOUR,
+        color=colour,
         yerr=error,
         capsize=2,
     )
@@ -402,7 +413,7 @@ PAGE = """\
 
 sockd against a reference for each way it serves a connection, measured side by side in one
 run of `bench/run.py` on loopback, each connection one short line echoed: connections per
-second, latency, errors, and the server's CPU per connection. Issue 5 sets the goals.
+second, latency, errors, and the server's CPU per connection. Issues 5 and 14 set the goals.
 
 - **Date:** {date} (the run took {minutes:.1f} minutes)
 - **Machine:** {cpu}, {cpus}, {memory}; {kernel}; {os}
@@ -426,7 +437,7 @@ reference's.
 
 ![{alt}]({chart})
 
-## Goals of issue 5 measured here
+## Goals of issues 5 and 14 measured here
 
 {goals}
 
@@ -443,7 +454,7 @@ reference's.
 From the repository root, on an otherwise idle machine with two CPUs or more:
 
 ```sh
-./scripts/setup   # .venv with matplotlib (the bench extra), tcpserver (ucspi-tcp)
+./scripts/setup --tests   # .venv with matplotlib (the bench extra), tcpserver, haproxy
 {command}
 ```
 
@@ -452,7 +463,8 @@ prints the table; and writes `bench/results/latest.json` (every cell of every re
 `docs/performance.png` and this page. `--quick` makes a smoke run (1 repetition of 0.5 s at
 1 and 8 clients); `--python PATH` runs sockd and every Python reference under another
 interpreter (a virtualenv made once in `bench/build/`); `--help` lists the options. One
-mode alone: `bench/echo.py`, `bench/exec.py`, `bench/pool.py`, with the same options.
+mode alone: `bench/echo.py`, `bench/exec.py`, `bench/pool.py`, `bench/proxy.py`, with the
+same options.
 
 ## Notes
 

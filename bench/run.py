@@ -1,12 +1,14 @@
 """Run every benchmark in one go: each way sockd serves a connection, against its reference.
 
 Modes: echo (sockd's echo built-in, fork per connection, against the stock
-socketserver.ForkingTCPServer), exec (`head -n1` run per connection, against tcpserver)
-and pool (the echo built-in in a `workers = 4` service, against 4 pre-forked processes,
-bench/prefork_ref.py). Then the pool mode's reference once more with the Python load
-generator, to show how far the C client drives it. Prints one table, and writes the
-results as JSON, a chart (PNG) and docs/performance.md. A mode that cannot run (say,
-tcpserver missing) is reported as not run, with the reason; the others go on.
+socketserver.ForkingTCPServer), exec (`head -n1` run per connection, against tcpserver),
+pool (the echo built-in in a `workers = 4` service, against 4 pre-forked processes,
+bench/prefork_ref.py) and proxy (the echo built-in behind HAProxy with `proxy_protocol =
+true` and `send-proxy-v2`, against the same without both, bench/proxy.py). Then the pool
+mode's reference once more with the Python load generator, to show how far the C client
+drives it. Prints one table, and writes the results as JSON, a chart (PNG) and
+docs/performance.md. A mode that cannot run (say, tcpserver or haproxy missing) is
+reported as not run, with the reason; the others go on.
 """
 
 # How a cell is measured is described in bench/common.py; each mode's own script says
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 # code is the module bench.common, the name mypy knows it by.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from bench import echo, footprint, pool, scale
+from bench import echo, footprint, pool, proxy, scale
 from bench import exec as exec_mode
 from bench.common import (
     Bench,
@@ -68,6 +70,10 @@ MODES = {
     "echo": ("sockd's echo, fork per connection, vs socketserver.ForkingTCPServer", "stdlib"),
     "exec": ("`head -n1` exec'd per connection, vs tcpserver", "tcpserver"),
     "pool": ("sockd's echo, `workers = 4`, vs 4 pre-forked processes", "prefork"),
+    "proxy": (
+        "sockd's echo behind HAProxy, `proxy_protocol = true` and send-proxy-v2, vs without",
+        proxy.REFERENCE,
+    ),
 }
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PNG = ROOT / "docs" / "performance.png"
@@ -79,13 +85,15 @@ def mode_bench(mode: str, args: argparse.Namespace) -> Bench:
     """Return the Bench of `mode`.
 
     Raises:
-        BenchError: it cannot run here (tcpserver missing).
+        BenchError: it cannot run here (tcpserver or haproxy missing).
 
     """
     if mode == "echo":
         return echo.make_bench()
     if mode == "exec":
         return exec_mode.make_bench(args.tcpserver)
+    if mode == "proxy":
+        return proxy.make_bench(args.haproxy)
     return pool.make_bench("workers")
 
 
@@ -149,6 +157,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tcpserver", metavar="PATH", help="exec mode: the tcpserver (default: on PATH)"
+    )
+    parser.add_argument(
+        "--haproxy", metavar="PATH", help="proxy mode: the haproxy (default: on PATH)"
     )
     return parser
 
@@ -215,7 +226,7 @@ def print_report(results: list[ModeResult], check: ClientCheck | None) -> None:
     for line in check_lines(check):
         print(line)
     print()
-    print("goals of issue 5:")
+    print("goals of issues 5 and 14:")
     for goal, measured, verdict in goal_lines(results):
         print(f"  {goal}: {measured}, {verdict}")
 

@@ -25,6 +25,7 @@ class TestRunBench:
     def test_quick_run_writes_json_chart_and_page(self, tmp_path: Path) -> None:
         """Every mode runs both servers without errors; the three outputs are written."""
         assert shutil.which("tcpserver"), "tcpserver is missing: run scripts/setup"
+        assert shutil.which("haproxy"), "haproxy is missing: run scripts/setup --tests"
         assert importlib.util.find_spec("matplotlib"), "matplotlib is missing: run scripts/setup"
         report, chart, page = tmp_path / "latest.json", tmp_path / "perf.png", tmp_path / "perf.md"
         result = subprocess.run(
@@ -42,13 +43,18 @@ class TestRunBench:
 
         data = json.loads(report.read_text())
         assert data["meta"]["client"].startswith("C "), data["meta"]["client"]
-        references = {"echo": "stdlib", "exec": "tcpserver", "pool": "prefork"}
-        for mode, reference in references.items():
+        servers = {
+            "echo": ("sockd", "stdlib"),
+            "exec": ("sockd", "tcpserver"),
+            "pool": ("sockd", "prefork"),
+            "proxy": ("proxy", "plain"),
+        }
+        for mode, names in servers.items():
             outcome = data["modes"][mode]
             assert outcome["failure"] is None, outcome["failure"]
             assert outcome["not_run"] == {}, outcome["not_run"]
             rows = {(row["server"], row["clients"]): row for row in outcome["rows"]}
-            for server in ("sockd", reference):
+            for server in names:
                 for clients in (1, 8):
                     row = rows[server, clients]
                     assert row["conn_per_s"] > 0, row
