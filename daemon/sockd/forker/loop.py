@@ -492,6 +492,7 @@ class Forker:
         for server in self.servers:
             server.apply(services[server.service.name])
         self._warm_type_cache()
+        gc.freeze()  # what the reload loaded (handlers, the PROXY parser), as at the start
         for name in self.pools.services:  # new workers take over; the old ones finish and leave
             self.pools.retire(name)
             if not self.standby and self.stop_phase is SERVING:

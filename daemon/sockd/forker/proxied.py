@@ -28,9 +28,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
+    from types import ModuleType
     from typing import Any
 
-    from sockd import proxy
     from sockd.forker.shared import Service, Shared
     from sockd.proxy import Header
 
@@ -50,9 +50,8 @@ class Waiting:
         self.connections: dict[int, tuple[ProxiedMixIn, socket.socket, Any, float]] = {}
         self.deadlines: list[tuple[float, int]] = []  # (deadline, fd), the soonest first
         self.counts: dict[str, int] = {}
-        # `sockd.proxy.receive`, imported on first use: a forker without a PROXY service
-        # has one module less (and one attribute here saves importlib's work per connection).
-        self.receive: Callable[[socket.socket], proxy.Header | int] | None = None
+        # `sockd.proxy.receive_seen`, taken once (see `parser`).
+        self.receive: Callable[[socket.socket], Header | int] | None = None
 
     def take(
         self, server: ProxiedMixIn, request: socket.socket, proxy_address: Any, waited: int = -1
@@ -68,9 +67,7 @@ class Waiting:
         """
         receive = self.receive
         if receive is None:
-            from sockd import proxy  # noqa: PLC0415
-
-            receive = self.receive = proxy.receive_seen
+            receive = self.receive = parser().receive_seen
         try:
             header = receive(request)
         except Exception as exc:  # noqa: BLE001 (what a peer sends never stops serving)
@@ -192,10 +189,8 @@ class ProxiedMixIn:
 
         May be extended, do not override.
         """
-        from sockd import proxy  # noqa: PLC0415 (see `Waiting._receive`)
-
         try:
-            header = proxy.read(request, self.service.proxy_timeout)
+            header = parser().read(request, self.service.proxy_timeout)
         except TimeoutError:
             self.refuse_proxied(request, proxy_address, "proxy_timeout")
         except Exception as exc:  # noqa: BLE001 (what a peer sends never stops serving)
@@ -247,15 +242,26 @@ class ProxiedMixIn:
         return client_record(request, client_address)
 
 
+def parser() -> ModuleType:
+    """Return the PROXY header parser, `sockd.proxy`.
+
+    A forker imports it only when a service takes PROXY headers (its code is
+    a few hundred kilobytes more to every fork): `Service` does, as it is
+    built, so that the forker has it before it freezes its objects for the
+    collector (see `Forker.run`).
+    """
+    from sockd import proxy  # noqa: PLC0415
+
+    return proxy
+
+
 def header_problem(exc: BaseException) -> str:
     """Say in one bounded line why a header could not be read (`connection_denied`'s `error`)."""
-    from sockd.proxy import ProxyError  # noqa: PLC0415 (see `Waiting._receive`)
-
     if isinstance(exc, EOFError):
         return "the connection ended before its header did"
     if isinstance(exc, OSError) and exc.strerror:
         return f"reading the header: {exc.strerror}"
-    if isinstance(exc, ProxyError):
+    if isinstance(exc, parser().ProxyError):
         return str(exc)[:MAX_ERROR]
     return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]  # a bug of ours: said, and served on
 
@@ -274,7 +280,7 @@ def proxied_client(request: Any, client_address: Any, proxy_address: Any) -> dic
 
 
 def proxy_environment(
-    environ: dict[bytes, bytes], header: proxy.Header, request: Any, proxy_address: Any
+    environ: dict[bytes, bytes], header: Header, request: Any, proxy_address: Any
 ) -> None:
     """Add what a PROXY header says to a program's environment (see README, "PROXY protocol").
 

@@ -66,7 +66,10 @@ class Service:
         self.workers = spec.workers  # pooled: this many workers serve it
         self.max_connections_per_child = spec.max_connections_per_child
         # With the PROXY protocol: who may send headers (None: connections have none).
-        self.proxy_trusted = Networks(spec.proxy_trusted) if spec.proxy_protocol else None
+        self.proxy_trusted = None
+        if spec.proxy_protocol:
+            self.proxy_trusted = Networks(spec.proxy_trusted)
+            import sockd.proxy  # noqa: F401, PLC0415 (loaded by the forker now: see proxied.parser)
         self.proxy_timeout = spec.proxy_timeout
         self.proxy_known: set[str] = set()  # addresses found in proxy_trusted (a cache)
 
