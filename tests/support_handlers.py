@@ -73,6 +73,7 @@ class ProxyReport(socketserver.StreamRequestHandler):
             "proxy": list(getattr(self.server, "proxy_address", None) or ()),
             "version": header and header.version,
             "local": header and header.local,
+            "destination": header and header.destination and list(header.destination),
             "authority": header and header.authority,
             "cn": header and header.ssl and header.ssl.cn,
             "payload": self.rfile.read1(100).decode(),

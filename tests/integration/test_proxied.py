@@ -149,6 +149,37 @@ class TestHeaders:
         assert closed["client"] == "[2001:db8::7]:4242"
         assert daemon.stop() == 0
 
+    def test_haproxys_own_headers_are_read_as_the_parser_reads_them(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """v2 TCP4 and TCP6 without TLVs (taken the quick way, once the proxy is known) and v1.
+
+        Each with its payload in the same segment, from one proxy, several times.
+        """
+        daemon = start(sockd, tmp_path)
+        cases = [
+            (v2(CLIENT, SERVER), CLIENT, SERVER, 2),
+            (v2(("2001:db8::7", 4242), ("2001:db8::1", 443)), ("2001:db8::7", 4242), None, 2),
+            (v1(CLIENT, SERVER), CLIENT, SERVER, 1),
+        ]
+        for header, client, destination, version in cases * 3:
+            answer = report(daemon, "report", header + b"payload")
+            assert answer["client"] == list(client)
+            assert (answer["version"], answer["local"]) == (version, False)
+            assert answer["destination"] == list(destination or ("2001:db8::1", 443))
+            assert answer["payload"] == "payload"
+        closed = daemon.wait_event("connection_closed", count=9, service="report")
+        clients = sorted(event["client"] for event in closed)
+        assert clients == ["192.0.2.1:5000"] * 6 + ["[2001:db8::7]:4242"] * 3
+        assert all(event["via"].startswith("127.0.0.1:") for event in closed)
+        with connect(address(daemon, "env")) as conn:  # a program's, made from its bytes
+            conn.sendall(v2(CLIENT, SERVER))
+            conn.shutdown(socket.SHUT_WR)
+            environ = dict(line.split("=", 1) for line in recv_all(conn).decode().splitlines())
+        assert (environ["TCPREMOTEIP"], environ["TCPREMOTEPORT"]) == ("192.0.2.1", "5000")
+        assert (environ["TCPLOCALIP"], environ["TCPLOCALPORT"]) == ("198.51.100.1", "80")
+        assert daemon.stop() == 0
+
     def test_a_program_gets_the_header_in_its_environment(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:

@@ -199,7 +199,7 @@ class _Worker:
     def serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
         """Serve a connection admitted by `server`, numbered and recorded (`_PooledServer`)."""
         started = time.monotonic()
-        if server.proxy_header is None:
+        if server.proxy_address is None:
             client = unix_client(request, client_address) if server._unix else client_address  # noqa: SLF001
         else:
             client = server.record_client(request, client_address)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 import select
+import socket
 import time
 
 from sockd.forker.access import trusted
@@ -26,7 +27,6 @@ from sockd.listeners import client_text, describe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable
     from types import ModuleType
     from typing import Any
@@ -36,6 +36,17 @@ if TYPE_CHECKING:
 
 MAX_ERROR = 200  # characters of a header's problem in `connection_denied`
 MAX_KNOWN_PROXIES = 64  # trusted proxy addresses a service remembers (see `take_proxied`)
+# The headers `take_proxied` takes the quick way: a v2 PROXY command for TCP over IPv4
+# (then 12 bytes of addresses) or IPv6 (36 bytes), with no TLVs, as HAProxy's
+# `send-proxy-v2` sends them by default. Their first 16 bytes, and their size.
+_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # sockd.proxy.SIGNATURE
+_V2_TCP4, _V2_TCP4_SIZE = _V2_SIGNATURE + b"\x21\x11\x00\x0c", 16 + 12
+_V2_TCP6, _V2_TCP6_SIZE = _V2_SIGNATURE + b"\x21\x21\x00\x24", 16 + 36
+_peeked = bytearray(_V2_TCP6_SIZE)  # what `take_proxied` peeks into: nothing allocated
+_PEEK_NOW, _NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT), int(socket.MSG_DONTWAIT)
+_AF_INET, _AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
+_SOL_SOCKET, _SO_ERROR = int(socket.SOL_SOCKET), int(socket.SO_ERROR)
+_inet_ntop = socket.inet_ntop
 
 
 class Waiting:
@@ -90,7 +101,10 @@ class Waiting:
             ForkPaused: as `take`.
         """
         server, request, proxy_address, _ = self.connections[fd]
-        self.take(server, request, proxy_address, waited=fd)
+        try:
+            self.take(server, request, proxy_address, waited=fd)
+        finally:
+            server.record_started()  # outside a burst: its child is recorded now
 
     def next_deadline(self) -> float:
         """Return when the soonest wait ends (math.inf: none waits)."""
@@ -146,18 +160,87 @@ class ProxiedMixIn:
     and `self.server.proxy_address` (None without a header).
     """
 
-    proxy_header: Header | None = None
     proxy_address: Any = None
+    proxy_local = False  # the header is LOCAL or UNKNOWN: served with the real endpoints
+    # The header as parsed, or as received (`proxy_data`: taken the quick way, parsed
+    # only if asked for, which a child serving a handler seldom does).
+    _header: Header | None = None
+    proxy_data: bytes | None = None
     if TYPE_CHECKING:  # what the server that mixes this in has
         service: Service
         shared: Shared
 
         def _admit(self, request: Any, client_address: Any) -> None: ...
-        def _record_started(self) -> None: ...
+        def get_request(self) -> tuple[socket.socket, Any]: ...  # noqa: D102
+        def accept_failed(self, exc: OSError) -> None: ...  # noqa: D102
+        def drop_reset(self, request: Any) -> None: ...  # noqa: D102
+        def record_started(self) -> None: ...  # noqa: D102
         def shutdown_request(self, request: Any) -> None: ...  # noqa: D102
         def _refuse(
             self, request: Any, client_address: Any, reason: str, now: float, error: str | None
         ) -> None: ...
+
+    @property
+    def proxy_header(self) -> Header | None:
+        """Return the PROXY header of the connection admitted or served (None: none)."""
+        header = self._header
+        if header is None and self.proxy_data is not None:
+            parsed = parser().parse(self.proxy_data)
+            if not isinstance(parsed, int):  # (always: it was taken whole)
+                header = self._header = parsed
+        return header
+
+    def accept_proxied(self, budget: int) -> int:  # noqa: C901, PLR0912 (no call a connection)
+        """Accept and serve up to `budget` connections that start with a header (`accept_ready`).
+
+        `ServiceServer`'s loop, with each connection's header taken between
+        the accept and the admission. The common headers (see _V2_TCP4) are
+        taken here, the quick way: each Python call in the forker writes pages
+        that every fork then copies (README, "Where the time goes"), and the
+        parser is several calls. The others, and a header not all there yet,
+        go to `take_proxied`.
+        """
+        known = self.service.proxy_known
+        for taken in range(budget):
+            try:
+                request, proxy_address = self.get_request()
+            except BlockingIOError:
+                return taken
+            except OSError as exc:
+                self.accept_failed(exc)
+                continue
+            if request.getsockopt(_SOL_SOCKET, _SO_ERROR):  # reset while it waited
+                self.drop_reset(request)
+                continue
+            if type(proxy_address) is tuple and proxy_address[0] not in known:
+                self.take_proxied(request, proxy_address)  # a proxy not seen yet: checked there
+                continue
+            try:
+                seen = request.recv_into(_peeked, 0, _PEEK_NOW)
+            except OSError:
+                seen = 0
+            if seen >= _V2_TCP4_SIZE and _peeked.startswith(_V2_TCP4):
+                size = _V2_TCP4_SIZE
+            elif seen >= _V2_TCP6_SIZE and _peeked.startswith(_V2_TCP6):
+                size = _V2_TCP6_SIZE
+            else:
+                self.take_proxied(request, proxy_address)
+                continue
+            try:
+                data = request.recv(size, _NOW)  # the header, and not a byte more
+            except OSError as exc:
+                self.refuse_proxied(request, proxy_address, "proxy_header", header_problem(exc))
+                continue
+            if size == _V2_TCP4_SIZE:
+                client = (_inet_ntop(_AF_INET, data[16:20]), data[24] << 8 | data[25])
+            else:
+                client = (_inet_ntop(_AF_INET6, data[16:32]), data[48] << 8 | data[49])
+            self.proxy_address, self.proxy_data = proxy_address, data
+            try:
+                self._admit(request, client)
+            finally:
+                self.proxy_address = self.proxy_data = None
+        return budget
 
     def take_proxied(self, request: Any, proxy_address: Any) -> None:
         """Take a connection that starts with a PROXY header: from a trusted proxy only.
@@ -209,12 +292,12 @@ class ProxiedMixIn:
 
         May be extended, do not override.
         """
-        self.proxy_header, self.proxy_address = header, proxy_address
+        self._header, self.proxy_address, self.proxy_local = header, proxy_address, header.local
         try:
             self._admit(request, proxy_address if header.local else header.source)
         finally:
-            self.proxy_header = self.proxy_address = None
-            self._record_started()
+            self._header = self.proxy_address = None
+            self.proxy_local = False
 
     def refuse_proxied(
         self, request: Any, proxy_address: Any, reason: str, error: str | None = None
@@ -236,8 +319,7 @@ class ProxiedMixIn:
 
         May be overridden.
         """
-        header = self.proxy_header
-        if header is not None and not header.local:
+        if self.proxy_address is not None and not self.proxy_local:
             return proxied_client(request, client_address, self.proxy_address)
         return client_record(request, client_address)
 

@@ -27,6 +27,10 @@ class Server:
         self.service = Service(spec)
         self.served: list[tuple[Any, proxy.Header]] = []
         self.refused: list[tuple[str, str | None]] = []
+        self.recorded = 0  # calls of record_started
+
+    def record_started(self) -> None:
+        self.recorded += 1
 
     def serve_proxied(self, request: socket.socket, header: proxy.Header, _proxy: Any) -> None:
         assert request.getblocking(), "served blocking, as a handler or program expects"
@@ -84,6 +88,7 @@ class TestWaiting:
             waiting.ready(fd)
         ((source, served),) = server.served
         assert (source, served.authority) == (CLIENT, "example.org")
+        assert server.recorded == 1, "its child recorded at once: no burst records it"
         assert waiting.counts == {}
         assert waiting.next_deadline() == float("inf")
 

@@ -56,6 +56,21 @@ def server(events: list[tuple[str, str, dict[str, Any]]]) -> Iterator[ServiceSer
 
 
 class TestServiceServer:
+    def test_a_proxied_tcp_listener_defers_accepting_until_data(self) -> None:
+        """TCP_DEFER_ACCEPT for proxy_timeout, rounded up; none once a reload drops PROXY."""
+        sock = socket.create_server(("127.0.0.1", 0))
+        endpoint = Endpoint("svc", sock.family, sock.getsockname(), adopted=sock)
+        spec = ServiceSpec("svc", "echo", proxy_protocol=True, proxy_timeout=2.5)
+        server = ServiceServer(endpoint, Service(spec), Shared())
+        with server:
+            deferred = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+            assert deferred >= 3  # the kernel rounds up to its SYN-ACK retransmissions
+            with socket.create_connection(sock.getsockname()):
+                with pytest.raises(BlockingIOError):
+                    server.get_request()  # connected, nothing sent: not accepted yet
+            server.apply(Service(ServiceSpec("svc", "echo")))
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
+
     def test_takes_the_passed_socket_non_blocking(self, server: ServiceServer) -> None:
         """server_bind/server_activate take the daemon's listening socket, non-blocking."""
         assert server.server_address[0] == "127.0.0.1"
