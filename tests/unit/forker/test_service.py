@@ -65,9 +65,8 @@ class TestServiceServer:
         with server:
             deferred = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
             assert deferred >= 3  # the kernel rounds up to its SYN-ACK retransmissions
-            with socket.create_connection(sock.getsockname()):
-                with pytest.raises(BlockingIOError):
-                    server.get_request()  # connected, nothing sent: not accepted yet
+            with socket.create_connection(sock.getsockname()), pytest.raises(BlockingIOError):
+                server.get_request()  # connected, nothing sent: not accepted yet
             server.apply(Service(ServiceSpec("svc", "echo")))
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
 
