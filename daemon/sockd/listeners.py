@@ -153,18 +153,21 @@ _inherited = _Inherited()
 
 
 def claim(
-    family: int, address: object, fd_name: str | None = None, socket_type: int = socket.SOCK_STREAM
+    family: int,
+    address: object,
+    fd_name: str | None = None,
+    type: int = socket.SOCK_STREAM,  # noqa: A002 (socket.socket's name for it)
 ) -> InheritedFd | None:
     """Take the socket systemd passed this process for a server of `family` at `address`.
 
     As sd_listen_fds(3) describes, among the untaken sockets of `family` and
-    `socket_type` (SOCK_STREAM; SOCK_DGRAM for `ListenDatagram=`) systemd
-    passed (others are left alone, for the program's other servers): the one
-    named `fd_name` (FileDescriptorName=), and no other if a name is given;
-    else the one bound to `address` (a TCP or UDP port 0 matches none), else
-    the only one. Each is taken once per process, so several servers take one
-    each. Its descriptor is returned as it is (close-on-exec): the caller wraps
-    it and checks that a stream socket listens (`check_listening`).
+    `type` (SOCK_STREAM, or SOCK_DGRAM) systemd passed (others are left
+    alone, for the program's other servers): the one named `fd_name`
+    (FileDescriptorName=), and no other if a name is given; else the one
+    bound to `address` (a TCP port 0 matches none), else the only one. Each
+    is taken once per process, so several servers take one each. Its
+    descriptor is returned as it is (close-on-exec): the caller wraps it and
+    checks that it listens (`check_listening`).
 
     Raises:
         ConfigError: the LISTEN_* variables are garbage.
@@ -172,7 +175,7 @@ def claim(
     available = _inherited.available()
     fitting = []  # the untaken sockets of the family and type, and where each is bound
     for inherited in available:
-        bound = _bound(inherited.fd, family, socket_type)
+        bound = _bound(inherited.fd, family, type)
         if bound is not None:
             fitting.append((inherited, bound))
     if fd_name is not None:
@@ -186,8 +189,8 @@ def claim(
     return chosen
 
 
-def _bound(fd: int, family: int, socket_type: int) -> object:
-    """Return where socket `fd` is bound, if it is of `family` and `socket_type` (else None)."""
+def _bound(fd: int, family: int, type: int) -> object:  # noqa: A002 (socket.socket's name)
+    """Return where socket `fd` is bound, if it is a socket of `family` and `type` (else None)."""
     try:
         probe = socket.socket(fileno=fd)
     except OSError:  # closed, or not a socket
@@ -195,7 +198,7 @@ def _bound(fd: int, family: int, socket_type: int) -> object:
     try:
         if probe.family != family:
             return None
-        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket_type:
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != type:
             return None
         return probe.getsockname()
     except OSError:
