@@ -93,11 +93,10 @@ class ForkingMixIn(_Base):
 
         Stream and datagram servers adopt, each only sockets of its family and
         type (`ListenStream=`, `ListenDatagram=`): others are left to the
-        program's other servers. The inherited socket
-        is the one named `fd_name` (LISTEN_FDNAMES), and no other if it is
-        given; else the one bound to `server_address` (a numeric address or a
-        path; port 0 matches none), else the only one untaken: each is taken
-        once per process.
+        program's other servers. The inherited socket is the one named
+        `fd_name` (LISTEN_FDNAMES), and no other if it is given; else the one
+        bound to `server_address` (a numeric address or a path; port 0 matches
+        none), else the only one untaken: each is taken once per process.
 
         May be overridden: an override that does not call super() adopts
         nothing (sockd's forker takes the sockets its daemon passes).
