@@ -345,6 +345,15 @@ class Server:
         if code is not None:
             raise BenchError(f"{self.name} exited with status {code} during the benchmark")
 
+    def generate(self, clients: int, settings: Settings, cpu: int | None) -> Load:
+        """Run the load generator against this server for one cell (see `generate`).
+
+        Raises:
+            BenchError: the generator failed, died or overran duration + timeout.
+
+        """
+        return generate(self, clients, settings, cpu)
+
     def forking_pid(self) -> int:
         """Return the pid of the process that forks per connection."""
         return self.process.pid
@@ -807,15 +816,21 @@ def generate(server: Server, clients: int, settings: Settings, cpu: int | None) 
     """
     if settings.client == "c":
         return _generate_c(server, clients, settings, cpu)
-    return _generate_python(server, clients, settings, cpu)
+    return generate_in_process(server, clients, settings, cpu)
 
 
-def _generate_python(server: Server, clients: int, settings: Settings, cpu: int | None) -> Load:
-    """Run the Python generator in its own (forked) process."""
+def generate_in_process(
+    server: Server,
+    clients: int,
+    settings: Settings,
+    cpu: int | None,
+    main: Callable[[Connection, Server, int, Settings, int | None], None] = _generator_main,
+) -> Load:
+    """Run the Python generator (`main`, which sends its Load) in its own (forked) process."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     worker = context.Process(
-        target=_generator_main,
+        target=main,
         args=(send, server, clients, settings, cpu),
         daemon=True,
     )
@@ -854,11 +869,18 @@ def loadgen_command(
     return command
 
 
-def _generate_c(server: Server, clients: int, settings: Settings, cpu: int | None) -> Load:
-    """Run bench/loadgen.c's binary (it pins itself) and read its JSON report."""
+def _generate_c(
+    server: Server,
+    clients: int,
+    settings: Settings,
+    cpu: int | None,
+    extra: Sequence[str] = (),
+) -> Load:
+    """Run bench/loadgen.c's binary (it pins itself), `extra` options last; read its report."""
     if settings.loadgen is None:
         raise BenchError("the C client was chosen but not built")
     command = loadgen_command(settings, server.port, clients, cpu, until_eof=server.until_eof)
+    command += extra
     try:
         result = subprocess.run(
             command,
@@ -982,7 +1004,7 @@ def run_cell(
     """Measure `server` at `clients` concurrent connections for one window."""
     server.settle()
     self_before, children_before = server.cpu_seconds()
-    load = generate(server, clients, settings, pinning.generator_cpu)
+    load = server.generate(clients, settings, pinning.generator_cpu)
     server.settle()
     server.check_alive()
     self_after, children_after = server.cpu_seconds()
@@ -1019,7 +1041,7 @@ def run_all(
     """
     warmup = dataclasses.replace(settings, repeat=1, duration=WARMUP_SECONDS, clients=(1,))
     for server in servers:
-        generate(server, 1, warmup, pinning.generator_cpu)
+        server.generate(1, warmup, pinning.generator_cpu)
     width = max(len(server.name) for server in servers)
     prefix = f"  {label}" if label else " "
     cells: list[Cell] = []

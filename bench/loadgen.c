@@ -22,6 +22,14 @@
  * per-connection --timeout, or ETIMEDOUT), eof (closed before the line was back),
  * mismatch (other bytes came back), or the errno's name (EADDRNOTAVAIL, EMFILE, ...).
  *
+ * With --udp it sends datagrams instead (bench/udp.py): each of the --clients is one UDP
+ * socket of its own (its own source port), connected to --host:--port (IPv4 or IPv6), kept
+ * for the whole run. It sends one datagram, an 8-digit hexadecimal sequence number and the
+ * line, and waits for the same bytes back; then sends the next. An answer that does not
+ * come within --timeout is a loss (counted as a timeout) and the client sends the next;
+ * an answer that comes after its timeout (another sequence number) is ignored. Latency
+ * runs from send() to the answer; "completed" counts answers.
+ *
  * Prints one JSON object on stdout. Exit status: 0 after a run (errors are results, not
  * failures), 2 on a usage error, 1 when the generator itself cannot work.
  *
@@ -46,6 +54,7 @@
 
 #define MAX_EVENTS 256
 #define MAX_LINE 4096
+#define SEQ_DIGITS 8 /* --udp: each datagram starts with its sequence number, in hexadecimal */
 #define MAX_ERRNO 256
 #define RETRY_NS 1000000 /* after a connect() that failed at once: try again within 1 ms */
 
@@ -58,6 +67,8 @@ enum special_error { ERR_NONE = 0, ERR_TIMEOUT = -1, ERR_EOF = -2, ERR_MISMATCH 
 struct conn {
     int fd;
     enum stage stage;
+    uint32_t seq;   /* --udp: the sequence number of the datagram awaited */
+    char *datagram; /* --udp: what was sent, and must come back */
     size_t sent;
     size_t received;
     uint64_t started_ns;
@@ -67,7 +78,9 @@ struct conn {
 };
 
 struct options {
-    struct sockaddr_in address;
+    struct sockaddr_storage address;
+    socklen_t address_len;
+    int udp;
     long clients;
     double duration;
     double timeout;
@@ -179,7 +192,8 @@ static void unlink_active(struct conn *c)
 static void finish(struct conn *c, int error)
 {
     uint64_t finished = now_ns();
-    close(c->fd); /* also removes it from the epoll set */
+    if (!opts.udp)
+        close(c->fd); /* also removes it from the epoll set; --udp keeps its socket */
     c->stage = DONE;
     unlink_active(c);
     c->next = free_list;
@@ -243,8 +257,81 @@ static void try_read(struct conn *c)
     }
 }
 
+/* --udp: read the datagrams there; the one awaited finishes `c`, others are stale. */
+static void try_read_udp(struct conn *c)
+{
+    char buf[MAX_LINE + SEQ_DIGITS];
+    size_t len = SEQ_DIGITS + opts.line_len;
+    for (;;) {
+        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (c->stage == READING)
+                finish(c, errno); /* ECONNREFUSED: nothing listens there */
+            return;
+        }
+        if (c->stage == READING && (size_t)n == len && memcmp(buf, c->datagram, len) == 0) {
+            finish(c, ERR_NONE);
+            return;
+        }
+    }
+}
+
+/* --udp: send the next datagram of the idle client `c`; returns 0 when it failed at once. */
+static int send_udp(struct conn *c)
+{
+    c->seq++;
+    char seq[SEQ_DIGITS + 1];
+    snprintf(seq, sizeof seq, "%08x", (unsigned)c->seq);
+    memcpy(c->datagram, seq, SEQ_DIGITS);
+    memcpy(c->datagram + SEQ_DIGITS, opts.line, opts.line_len);
+    c->started_ns = now_ns();
+    c->deadline_ns = c->started_ns + (uint64_t)(opts.timeout * 1e9);
+    if (send(c->fd, c->datagram, SEQ_DIGITS + opts.line_len, 0) < 0) {
+        count_error(errno);
+        c->next = free_list;
+        free_list = c;
+        return 0;
+    }
+    c->stage = READING;
+    c->prev = tail;
+    c->next = NULL;
+    if (tail)
+        tail->next = c;
+    else
+        head = c;
+    tail = c;
+    active++;
+    return 1;
+}
+
+/* --udp: open every client's socket (its own source port), connected, in the epoll set. */
+static void open_udp_clients(void)
+{
+    for (long i = 0; i < opts.clients; i++) {
+        struct conn *c = &slots[i];
+        c->datagram = malloc(SEQ_DIGITS + opts.line_len);
+        if (c->datagram == NULL)
+            die("malloc");
+        c->fd = socket(opts.address.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->fd < 0)
+            die("socket");
+        if (connect(c->fd, (struct sockaddr *)&opts.address, opts.address_len) < 0)
+            die("connect");
+        c->stage = DONE;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+            die("epoll_ctl");
+    }
+}
+
 static void on_event(struct conn *c, uint32_t events)
 {
+    if (opts.udp) {
+        try_read_udp(c);
+        return;
+    }
     if (c->stage == SENDING) {
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return;
@@ -261,7 +348,9 @@ static int open_one(void)
 {
     struct conn *c = free_list;
     free_list = c->next;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (opts.udp)
+        return send_udp(c);
+    int fd = socket(opts.address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         count_error(errno);
         goto failed;
@@ -270,7 +359,7 @@ static int open_one(void)
     c->sent = c->received = 0;
     c->started_ns = now_ns();
     c->deadline_ns = c->started_ns + (uint64_t)(opts.timeout * 1e9);
-    if (connect(fd, (struct sockaddr *)&opts.address, sizeof opts.address) < 0 &&
+    if (connect(fd, (struct sockaddr *)&opts.address, opts.address_len) < 0 &&
         errno != EINPROGRESS) {
         count_error(errno);
         close(fd);
@@ -395,11 +484,12 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: loadgen --port PORT [--host ADDR] [--clients N] [--duration S]\n"
             "               [--timeout S] [--line TEXT] [--shut-wr]\n"
-            "               [--until-newline | --until-eof] [--cpu N]\n"
+            "               [--until-newline | --until-eof] [--udp] [--cpu N]\n"
             "Keeps N connections in flight against ADDR:PORT (default 127.0.0.1) for S\n"
             "seconds (default 1); each sends TEXT and a newline (default 'hello sockd'),\n"
             "optionally half-closes, and reads until the line is back (default) or until\n"
-            "EOF. Prints one JSON object.\n");
+            "EOF. With --udp, N UDP clients, each with one datagram in flight (a sequence\n"
+            "number and the line) until it comes back or times out. Prints one JSON object.\n");
 }
 
 static int parse_number(const char *text, double low, double high, double *out)
@@ -426,6 +516,7 @@ static void parse_options(int argc, char **argv)
         {"until-eof", no_argument, NULL, 'e'},
         {"until-newline", no_argument, NULL, 'n'},
         {"cpu", required_argument, NULL, 'u'},
+        {"udp", no_argument, NULL, 'U'},
         {"help", no_argument, NULL, 'H'},
         {NULL, 0, NULL, 0},
     };
@@ -447,19 +538,28 @@ static void parse_options(int argc, char **argv)
         case 'e': opts.until_eof = 1; break;
         case 'n': opts.until_eof = 0; break;
         case 'u': ok &= parse_number(optarg, 0, CPU_SETSIZE - 1, &cpu); break;
+        case 'U': opts.udp = 1; break;
         case 'H': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
     }
-    if (!ok || optind != argc || port < 0 || strlen(line) + 1 > MAX_LINE) {
+    if (!ok || optind != argc || port < 0 || strlen(line) + 1 > MAX_LINE - SEQ_DIGITS) {
         fprintf(stderr, "loadgen: bad or missing option (--port is required)\n");
         usage(stderr);
         exit(2);
     }
-    opts.address.sin_family = AF_INET;
-    opts.address.sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &opts.address.sin_addr) != 1) {
-        fprintf(stderr, "loadgen: --host: not an IPv4 address: %s\n", host);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&opts.address;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&opts.address;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        opts.address_len = sizeof *v4;
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        opts.address_len = sizeof *v6;
+    } else {
+        fprintf(stderr, "loadgen: --host: not an IPv4 or IPv6 address: %s\n", host);
         exit(2);
     }
     opts.clients = (long)clients;
@@ -501,6 +601,8 @@ int main(int argc, char **argv)
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         die("epoll_create1");
+    if (opts.udp)
+        open_udp_clients();
     run();
     return 0;
 }

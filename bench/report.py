@@ -35,7 +35,7 @@ CLIENT_BOUND = 0.9  # generator busy at or above this: the client was the limit
 class ModeResult:
     """One mode of the run: sockd against its reference, or why it did not run."""
 
-    mode: str  # echo, exec, pool, proxy
+    mode: str  # echo, exec, pool, proxy, udp
     title: str  # what is compared, in words
     reference: str  # the reference server's name
     header: tuple[str, ...] = ()  # what exactly ran (the mode's Bench header)
@@ -463,8 +463,8 @@ prints the table; and writes `bench/results/latest.json` (every cell of every re
 `docs/performance.png` and this page. `--quick` makes a smoke run (1 repetition of 0.5 s at
 1 and 8 clients); `--python PATH` runs sockd and every Python reference under another
 interpreter (a virtualenv made once in `bench/build/`); `--help` lists the options. One
-mode alone: `bench/echo.py`, `bench/exec.py`, `bench/pool.py`, `bench/proxy.py`, with the
-same options.
+mode alone: `bench/echo.py`, `bench/exec.py`, `bench/pool.py`, `bench/proxy.py`,
+`bench/udp.py`, with the same options (`--modes udp` adds the udp mode to a run).
 
 ## Notes
 
@@ -486,6 +486,12 @@ same options.
   with the same interpreter only.
 - On a shared or virtual machine figures move by 10-20% from run to run; the spread
   column shows how much they moved within this one.
+- The udp mode (`--modes udp`, bench/udp.py) sends datagrams, not connections: each
+  client is a UDP socket of its own, with one datagram in flight (a sequence number and
+  the line), the next sent when the answer is back; an answer not back within the
+  timeout is a loss (a timeout error). Its conn/s are answers per second. Every server
+  answers in the process that reads the datagram, on `::1` (openbsd-inetd drops
+  datagrams from 127.0.0.0/8).
 """
 
 

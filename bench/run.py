@@ -3,8 +3,10 @@
 Modes: echo (sockd's echo built-in, fork per connection, against the stock
 socketserver.ForkingTCPServer), exec (`head -n1` run per connection, against tcpserver),
 pool (the echo built-in in a `workers = 4` service, against 4 pre-forked processes,
-bench/prefork_ref.py) and proxy (the echo built-in behind HAProxy with `proxy_protocol =
-true` and `send-proxy-v2`, against the same without both, bench/proxy.py). Then the pool
+bench/prefork_ref.py), proxy (the echo built-in behind HAProxy with `proxy_protocol =
+true` and `send-proxy-v2`, against the same without both, bench/proxy.py) and udp (the
+echo built-in over UDP, answered in the forker, against socketserver.UDPServer and
+openbsd-inetd's internal echo, bench/udp.py). Then the pool
 mode's reference once more with the Python load generator, to show how far the C client
 drives it. Prints one table, and writes the results as JSON, a chart (PNG) and
 docs/performance.md. A mode that cannot run (say, tcpserver or haproxy missing) is
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 # code is the module bench.common, the name mypy knows it by.
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from bench import echo, footprint, pool, proxy, scale
+from bench import echo, footprint, pool, proxy, scale, udp
 from bench import exec as exec_mode
 from bench.common import (
     Bench,
@@ -74,7 +76,13 @@ MODES = {
         "sockd's echo behind HAProxy, `proxy_protocol = true` and send-proxy-v2, vs without",
         proxy.REFERENCE,
     ),
+    "udp": (
+        "sockd's echo over UDP, answered in the forker, vs socketserver.UDPServer (and inetd's)",
+        udp.REFERENCE,
+    ),
 }
+# What runs without --modes: udp only when asked (`--modes udp`), until the daemon serves UDP.
+DEFAULT_MODES = ("echo", "exec", "pool", "proxy")
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PNG = ROOT / "docs" / "performance.png"
 DEFAULT_MARKDOWN = ROOT / "docs" / "performance.md"
@@ -94,6 +102,8 @@ def mode_bench(mode: str, args: argparse.Namespace) -> Bench:
         return exec_mode.make_bench(args.tcpserver)
     if mode == "proxy":
         return proxy.make_bench(args.haproxy)
+    if mode == "udp":
+        return udp.make_bench(args.inetd)
     return pool.make_bench("workers")
 
 
@@ -152,7 +162,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--modes",
-        default=",".join(MODES),
+        default=",".join(DEFAULT_MODES),
         help=f"comma-separated modes to run, of {', '.join(MODES)}",
     )
     parser.add_argument(
@@ -160,6 +170,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--haproxy", metavar="PATH", help="proxy mode: the haproxy (default: on PATH)"
+    )
+    parser.add_argument(
+        "--inetd", metavar="PATH", help="udp mode: openbsd-inetd (default: /usr/sbin/inetd)"
     )
     return parser
 

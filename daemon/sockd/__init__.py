@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # what type checkers see of the lazy exports below
     from sockd.server import (
         ForkingMixIn,
         ForkingTCPServer,
+        ForkingUDPServer,
+        ForkingUnixDatagramServer,
         ForkingUnixStreamServer,
         JSONErrorMixIn,
     )
@@ -24,6 +26,8 @@ _EXPORTS = {
     "ConfigError": "sockd.errors",
     "ForkingMixIn": "sockd.server",
     "ForkingTCPServer": "sockd.server",
+    "ForkingUDPServer": "sockd.server",
+    "ForkingUnixDatagramServer": "sockd.server",
     "ForkingUnixStreamServer": "sockd.server",
     "JSONErrorMixIn": "sockd.server",
     "SockdError": "sockd.errors",
@@ -33,6 +37,8 @@ __all__ = [
     "ConfigError",
     "ForkingMixIn",
     "ForkingTCPServer",
+    "ForkingUDPServer",
+    "ForkingUnixDatagramServer",
     "ForkingUnixStreamServer",
     "JSONErrorMixIn",
     "SockdError",

@@ -152,24 +152,30 @@ class _Inherited:
 _inherited = _Inherited()
 
 
-def claim(family: int, address: object, fd_name: str | None = None) -> InheritedFd | None:
-    """Take the socket systemd passed this process for a stream server of `family` at `address`.
+def claim(
+    family: int,
+    address: object,
+    fd_name: str | None = None,
+    type: int = socket.SOCK_STREAM,  # noqa: A002 (socket.socket's name for it)
+) -> InheritedFd | None:
+    """Take the socket systemd passed this process for a server of `family` at `address`.
 
-    As sd_listen_fds(3) describes, among the untaken stream sockets of
-    `family` systemd passed (others are left alone, for the program's other
-    servers): the one named `fd_name` (FileDescriptorName=), and no other if a
-    name is given; else the one bound to `address` (a TCP port 0 matches none),
-    else the only one. Each is taken once per process, so several servers take
-    one each. Its descriptor is returned as it is (close-on-exec): the caller
-    wraps it and checks that it listens (`check_listening`).
+    As sd_listen_fds(3) describes, among the untaken sockets of `family` and
+    `type` (SOCK_STREAM, or SOCK_DGRAM) systemd passed (others are left
+    alone, for the program's other servers): the one named `fd_name`
+    (FileDescriptorName=), and no other if a name is given; else the one
+    bound to `address` (a TCP port 0 matches none), else the only one. Each
+    is taken once per process, so several servers take one each. Its
+    descriptor is returned as it is (close-on-exec): the caller wraps it and
+    checks that it listens (`check_listening`).
 
     Raises:
         ConfigError: the LISTEN_* variables are garbage.
     """
     available = _inherited.available()
-    fitting = []  # the untaken stream sockets of the family, and where each is bound
+    fitting = []  # the untaken sockets of the family and type, and where each is bound
     for inherited in available:
-        bound = _stream_bound(inherited.fd, family)
+        bound = _bound(inherited.fd, family, type)
         if bound is not None:
             fitting.append((inherited, bound))
     if fd_name is not None:
@@ -183,8 +189,8 @@ def claim(family: int, address: object, fd_name: str | None = None) -> Inherited
     return chosen
 
 
-def _stream_bound(fd: int, family: int) -> object:
-    """Return where socket `fd` is bound, if it is a stream socket of `family` (else None)."""
+def _bound(fd: int, family: int, type: int) -> object:  # noqa: A002 (socket.socket's name)
+    """Return where socket `fd` is bound, if it is a socket of `family` and `type` (else None)."""
     try:
         probe = socket.socket(fileno=fd)
     except OSError:  # closed, or not a socket
@@ -192,7 +198,7 @@ def _stream_bound(fd: int, family: int) -> object:
     try:
         if probe.family != family:
             return None
-        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != type:
             return None
         return probe.getsockname()
     except OSError:
@@ -275,13 +281,18 @@ def describe(sockname: object) -> str:
 
 
 def client_text(request: Any, client_address: Any) -> str:
-    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED."""
+    """Describe a client: `ip:port`, `[ipv6]:port`, or `unix:uid=U,pid=P` from SO_PEERCRED.
+
+    A UNIX datagram's sender (a datagram server's request is `(data, socket)`,
+    with no peer) is the path it bound: `unix:/path`, or `unix` if it bound none.
+    """
     if isinstance(client_address, tuple):
         return describe(client_address)
     try:
         pid, uid, _ = peer_credentials(request)
     except (OSError, AttributeError):  # no peer, or not a socket (a datagram server's request)
-        return "unix"
+        # A UNIX datagram's sender is the path it bound, if any (None: it bound none).
+        return describe(client_address) if client_address else "unix"
     return f"unix:uid={uid},pid={pid}"
 
 

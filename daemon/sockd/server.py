@@ -47,15 +47,19 @@ PEER_GONE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedErro
 class ForkingMixIn(_Base):
     """socketserver.ForkingMixIn, systemd-native: a child per connection, and no zombie.
 
-    - `server_bind()` adopts a stream socket of the server's family that
+    A child per request: a connection for a stream server, a datagram for a
+    datagram server (whose request is socketserver's `(data, socket)`).
+
+    - `server_bind()` adopts a socket of the server's family and type that
       systemd passed (sd_listen_fds(3)), if one matches the server (the one
       named `fd_name` if given; else its address, else the only one), and
       binds as socketserver does otherwise.
     - Children are reaped, each by its pid and never blocking, in
       `handle_timeout()` and `service_actions()`. At `max_children`, the
-      server stops accepting (connections wait in the backlog) and reaps every
-      `cap_poll_interval` seconds until a child has exited. `server_close()`
-      waits for them when `block_on_close`, as socketserver's does.
+      server stops accepting (connections wait in the backlog, datagrams in
+      the socket's receive buffer) and reaps every `cap_poll_interval` seconds
+      until a child has exited. `server_close()` waits for them when
+      `block_on_close`, as socketserver's does.
     - `notify_ready()` tells systemd the server is ready (READY=1).
     """
 
@@ -87,12 +91,12 @@ class ForkingMixIn(_Base):
     def server_bind(self) -> None:
         """Adopt the inherited socket meant for this server, or bind one.
 
-        Only stream servers adopt, and only stream sockets of their family
-        (others are left to the program's other servers). The inherited socket
-        is the one named `fd_name` (LISTEN_FDNAMES), and no other if it is
-        given; else the one bound to `server_address` (a numeric address or a
-        path; port 0 matches none), else the only one untaken: each is taken
-        once per process.
+        Stream and datagram servers adopt, each only sockets of its family and
+        type (`ListenStream=`, `ListenDatagram=`): others are left to the
+        program's other servers. The inherited socket is the one named
+        `fd_name` (LISTEN_FDNAMES), and no other if it is given; else the one
+        bound to `server_address` (a numeric address or a path; port 0 matches
+        none), else the only one untaken: each is taken once per process.
 
         May be overridden: an override that does not call super() adopts
         nothing (sockd's forker takes the sockets its daemon passes).
@@ -101,8 +105,10 @@ class ForkingMixIn(_Base):
             SockdError: the LISTEN_* variables are garbage.
         """
         inherited = None
-        if self.socket_type == socket.SOCK_STREAM:
-            inherited = listeners.claim(self.address_family, self.server_address, self.fd_name)
+        if self.socket_type in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            inherited = listeners.claim(
+                self.address_family, self.server_address, self.fd_name, self.socket_type
+            )
         if inherited is None:
             super().server_bind()
             return
@@ -113,18 +119,21 @@ class ForkingMixIn(_Base):
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:
-        """Listen on a socket bound here; check that an adopted one listens already.
+        """Listen on a socket bound here; check that an adopted stream socket listens already.
+
+        A datagram server does not listen (socketserver's `UDPServer`): an
+        adopted datagram socket is taken as it is.
 
         May be overridden: an override checks an adopted socket itself
         (`listeners.check_listening`).
 
         Raises:
-            SockdError: the adopted socket is not listening.
+            SockdError: the adopted stream socket is not listening.
         """
         if not self.adopted:
             super().server_activate()
-            return
-        listeners.check_listening(self.socket, self._inherited_as)
+        elif self.socket_type == socket.SOCK_STREAM:
+            listeners.check_listening(self.socket, self._inherited_as)
 
     # Serving ------------------------------------------------------------------
 
@@ -381,6 +390,14 @@ class ForkingTCPServer(ForkingMixIn, JSONErrorMixIn, socketserver.TCPServer):
 
 class ForkingUnixStreamServer(ForkingMixIn, JSONErrorMixIn, socketserver.UnixStreamServer):
     """socketserver.ForkingUnixStreamServer, with sockd's ForkingMixIn and JSONErrorMixIn."""
+
+
+class ForkingUDPServer(ForkingMixIn, JSONErrorMixIn, socketserver.UDPServer):
+    """socketserver.ForkingUDPServer, with sockd's ForkingMixIn and JSONErrorMixIn."""
+
+
+class ForkingUnixDatagramServer(ForkingMixIn, JSONErrorMixIn, socketserver.UnixDatagramServer):
+    """socketserver.ForkingUnixDatagramServer, with sockd's ForkingMixIn and JSONErrorMixIn."""
 
 
 def _error_log() -> Any:

@@ -1,4 +1,4 @@
-"""sockd as a library: the README's example runs stand-alone and socket-activated by systemd."""
+"""sockd as a library: the README's examples run stand-alone and socket-activated by systemd."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 EXAMPLE = TESTS.parent / "examples" / "library_echo.py"
+UDP_EXAMPLE = TESTS.parent / "examples" / "library_udp_echo.py"
 ACTIVATE = shutil.which("systemd-socket-activate")
 SOURCE = str(Path(sockd.__file__).parent.parent)  # the sockd under test
 
@@ -57,10 +58,18 @@ def serving_on(log: Path) -> tuple[str, int] | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def ask(port: int, data: bytes) -> bytes:
+    """Send `data` to the UDP port `port` of 127.0.0.1 and return the answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(data, ("127.0.0.1", port))
+        return client.recv(65536)
 
 
 class TestLibraryExample:
@@ -90,6 +99,32 @@ class TestLibraryExample:
             notifications.wait_for("READY=1")
             assert serving_on(log) == ("127.0.0.1", port)
             assert exchange(f"127.0.0.1:{port}", b"hello\n") == b"hello\n"
+
+    def test_udp_stand_alone(self, notifications: Notifications, tmp_path: Path) -> None:
+        """Run by hand, the UDP example binds its address, says READY=1 and echoes datagrams."""
+        log = tmp_path / "example.log"
+        env = {"PYTHONPATH": SOURCE, "NOTIFY_SOCKET": str(notifications.path)}
+        with running([sys.executable, str(UDP_EXAMPLE), "0"], log, env):
+            _, port = wait_until(lambda: serving_on(log), what="the example to serve")
+            notifications.wait_for("READY=1")
+            assert ask(port, b"hello") == b"hello"
+            assert ask(port, b"again\n") == b"again\n"
+
+    @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is missing")
+    def test_udp_socket_activated(self, notifications: Notifications, tmp_path: Path) -> None:
+        """Under systemd-socket-activate --datagram, the UDP example adopts the socket given."""
+        port = free_port(socket.SOCK_DGRAM)
+        log = tmp_path / "example.log"
+        command = [str(ACTIVATE), "--datagram", "-l", f"127.0.0.1:{port}"]
+        command += ["-E", f"PYTHONPATH={SOURCE}", "-E", f"NOTIFY_SOCKET={notifications.path}"]
+        # No port argument: were the socket not adopted, the example would bind 8007.
+        with running([*command, sys.executable, str(UDP_EXAMPLE)], log, {}):
+            # The first datagram starts the example, which reads it from the adopted socket.
+            wait_until(lambda: "Listening on" in log.read_text(), what="the activator")
+            assert ask(port, b"first") == b"first"
+            notifications.wait_for("READY=1")
+            assert serving_on(log) == ("127.0.0.1", port)
+            assert ask(port, b"hello") == b"hello"
 
 
 def _try_connect(address: str) -> socket.socket | None:

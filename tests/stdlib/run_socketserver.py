@@ -3,7 +3,8 @@
 Usage: `python run_socketserver.py TEST_FILE` (sockd importable, through PYTHONPATH).
 
 The test file is imported with `socketserver` resolved to a copy of the
-module whose ForkingMixIn, ForkingTCPServer and ForkingUnixStreamServer are
+module whose ForkingMixIn and forking servers (ForkingTCPServer,
+ForkingUnixStreamServer, ForkingUDPServer, ForkingUnixDatagramServer) are
 sockd's (the real module is back in sys.modules once the file is imported, so
 sockd itself, and anything else, keeps the real one). The file's own forking
 classes, built from `socketserver.ForkingMixIn`, then use sockd's mix-in.
@@ -24,11 +25,19 @@ import unittest
 
 FORKING_TESTS = {
     "test_ForkingTCPServer",
+    "test_ForkingUDPServer",
+    "test_ForkingUnixDatagramServer",
     "test_ForkingUnixStreamServer",
     "test_forking_handled",
     "test_forking_not_handled",
 }
 FAILS_BY_DESIGN = {"test_all"}
+SERVERS = (
+    "ForkingTCPServer",
+    "ForkingUnixStreamServer",
+    "ForkingUDPServer",
+    "ForkingUnixDatagramServer",
+)
 
 
 def substituted_socketserver() -> object:
@@ -40,7 +49,7 @@ def substituted_socketserver() -> object:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for name in ("ForkingMixIn", "ForkingTCPServer", "ForkingUnixStreamServer"):
+    for name in ("ForkingMixIn", *SERVERS):
         setattr(module, name, getattr(sockd.server, name))
     return module
 
@@ -75,16 +84,15 @@ def substitution_problems(tests: object) -> list[str]:
         problems.append("the test file uses the real socketserver module")
     elif getattr(copy, "ForkingMixIn", None) is not mixin:
         problems.append("socketserver.ForkingMixIn is not sockd's")
-    elif copy.ForkingTCPServer is not sockd.server.ForkingTCPServer:
-        problems.append("socketserver.ForkingTCPServer is not sockd's")
-    # The file's own classes (3.11 defines ForkingUnixStreamServer, 3.13 takes socketserver's).
-    unix = getattr(tests, "ForkingUnixStreamServer", None) or getattr(
-        copy, "ForkingUnixStreamServer", None
-    )
-    for name, cls in (
-        ("ForkingUnixStreamServer", unix),
-        ("ForkingErrorTestServer", getattr(tests, "ForkingErrorTestServer", None)),
-    ):
+    else:
+        problems += [
+            f"socketserver.{name} is not sockd's"
+            for name in ("ForkingTCPServer", "ForkingUDPServer")
+            if getattr(copy, name, None) is not getattr(sockd.server, name)
+        ]
+    # The file's own classes: 3.11 defines the UNIX ones, 3.13 takes socketserver's.
+    for name in ("ForkingUnixStreamServer", "ForkingUnixDatagramServer", "ForkingErrorTestServer"):
+        cls = getattr(tests, name, None) or getattr(copy, name, None)
         if not isinstance(cls, type) or not issubclass(cls, mixin):
             problems.append(f"the test file's {name} does not use sockd's ForkingMixIn")
     return problems

@@ -113,6 +113,31 @@ class TestListenFds:
 
 
 class TestClaim:
+    def test_datagram_sockets_when_asked(self, tmp_path: Path) -> None:
+        """Asked for SOCK_DGRAM, only datagram sockets count: by name, address, or the only one."""
+
+        def child() -> list[object]:
+            tcp = listening()
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(tcp.getsockname())  # one port, one name: ListenStream= and ListenDatagram=
+            other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            other.bind(("127.0.0.1", 0))
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            unix.bind(str(tmp_path / "d"))
+            inherit([tcp, udp, other, unix], ["dns", "dns", "", ""])
+            dgram = socket.SOCK_DGRAM
+            claims = [
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0), "dns", dgram),
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0), None, dgram),  # the only one
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0), None, dgram),  # none left
+                listeners.claim(socket.AF_UNIX, "elsewhere"),  # a stream one: none
+                listeners.claim(socket.AF_UNIX, "elsewhere", None, dgram),
+                listeners.claim(socket.AF_INET, tcp.getsockname()),  # stream by default
+            ]
+            return [claim and claim.fd for claim in claims]
+
+        assert in_child(child) == [4, 5, None, None, 6, 3]
+
     def test_port_zero_matches_no_address(self) -> None:
         """A request for port 0 matches no inherited socket's address, not even an unbound one's."""
 

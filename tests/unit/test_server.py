@@ -21,7 +21,13 @@ from harness import alive, children_of, in_child, inherit, recv_all, wait_until
 import sockd
 from sockd.errors import ConfigError
 from sockd.exits import PEER_GONE
-from sockd.server import ForkingMixIn, ForkingTCPServer, ForkingUnixStreamServer
+from sockd.server import (
+    ForkingMixIn,
+    ForkingTCPServer,
+    ForkingUDPServer,
+    ForkingUnixDatagramServer,
+    ForkingUnixStreamServer,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -341,7 +347,7 @@ class TestAdoption:
         assert in_child(run) == b"ping\n"
 
 
-class Recording(ForkingTCPServer):
+class Records(ForkingMixIn):
     """Records each child's exit, and counts the calls of collect_children."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -355,6 +361,10 @@ class Recording(ForkingTCPServer):
     def collect_children(self, *, blocking: bool = False) -> None:
         self.collections += 1
         super().collect_children(blocking=blocking)
+
+
+class Recording(Records, ForkingTCPServer):
+    """A ForkingTCPServer that records its children's exits."""
 
 
 class Gate(socketserver.BaseRequestHandler):
@@ -723,7 +733,7 @@ class TestNotify:
 def test_importing_the_servers_is_light() -> None:
     """Importing the servers loads nothing heavy: structlog and sdnotify wait until needed."""
     code = (
-        "import sys\nfrom sockd import ForkingTCPServer, ForkingUnixStreamServer\n"
+        "import sys\nfrom sockd import ForkingTCPServer, ForkingUDPServer\n"
         "print(sorted(m for m in ('structlog', 'sdnotify', 'typing', 'json') if m in sys.modules))"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(sockd.__file__).parent.parent))
@@ -731,3 +741,195 @@ def test_importing_the_servers_is_light() -> None:
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+class DatagramEcho(socketserver.DatagramRequestHandler):
+    """Answer a datagram with the child's pid and the datagram; fail on b"E", exit on b"3"."""
+
+    def handle(self) -> None:
+        data = self.rfile.read()
+        if data == b"E":
+            raise ValueError("bad datagram")
+        if data == b"3":
+            raise SystemExit(3)
+        self.wfile.write(b"%d %s" % (os.getpid(), data))
+
+
+class RecordingUDP(Records, ForkingUDPServer):
+    """A ForkingUDPServer that records its children's exits."""
+
+
+class RecordingUnixDatagram(Records, ForkingUnixDatagramServer):
+    """A ForkingUnixDatagramServer that records its children's exits."""
+
+
+def udp_client(source: str = "127.0.0.1") -> socket.socket:
+    client = made(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    client.bind((source, 0))
+    client.settimeout(10)
+    return client
+
+
+def ask(client: socket.socket, to: Any, data: bytes) -> tuple[int, bytes]:
+    """Send `data` to `to`; return the answer's pid and data (each from the server's child)."""
+    client.sendto(data, to)
+    pid, _, echoed = client.recv(1024).partition(b" ")
+    return int(pid), echoed
+
+
+class TestDatagram:
+    def test_udp_a_child_per_datagram(self) -> None:
+        """A ForkingUDPServer answers each datagram from a child of its own, reaped, exit 0."""
+        client = udp_client()
+        with RecordingUDP(LOOPBACK, DatagramEcho) as server, serving(server):
+            pids = [ask(client, server.server_address, b"ping %d" % n) for n in range(3)]
+            assert [data for _, data in pids] == [b"ping 0", b"ping 1", b"ping 2"]
+            wait_until(lambda: len(server.exits) == 3, what="three children reaped")
+            assert server.socket.fileno() != -1, "the children left the server's socket open"
+            assert zombies() == []
+        assert server.exits == {pid: 0 for pid, _ in pids}
+        assert os.getpid() not in server.exits
+
+    def test_unix_datagram_a_child_per_datagram(self, tmp_path: Path) -> None:
+        """A ForkingUnixDatagramServer answers each datagram from a child, at the sender's path."""
+        client = made(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        client.bind(str(tmp_path / "client"))
+        client.settimeout(10)
+        with RecordingUnixDatagram(str(tmp_path / "s"), DatagramEcho) as server, serving(server):
+            first = ask(client, server.server_address, b"one")
+            second = ask(client, server.server_address, b"two")
+            wait_until(lambda: len(server.exits) == 2, what="two children reaped")
+        assert (first[1], second[1]) == (b"one", b"two")
+        assert server.exits == {first[0]: 0, second[0]: 0}
+
+    def test_at_max_children_datagrams_wait(self, tmp_path: Path) -> None:
+        """At max_children no datagram is read (they wait in the buffer); one exit makes room."""
+        gate = tmp_path / "open"
+
+        class Held(DatagramEcho):
+            def handle(self) -> None:
+                self.socket.sendto(b"%d in" % os.getpid(), self.client_address)
+                wait_until(gate.exists, what="the gate")
+                super().handle()
+
+        client = udp_client()
+        with RecordingUDP(LOOPBACK, Held) as server, serving(server):
+            server.max_children = 1
+            held, _ = ask(client, server.server_address, b"first")
+            client.sendto(b"second", server.server_address)
+            calls = server.collections
+            wait_until(lambda: server.collections > calls + 3, what="reaping at the cap")
+            assert server.active_children == {held}, "the second datagram is not read at the cap"
+            gate.touch()  # the first child answers and ends; the second datagram is read
+            answers = [client.recv(1024).split(b" ") for _ in range(3)]
+            second = int(answers[1][0])
+            assert answers == [
+                [b"%d" % held, b"first"],
+                [b"%d" % second, b"in"],
+                [b"%d" % second, b"second"],
+            ]
+            assert second != held
+            wait_until(lambda: len(server.exits) == 2, what="both children reaped")
+        assert set(server.exits.values()) == {0}
+
+    def test_handler_error_is_one_json_line(self, capfd: pytest.CaptureFixture[str]) -> None:
+        """An exception handling a datagram: one JSON line naming the sender, exit status 1."""
+        client = udp_client()
+        with RecordingUDP(LOOPBACK, DatagramEcho) as server:
+            client.sendto(b"E", server.server_address)
+            server.handle_request()
+            (pid,) = server.active_children or set()
+        assert server.exits == {pid: 1}
+        (line,) = capfd.readouterr().err.splitlines()
+        record = json.loads(line)
+        assert (record["event"], record["pid"]) == ("handler_error", pid)
+        assert record["client"] == f"127.0.0.1:{client.getsockname()[1]}"
+        assert record["exception"]["type"] == "ValueError"
+
+    def test_unix_sender_in_the_error_line(
+        self, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """A UNIX datagram's sender is named by the path it bound (`unix` if it bound none)."""
+        bound = made(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        bound.bind(str(tmp_path / "client"))
+        unbound = made(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        with RecordingUnixDatagram(str(tmp_path / "s"), DatagramEcho) as server:
+            for client in (bound, unbound):
+                client.sendto(b"E", server.server_address)
+                server.handle_request()
+        clients = [json.loads(line)["client"] for line in capfd.readouterr().err.splitlines()]
+        assert sorted(clients) == sorted([f"unix:{tmp_path / 'client'}", "unix"])
+        assert set(server.exits.values()) == {1}
+
+    def test_system_exit_gives_the_status(self) -> None:
+        """SystemExit in a datagram's handler: its code is the child's exit status."""
+        client = udp_client()
+        with RecordingUDP(LOOPBACK, DatagramEcho) as server:
+            client.sendto(b"3", server.server_address)
+            server.handle_request()
+        assert list(server.exits.values()) == [3]
+
+
+def bound_datagram(family: int = socket.AF_INET, where: Any = LOOPBACK) -> socket.socket:
+    sock = made(socket.socket(family, socket.SOCK_DGRAM))
+    sock.bind(where)
+    return sock
+
+
+class TestDatagramAdoption:
+    @pytest.mark.parametrize("fd_name", ["echo", None])
+    def test_udp_socket_adopted_and_served(self, fd_name: str | None) -> None:
+        """A datagram socket systemd passed (ListenDatagram=) is adopted, by name or alone."""
+        udp = bound_datagram()
+
+        def run() -> tuple[Any, ...]:
+            inherit([udp], ["echo"])
+            client = udp_client()
+            with ForkingUDPServer(LOOPBACK, DatagramEcho, fd_name=fd_name) as server:
+                server.timeout = 10
+                client.sendto(b"hello", udp.getsockname())
+                server.handle_request()
+                answer = client.recv(1024).partition(b" ")[2]
+                return server.adopted, server.socket.fileno(), server.server_address, answer
+
+        assert in_child(run) == (True, 3, udp.getsockname(), b"hello")
+
+    def test_unix_datagram_socket_adopted(self, tmp_path: Path) -> None:
+        """A ForkingUnixDatagramServer adopts a UNIX datagram socket passed; it binds none."""
+        unix = bound_datagram(socket.AF_UNIX, str(tmp_path / "s"))
+
+        def run() -> tuple[Any, ...]:
+            inherit([unix])
+            with ForkingUnixDatagramServer(str(tmp_path / "own"), DatagramEcho) as server:
+                return server.adopted, server.socket.fileno(), server.server_address
+
+        assert in_child(run) == (True, 3, str(tmp_path / "s"))
+        assert not (tmp_path / "own").exists()
+
+    @pytest.mark.parametrize("fd_name", ["web", None])
+    def test_stream_sockets_are_left_alone(self, fd_name: str | None) -> None:
+        """A datagram server adopts no stream socket (even named), nor closes it: it binds."""
+        tcp = listening()
+
+        def run() -> tuple[bool, bool, str]:
+            inherit([tcp], ["web"])
+            with ForkingUDPServer(LOOPBACK, DatagramEcho, fd_name=fd_name) as server:
+                return server.adopted, _is_open(3), server.socket.type.name
+
+        assert in_child(run) == (False, True, "SOCK_DGRAM")
+
+    @pytest.mark.parametrize("fd_name", ["dns", None])
+    def test_stream_and_datagram_on_one_port(self, fd_name: str | None) -> None:
+        """TCP and UDP on one port, one name: the TCP server takes the stream, UDP the datagram."""
+        tcp = listening()
+        udp = bound_datagram(where=tcp.getsockname())
+
+        def run() -> tuple[Any, ...]:
+            inherit([udp, tcp], ["dns", "dns"])
+            with (
+                ForkingTCPServer(tcp.getsockname(), Echo, fd_name=fd_name) as stream,
+                ForkingUDPServer(tcp.getsockname(), DatagramEcho, fd_name=fd_name) as datagram,
+            ):
+                return stream.socket.fileno(), datagram.socket.fileno(), datagram.adopted
+
+        assert in_child(run) == (4, 3, True)
