@@ -37,9 +37,13 @@ class InheritedFd:
 
 
 class Endpoint:
-    """Where one server listens: an adopted socket, or an address to bind."""
+    """Where one server listens: an adopted socket, or an address to bind.
 
-    __slots__ = ("address", "adopted", "family", "fd_name", "owner", "service", "sockaddr")
+    `type` is the socket type: SOCK_STREAM (TCP, UNIX stream) or SOCK_DGRAM
+    (UDP, UNIX datagram).
+    """
+
+    __slots__ = ("address", "adopted", "family", "fd_name", "owner", "service", "sockaddr", "type")
 
     def __init__(  # noqa: PLR0913, PLR0917 (one value per attribute)
         self,
@@ -49,6 +53,7 @@ class Endpoint:
         address: object = None,
         adopted: socket.socket | None = None,
         fd_name: str | None = None,
+        type: int = socket.SOCK_STREAM,  # noqa: A002 (socket.socket's name for it)
     ) -> None:
         """Describe a listener of `service`."""
         self.service = service
@@ -57,6 +62,7 @@ class Endpoint:
         self.address = address
         self.adopted = adopted
         self.fd_name = fd_name
+        self.type = type
         self.owner: tuple[int, int] | None = None  # uid, gid given a UNIX socket file we bind
 
 
@@ -256,8 +262,15 @@ def ascii_number(text: str, digits: int = 10) -> int | None:
     return None
 
 
-def check_listening(sock: socket.socket, where: str) -> None:
-    """Check that an inherited socket is a listening IP or UNIX stream socket.
+def check_listening(
+    sock: socket.socket,
+    where: str,
+    type: int = socket.SOCK_STREAM,  # noqa: A002 (socket.socket's name for it)
+) -> None:
+    """Check that an inherited socket is a listening IP or UNIX stream socket, or of `type`.
+
+    With `type` SOCK_DGRAM: an IP or UNIX datagram socket, bound (it has no
+    listen state; unbound, it would have no address to serve).
 
     Raises:
         ConfigError: naming `where` and what is wrong.
@@ -266,18 +279,37 @@ def check_listening(sock: socket.socket, where: str) -> None:
         family = getattr(sock.family, "name", str(sock.family))
         supported = ", ".join(FAMILIES.values())
         raise ConfigError(f"{where}: address family {family} is not supported ({supported})")
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+    found = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    if type == socket.SOCK_DGRAM:
+        if found != socket.SOCK_DGRAM:
+            raise ConfigError(f"{where}: not a datagram socket (use ListenDatagram=)")
+        if not _is_bound(sock.getsockname()):
+            raise ConfigError(f"{where}: a datagram socket not bound to any address")
+        return
+    if found != socket.SOCK_STREAM:
         raise ConfigError(f"{where}: not a stream socket (use ListenStream=)")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         raise ConfigError(f"{where}: not listening (Accept=yes is not supported)")
 
 
-def describe(sockname: object) -> str:
-    """Write a socket address as the config does: `host:port`, `[v6]:port`, `unix:/path`."""
+def _is_bound(sockname: object) -> bool:
+    """Tell whether a socket's name is an address (an unbound one has port 0, or no path)."""
+    if isinstance(sockname, tuple):
+        return bool(sockname[1])
+    return bool(sockname)
+
+
+def describe(sockname: object, type: int = socket.SOCK_STREAM) -> str:  # noqa: A002
+    """Write a socket address as the config does: `host:port`, `[v6]:port`, `unix:/path`.
+
+    A datagram socket's (`type` SOCK_DGRAM): `udp:host:port`, `unix-dgram:/path`.
+    """
+    dgram = type == socket.SOCK_DGRAM
     if isinstance(sockname, tuple):
         host, port = sockname[0], sockname[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{sockname}"
+        text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"udp:{text}" if dgram else text
+    return f"unix-dgram:{sockname}" if dgram else f"unix:{sockname}"
 
 
 def client_text(request: Any, client_address: Any) -> str:

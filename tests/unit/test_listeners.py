@@ -191,6 +191,48 @@ class TestClaim:
         assert in_child(child) == [5, None, 6, 4]
 
 
+class TestDatagrams:
+    def test_claim_by_type(self) -> None:
+        """A datagram claim takes a datagram socket (by address, else the only one)."""
+
+        def child() -> list[object]:
+            first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            first.bind(("127.0.0.1", 0))
+            second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            second.bind(("127.0.0.1", 0))
+            inherit([listening(), first, second])
+            dgram = socket.SOCK_DGRAM
+            claims = [
+                listeners.claim(socket.AF_INET, second.getsockname(), type=dgram),
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0)),  # the stream one
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0)),  # none left
+                listeners.claim(socket.AF_INET, ("127.0.0.1", 0), type=dgram),  # the only one
+            ]
+            return [claim and claim.fd for claim in claims]
+
+        assert in_child(child) == [5, 3, None, 4]
+
+    def test_check_listening(self) -> None:
+        """A datagram socket passes where one is expected; each type's error names its directive."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dgram, listening() as stream:
+            with pytest.raises(ConfigError, match="x: a datagram socket not bound"):
+                listeners.check_listening(dgram, "x", socket.SOCK_DGRAM)
+            dgram.bind(("127.0.0.1", 0))
+            listeners.check_listening(dgram, "x", socket.SOCK_DGRAM)
+            with pytest.raises(ConfigError, match=r"x: not a stream socket \(use ListenStream=\)"):
+                listeners.check_listening(dgram, "x")
+            with pytest.raises(ConfigError, match=r"not a datagram socket \(use ListenDatagram=\)"):
+                listeners.check_listening(stream, "x", socket.SOCK_DGRAM)
+
+    def test_describe(self) -> None:
+        """Datagram addresses are written as the config writes them."""
+        dgram = socket.SOCK_DGRAM
+        assert listeners.describe(("127.0.0.1", 37), dgram) == "udp:127.0.0.1:37"
+        assert listeners.describe(("::1", 7, 0, 0), dgram) == "udp:[::1]:7"
+        assert listeners.describe("/run/d", dgram) == "unix-dgram:/run/d"
+        assert listeners.describe(("127.0.0.1", 37)) == "127.0.0.1:37"
+
+
 class TestAsciiNumber:
     @pytest.mark.parametrize(
         ("text", "number"),

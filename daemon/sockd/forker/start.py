@@ -83,7 +83,9 @@ def _servers(
     for fd, name, fd_name in setup["listeners"]:
         os.set_inheritable(fd, False)
         sock = socket.socket(fileno=fd)
-        endpoint = Endpoint(name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd_name)
+        endpoint = Endpoint(
+            name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd_name, type=sock.type
+        )
         servers.append(ServiceServer(endpoint, services[name], shared))
     return servers
 

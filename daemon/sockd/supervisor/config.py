@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import stat
 import sys
 import tomllib
@@ -31,6 +32,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # of a host name (RFC 1123)
 _WILDCARDS = ("0.0.0.0", "::")
+_FORMS = "HOST:PORT, [IPV6]:PORT or unix:/path"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 CHARGEN_DEFAULT_MAX_DURATION = 60.0
 # The range of every value (README "Configuration", sockd.toml(5)): finite, and
@@ -64,20 +66,31 @@ RESERVED_ENV_PREFIXES = ("WATCHDOG_", "LISTEN_")
 
 @dataclasses.dataclass(frozen=True)
 class ListenAddress:
-    """One `listen` entry: a TCP host and port, or a UNIX socket path."""
+    """One `listen` entry: a TCP or UDP host and port, or a UNIX stream or datagram socket path."""
 
-    kind: Literal["tcp", "unix"]
+    kind: Literal["tcp", "unix", "udp", "unix-dgram"]
     host: str = ""
     port: int = 0
     path: str = ""
 
     def __str__(self) -> str:
         """Return the address as it is written in the config."""
-        if self.kind == "unix":
-            return f"unix:{self.path}"
+        if self.kind in ("unix", "unix-dgram"):
+            return f"{self.kind}:{self.path}"
+        prefix = "udp:" if self.kind == "udp" else ""
         if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+            return f"{prefix}[{self.host}]:{self.port}"
+        return f"{prefix}{self.host}:{self.port}"
+
+    @property
+    def type(self) -> int:
+        """Return the socket type: SOCK_DGRAM for `udp:` and `unix-dgram:`, else SOCK_STREAM."""
+        return socket.SOCK_DGRAM if self.kind in ("udp", "unix-dgram") else socket.SOCK_STREAM
+
+    @property
+    def is_unix(self) -> bool:
+        """Tell whether the address is a UNIX socket path (stream or datagram)."""
+        return self.kind in ("unix", "unix-dgram")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,25 +144,30 @@ class Config:
 
 
 def parse_listen(text: str) -> ListenAddress:
-    """Parse `HOST:PORT`, `[V6]:PORT` or `unix:/path`.
+    """Parse `HOST:PORT`, `[V6]:PORT`, `unix:/path`, `udp:HOST:PORT`, `unix-dgram:/path`.
+
+    `udp:` takes any TCP form (`udp:[V6]:PORT`, a host name).
 
     Raises:
         ValueError: the address is malformed; the message says how.
     """
-    if text.startswith("unix:"):
-        path = text.removeprefix("unix:")
-        if not path.startswith("/"):
-            raise ValueError("a UNIX socket path must be absolute")
-        if len(path.encode()) > 107:
-            raise ValueError("a UNIX socket path is at most 107 bytes")
-        return ListenAddress("unix", path=path)
-    host, sep, port_text = text.rpartition(":")
+    for kind in ("unix", "unix-dgram"):
+        if text.startswith(f"{kind}:"):
+            path = text.removeprefix(f"{kind}:")
+            if not path.startswith("/"):
+                raise ValueError("a UNIX socket path must be absolute")
+            if len(path.encode()) > 107:
+                raise ValueError("a UNIX socket path is at most 107 bytes")
+            return ListenAddress(kind, path=path)
+    kind = "udp" if text.startswith("udp:") else "tcp"
+    host, sep, port_text = text.removeprefix("udp:").rpartition(":")
     if not sep or not host:
-        raise ValueError("expected HOST:PORT, [IPV6]:PORT or unix:/path")
+        expected = "udp:HOST:PORT or udp:[IPV6]:PORT" if kind == "udp" else _FORMS
+        raise ValueError(f"expected {expected}")
     digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
     if not digits or int(port_text) > 65535:
         raise ValueError(f"port {shown(port_text)} is not a number from 0 to 65535")
-    return ListenAddress("tcp", host=_parse_host(host), port=int(port_text))
+    return ListenAddress(kind, host=_parse_host(host), port=int(port_text))  # type: ignore[arg-type]
 
 
 def _parse_host(host: str) -> str:
@@ -503,14 +521,16 @@ def _check_listen(services: list[ServiceConfig], where: str) -> None:
         ConfigError: naming the service, the `listen` entry and the problem.
     """
     paths: dict[str, str] = {}  # a socket path: whose it is ("ADDRESS of service 'x'")
-    bound: dict[tuple[int, str, int], str] = {}  # (family, host, port): whose it is
-    ports: dict[tuple[int, int], str] = {}  # (family, port): the first entry on it
-    wildcards: dict[tuple[int, int], str] = {}  # (family, port): a wildcard entry on it
+    # TCP and UDP ports are apart: each key starts with the socket type.
+    bound: dict[tuple[int, int, str, int], str] = {}  # (type, family, host, port): whose it is
+    ports: dict[tuple[int, int, int], str] = {}  # (type, family, port): the first entry on it
+    wildcards: dict[tuple[int, int, int], str] = {}  # (type, family, port): a wildcard on it
     for service in services:
         for index, address in enumerate(service.listen):
             key = f"{where}: service {service.name!r}: listen[{index}]"
             mine = f"{one_line(str(address))} of service {service.name!r}"
-            if address.kind == "unix":
+            kind = address.type
+            if address.is_unix:
                 _check_socket_path(address.path, key)
                 other = paths.get(os.path.normpath(address.path))
                 if other is not None:
@@ -523,16 +543,16 @@ def _check_listen(services: list[ServiceConfig], where: str) -> None:
                 if isinstance(sockaddr, tuple) and sockaddr[1] != 0  # port 0: the kernel picks
             ]
             for family, host, port in pairs:
-                other = bound.get((family, host, port)) or wildcards.get((family, port))
+                other = bound.get((kind, family, host, port)) or wildcards.get((kind, family, port))
                 if host in _WILDCARDS:
-                    other = other or ports.get((family, port))
+                    other = other or ports.get((kind, family, port))
                 if other is not None:
                     raise ConfigError(f"{key}: {address} overlaps {other}")
             for family, host, port in pairs:
-                bound[family, host, port] = mine
-                ports.setdefault((family, port), mine)
+                bound[kind, family, host, port] = mine
+                ports.setdefault((kind, family, port), mine)
                 if host in _WILDCARDS:
-                    wildcards[family, port] = mine
+                    wildcards[kind, family, port] = mine
 
 
 def _check_socket_path(path: str, key: str) -> None:

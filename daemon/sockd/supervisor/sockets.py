@@ -1,7 +1,7 @@
 """Which socket serves which service: systemd's adopted, or our own bound (the daemon's side).
 
 The daemon opens every listener before it starts the forker, which inherits them.
-The TCP sockets it binds itself it may give systemd to keep across a restart
+The TCP and UDP sockets it binds itself it may give systemd to keep across a restart
 (its file descriptor store), named `STORED` + the service: a later start takes
 back those its config still listens on.
 """
@@ -74,10 +74,13 @@ def _own_endpoints(service: ServiceConfig, kept: list[tuple[str, socket.socket]]
     endpoints = []
     name = STORED + service.name
     for index, address in enumerate(service.listen):
+        kind = address.type
         for family, sockaddr in resolve(address, f"service {service.name!r}: listen[{index}]"):
-            sock = _take(kept, name, family, sockaddr)
+            sock = _take(kept, name, family, kind, sockaddr)
             fd_name = None if sock is None else name
-            endpoints.append(Endpoint(service.name, family, sockaddr, address, sock, fd_name))
+            endpoints.append(
+                Endpoint(service.name, family, sockaddr, address, sock, fd_name, type=kind)
+            )
     return endpoints
 
 
@@ -91,11 +94,11 @@ def _kept(stored: Sequence[InheritedFd]) -> list[tuple[str, socket.socket]]:
 
 
 def _take(
-    kept: list[tuple[str, socket.socket]], name: str, family: int, sockaddr: object
+    kept: list[tuple[str, socket.socket]], name: str, family: int, kind: int, sockaddr: object
 ) -> socket.socket | None:
-    """Remove from `kept` and return the socket of `name` bound at (family, sockaddr), if any."""
+    """Remove from `kept` and return the socket of `name`, type `kind`, at (family, sockaddr)."""
     for index, (kept_name, sock) in enumerate(kept):
-        same = kept_name == name and sock.family == family
+        same = kept_name == name and sock.family == family and sock.type == kind
         if same and listeners.bound_at(family, sockaddr, sock.getsockname()):
             del kept[index]
             return sock
@@ -111,10 +114,12 @@ def _adopted_endpoint(services: Sequence[ServiceConfig], fd: InheritedFd) -> End
     if service is None:
         name = sock.getsockname()
         sock.close()
-        where = f"fd {fd.fd}, name {fd.name!r}, {describe(name)}"
+        where = f"fd {fd.fd}, name {fd.name!r}, {describe(name, sock.type)}"
         msg = f"socket from systemd ({where}) matches no service"
         raise ConfigError(msg)
-    return Endpoint(service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name)
+    return Endpoint(
+        service.name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd.name, type=sock.type
+    )
 
 
 def resolve(address: ListenAddress, where: str) -> list[tuple[int, str | tuple[str, int]]]:
@@ -123,11 +128,11 @@ def resolve(address: ListenAddress, where: str) -> list[tuple[int, str | tuple[s
     Raises:
         ConfigError: the host name does not resolve.
     """
-    if address.kind == "unix":
+    if address.is_unix:
         return [(socket.AF_UNIX, address.path)]
     try:
         infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            address.host, address.port, type=address.type, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         raise ConfigError(f"{where}: cannot resolve {address.host!r}: {exc.strerror}") from None
@@ -143,16 +148,23 @@ def _match_address(services: Sequence[ServiceConfig], sock: socket.socket) -> Se
     name = sock.getsockname()
     for service in services:
         for address in service.listen:
-            if sockname_matches(name, address):
+            if sockname_matches(name, address, sock.type):
                 return service
     return None
 
 
-def sockname_matches(sockname: object, address: ListenAddress) -> bool:
-    """Tell whether a bound socket's name is the configured `address` (its host name resolved).
+def sockname_matches(
+    sockname: object,
+    address: ListenAddress,
+    type: int = socket.SOCK_STREAM,  # noqa: A002 (socket.socket's name for it)
+) -> bool:
+    """Tell whether a socket of `type` bound at `sockname` is the configured `address`.
 
-    By the library's rule (`listeners.bound_at`), once the name is resolved.
+    By the library's rule (`listeners.bound_at`), once the host name is resolved;
+    a datagram socket is only ever a `udp:` or `unix-dgram:` address, a stream one never.
     """
+    if address.type != type:
+        return False
     try:
         resolved = resolve(address, "")
     except ConfigError:
@@ -161,11 +173,13 @@ def sockname_matches(sockname: object, address: ListenAddress) -> bool:
 
 
 def adopt(inherited: InheritedFd) -> socket.socket:
-    """Wrap an inherited descriptor; it must be a listening IP or UNIX stream socket.
+    """Wrap an inherited descriptor: a listening IP or UNIX stream socket, or a bound datagram one.
+
+    Its type is the kernel's (SO_TYPE): `ListenDatagram=` sockets are datagram ones.
 
     Raises:
-        ConfigError: it is not a socket, of another family, not a stream socket,
-            or not listening.
+        ConfigError: it is not a socket, of another family, neither a stream nor
+            a datagram socket, or not listening.
     """
     where = f"socket from systemd (fd {inherited.fd}, name {inherited.name!r})"
     try:
@@ -173,7 +187,9 @@ def adopt(inherited: InheritedFd) -> socket.socket:
     except OSError as exc:
         raise ConfigError(f"{where}: not a socket: {exc.strerror}") from None
     try:
-        check_listening(sock, where)
+        # A datagram socket must be one; anything else, a listening stream socket.
+        dgram = sock.type == socket.SOCK_DGRAM
+        check_listening(sock, where, socket.SOCK_DGRAM if dgram else socket.SOCK_STREAM)
     except ConfigError:
         sock.close()
         raise
@@ -181,7 +197,7 @@ def adopt(inherited: InheritedFd) -> socket.socket:
 
 
 def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
-    """Bind our own socket for `endpoint` (TCP: SO_REUSEADDR, IPv6-only; UNIX: mode, owner).
+    """Bind our own socket for `endpoint` (TCP, UDP: SO_REUSEADDR, IPv6-only; UNIX: mode, owner).
 
     A UNIX socket file gets its mode from the umask at bind(), and its owner
     (`endpoint.owner`, as root) through `_give_away`: nothing is done to the
@@ -197,7 +213,7 @@ def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
     try:
         if sock.family == socket.AF_UNIX:
             assert isinstance(endpoint.sockaddr, str)  # noqa: S101 (AF_UNIX implies a path)
-            _remove_stale_socket(endpoint.sockaddr, where)
+            _remove_stale_socket(endpoint.sockaddr, where, endpoint.type)
             old_umask = os.umask(0o777 & ~unix_mode)
             try:
                 sock.bind(endpoint.sockaddr)
@@ -245,17 +261,21 @@ def _give_away(path: str, owner: tuple[int, int], where: str) -> None:
         os.close(fd)
 
 
-def _remove_stale_socket(path: str, where: str) -> None:
+def _remove_stale_socket(path: str, where: str, kind: int = socket.SOCK_STREAM) -> None:
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"{where}: {path} exists and is not a socket")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+    # Probed with our own type: a socket of another type bound there answers
+    # EPROTOTYPE (alive, so in use), a stale file ECONNREFUSED.
+    with socket.socket(socket.AF_UNIX, kind) as probe:
         try:
             probe.connect(path)
         except OSError as exc:
+            if exc.errno == errno.EPROTOTYPE:
+                raise OSFailure(f"{where}: {path} is in use by another process") from None
             if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                 raise
         else:
@@ -265,12 +285,12 @@ def _remove_stale_socket(path: str, where: str) -> None:
 
 
 class Listener:
-    """A listening socket the daemon holds for a service; the forker inherits it."""
+    """A socket the daemon holds for a service (listening, or bound: datagrams) for the forker."""
 
     __slots__ = ("bound_path", "endpoint", "socket")
 
     def __init__(self, endpoint: Endpoint, unix_mode: int) -> None:
-        """Take the adopted socket (it must listen), or bind and listen on our own.
+        """Take the adopted socket (it must listen), or bind and listen on our own (datagram: bind).
 
         Raises:
             SockdError: binding failed, or an adopted socket is unusable.
@@ -279,17 +299,19 @@ class Listener:
         self.bound_path: str | None = None  # a UNIX socket file we created, to remove
         where = f"service {endpoint.service!r}: listen {endpoint.address}"
         try:
-            self.socket = endpoint.adopted or socket.socket(endpoint.family, socket.SOCK_STREAM)
+            self.socket = endpoint.adopted or socket.socket(endpoint.family, endpoint.type)
         except OSError as exc:
             raise OSFailure(f"{where}: cannot create a socket: {exc.strerror}") from None
         try:
             if endpoint.adopted is not None:
-                listeners.check_listening(self.socket, f"socket of service {endpoint.service!r}")
+                where = f"socket of service {endpoint.service!r}"
+                listeners.check_listening(self.socket, where, endpoint.type)
             else:
                 bind(self.socket, endpoint, unix_mode)
                 if self.socket.family == socket.AF_UNIX:
                     self.bound_path = str(endpoint.sockaddr)
-                self.socket.listen(socket.SOMAXCONN)
+                if endpoint.type == socket.SOCK_STREAM:
+                    self.socket.listen(socket.SOMAXCONN)
         except OSError as exc:
             self.close()
             raise OSFailure(f"{where}: cannot listen: {exc.strerror}") from None
@@ -305,7 +327,7 @@ class Listener:
         """Return the listener as the `starting` event shows it."""
         return {
             "service": self.endpoint.service,
-            "address": describe(self.socket.getsockname()),
+            "address": describe(self.socket.getsockname(), self.endpoint.type),
             "origin": self.origin,
             "fd_name": self.endpoint.fd_name,
         }

@@ -495,6 +495,14 @@ class TestListen:
                 "'unix:/tmp/x.sock', 'unix:/tmp//x.sock'",
                 "listen[1]: unix:/tmp//x.sock overlaps unix:/tmp/x.sock of service 'e'",
             ),
+            (
+                "'udp:localhost:7777', 'udp:0.0.0.0:7777'",
+                "listen[1]: udp:0.0.0.0:7777 overlaps udp:localhost:7777 of service 'e'",
+            ),
+            (
+                "'unix:/tmp/x.sock', 'unix-dgram:/tmp/x.sock'",
+                "listen[1]: unix-dgram:/tmp/x.sock overlaps unix:/tmp/x.sock of service 'e'",
+            ),
             ("'unix:/etc/passwd'", "listen[0]: '/etc/passwd' exists and is not a socket"),
             ('"unix:/tmp/a\\u0000b"', "listen[0]: contains a NUL character"),
         ],
@@ -519,6 +527,17 @@ class TestListen:
         config.from_dict({"service": [service]}, "x.toml", import_handlers=False)
         with pytest.raises(ConfigError, match="cannot resolve"):
             config.from_dict({"service": [service]}, "x.toml")
+
+    def test_tcp_and_udp_share_a_port(self, tmp_path: Path) -> None:
+        """A TCP and a UDP address on one port are two sockets: both are bound (inetd's usual)."""
+        listen = "'0.0.0.0:7777', 'udp:0.0.0.0:7777', '[::]:7777', 'udp:[::]:7777'"
+        loaded = load_text(tmp_path, SERVICE.replace("'127.0.0.1:0'", listen))
+        assert [str(address) for address in loaded.services[0].listen] == [
+            "0.0.0.0:7777",
+            "udp:0.0.0.0:7777",
+            "[::]:7777",
+            "udp:[::]:7777",
+        ]
 
     def test_distinct_addresses_on_one_port(self, tmp_path: Path) -> None:
         """Two specific addresses, or the two families' wildcards, share a port."""
@@ -583,6 +602,10 @@ class TestParseListen:
             ("[::]:8080", config.ListenAddress("tcp", "::", 8080)),
             ("localhost:0", config.ListenAddress("tcp", "localhost", 0)),
             ("unix:/run/x.sock", config.ListenAddress("unix", path="/run/x.sock")),
+            ("udp:127.0.0.1:37", config.ListenAddress("udp", "127.0.0.1", 37)),
+            ("udp:[::1]:7", config.ListenAddress("udp", "::1", 7)),
+            ("udp:localhost:0", config.ListenAddress("udp", "localhost", 0)),
+            ("unix-dgram:/run/d.sock", config.ListenAddress("unix-dgram", path="/run/d.sock")),
         ],
     )
     def test_valid(self, text: str, expected: config.ListenAddress) -> None:
@@ -600,6 +623,9 @@ class TestParseListen:
             ("[1.2.3.4]:80", "not an IPv6 address"),
             ("unix:relative.sock", "must be absolute"),
             ("bad_host!:80", "neither an IP address nor a host name"),
+            ("udp:127.0.0.1", "expected udp:HOST:PORT or udp:"),
+            ("udp:::1:7", "write an IPv6 address in brackets"),
+            ("unix-dgram:d.sock", "must be absolute"),
         ],
     )
     def test_invalid(self, text: str, problem: str) -> None:

@@ -132,12 +132,50 @@ class TestPlan:
         from_unit.close()
         kept.close()
 
+    def test_datagram_sockets_by_address_and_type(self) -> None:
+        """A datagram socket goes to the service of its udp: address, not to a TCP one's."""
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        services = [
+            service("tcp", f"127.0.0.1:{port}"),
+            service("udp", f"udp:127.0.0.1:{port}"),
+        ]
+        plan = sockets.plan(services, [self.inherit(udp, None)])
+        assert [(e.service, e.type, e.adopted is not None) for e in plan] == [
+            ("udp", socket.SOCK_DGRAM, True),
+            ("tcp", socket.SOCK_STREAM, False),
+        ]
+        assert plan[0].adopted is not None
+        plan[0].adopted.close()
+        udp.close()
+
+    def test_a_kept_udp_socket_is_taken_back_by_its_type(self) -> None:
+        """A kept UDP socket serves its udp: address again; a TCP entry on its port is bound."""
+        kept = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        kept.bind(("127.0.0.1", 0))
+        port = kept.getsockname()[1]
+        services = [service("a", f"127.0.0.1:{port}", f"udp:127.0.0.1:{port}")]
+        plan = sockets.plan(services, [self.inherit(kept, "sockd-bound/a")])
+        assert [(e.type, e.fd_name) for e in plan] == [
+            (socket.SOCK_STREAM, None),
+            (socket.SOCK_DGRAM, "sockd-bound/a"),
+        ]
+        assert plan[1].adopted is not None
+        plan[1].adopted.close()
+        kept.close()
+
     def test_sockname_matches(self) -> None:
         """Bound names compare equal to the configured address, resolving host names."""
         assert sockets.sockname_matches(("127.0.0.1", 80), parse_listen("localhost:80"))
         assert not sockets.sockname_matches(("127.0.0.1", 81), parse_listen("localhost:80"))
         assert sockets.sockname_matches(("::1", 80, 0, 0), parse_listen("[::1]:80"))
         assert sockets.sockname_matches("/run/a.sock", parse_listen("unix:/run/a.sock"))
+        dgram = socket.SOCK_DGRAM
+        assert sockets.sockname_matches(("127.0.0.1", 80), parse_listen("udp:localhost:80"), dgram)
+        assert not sockets.sockname_matches(("127.0.0.1", 80), parse_listen("udp:localhost:80"))
+        assert not sockets.sockname_matches(("127.0.0.1", 80), parse_listen("127.0.0.1:80"), dgram)
+        assert sockets.sockname_matches("/a", parse_listen("unix-dgram:/a"), dgram)
         assert not sockets.sockname_matches("/run/a.sock", parse_listen("127.0.0.1:80"))
 
 
@@ -193,6 +231,42 @@ class TestListener:
         listener.close()
 
 
+class TestDatagramListener:
+    def test_udp_is_bound_not_listening(self) -> None:
+        """A udp: address is a bound datagram socket, described with its prefix."""
+        endpoint = sockets.plan([service("u", "udp:127.0.0.1:0")], [])[0]
+        listener = sockets.Listener(endpoint, 0o666)
+        try:
+            assert listener.socket.type == socket.SOCK_DGRAM
+            assert listener.describe()["address"].startswith("udp:127.0.0.1:")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.sendto(b"x", listener.socket.getsockname())
+                assert listener.socket.recv(10) == b"x"
+        finally:
+            listener.close()
+
+    def test_unix_dgram_replaces_a_stale_file_not_a_live_socket(self, tmp_path: Path) -> None:
+        """A unix-dgram: path: a stale socket file is replaced, one in use (any type) is not."""
+        path = str(tmp_path / "d.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:
+            stale.bind(path)
+        endpoint = sockets.plan([service("u", f"unix-dgram:{path}")], [])[0]
+        listener = sockets.Listener(endpoint, 0o600)
+        try:
+            assert listener.describe()["address"] == f"unix-dgram:{path}"
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            with pytest.raises(OSFailure, match="in use by another process"):
+                sockets.Listener(endpoint, 0o600)
+        finally:
+            listener.close()
+        assert not os.path.exists(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+            live.bind(path)
+            live.listen()
+            with pytest.raises(OSFailure, match="in use by another process"):
+                sockets.Listener(endpoint, 0o600)
+
+
 class TestAdopt:
     def test_listening_stream_socket(self) -> None:
         """A listening stream socket is adopted as it is."""
@@ -235,11 +309,27 @@ class TestAdopt:
             with pytest.raises(ConfigError, match=f"fd {fd}, .*address family AF_NETLINK"):
                 sockets.adopt(listeners.InheritedFd(fd, None))
 
-    def test_datagram(self) -> None:
-        """A datagram socket is refused: sockd serves streams."""
+    def test_unbound_datagram(self) -> None:
+        """A datagram socket bound to no address is refused: it has nothing to serve."""
         with (
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
-            pytest.raises(ConfigError, match="not a stream socket"),
+            pytest.raises(ConfigError, match="a datagram socket not bound to any address"),
+        ):
+            sockets.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
+
+    def test_bound_datagram(self) -> None:
+        """A bound datagram socket (ListenDatagram=) is adopted, its type the kernel's."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            adopted = sockets.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
+            assert (adopted.type, adopted.getsockname()) == (socket.SOCK_DGRAM, sock.getsockname())
+            adopted.close()
+
+    def test_seqpacket_is_refused(self) -> None:
+        """A socket neither stream nor datagram is refused as a stream one would be."""
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock,
+            pytest.raises(ConfigError, match=r"not a stream socket \(use ListenStream=\)"),
         ):
             sockets.adopt(listeners.InheritedFd(os.dup(sock.fileno()), "x"))
 
