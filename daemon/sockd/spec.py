@@ -213,6 +213,7 @@ class ServiceSpec(WireRecord):
     text. Read-only once made: the forker's `Service` copies what it uses.
     With `proxy_protocol`, each connection starts with a PROXY header, taken
     from the addresses in `proxy_trusted` only, within `proxy_timeout` seconds.
+    With `udp_reflection`, the echo and chargen built-ins answer datagrams.
     """
 
     __slots__ = (
@@ -233,6 +234,7 @@ class ServiceSpec(WireRecord):
         "proxy_timeout",
         "proxy_trusted",
         "refusal",
+        "udp_reflection",
         "workers",
     )
     FIELDS = (
@@ -254,6 +256,7 @@ class ServiceSpec(WireRecord):
         ("proxy_protocol", _flag),
         ("proxy_trusted", _texts),
         ("proxy_timeout", _number),
+        ("udp_reflection", _flag),
     )
 
     def __init__(  # noqa: PLR0913 (a keyword a field)
@@ -277,6 +280,7 @@ class ServiceSpec(WireRecord):
         proxy_protocol: bool = False,
         proxy_trusted: tuple[str, ...] = (),
         proxy_timeout: float = 3.0,
+        udp_reflection: bool = False,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -296,6 +300,7 @@ class ServiceSpec(WireRecord):
         self.proxy_protocol = proxy_protocol
         self.proxy_trusted = proxy_trusted
         self.proxy_timeout = proxy_timeout
+        self.udp_reflection = udp_reflection
 
 
 def services_from_wire(data: object) -> list[ServiceSpec]:

@@ -39,6 +39,7 @@ EVERY = ServiceConfig(
     proxy_protocol=True,
     proxy_trusted=(ipaddress.ip_network("192.0.2.0/24"),),
     proxy_timeout=0.5,
+    udp_reflection=True,
     limits=Limits(
         per_source=2,
         source_prefix_v4=24,
@@ -136,8 +137,8 @@ class TestMalformed:
     @pytest.mark.parametrize(
         ("data", "problem"),
         [
-            ("every", "expected 18 values, got str"),
-            (wire()[:14], "expected 18 values, got list of 14"),
+            ("every", f"expected {len(ServiceSpec.FIELDS)} values, got str"),
+            (wire()[:14], f"expected {len(ServiceSpec.FIELDS)} values, got list of 14"),
             (wire(name=1), "name: expected a string, got int"),
             (wire(handler=True), "handler: expected a string or None, got bool"),
             (wire(exec=("/bin/cat", b"-u")), "exec: item 1: expected a string, got bytes"),

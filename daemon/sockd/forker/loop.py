@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (at stop, and past max_duration)
 MAX_ACCEPT_BURST = 16  # connections accepted per listener per turn, at most
+MAX_ANSWER_BURST = 64  # datagrams a built-in answers per listener per turn, at most
 ACCEPT_PAUSE = 0.1  # seconds without accepting after accept(2) fails (EMFILE, ENOBUFS)
 IDLE_WAKEUP = 5.0  # the longest poll() waits with nothing due (the heartbeat comes first)
 REAP_POLL = 0.1  # the longest an exit waits to be reaped, when nothing waits for it
@@ -116,6 +117,7 @@ class Forker:
         self.caps.waiting = self.waiting.counts
         self.pending: list[int] = []
         self.listening: dict[int, ServiceServer] = {}
+        self.answering: dict[int, ServiceServer] = {}  # `inline` servers polled (no cap)
         self.bursts: dict[ServiceServer, int] = {}
         self.watching_exits = False
         self.stop_phase = SERVING
@@ -426,6 +428,18 @@ class Forker:
             self.stderr.read(fd)
         elif fd in self.waiting.connections:
             self._header(fd)
+        elif fd in self.answering:
+            self._answer(self.answering[fd])
+
+    def _answer(self, server: ServiceServer) -> None:
+        """Answer a burst of datagrams in the forker (a built-in over UDP: nothing forked)."""
+        try:
+            server.accept_ready(MAX_ANSWER_BURST)
+        except OSError as exc:
+            fields = {"service": server.service.name, "error": exc.strerror}
+            self.report("error", "accept_failed", fields)
+            self.timers.set("pause", time.monotonic() + ACCEPT_PAUSE)
+            self._update_accepting()
 
     def _header(self, fd: int) -> None:
         """Read more of a PROXY header; serve its connection once it is complete."""
@@ -485,6 +499,10 @@ class Forker:
         try:
             identity = self.shared.child_identity
             services = {spec.name: Service(spec, identity) for spec in specs}
+            for server in self.servers:  # a datagram socket from systemd: what check could not see
+                problem = server.cannot_serve(services[server.service.name])
+                if problem is not None:
+                    raise ValueError(problem)  # noqa: TRY301 (reported as any other failure)
             forkhooks.note_threads()
         except Exception as exc:  # noqa: BLE001 (a handler that no longer imports)
             self._send(("reload_failed", seq, f"{type(exc).__name__}: {exc}"))
@@ -544,6 +562,9 @@ class Forker:
         for server in self.servers:
             if server.service.workers:
                 continue  # its workers accept
+            if server.inline:
+                self._poll(server, self.answering, accepting and not paused)
+                continue
             has_room = accepting and self.caps.room(server.service, unused) > 0
             if accepting and not has_room:
                 at_cap.append(server.service)
@@ -556,8 +577,18 @@ class Forker:
                 self.poller.unregister(fd)
                 del self.listening[fd]
         stopping = self.stop_phase is not SERVING
-        self._watch_exits(stopping or len(self.listening) < len(self.servers))
+        polled = len(self.listening) + len(self.answering)
+        self._watch_exits(stopping or polled < len(self.servers))
         self.caps.note(at_cap)
+
+    def _poll(self, server: ServiceServer, polled: dict[int, ServiceServer], wanted: bool) -> None:
+        fd = server.socket.fileno()
+        if wanted and fd not in polled:
+            self.poller.register(fd, select.EPOLLIN)
+            polled[fd] = server
+        elif not wanted and fd in polled:
+            self.poller.unregister(fd)
+            del polled[fd]
 
     def _watch_exits(self, watch: bool) -> None:
         """Be woken by SIGCHLD only while a cap or a stop waits for children to exit.
@@ -629,8 +660,9 @@ class Forker:
         for server in self.servers:
             if server.service.workers:
                 continue  # its workers' to take, and they are leaving
+            budget = MAX_ANSWER_BURST if server.inline else self.caps.room(server.service)
             with contextlib.suppress(OSError, ForkPaused):
-                server.accept_ready(self.caps.room(server.service))
+                server.accept_ready(budget)
 
     def _stop_accepting(self) -> None:
         self._update_accepting()

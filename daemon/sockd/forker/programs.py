@@ -61,7 +61,7 @@ def base_environment(env: dict[str, str]) -> dict[bytes, bytes]:
 
 
 def connection_environment(
-    base: dict[bytes, bytes], request: Any, client: Any, local: Any = None
+    base: dict[bytes, bytes], request: Any, client: Any, local: Any = None, proto: bytes = b"TCP"
 ) -> dict[bytes, bytes]:
     """Add UCSPI's and systemd's variables describing this connection to `base`.
 
@@ -70,18 +70,20 @@ def connection_environment(
     REMOTE_PORT. UNIX (as ucspi-unix does): PROTO=UNIX, UNIXREMOTEPID,
     UNIXREMOTEEUID, UNIXREMOTEEGID from the peer's credentials. No DNS lookups:
     TCPREMOTEHOST and TCPLOCALHOST are never set. `local` is the listener's
-    address when it is the connection's too (not a wildcard address).
+    address when it is the connection's too (not a wildcard address). A UDP
+    datagram's (`proto` b"UDP"): PROTO=UDP, UDPREMOTEIP, UDPREMOTEPORT,
+    UDPLOCALIP, UDPLOCALPORT, REMOTE_ADDR and REMOTE_PORT.
     """
     environ = base.copy()
     if isinstance(client, tuple):
         if local is None:
             local = request.getsockname()
         remote_ip, remote_port = client[0].encode(), b"%d" % client[1]
-        environ[b"PROTO"] = b"TCP"
-        environ[b"TCPREMOTEIP"] = environ[b"REMOTE_ADDR"] = remote_ip
-        environ[b"TCPREMOTEPORT"] = environ[b"REMOTE_PORT"] = remote_port
-        environ[b"TCPLOCALIP"] = local[0].encode()
-        environ[b"TCPLOCALPORT"] = b"%d" % local[1]
+        environ[b"PROTO"] = proto
+        environ[proto + b"REMOTEIP"] = environ[b"REMOTE_ADDR"] = remote_ip
+        environ[proto + b"REMOTEPORT"] = environ[b"REMOTE_PORT"] = remote_port
+        environ[proto + b"LOCALIP"] = local[0].encode()
+        environ[proto + b"LOCALPORT"] = b"%d" % local[1]
     else:
         pid, uid, gid = peer_credentials(request)
         environ[b"PROTO"] = b"UNIX"
@@ -110,28 +112,36 @@ class Program:
             signum for signum in DEFAULT_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN
         )
 
-    def start(
+    def start(  # noqa: PLR0913, PLR0917 (the connection, and how it came)
         self,
         request: socket.socket,
         client: Any,
         local: Any,
         in_child: Callable[[], None],
         proxied: tuple[Header, Any] | None = None,
+        datagram: int | None = None,
     ) -> tuple[int, int]:
         """Start the program on the connection; return its pid and the read end of its stderr.
 
         Args:
-            request: the connected socket, the program's stdin and stdout.
+            request: the connected socket, the program's stdin and stdout (with
+                `datagram`: its stdout, a UDP socket connected to the sender).
             client: the client's address ("" for a UNIX peer).
             local: the listener's address, if not a wildcard (see connection_environment).
             in_child: what a forked child does first (close the forker's descriptors).
             proxied: the connection's PROXY header and the proxy's address, if it had one
                 (`client` is then the header's; see `sockd.forker.proxied.proxy_environment`).
+            datagram: for a UDP datagram, the program's stdin: a pipe that holds
+                it (see `sockd.forker.datagrams`).
 
         Raises:
             OSError: the pipe or the process could not be made.
         """
-        if proxied is None:
+        stdin = connection = request.fileno()
+        if datagram is not None:
+            environ = connection_environment(self.environ, request, client, local, b"UDP")
+            stdin = datagram
+        elif proxied is None:
             environ = connection_environment(self.environ, request, client, local)
         else:
             from sockd.forker.proxied import proxy_environment  # noqa: PLC0415
@@ -143,7 +153,6 @@ class Program:
                 client = proxy_address
             environ = connection_environment(self.environ, request, client, local)
             proxy_environment(environ, header, request, proxy_address)
-        connection = request.fileno()
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             if self.identity is None:
@@ -152,7 +161,7 @@ class Program:
                     self.argv,
                     environ,
                     file_actions=[
-                        (os.POSIX_SPAWN_DUP2, connection, 0),
+                        (os.POSIX_SPAWN_DUP2, stdin, 0),
                         (os.POSIX_SPAWN_DUP2, connection, 1),
                         (os.POSIX_SPAWN_DUP2, write_end, 2),
                     ],
@@ -163,7 +172,7 @@ class Program:
                     setpgroup=0,
                 )
             else:
-                pid = self._fork(environ, (connection, write_end), in_child)
+                pid = self._fork(environ, (stdin, connection, write_end), in_child)
         except BaseException:
             os.close(read_end)
             raise
@@ -173,7 +182,7 @@ class Program:
         return pid, read_end
 
     def _fork(
-        self, environ: dict[bytes, bytes], fds: tuple[int, int], in_child: Callable[[], None]
+        self, environ: dict[bytes, bytes], fds: tuple[int, int, int], in_child: Callable[[], None]
     ) -> int:
         # Signals stay blocked across fork(): one aimed at the forker must not run
         # the forker's handler in the child before it execs.
@@ -188,7 +197,7 @@ class Program:
         return pid
 
     def _exec_in_child(
-        self, environ: dict[bytes, bytes], fds: tuple[int, int], in_child: Callable[[], None]
+        self, environ: dict[bytes, bytes], fds: tuple[int, int, int], in_child: Callable[[], None]
     ) -> None:
         try:  # nothing may escape a forked child
             for signum in DEFAULT_SIGNALS:
@@ -196,8 +205,8 @@ class Program:
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             in_child()
             os.setpgid(0, 0)  # its own process group, as posix_spawn's setpgroup gives
-            connection, stderr = fds
-            os.dup2(connection, 0)
+            stdin, connection, stderr = fds
+            os.dup2(stdin, 0)
             os.dup2(connection, 1)
             os.dup2(stderr, 2)
             assert self.identity is not None  # noqa: S101 (only called with one)

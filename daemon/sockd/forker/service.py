@@ -86,6 +86,9 @@ class ServiceServer(ProxiedMixIn, ForkingMixIn, socketserver.TCPServer):
     """
 
     request_queue_size = socket.SOMAXCONN
+    # A server that answers in the forker, forking nothing (a built-in over UDP,
+    # see sockd.forker.datagrams): no cap applies to it.
+    inline = False
     block_on_close = False  # the forker waits for children, with a deadline
     # Never reached: the forker enforces the configured caps by not polling a
     # capped listener.
@@ -206,6 +209,13 @@ class ServiceServer(ProxiedMixIn, ForkingMixIn, socketserver.TCPServer):
         self.RequestHandlerClass = service.handler  # type: ignore[assignment]
         self.admission = self.shared.admission(service)
         self.defer_accept()
+
+    def cannot_serve(self, service: Service) -> str | None:  # noqa: ARG002 (a stream's answer)
+        """Return why this socket cannot serve `service` (reloaded), or None: a stream always can.
+
+        May be overridden.
+        """
+        return None
 
     def rehearse(self) -> None:
         """Serve `REHEARSALS` connections of a socket pair here, in the forker, with no handler.

@@ -42,6 +42,7 @@ class Service:
         "proxy_trusted",
         "refusal",
         "rules",
+        "udp_reflection",
         "workers",
     )
 
@@ -72,6 +73,7 @@ class Service:
             import sockd.proxy  # noqa: F401, PLC0415 (loaded by the forker now: see proxied.parser)
         self.proxy_timeout = spec.proxy_timeout
         self.proxy_known: set[str] = set()  # addresses found in proxy_trusted (a cache)
+        self.udp_reflection = spec.udp_reflection  # UDP echo and chargen answer
 
 
 class Stats:

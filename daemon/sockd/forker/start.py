@@ -86,7 +86,13 @@ def _servers(
         endpoint = Endpoint(
             name, sock.family, sock.getsockname(), adopted=sock, fd_name=fd_name, type=sock.type
         )
-        servers.append(ServiceServer(endpoint, services[name], shared))
+        server_class = ServiceServer
+        if sock.type == socket.SOCK_DGRAM:
+            # Only with a datagram socket: a forker without any stays as small as it was.
+            from sockd.forker.datagrams import DatagramServer  # noqa: PLC0415
+
+            server_class = DatagramServer
+        servers.append(server_class(endpoint, services[name], shared))
     return servers
 
 

@@ -1,9 +1,18 @@
-"""The inetd built-ins, run in the forker's children: echo, discard, daytime, chargen, time."""
+"""The inetd built-ins: echo, discard, daytime, chargen, time.
+
+Over TCP, each a handler run in a forked child. Over UDP, each is a function
+from a datagram to its answer (`DATAGRAM_ANSWERS`), which the forker calls
+itself, as inetd answers its internal services: no process per datagram.
+"""
 
 from __future__ import annotations
 
 import socketserver
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Bytes asked of each recv(): 64 KiB cost each child a fifth more CPU (glibc
 # grows its heap for the buffer and shrinks it again at every read).
@@ -71,10 +80,63 @@ class Chargen(socketserver.BaseRequestHandler):
             return  # the client closed: the normal end of chargen
 
 
+def echo_datagram(data: bytes) -> bytes:
+    """RFC 862: the datagram itself (never more than was received)."""
+    return data
+
+
+def discard_datagram(_data: bytes) -> None:
+    """RFC 863: no answer."""
+
+
+def daytime_datagram(_data: bytes) -> bytes:
+    """RFC 867: the date and time as one line."""
+    return (time.strftime("%A, %B %d, %Y %H:%M:%S-%Z") + "\r\n").encode("ascii", "replace")
+
+
+def time_datagram(_data: bytes) -> bytes:
+    """RFC 868: four bytes, seconds since 1900."""
+    return ((int(time.time()) + _EPOCH_1900) & 0xFFFF_FFFF).to_bytes(4, "big")
+
+
+class _ChargenLines:
+    """RFC 864 over UDP: one 72-character line of the pattern per datagram, rotating.
+
+    The RFC allows 0 to 512 characters an answer: one line (74 bytes), as inetd sends.
+    """
+
+    __slots__ = ("lines", "next")
+
+    def __init__(self) -> None:
+        rotation = _CHARGEN_CHARS * 2
+        self.lines = [
+            rotation[start : start + _CHARGEN_LINE] + b"\r\n"
+            for start in range(len(_CHARGEN_CHARS))
+        ]
+        self.next = 0
+
+    def __call__(self, _data: bytes) -> bytes:
+        line = self.lines[self.next]
+        self.next = (self.next + 1) % len(self.lines)
+        return line
+
+
+chargen_datagram = _ChargenLines()
+
 BUILTINS: dict[str, type[socketserver.BaseRequestHandler]] = {
     "echo": Echo,
     "discard": Discard,
     "daytime": Daytime,
     "chargen": Chargen,
     "time": Time,
+}
+
+# Each built-in's answer to a datagram (None: no answer), by its handler class
+# itself: a subclass is the user's own handler, served as any other.
+DATAGRAM_ANSWERS: dict[type[socketserver.BaseRequestHandler], Callable[[bytes], bytes | None]] = {
+    Echo: echo_datagram,
+    Discard: discard_datagram,
+    Daytime: daytime_datagram,
+    Chargen: chargen_datagram,
+    Time: time_datagram,
 }

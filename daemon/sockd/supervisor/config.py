@@ -118,6 +118,8 @@ class ServiceConfig:
     proxy_protocol: bool = False  # each connection starts with a PROXY header (v1 or v2)
     proxy_trusted: tuple[IPNetwork, ...] = DEFAULT_PROXY_TRUSTED  # who may send one
     proxy_timeout: float = 3.0  # seconds the header may take
+    # UDP echo and chargen answer whoever a datagram claims to come from: off unless set.
+    udp_reflection: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +348,7 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
             "max_connections_per_child", None, minimum=1, maximum=MAX_CONNECTIONS_PER_CHILD
         ),
         **_proxy(table),
+        udp_reflection=table.flag("udp_reflection", default=False),
     )
     table.done()
     _check_kind(table, service, import_handlers=import_handlers)
@@ -369,6 +372,7 @@ def _proxy(table: Table) -> dict[str, Any]:
 def _check_kind(table: Table, service: ServiceConfig, *, import_handlers: bool = True) -> None:
     """Check what depends on the kind of service (handler or program), and load a handler."""
     _check_pool(table, service)
+    _check_datagrams(table, service)
     if service.handler is None:
         if service.idle_timeout is not None:
             table.fail("idle_timeout", "applies to handlers; a program gets max_duration")
@@ -397,6 +401,35 @@ def _check_pool(table: Table, service: ServiceConfig) -> None:
         if getattr(limits, key) is not None:
             msg = "needs fork-per-connection (the forker keeps the counts); not with workers"
             table.fail(key, msg)
+
+
+# The built-ins whose UDP answer goes to whoever a datagram's (spoofable) source
+# says: echo as large as the request, chargen larger. Refused unless udp_reflection.
+REFLECTING = ("echo", "chargen")
+
+
+def _check_datagrams(table: Table, service: ServiceConfig) -> None:
+    """Check a service with `udp:` or `unix-dgram:` addresses (one given by systemd: the forker).
+
+    The forker applies the same rules to a datagram socket from systemd
+    (`sockd.forker.datagrams.problem`), which `check` cannot see.
+    """
+    datagrams = [address for address in service.listen if address.type == socket.SOCK_DGRAM]
+    if not datagrams:
+        if service.udp_reflection:
+            table.fail("udp_reflection", "goes with a udp: listen address")
+        return
+    if service.workers is not None:
+        table.fail("workers", "not with udp: or unix-dgram: addresses (a datagram forks a child)")
+    if service.proxy_protocol:
+        table.fail("proxy_protocol", "not with udp: or unix-dgram: addresses (streams only)")
+    if service.refusal:
+        table.fail("refusal", "never sent to a datagram (its source may be spoofed): remove it")
+    if service.exec and any(address.kind == "unix-dgram" for address in datagrams):
+        table.fail("exec", "not with unix-dgram: addresses (programs serve udp: ones)")
+    if service.handler in REFLECTING and not service.udp_reflection:
+        what = f"UDP {service.handler} answers any forged source (a reflection attack)"
+        table.fail("handler", f"{what}: set udp_reflection = true to serve it anyway")
 
 
 def _load(table: Table, handler: str) -> None:
@@ -586,6 +619,7 @@ def service_spec(service: ServiceConfig) -> ServiceSpec:
         proxy_protocol=service.proxy_protocol,
         proxy_trusted=tuple(str(network) for network in service.proxy_trusted),
         proxy_timeout=service.proxy_timeout,
+        udp_reflection=service.udp_reflection,
     )
 
 

@@ -109,7 +109,7 @@ class TestCommands:
                     "command_malformed",
                     {
                         "error": "'reload' record of the wrong shape: service 1:"
-                        " expected 18 values, got tuple of 14",
+                        f" expected {len(ServiceSpec.FIELDS)} values, got tuple of 14",
                         "count": 1,
                     },
                 )

@@ -496,11 +496,11 @@ class TestListen:
                 "listen[1]: unix:/tmp//x.sock overlaps unix:/tmp/x.sock of service 'e'",
             ),
             (
-                "'udp:localhost:7777', 'udp:0.0.0.0:7777'",
+                "'udp:localhost:7777', 'udp:0.0.0.0:7777']\nudp_reflection = true\n#",
                 "listen[1]: udp:0.0.0.0:7777 overlaps udp:localhost:7777 of service 'e'",
             ),
             (
-                "'unix:/tmp/x.sock', 'unix-dgram:/tmp/x.sock'",
+                "'unix:/tmp/x.sock', 'unix-dgram:/tmp/x.sock']\nudp_reflection = true\n#",
                 "listen[1]: unix-dgram:/tmp/x.sock overlaps unix:/tmp/x.sock of service 'e'",
             ),
             ("'unix:/etc/passwd'", "listen[0]: '/etc/passwd' exists and is not a socket"),
@@ -531,7 +531,9 @@ class TestListen:
     def test_tcp_and_udp_share_a_port(self, tmp_path: Path) -> None:
         """A TCP and a UDP address on one port are two sockets: both are bound (inetd's usual)."""
         listen = "'0.0.0.0:7777', 'udp:0.0.0.0:7777', '[::]:7777', 'udp:[::]:7777'"
-        loaded = load_text(tmp_path, SERVICE.replace("'127.0.0.1:0'", listen))
+        loaded = load_text(
+            tmp_path, SERVICE.replace("'127.0.0.1:0'", listen) + "udp_reflection = true\n"
+        )
         assert [str(address) for address in loaded.services[0].listen] == [
             "0.0.0.0:7777",
             "udp:0.0.0.0:7777",
