@@ -100,3 +100,18 @@ class PeerFds(socketserver.BaseRequestHandler):
             if isinstance(peer, tuple):
                 peers.append(list(peer[:2]))
         self.request.sendall(json.dumps(peers).encode() + b"\n")
+
+
+class DatagramReport(socketserver.DatagramRequestHandler):
+    """Answer a datagram with JSON: what it held, the sender, the child's pid, the socket's type."""
+
+    def handle(self) -> None:
+        """Write the report; DatagramRequestHandler sends it with sendto on the listening socket."""
+        data, sock = self.request
+        report = {
+            "data": data.decode(),
+            "client": list(self.client_address),
+            "pid": os.getpid(),
+            "type": int(sock.type),
+        }
+        self.wfile.write(json.dumps(report).encode())
