@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from harness import recv_all
 
-from sockd.handlers import BUILTINS, load_handler
+from sockd.handlers import BUILTINS, builtin, load_handler
 from sockd.handlers.builtin import Chargen
 
 
@@ -83,6 +83,33 @@ class TestBuiltins:
         client_end.close()
         Chargen(server_end, ("127.0.0.1", 1), SimpleNamespace())  # type: ignore[arg-type]
         server_end.close()
+
+
+class TestDatagramAnswers:
+    def test_each_builtin_over_udp(self) -> None:
+        """RFC 862/863/867/868: echo the datagram, discard it, a daytime line, 4 time bytes."""
+        answers = builtin.DATAGRAM_ANSWERS
+        assert answers[builtin.Echo](b"x" * 100) == b"x" * 100
+        assert answers[builtin.Discard](b"x") is None
+        assert (answers[builtin.Daytime](b"") or b"").endswith(b"\r\n")
+        seconds = int.from_bytes(answers[builtin.Time](b"") or b"", "big")
+        assert abs(seconds - 2_208_988_800 - time.time()) < 5
+
+    def test_chargen_over_udp(self) -> None:
+        """RFC 864: a line of at most 512 bytes per datagram, however large, rotating."""
+        chargen = builtin.DATAGRAM_ANSWERS[builtin.Chargen]
+        lines = [chargen(b"x" * 8192) or b"" for _ in range(96)]
+        assert {len(line) for line in lines} == {74}
+        assert lines[0][1:72] == lines[1][:71]
+        assert lines[95] == lines[0]  # 95 characters: a full turn
+
+    def test_subclasses_are_handlers(self) -> None:
+        """Only the built-ins themselves are answered in the forker, not a user's subclass."""
+
+        class MyEcho(builtin.Echo):
+            pass
+
+        assert MyEcho not in builtin.DATAGRAM_ANSWERS
 
 
 class TestLoadHandler:

@@ -91,7 +91,11 @@ class DatagramServer(ServiceServer):
         """
         super().__init__(endpoint, service, shared)
         self._port = self.server_address[1] if isinstance(self.server_address, tuple) else None
-        self._answer_for(service)
+        try:
+            self._answer_for(service)
+        except ConfigError:
+            self.socket.close()
+            raise
 
     def _answer_for(self, service: Service) -> None:
         why = problem(service, self._family)
@@ -115,6 +119,8 @@ class DatagramServer(ServiceServer):
         """
         where = f"socket of service {self.service.name!r}"
         listeners.check_listening(self.socket, where, socket.SOCK_DGRAM)
+        # Blocking, with no timeout of Python's: one would make a MSG_DONTWAIT read wait.
+        self.socket.settimeout(None)
 
     def cannot_serve(self, service: Service) -> str | None:
         """Return why this socket cannot serve `service` (reloaded), or None (see `problem`).

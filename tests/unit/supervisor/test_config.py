@@ -226,6 +226,46 @@ class TestLoad:
                 f"[[service]]\nname = 'e'\nhandler = 'echo'\nrefusal = '{'x' * 513}'\n",
                 "service 'e': refusal: at most 512 bytes",
             ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nlisten = ['udp:127.0.0.1:0']\n",
+                (
+                    "service 'e': handler: UDP echo answers any forged source"
+                    " (a reflection attack): set udp_reflection = true to serve it anyway"
+                ),
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'chargen'\nlisten = ['udp:127.0.0.1:0']\n",
+                "service 'e': handler: UDP chargen answers any forged source",
+            ),
+            (
+                "[[service]]\nname = 'e'\nhandler = 'echo'\nudp_reflection = true\n",
+                "service 'e': udp_reflection: goes with a udp: listen address",
+            ),
+            (
+                (
+                    "[[service]]\nname = 'e'\nhandler = 'time'\nworkers = 2\n"
+                    "listen = ['127.0.0.1:0', 'udp:127.0.0.1:0']\n"
+                ),
+                "service 'e': workers: not with udp: or unix-dgram: addresses",
+            ),
+            (
+                (
+                    "[[service]]\nname = 'e'\nhandler = 'time'\nrefusal = 'no'\n"
+                    "listen = ['udp:127.0.0.1:0']\n"
+                ),
+                "service 'e': refusal: never sent to a datagram",
+            ),
+            (
+                (
+                    "[[service]]\nname = 'e'\nhandler = 'time'\nproxy_protocol = true\n"
+                    "listen = ['udp:127.0.0.1:0']\n"
+                ),
+                "service 'e': proxy_protocol: not with udp: or unix-dgram: addresses",
+            ),
+            (
+                "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nlisten = ['unix-dgram:/tmp/e.d']\n",
+                "service 'e': exec: not with unix-dgram: addresses",
+            ),
         ],
     )
     def test_errors_name_file_and_key(self, tmp_path: Path, text: str, where: str) -> None:
