@@ -23,7 +23,12 @@ _FAMILIES = {
     "tcp6": (socket.AF_INET6,),
     "tcp46": (socket.AF_INET, socket.AF_INET6),
 }
-_UDP = ("udp", "udp4", "udp6", "udp46")
+_UDP = {  # the same families as TCP's
+    "udp": _FAMILIES["tcp"],
+    "udp4": _FAMILIES["tcp4"],
+    "udp6": _FAMILIES["tcp6"],
+    "udp46": _FAMILIES["tcp46"],
+}
 
 
 def read(path: str = DEFAULT_PATH) -> list[Entry]:
@@ -74,7 +79,7 @@ def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled
         entry.suffix = protocol
     _listen(entry, service, socket_type, protocol, hosts)
     entry.lost += [f"{option}: sockd does not size socket buffers" for option in buffers]
-    _wait(entry, wait)
+    _wait(entry, wait, internal_dgram=server == "internal" and socket_type == "dgram")
     if server == "internal":
         set_builtin(entry, service)
         return entry
@@ -92,14 +97,7 @@ def _listen(entry: Entry, service: str, socket_type: str, protocol: str, hosts: 
     if protocol.startswith("rpc/"):
         entry.fail(f"{protocol}: RPC services (through the portmapper) have no equivalent")
     elif protocol in _UDP or socket_type == "dgram":
-        entry.fail(f"{socket_type} {protocol}: sockd serves no datagram (UDP) services yet")
-        try:
-            port = port_of(service, "udp")
-        except ValueError:
-            return
-        entry.keys["listen"] = [
-            f"udp:{address}" for address in listen_addresses(hosts, _FAMILIES["tcp"], port)
-        ]
+        _datagrams(entry, service, socket_type, protocol, hosts)
     elif socket_type != "stream":
         entry.fail(f"socket type {socket_type!r}: sockd serves stream sockets only")
     elif protocol == "unix":
@@ -116,10 +114,32 @@ def _listen(entry: Entry, service: str, socket_type: str, protocol: str, hosts: 
             entry.notes.append("tcp46: IPv4 clients arrive on an IPv4 socket, not IPv4-mapped")
 
 
-def _wait(entry: Entry, wait: str) -> None:
+def _datagrams(
+    entry: Entry, service: str, socket_type: str, protocol: str, hosts: list[str]
+) -> None:
+    """Listen on a `dgram udp` line's UDP addresses, or a `dgram unix` line's path."""
+    if socket_type == "dgram" and protocol == "unix":
+        entry.keys["listen"] = [f"unix-dgram:{service}"]
+    elif socket_type == "dgram" and protocol in _UDP:
+        try:
+            port = port_of(service, "udp")
+            addresses = listen_addresses(hosts, _UDP[protocol], port)
+        except ValueError as exc:
+            entry.fail(str(exc))
+            return
+        entry.keys["listen"] = [f"udp:{address}" for address in addresses]
+    else:
+        entry.fail(f"{socket_type} {protocol}: datagram sockets are udp (or unix) ones")
+
+
+def _wait(entry: Entry, wait: str, *, internal_dgram: bool = False) -> None:
     mode, dot, maximum = wait.partition(".")
-    if mode == "wait":
-        if not entry.failed:  # a datagram service said so already
+    if mode == "wait" and internal_dgram:
+        # inetd answers a datagram of an internal service itself, wait or not
+        # (Debian's files write those lines `wait`): so do sockd's built-ins.
+        pass
+    elif mode == "wait":
+        if not entry.failed:
             entry.fail("wait: sockd does not hand a program the listening socket yet")
     elif mode != "nowait":
         entry.fail(f"{wait!r}: expected wait or nowait[.max]")

@@ -172,7 +172,9 @@ def _entry(block: _Block, defaults: dict[str, list[str]]) -> Entry:
     for kind in sorted(types & {"RPC", "TCPMUX", "TCPMUXPLUS"}):
         entry.fail(f"type = {kind}: sockd serves no {kind} services")
     _listen(entry, block.name, values, flags)
-    if _one(values, "wait").lower() == "yes" and not entry.failed:
+    # xinetd answers an internal service's datagrams itself, wait or not; so does sockd.
+    internal_dgram = "INTERNAL" in types and _one(values, "socket_type") == "dgram"
+    if _one(values, "wait").lower() == "yes" and not entry.failed and not internal_dgram:
         entry.fail("wait = yes: sockd does not hand a program the listening socket yet")
     if "INTERNAL" in types:
         set_builtin(entry, block.name)
@@ -194,22 +196,21 @@ def _listen(entry: Entry, name: str, values: dict[str, list[str]], flags: set[st
     socket_type = _one(values, "socket_type") or "stream"
     protocol = _one(values, "protocol") or ("udp" if socket_type == "dgram" else "tcp")
     hosts = values.get("bind") or values.get("interface") or ["*"]
-    if socket_type != "stream" or protocol != "tcp":
-        entry.fail(f"{socket_type} {protocol}: sockd serves stream (TCP) services only, no UDP yet")
-        with contextlib.suppress(ValueError):  # for the comment: where it would listen
-            port = port_of(_one(values, "port") or name, "udp")
-            addresses = listen_addresses(hosts[:1], (socket.AF_INET,), port)
-            entry.keys["listen"] = [f"udp:{address}" for address in addresses]
+    udp = (socket_type, protocol) == ("dgram", "udp")
+    if not udp and (socket_type, protocol) != ("stream", "tcp"):
+        entry.fail(f"{socket_type} {protocol}: sockd serves stream tcp and dgram udp services")
         return
     # xinetd listens on IPv4 unless told IPv6, where its one socket takes both.
     families = (socket.AF_INET, socket.AF_INET6) if "IPV6" in flags else (socket.AF_INET,)
     if hosts != ["*"] and "IPV6" not in flags and ":" in hosts[0]:
         families = (socket.AF_INET6,)
     try:
-        port = port_of(_one(values, "port") or name, "tcp")
-        entry.keys["listen"] = listen_addresses(hosts[:1], families, port)
+        port = port_of(_one(values, "port") or name, protocol)
+        addresses = listen_addresses(hosts[:1], families, port)
     except ValueError as exc:
         entry.fail(str(exc))
+        return
+    entry.keys["listen"] = [f"udp:{address}" for address in addresses] if udp else addresses
 
 
 def _program(entry: Entry, values: dict[str, list[str]], flags: set[str]) -> None:

@@ -98,8 +98,8 @@ class TestCommand:
         assert run_main(["import", "inetd", str(tmp_path / "inetd.conf")]) == 1
         out, err = capsys.readouterr()
         assert err == (
-            f"sockd: {tmp_path}/inetd.conf:2: talk: dgram udp: sockd serves no datagram (UDP)"
-            " services yet\n"
+            f"sockd: {tmp_path}/inetd.conf:2: talk: wait: sockd does not hand a program the"
+            " listening socket yet\n"
         )
         (tmp_path / "sockd.toml").write_text(out)
         assert run_main(["check", "--quiet", "--config", str(tmp_path / "sockd.toml")]) == 0

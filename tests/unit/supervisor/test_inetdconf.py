@@ -29,29 +29,23 @@ class TestDebianFiles:
         assert inetdconf.read(str(DATA / "openbsd-inetd" / "inetd.conf")) == []
 
     def test_default_with_internal_lines_uncommented(self, tmp_path: Path) -> None:
-        """The #echo... lines of Debian's default, uncommented, become sockd's built-ins."""
+        """The #echo... lines of Debian's default, uncommented, become built-ins (UDP too)."""
         text = (DATA / "openbsd-inetd" / "inetd.conf").read_text()
         for name in ("echo", "discard", "daytime", "time", "chargen"):
             text = text.replace(f"\n#{name}\t", f"\n{name}\t")
         result = inetd(tmp_path / "inetd.conf", text)
         tables = {service["name"]: service for service in served(result)}
-        assert list(tables) == ["echo", "discard", "daytime", "time", "chargen"]
+        assert list(tables) == ["echo", "discard", "discard-udp", "daytime", "time", "chargen"]
         assert tables["echo"] == {"name": "echo", "handler": "echo", "listen": BOTH}
         assert tables["time"]["listen"] == ["0.0.0.0:37", "[::]:37"]
-        udp = commented(result)
-        assert udp == [
-            {
-                "name": "discard-udp",
-                "handler": "discard",
-                "listen": ["udp:0.0.0.0:9", "udp:[::]:9"],
-            }
-        ]
-        assert result.problems == [
-            (
-                f"{tmp_path}/inetd.conf:21: discard-udp: dgram udp: sockd serves no datagram"
-                " (UDP) services yet"
-            )
-        ]
+        # Written `wait`, as Debian's files write internal dgram lines: answered by the forker.
+        assert tables["discard-udp"] == {
+            "name": "discard-udp",
+            "handler": "discard",
+            "listen": ["udp:0.0.0.0:9", "udp:[::]:9"],
+        }
+        assert commented(result) == []
+        assert result.problems == []
         assert [service.name for service in check(tmp_path, result).services] == list(tables)
 
     def test_update_inetd_lines(self) -> None:
@@ -83,7 +77,7 @@ class TestDebianFiles:
                 f"{path}:28: www: kept as a comment: service 'www': exec[0]:"
                 " /usr/sbin/micro-httpd: no such program"
             ),
-            f"{path}:31: talk: dgram udp: sockd serves no datagram (UDP) services yet",
+            f"{path}:31: talk: wait: sockd does not hand a program the listening socket yet",
             (
                 f"{path}:37: finger: kept as a comment: service 'finger': exec[0]:"
                 " /usr/sbin/in.fingerd: no such program"
@@ -120,6 +114,43 @@ class TestListen:
         result = inetd(tmp_path / "inetd.conf", f"echo stream {protocol} nowait root internal\n")
         assert served(result)[0]["listen"] == listen
         assert result.problems == []
+
+    @pytest.mark.parametrize(
+        ("protocol", "listen"),
+        [
+            ("udp", ["udp:0.0.0.0:37", "udp:[::]:37"]),
+            ("udp4", ["udp:0.0.0.0:37"]),
+            ("udp6", ["udp:[::]:37"]),
+            ("udp46", ["udp:0.0.0.0:37", "udp:[::]:37"]),
+        ],
+    )
+    def test_udp_protocols(self, tmp_path: Path, protocol: str, listen: list[str]) -> None:
+        """A dgram line is a UDP service, its families as TCP's, its port /etc/services' udp one."""
+        result = inetd(tmp_path / "inetd.conf", f"time dgram {protocol} wait root internal\n")
+        assert served(result) == [{"name": "time", "handler": "time", "listen": listen}]
+        assert result.problems == []
+        check(tmp_path, result)
+
+    def test_udp_nowait_program_and_unix_dgram(self, tmp_path: Path) -> None:
+        """A dgram nowait program is served per datagram; a unix dgram line is unix-dgram:."""
+        text = (
+            "7007 dgram udp4 nowait.60 nobody /bin/cat cat -u\n"
+            f"{tmp_path}/d.sock dgram unix nowait root /bin/cat cat\n"
+        )
+        result = inetd(tmp_path / "inetd.conf", text)
+        (program,) = served(result)
+        assert program["listen"] == ["udp:0.0.0.0:7007"]
+        assert program["exec"] == ["/bin/cat", "-u"]
+        assert (program["rate"], program["burst"]) == (1.0, 60)
+        (unix,) = commented(result)
+        assert unix["listen"] == [f"unix-dgram:{tmp_path}/d.sock"]
+        assert result.problems == [
+            (
+                f"{tmp_path}/inetd.conf:2: d.sock: kept as a comment: service 'd.sock':"
+                " exec: not with unix-dgram: addresses (programs serve udp: ones)"
+            )
+        ]
+        check(tmp_path, result)
 
     def test_numeric_port(self, tmp_path: Path) -> None:
         """A port number is a service field too."""
@@ -229,7 +260,11 @@ class TestFields:
         [
             ("echo stream tcp nowait root", "5 fields: expected service, socket type,"),
             ("echo stream tcp wait root internal", "wait: sockd does not hand a program the"),
-            ("echo dgram udp wait root internal", "dgram udp: sockd serves no datagram (UDP)"),
+            ("echo dgram udp nowait root internal", "UDP echo answers any forged source"),
+            ("chargen dgram udp wait root internal", "set udp_reflection = true to serve it"),
+            ("echo dgram tcp nowait root internal", "dgram tcp: datagram sockets are udp"),
+            ("echo stream udp nowait root internal", "stream udp: datagram sockets are udp"),
+            ("talk dgram udp wait nobody /bin/cat", "wait: sockd does not hand a program the"),
             ("echo raw tcp nowait root internal", "socket type 'raw': sockd serves stream"),
             ("echo stream sctp nowait root internal", "protocol 'sctp': expected tcp, tcp4"),
             ("rstatd/1-3 dgram rpc/udp wait root /bin/cat", "rpc/udp: RPC services"),

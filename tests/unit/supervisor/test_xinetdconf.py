@@ -63,6 +63,25 @@ class TestDebianFiles:
             "time-stream",
         ]
 
+    def test_enabled_udp_internal_services(self, tmp_path: Path) -> None:
+        """Debian's time-dgram (wait = yes, internal) is a UDP built-in: the forker answers it."""
+        conf = debian_xinetd(tmp_path)
+        path = conf.parent / "xinetd.d" / "time"
+        path.write_text(path.read_text().replace("disable\t\t= yes", "disable\t\t= no"))
+        result = xinetd(conf)
+        assert served(result) == [
+            {"name": "time-stream", "handler": "time", "listen": ["0.0.0.0:37"]},
+            {"name": "time-dgram", "handler": "time", "listen": ["udp:0.0.0.0:37"]},
+        ]
+        assert result.problems == []
+        check(tmp_path, result)
+
+    def test_udp_nowait_program(self, tmp_path: Path) -> None:
+        """A dgram udp program with wait = no is served per datagram."""
+        text = PROGRAM.replace("wait = no\n", "") + "socket_type = dgram\nwait = no\n"
+        (service,) = served(one(tmp_path, text))
+        assert service["listen"] == ["udp:0.0.0.0:7"]
+
     def test_internal_services_without_builtin(self, tmp_path: Path) -> None:
         """The `servers` service of xinetd has no built-in in sockd: said, on stderr."""
         conf = debian_xinetd(tmp_path)
@@ -256,8 +275,12 @@ class TestAttributes:
         ("attributes", "problem"),
         [
             (
-                "socket_type = dgram\nprotocol = udp\n",
-                "dgram udp: sockd serves stream (TCP) services only, no UDP yet",
+                "socket_type = raw\nprotocol = udp\n",
+                "raw udp: sockd serves stream tcp and dgram udp services",
+            ),
+            (
+                "socket_type = dgram\nprotocol = udp\nwait = yes\n",
+                "wait = yes: sockd does not hand a program the listening socket yet",
             ),
             ("wait = yes\n", "wait = yes: sockd does not hand a program the listening socket yet"),
             ("type = RPC\n", "type = RPC: sockd serves no RPC services"),
