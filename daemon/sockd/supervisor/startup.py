@@ -51,7 +51,7 @@ def run(options: RunOptions) -> int:
     3. Detach, if asked, keeping the listeners.
     4. Configure logging again: stderr may now be a log file or the journal.
     5. Take systemd's notify variables out of the environment children inherit;
-       give systemd the TCP listeners we bound to keep, if it keeps any for us.
+       give systemd the TCP and UDP sockets we bound to keep, if it keeps any for us.
     6. Start the forker with the listeners (as root: it may need to read
        handler modules only root can); it drops privileges before it accepts.
     7. Drop privileges here too, so nothing of sockd's serves as root.
@@ -101,7 +101,7 @@ def run(options: RunOptions) -> int:
 
 
 def _keep_in_systemd(notifier: Notifier, servers: list[Listener], before: set[str]) -> None:
-    """Give systemd the TCP listeners we bound to keep across a restart, one name per service.
+    """Give systemd the TCP and UDP sockets we bound to keep across a restart, one name a service.
 
     What it kept under a name no service of ours uses any more is dropped.
     A UNIX socket is not given: its file goes when sockd stops.
