@@ -137,6 +137,9 @@ class DatagramServer(ServiceServer):
         super().apply(service)
         self._answer_for(service)
 
+    def defer_accept(self) -> None:
+        """Do nothing: a datagram socket accepts nothing (see ServiceServer.defer_accept)."""
+
     def rehearse(self) -> None:
         """Do nothing: a datagram's child is not rehearsed (see ServiceServer.rehearse)."""
 
@@ -150,7 +153,7 @@ class DatagramServer(ServiceServer):
         try:
             return self._receive(budget)
         finally:
-            self._record_started()
+            self.record_started()
 
     def _receive(self, budget: int) -> int:
         recvfrom, sendto = self.socket.recvfrom, self.socket.sendto
