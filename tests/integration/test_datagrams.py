@@ -6,6 +6,7 @@ import calendar
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -273,6 +274,24 @@ class TestForked:
         closed = daemon.wait_event("connection_closed", count=2)
         assert {event["pid"] for event in closed} == {first["pid"], second["pid"]}
         assert all(event["exit_code"] == 0 for event in closed)
+
+    def test_a_reload_turns_a_builtin_into_a_handler_and_back(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGHUP: the socket goes from the built-in answered in the forker to a forked handler."""
+        config = udp_config(tmp_path, service("svc", "time"))
+        daemon = sockd("run", "--config", config)
+        port = udp_port(daemon)
+        assert len(ask(port)) == 4
+        for count, handler in enumerate(("support_handlers:DatagramReport", "daytime"), 1):
+            udp_config(tmp_path, service("svc", handler))  # the same listen: kept
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_event("reloaded", count=count)
+            answer = ask(port, b"x")
+            if count == 1:
+                assert json.loads(answer)["data"] == "x"
+            else:
+                assert answer.endswith(b"\r\n")
 
     def test_program_reads_the_datagram_and_answers_the_sender(
         self, sockd: Callable[..., Sockd], tmp_path: Path

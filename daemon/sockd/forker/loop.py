@@ -516,6 +516,7 @@ class Forker:
             if not self.standby and self.stop_phase is SERVING:
                 self.pools.fill(name)
         self.caps.set(max_children, services.values())
+        self._unpoll_switched()
         self.stop_timeout = stop_timeout
         self.renew_after = renew_after
         self._update_accepting()
@@ -580,6 +581,17 @@ class Forker:
         polled = len(self.listening) + len(self.answering)
         self._watch_exits(stopping or polled < len(self.servers))
         self.caps.note(at_cap)
+
+    def _unpoll_switched(self) -> None:
+        """Stop polling a datagram socket whose service a reload turned from built-in to forked.
+
+        Or the other way: `_update_accepting` then polls it where it now belongs.
+        """
+        for polled, inline in ((self.answering, False), (self.listening, True)):
+            for fd, server in list(polled.items()):
+                if server.inline is inline:
+                    self.poller.unregister(fd)
+                    del polled[fd]
 
     def _poll(self, server: ServiceServer, polled: dict[int, ServiceServer], wanted: bool) -> None:
         fd = server.socket.fileno()
