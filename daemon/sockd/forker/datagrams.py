@@ -48,9 +48,7 @@ MAX_DATAGRAM_BURST = 64  # datagrams read per listener per turn, at most
 PRIVILEGED_PORTS = 1024  # source ports below this are never answered (loop check)
 LOOP = "source_port"  # why a datagram from such a port was dropped
 # recvfrom(2) errors that concern one datagram, or an earlier answer's ICMP error.
-TRANSIENT_RECEIVE_ERRORS = frozenset(
-    (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EINTR)
-)
+TRANSIENT_RECEIVE_ERRORS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH))
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
 
 
@@ -188,7 +186,7 @@ class DatagramServer(ServiceServer):
         return budget
 
     def drop(self, reason: str) -> None:
-        """Count a datagram dropped unread: one summary line per window, never one each."""
+        """Count a datagram dropped unanswered: one summary line per window, never one each."""
         self.shared.stats.denied += 1
         self.shared.denials.count(self.service.name, reason, time.monotonic())
 
