@@ -82,7 +82,7 @@ MODES = {
     ),
 }
 # What runs without --modes: udp only when asked (`--modes udp`), until the daemon serves UDP.
-DEFAULT_MODES = ("echo", "exec", "pool", "proxy")
+DEFAULT_MODES = ("echo", "exec", "pool", "proxy", "udp")
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_PNG = ROOT / "docs" / "performance.png"
 DEFAULT_MARKDOWN = ROOT / "docs" / "performance.md"
