@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sockd import ipc
-from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
+from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError, SockdError
 from sockd.exits import PEER_GONE, closed_fields, read_entries, served_fields
 from sockd.supervisor import config as sockd_config
+from sockd.supervisor import inetdserve, sockets
 from sockd.supervisor import log as sockd_log
 from sockd.supervisor.confine import capabilities_prefix, forker_environment
 from sockd.supervisor.notify import status_text
-from sockd.supervisor.renewal import Renewal
+from sockd.supervisor.renewal import STANDBY_LIMIT, Renewal
 from sockd.timers import Timers
 
 if TYPE_CHECKING:
@@ -224,6 +225,10 @@ class MainLoop:
         self.reload_seq = 0  # the number of the last reload sent to the forker
         self.late_reload: tuple[int, sockd_config.Config] | None = None  # timed out, maybe applied
         self.next_config = config
+        # A reload that changes inetd_conf's services: the fresh forker that serves them,
+        # its listeners, and those of them bound for it (closed if it fails).
+        self.relisten: tuple[ForkerProcess, list[Listener], list[Listener]] | None = None
+        self.warned = set(config.warnings)  # logged at start-up; a reload logs only new ones
         self.malformed = ipc.Tally()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # What the loop does at given times (see sockd.timers), renewal's own timers too;
@@ -348,13 +353,7 @@ class MainLoop:
             forker.at_cap = tuple(str(name) for name in record[5])  # type: ignore[attr-defined]
             self._status()
         elif kind == "ready" and not self.stopping and not self.failed:
-            if forker is self.renewal.standby:
-                self.renewal.hand_over(forker)
-            elif not self.ready:
-                self.ready = True
-                log.info("ready", services=[service.name for service in self.config.services])
-                self.notifier.ready(self.notifier.last_status_text)
-                self.reload_if_requested()
+            self._ready(forker)
         elif kind in ("reloaded", "reload_failed"):
             self._reload_answered(int(record[1]), None if kind == "reloaded" else str(record[2]))  # type: ignore[call-overload]
         elif kind == "events_dropped":
@@ -366,6 +365,18 @@ class MainLoop:
         elif kind == "children":
             forker.children = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
             self.renewal.tell_elsewhere(forker)
+
+    def _ready(self, forker: ForkerProcess) -> None:
+        """Act on a forker ready to serve: the first, or a fresh one taking over."""
+        if forker is self.renewal.standby:
+            self.renewal.hand_over(forker)
+            if self.relisten is not None and forker is self.relisten[0]:
+                self._relistened()
+        elif not self.ready:
+            self.ready = True
+            log.info("ready", services=[service.name for service in self.config.services])
+            self.notifier.ready(self.notifier.last_status_text)
+            self.reload_if_requested()
 
     def _valid(self, items: list[object], shape: tuple[Any, ...]) -> list[Any]:
         """Return the items of a batch that have `shape`; the others are logged as malformed."""
@@ -448,7 +459,12 @@ class MainLoop:
         self.notifier.reloading()
         try:
             new = sockd_config.load(_reload_path(self.config.path), import_handlers=False)
+            self._warn(new)
             _check_reloadable(self.config, new)
+            rebind, renew = inetdserve.changes(self.config.services, new.services)
+            if renew:
+                self._relisten(new, rebind)
+                return
             services = [sockd_config.service_spec(service).to_wire() for service in new.services]
             daemon = new.daemon
             record = (
@@ -460,7 +476,7 @@ class MainLoop:
                 daemon.renew_forker_after,
             )
             self.forker.send(record)
-        except ConfigError as exc:
+        except SockdError as exc:  # ConfigError, or an address of inetd_conf's not bound
             self._reload_done(str(exc))
             return
         except Exception as exc:  # noqa: BLE001 (whatever goes wrong, the old config serves on)
@@ -470,6 +486,73 @@ class MainLoop:
         self.reload_pending = True
         self.timers.set("reload_limit", time.monotonic() + RELOAD_LIMIT)
         self.next_config = new
+
+    def _warn(self, new: sockd_config.Config) -> None:
+        """Log the warnings of a config loaded again that were not said at the last load."""
+        for warning in new.warnings:
+            if warning not in self.warned:
+                log.warning("config_warning", config=new.path, warning=warning)
+        self.warned = set(new.warnings)
+
+    def _relisten(self, new: sockd_config.Config, rebind: set[str]) -> None:
+        """Serve inetd_conf's services as they now are: a fresh forker with the new listeners.
+
+        As a renewal (sockd.supervisor.renewal) does: the new forker starts on
+        standby with every listener of the new config (those kept, and those
+        bound now for the services added or moved); once it is ready, the
+        current one retires, closing its listeners: a removed service's port
+        refuses connections once the daemon has closed its copy too.
+
+        Raises:
+            SockdError: sockd cannot start forkers any more, or an address cannot be bound.
+            OSError: the forker could not be started.
+        """
+        if self.renewal.start is None:
+            msg = f"{new.path}: daemon.inetd_conf: its services changed, which needs a restart"
+            raise ConfigError(f"{msg} (programs run as their own users, and sockd as daemon.user)")
+        names = {service.name for service in new.services}
+        kept = [
+            server
+            for server in self.servers
+            if server.endpoint.service in names and server.endpoint.service not in rebind
+        ]
+        bound = _bind([service for service in new.services if service.name in rebind])
+        try:
+            standby = spawn([*kept, *bound], new, None, standby=True)
+        except BaseException:
+            for server in bound:
+                server.close()
+            raise
+        self.renewal.standby = standby  # no renewal, and no reload, until it took over
+        self.timers.set("standby_limit", time.monotonic() + STANDBY_LIMIT)
+        self.watch(standby)
+        self.relisten = (standby, [*kept, *bound], bound)
+        self.reload_pending = True
+        self.next_config = new
+
+    def _relistened(self) -> None:
+        """Close our copies of the listeners no longer served: the fresh forker took over."""
+        assert self.relisten is not None  # noqa: S101 (only called when set)
+        _, servers, _ = self.relisten
+        self.relisten = None
+        for server in self.servers:
+            if server not in servers:
+                server.close()
+        self.servers[:] = servers  # startup closes this list at exit
+        self._reload_done(None)
+
+    def _relisten_failed(self, forker: ForkerProcess) -> None:
+        """Close the listeners bound for a fresh forker that exited before it took over."""
+        assert self.relisten is not None  # noqa: S101 (only called when set)
+        _, _, bound = self.relisten
+        self.relisten = None
+        for server in bound:
+            server.close()
+        if self.stopping:
+            self.reload_pending = False
+            return
+        error = forker.failure[0] if forker.failure else None
+        self._reload_done(error or f"the new forker exited with status {forker.status}")
 
     def _reload_answered(self, seq: int, error: str | None) -> None:
         """Take the forker's answer to reload `seq`: the pending one, or one that timed out."""
@@ -525,6 +608,10 @@ class MainLoop:
                 for other in self.forkers:
                     if other.status is None:
                         other.send(("quit",))
+        elif self.relisten is not None and forker is self.relisten[0]:
+            if self.renewal.standby is forker:  # else: killed by the standby limit
+                self.renewal.standby = None
+                self.timers.clear("standby_limit")
         else:
             self.renewal.exited(forker)
 
@@ -535,7 +622,10 @@ class MainLoop:
         self._watch_control(forker, False)
         forker.close()
         self.forkers.remove(forker)
-        self.renewal.forgotten(forker, time.monotonic())
+        if self.relisten is not None and forker is self.relisten[0]:
+            self._relisten_failed(forker)
+        else:
+            self.renewal.forgotten(forker, time.monotonic())
         for index, count in enumerate(forker.counts[1:]):
             self.finished[index] += count
 
@@ -563,8 +653,29 @@ def _reload_path(path: str | None) -> str:
     return path
 
 
+def _bind(services: list[sockd_config.ServiceConfig]) -> list[Listener]:
+    """Bind the listeners of `services` (inetd_conf's, added at a reload).
+
+    Raises:
+        SockdError: an address does not resolve or cannot be bound (none is left open).
+    """
+    bound: list[Listener] = []
+    try:
+        for endpoint in sockets.plan(services, []):
+            unix_mode = next(s.unix_mode for s in services if s.name == endpoint.service)
+            bound.append(sockets.Listener(endpoint, unix_mode))
+    except BaseException:
+        for server in bound:
+            server.close()
+        raise
+    return bound
+
+
 def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> None:
     """Refuse a reload that would need new listeners or another identity.
+
+    inetd_conf's services are left out: a fresh forker serves their changes
+    (`MainLoop._relisten`).
 
     Raises:
         ConfigError: naming what changed; restarting applies it.
@@ -574,8 +685,9 @@ def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> Non
         raise ConfigError(f"{where}: daemon.user/group: changing them needs a restart")
     if old.daemon.pythonpath != new.daemon.pythonpath:
         raise ConfigError(f"{where}: daemon.pythonpath: changing it needs a restart")
-    old_services = {service.name: service for service in old.services}
-    new_services = {service.name: service for service in new.services}
+    prefix = inetdserve.PREFIX
+    old_services = {s.name: s for s in old.services if not s.name.startswith(prefix)}
+    new_services = {s.name: s for s in new.services if not s.name.startswith(prefix)}
     if old_services.keys() != new_services.keys():
         added = sorted(new_services.keys() - old_services.keys())
         removed = sorted(old_services.keys() - new_services.keys())
