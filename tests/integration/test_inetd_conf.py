@@ -10,7 +10,7 @@ import socket
 from typing import TYPE_CHECKING
 
 import pytest
-from harness import connect, exchange, write_config
+from harness import connect, exchange, run_once, write_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -121,3 +121,24 @@ class TestInetdConf:
             daemon.wait_event("reloaded", count=count)
         assert len(daemon.events("config_warning")) == 1
         assert daemon.stop() == 0
+
+
+class TestCheck:
+    def test_check_lists_skipped_lines_and_exits_0(self, inetd: tuple[Path, str]) -> None:
+        """`sockd check`: the lines' services in the effective config, skipped ones on stderr."""
+        inetd_conf, config = inetd
+        talk = "talk\tdgram\tudp\twait\tnobody.tty\t/usr/sbin/in.talkd\tin.talkd\n"
+        inetd_conf.write_text(f"{talk}127.0.0.1:7100\tstream\ttcp\tnowait\troot\t{CAT}\tcat\n")
+        done = run_once("check", "--config", config)
+        assert done.returncode == 0, done.stderr
+        assert 'name = "inetd.7100"' in done.stdout
+        assert done.stderr.startswith(f"sockd: {inetd_conf}:1: talk: skipped: dgram udp: ")
+        assert done.stderr.count("\n") == 1
+
+    def test_check_names_a_bad_line(self, inetd: tuple[Path, str]) -> None:
+        """`sockd check` refuses a malformed line with one line naming FILE:LINE, exit 78."""
+        inetd_conf, config = inetd
+        inetd_conf.write_text("\nfinger stream\n")
+        done = run_once("check", "--config", config)
+        assert (done.returncode, done.stdout) == (78, "")
+        assert done.stderr.startswith(f"sockd: {inetd_conf}:2: finger: 2 fields: expected")
