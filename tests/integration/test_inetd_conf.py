@@ -104,6 +104,30 @@ class TestInetdConf:
         assert exchange(f"127.0.0.1:{port}", b"y") == b"y", "the old config serves on"
         assert daemon.stop() == 0
 
+    def test_a_port_taken_keeps_the_old_config(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A line added on a port another process holds: reload_failed, the others serve on."""
+        inetd_conf, config = inetd
+        port = free_port()
+        inetd_conf.write_text(cat_line(port))
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready")
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            taken = other.getsockname()[1]
+            inetd_conf.write_text(cat_line(port) + cat_line(taken))
+            daemon.signal(signal.SIGHUP)
+            (failed,) = daemon.wait_event("reload_failed")
+        where = f"service 'inetd.{taken}': listen 127.0.0.1:{taken}"
+        assert failed["error"] == f"{where}: cannot bind: Address already in use"
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        daemon.signal(signal.SIGHUP)  # the port is free now: the same file applies
+        daemon.wait_event("reloaded")
+        assert exchange(f"127.0.0.1:{taken}", b"y") == b"y"
+        assert daemon.stop() == 0
+
     def test_a_datagram_line_is_skipped_with_one_warning(
         self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
     ) -> None:
