@@ -1,0 +1,85 @@
+"""sockd-inetd, the inet-superserver: a Debian package registered with update-inetd is served."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness import wait_until
+from nspawn import DEBS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from nspawn import Container
+
+CONFIG = "/etc/sockd/inetd.toml"
+
+
+def install_sockd_inetd(machine: Container, suite: str, deb: Path) -> None:
+    """Install sockd-inetd (sockd is installed) from the release's build, as apt would."""
+    package = deb.name.replace("sockd_", "sockd-inetd_", 1)
+    machine.run("apt-get", "install", "-y", "-q", f"/mnt/share/{suite}/{package}", timeout=120)
+
+
+def finger(machine: Container, query: str) -> str:
+    """Run Debian's finger client inside the container; return what it printed."""
+    result = machine.run("finger", query, check=False, timeout=30)
+    return result.stdout + result.stderr
+
+
+def finger_refused(machine: Container) -> bool:
+    """Tell whether port 79 refuses connections (nothing serves finger)."""
+    try:
+        machine.connect("127.0.0.1", 79).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_installs_as_the_inet_superserver(machine: Container, suite: str, deb: Path) -> None:
+    """sockd-inetd.service runs, with an /etc/inetd.conf for update-inetd and no service yet."""
+    install_sockd_inetd(machine, suite, deb)
+    assert machine.show("sockd-inetd.service", "ActiveState") == "active"
+    assert machine.show("sockd-inetd.service", "UnitFileState") == "enabled"
+    assert machine.run("test", "-x", "/etc/init.d/sockd-inetd", check=False).returncode == 0
+    text = machine.run("cat", "/etc/inetd.conf").stdout
+    assert "#:INFO: Info services" in text
+    provides = machine.run("dpkg-query", "-W", "-f=${Provides}", "sockd-inetd").stdout
+    assert provides == "inet-superserver"
+
+
+def test_fingerd_registered_with_update_inetd_is_served_then_gone(
+    machine: Container, suite: str, deb: Path
+) -> None:
+    """Installing fingerd serves `finger alice@127.0.0.1`; removing it closes port 79.
+
+    fingerd's postinst adds its line with `update-inetd --add`, which runs
+    `invoke-rc.d sockd-inetd restart`; its prerm runs `update-inetd
+    --disable finger`, then `invoke-rc.d sockd-inetd force-reload`: a reload.
+    """
+    install_sockd_inetd(machine, suite, deb)
+    machine.run("useradd", "--create-home", "--comment", "Alice Example", "alice")
+    assert finger_refused(machine)
+
+    machine.run("sh", "-c", f"apt-get install -y -q {DEBS}/fingerd_*.deb", timeout=120)
+    line = machine.run("grep", "^finger", "/etc/inetd.conf").stdout
+    assert line.split()[:3] == ["finger", "stream", "tcp"]
+    checked = machine.run("sockd", "check", "--config", CONFIG).stdout
+    assert 'name = "inetd.finger"' in checked
+    answer = finger(machine, "alice@127.0.0.1")
+    assert "Login: alice" in answer, answer
+    assert "Name: Alice Example" in answer, answer
+    main = machine.show("sockd-inetd.service", "MainPID")
+
+    machine.run("apt-get", "remove", "-y", "-q", "fingerd", timeout=120)
+    assert machine.run("grep", "^#<off># finger", "/etc/inetd.conf").returncode == 0
+    # A reload, not a restart: the same daemon, which closed the port.
+    wait_until(lambda: finger_refused(machine), what="port 79 to refuse connections")
+    assert machine.show("sockd-inetd.service", "MainPID") == main
+    assert "Connection refused" in finger(machine, "alice@127.0.0.1")
+    reloaded = [
+        entry
+        for entry in machine.journal("-u", "sockd-inetd.service")
+        if '"event": "reloaded"' in str(entry.get("MESSAGE", ""))
+    ]
+    assert reloaded, "update-inetd's force-reload reached sockd"
