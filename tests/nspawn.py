@@ -71,6 +71,8 @@ def rootfs(suite: str) -> Path:
         if (path / "lib/systemd/systemd").exists():
             return path
         partial = path.with_suffix(".partial")
+        download = f"cd {DEBS} && apt-get download -q {' '.join(DOWNLOADS)}"
+        download = f'mkdir -p "$1{DEBS}" && chroot "$1" sh -c \'{download}\''
         shutil.rmtree(partial, ignore_errors=True)
         subprocess.run(
             [
@@ -79,8 +81,7 @@ def rootfs(suite: str) -> Path:
                 "--variant=minbase",
                 f"--include={','.join(PACKAGES)}",
                 # Downloaded while the root still has its apt lists and network.
-                f'--customize-hook=mkdir -p "$1{DEBS}" && chroot "$1" sh -c'
-                f" 'cd {DEBS} && apt-get download -q {' '.join(DOWNLOADS)}'",
+                f"--customize-hook={download}",
                 suite,
                 str(partial),
             ],
