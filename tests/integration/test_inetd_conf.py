@@ -72,7 +72,8 @@ class TestInetdConf:
         assert held.recv(10) == b"held"
         inetd_conf.write_text(cat_line(first) + cat_line(second))
         daemon.signal(signal.SIGHUP)
-        daemon.wait_event("reloaded")
+        (reloaded,) = daemon.wait_event("reloaded")
+        assert (reloaded["added"], reloaded["removed"]) == ([f"inetd.{second}"], [])
         assert exchange(f"127.0.0.1:{second}", b"two") == b"two"
         assert exchange(f"127.0.0.1:{first}", b"one") == b"one", "kept, same listener"
         held.sendall(b"still")
@@ -80,7 +81,8 @@ class TestInetdConf:
         held.close()
         inetd_conf.write_text(cat_line(second))
         daemon.signal(signal.SIGHUP)
-        daemon.wait_event("reloaded", count=2)
+        reloaded = daemon.wait_event("reloaded", count=2)[1]
+        assert (reloaded["added"], reloaded["removed"]) == ([], [f"inetd.{first}"])
         assert refused(first)
         assert exchange(f"127.0.0.1:{second}", b"two") == b"two"
         assert daemon.stop() == 0

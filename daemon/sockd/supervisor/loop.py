@@ -539,7 +539,9 @@ class MainLoop:
             if server not in servers:
                 server.close()
         self.servers[:] = servers  # startup closes this list at exit
-        self._reload_done(None)
+        old = {service.name for service in self.config.services}
+        new = {service.name for service in self.next_config.services}
+        self._reload_done(None, added=sorted(new - old), removed=sorted(old - new))
 
     def _relisten_failed(self, forker: ForkerProcess) -> None:
         """Close the listeners bound for a fresh forker that exited before it took over."""
@@ -577,12 +579,12 @@ class MainLoop:
             self.reload_requested = False
             self.reload()
 
-    def _reload_done(self, error: str | None) -> None:
+    def _reload_done(self, error: str | None, **changed: list[str]) -> None:
         self.reload_pending = False
         self.timers.clear("reload_limit")
         if error is None:
             self.config = self.next_config
-            log.info("reloaded", config=self.config.path)
+            log.info("reloaded", config=self.config.path, **changed)
         else:
             log.error("reload_failed", config=self.config.path, error=error)
         self.notifier.ready(self.notifier.last_status_text)
