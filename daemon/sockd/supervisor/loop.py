@@ -22,11 +22,12 @@ from sockd import ipc
 from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError, SockdError
 from sockd.exits import PEER_GONE, closed_fields, read_entries, served_fields
 from sockd.supervisor import config as sockd_config
-from sockd.supervisor import inetdserve, sockets
+from sockd.supervisor import inetdserve
 from sockd.supervisor import log as sockd_log
 from sockd.supervisor.confine import capabilities_prefix, forker_environment
 from sockd.supervisor.notify import status_text
-from sockd.supervisor.renewal import STANDBY_LIMIT, Renewal
+from sockd.supervisor.relisten import Relisten
+from sockd.supervisor.renewal import Renewal
 from sockd.timers import Timers
 
 if TYPE_CHECKING:
@@ -225,9 +226,6 @@ class MainLoop:
         self.reload_seq = 0  # the number of the last reload sent to the forker
         self.late_reload: tuple[int, sockd_config.Config] | None = None  # timed out, maybe applied
         self.next_config = config
-        # A reload that changes inetd_conf's services: the fresh forker that serves them,
-        # its listeners, and those of them bound for it (closed if it fails).
-        self.relisten: tuple[ForkerProcess, list[Listener], list[Listener]] | None = None
         self.warned = set(config.warnings)  # logged at start-up; a reload logs only new ones
         self.malformed = ipc.Tally()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -237,6 +235,8 @@ class MainLoop:
         self.timers.add("reload_limit", self._reload_timed_out)  # the forker answers by then
         self.timers.follow("drain", self._drain_at)  # an exited forker's last events: wake up
         self.renewal = Renewal(self, renew)
+        # A reload that changes inetd_conf's services: a fresh forker with new listeners.
+        self.relisten = Relisten(self, spawn)
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
@@ -370,8 +370,9 @@ class MainLoop:
         """Act on a forker ready to serve: the first, or a fresh one taking over."""
         if forker is self.renewal.standby:
             self.renewal.hand_over(forker)
-            if self.relisten is not None and forker is self.relisten[0]:
-                self._relistened()
+            if forker is self.relisten.forker:
+                added, removed = self.relisten.taken_over()
+                self._reload_done(None, added=added, removed=removed)
         elif not self.ready:
             self.ready = True
             log.info("ready", services=[service.name for service in self.config.services])
@@ -463,7 +464,9 @@ class MainLoop:
             _check_reloadable(self.config, new)
             rebind, renew = inetdserve.changes(self.config.services, new.services)
             if renew:
-                self._relisten(new, rebind)
+                self.relisten.start(new, rebind)
+                self.reload_pending = True
+                self.next_config = new
                 return
             services = [sockd_config.service_spec(service).to_wire() for service in new.services]
             daemon = new.daemon
@@ -493,68 +496,6 @@ class MainLoop:
             if warning not in self.warned:
                 log.warning("config_warning", config=new.path, warning=warning)
         self.warned = set(new.warnings)
-
-    def _relisten(self, new: sockd_config.Config, rebind: set[str]) -> None:
-        """Serve inetd_conf's services as they now are: a fresh forker with the new listeners.
-
-        As a renewal (sockd.supervisor.renewal) does: the new forker starts on
-        standby with every listener of the new config (those kept, and those
-        bound now for the services added or moved); once it is ready, the
-        current one retires, closing its listeners: a removed service's port
-        refuses connections once the daemon has closed its copy too.
-
-        Raises:
-            SockdError: sockd cannot start forkers any more, or an address cannot be bound.
-            OSError: the forker could not be started.
-        """
-        if self.renewal.start is None:
-            msg = f"{new.path}: daemon.inetd_conf: its services changed, which needs a restart"
-            raise ConfigError(f"{msg} (programs run as their own users, and sockd as daemon.user)")
-        names = {service.name for service in new.services}
-        kept = [
-            server
-            for server in self.servers
-            if server.endpoint.service in names and server.endpoint.service not in rebind
-        ]
-        bound = _bind([service for service in new.services if service.name in rebind])
-        try:
-            standby = spawn([*kept, *bound], new, None, standby=True)
-        except BaseException:
-            for server in bound:
-                server.close()
-            raise
-        self.renewal.standby = standby  # no renewal, and no reload, until it took over
-        self.timers.set("standby_limit", time.monotonic() + STANDBY_LIMIT)
-        self.watch(standby)
-        self.relisten = (standby, [*kept, *bound], bound)
-        self.reload_pending = True
-        self.next_config = new
-
-    def _relistened(self) -> None:
-        """Close our copies of the listeners no longer served: the fresh forker took over."""
-        assert self.relisten is not None  # noqa: S101 (only called when set)
-        _, servers, _ = self.relisten
-        self.relisten = None
-        for server in self.servers:
-            if server not in servers:
-                server.close()
-        self.servers[:] = servers  # startup closes this list at exit
-        old = {service.name for service in self.config.services}
-        new = {service.name for service in self.next_config.services}
-        self._reload_done(None, added=sorted(new - old), removed=sorted(old - new))
-
-    def _relisten_failed(self, forker: ForkerProcess) -> None:
-        """Close the listeners bound for a fresh forker that exited before it took over."""
-        assert self.relisten is not None  # noqa: S101 (only called when set)
-        _, _, bound = self.relisten
-        self.relisten = None
-        for server in bound:
-            server.close()
-        if self.stopping:
-            self.reload_pending = False
-            return
-        error = forker.failure[0] if forker.failure else None
-        self._reload_done(error or f"the new forker exited with status {forker.status}")
 
     def _reload_answered(self, seq: int, error: str | None) -> None:
         """Take the forker's answer to reload `seq`: the pending one, or one that timed out."""
@@ -610,10 +551,8 @@ class MainLoop:
                 for other in self.forkers:
                     if other.status is None:
                         other.send(("quit",))
-        elif self.relisten is not None and forker is self.relisten[0]:
-            if self.renewal.standby is forker:  # else: killed by the standby limit
-                self.renewal.standby = None
-                self.timers.clear("standby_limit")
+        elif forker is self.relisten.forker:
+            self.relisten.exited(forker)
         else:
             self.renewal.exited(forker)
 
@@ -624,8 +563,12 @@ class MainLoop:
         self._watch_control(forker, False)
         forker.close()
         self.forkers.remove(forker)
-        if self.relisten is not None and forker is self.relisten[0]:
-            self._relisten_failed(forker)
+        if forker is self.relisten.forker:
+            error = self.relisten.failed(forker)
+            if self.stopping:
+                self.reload_pending = False
+            else:
+                self._reload_done(error)
         else:
             self.renewal.forgotten(forker, time.monotonic())
         for index, count in enumerate(forker.counts[1:]):
@@ -655,29 +598,11 @@ def _reload_path(path: str | None) -> str:
     return path
 
 
-def _bind(services: list[sockd_config.ServiceConfig]) -> list[Listener]:
-    """Bind the listeners of `services` (inetd_conf's, added at a reload).
-
-    Raises:
-        SockdError: an address does not resolve or cannot be bound (none is left open).
-    """
-    bound: list[Listener] = []
-    try:
-        for endpoint in sockets.plan(services, []):
-            unix_mode = next(s.unix_mode for s in services if s.name == endpoint.service)
-            bound.append(sockets.Listener(endpoint, unix_mode))
-    except BaseException:
-        for server in bound:
-            server.close()
-        raise
-    return bound
-
-
 def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> None:
     """Refuse a reload that would need new listeners or another identity.
 
     inetd_conf's services are left out: a fresh forker serves their changes
-    (`MainLoop._relisten`).
+    (sockd.supervisor.relisten).
 
     Raises:
         ConfigError: naming what changed; restarting applies it.

@@ -257,7 +257,7 @@ class TestRelisten:
             spawned.append(servers)
             return standby.forker
 
-        monkeypatch.setattr(mainloop, "spawn", spawn)
+        monkeypatch.setattr(main.relisten, "spawn", spawn)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -298,7 +298,7 @@ class TestRelisten:
         (failed,) = [entry for entry in logs if entry["event"] == "reload_failed"]
         assert failed["error"] == "the new forker exited with status -9"
         assert main.config is config
-        assert main.relisten is None
+        assert main.relisten.forker is None
         assert main.renewal.standby is None
         assert not main.reload_pending
         with socket.socket() as again:  # nothing of ours holds it any more
