@@ -69,13 +69,14 @@ def test_fingerd_registered_with_update_inetd_is_served_then_gone(
     assert line.split()[:3] == ["finger", "stream", "tcp"]
     checked = machine.run("sockd", "check", "--config", CONFIG).stdout
     assert 'name = "inetd.finger"' in checked
+    # SIGHUP is sent, not awaited: port 79 is served once the fresh forker took over.
+    wait_until(lambda: not finger_refused(machine), what="port 79 to be served")
     answer = finger(machine, "alice@127.0.0.1")
     assert "Login: alice" in answer, answer
     assert "Name: Alice Example" in answer, answer
 
     machine.run("apt-get", "remove", "-y", "-q", "fingerd", timeout=120)
     assert machine.run("grep", "^#<off># finger", "/etc/inetd.conf").returncode == 0
-    # SIGHUP is sent, not awaited: the port closes once the fresh forker took over.
     wait_until(lambda: finger_refused(machine), what="port 79 to refuse connections")
     assert "Connection refused" in finger(machine, "alice@127.0.0.1")
     assert machine.show("sockd-inetd.service", "MainPID") == main, "reloaded, not restarted"
