@@ -37,7 +37,16 @@ PACKAGES = (
     "iproute2",
     "man-db",
     "procps",
+    # sockd-inetd's: update-inetd (a dependency), /etc/services, a finger client.
+    "update-inetd",
+    "netbase",
+    "finger",
 )
+# Packages the system tests install themselves, as an administrator would:
+# their .debs are downloaded into the rootfs (DEBS), not installed. fingerd
+# registers with update-inetd when installed (tests/system/test_inetd.py).
+DOWNLOADS = ("fingerd",)
+DEBS = "/opt/sockd-tests"
 CACHE = Path("/var/cache/sockd-tests")
 # Where the system tests put their handler modules inside the container.
 HANDLERS_DIR = "/usr/local/lib/sockd-tests"
@@ -48,12 +57,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def rootfs(suite: str) -> Path:
-    """Return the cached rootfs of `suite` with `PACKAGES`, building it first if needed (30 s).
+    """Return the cached rootfs of `suite` with `PACKAGES` and `DOWNLOADS`' .debs (30 s to build).
 
     No mirror is given: mmdebstrap uses its default, deb.debian.org (with
     security.debian.org), for either release.
     """
-    key = hashlib.sha256(f"{suite} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
+    listed = f"{suite} {' '.join(PACKAGES)} {' '.join(DOWNLOADS)}"
+    key = hashlib.sha256(listed.encode()).hexdigest()[:12]
     path = CACHE / f"rootfs-{suite}-{key}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with (CACHE / "lock").open("w") as lock:
@@ -61,6 +71,8 @@ def rootfs(suite: str) -> Path:
         if (path / "lib/systemd/systemd").exists():
             return path
         partial = path.with_suffix(".partial")
+        download = f"cd {DEBS} && apt-get download -q {' '.join(DOWNLOADS)}"
+        download = f'mkdir -p "$1{DEBS}" && chroot "$1" sh -c \'{download}\''
         shutil.rmtree(partial, ignore_errors=True)
         subprocess.run(
             [
@@ -68,6 +80,8 @@ def rootfs(suite: str) -> Path:
                 "--quiet",
                 "--variant=minbase",
                 f"--include={','.join(PACKAGES)}",
+                # Downloaded while the root still has its apt lists and network.
+                f"--customize-hook={download}",
                 suite,
                 str(partial),
             ],

@@ -106,6 +106,9 @@ def _check(path: str, *, quiet: bool) -> int:
         priority = "<3>" if sockd_log.stderr_is_journal() else ""
         print(f"{priority}sockd: {exc}", file=sys.stderr)
         return exc.exit_code
+    priority = "<4>" if sockd_log.stderr_is_journal() else ""
+    for warning in config.warnings:  # inetd_conf's lines skipped: valid, and said
+        print(f"{priority}sockd: {warning}", file=sys.stderr)
     if not quiet:
         print(sockd_config.to_toml(config), end="")
     return EX_OK

@@ -134,6 +134,8 @@ class DaemonConfig:
     # A fresh forker takes over new connections once this many long-lived ones
     # (open over a second) are children of the current one; 0: never.
     renew_forker_after: int = 256
+    # An inetd.conf whose enabled lines are served too (sockd.supervisor.inetdserve).
+    inetd_conf: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +145,8 @@ class Config:
     daemon: DaemonConfig = dataclasses.field(default_factory=DaemonConfig)
     services: tuple[ServiceConfig, ...] = ()
     path: str | None = None
+    # What loading said without refusing: inetd_conf's lines skipped or served in part.
+    warnings: tuple[str, ...] = ()
 
 
 def parse_listen(text: str) -> ListenAddress:
@@ -246,7 +250,7 @@ def from_dict(data: dict[str, Any], path: str, *, import_handlers: bool = True) 
     daemon = _daemon(top.table("daemon"))
     tables = top.items("service", max_items=MAX_SERVICES)
     top.done()
-    if not tables:
+    if not tables and daemon.inetd_conf is None:
         raise ConfigError(f"{where}: no [[service]] defined")
     for directory in daemon.pythonpath if import_handlers else ():
         if directory not in sys.path:
@@ -257,6 +261,9 @@ def from_dict(data: dict[str, Any], path: str, *, import_handlers: bool = True) 
             raise ConfigError(f"{where}: service[{index}]: expected a [[service]] table")
         entry = Table(table, path, f"service[{index}].")
         services.append(_service(entry, import_handlers=import_handlers))
+    warnings: list[str] = []
+    if daemon.inetd_conf is not None:
+        warnings = _inetd_services(daemon.inetd_conf, services, where, import_handlers)
     _check_unique(services, where)
     if import_handlers:  # not at a reload: its listeners stay, and DNS may not stall the daemon
         _check_listen(services, where)
@@ -264,7 +271,31 @@ def from_dict(data: dict[str, Any], path: str, *, import_handlers: bool = True) 
     if pooled >= daemon.max_children:
         msg = f"{where}: daemon.max_children: {daemon.max_children} leaves no room beside"
         raise ConfigError(f"{msg} {pooled} workers (they count as children)")
-    return Config(daemon=daemon, services=tuple(services), path=path)
+    return Config(daemon=daemon, services=tuple(services), path=path, warnings=tuple(warnings))
+
+
+def _inetd_services(
+    inetd_conf: str, services: list[ServiceConfig], where: str, import_handlers: bool
+) -> list[str]:
+    """Add the services of inetd_conf's enabled lines to `services`; return the warnings.
+
+    Raises:
+        ConfigError: a service of ours takes their prefix; the file cannot be
+            read; a line is malformed or refused (naming FILE:LINE).
+    """
+    # Imported here: the inetd.conf reader uses this module's limits and validation.
+    from sockd.supervisor import inetdserve  # noqa: PLC0415
+
+    for service in services:
+        if service.name.startswith(inetdserve.PREFIX):
+            msg = f"{where}: service {service.name!r}: name: the prefix {inetdserve.PREFIX!r}"
+            raise ConfigError(f"{msg} is for the services of daemon.inetd_conf")
+    tables, warnings = inetdserve.services(inetd_conf)
+    if len(services) + len(tables) > MAX_SERVICES:
+        raise ConfigError(f"{one_line(inetd_conf, 4096)}: more than {MAX_SERVICES} services")
+    for origin, table in tables:
+        services.append(_service(Table(table, origin, ""), import_handlers=import_handlers))
+    return warnings
 
 
 def one_service(handler: str, listen: Iterable[str], name: str) -> Config:
@@ -291,12 +322,15 @@ def _daemon(table: Table) -> DaemonConfig:
     user = _user(table)
     group = _group(table)
     pythonpath = table.strings("pythonpath", max_items=MAX_PYTHONPATH, max_bytes=MAX_PATH_BYTES)
+    inetd_conf = table.string("inetd_conf", None, max_bytes=MAX_PATH_BYTES)
+    if inetd_conf is not None and not inetd_conf.startswith("/"):
+        table.fail("inetd_conf", f"{shown(inetd_conf)}: give an absolute path")
     table.done()
     base = Path(table.source).parent if table.source != "command line" else Path.cwd()
     # realpath, not Path.resolve: a symlink loop is a directory that imports nothing, not a crash.
     directories = [os.path.realpath(base / entry) for entry in pythonpath]
     return DaemonConfig(
-        stop_timeout, max_children, user, group, tuple(directories), renew_forker_after
+        stop_timeout, max_children, user, group, tuple(directories), renew_forker_after, inetd_conf
     )
 
 

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sockd import ipc
-from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError
+from sockd.errors import EX_OK, EX_SOFTWARE, ConfigError, SockdError
 from sockd.exits import PEER_GONE, closed_fields, read_entries, served_fields
 from sockd.supervisor import config as sockd_config
+from sockd.supervisor import inetdserve
 from sockd.supervisor import log as sockd_log
 from sockd.supervisor.confine import capabilities_prefix, forker_environment
 from sockd.supervisor.notify import status_text
+from sockd.supervisor.relisten import Relisten
 from sockd.supervisor.renewal import Renewal
 from sockd.timers import Timers
 
@@ -224,6 +226,7 @@ class MainLoop:
         self.reload_seq = 0  # the number of the last reload sent to the forker
         self.late_reload: tuple[int, sockd_config.Config] | None = None  # timed out, maybe applied
         self.next_config = config
+        self.warned = set(config.warnings)  # logged at start-up; a reload logs only new ones
         self.malformed = ipc.Tally()
         self._wakeup_read, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # What the loop does at given times (see sockd.timers), renewal's own timers too;
@@ -232,6 +235,8 @@ class MainLoop:
         self.timers.add("reload_limit", self._reload_timed_out)  # the forker answers by then
         self.timers.follow("drain", self._drain_at)  # an exited forker's last events: wake up
         self.renewal = Renewal(self, renew)
+        # A reload that changes inetd_conf's services: a fresh forker with new listeners.
+        self.relisten = Relisten(self, spawn)
 
     def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pending.append(signum)  # NO LOGGING: the loop acts on it
@@ -348,13 +353,7 @@ class MainLoop:
             forker.at_cap = tuple(str(name) for name in record[5])  # type: ignore[attr-defined]
             self._status()
         elif kind == "ready" and not self.stopping and not self.failed:
-            if forker is self.renewal.standby:
-                self.renewal.hand_over(forker)
-            elif not self.ready:
-                self.ready = True
-                log.info("ready", services=[service.name for service in self.config.services])
-                self.notifier.ready(self.notifier.last_status_text)
-                self.reload_if_requested()
+            self._ready(forker)
         elif kind in ("reloaded", "reload_failed"):
             self._reload_answered(int(record[1]), None if kind == "reloaded" else str(record[2]))  # type: ignore[call-overload]
         elif kind == "events_dropped":
@@ -366,6 +365,19 @@ class MainLoop:
         elif kind == "children":
             forker.children = (int(record[1]), dict(record[2]))  # type: ignore[call-overload]
             self.renewal.tell_elsewhere(forker)
+
+    def _ready(self, forker: ForkerProcess) -> None:
+        """Act on a forker ready to serve: the first, or a fresh one taking over."""
+        if forker is self.renewal.standby:
+            self.renewal.hand_over(forker)
+            if forker is self.relisten.forker:
+                added, removed = self.relisten.taken_over()
+                self._reload_done(None, added=added, removed=removed)
+        elif not self.ready:
+            self.ready = True
+            log.info("ready", services=[service.name for service in self.config.services])
+            self.notifier.ready(self.notifier.last_status_text)
+            self.reload_if_requested()
 
     def _valid(self, items: list[object], shape: tuple[Any, ...]) -> list[Any]:
         """Return the items of a batch that have `shape`; the others are logged as malformed."""
@@ -448,7 +460,14 @@ class MainLoop:
         self.notifier.reloading()
         try:
             new = sockd_config.load(_reload_path(self.config.path), import_handlers=False)
+            self._warn(new)
             _check_reloadable(self.config, new)
+            rebind, renew = inetdserve.changes(self.config.services, new.services)
+            if renew:
+                self.relisten.start(new, rebind)
+                self.reload_pending = True
+                self.next_config = new
+                return
             services = [sockd_config.service_spec(service).to_wire() for service in new.services]
             daemon = new.daemon
             record = (
@@ -460,7 +479,7 @@ class MainLoop:
                 daemon.renew_forker_after,
             )
             self.forker.send(record)
-        except ConfigError as exc:
+        except SockdError as exc:  # ConfigError, or an address of inetd_conf's not bound
             self._reload_done(str(exc))
             return
         except Exception as exc:  # noqa: BLE001 (whatever goes wrong, the old config serves on)
@@ -470,6 +489,13 @@ class MainLoop:
         self.reload_pending = True
         self.timers.set("reload_limit", time.monotonic() + RELOAD_LIMIT)
         self.next_config = new
+
+    def _warn(self, new: sockd_config.Config) -> None:
+        """Log the warnings of a config loaded again that were not said at the last load."""
+        for warning in new.warnings:
+            if warning not in self.warned:
+                log.warning("config_warning", config=new.path, warning=warning)
+        self.warned = set(new.warnings)
 
     def _reload_answered(self, seq: int, error: str | None) -> None:
         """Take the forker's answer to reload `seq`: the pending one, or one that timed out."""
@@ -494,12 +520,12 @@ class MainLoop:
             self.reload_requested = False
             self.reload()
 
-    def _reload_done(self, error: str | None) -> None:
+    def _reload_done(self, error: str | None, **changed: list[str]) -> None:
         self.reload_pending = False
         self.timers.clear("reload_limit")
         if error is None:
             self.config = self.next_config
-            log.info("reloaded", config=self.config.path)
+            log.info("reloaded", config=self.config.path, **changed)
         else:
             log.error("reload_failed", config=self.config.path, error=error)
         self.notifier.ready(self.notifier.last_status_text)
@@ -525,6 +551,8 @@ class MainLoop:
                 for other in self.forkers:
                     if other.status is None:
                         other.send(("quit",))
+        elif forker is self.relisten.forker:
+            self.relisten.exited(forker)
         else:
             self.renewal.exited(forker)
 
@@ -535,7 +563,14 @@ class MainLoop:
         self._watch_control(forker, False)
         forker.close()
         self.forkers.remove(forker)
-        self.renewal.forgotten(forker, time.monotonic())
+        if forker is self.relisten.forker:
+            error = self.relisten.failed(forker)
+            if self.stopping:
+                self.reload_pending = False
+            else:
+                self._reload_done(error)
+        else:
+            self.renewal.forgotten(forker, time.monotonic())
         for index, count in enumerate(forker.counts[1:]):
             self.finished[index] += count
 
@@ -566,6 +601,9 @@ def _reload_path(path: str | None) -> str:
 def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> None:
     """Refuse a reload that would need new listeners or another identity.
 
+    inetd_conf's services are left out: a fresh forker serves their changes
+    (sockd.supervisor.relisten).
+
     Raises:
         ConfigError: naming what changed; restarting applies it.
     """
@@ -574,8 +612,9 @@ def _check_reloadable(old: sockd_config.Config, new: sockd_config.Config) -> Non
         raise ConfigError(f"{where}: daemon.user/group: changing them needs a restart")
     if old.daemon.pythonpath != new.daemon.pythonpath:
         raise ConfigError(f"{where}: daemon.pythonpath: changing it needs a restart")
-    old_services = {service.name: service for service in old.services}
-    new_services = {service.name: service for service in new.services}
+    prefix = inetdserve.PREFIX
+    old_services = {s.name: s for s in old.services if not s.name.startswith(prefix)}
+    new_services = {s.name: s for s in new.services if not s.name.startswith(prefix)}
     if old_services.keys() != new_services.keys():
         added = sorted(new_services.keys() - old_services.keys())
         removed = sorted(old_services.keys() - new_services.keys())

@@ -89,6 +89,8 @@ def run(options: RunOptions) -> int:
             config=config.path,
             listeners=[server.describe() for server in servers],
         )
+        for warning in config.warnings:
+            log.warning("config_warning", config=config.path, warning=warning)
         try:
             forker = spawn(servers, config, who)
         except OSError as exc:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import marshal
 import os
+import pwd
+import signal
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -23,7 +26,7 @@ from sockd.supervisor.config import (
     parse_listen,
     service_spec,
 )
-from sockd.supervisor.loop import MainLoop, _check_reloadable
+from sockd.supervisor.loop import ForkerProcess, MainLoop, _check_reloadable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -229,3 +232,74 @@ class TestReload:
         assert sys.path == path_before
         assert "sockd_planted" not in sys.modules
         assert not marker.exists()
+
+
+class TestRelisten:
+    """A reload that changes inetd_conf's services: a fresh forker with the new listeners."""
+
+    @pytest.fixture
+    def relisten(
+        self,
+        tmp_path: Path,
+        main_loop: Callable[..., tuple[MainLoop, StandIn]],
+        stand_in: Callable[[], StandIn],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> tuple[MainLoop, StandIn, int]:
+        """Load a config of an empty inetd.conf, add a line, reload: the loop, standby, port."""
+        inetd_conf = tmp_path / "inetd.conf"
+        path = tmp_path / "sockd.toml"
+        path.write_text(f'[daemon]\ninetd_conf = "{inetd_conf}"\n')
+        main, _ = main_loop(load(str(path)), renew=lambda _config: None)
+        standby = stand_in()
+        spawned: list[object] = []
+
+        def spawn(servers: list[object], *_args: object, **_kwargs: object) -> ForkerProcess:
+            spawned.append(servers)
+            return standby.forker
+
+        monkeypatch.setattr(main.relisten, "spawn", spawn)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        inetd_conf.write_text(f"127.0.0.1:{port} stream tcp nowait {user} /bin/cat cat\n")
+        main.reload()
+        assert main.reload_pending
+        assert main.renewal.standby is standby.forker
+        assert [server.endpoint.service for server in spawned[0]] == [f"inetd.{port}"]  # type: ignore[attr-defined]
+        return main, standby, port
+
+    def test_the_fresh_forker_ready_takes_over_with_the_new_listeners(
+        self, relisten: tuple[MainLoop, StandIn, int]
+    ) -> None:
+        """Ready, it is current, the old one retires, and `reloaded` lists what was added."""
+        main, standby, port = relisten
+        with structlog.testing.capture_logs() as logs:
+            main._on_event(standby.forker, ("ready",))
+        assert main.forker is standby.forker
+        assert main.reload_pending is False
+        assert [server.endpoint.service for server in main.servers] == [f"inetd.{port}"]
+        (reloaded,) = [entry for entry in logs if entry["event"] == "reloaded"]
+        assert (reloaded["added"], reloaded["removed"]) == ([f"inetd.{port}"], [])
+        for server in main.servers:
+            server.close()
+
+    def test_a_fresh_forker_that_exits_fails_the_reload_and_closes_its_listeners(
+        self, relisten: tuple[MainLoop, StandIn, int]
+    ) -> None:
+        """Exited before it was ready: reload_failed, the old config serves, the port is free."""
+        main, standby, port = relisten
+        config = main.config
+        os.killpg(standby.forker.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, standby.forker.pid, os.WEXITED | os.WNOWAIT)
+        with structlog.testing.capture_logs() as logs:
+            main._reap(standby.forker)
+            main._forget(standby.forker)
+        (failed,) = [entry for entry in logs if entry["event"] == "reload_failed"]
+        assert failed["error"] == "the new forker exited with status -9"
+        assert main.config is config
+        assert main.relisten.forker is None
+        assert main.renewal.standby is None
+        assert not main.reload_pending
+        with socket.socket() as again:  # nothing of ours holds it any more
+            again.bind(("127.0.0.1", port))

@@ -1,0 +1,126 @@
+"""The services of `[daemon] inetd_conf`: an inetd.conf's enabled lines (the daemon, `check`).
+
+As xinetd's `-inetd_compat` does, sockd serves what an inetd.conf enables
+(so that a Debian package registered with update-inetd is served), beside
+the services of its own file. Each line is read by `sockd import inetd`'s
+reader (`sockd.supervisor.inetdconf`) into a `[[service]]` table, which the
+config then validates as any other, naming the file and line in an error.
+
+Names: a line's service is `inetd.` + the name `sockd import` gives it
+(`inetd.finger`, `inetd.echo-tcp6`); sockd.toml's own services may not take
+that prefix, so the two never clash, and a reload tells the services it may
+add or remove (inetd.conf's) from those it may not.
+
+What sockd does not serve yet (datagram and `wait` lines, RPC, an internal
+service without a built-in, a line run through tcpd while TCP wrappers' rules
+exist, which would no longer apply) is skipped with a warning, never fatal: a
+Debian package may add such a line at any time. A line that no inetd could
+read (too few fields, an unknown protocol or service) is an error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING, Any
+
+from sockd.errors import ConfigError
+from sockd.supervisor.importer import Entry, safe_name
+from sockd.supervisor.inetdconf import read
+from sockd.supervisor.tables import one_line
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sockd.supervisor.config import ServiceConfig
+
+PREFIX = "inetd."  # of the services of inetd_conf's lines, and theirs only
+MAX_WARNINGS = 64  # a load's warnings beyond these are counted in one more
+# What an inetd reads and serves but sockd does not yet (the start of Entry.lost's text).
+_NOT_YET = (
+    *("dgram ", "stream udp", "wait: ", "rpc/", "socket type "),
+    *("internal service ", "tcpd dropped "),
+)
+
+
+def services(path: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """Return the tables of the enabled lines of the inetd.conf at `path`, and the warnings.
+
+    Each table comes with its origin (`FILE:LINE`), which names it in errors.
+    A file that does not exist is an empty one (update-inetd creates it).
+
+    Raises:
+        ConfigError: the file cannot be read, or a line is malformed (naming FILE:LINE).
+    """
+    if _missing(path):
+        return [], []
+    entries = read(path)
+    tables: list[tuple[str, dict[str, Any]]] = []
+    warnings: list[str] = []
+    names: set[str] = set()
+    for entry in entries:
+        if entry.disabled:
+            continue
+        where = f"{one_line(entry.origin)}: {entry.base}"
+        skipped = [lost for lost in entry.lost if lost.startswith(_NOT_YET)]
+        if skipped:
+            warnings.append(f"{where}: skipped: {one_line(skipped[0])}")
+            continue
+        if entry.failed:
+            raise ConfigError(f"{where}: {one_line(entry.lost[0])}")
+        warnings += [f"{where}: {one_line(lost)}" for lost in entry.lost]
+        tables.append((entry.origin, {"name": _name(entry, names), **entry.keys}))
+    if len(warnings) > MAX_WARNINGS:
+        more = len(warnings) - MAX_WARNINGS
+        warnings[MAX_WARNINGS:] = [f"{one_line(path, 4096)}: {more} more lines skipped or changed"]
+    return tables, warnings
+
+
+def _missing(path: str) -> bool:
+    """Tell whether nothing is at `path` (not: something there cannot be read)."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOENT
+    return False
+
+
+def _name(entry: Entry, names: set[str]) -> str:
+    """Return the service's name: `inetd.` and the name `sockd import` gives it."""
+    base = safe_name(entry.base)
+    name = base if base not in names or not entry.suffix else safe_name(f"{base}-{entry.suffix}")
+    index = 2
+    while name in names:
+        name = f"{base}-{index}"
+        index += 1
+    names.add(name)
+    return PREFIX + name
+
+
+def changes(old: Iterable[ServiceConfig], new: Iterable[ServiceConfig]) -> tuple[set[str], bool]:
+    """Tell how inetd_conf's services change at a reload: which to bind anew, and if any changed.
+
+    A service added, or whose `listen` or `unix_mode` changed, needs new
+    listeners; one removed (or whose `user`, `group` or pooling changed,
+    which shaped the forker) needs a fresh forker too. Any change to them is
+    made by a fresh forker with the new config (sockd.supervisor.loop).
+    """
+    olds = {service.name: service for service in old if service.name.startswith(PREFIX)}
+    news = {service.name: service for service in new if service.name.startswith(PREFIX)}
+    rebind = {
+        name
+        for name, service in news.items()
+        if name not in olds or _listening(service) != _listening(olds[name])
+    }
+    shaped = (
+        _shape(service) != _shape(olds[name]) for name, service in news.items() if name in olds
+    )
+    return rebind, bool(rebind) or olds.keys() != news.keys() or any(shaped)
+
+
+def _listening(service: ServiceConfig) -> tuple[object, ...]:
+    return service.listen, service.unix_mode
+
+
+def _shape(service: ServiceConfig) -> tuple[object, ...]:
+    return service.user, service.group, service.workers is None

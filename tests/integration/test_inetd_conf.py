@@ -1,0 +1,170 @@
+"""`[daemon] inetd_conf`: a real sockd serves an inetd.conf's lines, re-read on SIGHUP."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import connect, exchange, run_once, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from harness import Notifications, Sockd
+
+CAT = shutil.which("cat")
+ME = pwd.getpwuid(os.geteuid()).pw_name  # a program's user: sockd needs root for any
+
+
+def free_port() -> int:
+    """Return a port the kernel had free just now (inetd.conf takes no port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cat_line(port: int) -> str:
+    """Return an inetd.conf line serving `cat` on 127.0.0.1:`port`."""
+    return f"127.0.0.1:{port}\tstream\ttcp\tnowait\t{ME}\t{CAT}\tcat\n"
+
+
+def refused(port: int) -> bool:
+    """Tell whether a connection to 127.0.0.1:`port` is refused."""
+    try:
+        connect(f"127.0.0.1:{port}").close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.fixture
+def inetd(tmp_path: Path) -> tuple[Path, str]:
+    """Return an inetd.conf path (not written yet) and a sockd.toml serving it."""
+    inetd_conf = tmp_path / "inetd.conf"
+    text = f'[daemon]\ninetd_conf = "{inetd_conf}"\nstop_timeout = 5\n'
+    return inetd_conf, write_config(tmp_path / "sockd.toml", text)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="an inetd.conf line names a user: needs root")
+class TestInetdConf:
+    def test_sighup_adds_and_removes_a_line(
+        self,
+        sockd: Callable[..., Sockd],
+        inetd: tuple[Path, str],
+        notifications: Notifications,
+    ) -> None:
+        """A line added is served after SIGHUP; removed, its port refuses; the others serve on."""
+        inetd_conf, config = inetd
+        first, second = free_port(), free_port()
+        inetd_conf.write_text(cat_line(first))
+        daemon = sockd("run", "--config", config, notify=notifications)
+        notifications.wait_for("READY=1")
+        assert exchange(f"127.0.0.1:{first}", b"one") == b"one"
+        assert refused(second)
+        held = connect(f"127.0.0.1:{first}")
+        held.sendall(b"held")
+        assert held.recv(10) == b"held"
+        inetd_conf.write_text(cat_line(first) + cat_line(second))
+        daemon.signal(signal.SIGHUP)
+        (reloaded,) = daemon.wait_event("reloaded")
+        assert (reloaded["added"], reloaded["removed"]) == ([f"inetd.{second}"], [])
+        assert exchange(f"127.0.0.1:{second}", b"two") == b"two"
+        assert exchange(f"127.0.0.1:{first}", b"one") == b"one", "kept, same listener"
+        held.sendall(b"still")
+        assert held.recv(10) == b"still", "an open connection outlives the reload"
+        held.close()
+        inetd_conf.write_text(cat_line(second))
+        daemon.signal(signal.SIGHUP)
+        reloaded = daemon.wait_event("reloaded", count=2)[1]
+        assert (reloaded["added"], reloaded["removed"]) == ([], [f"inetd.{first}"])
+        assert refused(first)
+        assert exchange(f"127.0.0.1:{second}", b"two") == b"two"
+        assert daemon.stop() == 0
+
+    def test_missing_file_is_empty_and_a_bad_line_keeps_the_old_config(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """No file: sockd serves nothing, and starts; a malformed line: reload_failed, FILE:LINE."""
+        inetd_conf, config = inetd
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready", services=[])
+        port = free_port()
+        inetd_conf.write_text(cat_line(port))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        inetd_conf.write_text(f"# a comment\n{cat_line(port)}finger stream tcp\n")
+        daemon.signal(signal.SIGHUP)
+        (failed,) = daemon.wait_event("reload_failed")
+        assert failed["error"].startswith(f"{inetd_conf}:3: finger: 3 fields")
+        assert exchange(f"127.0.0.1:{port}", b"y") == b"y", "the old config serves on"
+        assert daemon.stop() == 0
+
+    def test_a_port_taken_keeps_the_old_config(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A line added on a port another process holds: reload_failed, the others serve on."""
+        inetd_conf, config = inetd
+        port = free_port()
+        inetd_conf.write_text(cat_line(port))
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready")
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            taken = other.getsockname()[1]
+            inetd_conf.write_text(cat_line(port) + cat_line(taken))
+            daemon.signal(signal.SIGHUP)
+            (failed,) = daemon.wait_event("reload_failed")
+        where = f"service 'inetd.{taken}': listen 127.0.0.1:{taken}"
+        assert failed["error"] == f"{where}: cannot bind: Address already in use"
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        daemon.signal(signal.SIGHUP)  # the port is free now: the same file applies
+        daemon.wait_event("reloaded")
+        assert exchange(f"127.0.0.1:{taken}", b"y") == b"y"
+        assert daemon.stop() == 0
+
+    def test_a_datagram_line_is_skipped_with_one_warning(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A dgram line is a warning at start, not again at a reload that changes nothing."""
+        inetd_conf, config = inetd
+        port = free_port()
+        talk = "talk\tdgram\tudp\twait\tnobody.tty\t/usr/sbin/in.talkd\tin.talkd\n"
+        inetd_conf.write_text(talk + cat_line(port))
+        daemon = sockd("run", "--config", config)
+        (warning,) = daemon.wait_event("config_warning")
+        assert warning["warning"].startswith(f"{inetd_conf}:1: talk: skipped: dgram udp")
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        for count in (1, 2):
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_event("reloaded", count=count)
+        assert len(daemon.events("config_warning")) == 1
+        assert daemon.stop() == 0
+
+
+class TestCheck:
+    def test_check_lists_skipped_lines_and_exits_0(self, inetd: tuple[Path, str]) -> None:
+        """`sockd check`: the lines' services in the effective config, skipped ones on stderr."""
+        inetd_conf, config = inetd
+        talk = "talk\tdgram\tudp\twait\tnobody.tty\t/usr/sbin/in.talkd\tin.talkd\n"
+        inetd_conf.write_text(f"{talk}127.0.0.1:7100\tstream\ttcp\tnowait\troot\t{CAT}\tcat\n")
+        done = run_once("check", "--config", config)
+        assert done.returncode == 0, done.stderr
+        assert 'name = "inetd.7100"' in done.stdout
+        assert done.stderr.startswith(f"sockd: {inetd_conf}:1: talk: skipped: dgram udp: ")
+        assert done.stderr.count("\n") == 1
+
+    def test_check_names_a_bad_line(self, inetd: tuple[Path, str]) -> None:
+        """`sockd check` refuses a malformed line with one line naming FILE:LINE, exit 78."""
+        inetd_conf, config = inetd
+        inetd_conf.write_text("\nfinger stream\n")
+        done = run_once("check", "--config", config)
+        assert (done.returncode, done.stdout) == (78, "")
+        assert done.stderr.startswith(f"sockd: {inetd_conf}:2: finger: 2 fields: expected")
