@@ -178,8 +178,11 @@ def client_fields(client: object) -> dict[str, object]:
     `client` is a TCP client's address, a UNIX peer's credentials' text,
     [text, escaped path] for a UNIX peer bound to a path (`sockd.forker.shared.unix_client`),
     or a proxied client's fields: the client its PROXY header named, and the
-    proxy `via` (`sockd.forker.proxied.proxied_client`).
+    proxy `via` (`sockd.forker.proxied.proxied_client`); None when it is not
+    known (the program of a wait service, which takes its clients itself).
     """
+    if client is None:
+        return {"client": None}
     if isinstance(client, list):
         return {"client": client[0], "peer_path": client[1]}
     if isinstance(client, dict):

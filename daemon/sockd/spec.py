@@ -214,6 +214,8 @@ class ServiceSpec(WireRecord):
     With `proxy_protocol`, each connection starts with a PROXY header, taken
     from the addresses in `proxy_trusted` only, within `proxy_timeout` seconds.
     With `udp_reflection`, the echo and chargen built-ins answer datagrams.
+    With `wait`, the program gets the listening socket itself, one at a time
+    (see `sockd.forker.waits`); `limits.rate` and `burst` bound its starts.
     """
 
     __slots__ = (
@@ -235,6 +237,7 @@ class ServiceSpec(WireRecord):
         "proxy_trusted",
         "refusal",
         "udp_reflection",
+        "wait",
         "workers",
     )
     FIELDS = (
@@ -257,6 +260,7 @@ class ServiceSpec(WireRecord):
         ("proxy_trusted", _texts),
         ("proxy_timeout", _number),
         ("udp_reflection", _flag),
+        ("wait", _flag),
     )
 
     def __init__(  # noqa: PLR0913 (a keyword a field)
@@ -281,6 +285,7 @@ class ServiceSpec(WireRecord):
         proxy_trusted: tuple[str, ...] = (),
         proxy_timeout: float = 3.0,
         udp_reflection: bool = False,
+        wait: bool = False,
     ) -> None:
         self.name = name
         self.handler = handler
@@ -301,6 +306,7 @@ class ServiceSpec(WireRecord):
         self.proxy_trusted = proxy_trusted
         self.proxy_timeout = proxy_timeout
         self.udp_reflection = udp_reflection
+        self.wait = wait
 
 
 def services_from_wire(data: object) -> list[ServiceSpec]:

@@ -35,7 +35,7 @@ selectors signal sockd sockd._version sockd.errors sockd.exits sockd.forker
 sockd.forker.access sockd.forker.caps sockd.forker.childlog sockd.forker.children
 sockd.forker.forkhooks sockd.forker.loop sockd.forker.pool sockd.forker.programs
 sockd.forker.proxied sockd.forker.service sockd.forker.shared sockd.forker.start
-sockd.forker.typecache
+sockd.forker.typecache sockd.forker.waits
 sockd.handlers sockd.handlers.builtin sockd.ipc sockd.listeners sockd.privileges sockd.server
 sockd.spec sockd.timers socket socketserver stat sys threading time types warnings zipimport
 """.split()  # noqa: SIM905 (a paragraph of names reads better than one a line)

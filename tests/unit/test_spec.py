@@ -40,6 +40,7 @@ EVERY = ServiceConfig(
     proxy_trusted=(ipaddress.ip_network("192.0.2.0/24"),),
     proxy_timeout=0.5,
     udp_reflection=True,
+    wait=True,
     limits=Limits(
         per_source=2,
         source_prefix_v4=24,

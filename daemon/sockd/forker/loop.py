@@ -26,6 +26,7 @@ from sockd.forker.programs import StderrWatch
 from sockd.forker.proxied import Waiting
 from sockd.forker.service import HANDLED_SIGNALS, ForkPaused, ServiceServer
 from sockd.forker.shared import Service, Shared
+from sockd.forker.waits import Waits
 from sockd.spec import WireError, services_from_wire
 from sockd.timers import Timers
 
@@ -118,6 +119,10 @@ class Forker:
         self.pending: list[int] = []
         self.listening: dict[int, ServiceServer] = {}
         self.answering: dict[int, ServiceServer] = {}  # `inline` servers polled (no cap)
+        # Wait services' sockets, polled apart: readable, they start a program (see waits).
+        self.waits = Waits(shared, self.report)
+        self.wait_listening: dict[int, ServiceServer] = {}
+        self.accepting_servers = sum(1 for server in servers if not server.service.wait)
         self.bursts: dict[ServiceServer, int] = {}
         self.watching_exits = False
         self.stop_phase = SERVING
@@ -157,6 +162,7 @@ class Forker:
         timers.follow("summaries", self._summaries_at, self._summaries)  # the bounded logs'
         timers.follow("respawn", self._respawn_at, self._respawn)  # pooled workers'
         timers.follow("headers", self.waiting.next_deadline, self._headers_due)  # proxy_timeout
+        timers.follow("wait_pause", self.waits.resumes_at, self._wait_resume)  # looping programs
         timers.add("crowd_check", self._check_crowded)  # set while renew_after children are open
         timers.add("prune", self._prune, 0.0)  # every PRUNE_INTERVAL
         timers.add("pause", self._resume)  # accept(2) or fork(2) failed: accepting waits
@@ -374,6 +380,10 @@ class Forker:
             fields = {"service": service, **client_fields(client), "pid": pid, "action": action}
             self.report("warning", "max_duration_exceeded", fields)
 
+    def _wait_resume(self, now: float) -> None:
+        self.waits.resume(now)
+        self._update_accepting()
+
     def _respawn_at(self) -> float:
         # (No respawn while stopping: no deadline for it.)
         if not self.pools.due or self.stop_phase is not SERVING:
@@ -430,6 +440,8 @@ class Forker:
             self._header(fd)
         elif fd in self.answering:
             self._answer(self.answering[fd])
+        elif fd in self.wait_listening:
+            self._start_waiting(self.wait_listening[fd])
 
     def _answer(self, server: ServiceServer) -> None:
         """Answer a burst of datagrams in the forker (a built-in over UDP: nothing forked)."""
@@ -440,6 +452,14 @@ class Forker:
             self.report("error", "accept_failed", fields)
             self.timers.set("pause", time.monotonic() + ACCEPT_PAUSE)
             self._update_accepting()
+
+    def _start_waiting(self, server: ServiceServer) -> None:
+        """Start a wait service's program on its socket, which is not polled until it exits."""
+        try:
+            self.waits.start(server)
+        except ForkPaused as paused:
+            self.timers.set("pause", time.monotonic() + paused.delay)
+        self._update_accepting()
 
     def _header(self, fd: int) -> None:
         """Read more of a PROXY header; serve its connection once it is complete."""
@@ -566,6 +586,11 @@ class Forker:
             if server.inline:
                 self._poll(server, self.answering, accepting and not paused)
                 continue
+            if server.service.wait:  # polled while no program of its runs; never `at_cap`
+                wanted = accepting and not paused and self.waits.idle(server)
+                has_room = self.caps.room(server.service, unused) > 0
+                self._poll(server, self.wait_listening, wanted and has_room)
+                continue
             has_room = accepting and self.caps.room(server.service, unused) > 0
             if accepting and not has_room:
                 at_cap.append(server.service)
@@ -578,8 +603,9 @@ class Forker:
                 self.poller.unregister(fd)
                 del self.listening[fd]
         stopping = self.stop_phase is not SERVING
+        # (Not for a wait service's program: its exit is reaped within REAP_POLL.)
         polled = len(self.listening) + len(self.answering)
-        self._watch_exits(stopping or polled < len(self.servers))
+        self._watch_exits(stopping or polled < self.accepting_servers)
         self.caps.note(at_cap)
 
     def _unpoll_switched(self) -> None:
@@ -670,8 +696,8 @@ class Forker:
         that connected, and may have sent their request, before the stop.
         """
         for server in self.servers:
-            if server.service.workers:
-                continue  # its workers' to take, and they are leaving
+            if server.service.workers or server.service.wait:
+                continue  # its workers' to take, and they are leaving; or its program's
             budget = MAX_ANSWER_BURST if server.inline else self.caps.room(server.service)
             with contextlib.suppress(OSError, ForkPaused):
                 server.accept_ready(budget)

@@ -153,6 +153,30 @@ class Program:
                 client = proxy_address
             environ = connection_environment(self.environ, request, client, local)
             proxy_environment(environ, header, request, proxy_address)
+        return self.spawn(environ, (stdin, connection), in_child)
+
+    def start_on_listener(
+        self, listener: socket.socket, in_child: Callable[[], None]
+    ) -> tuple[int, int]:
+        """Start a wait service's program on the listening socket itself (see `sockd.forker.waits`).
+
+        Its environment is the service's (no connection, no variables of one).
+
+        Raises:
+            OSError: the pipe or the process could not be made.
+        """
+        fd = listener.fileno()
+        return self.spawn(self.environ, (fd, fd), in_child)
+
+    def spawn(
+        self, environ: dict[bytes, bytes], stdio: tuple[int, int], in_child: Callable[[], None]
+    ) -> tuple[int, int]:
+        """Start the program with `stdio` as its stdin and stdout; return its pid and stderr.
+
+        Raises:
+            OSError: the pipe or the process could not be made.
+        """
+        stdin, connection = stdio
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             if self.identity is None:

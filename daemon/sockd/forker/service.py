@@ -148,6 +148,10 @@ class ServiceServer(ProxiedMixIn, ForkingMixIn, socketserver.TCPServer):
     def server_activate(self) -> None:
         """Check that the passed socket listens; leave it non-blocking (accepted until EAGAIN).
 
+        A wait service's socket is left blocking: its program takes it as
+        stdin and stdout (the flag is the socket's, not the descriptor's), and
+        a program that accepts or receives expects to wait there.
+
         Overrides ForkingMixIn's, without calling it (its errors name systemd).
 
         May be extended, do not override.
@@ -157,7 +161,7 @@ class ServiceServer(ProxiedMixIn, ForkingMixIn, socketserver.TCPServer):
         """
         try:
             listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
-            self.socket.setblocking(False)
+            self.socket.setblocking(self.service.wait)
             self.defer_accept()
         except OSError as exc:
             raise self._failure("cannot check the passed socket", exc) from None

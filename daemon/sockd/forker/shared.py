@@ -43,6 +43,7 @@ class Service:
         "refusal",
         "rules",
         "udp_reflection",
+        "wait",
         "workers",
     )
 
@@ -74,6 +75,7 @@ class Service:
         self.proxy_timeout = spec.proxy_timeout
         self.proxy_known: set[str] = set()  # addresses found in proxy_trusted (a cache)
         self.udp_reflection = spec.udp_reflection  # UDP echo and chargen answer
+        self.wait = spec.wait  # the program gets the listening socket (see sockd.forker.waits)
 
 
 class Stats:

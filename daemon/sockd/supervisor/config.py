@@ -52,6 +52,24 @@ MAX_ADDRESS_BYTES = 512  # a listen address as written
 MAX_NETWORKS = 100_000  # entries of allow, and of deny
 MAX_NETWORK_BYTES = 64  # an allow/deny entry as written
 MAX_PROXY_TIMEOUT = 300.0  # seconds a PROXY header may take, at most
+# A wait service's program starts (its `rate` and `burst` unless they are given): in
+# quick succession at most WAIT_BURST, and WAIT_RATE a second on average; past them
+# the program is looping (exits without taking what made the socket readable), and
+# the service pauses until the bucket is full again (WAIT_BURST / WAIT_RATE: 10 s).
+WAIT_RATE = 2.0
+WAIT_BURST = 20
+# What a wait service cannot have: sockd neither accepts nor reads for it.
+_NOT_WITH_WAIT = {
+    "workers": "the program serves, not pooled workers",
+    "max_children": "one program runs per listening socket at a time",
+    "proxy_protocol": "sockd reads nothing of a wait service's connections",
+    "allow": "sockd never sees a wait service's clients (the program accepts or reads)",
+    "deny": "sockd never sees a wait service's clients (the program accepts or reads)",
+    "refusal": "sockd refuses no client of a wait service",
+    "per_source": "sockd never sees a wait service's clients",
+    "per_source_rate": "sockd never sees a wait service's clients",
+    "per_source_burst": "sockd never sees a wait service's clients",
+}
 # Who may send PROXY headers, unless proxy_trusted says: this host only.
 DEFAULT_PROXY_TRUSTED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
 MAX_NAME_BYTES = 256  # handler, user, group
@@ -120,6 +138,7 @@ class ServiceConfig:
     proxy_timeout: float = 3.0  # seconds the header may take
     # UDP echo and chargen answer whoever a datagram claims to come from: off unless set.
     udp_reflection: bool = False
+    wait: bool = False  # the program gets the listening socket itself (inetd's `wait`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +379,7 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
         problem = "not a file mode from 0 to 0o777 (write it in octal: 0o660)"
         table.fail("unix_mode", written + problem)
     default_duration = CHARGEN_DEFAULT_MAX_DURATION if handler == "chargen" else None
+    wait = table.flag("wait", default=False)
     service = ServiceConfig(
         name,
         handler,
@@ -376,13 +396,14 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
         user=_user(table),
         group=_group(table),
         refusal=table.string("refusal", "", max_bytes=MAX_REFUSAL, nul=True),
-        limits=_limits(table),
+        limits=_limits(table, wait=wait),
         workers=table.integer("workers", None, minimum=1, maximum=MAX_WORKERS),
         max_connections_per_child=table.integer(
             "max_connections_per_child", None, minimum=1, maximum=MAX_CONNECTIONS_PER_CHILD
         ),
         **_proxy(table),
         udp_reflection=table.flag("udp_reflection", default=False),
+        wait=wait,
     )
     table.done()
     _check_kind(table, service, import_handlers=import_handlers)
@@ -405,6 +426,7 @@ def _proxy(table: Table) -> dict[str, Any]:
 
 def _check_kind(table: Table, service: ServiceConfig, *, import_handlers: bool = True) -> None:
     """Check what depends on the kind of service (handler or program), and load a handler."""
+    _check_wait(table, service)
     _check_pool(table, service)
     _check_datagrams(table, service)
     if service.handler is None:
@@ -418,6 +440,17 @@ def _check_kind(table: Table, service: ServiceConfig, *, import_handlers: bool =
             table.fail(key, "applies to exec programs only")
     if import_handlers:
         _load(table, service.handler)
+
+
+def _check_wait(table: Table, service: ServiceConfig) -> None:
+    """Check a wait service: a program, and nothing that needs sockd to accept or read."""
+    if not service.wait:
+        return
+    if service.handler is not None:
+        table.fail("wait", "hands the listening socket to a program (exec), not a handler")
+    for key, why in _NOT_WITH_WAIT.items():
+        if table.data.get(key) not in (None, False, [], ""):
+            table.fail(key, f"not with wait = true: {why}")
 
 
 def _check_pool(table: Table, service: ServiceConfig) -> None:
@@ -534,7 +567,8 @@ def _existing(table: Table, key: str, lookup: Callable[[str], object]) -> str | 
     return name
 
 
-def _limits(table: Table) -> Limits:
+def _limits(table: Table, *, wait: bool = False) -> Limits:
+    """Return the service's limits (a wait service's `rate` and `burst` bound its starts)."""
     limits = Limits(
         per_source=table.integer("per_source", None, minimum=1, maximum=MAX_CHILDREN),
         source_prefix_v4=table.integer("source_prefix_v4", 32, minimum=0, maximum=32),
@@ -548,6 +582,8 @@ def _limits(table: Table) -> Limits:
         table.fail("burst", "goes with rate")
     if limits.per_source_burst is not None and limits.per_source_rate is None:
         table.fail("per_source_burst", "goes with per_source_rate")
+    if wait and limits.rate is None:
+        limits = Limits(**{**limits.as_dict(), "rate": WAIT_RATE, "burst": WAIT_BURST})
     return limits
 
 
@@ -654,6 +690,7 @@ def service_spec(service: ServiceConfig) -> ServiceSpec:
         proxy_trusted=tuple(str(network) for network in service.proxy_trusted),
         proxy_timeout=service.proxy_timeout,
         udp_reflection=service.udp_reflection,
+        wait=service.wait,
     )
 
 
@@ -675,5 +712,7 @@ def to_toml(config: Config) -> str:
         del values["limits"]
         if not service.proxy_protocol:  # they go with it
             del values["proxy_trusted"], values["proxy_timeout"]
+        if not service.wait:
+            del values["wait"]
         lines += ["", "[[service]]", *toml_pairs(values)]
     return "\n".join(lines) + "\n"

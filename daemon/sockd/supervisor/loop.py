@@ -50,7 +50,7 @@ FORKER_SILENCE = 10.0
 IDLE_WAKEUP = 5.0  # the longest select() waits with nothing due
 RELOAD_LIMIT = 30.0  # seconds the forker may take to answer a reload; then it failed
 # Settings a reload cannot change, because they shaped the listeners or our identity.
-_RESTART_ONLY = ("listen", "unix_mode", "user", "group")
+_RESTART_ONLY = ("listen", "unix_mode", "user", "group", "wait")
 
 
 class ForkerProcess:

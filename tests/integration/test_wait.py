@@ -1,0 +1,207 @@
+"""Wait services (`wait = true`): the program gets the listening socket itself, one at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from harness import connect, recv_all, wait_until, write_config
+
+import sockd as sockd_package
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from harness import Notifications, Sockd
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+
+# A program of a wait service: it notes its start (pid and wall-clock time) in a
+# file, waits DELAY seconds, then accepts COUNT connections on its stdin (the
+# listening socket), answering each with its pid; then it sleeps HOLD seconds.
+ACCEPTER = """#!/usr/bin/python3 -I
+import os, socket, sys, time
+starts, count, delay, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+with open(starts, "a") as file:
+    file.write(f"{os.getpid()} {time.time()}\\n")
+time.sleep(delay)
+listener = socket.socket(fileno=0)
+for _ in range(count):
+    connection, _ = listener.accept()
+    connection.sendall(b"%d\\n" % os.getpid())
+    connection.close()
+print("served", count, file=sys.stderr, flush=True)
+time.sleep(hold)
+"""
+
+
+def wait_config(
+    tmp_path: Path, count: int = 1, *, delay: float = 0, hold: float = 0, extra: str = ""
+) -> str:
+    """Write a config whose wait service runs ACCEPTER; its starts go to tmp_path/starts."""
+    program = tmp_path / "accepter.py"
+    program.write_text(ACCEPTER)
+    program.chmod(0o755)
+    argv = [str(program), str(tmp_path / "starts"), str(count), str(delay), str(hold)]
+    exec_line = "[" + ", ".join(f'"{arg}"' for arg in argv) + "]"
+    return write_config(
+        tmp_path / "sockd.toml",
+        f"""
+        [[service]]
+        name = "w"
+        exec = {exec_line}
+        listen = ["127.0.0.1:0"]
+        wait = true
+        {extra}
+        """,
+    )
+
+
+def starts(tmp_path: Path) -> list[tuple[int, float]]:
+    """Return each start of the program so far: its pid, and when (wall clock)."""
+    path = tmp_path / "starts"
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [(int(pid), float(when)) for pid, when in (line.split() for line in lines)]
+
+
+def answer(address: str) -> int:
+    """Connect, and return the pid the program answers with."""
+    with connect(address) as client:
+        return int(recv_all(client))
+
+
+def when(event: dict[str, object]) -> float:
+    """Return an event's timestamp as seconds since the epoch."""
+    text = str(event["timestamp"]).replace("Z", "+00:00")
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+class TestWaitTCP:
+    def test_program_accepts_several_then_is_started_again(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """The program accepts on the socket itself; after it exits, a connection starts another."""
+        daemon = sockd("run", "--config", wait_config(tmp_path, count=2))
+        address = daemon.address()
+        pids = [answer(address) for _ in range(4)]
+        assert pids[0] == pids[1] != pids[2] == pids[3]
+        assert [pid for pid, _ in starts(tmp_path)] == [pids[0], pids[2]]
+        closed = daemon.wait_event("connection_closed", count=2, service="w")
+        exits = [(event["pid"], event["exit_code"]) for event in closed]
+        assert exits == [(pids[0], 0), (pids[2], 0)]
+        assert closed[0]["client"] is None  # sockd never saw the program's clients
+        (line, _) = daemon.wait_event("program_stderr", count=2, service="w")
+        assert (line["line"], line["pid"], line["client"]) == ("served 2", pids[0], None)
+        assert daemon.stop() == 0
+
+    def test_socket_is_not_polled_while_the_program_runs(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Connections wait in the backlog for the one program running: sockd starts no other."""
+        daemon = sockd("run", "--config", wait_config(tmp_path, count=3, delay=1.0))
+        address = daemon.address()
+        clients = [connect(address) for _ in range(3)]  # queued while the program sleeps
+        try:
+            pids = {int(recv_all(client)) for client in clients}
+        finally:
+            for client in clients:
+                client.close()
+        daemon.wait_event("connection_closed", service="w")
+        assert len(pids) == 1
+        assert [pid for pid, _ in starts(tmp_path)] == list(pids)
+
+    def test_program_exiting_at_once_is_paused_with_one_warning(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A program taking nothing (the socket stays readable) starts `burst` times, then rests.
+
+        rate 1 a second, burst 2: two starts in quick succession (a third if
+        they took over a second), then one `wait_looping` and a pause without
+        starts until the bucket is full again (`wait_resumed`); then again.
+        """
+        config = wait_config(tmp_path, count=0, extra="rate = 1\nburst = 2")
+        daemon = sockd("run", "--config", config)
+        with connect(daemon.address()):  # never accepted: the socket stays readable
+            first, second = daemon.wait_event("wait_looping", count=2, timeout=20, service="w")
+            resumed = daemon.wait_event("wait_resumed", service="w")[0]
+        assert first["seconds"] <= 2.0
+        assert (first["rate"], first["burst"]) == (1.0, 2)
+        assert when(first) < when(resumed) < when(second)
+        before = [start for _, start in starts(tmp_path) if start < when(first)]
+        during = [start for _, start in starts(tmp_path) if when(first) < start < when(resumed)]
+        assert 2 <= len(before) <= 3
+        assert during == []
+        # One warning per pause: none between the first and the resumption.
+        assert [when(event) for event in daemon.events("wait_looping")][:2] == [
+            when(first),
+            when(second),
+        ]
+
+    def test_max_duration_ends_the_program_and_the_socket_is_polled_again(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A program past max_duration gets SIGTERM; then the next connection starts another."""
+        config = wait_config(tmp_path, count=1, hold=600, extra="max_duration = 0.5")
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        first = answer(address)
+        (exceeded,) = daemon.wait_event("max_duration_exceeded", service="w")
+        assert (exceeded["pid"], exceeded["action"]) == (first, "SIGTERM")
+        (closed,) = daemon.wait_event("connection_closed", service="w")
+        assert (closed["pid"], closed["signal"]) == (first, "SIGTERM")
+        assert answer(address) != first
+
+    def test_graceful_stop_waits_for_the_program(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A stop waits (within stop_timeout) for the program, which still serves what it took."""
+        daemon = sockd("run", "--config", wait_config(tmp_path, count=1, delay=1.0))
+        with connect(daemon.address()) as client:
+            wait_until(lambda: starts(tmp_path), what="the program's start")
+            daemon.signal(signal.SIGTERM)
+            pid = int(recv_all(client))
+        assert daemon.wait() == 0
+        assert [start for start, _ in starts(tmp_path)] == [pid]
+        (closed,) = daemon.events("connection_closed", service="w")
+        assert (closed["pid"], closed["exit_code"]) == (pid, 0)
+        assert not daemon.events("stop_timeout")
+
+    @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is missing")
+    def test_socket_from_systemd(
+        self, sockd: Callable[..., Sockd], tmp_path: Path, notifications: Notifications
+    ) -> None:
+        """A wait service adopts its listening socket from systemd (systemd-socket-activate)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = Path(wait_config(tmp_path, count=1))
+        config.write_text(config.read_text().replace('listen = ["127.0.0.1:0"]', ""))
+        # This tree's sockd, not the one installed (systemd-socket-activate passes only PATH).
+        here = os.path.dirname(os.path.dirname(sockd_package.__file__))
+        prefix = [str(ACTIVATE), "-l", f"127.0.0.1:{port}", "-E", f"PYTHONPATH={here}"]
+        prefix += ["-E", f"NOTIFY_SOCKET={notifications.path}"]
+        daemon = sockd("run", "--config", str(config), prefix=prefix, wait=False)
+        address = f"127.0.0.1:{port}"
+        client = wait_until(lambda: _try_connect(address), what="systemd-socket-activate")
+        with client:
+            first = int(recv_all(client))
+        notifications.wait_for("READY=1")
+        (starting,) = daemon.events("starting")
+        assert starting["listeners"][0]["origin"] == "adopted"
+        assert answer(address) != first  # the program exited after one: another one
+        assert daemon.stop() == 0
+
+
+def _try_connect(address: str) -> socket.socket | None:
+    try:
+        return connect(address)
+    except ConnectionRefusedError:
+        return None
