@@ -81,6 +81,8 @@ def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled
     entry.lost += [f"{option}: sockd does not size socket buffers" for option in buffers]
     _wait(entry, wait, internal_dgram=server == "internal" and socket_type == "dgram")
     if server == "internal":
+        if entry.keys.pop("wait", False):  # (inetd.conf says wait for internal dgram services)
+            entry.notes.append("wait: an internal service is served by sockd itself")
         set_builtin(entry, service)
         return entry
     set_program(entry, server, argv)
@@ -139,8 +141,7 @@ def _wait(entry: Entry, wait: str, *, internal_dgram: bool = False) -> None:
         # (Debian's files write those lines `wait`): so do sockd's built-ins.
         pass
     elif mode == "wait":
-        if not entry.failed:
-            entry.fail("wait: sockd does not hand a program the listening socket yet")
+        entry.keys["wait"] = True  # the program gets the listening socket
     elif mode != "nowait":
         entry.fail(f"{wait!r}: expected wait or nowait[.max]")
     if not dot:
@@ -151,6 +152,12 @@ def _wait(entry: Entry, wait: str, *, internal_dgram: bool = False) -> None:
     count = int(maximum)
     entry.keys["rate"] = max(round(count / 60, 3), 0.001)
     entry.keys["burst"] = min(count, MAX_RATE)
+    if entry.keys.get("wait"):  # a wait service's rate and burst count its program's starts
+        entry.notes.append(
+            f"{wait}: {count} starts a minute, as rate (a second) and burst; inetd stops the "
+            "service for 10 minutes past it, sockd until the bucket is full (burst / rate s)"
+        )
+        return
     entry.notes.append(
         f"{wait}: {count} a minute, as rate (a second) and burst; inetd stops the "
         "service for 10 minutes past it, sockd refuses only the connections over it"

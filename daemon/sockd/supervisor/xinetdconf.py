@@ -172,20 +172,32 @@ def _entry(block: _Block, defaults: dict[str, list[str]]) -> Entry:
     for kind in sorted(types & {"RPC", "TCPMUX", "TCPMUXPLUS"}):
         entry.fail(f"type = {kind}: sockd serves no {kind} services")
     _listen(entry, block.name, values, flags)
-    # xinetd answers an internal service's datagrams itself, wait or not; so does sockd.
-    internal_dgram = "INTERNAL" in types and _one(values, "socket_type") == "dgram"
-    if _one(values, "wait").lower() == "yes" and not entry.failed and not internal_dgram:
-        entry.fail("wait = yes: sockd does not hand a program the listening socket yet")
+    wait = _one(values, "wait").lower() == "yes" and "INTERNAL" not in types
+    if wait:  # the program gets the listening socket
+        entry.keys["wait"] = True
     if "INTERNAL" in types:
         set_builtin(entry, block.name)
     elif "redirect" in values:
         entry.fail(f"redirect = {' '.join(values['redirect'])}: sockd does not forward connections")
     else:
         _program(entry, values, flags)
-    _access(entry, values)
-    _limits(entry, values)
+    if wait:
+        _unseen(entry, values)
+    else:
+        _access(entry, values)
+    _limits(entry, values, wait=wait)
     _the_rest(entry, values, flags)
     return entry
+
+
+def _unseen(entry: Entry, values: dict[str, list[str]]) -> None:
+    """Say that a wait service's clients are not checked: sockd never sees them."""
+    for attribute in ("only_from", "no_access"):
+        if values.get(attribute):
+            entry.lost.append(
+                f"{attribute} = {' '.join(values[attribute])}: sockd never sees a wait "
+                "service's clients (the program takes them): restrict them in a firewall"
+            )
 
 
 def _one(values: dict[str, list[str]], attribute: str) -> str:
@@ -322,10 +334,13 @@ def _networks(host: str) -> list[str]:
     return sorted({str(ipaddress.ip_network(info[4][0])) for info in infos})
 
 
-def _limits(entry: Entry, values: dict[str, list[str]]) -> None:
+def _limits(entry: Entry, values: dict[str, list[str]], *, wait: bool = False) -> None:
     for attribute, key in (("instances", "max_children"), ("per_source", "per_source")):
         text = _one(values, attribute)
         if not text or text.upper() == "UNLIMITED":
+            continue
+        if wait:  # one program at a time, and its clients unseen: xinetd counts nothing either
+            entry.notes.append(f"{attribute} = {text}: a wait service runs one program at a time")
             continue
         if text.isdigit() and 1 <= int(text) <= MAX_CHILDREN:
             entry.keys[key] = int(text)
@@ -335,6 +350,12 @@ def _limits(entry: Entry, values: dict[str, list[str]]) -> None:
     if cps:
         if len(cps) == 2 and all(value.isdigit() for value in cps) and 1 <= int(cps[0]) <= MAX_RATE:
             entry.keys["rate"] = entry.keys["burst"] = int(cps[0])
+            if wait:
+                entry.notes.append(
+                    f"cps = {cps[0]} {cps[1]}: xinetd turns the service off for {cps[1]} s past "
+                    f"{cps[0]} starts a second; sockd until its bucket is full (burst / rate s)"
+                )
+                return
             entry.notes.append(
                 f"cps = {cps[0]} {cps[1]}: xinetd turns the service off for {cps[1]} s past "
                 f"{cps[0]} connections a second; sockd refuses only the connections over it"

@@ -636,6 +636,61 @@ class TestPrograms:
         assert service["refusal"] == "busy\r\n"
 
 
+WAIT = PROGRAM + "wait = true\n"
+
+
+class TestWait:
+    def test_wait_service_starts_are_bounded_by_default(self, tmp_path: Path) -> None:
+        """`wait = true` with exec: its rate and burst (program starts) default to 2 and 20."""
+        (service,) = load_text(tmp_path, WAIT).services
+        assert service.wait is True
+        assert (service.limits.rate, service.limits.burst) == (config.WAIT_RATE, config.WAIT_BURST)
+        assert config.service_spec(service).wait is True
+        (given,) = load_text(tmp_path, WAIT + "rate = 0.5\nmax_duration = 9\n").services
+        assert (given.limits.rate, given.limits.burst, given.max_duration) == (0.5, None, 9)
+        (plain,) = load_text(tmp_path, PROGRAM).services
+        assert (plain.wait, plain.limits.rate) == (False, None)
+
+    def test_effective_config_round_trips(self, tmp_path: Path) -> None:
+        """`sockd check` prints wait = true (and nothing for other services); it loads back."""
+        loaded = load_text(tmp_path, WAIT + SERVICE.replace("'e'", "'f'"))
+        text = config.to_toml(loaded)
+        assert text.count("wait = true") == 1
+        assert "wait = false" not in text
+        assert load_text(tmp_path, text).services == loaded.services
+
+    @pytest.mark.parametrize(
+        ("extra", "where"),
+        [
+            ("workers = 2", "workers: not with wait = true: the program serves"),
+            ("max_children = 2", "max_children: not with wait = true: one program runs per"),
+            ("proxy_protocol = true", "proxy_protocol: not with wait = true: sockd reads nothing"),
+            ("allow = ['10.0.0.0/8']", "allow: not with wait = true: sockd never sees a wait"),
+            ("deny = ['10.0.0.1']", "deny: not with wait = true: sockd never sees a wait"),
+            ("refusal = 'no'", "refusal: not with wait = true: sockd refuses no client"),
+            ("per_source = 1", "per_source: not with wait = true: sockd never sees a wait"),
+            ("per_source_rate = 1", "per_source_rate: not with wait = true: sockd never sees"),
+            ("idle_timeout = 1", "idle_timeout: applies to handlers; a program gets max_duration"),
+        ],
+    )
+    def test_what_needs_sockd_to_accept_is_refused(
+        self, tmp_path: Path, extra: str, where: str
+    ) -> None:
+        """A wait service refuses, in one line, each key that needs sockd to accept or read."""
+        message = rejects(tmp_path, f"{WAIT}{extra}\n", "")
+        assert f"service 'e': {where}" in message
+
+    def test_a_handler_is_refused(self, tmp_path: Path) -> None:
+        """A wait service runs a program: with a handler, the one line names `wait`."""
+        where = "service 'e': wait: hands the listening socket to a program (exec), not a handler"
+        rejects(tmp_path, SERVICE + "wait = true\n", where)
+
+    def test_allowed_keys_with_their_defaults(self, tmp_path: Path) -> None:
+        """Empty allow/deny/refusal and proxy_protocol = false (as `check` prints them) are fine."""
+        extra = "allow = []\ndeny = []\nrefusal = ''\nproxy_protocol = false\n"
+        assert load_text(tmp_path, WAIT + extra).services[0].wait
+
+
 class TestParseListen:
     @pytest.mark.parametrize(
         ("text", "expected"),

@@ -211,6 +211,24 @@ class TestFields:
         assert "inetd stops the service for 10 minutes" in result.text
         assert result.problems == []
 
+    def test_wait(self, tmp_path: Path) -> None:
+        """A stream wait line is a wait service: wait.120 bounds its starts, 120 a minute."""
+        result = inetd(tmp_path / "inetd.conf", "7000 stream tcp4 wait.120 nobody /bin/cat cat\n")
+        (service,) = served(result)
+        assert service["wait"] is True
+        assert (service["exec"], service["listen"]) == (["/bin/cat"], ["0.0.0.0:7000"])
+        assert (service["rate"], service["burst"]) == (2.0, 120)
+        assert "120 starts a minute" in result.text
+        assert result.problems == []
+        assert check(tmp_path, result).services[0].wait
+
+    def test_wait_for_an_internal_service_is_left_out(self, tmp_path: Path) -> None:
+        """An internal service's wait (inetd.conf's habit for dgram ones) means nothing to sockd."""
+        result = inetd(tmp_path / "inetd.conf", "echo stream tcp wait root internal\n")
+        assert [(s["handler"], "wait" in s) for s in served(result)] == [("echo", False)]
+        assert "# - wait: an internal service is served by sockd itself" in result.text
+        assert result.problems == []
+
     def test_bad_max(self, tmp_path: Path) -> None:
         """A maximum that is not a positive number is ignored, and said so."""
         result = inetd(tmp_path / "inetd.conf", "echo stream tcp nowait.x root internal\n")
@@ -259,12 +277,10 @@ class TestFields:
         ("line", "problem"),
         [
             ("echo stream tcp nowait root", "5 fields: expected service, socket type,"),
-            ("echo stream tcp wait root internal", "wait: sockd does not hand a program the"),
             ("echo dgram udp nowait root internal", "UDP echo answers any forged source"),
             ("chargen dgram udp wait root internal", "set udp_reflection = true to serve it"),
             ("echo dgram tcp nowait root internal", "dgram tcp: datagram sockets are udp"),
             ("echo stream udp nowait root internal", "stream udp: datagram sockets are udp"),
-            ("talk dgram udp wait nobody /bin/cat", "wait: sockd does not hand a program the"),
             ("echo raw tcp nowait root internal", "socket type 'raw': sockd serves stream"),
             ("echo stream sctp nowait root internal", "protocol 'sctp': expected tcp, tcp4"),
             ("rstatd/1-3 dgram rpc/udp wait root /bin/cat", "rpc/udp: RPC services"),

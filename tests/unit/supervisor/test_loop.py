@@ -58,6 +58,7 @@ class TestCheckReloadable:
         [
             (with_service(listen=(parse_listen("127.0.0.1:8"),)), "service 'echo': listen"),
             (with_service(unix_mode=0o600), "service 'echo': unix_mode"),
+            (with_service(wait=True), "service 'echo': wait: changing it needs a restart"),
             (with_service(name="other"), r"adding \['other'\] or removing \['echo'\]"),
             (dataclasses.replace(OLD, daemon=DaemonConfig(user="root")), "daemon.user/group"),
         ],

@@ -282,7 +282,6 @@ class TestAttributes:
                 "socket_type = dgram\nprotocol = udp\nwait = yes\n",
                 "wait = yes: sockd does not hand a program the listening socket yet",
             ),
-            ("wait = yes\n", "wait = yes: sockd does not hand a program the listening socket yet"),
             ("type = RPC\n", "type = RPC: sockd serves no RPC services"),
             ("redirect = 10.0.0.1 23\n", "redirect = 10.0.0.1 23: sockd does not forward"),
         ],
@@ -305,6 +304,26 @@ class TestAttributes:
         assert (service["rate"], service["burst"]) == (50, 50)
         assert "xinetd turns the service off for 10 s past 50 connections a second" in result.text
         assert result.problems == []
+
+    def test_wait(self, tmp_path: Path) -> None:
+        """A `wait = yes` block is a wait service: cps bounds its starts; instances goes."""
+        text = PROGRAM.replace("wait = no", "wait = yes")
+        text += "instances = 30\nper_source = 5\ncps = 50 10\nonly_from = 10.0.0.0\n"
+        result = one(tmp_path, text)
+        (service,) = served(result)
+        assert service["wait"] is True
+        assert (service["rate"], service["burst"]) == (50, 50)
+        assert "max_children" not in service
+        assert "per_source" not in service
+        assert "allow" not in service
+        assert "# - instances = 30: a wait service runs one program at a time" in result.text
+        assert "past 50 starts a second" in result.text
+        assert len(result.problems) == 1
+        assert (
+            "only_from = 10.0.0.0: sockd never sees a wait service's clients"
+            in (result.problems[0])
+        )
+        assert check(tmp_path, result).services[0].wait
 
     def test_unlimited(self, tmp_path: Path) -> None:
         """An UNLIMITED instances sets no cap."""
