@@ -309,6 +309,13 @@ KEYS = (
     Key("service", "proxy_protocol", "bool", (("true", True), ("false", False))),
     Key(
         "service",
+        "wait",
+        "bool",
+        (("true", True), ("false", False)),
+        service=tuple(PROGRAM.items()),
+    ),
+    Key(
+        "service",
         "proxy_trusted",
         "list",
         (
@@ -454,6 +461,16 @@ def _file_cases() -> list[Case]:
                 b"[daemon]\nmax_children = 4\n"
                 + _service_text((*ECHO.items(), ("workers", 4))).encode()
             ),
+        ),
+        Case(
+            "file=wait-with-handler",
+            ("service 'e': wait: hands the listening socket to a program",),
+            fixed(_service_text((*ECHO.items(), ("wait", True))).encode()),
+        ),
+        Case(
+            "file=wait-with-allow",
+            ("service 'e': allow: not with wait = true",),
+            fixed(_service_text((*PROGRAM.items(), ("wait", True), ("allow", ["::1"]))).encode()),
         ),
         Case(
             "file=proxy-timeout-alone",
