@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pwd
 import shutil
 import signal
 import socket
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from harness import Notifications, Sockd
 
 ACTIVATE = shutil.which("systemd-socket-activate")
+TFTPD = "/usr/sbin/in.tftpd"  # Debian's tftpd-hpa (scripts/setup --tests installs it)
+TFTP = shutil.which("tftp")  # tftp-hpa's client
 
 # A program of a wait service: it notes its start (pid and wall-clock time) in a
 # file, waits DELAY seconds, then accepts COUNT connections on its stdin (the
@@ -205,3 +209,88 @@ def _try_connect(address: str) -> socket.socket | None:
         return connect(address)
     except ConnectionRefusedError:
         return None
+
+
+PAYLOAD = os.urandom(300_000)  # 586 blocks of 512 bytes, and a short last one
+
+
+def tftp_config(tmp_path: Path, listen: str) -> tuple[str, str]:
+    """Write a config serving tmp_path/srv/boot.img with in.tftpd; return it and the file's name.
+
+    As root, in.tftpd is chrooted (--secure) into the directory; it runs as
+    the test's user (-u); it waits a second (-t 1) for more requests, then exits.
+    """
+    served = tmp_path / "srv"
+    served.mkdir()
+    served.chmod(0o755)
+    (served / "boot.img").write_bytes(PAYLOAD)
+    (served / "boot.img").chmod(0o644)
+    me = pwd.getpwuid(os.getuid()).pw_name
+    secure = ["--secure"] if os.getuid() == 0 else []
+    exec_line = ", ".join(f'"{arg}"' for arg in [TFTPD, *secure, "-t", "1", "-u", me, served])
+    text = f'[[service]]\nname = "tftp"\nexec = [{exec_line}]\n{listen}\nwait = true\n'
+    config = write_config(tmp_path / "sockd.toml", text)
+    return config, "boot.img" if secure else str(served / "boot.img")
+
+
+def fetch(tmp_path: Path, port: int | str, name: str, copy: str) -> bytes:
+    """Fetch `name` with the tftp client, in binary mode; return what arrived."""
+    done = subprocess.run(
+        [str(TFTP), "127.0.0.1", str(port), "-m", "binary", "-c", "get", name, copy],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done
+    assert not done.stdout.strip(), done  # tftp-hpa says errors there ("Error code 1: ...")
+    return (tmp_path / copy).read_bytes()
+
+
+@pytest.mark.skipif(
+    not os.access(TFTPD, os.X_OK) or TFTP is None,
+    reason="in.tftpd or tftp is missing: run scripts/setup --tests (tftpd-hpa, tftp-hpa)",
+)
+class TestWaitUDP:
+    def test_tftp_client_fetches_from_in_tftpd(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """in.tftpd as a UDP wait service: the real tftp client fetches whole files, twice.
+
+        in.tftpd receives the request on the socket itself, serves it from a
+        process of its own, waits a second (`-t 1`) for more, then exits; sockd
+        starts it again for the next request.
+        """
+        config, name = tftp_config(tmp_path, 'listen = ["udp:127.0.0.1:0"]')
+        daemon = sockd("run", "--config", config)
+        address = daemon.address()
+        assert address.startswith("udp:127.0.0.1:")
+        port = address.rpartition(":")[2]
+        for round_ in (1, 2):
+            assert fetch(tmp_path, port, name, f"copy{round_}") == PAYLOAD
+            # in.tftpd waits a second for another request, then exits: sockd watches again.
+            (closed,) = daemon.wait_event("connection_closed", count=round_, service="tftp")[-1:]
+            assert (closed["exit_code"], closed["client"]) == (0, None)
+        assert len({event["pid"] for event in daemon.events("connection_closed")}) == 2
+        assert daemon.stop() == 0
+
+    @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is missing")
+    def test_udp_socket_from_systemd(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
+        """A UDP socket from systemd (ListenDatagram=; systemd-socket-activate --datagram).
+
+        The first request starts sockd; it waits in the socket until in.tftpd takes it.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config, name = tftp_config(tmp_path, "")
+        here = os.path.dirname(os.path.dirname(sockd_package.__file__))
+        prefix = [str(ACTIVATE), "--datagram", "-l", f"127.0.0.1:{port}"]
+        daemon = sockd(
+            "run", "--config", config, prefix=[*prefix, "-E", f"PYTHONPATH={here}"], wait=False
+        )
+        assert fetch(tmp_path, port, name, "copy") == PAYLOAD
+        (starting,) = daemon.events("starting")
+        assert starting["listeners"][0]["origin"] == "adopted"
+        assert starting["listeners"][0]["address"] == f"udp:127.0.0.1:{port}"
+        assert daemon.stop() == 0

@@ -160,7 +160,8 @@ class ServiceServer(ProxiedMixIn, ForkingMixIn, socketserver.TCPServer):
             SockdError: the passed socket is unusable.
         """
         try:
-            listeners.check_listening(self.socket, f"socket of service {self.service.name!r}")
+            where = f"socket of service {self.service.name!r}"
+            listeners.check_listening(self.socket, where, self.endpoint.type)
             self.socket.setblocking(self.service.wait)
             self.defer_accept()
         except OSError as exc:

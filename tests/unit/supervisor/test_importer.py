@@ -93,13 +93,13 @@ class TestCommand:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """Parts left as comments: exit 1, a stderr line each, and the output still passes check."""
-        text = "echo stream tcp nowait root internal\ntalk dgram udp wait nobody.tty /bin/cat cat\n"
+        text = "echo stream tcp nowait root internal\nrstatd/1-3 dgram rpc/udp wait root /bin/cat\n"
         (tmp_path / "inetd.conf").write_text(text)
         assert run_main(["import", "inetd", str(tmp_path / "inetd.conf")]) == 1
         out, err = capsys.readouterr()
         assert err == (
-            f"sockd: {tmp_path}/inetd.conf:2: talk: wait: sockd does not hand a program the"
-            " listening socket yet\n"
+            f"sockd: {tmp_path}/inetd.conf:2: rstatd-1-3: rpc/udp: RPC services (through the"
+            " portmapper) have no equivalent\n"
         )
         (tmp_path / "sockd.toml").write_text(out)
         assert run_main(["check", "--quiet", "--config", str(tmp_path / "sockd.toml")]) == 0

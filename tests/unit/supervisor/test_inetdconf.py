@@ -49,7 +49,7 @@ class TestDebianFiles:
         assert [service.name for service in check(tmp_path, result).services] == list(tables)
 
     def test_update_inetd_lines(self) -> None:
-        """The lines of fingerd, talkd, micro-httpd: tcpd dropped, user.group split, UDP aside."""
+        """The lines of fingerd, talkd, micro-httpd: tcpd dropped, user.group split, talk waits."""
         path = DATA / "update-inetd" / "inetd.conf"
         result = inetd(path)
         assert served(result) == []  # none of the programs is installed here
@@ -64,6 +64,7 @@ class TestDebianFiles:
         assert talk["exec"] == ["/usr/sbin/in.talkd"]
         assert (talk["user"], talk["group"]) == ("nobody", "tty")
         assert talk["listen"] == ["udp:0.0.0.0:517", "udp:[::]:517"]
+        assert talk["wait"] is True  # in.talkd receives on the socket itself
         assert ntalk["name"] == "ntalk"
         assert finger == {
             "name": "finger",
@@ -77,7 +78,10 @@ class TestDebianFiles:
                 f"{path}:28: www: kept as a comment: service 'www': exec[0]:"
                 " /usr/sbin/micro-httpd: no such program"
             ),
-            f"{path}:31: talk: wait: sockd does not hand a program the listening socket yet",
+            (
+                f"{path}:31: talk: kept as a comment: service 'talk': exec[0]:"
+                " /usr/sbin/in.talkd: no such program"
+            ),
             (
                 f"{path}:37: finger: kept as a comment: service 'finger': exec[0]:"
                 " /usr/sbin/in.fingerd: no such program"
@@ -89,12 +93,20 @@ class TestDebianFiles:
         text = (DATA / "update-inetd" / "inetd.conf").read_text()
         text = text.replace("/usr/sbin/in.fingerd", "/bin/cat")
         text = text.replace("/usr/sbin/micro-httpd", "/bin/ls")
+        text = text.replace("/usr/sbin/in.talkd", "/bin/true")
         result = inetd(tmp_path / "inetd.conf", text)
         assert [service["exec"] for service in served(result)] == [
             ["/bin/ls", "/var/www/html"],
+            ["/bin/true"],
             ["/bin/cat"],
         ]
-        finger = check(tmp_path, result).services[1]
+        talk = check(tmp_path, result).services[1]
+        assert (talk.name, talk.wait, [str(a) for a in talk.listen]) == (
+            "talk",
+            True,
+            ["udp:0.0.0.0:517", "udp:[::]:517"],
+        )
+        finger = check(tmp_path, result).services[2]
         assert (finger.name, finger.user, finger.group) == ("finger", "nobody", None)
         assert "tcpd dropped (/bin/cat is run directly): " in result.text
 
@@ -221,6 +233,23 @@ class TestFields:
         assert "120 starts a minute" in result.text
         assert result.problems == []
         assert check(tmp_path, result).services[0].wait
+
+    @pytest.mark.parametrize(
+        ("protocol", "listen"),
+        [
+            ("udp", ["udp:0.0.0.0:69", "udp:[::]:69"]),
+            ("udp4", ["udp:0.0.0.0:69"]),
+            ("udp6", ["udp:[::]:69"]),
+        ],
+    )
+    def test_dgram_wait(self, tmp_path: Path, protocol: str, listen: list[str]) -> None:
+        """A dgram wait line (in.tftpd's) is a wait service on UDP sockets of its families."""
+        line = f"tftp dgram {protocol} wait root /bin/true in.tftpd -s /srv/tftp\n"
+        result = inetd(tmp_path / "inetd.conf", line)
+        (service,) = served(result)
+        assert (service["listen"], service["wait"]) == (listen, True)
+        assert service["exec"] == ["/bin/true", "-s", "/srv/tftp"]
+        check(tmp_path, result)
 
     def test_wait_for_an_internal_service_is_left_out(self, tmp_path: Path) -> None:
         """An internal service's wait (inetd.conf's habit for dgram ones) means nothing to sockd."""

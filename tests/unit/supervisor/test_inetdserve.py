@@ -39,20 +39,23 @@ def load(tmp_path: Path, inetd_conf: str | None, own: str = "") -> config.Config
 
 class TestServices:
     def test_update_inetd_lines(self) -> None:
-        """Debian packages' lines: the enabled stream ones served, talk (dgram) a warning."""
+        """Debian packages' lines: the enabled ones served, talk (dgram) as a wait service."""
         path = str(DATA / "update-inetd" / "inetd.conf")
         tables, warnings = inetdserve.services(path)
         assert [(origin, table["name"]) for origin, table in tables] == [
             (f"{path}:28", "inetd.www"),
+            (f"{path}:31", "inetd.talk"),
             (f"{path}:37", "inetd.finger"),
         ]
-        finger = tables[1][1]
+        assert (tables[1][1]["wait"], tables[1][1]["listen"]) == (
+            True,
+            ["udp:0.0.0.0:517", "udp:[::]:517"],
+        )
+        finger = tables[2][1]
         assert finger["exec"] == ["/usr/sbin/in.fingerd"]
         assert finger["listen"] == BOTH_79
         assert finger["user"] == "nobody"
-        assert warnings == [
-            f"{path}:31: talk: skipped: dgram udp: sockd serves no datagram (UDP) services yet"
-        ]
+        assert warnings == []
 
     def test_missing_file_is_empty(self, tmp_path: Path) -> None:
         """No inetd.conf yet (update-inetd creates it): no service, no warning."""
@@ -80,7 +83,7 @@ class TestServices:
             inetdserve.services(str(path))
 
     def test_not_yet_served_lines_are_skipped(self, tmp_path: Path) -> None:
-        """wait, RPC, raw sockets, internal services without a built-in: one warning each."""
+        """RPC, raw sockets, internal services without a built-in: one warning each."""
         path = tmp_path / "inetd.conf"
         path.write_text(
             f"7001 stream tcp wait root {CAT} cat\n"
@@ -90,9 +93,9 @@ class TestServices:
             f"7003 stream tcp nowait root {CAT} cat\n"
         )
         tables, warnings = inetdserve.services(str(path))
-        assert [table["name"] for _, table in tables] == ["inetd.7003"]
+        assert [table["name"] for _, table in tables] == ["inetd.7001", "inetd.7003"]
+        assert tables[0][1]["wait"] is True
         assert [warning.split(": ")[1:3] for warning in warnings] == [
-            ["7001", "skipped"],
             ["rstatd/1-3", "skipped"],
             ["7002", "skipped"],
             ["tcpmux", "skipped"],
@@ -127,7 +130,7 @@ class TestServices:
     def test_warnings_are_bounded(self, tmp_path: Path) -> None:
         """A file of many lines sockd skips gives MAX_WARNINGS warnings and a count."""
         path = tmp_path / "inetd.conf"
-        line = "talk dgram udp wait nobody /usr/sbin/in.talkd in.talkd\n"
+        line = "rstatd/1-3 dgram rpc/udp wait root /usr/sbin/rpc.rstatd rpc.rstatd\n"
         path.write_text(line * (inetdserve.MAX_WARNINGS + 5))
         _, warnings = inetdserve.services(str(path))
         assert len(warnings) == inetdserve.MAX_WARNINGS + 1
@@ -141,7 +144,7 @@ class TestConfig:
         loaded = load(
             tmp_path,
             f"127.0.0.1:7100 stream tcp nowait root {CAT} cat -u\n"
-            "talk dgram udp wait nobody /usr/sbin/in.talkd in.talkd\n",
+            "rstatd/1-3 dgram rpc/udp wait root /usr/sbin/rpc.rstatd rpc.rstatd\n",
             own,
         )
         assert [service.name for service in loaded.services] == ["echo", "inetd.7100"]

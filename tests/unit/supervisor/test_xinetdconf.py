@@ -278,10 +278,6 @@ class TestAttributes:
                 "socket_type = raw\nprotocol = udp\n",
                 "raw udp: sockd serves stream tcp and dgram udp services",
             ),
-            (
-                "socket_type = dgram\nprotocol = udp\nwait = yes\n",
-                "wait = yes: sockd does not hand a program the listening socket yet",
-            ),
             ("type = RPC\n", "type = RPC: sockd serves no RPC services"),
             ("redirect = 10.0.0.1 23\n", "redirect = 10.0.0.1 23: sockd does not forward"),
         ],
@@ -324,6 +320,16 @@ class TestAttributes:
             in (result.problems[0])
         )
         assert check(tmp_path, result).services[0].wait
+
+    def test_dgram_wait(self, tmp_path: Path) -> None:
+        """Debian's tftp block (dgram, udp, wait = yes) is a wait service on a UDP socket."""
+        text = "socket_type = dgram\nprotocol = udp\nwait = yes\nuser = root\n"
+        text += "server = /bin/true\nserver_args = -s /srv/tftp\n"
+        result = one(tmp_path, text, name="tftp")
+        (service,) = served(result)
+        assert (service["listen"], service["wait"]) == (["udp:0.0.0.0:69"], True)
+        assert service["exec"] == ["/bin/true", "-s", "/srv/tftp"]
+        check(tmp_path, result)
 
     def test_unlimited(self, tmp_path: Path) -> None:
         """An UNLIMITED instances sets no cap."""
