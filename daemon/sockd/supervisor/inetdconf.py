@@ -155,7 +155,7 @@ def _wait(entry: Entry, wait: str, *, internal_dgram: bool = False) -> None:
     if entry.keys.get("wait"):  # a wait service's rate and burst count its program's starts
         entry.notes.append(
             f"{wait}: {count} starts a minute, as rate (a second) and burst; inetd stops the "
-            "service for 10 minutes past it, sockd until the bucket is full (burst / rate s)"
+            "service for 10 minutes past it, sockd pauses it until its bucket is full again"
         )
         return
     entry.notes.append(

@@ -339,8 +339,11 @@ def _limits(entry: Entry, values: dict[str, list[str]], *, wait: bool = False) -
         text = _one(values, attribute)
         if not text or text.upper() == "UNLIMITED":
             continue
-        if wait:  # one program at a time, and its clients unseen: xinetd counts nothing either
-            entry.notes.append(f"{attribute} = {text}: a wait service runs one program at a time")
+        if wait:
+            why = "a wait service runs one program at a time"
+            if key == "per_source":
+                why = "sockd never sees a wait service's clients"
+            entry.notes.append(f"{attribute} = {text}: dropped: {why}")
             continue
         if text.isdigit() and 1 <= int(text) <= MAX_CHILDREN:
             entry.keys[key] = int(text)
@@ -353,7 +356,7 @@ def _limits(entry: Entry, values: dict[str, list[str]], *, wait: bool = False) -
             if wait:
                 entry.notes.append(
                     f"cps = {cps[0]} {cps[1]}: xinetd turns the service off for {cps[1]} s past "
-                    f"{cps[0]} starts a second; sockd until its bucket is full (burst / rate s)"
+                    f"{cps[0]} starts a second; sockd pauses it until its bucket is full again"
                 )
                 return
             entry.notes.append(

@@ -312,7 +312,12 @@ class TestAttributes:
         assert "max_children" not in service
         assert "per_source" not in service
         assert "allow" not in service
-        assert "# - instances = 30: a wait service runs one program at a time" in result.text
+        assert (
+            "# - instances = 30: dropped: a wait service runs one program at a time" in result.text
+        )
+        assert (
+            "# - per_source = 5: dropped: sockd never sees a wait service's clients" in result.text
+        )
         assert "past 50 starts a second" in result.text
         assert len(result.problems) == 1
         assert (
