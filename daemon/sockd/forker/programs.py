@@ -227,12 +227,13 @@ class Program:
             for signum in DEFAULT_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            in_child()
             os.setpgid(0, 0)  # its own process group, as posix_spawn's setpgroup gives
             stdin, connection, stderr = fds
             os.dup2(stdin, 0)
             os.dup2(connection, 1)
             os.dup2(stderr, 2)
+            # Then the forker's descriptors: a wait service's socket is one of them.
+            in_child()
             assert self.identity is not None  # noqa: S101 (only called with one)
             become_ids(self.identity)
             os.execve(self.path, self.argv, environ)  # noqa: S606 (argv from the config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from sockd.forker.service import ServiceServer
 from sockd.forker.shared import Service, Shared
 from sockd.forker.waits import Waits
 from sockd.listeners import Endpoint
+from sockd.privileges import group_ids
 from sockd.spec import Limits, ServiceSpec
 
 if TYPE_CHECKING:
@@ -79,6 +81,21 @@ class TestWaits:
         reap_all(shared)
         assert waits.idle(server)
         assert shared.stats.served == 1
+        server.server_close()
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="a program with a user of its own needs root")
+    def test_program_with_a_user_of_its_own_gets_the_socket(self, shared: Shared) -> None:
+        """With `user` (fork, switch, exec), the forker's descriptors close, but not this socket."""
+        nobody = pwd.getpwnam("nobody")
+        identity = group_ids("nobody", nobody.pw_uid, nobody.pw_gid)
+        argv = ["/usr/bin/python3", "-I", "-c", ACCEPT_ONE]
+        server = wait_server(shared, argv, identity=identity)
+        shared.child_fds = (server.fileno(),)  # as the forker's loop sets them: its listeners
+        waits = Waits(shared, shared.report)
+        with socket.create_connection(server.socket.getsockname(), timeout=10) as client:
+            waits.start(server)
+            assert recv_all(client) == b"['LC_CTYPE', 'PATH']"
+        reap_all(shared)
         server.server_close()
 
     def test_starts_past_the_bucket_pause_the_service(self, shared: Shared, events: Events) -> None:
