@@ -133,14 +133,14 @@ class TestInetdConf:
     def test_a_datagram_line_is_skipped_with_one_warning(
         self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
     ) -> None:
-        """A dgram line is a warning at start, not again at a reload that changes nothing."""
+        """An RPC (dgram) line is a warning at start, not again at a reload that changes nothing."""
         inetd_conf, config = inetd
         port = free_port()
-        talk = "talk\tdgram\tudp\twait\tnobody.tty\t/usr/sbin/in.talkd\tin.talkd\n"
+        talk = "rstatd/1-3\tdgram\trpc/udp\twait\troot\t/usr/sbin/rpc.rstatd\trpc.rstatd\n"
         inetd_conf.write_text(talk + cat_line(port))
         daemon = sockd("run", "--config", config)
         (warning,) = daemon.wait_event("config_warning")
-        assert warning["warning"].startswith(f"{inetd_conf}:1: talk: skipped: dgram udp")
+        assert warning["warning"].startswith(f"{inetd_conf}:1: rstatd/1-3: skipped: rpc/udp")
         assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
         for count in (1, 2):
             daemon.signal(signal.SIGHUP)
@@ -153,12 +153,12 @@ class TestCheck:
     def test_check_lists_skipped_lines_and_exits_0(self, inetd: tuple[Path, str]) -> None:
         """`sockd check`: the lines' services in the effective config, skipped ones on stderr."""
         inetd_conf, config = inetd
-        talk = "talk\tdgram\tudp\twait\tnobody.tty\t/usr/sbin/in.talkd\tin.talkd\n"
+        talk = "rstatd/1-3\tdgram\trpc/udp\twait\troot\t/usr/sbin/rpc.rstatd\trpc.rstatd\n"
         inetd_conf.write_text(f"{talk}127.0.0.1:7100\tstream\ttcp\tnowait\troot\t{CAT}\tcat\n")
         done = run_once("check", "--config", config)
         assert done.returncode == 0, done.stderr
         assert 'name = "inetd.7100"' in done.stdout
-        assert done.stderr.startswith(f"sockd: {inetd_conf}:1: talk: skipped: dgram udp: ")
+        assert done.stderr.startswith(f"sockd: {inetd_conf}:1: rstatd/1-3: skipped: rpc/udp: ")
         assert done.stderr.count("\n") == 1
 
     def test_check_names_a_bad_line(self, inetd: tuple[Path, str]) -> None:
