@@ -180,6 +180,18 @@ class TestLoopsAndReflection:
             assert unanswered(sock, port)
         assert summaries(daemon, "source_port") == 1
 
+    def test_no_answer_to_another_datagram_services_port(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """From time's port to daytime: dropped, or the two would answer each other forever."""
+        services = service("daytime", "daytime") + service("time", "time")
+        daemon = sockd("run", "--config", udp_config(tmp_path, services))
+        daytime, time_port = udp_port(daemon, 0), udp_port(daemon, 1)
+        with client("127.0.0.2", time_port) as sock:  # time's port, as a forged source has it
+            sock.sendto(b"\n", ("127.0.0.1", daytime))
+            assert unanswered(sock, daytime)
+        assert summaries(daemon, "source_port") == 1
+
     def test_echo_needs_udp_reflection(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
         """UDP echo without udp_reflection: sockd does not start (exit 78), and says why."""
         daemon = sockd("run", "--config", udp_config(tmp_path, service("echo", "echo")), wait=False)

@@ -16,11 +16,12 @@ datagram service is served as inetd serves a `dgram nowait` line:
 
 UDP sources are forged at will, so every datagram is checked before
 anything is done for it (see README "UDP"): none from a source port below
-1024 or from the service's own port is answered (inetd's loop check: two
-UDP services answering each other forever, or a forged request that makes
-a service flood a system port); allow/deny and the rate limits apply per
-datagram; UDP echo and chargen need `udp_reflection` (`problem`). Dropped
-datagrams are counted, and logged within the bounds of `access.Denials`.
+1024 or from the port of any UDP socket this forker serves is answered
+(inetd's loop check: two UDP services answering each other forever, or a
+forged request that makes a service flood a system port); allow/deny and
+the rate limits apply per datagram; UDP echo and chargen need
+`udp_reflection` (`problem`). Dropped datagrams are counted, and logged
+within the bounds of `access.Denials`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class DatagramServer(ServiceServer):
             SockdError: the passed socket is unusable, or the service cannot serve datagrams.
         """
         super().__init__(endpoint, service, shared)
-        self._port = self.server_address[1] if isinstance(self.server_address, tuple) else None
+        if isinstance(self.server_address, tuple):
+            shared.datagram_ports.add(self.server_address[1])
         try:
             self._answer_for(service)
         except ConfigError:
@@ -155,7 +157,7 @@ class DatagramServer(ServiceServer):
 
     def _receive(self, budget: int) -> int:
         recvfrom, sendto = self.socket.recvfrom, self.socket.sendto
-        answer, size, port = self.answer, self.max_packet_size, self._port
+        answer, size, ports = self.answer, self.max_packet_size, self.shared.datagram_ports
         for taken in range(budget):
             try:
                 data, client_address = recvfrom(size, _MSG_DONTWAIT)
@@ -167,7 +169,7 @@ class DatagramServer(ServiceServer):
                 raise
             request = (data, self.socket)
             if type(client_address) is tuple and (
-                client_address[1] < PRIVILEGED_PORTS or client_address[1] == port
+                client_address[1] < PRIVILEGED_PORTS or client_address[1] in ports
             ):
                 self.drop(LOOP)
                 continue

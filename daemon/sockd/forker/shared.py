@@ -179,6 +179,7 @@ class Shared:
         self.admissions: dict[str, Admission] = {}  # by service name: kept across reloads
         self.sources: dict[int, tuple[Admission, Any, Any]] = {}  # pid: admission, key, client
         self.denials = Denials()
+        self.datagram_ports: set[int] = set()  # of every UDP socket served (the loop check)
         self.fork_backoff = ForkBackoff()
         self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
         self.closed: Callable[[RawExit], None] = self._report_closed
