@@ -370,6 +370,30 @@ class TestActivation:
         assert origins == {"time": "adopted", "tcp": "bound"}
         assert starting["listeners"][0]["address"] == f"udp:127.0.0.1:{port}"
 
+    def test_a_program_answers_ipv4_on_a_dual_stack_socket(
+        self, sockd: Callable[..., Sockd], notifications: Notifications, tmp_path: Path
+    ) -> None:
+        """A program on systemd's dual-stack [::] socket answers an IPv4 sender."""
+        port = free_port()
+        text = f'[[service]]\nname = "cat"\nexec = ["cat"]\nlisten = ["udp:[::]:{port}"]\n'
+        prefix = [str(ACTIVATE), "--datagram", "-l", f"[::]:{port}"]
+        prefix += ["-E", f"NOTIFY_SOCKET={notifications.path}"]
+        if "PYTHONPATH" in os.environ:
+            prefix += ["-E", "PYTHONPATH"]
+        daemon = sockd("run", "--config", udp_config(tmp_path, text), prefix=prefix, wait=False)
+        with client() as sock:
+
+            def answered() -> bool:
+                sock.sendto(b"v4", ("127.0.0.1", port))
+                try:
+                    return sock.recv(100) == b"v4"
+                except TimeoutError:
+                    return bool(daemon.events("fork_failed"))  # ends the wait: it failed
+
+            sock.settimeout(0.5)
+            wait_until(answered, what="an answer, or a fork_failed event")
+        assert not daemon.events("fork_failed")
+
 
 def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

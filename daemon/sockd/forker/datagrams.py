@@ -245,8 +245,9 @@ class DatagramServer(ServiceServer):
         output = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             output.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._family == socket.AF_INET6:
-                output.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self._family == socket.AF_INET6:  # as the listener's: systemd's may take IPv4 too
+                v6only = self.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+                output.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
             output.bind(self.server_address)
             output.connect(client_address)
             stdin, feed = os.pipe2(os.O_CLOEXEC)
