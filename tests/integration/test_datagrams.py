@@ -192,6 +192,26 @@ class TestLoopsAndReflection:
             assert unanswered(sock, daytime)
         assert summaries(daemon, "source_port") == 1
 
+    def test_no_answer_to_another_unix_datagram_service(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A sender's path swapped for a symlink to time's socket: time drops daytime's answer."""
+        day, tick = tmp_path / "daytime.sock", tmp_path / "time.sock"
+        services = service("daytime", "daytime", listen=f"unix-dgram:{day}")
+        services += service("time", "time", listen=f"unix-dgram:{tick}")
+        daemon = sockd("run", "--config", udp_config(tmp_path, services))
+        forker, sender = daemon.forker(), tmp_path / "sender.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(sender))
+            os.kill(forker, signal.SIGSTOP)  # so that the path is swapped before the answer
+            try:
+                sock.sendto(b"\n", str(day))
+                sender.unlink()
+                sender.symlink_to(tick)  # sendto() follows it: daytime answers time
+            finally:
+                os.kill(forker, signal.SIGCONT)
+        assert summaries(daemon, "source_port") == 1  # else the two answer each other forever
+
     def test_echo_needs_udp_reflection(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
         """UDP echo without udp_reflection: sockd does not start (exit 78), and says why."""
         daemon = sockd("run", "--config", udp_config(tmp_path, service("echo", "echo")), wait=False)

@@ -16,12 +16,12 @@ datagram service is served as inetd serves a `dgram nowait` line:
 
 UDP sources are forged at will, so every datagram is checked before
 anything is done for it (see README "UDP"): none from a source port below
-1024 or from the port of any UDP socket this forker serves is answered
-(inetd's loop check: two UDP services answering each other forever, or a
-forged request that makes a service flood a system port); allow/deny and
-the rate limits apply per datagram; UDP echo and chargen need
-`udp_reflection` (`problem`). Dropped datagrams are counted, and logged
-within the bounds of `access.Denials`.
+1024, from the port of any UDP socket this forker serves, or from the path
+of any of its UNIX datagram sockets is answered (inetd's loop check: two
+services answering each other forever, or a forged request that makes a
+service flood a system port); allow/deny and the rate limits apply per
+datagram; UDP echo and chargen need `udp_reflection` (`problem`). Dropped
+datagrams are counted, and logged within the bounds of `access.Denials`.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class DatagramServer(ServiceServer):
             SockdError: the passed socket is unusable, or the service cannot serve datagrams.
         """
         super().__init__(endpoint, service, shared)
-        if isinstance(self.server_address, tuple):
-            shared.datagram_ports.add(self.server_address[1])
+        address = self.server_address
+        shared.datagram_sources.add(address[1] if isinstance(address, tuple) else address)
         try:
             self._answer_for(service)
         except ConfigError:
@@ -157,7 +157,7 @@ class DatagramServer(ServiceServer):
 
     def _receive(self, budget: int) -> int:
         recvfrom, sendto = self.socket.recvfrom, self.socket.sendto
-        answer, size, ports = self.answer, self.max_packet_size, self.shared.datagram_ports
+        answer, size, own = self.answer, self.max_packet_size, self.shared.datagram_sources
         for taken in range(budget):
             try:
                 data, client_address = recvfrom(size, _MSG_DONTWAIT)
@@ -168,9 +168,13 @@ class DatagramServer(ServiceServer):
                     continue
                 raise
             request = (data, self.socket)
-            if type(client_address) is tuple and (
-                client_address[1] < PRIVILEGED_PORTS or client_address[1] in ports
-            ):
+            # (A UNIX sender's path may be a symlink to one of ours: sendto() follows it.)
+            looped = (
+                client_address[1] < PRIVILEGED_PORTS or client_address[1] in own
+                if type(client_address) is tuple
+                else client_address in own
+            )
+            if looped:
                 self.drop(LOOP)
                 continue
             if answer is None:
