@@ -227,6 +227,37 @@ class TestLoopsAndReflection:
         assert ask(udp_port(daemon), b"x" * 20000) == b"x" * 8192
 
 
+class TestPortTheft:
+    def test_no_other_socket_can_bind_a_builtins_port(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """No socket can bind a built-in's UDP port again, even with SO_REUSEADDR, to take it."""
+        daemon = sockd("run", "--config", udp_config(tmp_path, service("time", "time")))
+        port = udp_port(daemon)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as thief:
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError, match="in use"):
+                thief.bind(("127.0.0.1", port))
+        assert len(ask(port)) == 4
+
+    def test_a_reload_turns_a_builtin_into_a_program(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGHUP from time to an exec of cat: the program's socket to the sender can be bound."""
+        config = udp_config(tmp_path, service("svc", "time"))
+        daemon = sockd("run", "--config", config)
+        port = udp_port(daemon)
+        assert len(ask(port)) == 4
+        # The same listen: the socket is kept.
+        udp_config(
+            tmp_path, '[[service]]\nname = "svc"\nexec = ["cat"]\nlisten = ["udp:127.0.0.1:0"]\n'
+        )
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        assert ask(port, b"cat") == b"cat"
+        assert not daemon.events("fork_failed")
+
+
 class TestAdmission:
     def test_a_flood_from_one_source_is_throttled_another_is_served(
         self, sockd: Callable[..., Sockd], tmp_path: Path

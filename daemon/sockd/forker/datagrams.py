@@ -105,6 +105,11 @@ class DatagramServer(ServiceServer):
         handler: Any = service.handler
         self.answer = DATAGRAM_ANSWERS.get(handler) if service.program is None else None
         self.inline = self.answer is not None
+        if self._family != socket.AF_UNIX:
+            # Only a program's socket to its sender shares the port (`start_program`): on
+            # UDP, SO_REUSEADDR lets any local user's socket bind it, and take its datagrams.
+            reuse = service.program is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
 
     def server_activate(self) -> None:
         """Check that the passed socket is a bound datagram socket; it stays blocking.
@@ -229,7 +234,8 @@ class DatagramServer(ServiceServer):
           datagram socket: each read(2) there takes a whole datagram, and a
           shell's `read`, which reads a byte at a time, would lose the rest;
         - stdout: a UDP socket bound to the listener's address and port
-          (SO_REUSEADDR, as the daemon binds listeners) and connected to the
+          (SO_REUSEADDR, which `_answer_for` sets on the listener of a
+          program's service, and on no other) and connected to the
           sender: each write(2) is one datagram to it, from the service's
           port, which connected clients (nc -u, socat) require. Datagrams the
           sender sends while the program runs reach that socket (the kernel
@@ -241,8 +247,7 @@ class DatagramServer(ServiceServer):
         The environment says PROTO=UDP, UDPREMOTEIP/PORT, UDPLOCALIP/PORT.
 
         Raises:
-            OSError: a socket could not be made or bound (a listener from
-                systemd without ReuseAddress... cannot be shared), or the spawn failed.
+            OSError: a socket could not be made or bound, or the spawn failed.
         """
         program = self.service.program
         assert program is not None  # noqa: S101 (called for programs only)
