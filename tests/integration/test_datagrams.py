@@ -180,6 +180,38 @@ class TestLoopsAndReflection:
             assert unanswered(sock, port)
         assert summaries(daemon, "source_port") == 1
 
+    def test_no_answer_to_another_datagram_services_port(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """From time's port to daytime: dropped, or the two would answer each other forever."""
+        services = service("daytime", "daytime") + service("time", "time")
+        daemon = sockd("run", "--config", udp_config(tmp_path, services))
+        daytime, time_port = udp_port(daemon, 0), udp_port(daemon, 1)
+        with client("127.0.0.2", time_port) as sock:  # time's port, as a forged source has it
+            sock.sendto(b"\n", ("127.0.0.1", daytime))
+            assert unanswered(sock, daytime)
+        assert summaries(daemon, "source_port") == 1
+
+    def test_no_answer_to_another_unix_datagram_service(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A sender's path swapped for a symlink to time's socket: time drops daytime's answer."""
+        day, tick = tmp_path / "daytime.sock", tmp_path / "time.sock"
+        services = service("daytime", "daytime", listen=f"unix-dgram:{day}")
+        services += service("time", "time", listen=f"unix-dgram:{tick}")
+        daemon = sockd("run", "--config", udp_config(tmp_path, services))
+        forker, sender = daemon.forker(), tmp_path / "sender.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(sender))
+            os.kill(forker, signal.SIGSTOP)  # so that the path is swapped before the answer
+            try:
+                sock.sendto(b"\n", str(day))
+                sender.unlink()
+                sender.symlink_to(tick)  # sendto() follows it: daytime answers time
+            finally:
+                os.kill(forker, signal.SIGCONT)
+        assert summaries(daemon, "source_port") == 1  # else the two answer each other forever
+
     def test_echo_needs_udp_reflection(self, sockd: Callable[..., Sockd], tmp_path: Path) -> None:
         """UDP echo without udp_reflection: sockd does not start (exit 78), and says why."""
         daemon = sockd("run", "--config", udp_config(tmp_path, service("echo", "echo")), wait=False)
@@ -193,6 +225,37 @@ class TestLoopsAndReflection:
         services = service("echo", "echo", "udp_reflection = true")
         daemon = sockd("run", "--config", udp_config(tmp_path, services))
         assert ask(udp_port(daemon), b"x" * 20000) == b"x" * 8192
+
+
+class TestPortTheft:
+    def test_no_other_socket_can_bind_a_builtins_port(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """No socket can bind a built-in's UDP port again, even with SO_REUSEADDR, to take it."""
+        daemon = sockd("run", "--config", udp_config(tmp_path, service("time", "time")))
+        port = udp_port(daemon)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as thief:
+            thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError, match="in use"):
+                thief.bind(("127.0.0.1", port))
+        assert len(ask(port)) == 4
+
+    def test_a_reload_turns_a_builtin_into_a_program(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """SIGHUP from time to an exec of cat: the program's socket to the sender can be bound."""
+        config = udp_config(tmp_path, service("svc", "time"))
+        daemon = sockd("run", "--config", config)
+        port = udp_port(daemon)
+        assert len(ask(port)) == 4
+        # The same listen: the socket is kept.
+        udp_config(
+            tmp_path, '[[service]]\nname = "svc"\nexec = ["cat"]\nlisten = ["udp:127.0.0.1:0"]\n'
+        )
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded")
+        assert ask(port, b"cat") == b"cat"
+        assert not daemon.events("fork_failed")
 
 
 class TestAdmission:
@@ -357,6 +420,30 @@ class TestActivation:
         origins = {entry["service"]: entry["origin"] for entry in starting["listeners"]}
         assert origins == {"time": "adopted", "tcp": "bound"}
         assert starting["listeners"][0]["address"] == f"udp:127.0.0.1:{port}"
+
+    def test_a_program_answers_ipv4_on_a_dual_stack_socket(
+        self, sockd: Callable[..., Sockd], notifications: Notifications, tmp_path: Path
+    ) -> None:
+        """A program on systemd's dual-stack [::] socket answers an IPv4 sender."""
+        port = free_port()
+        text = f'[[service]]\nname = "cat"\nexec = ["cat"]\nlisten = ["udp:[::]:{port}"]\n'
+        prefix = [str(ACTIVATE), "--datagram", "-l", f"[::]:{port}"]
+        prefix += ["-E", f"NOTIFY_SOCKET={notifications.path}"]
+        if "PYTHONPATH" in os.environ:
+            prefix += ["-E", "PYTHONPATH"]
+        daemon = sockd("run", "--config", udp_config(tmp_path, text), prefix=prefix, wait=False)
+        with client() as sock:
+
+            def answered() -> bool:
+                sock.sendto(b"v4", ("127.0.0.1", port))
+                try:
+                    return sock.recv(100) == b"v4"
+                except TimeoutError:
+                    return bool(daemon.events("fork_failed"))  # ends the wait: it failed
+
+            sock.settimeout(0.5)
+            wait_until(answered, what="an answer, or a fork_failed event")
+        assert not daemon.events("fork_failed")
 
 
 def _bindable(port: int) -> bool:

@@ -16,9 +16,10 @@ datagram service is served as inetd serves a `dgram nowait` line:
 
 UDP sources are forged at will, so every datagram is checked before
 anything is done for it (see README "UDP"): none from a source port below
-1024 or from the service's own port is answered (inetd's loop check: two
-UDP services answering each other forever, or a forged request that makes
-a service flood a system port); allow/deny and the rate limits apply per
+1024, from the port of any UDP socket this forker serves, or from the path
+of any of its UNIX datagram sockets is answered (inetd's loop check: two
+services answering each other forever, or a forged request that makes a
+service flood a system port); allow/deny and the rate limits apply per
 datagram; UDP echo and chargen need `udp_reflection` (`problem`). Dropped
 datagrams are counted, and logged within the bounds of `access.Denials`.
 """
@@ -88,7 +89,8 @@ class DatagramServer(ServiceServer):
             SockdError: the passed socket is unusable, or the service cannot serve datagrams.
         """
         super().__init__(endpoint, service, shared)
-        self._port = self.server_address[1] if isinstance(self.server_address, tuple) else None
+        address = self.server_address
+        shared.datagram_sources.add(address[1] if isinstance(address, tuple) else address)
         try:
             self._answer_for(service)
         except ConfigError:
@@ -103,6 +105,11 @@ class DatagramServer(ServiceServer):
         handler: Any = service.handler
         self.answer = DATAGRAM_ANSWERS.get(handler) if service.program is None else None
         self.inline = self.answer is not None
+        if self._family != socket.AF_UNIX:
+            # Only a program's socket to its sender shares the port (`start_program`): on
+            # UDP, SO_REUSEADDR lets any local user's socket bind it, and take its datagrams.
+            reuse = service.program is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
 
     def server_activate(self) -> None:
         """Check that the passed socket is a bound datagram socket; it stays blocking.
@@ -155,7 +162,7 @@ class DatagramServer(ServiceServer):
 
     def _receive(self, budget: int) -> int:
         recvfrom, sendto = self.socket.recvfrom, self.socket.sendto
-        answer, size, port = self.answer, self.max_packet_size, self._port
+        answer, size, own = self.answer, self.max_packet_size, self.shared.datagram_sources
         for taken in range(budget):
             try:
                 data, client_address = recvfrom(size, _MSG_DONTWAIT)
@@ -166,9 +173,13 @@ class DatagramServer(ServiceServer):
                     continue
                 raise
             request = (data, self.socket)
-            if type(client_address) is tuple and (
-                client_address[1] < PRIVILEGED_PORTS or client_address[1] == port
-            ):
+            # (A UNIX sender's path may be a symlink to one of ours: sendto() follows it.)
+            looped = (
+                client_address[1] < PRIVILEGED_PORTS or client_address[1] in own
+                if type(client_address) is tuple
+                else client_address in own
+            )
+            if looped:
                 self.drop(LOOP)
                 continue
             if answer is None:
@@ -223,7 +234,8 @@ class DatagramServer(ServiceServer):
           datagram socket: each read(2) there takes a whole datagram, and a
           shell's `read`, which reads a byte at a time, would lose the rest;
         - stdout: a UDP socket bound to the listener's address and port
-          (SO_REUSEADDR, as the daemon binds listeners) and connected to the
+          (SO_REUSEADDR, which `_answer_for` sets on the listener of a
+          program's service, and on no other) and connected to the
           sender: each write(2) is one datagram to it, from the service's
           port, which connected clients (nc -u, socat) require. Datagrams the
           sender sends while the program runs reach that socket (the kernel
@@ -235,16 +247,16 @@ class DatagramServer(ServiceServer):
         The environment says PROTO=UDP, UDPREMOTEIP/PORT, UDPLOCALIP/PORT.
 
         Raises:
-            OSError: a socket could not be made or bound (a listener from
-                systemd without ReuseAddress... cannot be shared), or the spawn failed.
+            OSError: a socket could not be made or bound, or the spawn failed.
         """
         program = self.service.program
         assert program is not None  # noqa: S101 (called for programs only)
         output = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             output.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._family == socket.AF_INET6:
-                output.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self._family == socket.AF_INET6:  # as the listener's: systemd's may take IPv4 too
+                v6only = self.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+                output.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
             output.bind(self.server_address)
             output.connect(client_address)
             stdin, feed = os.pipe2(os.O_CLOEXEC)

@@ -181,6 +181,9 @@ class Shared:
         self.admissions: dict[str, Admission] = {}  # by service name: kept across reloads
         self.sources: dict[int, tuple[Admission, Any, Any]] = {}  # pid: admission, key, client
         self.denials = Denials()
+        # The port of every UDP socket served, the path of every UNIX datagram one: no
+        # datagram from one is answered (the loop check, see sockd.forker.datagrams).
+        self.datagram_sources: set[int | str | bytes] = set()
         self.fork_backoff = ForkBackoff()
         self.report: Callable[[str, str, dict[str, Any]], None] = _ignore
         self.closed: Callable[[RawExit], None] = self._report_closed

@@ -197,7 +197,7 @@ def adopt(inherited: InheritedFd) -> socket.socket:
 
 
 def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
-    """Bind our own socket for `endpoint` (TCP, UDP: SO_REUSEADDR, IPv6-only; UNIX: mode, owner).
+    """Bind our own socket for `endpoint` (TCP: SO_REUSEADDR; IP: IPv6-only; UNIX: mode, owner).
 
     A UNIX socket file gets its mode from the umask at bind(), and its owner
     (`endpoint.owner`, as root) through `_give_away`: nothing is done to the
@@ -222,7 +222,10 @@ def bind(sock: socket.socket, endpoint: Endpoint, unix_mode: int) -> None:
             if endpoint.owner is not None:
                 _give_away(endpoint.sockaddr, endpoint.owner, where)
             return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if endpoint.type == socket.SOCK_STREAM:
+            # Not on UDP: there, any local user's socket with SO_REUSEADDR could bind the
+            # port too, and take its datagrams (the forker sets it for a program's answers).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(endpoint.sockaddr)
