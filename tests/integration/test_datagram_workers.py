@@ -13,6 +13,7 @@ from harness import TESTS, WAIT, wait_until, write_config
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+    from typing import Any
 
     from harness import Sockd
 
@@ -49,13 +50,13 @@ def client(source: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def ask(port: int, data: bytes = b"?", source: str = "127.0.0.1") -> dict:
+def ask(port: int, data: bytes = b"?", source: str = "127.0.0.1") -> dict[str, Any]:
     """Send one datagram from `source`; return the handler's report (see DatagramReport)."""
     with client(source) as sock:
         sock.sendto(data, ("127.0.0.1", port))
         answer, sender = sock.recvfrom(65536)
         assert sender == ("127.0.0.1", port)
-        report = json.loads(answer.removesuffix(b" held"))
+        report: dict[str, Any] = json.loads(answer.removesuffix(b" held"))
         assert report["client"] == list(sock.getsockname())
     report["held"] = answer.endswith(b" held")
     return report
@@ -78,7 +79,8 @@ def workers_of(daemon: Sockd) -> set[int]:
 
 
 def two_workers(daemon: Sockd) -> set[int]:
-    return wait_until(lambda: workers_of(daemon) if len(workers_of(daemon)) == 2 else None)
+    pids: set[int] = wait_until(lambda: len(workers_of(daemon)) == 2 and workers_of(daemon))
+    return pids
 
 
 class TestServing:
