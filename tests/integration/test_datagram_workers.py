@@ -129,13 +129,38 @@ class TestServing:
         port = udp_port(daemon)
         assert {ask(port)["pid"] for _ in range(4)} <= workers_of(daemon) - {victim}
 
+    def test_max_duration_kills_a_handler_that_does_not_return(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """Past max_duration (a datagram has nothing to cut), then 5 s: the worker is killed."""
+        extra = "max_duration = 0.2"
+        daemon = sockd("run", "--config", config(tmp_path, "support_handlers:DatagramHold", extra))
+        workers = two_workers(daemon)
+        port = udp_port(daemon)
+        with client() as sock:
+            sock.sendto(f"hold:{tmp_path / 'never'}".encode(), ("127.0.0.1", port))
+            (exited,) = daemon.wait_event("worker_exited", timeout=15)
+        assert exited["pid"] in workers
+        assert exited["signal"] == "SIGALRM"
+        (closed,) = daemon.wait_event("connection_closed")
+        assert (closed["pid"], closed["signal"]) == (exited["pid"], "SIGALRM")
+        wait_until(lambda: len(workers_of(daemon) - {exited["pid"]}) == 2, timeout=5)
+        assert ask(port)["data"] == "?"
+
     def test_builtin_and_program_are_not_pooled(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
-        """A pool of a built-in over udp: sockd does not start (exit 78), and says why."""
+        """A pool of a built-in, or of a program, over udp: sockd does not start (exit 78): why."""
         daemon = sockd("run", "--config", config(tmp_path, "daytime"), wait=False)
         assert daemon.wait() == 78
         assert "not with a built-in over udp: (answered in the forker" in "\n".join(daemon.lines())
+        text = (
+            (tmp_path / "sockd.toml").read_text().replace('handler = "daytime"', 'exec = ["cat"]')
+        )
+        (tmp_path / "sockd.toml").write_text(text)
+        daemon = sockd("run", "--config", str(tmp_path / "sockd.toml"), wait=False)
+        assert daemon.wait() == 78
+        assert "workers: applies to handlers; a program runs" in "\n".join(daemon.lines())
 
 
 class TestAdmission:
