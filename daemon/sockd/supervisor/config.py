@@ -437,6 +437,10 @@ def _check_pool(table: Table, service: ServiceConfig) -> None:
         if getattr(limits, key) is not None and not (datagrams and key != "per_source"):
             msg = "needs fork-per-connection (the forker keeps the counts); not with workers"
             table.fail(key, msg)
+    rated = limits.rate is not None or limits.per_source_rate is not None
+    if datagrams and rated and service.max_connections_per_child is not None:
+        msg = "not with rate limits (each fresh worker's buckets would start full)"
+        table.fail("max_connections_per_child", msg)
 
 
 # The built-ins whose UDP answer goes to whoever a datagram's (spoofable) source

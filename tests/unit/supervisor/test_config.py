@@ -264,6 +264,13 @@ class TestLoad:
             ),
             (
                 (
+                    "[[service]]\nname = 'e'\nhandler = 'mod:H'\nworkers = 2\nrate = 5\n"
+                    "max_connections_per_child = 9\nlisten = ['udp:127.0.0.1:0']\n"
+                ),
+                "service 'e': max_connections_per_child: not with rate limits",
+            ),
+            (
+                (
                     "[[service]]\nname = 'e'\nhandler = 'time'\nrefusal = 'no'\n"
                     "listen = ['udp:127.0.0.1:0']\n"
                 ),
@@ -338,7 +345,7 @@ class TestDatagramPool:
         loaded = load_text(
             tmp_path,
             "[daemon]\npythonpath = ['.']\n[[service]]\nname = 'p'\n"
-            "handler = 'pooled_dgram_mod:H'\nworkers = 2\nmax_connections_per_child = 100\n"
+            "handler = 'pooled_dgram_mod:H'\nworkers = 2\n"
             "rate = 10\nper_source_rate = 1\nlisten = ['udp:127.0.0.1:0']\n",
         )
         (service,) = loaded.services
