@@ -105,6 +105,29 @@ class TestServing:
         }
         assert workers_of(daemon) == workers  # the same processes: nothing forked per datagram
 
+    def test_a_unix_datagram_socket_is_pooled_too(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """unix-dgram: a worker answers the sender's bound path; logged as unix:PATH."""
+        path = config(tmp_path)
+        text = (tmp_path / "sockd.toml").read_text()
+        (tmp_path / "sockd.toml").write_text(
+            text.replace("udp:127.0.0.1:0", f"unix-dgram:{tmp_path}/pool.d")
+        )
+        daemon = sockd("run", "--config", path)
+        workers = two_workers(daemon)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(tmp_path / "client.d"))
+            sock.settimeout(WAIT)
+            sock.sendto(b"unix", str(tmp_path / "pool.d"))
+            report = json.loads(sock.recv(65536))
+        assert (report["data"], report["client"]) == ("unix", list(str(tmp_path / "client.d")))
+        assert report["pid"] in workers
+        (closed,) = daemon.wait_event("connection_closed")
+        assert closed["pid"] == report["pid"]
+        assert closed["client"] == "unix"
+        assert closed["peer_path"] == str(tmp_path / "client.d")
+
     def test_max_connections_per_child_counts_datagrams(
         self, sockd: Callable[..., Sockd], tmp_path: Path
     ) -> None:
