@@ -115,3 +115,20 @@ class DatagramReport(socketserver.DatagramRequestHandler):
             "type": int(sock.type),
         }
         self.wfile.write(json.dumps(report).encode())
+
+
+class DatagramHold(DatagramReport):
+    """DatagramReport; on `hold:PATH` it first creates PATH.busy, then waits for PATH (10 s)."""
+
+    def handle(self) -> None:
+        """Hold the datagram until PATH exists, if asked; then report it, marked `held`."""
+        data = self.request[0].decode()
+        if data.startswith("hold:"):
+            path = data.removeprefix("hold:")
+            with open(path + ".busy", "w"):
+                pass
+            deadline = time.monotonic() + 10
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        super().handle()
+        self.wfile.write(b" held")

@@ -59,8 +59,8 @@ def problem(service: Service, family: int) -> str | None:
     `sockd check` says the same of `udp:` and `unix-dgram:` addresses; this
     catches datagram sockets from systemd, which it cannot see.
     """
-    if service.workers:
-        return "workers: a pooled service serves streams only"
+    if service.workers and (service.program is not None or service.handler in DATAGRAM_ANSWERS):
+        return "workers: a built-in is answered in the forker, a program runs per datagram"
     if service.proxy_trusted is not None:
         return "proxy_protocol: not on a datagram socket"
     if service.refusal:

@@ -14,6 +14,11 @@ the forker starts another; so does a reload (the old workers finish their
 connection and leave) and a worker that dies. The forker's own loop never
 accepts on a pooled listener.
 
+A pooled service on datagram sockets (a Python handler on `udp:` or
+`unix-dgram:`) is served alike, a datagram for a connection: its workers read
+the socket (`sockd.forker.datagrampool`), and each datagram is admitted,
+served, numbered and recorded as a connection is.
+
 A worker stops gracefully at its first SIGTERM (at once when idle, after the
 current connection when busy) and cuts its connection short at a second one;
 the forker's stop phases send the first at once and the second at
@@ -157,7 +162,7 @@ class _Worker:
             self._flush()
         return 0
 
-    def _set_up(self) -> tuple[list[_PooledServer], select.epoll, int]:
+    def _set_up(self) -> tuple[list[ServiceServer], select.epoll, int]:
         """Become a worker: signals, descriptors, identity; return its servers, epoll, wake-up."""
         shared = self.shared
         # The forker's descriptors close next: keep our listeners under new numbers.
@@ -179,9 +184,7 @@ class _Worker:
         for fd in fds:
             poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
         poller.register(wakeup_read, select.EPOLLIN)
-        servers = [
-            _PooledServer(self, server, fd) for server, fd in zip(self.servers, fds, strict=True)
-        ]
+        servers = [_pooled(self, server, fd) for server, fd in zip(self.servers, fds, strict=True)]
         return servers, poller, wakeup_read
 
     def _wait(self, poller: select.epoll, wakeup: int) -> None:
@@ -196,7 +199,7 @@ class _Worker:
                 os.read(wakeup, 512)
         self._due(time.monotonic())
 
-    def serve(self, server: ServiceServer, request: socket.socket, client_address: Any) -> None:
+    def serve(self, server: ServiceServer, request: Any, client_address: Any) -> None:
         """Serve a connection admitted by `server`, numbered and recorded (`_PooledServer`)."""
         started = time.monotonic()
         if server.proxy_address is None:
@@ -210,12 +213,14 @@ class _Worker:
         self._record((self.number, self.service.name, client, status, time.monotonic() - started))
 
     def _handle(
-        self, server: ServiceServer, request: socket.socket, client_address: Any, client: object
+        self, server: ServiceServer, request: Any, client_address: Any, client: object
     ) -> int:
         """Serve a connection (`serve_connection`) within max_duration; return its status."""
         max_duration = self.service.max_duration
         self.cut = None
-        self.request_fd, self.peer = request.fileno(), client_address
+        # A datagram's request is (data, listening socket): there is no connection to cut.
+        self.request_fd = request.fileno() if type(request) is not tuple else -1
+        self.peer = client_address
         self.busy = True
         try:
             if max_duration:
@@ -368,6 +373,16 @@ class _Worker:
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.request_fd)) as copy:
             if copy.getpeername() == self.peer:
                 copy.shutdown(socket.SHUT_RDWR)
+
+
+def _pooled(worker: _Worker, server: ServiceServer, fd: int) -> ServiceServer:
+    """Return the worker's server for `fd`, its copy of `server`'s socket (stream or datagram)."""
+    if server.socket_type == socket.SOCK_DGRAM:
+        # Imported here: a pool that serves streams only has one module less.
+        from sockd.forker.datagrampool import PooledDatagramServer  # noqa: PLC0415
+
+        return PooledDatagramServer(worker, server, fd)
+    return _PooledServer(worker, server, fd)
 
 
 class _PooledServer(ServiceServer):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sockd.errors import ConfigError
-from sockd.handlers import load_handler
+from sockd.handlers import BUILTINS, load_handler
 from sockd.privileges import group_ids
 from sockd.spec import Limits, ServiceSpec
 from sockd.supervisor.sockets import resolve
@@ -464,10 +464,16 @@ def _check_pool(table: Table, service: ServiceConfig) -> None:
     if service.max_children is not None:
         table.fail("max_children", "a pooled service serves `workers` connections at once")
     limits = service.limits
+    # Over datagrams only, each worker keeps its share of the rates (forker.datagrampool).
+    datagrams = bool(service.listen) and all(a.type == socket.SOCK_DGRAM for a in service.listen)
     for key in ("per_source", "rate", "per_source_rate"):
-        if getattr(limits, key) is not None:
+        if getattr(limits, key) is not None and not (datagrams and key != "per_source"):
             msg = "needs fork-per-connection (the forker keeps the counts); not with workers"
             table.fail(key, msg)
+    rated = limits.rate is not None or limits.per_source_rate is not None
+    if datagrams and rated and service.max_connections_per_child is not None:
+        msg = "not with rate limits (each fresh worker's buckets would start full)"
+        table.fail("max_connections_per_child", msg)
 
 
 # The built-ins whose UDP answer goes to whoever a datagram's (spoofable) source
@@ -486,8 +492,8 @@ def _check_datagrams(table: Table, service: ServiceConfig) -> None:
         if service.udp_reflection:
             table.fail("udp_reflection", "goes with a udp: listen address")
         return
-    if service.workers is not None:
-        table.fail("workers", "not with udp: or unix-dgram: addresses (a datagram forks a child)")
+    if service.workers is not None and service.handler in BUILTINS:
+        table.fail("workers", "not with a built-in over udp: (answered in the forker, no process)")
     if service.proxy_protocol:
         table.fail("proxy_protocol", "not with udp: or unix-dgram: addresses (streams only)")
     if service.refusal:

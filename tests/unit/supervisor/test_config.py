@@ -246,7 +246,28 @@ class TestLoad:
                     "[[service]]\nname = 'e'\nhandler = 'time'\nworkers = 2\n"
                     "listen = ['127.0.0.1:0', 'udp:127.0.0.1:0']\n"
                 ),
-                "service 'e': workers: not with udp: or unix-dgram: addresses",
+                "service 'e': workers: not with a built-in over udp: (answered in the forker",
+            ),
+            (
+                (
+                    "[[service]]\nname = 'e'\nhandler = 'mod:H'\nworkers = 2\nrate = 5\n"
+                    "listen = ['127.0.0.1:0', 'udp:127.0.0.1:0']\n"
+                ),
+                "service 'e': rate: needs fork-per-connection",
+            ),
+            (
+                (
+                    "[[service]]\nname = 'e'\nhandler = 'mod:H'\nworkers = 2\nper_source = 2\n"
+                    "listen = ['udp:127.0.0.1:0']\n"
+                ),
+                "service 'e': per_source: needs fork-per-connection",
+            ),
+            (
+                (
+                    "[[service]]\nname = 'e'\nhandler = 'mod:H'\nworkers = 2\nrate = 5\n"
+                    "max_connections_per_child = 9\nlisten = ['udp:127.0.0.1:0']\n"
+                ),
+                "service 'e': max_connections_per_child: not with rate limits",
             ),
             (
                 (
@@ -313,6 +334,22 @@ def rejects(tmp_path: Path, text: str, where: str) -> str:
     assert len(message) < 1000
     assert caught.value.exit_code == 78
     return message
+
+
+class TestDatagramPool:
+    def test_a_pooled_handler_on_udp_with_rates(self, tmp_path: Path) -> None:
+        """Workers with a Python handler on udp: loads, with rates (each worker keeps a share)."""
+        (tmp_path / "pooled_dgram_mod.py").write_text(
+            "import socketserver\nclass H(socketserver.DatagramRequestHandler):\n    pass\n"
+        )
+        loaded = load_text(
+            tmp_path,
+            "[daemon]\npythonpath = ['.']\n[[service]]\nname = 'p'\n"
+            "handler = 'pooled_dgram_mod:H'\nworkers = 2\n"
+            "rate = 10\nper_source_rate = 1\nlisten = ['udp:127.0.0.1:0']\n",
+        )
+        (service,) = loaded.services
+        assert (service.workers, service.limits.rate, service.limits.per_source_rate) == (2, 10, 1)
 
 
 class TestRanges:
