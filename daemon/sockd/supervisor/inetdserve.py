@@ -11,7 +11,7 @@ Names: a line's service is `inetd.` + the name `sockd import` gives it
 that prefix, so the two never clash, and a reload tells the services it may
 add or remove (inetd.conf's) from those it may not.
 
-What sockd does not serve yet (datagram and `wait` lines, RPC, an internal
+What sockd does not serve (RPC, a datagram line it cannot serve, an internal
 service without a built-in, a line run through tcpd while TCP wrappers' rules
 exist, which would no longer apply) is skipped with a warning, never fatal: a
 Debian package may add such a line at any time. A line that no inetd could
