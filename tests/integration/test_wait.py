@@ -254,6 +254,11 @@ def fetch(tmp_path: Path, port: int | str, name: str, copy: str) -> bytes:
     not os.access(TFTPD, os.X_OK) or TFTP is None,
     reason="in.tftpd or tftp is missing: run scripts/setup --tests (tftpd-hpa, tftp-hpa)",
 )
+@pytest.mark.skipif(
+    'VERSION_ID="13"' in Path("/etc/os-release").read_text(errors="replace"),
+    reason="KNOWN FAILURE, issue 15: Debian 13's in.tftpd times out in scripts/test-trixie's"
+    " chroot (not yet understood); these run on Debian 12 only",
+)
 class TestWaitUDP:
     def test_tftp_client_fetches_from_in_tftpd(
         self, sockd: Callable[..., Sockd], tmp_path: Path
