@@ -116,6 +116,40 @@ _OPTIONAL_INTEGER = _optional(_integer, "an integer")
 _OPTIONAL_NUMBER = _optional(_number, "a number")
 _OPTIONAL_TEXT = _optional(_text, "a string")
 
+# A program's resource limits: the config's names and their resources (see
+# `sockd.supervisor.rlimits`), in the order they are set and rendered.
+RLIMITS = {
+    "as": "RLIMIT_AS",
+    "core": "RLIMIT_CORE",
+    "cpu": "RLIMIT_CPU",
+    "data": "RLIMIT_DATA",
+    "files": "RLIMIT_NOFILE",
+    "fsize": "RLIMIT_FSIZE",
+    "nproc": "RLIMIT_NPROC",
+    "rss": "RLIMIT_RSS",
+    "stack": "RLIMIT_STACK",
+}
+
+
+def _rlimits(value: object) -> tuple[tuple[str, int | None], ...]:
+    """Decode [[name, limit or None (unlimited)], ...]: each name known, at most once."""
+    limits: dict[str, int | None] = {}
+    for index, item in enumerate(_items(value)):
+        pair = _within(f"item {index}", _items, item)
+        if len(pair) != 2:
+            msg = f"item {index}: expected [name, limit], got {type(item).__name__} of {len(pair)}"
+            raise WireError(msg)
+        name = _within(f"item {index}: name", _text, pair[0])
+        if name not in RLIMITS:
+            raise WireError(f"item {index}: {name!r} is not a resource of RLIMITS")
+        if name in limits:
+            raise WireError(f"item {index}: {name!r} given twice")
+        limit = _within(f"item {index}: limit", _OPTIONAL_INTEGER, pair[1])
+        if limit is not None and limit < 0:
+            raise WireError(f"item {index}: a negative limit")
+        limits[name] = limit
+    return tuple(limits.items())
+
 
 class WireRecord:  # noqa: PLW1641 (compared by value; only Limits, in a frozen dataclass, hashes)
     """A record whose wire form is a tuple of plain values: one a field of FIELDS, in order."""
@@ -216,6 +250,8 @@ class ServiceSpec(WireRecord):
     With `udp_reflection`, the echo and chargen built-ins answer datagrams.
     With `wait`, the program gets the listening socket itself, one at a time
     (see `sockd.forker.waits`); `limits.rate` and `burst` bound its starts.
+    `rlimits` are a program's resource limits, (name, limit or None), set in
+    its child (see `sockd.forker.programs`).
     """
 
     __slots__ = (
@@ -236,6 +272,7 @@ class ServiceSpec(WireRecord):
         "proxy_timeout",
         "proxy_trusted",
         "refusal",
+        "rlimits",
         "udp_reflection",
         "wait",
         "workers",
@@ -261,6 +298,7 @@ class ServiceSpec(WireRecord):
         ("proxy_timeout", _number),
         ("udp_reflection", _flag),
         ("wait", _flag),
+        ("rlimits", _rlimits),
     )
 
     def __init__(  # noqa: PLR0913 (a keyword a field)
@@ -286,6 +324,7 @@ class ServiceSpec(WireRecord):
         proxy_timeout: float = 3.0,
         udp_reflection: bool = False,
         wait: bool = False,
+        rlimits: tuple[tuple[str, int | None], ...] = (),
     ) -> None:
         self.name = name
         self.handler = handler
@@ -307,6 +346,7 @@ class ServiceSpec(WireRecord):
         self.proxy_timeout = proxy_timeout
         self.udp_reflection = udp_reflection
         self.wait = wait
+        self.rlimits = rlimits
 
 
 def services_from_wire(data: object) -> list[ServiceSpec]:

@@ -41,6 +41,7 @@ EVERY = ServiceConfig(
     proxy_timeout=0.5,
     udp_reflection=True,
     wait=True,
+    rlimits=(("as", None), ("files", 64)),
     limits=Limits(
         per_source=2,
         source_prefix_v4=24,
@@ -132,6 +133,8 @@ class TestWire:
         assert back.exec == ("/bin/cat",)
         assert back.identity == [1, 2, [3]]
         assert back.env == (("A", "1"), ("B", "x y"))
+        back = ServiceSpec.from_wire(wire(rlimits=[["files", 64], ["as", None]]))
+        assert back.rlimits == (("files", 64), ("as", None))
 
 
 class TestMalformed:
@@ -160,6 +163,13 @@ class TestMalformed:
             (wire(proxy_protocol=1), "proxy_protocol: expected true or false, got int"),
             (wire(proxy_trusted=[1]), "proxy_trusted: item 0: expected a string, got int"),
             (wire(proxy_timeout=None), "proxy_timeout: expected a number, got NoneType"),
+            (wire(rlimits={"files": 1}), "rlimits: expected a list, got dict"),
+            (wire(rlimits=[("files",)]), "rlimits: item 0: expected [name, limit], got tuple of 1"),
+            (wire(rlimits=[("nice", 1)]), "rlimits: item 0: 'nice' is not a resource"),
+            (wire(rlimits=[(1, 1)]), "rlimits: item 0: name: expected a string, got int"),
+            (wire(rlimits=[("as", 1), ("as", 2)]), "rlimits: item 1: 'as' given twice"),
+            (wire(rlimits=[("as", "1")]), "rlimits: item 0: limit: expected an integer or None"),
+            (wire(rlimits=[("as", -1)]), "rlimits: item 0: a negative limit"),
         ],
     )
     def test_is_refused_naming_the_field(self, data: object, problem: str) -> None:

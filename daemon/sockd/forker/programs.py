@@ -4,18 +4,22 @@ The connection becomes the program's stdin and stdout; its stderr is a pipe
 the forker reads, so that each line becomes one log event and never reaches
 the client. A program that runs as sockd's own user is started with
 `posix_spawn` (vfork and exec: the forker's size costs nothing); one that
-runs as another user needs fork, the switch of identity, then exec.
+runs as another user, or with resource limits (`rlimits`, which posix_spawn
+cannot set), needs fork, the limits, the switch of identity, then exec.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import select
 import signal
 import time
 
 from sockd.listeners import peer_credentials
 from sockd.privileges import become_ids
+from sockd.spec import RLIMITS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,15 +98,22 @@ def connection_environment(
 
 
 class Program:
-    """The program of an exec service: its path, argv, environment and identity.
+    """The program of an exec service: its path, argv, environment, identity and limits.
 
-    `identity` is [uid, gid, groups] to switch to, or None to run as the forker.
+    `identity` is [uid, gid, groups] to switch to, or None to run as the forker;
+    `rlimits` its resource limits by name (`sockd.spec.RLIMITS`). With either,
+    it is forked (`forks`), else started with posix_spawn.
     """
 
-    __slots__ = ("argv", "environ", "identity", "ignored_signals", "path")
+    __slots__ = ("argv", "environ", "forks", "identity", "ignored_signals", "path", "rlimits")
 
     def __init__(
-        self, path: str, argv: list[str], env: dict[str, str], identity: list[Any] | None
+        self,
+        path: str,
+        argv: list[str],
+        env: dict[str, str],
+        identity: list[Any] | None,
+        rlimits: tuple[tuple[str, int | None], ...] = (),
     ) -> None:
         self.path = path
         self.argv = argv
@@ -111,6 +122,16 @@ class Program:
         self.ignored_signals = tuple(
             signum for signum in DEFAULT_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN
         )
+        # What the child sets, made once: (what it says if refused, resource, soft = hard).
+        self.rlimits = tuple(
+            (
+                f"set rlimits.{name} = {'unlimited' if value is None else value}",
+                getattr(resource, RLIMITS[name]),
+                resource.RLIM_INFINITY if value is None else value,
+            )
+            for name, value in rlimits
+        )
+        self.forks = identity is not None or bool(rlimits)
 
     def start(  # noqa: PLR0913, PLR0917 (the connection, and how it came)
         self,
@@ -179,7 +200,7 @@ class Program:
         stdin, connection = stdio
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            if self.identity is None:
+            if not self.forks:
                 pid = os.posix_spawn(
                     self.path,
                     self.argv,
@@ -223,6 +244,13 @@ class Program:
     def _exec_in_child(
         self, environ: dict[bytes, bytes], fds: tuple[int, int, int], in_child: Callable[[], None]
     ) -> None:
+        """In the forked child: signals, stdio, descriptors, limits, identity, then exec.
+
+        What fails after stderr is the program's pipe is one line there (a
+        `program_stderr` event), and the child exits _EXEC_FAILED, as a shell
+        that cannot execute a command does.
+        """
+        step = ""  # what the child is doing, once its stderr is the pipe
         try:  # nothing may escape a forked child
             for signum in DEFAULT_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
@@ -232,13 +260,34 @@ class Program:
             os.dup2(stdin, 0)
             os.dup2(connection, 1)
             os.dup2(stderr, 2)
+            step = "close the forker's descriptors"
             # Then the forker's descriptors: a wait service's socket is one of them.
             in_child()
-            assert self.identity is not None  # noqa: S101 (only called with one)
-            become_ids(self.identity)
+            # Before the identity, as xinetd: setuid() then counts nproc for the program's user.
+            for step, which, value in self.rlimits:  # noqa: B007 (step: said if it fails)
+                resource.setrlimit(which, (value, value))
+            if self.identity is not None:
+                step = f"become uid {self.identity[0]}"
+                become_ids(self.identity)
+            step = "execute " + self.path
             os.execve(self.path, self.argv, environ)  # noqa: S606 (argv from the config)
+        except BaseException as exc:  # noqa: BLE001 (said in one line, never a traceback)
+            if step:
+                _say_failed(step, exc)
         finally:
             os._exit(_EXEC_FAILED)
+
+
+def _say_failed(step: str, exc: BaseException) -> None:
+    """In a forked child: say in one line on its stderr (the program's pipe) why it cannot exec."""
+    try:
+        # setrlimit says EPERM as a ValueError: "not allowed to raise maximum limit".
+        reason = exc.strerror if isinstance(exc, OSError) else " ".join(str(exc).split())
+        reason = reason or type(exc).__name__
+        os.write(2, f"sockd: cannot {step}: {reason}\n".encode(errors="replace"))
+    except BaseException:  # noqa: BLE001 (out of memory, say: the exit status tells the rest)
+        with contextlib.suppress(BaseException):
+            os.write(2, b"sockd: cannot start the program\n")
 
 
 class StderrLines:

@@ -58,7 +58,8 @@ class Service:
         self.program = None
         if spec.program:
             identity = spec.identity or child_identity
-            self.program = Program(spec.program, list(spec.exec), dict(spec.env), identity)
+            argv, env = list(spec.exec), dict(spec.env)
+            self.program = Program(spec.program, argv, env, identity, spec.rlimits)
         self.max_children = spec.max_children
         self.max_duration = spec.max_duration
         self.idle_timeout = spec.idle_timeout

@@ -20,6 +20,7 @@ from sockd.errors import ConfigError
 from sockd.handlers import BUILTINS, load_handler
 from sockd.privileges import group_ids
 from sockd.spec import Limits, ServiceSpec
+from sockd.supervisor import rlimits as resource_limits
 from sockd.supervisor.sockets import resolve
 from sockd.supervisor.tables import Table, key_text, one_line, shown, toml_pairs
 
@@ -139,6 +140,8 @@ class ServiceConfig:
     # UDP echo and chargen answer whoever a datagram claims to come from: off unless set.
     udp_reflection: bool = False
     wait: bool = False  # the program gets the listening socket itself (inetd's `wait`)
+    # A program's resource limits, (name, limit or None: unlimited), in RESOURCES' order.
+    rlimits: tuple[tuple[str, int | None], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,6 +407,7 @@ def _service(table: Table, *, import_handlers: bool = True) -> ServiceConfig:
         **_proxy(table),
         udp_reflection=table.flag("udp_reflection", default=False),
         wait=wait,
+        rlimits=_rlimits(table),
     )
     table.done()
     _check_kind(table, service, import_handlers=import_handlers)
@@ -435,7 +439,7 @@ def _check_kind(table: Table, service: ServiceConfig, *, import_handlers: bool =
         if service.group is not None and service.user is None:
             table.fail("group", "goes with user (whose primary group it replaces)")
         return
-    for key in ("env", "user", "group"):
+    for key in ("env", "user", "group", "rlimits"):
         if getattr(service, key):
             table.fail(key, "applies to exec programs only")
     if import_handlers:
@@ -546,6 +550,24 @@ def _environment(table: Table, size: int) -> tuple[tuple[str, str], ...]:
     if size > MAX_PROGRAM_BYTES:
         table.fail("env", f"exec and env together: at most {MAX_PROGRAM_BYTES} bytes, got {size}")
     return tuple(sorted(env.items()))
+
+
+def _rlimits(table: Table) -> tuple[tuple[str, int | None], ...]:
+    """Return a program's resource limits, each one this process could set (`rlimits.parse`)."""
+    given = table.get("rlimits", dict, {})
+    limits = {}
+    for key, value in given.items():
+        where = f"rlimits.{key_text(key)}"
+        if key not in resource_limits.RESOURCES:
+            table.fail(where, f"not a resource: {', '.join(resource_limits.RESOURCES)}")
+        try:
+            limits[key] = resource_limits.parse(key, value)
+        except ValueError as exc:
+            table.fail(where, str(exc))
+        problem = resource_limits.beyond_hard(key, limits[key])
+        if problem is not None:
+            table.fail(where, problem)
+    return tuple((key, limits[key]) for key in resource_limits.RESOURCES if key in limits)
 
 
 def _seconds(table: Table, key: str, default: float | None) -> float | None:
@@ -697,6 +719,7 @@ def service_spec(service: ServiceConfig) -> ServiceSpec:
         proxy_timeout=service.proxy_timeout,
         udp_reflection=service.udp_reflection,
         wait=service.wait,
+        rlimits=service.rlimits,
     )
 
 
@@ -720,5 +743,7 @@ def to_toml(config: Config) -> str:
             del values["proxy_trusted"], values["proxy_timeout"]
         if not service.wait:
             del values["wait"]
+        if not service.rlimits:
+            del values["rlimits"]
         lines += ["", "[[service]]", *toml_pairs(values)]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ TCPD_DAEMON_DIR = "/usr/sbin"
 HOSTS_ACCESS = ("/etc/hosts.allow", "/etc/hosts.deny")
 EX_PARTIAL = 1  # `sockd import`: converted, but parts were left as comments
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
-_KEY_ORDER = ("name", "handler", "exec", "listen", "user", "group", "env")
+_KEY_ORDER = ("name", "handler", "exec", "listen", "user", "group", "env", "rlimits")
 
 
 @dataclasses.dataclass
@@ -281,6 +281,8 @@ def _render(entry: Entry) -> list[str]:
     values |= {key: value for key, value in entry.keys.items() if key not in values}
     if "env" in values:
         values["env"] = tuple(sorted(values["env"].items()))
+    if "rlimits" in values:  # in the order of xinetd's attributes: by name
+        values["rlimits"] = tuple(values["rlimits"].items())
     rendered = toml_pairs(
         {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
     )

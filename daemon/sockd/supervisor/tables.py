@@ -147,7 +147,7 @@ class Table:
 
 
 def toml_pairs(values: dict[str, Any]) -> list[str]:
-    """Render `key = value` lines; None as a comment; `env` (pairs) as an inline table."""
+    """Render `key = value` lines; None as a comment; `env`, `rlimits` (pairs) as inline tables."""
     lines = []
     for key, value in values.items():
         if key == "program":
@@ -157,9 +157,12 @@ def toml_pairs(values: dict[str, Any]) -> list[str]:
             lines.append(f"# {key} is not set")
         elif key == "unix_mode":
             lines.append(f"{key} = {value:#o}")
-        elif key == "env":
-            pairs = ", ".join(f"{name} = {_toml_value(text)}" for name, text in value)
-            lines.append(f"env = {{ {pairs} }}" if pairs else "env = {}")
+        elif key in ("env", "rlimits"):  # pairs: an inline table (a limit None is unlimited)
+            pairs = ", ".join(
+                f"{name} = {_toml_value('unlimited' if item is None else item)}"
+                for name, item in value
+            )
+            lines.append(f"{key} = {{ {pairs} }}" if pairs else f"{key} = {{}}")
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     return lines

@@ -11,6 +11,7 @@ import re
 import socket
 
 from sockd.errors import ConfigError
+from sockd.supervisor import rlimits as resource_limits
 from sockd.supervisor.config import MAX_CHILDREN, MAX_RATE
 from sockd.supervisor.importer import (
     Entry,
@@ -50,6 +51,10 @@ _NO_EQUIVALENT = {
     "rpc_version": "sockd serves no RPC services",
     "rpc_number": "sockd serves no RPC services",
 }
+# xinetd's resource limits (xinetd.conf(5)): a program's `rlimits`.
+_RLIMITS = {"rlimit_as": "as", "rlimit_cpu": "cpu", "rlimit_data": "data"}
+_RLIMITS |= {"rlimit_files": "files", "rlimit_rss": "rss", "rlimit_stack": "stack"}
+_DONE |= set(_RLIMITS)
 
 
 @dataclasses.dataclass
@@ -186,6 +191,7 @@ def _entry(block: _Block, defaults: dict[str, list[str]]) -> Entry:
     else:
         _access(entry, values)
     _limits(entry, values, wait=wait)
+    _rlimits(entry, values)
     _the_rest(entry, values, flags)
     return entry
 
@@ -367,12 +373,56 @@ def _limits(entry: Entry, values: dict[str, list[str]], *, wait: bool = False) -
             entry.lost.append(f"cps = {' '.join(cps)}: expected two numbers")
 
 
+def _rlimits(entry: Entry, values: dict[str, list[str]]) -> None:
+    """Give a program xinetd's rlimit_* (soft and hard, as xinetd sets them) as `rlimits`."""
+    limits: dict[str, int | str] = {}
+    for attribute in sorted(key for key in values if key in _RLIMITS):
+        text = f"{attribute} = {' '.join(values[attribute])}"
+        if "exec" not in entry.keys:
+            entry.lost.append(f"{text}: sockd sets resource limits on programs (exec) only")
+            continue
+        name = _RLIMITS[attribute]
+        try:
+            value = _rlimit(name, values[attribute])
+            limit = resource_limits.parse(name, value)
+        except ValueError as exc:
+            entry.lost.append(f"{text}: {exc}")
+            continue
+        problem = resource_limits.beyond_hard(name, limit)
+        if problem is not None:
+            entry.lost.append(f"{text}: {problem}")
+        elif limit == 0:  # xinetd sets no limit of 0
+            entry.notes.append(f"{text}: xinetd sets no limit of 0: nor does sockd")
+        else:
+            limits[name] = value
+    if limits:
+        entry.keys["rlimits"] = limits
+
+
+def _rlimit(name: str, words: list[str]) -> int | str:
+    """Return an xinetd limit as sockd writes it: bytes with K or M as they were, else a number.
+
+    Raises:
+        ValueError: not a number (with K or M but for cpu), nor UNLIMITED.
+    """
+    text = " ".join(words)
+    if text.upper() == "UNLIMITED":
+        return "unlimited"
+    digits, suffix = text, ""
+    if name != "cpu" and text[-1:].upper() in ("K", "M"):  # xinetd's get_limit takes both cases
+        digits, suffix = text[:-1], text[-1].upper()
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        forms = "a number" if name == "cpu" else "a number (with K or M)"
+        raise ValueError(f"neither {forms} nor UNLIMITED")
+    if suffix and name in resource_limits.SIZES:
+        return f"{int(digits)}{suffix}"
+    return int(digits) * resource_limits.SUFFIXES.get(suffix, 1)
+
+
 def _the_rest(entry: Entry, values: dict[str, list[str]], flags: set[str]) -> None:
     for attribute in sorted(values):
         text = f"{attribute} = {' '.join(values[attribute])}"
-        if attribute.startswith("rlimit_"):
-            entry.lost.append(f"{text}: sockd sets no resource limits on a program yet")
-        elif attribute in _NO_EQUIVALENT:
+        if attribute in _NO_EQUIVALENT:
             entry.lost.append(f"{text}: {_NO_EQUIVALENT[attribute]}")
         elif attribute in _LOGS:
             entry.notes.append(f"{text}: sockd logs each connection as JSON events")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import select
 import signal
 import socket
@@ -185,6 +186,56 @@ class TestProgram:
         os.close(stderr)
         for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # both ignored by Python
             assert not ignored & (1 << (signum - 1)), hex(ignored)
+
+
+def limits_of(text: str) -> dict[str, tuple[str, str]]:
+    """Parse /proc/PID/limits: each limit's name, and its soft and hard values as written."""
+    return {row[:26].strip(): (row[26:47].strip(), row[47:68].strip()) for row in text.splitlines()}
+
+
+class TestRlimits:
+    def test_limits_are_set_soft_and_hard_in_a_forked_child(self) -> None:
+        """With rlimits the program is forked (posix_spawn cannot set them); without, spawned."""
+        limits = (("as", 1 << 30), ("files", 64))
+        program = Program("/bin/cat", ["cat", "/proc/self/limits"], {}, None, limits)
+        assert program.forks
+        assert program.rlimits == (
+            ("set rlimits.as = 1073741824", resource.RLIMIT_AS, 1 << 30),
+            ("set rlimits.files = 64", resource.RLIMIT_NOFILE, 64),
+        )
+        unlimited = Program("/bin/cat", ["cat"], {}, None, (("core", None),))
+        assert unlimited.rlimits == (
+            ("set rlimits.core = unlimited", resource.RLIMIT_CORE, resource.RLIM_INFINITY),
+        )
+        assert not Program("/bin/cat", ["cat"], {}, None).forks
+        ours, theirs = socket.socketpair()
+        with ours:
+            pid, stderr = program.start(theirs, "", None, lambda: None)
+            theirs.close()
+            ours.shutdown(socket.SHUT_WR)
+            text = recv_all(ours).decode()
+        _, status = os.waitpid(pid, 0)
+        os.close(stderr)
+        assert os.waitstatus_to_exitcode(status) == 0
+        found = limits_of(text)
+        assert found["Max open files"] == ("64", "64")
+        assert found["Max address space"] == (str(1 << 30), str(1 << 30))
+
+    def test_a_child_that_cannot_exec_says_why_in_one_line(self) -> None:
+        """No traceback: one line on its stderr (the forker logs it), exit 127 as a shell's."""
+        program = Program("/nonexistent/program", ["program"], {}, None, (("files", 64),))
+        ours, theirs = socket.socketpair()
+        with ours:
+            pid, stderr = program.start(theirs, "", None, lambda: None)
+            theirs.close()
+            assert recv_all(ours) == b""
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 127
+        emitted: list[str] = []
+        reader = StderrLines(stderr, lambda _fields, line: emitted.append(line), {})
+        wait_until(lambda: not reader.read())
+        os.close(stderr)
+        assert emitted == ["sockd: cannot execute /nonexistent/program: No such file or directory"]
 
 
 class TestLineBudget:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import resource
 import tomllib
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import pytest
 from sockd.errors import ConfigError
 from sockd.spec import Limits
 from sockd.supervisor import config, sockets
+from sockd.supervisor.rlimits import RESOURCES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -726,6 +728,96 @@ class TestWait:
         """Empty allow/deny/refusal and proxy_protocol = false (as `check` prints them) are fine."""
         extra = "allow = []\ndeny = []\nrefusal = ''\nproxy_protocol = false\n"
         assert load_text(tmp_path, WAIT + extra).services[0].wait
+
+
+def rlimits(table: str) -> str:
+    """Return PROGRAM with `rlimits = { TABLE }`."""
+    return f"{PROGRAM}rlimits = {{ {table} }}\n"
+
+
+class TestRlimits:
+    def test_every_resource_and_form_reaches_the_spec(self, tmp_path: Path) -> None:
+        """Numbers, K/M/G sizes (any case), "unlimited": by name, in RESOURCES' order."""
+        unlimited = next(  # one this process may leave unlimited (the address space, say)
+            name
+            for name in ("as", "rss")
+            if resource.getrlimit(getattr(resource, RESOURCES[name]))[1] == resource.RLIM_INFINITY
+        )
+        table = (
+            'stack = "8M", files = 64, cpu = 10, nproc = 50, data = "512k", core = 0,'
+            f' fsize = "1G", {unlimited} = "Unlimited"'
+        )
+        (service,) = load_text(tmp_path, rlimits(table)).services
+        expected = {
+            "core": 0,
+            "cpu": 10,
+            "data": 512 << 10,
+            "files": 64,
+            "fsize": 1 << 30,
+            "nproc": 50,
+            "stack": 8 << 20,
+            unlimited: None,
+        }
+        assert service.rlimits == tuple(
+            (name, expected[name]) for name in RESOURCES if name in expected
+        )
+        assert config.service_spec(service).rlimits == service.rlimits
+        (plain,) = load_text(tmp_path, PROGRAM).services
+        assert plain.rlimits == config.service_spec(plain).rlimits == ()
+
+    @pytest.mark.parametrize(
+        ("table", "where"),
+        [
+            ("nice = 1", "rlimits.nice: not a resource: as, core, cpu, data, files, fsize, nproc"),
+            ("files = -1", 'rlimits.files: must be at least 0 (or "unlimited"), got -1'),
+            (f"as = {HUGE}", 'rlimits.as: must be at most 9223372036854775807 (or "unlimited")'),
+            ('files = "64K"', "rlimits.files: '64K': files is a count, not bytes: no K, M or G"),
+            ('cpu = "1M"', "rlimits.cpu: '1M': cpu is seconds, not bytes: no K, M or G"),
+            ('as = "lots"', "rlimits.as: 'lots' is neither a number, with K, M or G, nor"),
+            ('as = "1T"', "rlimits.as: '1T' is neither a number, with K, M or G, nor"),
+            ('as = "-1"', "rlimits.as: '-1' is neither a number, with K, M or G, nor"),
+            ('as = ""', "rlimits.as: '' is neither a number, with K, M or G, nor"),
+            ('nproc = "9M"', "rlimits.nproc: '9M': nproc is a count, not bytes"),
+            ("as = 1.5", "rlimits.as: expected an integer or a string, got float"),
+            ("as = true", "rlimits.as: expected an integer or a string, got bool"),
+            ("as = [1]", "rlimits.as: expected an integer or a string, got list"),
+        ],
+    )
+    def test_bad_values_are_one_line_naming_service_and_key(
+        self, tmp_path: Path, table: str, where: str
+    ) -> None:
+        """Each bad key or value: one line, FILE: service 'e': rlimits.KEY: the problem."""
+        message = rejects(tmp_path, rlimits(table), "")
+        assert f"service 'e': {where}" in message
+
+    def test_not_a_table_nor_for_a_handler(self, tmp_path: Path) -> None:
+        """A table, and a program's only: a handler runs in sockd's own child."""
+        rejects(
+            tmp_path, PROGRAM + "rlimits = 5\n", "service 'e': rlimits: expected a table, got int"
+        )
+        where = "service 'e': rlimits: applies to exec programs only"
+        rejects(tmp_path, SERVICE + "rlimits = { files = 64 }\n", where)
+
+    def test_above_sockds_hard_limit_is_refused(self, tmp_path: Path) -> None:
+        """A value sockd could not raise its hard limit to: refused, naming both."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        where = (
+            f"service 'e': rlimits.files: {hard + 1} is above sockd's hard limit of {hard}"
+            " (RLIMIT_NOFILE); sockd cannot raise it: lower the value, or raise the limit of"
+            " sockd's service"
+        )
+        rejects(tmp_path, rlimits(f"files = {hard + 1}"), where)
+        (service,) = load_text(tmp_path, rlimits(f"files = {hard}")).services
+        assert service.rlimits == (("files", hard),)
+        rejects(tmp_path, rlimits('files = "unlimited"'), "")
+
+    def test_a_wait_service_and_the_effective_config(self, tmp_path: Path) -> None:
+        """A wait service may have them; `sockd check` prints them as a table that loads back."""
+        loaded = load_text(tmp_path, WAIT + 'rlimits = { files = 64, as = "1M" }\n')
+        text = config.to_toml(loaded)
+        assert "rlimits = { as = 1048576, files = 64 }" in text
+        assert load_text(tmp_path, text).services == loaded.services
+        assert "rlimits" not in config.to_toml(load_text(tmp_path, PROGRAM))
 
 
 class TestParseListen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from typing import TYPE_CHECKING
 
 import pytest
@@ -250,8 +251,10 @@ class TestAttributes:
             ("no_access = no-such-host.invalid\n", "no_access no-such-host.invalid: a name that"),
             ("only_from = 10.0.0.7\nno_access = 10.0.0.0\n", "only_from 10.0.0.7/32 inside"),
             ("passenv = TZ\n", "passenv = TZ: a program starts from a clean environment"),
-            ("rlimit_as = 8M\n", "rlimit_as = 8M: sockd sets no resource limits on a program yet"),
-            ("rlimit_cpu = 20\n", "rlimit_cpu = 20: sockd sets no resource limits"),
+            ("rlimit_as = lots\n", "rlimit_as = lots: neither a number (with K or M) nor"),
+            ("rlimit_cpu = 2M\n", "rlimit_cpu = 2M: neither a number nor UNLIMITED"),
+            ("rlimit_files = 1 2\n", "rlimit_files = 1 2: neither a number (with K or M) nor"),
+            ("rlimit_nproc = 9\n", "rlimit_nproc = 9: not an xinetd attribute sockd knows"),
             ("banner = /etc/issue\n", "banner = /etc/issue: sockd sends no banner"),
             ("access_times = 2:00-9:00\n", "access_times = 2:00-9:00: sockd serves at all hours"),
             ("nice = 10\n", "nice = 10: sockd does not change a program's priority"),
@@ -291,6 +294,50 @@ class TestAttributes:
         assert served(result) == []
         assert len(result.problems) == 1
         assert result.problems[0].startswith(f"{tmp_path}/xinetd.conf:1: echo: {problem}")
+
+    def test_rlimits(self, tmp_path: Path) -> None:
+        """rlimit_* are the program's rlimits: sizes with K or M as written, UNLIMITED, numbers."""
+        attributes = (
+            "rlimit_as = UNLIMITED\nrlimit_cpu = 20\nrlimit_data = 64k\nrlimit_files = 1K\n"
+            "rlimit_rss = 512M\nrlimit_stack = 8388608\n"
+        )
+        result = one(tmp_path, PROGRAM + attributes)
+        (service,) = served(result)
+        assert service["rlimits"] == {
+            "as": "unlimited",
+            "cpu": 20,
+            "data": "64K",
+            "files": 1024,  # xinetd takes K and M for any limit; sockd for sizes only
+            "rss": "512M",
+            "stack": 8388608,
+        }
+        assert result.problems == []
+        (loaded,) = check(tmp_path, result).services
+        assert loaded.rlimits == (
+            ("as", None),
+            ("cpu", 20),
+            ("data", 64 << 10),
+            ("files", 1024),
+            ("rss", 512 << 20),
+            ("stack", 8388608),
+        )
+
+    def test_rlimits_sockd_cannot_set(self, tmp_path: Path) -> None:
+        """An internal service's limit, one above sockd's hard limit, a 0: not carried over."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        result = one(tmp_path, f"{PROGRAM}rlimit_files = {hard + 1}\nrlimit_cpu = 0\n")
+        assert "rlimits" not in served(result)[0]
+        (problem,) = result.problems
+        above = f"rlimit_files = {hard + 1}: {hard + 1} is above sockd's hard limit of {hard}"
+        assert problem.startswith(f"{tmp_path}/xinetd.conf:1: echo: {above} (RLIMIT_NOFILE)")
+        assert "# - rlimit_cpu = 0: xinetd sets no limit of 0: nor does sockd" in result.text
+        check(tmp_path, result)
+        internal = one(tmp_path, "type = INTERNAL\nsocket_type = stream\nrlimit_as = 8M\n")
+        assert "rlimits" not in served(internal)[0]
+        assert internal.problems[0].endswith(
+            "echo: rlimit_as = 8M: sockd sets resource limits on programs (exec) only"
+        )
+        check(tmp_path, internal)
 
     def test_limits(self, tmp_path: Path) -> None:
         """The instances, per_source and cps are max_children, per_source, rate and burst."""
