@@ -214,6 +214,78 @@ def _try_connect(address: str) -> socket.socket | None:
         return None
 
 
+# A program of a wait service on a UNIX datagram socket: it receives one datagram on
+# its stdin (the listening socket itself) and answers the sender's path from it.
+ANSWERER = """#!/usr/bin/python3 -I
+import os, socket
+listener = socket.socket(fileno=0)
+data, sender = listener.recvfrom(512)
+listener.sendto(data.upper() + b" %d" % os.getpid(), sender)
+"""
+
+
+def answerer_config(tmp_path: Path, listen: str) -> str:
+    """Write a config whose wait service runs ANSWERER (`listen`: its line, or none)."""
+    program = tmp_path / "answerer.py"
+    program.write_text(ANSWERER)
+    program.chmod(0o755)
+    text = f'[[service]]\nname = "w"\nexec = ["{program}"]\n{listen}\nwait = true\n'
+    return write_config(tmp_path / "sockd.toml", text)
+
+
+def ask_unix(sender: socket.socket, path: Path, data: bytes) -> int:
+    """Send `data` to `path`; check the answer comes from it, in capitals; return the pid in it."""
+    sender.sendto(data, str(path))
+    answer, source = sender.recvfrom(512)
+    assert source == str(path)  # sent by the program on the listening socket itself
+    word, pid = answer.split()
+    assert word == data.upper()
+    return int(pid)
+
+
+class TestWaitUnixDatagram:
+    def test_program_receives_on_the_socket_and_is_started_again(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A wait program on unix-dgram: receives a datagram itself, answers it; then another."""
+        path = tmp_path / "w.d"
+        daemon = sockd(
+            "run", "--config", answerer_config(tmp_path, f'listen = ["unix-dgram:{path}"]')
+        )
+        assert daemon.address() == f"unix-dgram:{path}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.bind(str(tmp_path / "sender.d"))
+            sender.settimeout(10)
+            first = ask_unix(sender, path, b"one")
+            (closed,) = daemon.wait_event("connection_closed", service="w")
+            assert (closed["pid"], closed["exit_code"], closed["client"]) == (first, 0, None)
+            second = ask_unix(sender, path, b"two")
+        assert second != first
+        both = daemon.wait_event("connection_closed", count=2, service="w")
+        assert [event["pid"] for event in both] == [first, second]
+        assert daemon.stop() == 0
+
+    @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is missing")
+    def test_unix_datagram_socket_from_systemd(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A UNIX datagram socket from systemd (ListenDatagram=/path) serves a wait program."""
+        path = tmp_path / "w.d"
+        config = answerer_config(tmp_path, "")
+        here = os.path.dirname(os.path.dirname(sockd_package.__file__))
+        prefix = [str(ACTIVATE), "--datagram", "-l", str(path), "-E", f"PYTHONPATH={here}"]
+        daemon = sockd("run", "--config", config, prefix=prefix, wait=False)
+        wait_until(path.exists, what="systemd-socket-activate's socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.bind(str(tmp_path / "sender.d"))
+            sender.settimeout(10)
+            ask_unix(sender, path, b"one")  # it starts sockd, then waits for the program
+        (starting,) = daemon.wait_event("starting")
+        assert starting["listeners"][0]["origin"] == "adopted"
+        assert starting["listeners"][0]["address"] == f"unix-dgram:{path}"
+        assert daemon.stop() == 0
+
+
 PAYLOAD = os.urandom(300_000)  # 586 blocks of 512 bytes, and a short last one
 
 

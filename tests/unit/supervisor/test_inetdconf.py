@@ -159,7 +159,8 @@ class TestListen:
         assert result.problems == [
             (
                 f"{tmp_path}/inetd.conf:2: d.sock: kept as a comment: service 'd.sock':"
-                " exec: not with unix-dgram: addresses (programs serve udp: ones)"
+                " exec: not with unix-dgram: addresses (a program per datagram serves udp: ones;"
+                " wait = true gives one the socket itself)"
             )
         ]
         check(tmp_path, result)
@@ -250,6 +251,15 @@ class TestFields:
         assert (service["listen"], service["wait"]) == (listen, True)
         assert service["exec"] == ["/bin/true", "-s", "/srv/tftp"]
         check(tmp_path, result)
+
+    def test_unix_dgram_wait(self, tmp_path: Path) -> None:
+        """A dgram unix wait line is a wait service on its path (a nowait one is refused)."""
+        line = f"{tmp_path}/w.d dgram unix wait root /bin/true true\n"
+        result = inetd(tmp_path / "inetd.conf", line)
+        (service,) = served(result)
+        assert (service["listen"], service["wait"]) == ([f"unix-dgram:{tmp_path}/w.d"], True)
+        assert result.problems == []
+        assert check(tmp_path, result).services[0].wait
 
     def test_wait_for_an_internal_service_is_left_out(self, tmp_path: Path) -> None:
         """An internal service's wait (inetd.conf's habit for dgram ones) means nothing to sockd."""
