@@ -8,6 +8,7 @@ import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -373,4 +374,72 @@ class TestWaitUDP:
         (starting,) = daemon.events("starting")
         assert starting["listeners"][0]["origin"] == "adopted"
         assert starting["listeners"][0]["address"] == f"udp:127.0.0.1:{port}"
+        assert daemon.stop() == 0
+
+
+TALKD = "/usr/sbin/in.talkd"  # Debian's talkd, netkit-ntalk's (scripts/setup --tests installs it)
+# <protocols/talkd.h>: a CTL_MSG (84 bytes) and a CTL_RESPONSE (24), in network order.
+# A talk_addr is a 4.3BSD sockaddr: family, port, IPv4 address, 8 bytes of padding.
+TALK_ADDR = "HH4s8x"
+CTL_MSG = struct.Struct(f"!BBBxI{TALK_ADDR}{TALK_ADDR}I12s12s16s")
+CTL_RESPONSE = struct.Struct(f"!BBBxI{TALK_ADDR}")
+TALK_VERSION, LOOK_UP, ANNOUNCE = 1, 1, 3
+NOT_HERE = 1  # the answer: the callee is not logged in
+
+
+def talk_request(kind: int, sender: tuple[str, int], callee: bytes) -> bytes:
+    """Return a CTL_MSG from `sender` (its ctl_addr: where a talk client reads answers)."""
+    host, port = sender
+    ctl_addr = (socket.AF_INET, port, socket.inet_aton(host))
+    no_addr = (0, 0, bytes(4))  # the TCP address to talk on: none (no LEAVE_INVITE)
+    return CTL_MSG.pack(
+        TALK_VERSION, kind, 0, 7, *no_addr, *ctl_addr, os.getpid(), b"tester", callee, b""
+    )
+
+
+@pytest.mark.skipif(
+    not os.access(TALKD, os.X_OK),
+    reason="in.talkd is missing: run scripts/setup --tests (talkd)",
+)
+class TestWaitTalkd:
+    def test_in_talkd_answers_through_sockd(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """in.talkd as a UDP wait service answers a talk client's requests on the service's port.
+
+        It serves both requests in one run (it reads its socket until idle
+        for two minutes), until max_duration ends it; the next request
+        starts another. The answers come from the service's address (in.talkd
+        sends on its stdout, the listening socket), to the request's source:
+        netkit-ntalk's talkd overwrites the request's ctl_addr with it (a
+        ctl_addr naming another socket gets nothing there; a talk client sends
+        from its ctl_addr anyway).
+        """
+        # As root, as Debian's inetd.conf line runs it: nobody, group tty (to write on ttys).
+        who = 'user = "nobody"\ngroup = "tty"\n' if os.getuid() == 0 else ""
+        text = (
+            f'[[service]]\nname = "talk"\nexec = ["{TALKD}"]\nlisten = ["udp:127.0.0.1:0"]\n'
+            f"wait = true\nmax_duration = 2\n{who}"
+        )
+        daemon = sockd("run", "--config", write_config(tmp_path / "sockd.toml", text))
+        host, _, port = daemon.address().removeprefix("udp:").rpartition(":")
+        service = (host, int(port))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(10)
+            me = client.getsockname()
+            for kind in (LOOK_UP, ANNOUNCE, LOOK_UP):
+                # No invitation waits for the caller (LOOK_UP), and nobody of that name is
+                # logged in (ANNOUNCE: talkd looks in utmp): NOT_HERE, either way.
+                client.sendto(talk_request(kind, me, b"nosuchuser"), service)
+                answer, source = client.recvfrom(100)
+                assert source == service  # from the listening socket itself
+                assert len(answer) == CTL_RESPONSE.size
+                vers, type_, code, _, *_ = CTL_RESPONSE.unpack(answer)
+                assert (vers, type_, code) == (TALK_VERSION, kind, NOT_HERE)
+                if kind == ANNOUNCE:  # the first run served both: max_duration ends it
+                    (ended,) = daemon.wait_event("connection_closed", service="talk")
+                    assert (ended["signal"], ended["client"]) == ("SIGTERM", None)
+        closed = daemon.wait_event("connection_closed", count=2, service="talk")
+        assert closed[0]["pid"] != closed[1]["pid"]
         assert daemon.stop() == 0
