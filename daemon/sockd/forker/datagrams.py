@@ -278,7 +278,9 @@ class DatagramServer(ServiceServer):
     def serve_in_child(self, request: Any, client_address: Any) -> int:
         """Close the forker's descriptors but this socket (the handler answers on it), then serve.
 
-        Overrides ServiceServer's.
+        Overrides ServiceServer's, whose lines these are but for `mine`: not
+        one helper both call, which would be a function more in each child,
+        pages copied from the forker (see ServiceServer.serve_in_child).
 
         May be overridden.
         """
