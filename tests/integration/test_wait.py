@@ -9,6 +9,7 @@ import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -216,6 +217,78 @@ def _try_connect(address: str) -> socket.socket | None:
         return None
 
 
+# A program of a wait service on a UNIX datagram socket: it receives one datagram on
+# its stdin (the listening socket itself) and answers the sender's path from it.
+ANSWERER = """#!/usr/bin/python3 -I
+import os, socket
+listener = socket.socket(fileno=0)
+data, sender = listener.recvfrom(512)
+listener.sendto(data.upper() + b" %d" % os.getpid(), sender)
+"""
+
+
+def answerer_config(tmp_path: Path, listen: str) -> str:
+    """Write a config whose wait service runs ANSWERER (`listen`: its line, or none)."""
+    program = tmp_path / "answerer.py"
+    program.write_text(ANSWERER)
+    program.chmod(0o755)
+    text = f'[[service]]\nname = "w"\nexec = ["{program}"]\n{listen}\nwait = true\n'
+    return write_config(tmp_path / "sockd.toml", text)
+
+
+def ask_unix(sender: socket.socket, path: Path, data: bytes) -> int:
+    """Send `data` to `path`; check the answer comes from it, in capitals; return the pid in it."""
+    sender.sendto(data, str(path))
+    answer, source = sender.recvfrom(512)
+    assert source == str(path)  # sent by the program on the listening socket itself
+    word, pid = answer.split()
+    assert word == data.upper()
+    return int(pid)
+
+
+class TestWaitUnixDatagram:
+    def test_program_receives_on_the_socket_and_is_started_again(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A wait program on unix-dgram: receives a datagram itself, answers it; then another."""
+        path = tmp_path / "w.d"
+        daemon = sockd(
+            "run", "--config", answerer_config(tmp_path, f'listen = ["unix-dgram:{path}"]')
+        )
+        assert daemon.address() == f"unix-dgram:{path}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.bind(str(tmp_path / "sender.d"))
+            sender.settimeout(10)
+            first = ask_unix(sender, path, b"one")
+            (closed,) = daemon.wait_event("connection_closed", service="w")
+            assert (closed["pid"], closed["exit_code"], closed["client"]) == (first, 0, None)
+            second = ask_unix(sender, path, b"two")
+        assert second != first
+        both = daemon.wait_event("connection_closed", count=2, service="w")
+        assert [event["pid"] for event in both] == [first, second]
+        assert daemon.stop() == 0
+
+    @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate is missing")
+    def test_unix_datagram_socket_from_systemd(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """A UNIX datagram socket from systemd (ListenDatagram=/path) serves a wait program."""
+        path = tmp_path / "w.d"
+        config = answerer_config(tmp_path, "")
+        here = os.path.dirname(os.path.dirname(sockd_package.__file__))
+        prefix = [str(ACTIVATE), "--datagram", "-l", str(path), "-E", f"PYTHONPATH={here}"]
+        daemon = sockd("run", "--config", config, prefix=prefix, wait=False)
+        wait_until(path.exists, what="systemd-socket-activate's socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.bind(str(tmp_path / "sender.d"))
+            sender.settimeout(10)
+            ask_unix(sender, path, b"one")  # it starts sockd, then waits for the program
+        (starting,) = daemon.wait_event("starting")
+        assert starting["listeners"][0]["origin"] == "adopted"
+        assert starting["listeners"][0]["address"] == f"unix-dgram:{path}"
+        assert daemon.stop() == 0
+
+
 PAYLOAD = os.urandom(300_000)  # 586 blocks of 512 bytes, and a short last one
 
 
@@ -317,4 +390,72 @@ class TestWaitUDP:
         (starting,) = daemon.events("starting")
         assert starting["listeners"][0]["origin"] == "adopted"
         assert starting["listeners"][0]["address"] == f"udp:127.0.0.1:{port}"
+        assert daemon.stop() == 0
+
+
+TALKD = "/usr/sbin/in.talkd"  # Debian's talkd, netkit-ntalk's (scripts/setup --tests installs it)
+# <protocols/talkd.h>: a CTL_MSG (84 bytes) and a CTL_RESPONSE (24), in network order.
+# A talk_addr is a 4.3BSD sockaddr: family, port, IPv4 address, 8 bytes of padding.
+TALK_ADDR = "HH4s8x"
+CTL_MSG = struct.Struct(f"!BBBxI{TALK_ADDR}{TALK_ADDR}I12s12s16s")
+CTL_RESPONSE = struct.Struct(f"!BBBxI{TALK_ADDR}")
+TALK_VERSION, LOOK_UP, ANNOUNCE = 1, 1, 3
+NOT_HERE = 1  # the answer: the callee is not logged in
+
+
+def talk_request(kind: int, sender: tuple[str, int], callee: bytes) -> bytes:
+    """Return a CTL_MSG from `sender` (its ctl_addr: where a talk client reads answers)."""
+    host, port = sender
+    ctl_addr = (socket.AF_INET, port, socket.inet_aton(host))
+    no_addr = (0, 0, bytes(4))  # the TCP address to talk on: none (no LEAVE_INVITE)
+    return CTL_MSG.pack(
+        TALK_VERSION, kind, 0, 7, *no_addr, *ctl_addr, os.getpid(), b"tester", callee, b""
+    )
+
+
+@pytest.mark.skipif(
+    not os.access(TALKD, os.X_OK),
+    reason="in.talkd is missing: run scripts/setup --tests (talkd)",
+)
+class TestWaitTalkd:
+    def test_in_talkd_answers_through_sockd(
+        self, sockd: Callable[..., Sockd], tmp_path: Path
+    ) -> None:
+        """in.talkd as a UDP wait service answers a talk client's requests on the service's port.
+
+        It serves both requests in one run (it reads its socket until idle
+        for two minutes), until max_duration ends it; the next request
+        starts another. The answers come from the service's address (in.talkd
+        sends on its stdout, the listening socket), to the request's source:
+        netkit-ntalk's talkd overwrites the request's ctl_addr with it (a
+        ctl_addr naming another socket gets nothing there; a talk client sends
+        from its ctl_addr anyway).
+        """
+        # As root, as Debian's inetd.conf line runs it: nobody, group tty (to write on ttys).
+        who = 'user = "nobody"\ngroup = "tty"\n' if os.getuid() == 0 else ""
+        text = (
+            f'[[service]]\nname = "talk"\nexec = ["{TALKD}"]\nlisten = ["udp:127.0.0.1:0"]\n'
+            f"wait = true\nmax_duration = 2\n{who}"
+        )
+        daemon = sockd("run", "--config", write_config(tmp_path / "sockd.toml", text))
+        host, _, port = daemon.address().removeprefix("udp:").rpartition(":")
+        service = (host, int(port))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(10)
+            me = client.getsockname()
+            for kind in (LOOK_UP, ANNOUNCE, LOOK_UP):
+                # No invitation waits for the caller (LOOK_UP), and nobody of that name is
+                # logged in (ANNOUNCE: talkd looks in utmp): NOT_HERE, either way.
+                client.sendto(talk_request(kind, me, b"nosuchuser"), service)
+                answer, source = client.recvfrom(100)
+                assert source == service  # from the listening socket itself
+                assert len(answer) == CTL_RESPONSE.size
+                vers, type_, code, _, *_ = CTL_RESPONSE.unpack(answer)
+                assert (vers, type_, code) == (TALK_VERSION, kind, NOT_HERE)
+                if kind == ANNOUNCE:  # the first run served both: max_duration ends it
+                    (ended,) = daemon.wait_event("connection_closed", service="talk")
+                    assert (ended["signal"], ended["client"]) == ("SIGTERM", None)
+        closed = daemon.wait_event("connection_closed", count=2, service="talk")
+        assert closed[0]["pid"] != closed[1]["pid"]
         assert daemon.stop() == 0

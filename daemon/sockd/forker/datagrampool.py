@@ -17,6 +17,7 @@ import socket
 
 from sockd.forker.access import Admission
 from sockd.forker.datagrams import DatagramServer
+from sockd.forker.pool import PooledBase
 from sockd.listeners import Endpoint
 from sockd.spec import Limits
 
@@ -27,10 +28,11 @@ if TYPE_CHECKING:
     from sockd.forker.service import ServiceServer
 
 
-class PooledDatagramServer(DatagramServer):
+class PooledDatagramServer(PooledBase, DatagramServer):
     """A worker's copy of the forker's `DatagramServer`, reading the worker's descriptor.
 
-    `worker` is the `sockd.forker.pool._Worker` that serves and counts.
+    `worker` is the `sockd.forker.pool._Worker` that serves and counts; it
+    admits and serves as `PooledBase` says (before `DatagramServer`'s own).
     """
 
     def __init__(self, worker: Any, server: ServiceServer, fd: int) -> None:
@@ -44,21 +46,10 @@ class PooledDatagramServer(DatagramServer):
         self.admission = Admission(worker_share(server.service.limits, server.service.workers))
         self.worker = worker
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit as the forker does; count a refusal in the worker's next batch."""
-        if super().verify_request(request, client_address):
-            return True
-        self.worker.denied += 1
-        return False
-
     def drop(self, reason: str) -> None:
         """Count a datagram dropped by the loop check, in the worker's next batch too."""
         super().drop(reason)
         self.worker.denied += 1
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the datagram in this process (`_Worker.serve`), not in a child."""
-        self.worker.serve(self, request, client_address)
 
 
 def worker_share(limits: Limits, workers: int | None) -> Limits:

@@ -65,8 +65,8 @@ def problem(service: Service, family: int) -> str | None:
         return "proxy_protocol: not on a datagram socket"
     if service.refusal:
         return "refusal: never sent to a datagram (its source may be spoofed)"
-    if service.program is not None and family == socket.AF_UNIX:
-        return "exec: not on a UNIX datagram socket (programs serve UDP)"
+    if service.program is not None and not service.wait and family == socket.AF_UNIX:
+        return "exec: not on a UNIX datagram socket unless wait = true (per datagram: UDP only)"
     if service.handler in (Echo, Chargen) and not service.udp_reflection:
         return "UDP echo and chargen answer forged sources: set udp_reflection = true"
     return None
@@ -278,7 +278,9 @@ class DatagramServer(ServiceServer):
     def serve_in_child(self, request: Any, client_address: Any) -> int:
         """Close the forker's descriptors but this socket (the handler answers on it), then serve.
 
-        Overrides ServiceServer's.
+        Overrides ServiceServer's, whose lines these are but for `mine`: not
+        one helper both call, which would be a function more in each child,
+        pages copied from the forker (see ServiceServer.serve_in_child).
 
         May be overridden.
         """

@@ -385,7 +385,27 @@ def _pooled(worker: _Worker, server: ServiceServer, fd: int) -> ServiceServer:
     return _PooledServer(worker, server, fd)
 
 
-class _PooledServer(ServiceServer):
+class PooledBase(ServiceServer):
+    """A worker's server (stream or datagram): admits as the forker's, serves in process.
+
+    Each subclass sets `worker`, the `_Worker` that serves and counts.
+    """
+
+    worker: _Worker
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit as the forker does; count a refusal in the worker's next batch."""
+        if super().verify_request(request, client_address):
+            return True
+        self.worker.denied += 1
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection (or datagram) in this process (`_Worker.serve`), not in a child."""
+        self.worker.serve(self, request, client_address)
+
+
+class _PooledServer(PooledBase):
     """A worker's server for one listener: the forker's, accepting on the worker's descriptor.
 
     It accepts, drops a connection reset in the backlog and admits (allow and
@@ -405,17 +425,6 @@ class _PooledServer(ServiceServer):
         # The forker's per-source and rate counts are not ours (pooled services have none).
         self.admission = Admission(Limits())
         self.worker = worker
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit as the forker does; count a refusal in the worker's next batch."""
-        if super().verify_request(request, client_address):
-            return True
-        self.worker.denied += 1
-        return False
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in this process (`_Worker.serve`), not in a child."""
-        self.worker.serve(self, request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Report a handler's exception, unless its connection was cut short."""

@@ -502,8 +502,9 @@ def _check_datagrams(table: Table, service: ServiceConfig) -> None:
         table.fail("proxy_protocol", "not with udp: or unix-dgram: addresses (streams only)")
     if service.refusal:
         table.fail("refusal", "never sent to a datagram (its source may be spoofed): remove it")
-    if service.exec and any(address.kind == "unix-dgram" for address in datagrams):
-        table.fail("exec", "not with unix-dgram: addresses (programs serve udp: ones)")
+    if service.exec and not service.wait and any(a.kind == "unix-dgram" for a in datagrams):
+        why = "a program per datagram serves udp: ones; wait = true gives one the socket itself"
+        table.fail("exec", f"not with unix-dgram: addresses ({why})")
     if service.handler in REFLECTING and not service.udp_reflection:
         what = f"UDP {service.handler} answers any forged source (a reflection attack)"
         table.fail("handler", f"{what}: set udp_reflection = true to serve it anyway")

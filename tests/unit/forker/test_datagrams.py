@@ -155,7 +155,8 @@ class TestProblem:
             ("time", {"workers": 2}, socket.AF_INET, "workers"),
             ("time", {"refusal": "no"}, socket.AF_INET, "refusal"),
             ("time", {"proxy_protocol": True}, socket.AF_INET, "proxy_protocol"),
-            (None, {"program": "/bin/cat", "exec": ("cat",)}, socket.AF_UNIX, "exec"),
+            (None, {"program": "/bin/cat", "exec": ("cat",)}, socket.AF_UNIX, "unless wait = true"),
+            (None, {"program": "/bin/cat", "exec": ("cat",), "wait": True}, socket.AF_UNIX, None),
         ],
     )
     def test_what_a_datagram_socket_cannot_serve(

@@ -287,7 +287,10 @@ class TestLoad:
             ),
             (
                 "[[service]]\nname = 'e'\nexec = ['/bin/cat']\nlisten = ['unix-dgram:/tmp/e.d']\n",
-                "service 'e': exec: not with unix-dgram: addresses",
+                (
+                    "service 'e': exec: not with unix-dgram: addresses (a program per datagram"
+                    " serves udp: ones; wait = true gives one the socket itself)"
+                ),
             ),
         ],
     )
@@ -728,6 +731,13 @@ class TestWait:
         """Empty allow/deny/refusal and proxy_protocol = false (as `check` prints them) are fine."""
         extra = "allow = []\ndeny = []\nrefusal = ''\nproxy_protocol = false\n"
         assert load_text(tmp_path, WAIT + extra).services[0].wait
+
+    def test_on_unix_dgram(self, tmp_path: Path) -> None:
+        """A wait program may serve a unix-dgram: socket (it gets the socket itself)."""
+        text = WAIT.replace("'127.0.0.1:0'", f"'unix-dgram:{tmp_path}/w.d'")
+        (service,) = load_text(tmp_path, text).services
+        assert service.wait
+        assert [address.kind for address in service.listen] == ["unix-dgram"]
 
 
 def rlimits(table: str) -> str:

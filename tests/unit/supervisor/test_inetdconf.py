@@ -48,27 +48,32 @@ class TestDebianFiles:
         assert result.problems == []
         assert [service.name for service in check(tmp_path, result).services] == list(tables)
 
-    def test_update_inetd_lines(self) -> None:
+    def test_update_inetd_lines(self, tmp_path: Path) -> None:
         """The lines of fingerd, talkd, micro-httpd: tcpd dropped, user.group split, talk waits."""
-        path = DATA / "update-inetd" / "inetd.conf"
+        # Their programs moved to a directory that does not exist: none is installed there
+        # (in.talkd is here: scripts/setup --tests installs it for tests/integration/test_wait.py).
+        sbin = f"{tmp_path}/sbin"
+        path = tmp_path / "inetd.conf"
+        text = (DATA / "update-inetd" / "inetd.conf").read_text()
+        path.write_text(text.replace("/usr/sbin/", f"{sbin}/"))
         result = inetd(path)
-        assert served(result) == []  # none of the programs is installed here
+        assert served(result) == []
         www, talk, ntalk, finger = commented(result)
         assert www == {
             "name": "www",
-            "exec": ["/usr/sbin/micro-httpd", "/var/www/html"],
+            "exec": [f"{sbin}/micro-httpd", "/var/www/html"],
             "listen": ["0.0.0.0:80", "[::]:80"],
             "user": "nobody",
             "group": "www-data",
         }
-        assert talk["exec"] == ["/usr/sbin/in.talkd"]
+        assert talk["exec"] == [f"{sbin}/in.talkd"]
         assert (talk["user"], talk["group"]) == ("nobody", "tty")
         assert talk["listen"] == ["udp:0.0.0.0:517", "udp:[::]:517"]
         assert talk["wait"] is True  # in.talkd receives on the socket itself
         assert ntalk["name"] == "ntalk"
         assert finger == {
             "name": "finger",
-            "exec": ["/usr/sbin/in.fingerd"],
+            "exec": [f"{sbin}/in.fingerd"],
             "listen": ["0.0.0.0:79", "[::]:79"],
             "user": "nobody",
         }
@@ -76,15 +81,15 @@ class TestDebianFiles:
         assert result.problems == [
             (
                 f"{path}:28: www: kept as a comment: service 'www': exec[0]:"
-                " /usr/sbin/micro-httpd: no such program"
+                f" {sbin}/micro-httpd: no such program"
             ),
             (
                 f"{path}:31: talk: kept as a comment: service 'talk': exec[0]:"
-                " /usr/sbin/in.talkd: no such program"
+                f" {sbin}/in.talkd: no such program"
             ),
             (
                 f"{path}:37: finger: kept as a comment: service 'finger': exec[0]:"
-                " /usr/sbin/in.fingerd: no such program"
+                f" {sbin}/in.fingerd: no such program"
             ),
         ]
 
@@ -159,7 +164,8 @@ class TestListen:
         assert result.problems == [
             (
                 f"{tmp_path}/inetd.conf:2: d.sock: kept as a comment: service 'd.sock':"
-                " exec: not with unix-dgram: addresses (programs serve udp: ones)"
+                " exec: not with unix-dgram: addresses (a program per datagram serves udp: ones;"
+                " wait = true gives one the socket itself)"
             )
         ]
         check(tmp_path, result)
@@ -250,6 +256,15 @@ class TestFields:
         assert (service["listen"], service["wait"]) == (listen, True)
         assert service["exec"] == ["/bin/true", "-s", "/srv/tftp"]
         check(tmp_path, result)
+
+    def test_unix_dgram_wait(self, tmp_path: Path) -> None:
+        """A dgram unix wait line is a wait service on its path (a nowait one is refused)."""
+        line = f"{tmp_path}/w.d dgram unix wait root /bin/true true\n"
+        result = inetd(tmp_path / "inetd.conf", line)
+        (service,) = served(result)
+        assert (service["listen"], service["wait"]) == ([f"unix-dgram:{tmp_path}/w.d"], True)
+        assert result.problems == []
+        assert check(tmp_path, result).services[0].wait
 
     def test_wait_for_an_internal_service_is_left_out(self, tmp_path: Path) -> None:
         """An internal service's wait (inetd.conf's habit for dgram ones) means nothing to sockd."""
