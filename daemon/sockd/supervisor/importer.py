@@ -10,16 +10,21 @@ a comment, and renders the result.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import os
 import re
 import socket
-from typing import Any
+import stat
+from typing import TYPE_CHECKING, Any
 
 from sockd.errors import ConfigError
 from sockd.handlers import BUILTINS
 from sockd.supervisor import config as sockd_config
 from sockd.supervisor.tables import one_line, toml_pairs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Where tcpd finds a daemon named without a path (Debian's REAL_DAEMON_DIR).
 TCPD_DAEMON_DIR = "/usr/sbin"
@@ -74,15 +79,30 @@ class Result:
 def read_text(path: str) -> str:
     """Return the text of the file at `path` (UTF-8, at most the size of a config file).
 
+    Only a regular file is read, and opening never waits: a FIFO (which
+    would block until a writer came) or a device (/dev/zero, endless) is
+    refused, as xinetd skips what is not a regular file.
+
     Raises:
         ConfigError: one line naming the file and why it cannot be read.
     """
     where = one_line(path, 4096)
     try:
-        with open(path, "rb") as file:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{where}: cannot read: {os.strerror(errno.EISDIR)}")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where}: cannot read: not a regular file")
+        with open(fd, "rb", closefd=False) as file:
             raw = file.read(sockd_config.MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(raw) > sockd_config.MAX_FILE_BYTES:
         raise ConfigError(f"{where}: larger than {sockd_config.MAX_FILE_BYTES} bytes")
     try:
@@ -90,6 +110,22 @@ def read_text(path: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{where}:{line}: not UTF-8") from None
+
+
+def lines(text: str) -> Iterator[tuple[int, str]]:
+    """Yield the lines of `text` with their numbers, split at newlines only, as inetd splits them.
+
+    `str.splitlines` would also split at form feeds, vertical tabs, U+2028...:
+    a comment holding one would hide a line from inetd (and from `grep`) that
+    sockd served, and every line after it would get the wrong number. One
+    line at a time: a file of many short lines is never a list in memory.
+    """
+    start, number = 0, 1
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        yield number, text[start:end].removesuffix("\r")  # CRLF: a file from elsewhere
+        start, number = end + 1, number + 1
 
 
 def port_of(service: str, protocol: str) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 from sockd.supervisor.config import MAX_RATE
 from sockd.supervisor.importer import (
     Entry,
+    lines,
     listen_addresses,
     port_of,
     read_text,
@@ -17,6 +19,7 @@ from sockd.supervisor.importer import (
 
 DEFAULT_PATH = "/etc/inetd.conf"
 OFF = "#<off>#"  # update-inetd --disable's mark
+_FIELD = re.compile(r"[^ \t]+")
 _FAMILIES = {
     "tcp": (socket.AF_INET, socket.AF_INET6),  # openbsd-inetd: both, one socket each
     "tcp4": (socket.AF_INET,),
@@ -43,15 +46,15 @@ def read(path: str = DEFAULT_PATH) -> list[Entry]:
     """
     entries = []
     hosts = ["*"]
-    for number, raw in enumerate(read_text(path).splitlines(), 1):
-        line = raw.strip()
+    for number, raw in lines(read_text(path)):
+        line = raw.strip(" \t")
         disabled = ""
         if line.startswith(OFF):
             line = line.removeprefix(OFF).strip()
             disabled = f"disabled by update-inetd ({OFF})"
         elif not line or line.startswith("#"):
             continue
-        fields = line.split()
+        fields = _FIELD.findall(line)  # as inetd: fields apart by spaces and tabs only
         if len(fields) == 1 and fields[0].endswith(":"):
             if not disabled:
                 hosts = fields[0][:-1].split(",")

@@ -14,6 +14,7 @@ from sockd.errors import ConfigError
 from sockd.supervisor.config import MAX_CHILDREN, MAX_RATE
 from sockd.supervisor.importer import (
     Entry,
+    lines,
     listen_addresses,
     port_of,
     read_text,
@@ -85,8 +86,7 @@ def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
     including = (*including, os.path.realpath(path))
     block: _Block | None = None
     opened = False
-    lines = read_text(path).splitlines()
-    for number, raw in enumerate(lines, 1):
+    for number, raw in lines(read_text(path)):
         origin = f"{path}:{number}"
         words = raw.split()
         if not words or words[0].startswith("#"):

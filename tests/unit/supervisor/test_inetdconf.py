@@ -346,6 +346,21 @@ class TestFields:
         assert served(result)[0]["handler"] == "echo"
         assert result.problems[0].endswith("rcvbuf=64k: sockd does not size socket buffers")
 
+    def test_a_comment_hides_no_line(self, tmp_path: Path) -> None:
+        """A form feed in a comment does not start a line: inetd sees one comment, so does sockd."""
+        text = "# old\x0c7 stream tcp nowait root /bin/sh sh -i\n"
+        text += "echo stream tcp nowait root internal\n"
+        path = tmp_path / "inetd.conf"
+        path.write_text(text)
+        entries = inetdconf.read(str(path))
+        assert [(entry.origin, entry.base) for entry in entries] == [(f"{path}:2", "echo")]
+
+    def test_fields_apart_by_spaces_and_tabs_only(self, tmp_path: Path) -> None:
+        """A no-break space is part of a field, as in inetd; a CRLF ends the line."""
+        text = "echo\tstream tcp nowait nobody /bin/echo echo a\xa0b\r\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert served(result)[0]["exec"] == ["/bin/echo", "a\xa0b"]
+
     def test_no_continuation(self, tmp_path: Path) -> None:
         """A line ending in a backslash does not continue: inetd.conf has no continuation."""
         text = "echo stream tcp nowait nobody /bin/echo echo a \\\n  discard\n"
