@@ -310,8 +310,8 @@ def _networks(host: str) -> list[str]:
     """
     if "{" in host:  # factorized: 10.0.{1,2}
         head, _, tail = host.partition("{")
-        if not tail.endswith("}") or not head.endswith("."):
-            raise ValueError("not a factorized address (A.B.{C,D})")
+        if not tail.endswith("}") or not head.endswith(".") or "{" in tail:
+            raise ValueError("not a factorized address (A.B.{C,D})")  # (nested: no recursion)
         return [net for part in tail[:-1].split(",") for net in _networks(f"{head}{part}")]
     if host.startswith("."):
         raise ValueError("a domain: sockd matches addresses only, never names")

@@ -243,6 +243,15 @@ class TestAttributes:
         assert result.problems == []
         check(tmp_path, result)
 
+    def test_nested_factorized_address(self, tmp_path: Path) -> None:
+        """Braces in braces are not xinetd's form: one lost part, not a RecursionError."""
+        host = "10." + "{1." * 2000 + "1" + "}" * 2000
+        result = one(tmp_path, f"{PROGRAM}only_from = {host}\n")
+        assert len(served(result)) == 1
+        (problem,) = result.problems  # one line, shortened
+        assert problem.startswith(f"{tmp_path}/xinetd.conf:1: echo: only_from 10.{{1.{{1.")
+        assert "# - no equivalent: only_from 10.{1." in result.text
+
     @pytest.mark.parametrize(
         ("attributes", "problem"),
         [
