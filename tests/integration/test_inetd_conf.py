@@ -89,23 +89,69 @@ class TestInetdConf:
         assert exchange(f"127.0.0.1:{second}", b"two") == b"two"
         assert daemon.stop() == 0
 
-    def test_missing_file_is_empty_and_a_bad_line_keeps_the_old_config(
+    def test_missing_file_is_empty_and_a_bad_line_is_skipped(
         self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
     ) -> None:
-        """No file: sockd serves nothing, and starts; a malformed line: reload_failed, FILE:LINE."""
+        """No file: sockd serves nothing, and starts; a malformed line: a warning, others serve."""
         inetd_conf, config = inetd
         daemon = sockd("run", "--config", config)
         daemon.wait_event("ready", services=[])
-        port = free_port()
+        port, added = free_port(), free_port()
         inetd_conf.write_text(cat_line(port))
         daemon.signal(signal.SIGHUP)
         daemon.wait_event("reloaded")
         assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
-        inetd_conf.write_text(f"# a comment\n{cat_line(port)}finger stream tcp\n")
+        inetd_conf.write_text(f"# a comment\n{cat_line(port)}finger stream tcp\n{cat_line(added)}")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("reloaded", count=2)
+        (warning,) = daemon.events("config_warning")
+        assert warning["warning"].startswith(f"{inetd_conf}:3: finger: skipped: 3 fields")
+        assert exchange(f"127.0.0.1:{port}", b"y") == b"y"
+        assert exchange(f"127.0.0.1:{added}", b"z") == b"z", "the line after it is served"
+        assert daemon.stop() == 0
+
+    def test_bad_lines_at_start_stop_nothing_else(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """At start, lines that cannot be served (two on a port, a program missing) are skipped."""
+        inetd_conf, config = inetd
+        port = free_port()
+        inetd_conf.write_text(
+            f"{cat_line(port)}{cat_line(port)}"
+            f"127.0.0.1:{free_port()}\tstream\ttcp\tnowait\t{ME}\t/nonexistent/prog\tprog\n"
+        )
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready", services=[f"inetd.{port}"])
+        warnings = [event["warning"] for event in daemon.events("config_warning")]
+        assert [warning.split(": ")[0:3] for warning in warnings] == [
+            [f"{inetd_conf}:2", f"inetd.{port}-2", "skipped"],
+            [f"{inetd_conf}:3", warnings[1].split(": ")[1], "skipped"],
+        ]
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        assert daemon.stop() == 0
+
+    @pytest.mark.parametrize("kind", ["fifo", "directory", "/dev/zero"])
+    def test_a_file_not_regular_keeps_the_old_config(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str], kind: str
+    ) -> None:
+        """inetd_conf made a FIFO (never read: it would block), a directory, a link to /dev/zero."""
+        inetd_conf, config = inetd
+        port = free_port()
+        inetd_conf.write_text(cat_line(port))
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready")
+        inetd_conf.unlink()
+        if kind == "fifo":
+            os.mkfifo(inetd_conf)
+        elif kind == "directory":
+            inetd_conf.mkdir()
+        else:
+            inetd_conf.symlink_to(kind)
         daemon.signal(signal.SIGHUP)
         (failed,) = daemon.wait_event("reload_failed")
-        assert failed["error"].startswith(f"{inetd_conf}:3: finger: 3 fields")
-        assert exchange(f"127.0.0.1:{port}", b"y") == b"y", "the old config serves on"
+        why = "Is a directory" if kind == "directory" else "not a regular file"
+        assert failed["error"] == f"{inetd_conf}: cannot read: {why}"
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x", "the old config serves on"
         assert daemon.stop() == 0
 
     def test_a_port_taken_keeps_the_old_config(
@@ -164,9 +210,10 @@ class TestCheck:
         assert done.stderr.count("\n") == 1
 
     def test_check_names_a_bad_line(self, inetd: tuple[Path, str]) -> None:
-        """`sockd check` refuses a malformed line with one line naming FILE:LINE, exit 78."""
+        """`sockd check` names a malformed line (FILE:LINE) on stderr, exits 0: it is skipped."""
         inetd_conf, config = inetd
         inetd_conf.write_text("\nfinger stream\n")
         done = run_once("check", "--config", config)
-        assert (done.returncode, done.stdout) == (78, "")
-        assert done.stderr.startswith(f"sockd: {inetd_conf}:2: finger: 2 fields: expected")
+        assert done.returncode == 0, done.stderr
+        fields = "expected service, socket type, protocol, wait, user, server"
+        assert done.stderr == f"sockd: {inetd_conf}:2: finger: skipped: 2 fields: {fields}\n"

@@ -298,9 +298,13 @@ def _inetd_services(
 ) -> list[str]:
     """Add the services of inetd_conf's enabled lines to `services`; return the warnings.
 
+    A line that cannot be served (malformed, refused as `check` refuses a
+    service, on an address taken before it) is skipped with a warning, as
+    inetd skips it: one line never stops the others, nor sockd.toml's.
+
     Raises:
-        ConfigError: a service of ours takes their prefix; the file cannot be
-            read; a line is malformed or refused (naming FILE:LINE).
+        ConfigError: a service of ours takes their prefix, or two of ours
+            overlap; the file cannot be read.
     """
     # Imported here: the inetd.conf reader uses this module's limits and validation.
     from sockd.supervisor import inetdserve  # noqa: PLC0415
@@ -309,12 +313,20 @@ def _inetd_services(
         if service.name.startswith(inetdserve.PREFIX):
             msg = f"{where}: service {service.name!r}: name: the prefix {inetdserve.PREFIX!r}"
             raise ConfigError(f"{msg} is for the services of daemon.inetd_conf")
-    tables, warnings = inetdserve.services(inetd_conf)
-    if len(services) + len(tables) > MAX_SERVICES:
-        raise ConfigError(f"{one_line(inetd_conf, 4096)}: more than {MAX_SERVICES} services")
+    # Not at a reload (no DNS in the daemon): there binding refuses what overlaps.
+    taken = _check_listen(services, where) if import_handlers else None
+    tables, warnings = inetdserve.services(inetd_conf, MAX_SERVICES - len(services))
     for origin, table in tables:
-        services.append(_service(Table(table, origin, ""), import_handlers=import_handlers))
-    return warnings
+        try:
+            service = _service(Table(table, origin, ""), import_handlers=import_handlers)
+            if taken is not None:
+                taken.add(service, one_line(origin, 4096))
+        except ConfigError as exc:
+            problem = str(exc).removeprefix(f"{one_line(origin, 4096)}: ")
+            warnings.append(f"{one_line(origin, 4096)}: {table['name']}: skipped: {problem}")
+            continue
+        services.append(service)
+    return inetdserve.bounded(warnings, inetd_conf)
 
 
 def one_service(handler: str, listen: Iterable[str], name: str) -> Config:
@@ -617,7 +629,7 @@ def _check_unique(services: list[ServiceConfig], where: str) -> None:
         names.add(service.name)
 
 
-def _check_listen(services: list[ServiceConfig], where: str) -> None:
+def _check_listen(services: list[ServiceConfig], where: str) -> _Addresses:
     """Resolve every address as `sockd run` binds it, and refuse what binding would refuse.
 
     Host names are resolved by the function `run` uses, so that a name which
@@ -629,12 +641,31 @@ def _check_listen(services: list[ServiceConfig], where: str) -> None:
     Raises:
         ConfigError: naming the service, the `listen` entry and the problem.
     """
-    paths: dict[str, str] = {}  # a socket path: whose it is ("ADDRESS of service 'x'")
-    # TCP and UDP ports are apart: each key starts with the socket type.
-    bound: dict[tuple[int, int, str, int], str] = {}  # (type, family, host, port): whose it is
-    ports: dict[tuple[int, int, int], str] = {}  # (type, family, port): the first entry on it
-    wildcards: dict[tuple[int, int, int], str] = {}  # (type, family, port): a wildcard on it
+    taken = _Addresses()
     for service in services:
+        taken.add(service, where)
+    return taken
+
+
+class _Addresses:
+    """The addresses of the services checked so far (`_check_listen`), by whom each is taken."""
+
+    def __init__(self) -> None:
+        """Start with no address taken."""
+        self.paths: dict[str, str] = {}  # a socket path: whose it is ("ADDRESS of service 'x'")
+        # TCP and UDP ports are apart: each key starts with the socket type.
+        self.bound: dict[tuple[int, int, str, int], str] = {}  # (type, family, host, port)
+        self.ports: dict[tuple[int, int, int], str] = {}  # (type, family, port): the first on it
+        self.wildcards: dict[tuple[int, int, int], str] = {}  # (type, family, port): a wildcard
+
+    def add(self, service: ServiceConfig, where: str) -> None:
+        """Take the addresses of `service`, or none if one cannot be bound beside those taken.
+
+        Raises:
+            ConfigError: naming the service, the `listen` entry and the problem.
+        """
+        paths, bound = dict(self.paths), dict(self.bound)
+        ports, wildcards = dict(self.ports), dict(self.wildcards)
         for index, address in enumerate(service.listen):
             key = f"{where}: service {service.name!r}: listen[{index}]"
             mine = f"{one_line(str(address))} of service {service.name!r}"
@@ -662,6 +693,7 @@ def _check_listen(services: list[ServiceConfig], where: str) -> None:
                 ports.setdefault((kind, family, port), mine)
                 if host in _WILDCARDS:
                     wildcards[kind, family, port] = mine
+        self.paths, self.bound, self.ports, self.wildcards = paths, bound, ports, wildcards
 
 
 def _check_socket_path(path: str, key: str) -> None:

@@ -76,8 +76,11 @@ class Result:
     served: int
 
 
-def read_text(path: str) -> str:
+def read_text(path: str, errors: str = "strict") -> str:
     """Return the text of the file at `path` (UTF-8, at most the size of a config file).
+
+    With `errors="surrogateescape"` bytes that are not UTF-8 are kept as
+    lone surrogates, for the caller to refuse in the lines that hold them.
 
     Only a regular file is read, and opening never waits: a FIFO (which
     would block until a writer came) or a device (/dev/zero, endless) is
@@ -106,7 +109,7 @@ def read_text(path: str) -> str:
     if len(raw) > sockd_config.MAX_FILE_BYTES:
         raise ConfigError(f"{where}: larger than {sockd_config.MAX_FILE_BYTES} bytes")
     try:
-        return raw.decode()
+        return raw.decode(errors=errors)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{where}:{line}: not UTF-8") from None

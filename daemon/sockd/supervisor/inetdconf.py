@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from typing import TYPE_CHECKING
 
 from sockd.supervisor.config import MAX_RATE
 from sockd.supervisor.importer import (
@@ -16,6 +17,9 @@ from sockd.supervisor.importer import (
     set_builtin,
     set_program,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DEFAULT_PATH = "/etc/inetd.conf"
 OFF = "#<off>#"  # update-inetd --disable's mark
@@ -37,31 +41,56 @@ _UDP = {  # the same families as TCP's
 def read(path: str = DEFAULT_PATH) -> list[Entry]:
     """Read every service line of the inetd.conf at `path`, enabled or disabled by update-inetd.
 
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    return list(entries(path))
+
+
+def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
+    """Yield the service lines of the inetd.conf at `path` one by one (`enabled`: those only).
+
     A line `HOST[,HOST...]:` alone sets the local addresses of the lines after
     it (`*:`, every address, before the first), as openbsd-inetd does. Lines
-    do not continue: inetd.conf has no continuation.
+    do not continue: inetd.conf has no continuation. A service line that is
+    not UTF-8 is a failed entry; a comment that is not is a comment (old
+    files have Latin-1 ones).
 
     Raises:
         ConfigError: the file cannot be read.
     """
-    entries = []
     hosts = ["*"]
-    for number, raw in lines(read_text(path)):
+    for number, raw in lines(read_text(path, errors="surrogateescape")):
         line = raw.strip(" \t")
         disabled = ""
         if line.startswith(OFF):
+            if enabled:
+                continue
             line = line.removeprefix(OFF).strip()
             disabled = f"disabled by update-inetd ({OFF})"
         elif not line or line.startswith("#"):
             continue
         fields = _FIELD.findall(line)  # as inetd: fields apart by spaces and tabs only
+        if not _is_utf8(line):
+            shown = line.encode(errors="surrogateescape").decode(errors="replace")
+            entry = Entry(f"{path}:{number}", shown, shown.split()[0], disabled=disabled)
+            entry.fail("not UTF-8")
+            yield entry
+            continue
         if len(fields) == 1 and fields[0].endswith(":"):
             if not disabled:
                 hosts = fields[0][:-1].split(",")
             continue
         source = f"{OFF} {' '.join(fields)}" if disabled else " ".join(fields)
-        entries.append(_entry(f"{path}:{number}", source, fields, hosts, disabled))
-    return entries
+        yield _entry(f"{path}:{number}", source, fields, hosts, disabled)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: a byte that was not UTF-8
+        return False
+    return True
 
 
 def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled: str) -> Entry:

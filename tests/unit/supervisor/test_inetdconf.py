@@ -361,6 +361,18 @@ class TestFields:
         result = inetd(tmp_path / "inetd.conf", text)
         assert served(result)[0]["exec"] == ["/bin/echo", "a\xa0b"]
 
+    def test_not_utf8(self, tmp_path: Path) -> None:
+        """A Latin-1 comment is a comment; a service line not UTF-8 fails alone, named."""
+        path = tmp_path / "inetd.conf"
+        path.write_bytes(
+            b"# J\xfcrgen's services\n"
+            b"discard stream tcp nowait nobody /bin/echo \xe9cho\n"
+            b"echo stream tcp nowait root internal\n"
+        )
+        result = importer.convert(inetdconf.read(str(path)), str(path))
+        assert [service["name"] for service in served(result)] == ["echo"]
+        assert result.problems == [f"{path}:2: discard: not UTF-8"]
+
     def test_no_continuation(self, tmp_path: Path) -> None:
         """A line ending in a backslash does not continue: inetd.conf has no continuation."""
         text = "echo stream tcp nowait nobody /bin/echo echo a \\\n  discard\n"
