@@ -130,6 +130,25 @@ class TestInetdConf:
         assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
         assert daemon.stop() == 0
 
+    def test_a_line_on_a_port_taken_is_skipped_at_a_reload(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A line added on the port of a line before it: a warning; a line added with it serves."""
+        inetd_conf, config = inetd
+        port, added = free_port(), free_port()
+        inetd_conf.write_text(cat_line(port))
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready")
+        inetd_conf.write_text(cat_line(port) * 2 + cat_line(added))
+        daemon.signal(signal.SIGHUP)
+        (reloaded,) = daemon.wait_event("reloaded")
+        assert reloaded["added"] == [f"inetd.{added}"]
+        (warning,) = daemon.events("config_warning")
+        assert warning["warning"].startswith(f"{inetd_conf}:2: inetd.{port}-2: skipped: ")
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        assert exchange(f"127.0.0.1:{added}", b"y") == b"y"
+        assert daemon.stop() == 0
+
     @pytest.mark.parametrize("kind", ["fifo", "directory", "/dev/zero"])
     def test_a_file_not_regular_keeps_the_old_config(
         self, sockd: Callable[..., Sockd], inetd: tuple[Path, str], kind: str

@@ -313,14 +313,13 @@ def _inetd_services(
         if service.name.startswith(inetdserve.PREFIX):
             msg = f"{where}: service {service.name!r}: name: the prefix {inetdserve.PREFIX!r}"
             raise ConfigError(f"{msg} is for the services of daemon.inetd_conf")
-    # Not at a reload (no DNS in the daemon): there binding refuses what overlaps.
-    taken = _check_listen(services, where) if import_handlers else None
+    # At a reload, no DNS in the daemon: numeric addresses only (binding refuses the rest).
+    taken = _check_listen(services, where, numeric=not import_handlers)
     tables, warnings = inetdserve.services(inetd_conf, MAX_SERVICES - len(services))
     for origin, table in tables:
         try:
             service = _service(Table(table, origin, ""), import_handlers=import_handlers)
-            if taken is not None:
-                taken.add(service, one_line(origin, 4096))
+            taken.add(service, one_line(origin, 4096))
         except ConfigError as exc:
             problem = str(exc).removeprefix(f"{one_line(origin, 4096)}: ")
             warnings.append(f"{one_line(origin, 4096)}: {table['name']}: skipped: {problem}")
@@ -629,7 +628,9 @@ def _check_unique(services: list[ServiceConfig], where: str) -> None:
         names.add(service.name)
 
 
-def _check_listen(services: list[ServiceConfig], where: str) -> _Addresses:
+def _check_listen(
+    services: list[ServiceConfig], where: str, *, numeric: bool = False
+) -> _Addresses:
     """Resolve every address as `sockd run` binds it, and refuse what binding would refuse.
 
     Host names are resolved by the function `run` uses, so that a name which
@@ -637,11 +638,12 @@ def _check_listen(services: list[ServiceConfig], where: str) -> _Addresses:
     be bound are refused: the same address (after resolving), a wildcard
     (0.0.0.0, ::) beside an address of its family on the same port, the same
     UNIX socket path; and so is a path taken by a file that is not a socket.
+    With `numeric`, an address with a host name is left out (nothing is resolved).
 
     Raises:
         ConfigError: naming the service, the `listen` entry and the problem.
     """
-    taken = _Addresses()
+    taken = _Addresses(numeric=numeric)
     for service in services:
         taken.add(service, where)
     return taken
@@ -650,8 +652,9 @@ def _check_listen(services: list[ServiceConfig], where: str) -> _Addresses:
 class _Addresses:
     """The addresses of the services checked so far (`_check_listen`), by whom each is taken."""
 
-    def __init__(self) -> None:
-        """Start with no address taken."""
+    def __init__(self, *, numeric: bool = False) -> None:
+        """Start with no address taken; `numeric`: leave out addresses with a host name."""
+        self.numeric = numeric
         self.paths: dict[str, str] = {}  # a socket path: whose it is ("ADDRESS of service 'x'")
         # TCP and UDP ports are apart: each key starts with the socket type.
         self.bound: dict[tuple[int, int, str, int], str] = {}  # (type, family, host, port)
@@ -677,6 +680,8 @@ class _Addresses:
                     raise ConfigError(f"{key}: {one_line(str(address))} overlaps {other}")
                 paths[os.path.normpath(address.path)] = mine
                 continue
+            if self.numeric and not _is_numeric(address.host):
+                continue
             pairs = [
                 (family, sockaddr[0], sockaddr[1])
                 for family, sockaddr in resolve(address, key)
@@ -694,6 +699,15 @@ class _Addresses:
                 if host in _WILDCARDS:
                     wildcards[kind, family, port] = mine
         self.paths, self.bound, self.ports, self.wildcards = paths, bound, ports, wildcards
+
+
+def _is_numeric(host: str) -> bool:
+    """Tell whether `host` is an IP address (or empty: every address), resolved without DNS."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return not host
+    return True
 
 
 def _check_socket_path(path: str, key: str) -> None:

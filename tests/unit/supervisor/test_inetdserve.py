@@ -28,14 +28,16 @@ def no_wrapper_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importer, "HOSTS_ACCESS", paths)
 
 
-def load(tmp_path: Path, inetd_conf: str | None, own: str = "") -> config.Config:
+def load(
+    tmp_path: Path, inetd_conf: str | None, own: str = "", *, reload: bool = False
+) -> config.Config:
     """Load a sockd.toml whose inetd_conf is tmp_path/inetd.conf, written with `inetd_conf`."""
     path = tmp_path / "inetd.conf"
     if inetd_conf is not None:
         path.write_text(inetd_conf)
     toml = tmp_path / "sockd.toml"
     toml.write_text(f'[daemon]\ninetd_conf = "{path}"\n{own}')
-    return config.load(str(toml))
+    return config.load(str(toml), import_handlers=not reload)
 
 
 class TestServices:
@@ -246,6 +248,21 @@ class TestConfig:
             f"{path}:4: inetd.7104-tcp4: skipped: service 'inetd.7104-tcp4': listen[0]:"
             " 0.0.0.0:7104 overlaps 127.0.0.1:7104 of service 'inetd.7104'"
         )
+
+    def test_address_taken_is_skipped_at_a_reload_without_dns(self, tmp_path: Path) -> None:
+        """At a reload numeric addresses are checked too; a host name is left to binding."""
+        own = '[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:7106"]\n'
+        loaded = load(
+            tmp_path,
+            f"127.0.0.1:7106 stream tcp nowait root {CAT} cat\n"
+            f"no-such-host.invalid:7107 stream tcp nowait root {CAT} cat\n",
+            own,
+            reload=True,
+        )
+        assert [service.name for service in loaded.services] == ["echo", "inetd.7107"]
+        (warning,) = loaded.warnings
+        assert warning.startswith(f"{tmp_path}/inetd.conf:1: inetd.7106: skipped: service")
+        assert warning.endswith("127.0.0.1:7106 overlaps 127.0.0.1:7106 of service 'echo'")
 
     def test_own_services_overlapping_are_an_error(self, tmp_path: Path) -> None:
         """sockd.toml's own services still may not overlap: that is its error, not a line's."""
