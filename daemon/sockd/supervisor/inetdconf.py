@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -50,39 +51,68 @@ def read(path: str = DEFAULT_PATH) -> list[Entry]:
 def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
     """Yield the service lines of the inetd.conf at `path` one by one (`enabled`: those only).
 
-    A line `HOST[,HOST...]:` alone sets the local addresses of the lines after
-    it (`*:`, every address, before the first), as openbsd-inetd does. Lines
-    do not continue: inetd.conf has no continuation. A service line that is
-    not UTF-8 is a failed entry; a comment that is not is a comment (old
-    files have Latin-1 ones).
+    As openbsd-inetd reads them: a line that starts with a space or a tab
+    continues the service line before it (more arguments, or the rest of its
+    fields); a line `HOST[,HOST...]:` alone sets the local addresses of the
+    lines after it (`*:`, every address, before the first), and `HOST:` may
+    stand apart from the service. A service line that is not UTF-8 is a
+    failed entry; a comment that is not is a comment (old files have Latin-1
+    ones).
 
     Raises:
         ConfigError: the file cannot be read.
     """
     hosts = ["*"]
+    read: _Read | None = None  # the service line read so far, and its continuations
     for number, raw in lines(read_text(path, errors="surrogateescape")):
+        if read is not None and not read.disabled and raw[:1] in (" ", "\t"):
+            read.fields += _FIELD.findall(raw)
+            read.utf8 = read.utf8 and _is_utf8(raw)
+            continue
+        if read is not None:
+            hosts, entry = read.entry(path, hosts)
+            if entry is not None:
+                yield entry
+            read = None
         line = raw.strip(" \t")
         disabled = ""
         if line.startswith(OFF):
             if enabled:
                 continue
-            line = line.removeprefix(OFF).strip()
+            line = line.removeprefix(OFF).strip(" \t")
             disabled = f"disabled by update-inetd ({OFF})"
         elif not line or line.startswith("#"):
             continue
-        fields = _FIELD.findall(line)  # as inetd: fields apart by spaces and tabs only
-        if not _is_utf8(line):
-            shown = line.encode(errors="surrogateescape").decode(errors="replace")
-            entry = Entry(f"{path}:{number}", shown, shown.split()[0], disabled=disabled)
-            entry.fail("not UTF-8")
+        read = _Read(number, _FIELD.findall(line), disabled, _is_utf8(line))
+    if read is not None:
+        hosts, entry = read.entry(path, hosts)
+        if entry is not None:
             yield entry
-            continue
-        if len(fields) == 1 and fields[0].endswith(":"):
-            if not disabled:
-                hosts = fields[0][:-1].split(",")
-            continue
-        source = f"{OFF} {' '.join(fields)}" if disabled else " ".join(fields)
-        yield _entry(f"{path}:{number}", source, fields, hosts, disabled)
+
+
+@dataclasses.dataclass
+class _Read:
+    """A service line read, with the lines that continue it."""
+
+    number: int
+    fields: list[str]  # as inetd: fields apart by spaces and tabs only
+    disabled: str
+    utf8: bool
+
+    def entry(self, path: str, hosts: list[str]) -> tuple[list[str], Entry | None]:
+        """Return the local addresses for the lines after it, and its entry (None: a HOST: line)."""
+        origin, fields = f"{path}:{self.number}", self.fields
+        if not self.utf8:
+            shown = " ".join(fields).encode(errors="surrogateescape").decode(errors="replace")
+            entry = Entry(origin, shown, shown.split()[0], disabled=self.disabled)
+            entry.fail("not UTF-8")
+            return hosts, entry
+        if fields[0].endswith(":") and len(fields) == 1:
+            return (fields[0][:-1].split(",") if not self.disabled else hosts), None
+        if fields[0].endswith(":"):  # `HOST: service ...`
+            fields = [fields[0] + fields[1], *fields[2:]]
+        source = f"{OFF} {' '.join(fields)}" if self.disabled else " ".join(fields)
+        return hosts, _entry(origin, source, fields, hosts, self.disabled)
 
 
 def _is_utf8(text: str) -> bool:

@@ -373,12 +373,24 @@ class TestFields:
         assert [service["name"] for service in served(result)] == ["echo"]
         assert result.problems == [f"{path}:2: discard: not UTF-8"]
 
-    def test_no_continuation(self, tmp_path: Path) -> None:
-        """A line ending in a backslash does not continue: inetd.conf has no continuation."""
-        text = "echo stream tcp nowait nobody /bin/echo echo a \\\n  discard\n"
+    def test_continuation(self, tmp_path: Path) -> None:
+        """A line starting with a space or a tab continues the one before, as in openbsd-inetd."""
+        text = (
+            "echo stream tcp nowait nobody /bin/echo echo a \\\n  discard\n"  # not a service
+            "127.0.0.1:\n\tdaytime stream tcp nowait root internal\n"  # HOST: on its own line
+            "\n  time stream tcp nowait root internal\n"  # after a blank line: a line
+            "::1: chargen stream tcp6 nowait root internal\n"
+            f"{inetdconf.OFF} finger stream tcp nowait nobody /bin/echo echo\n"
+            "\tdiscard stream tcp nowait root internal\n"  # after a comment: a line
+        )
         result = inetd(tmp_path / "inetd.conf", text)
-        assert served(result)[0]["exec"] == ["/bin/echo", "a", "\\"]
-        assert "2: discard: 1 fields" in result.problems[0]
+        echo, daytime, time, chargen, discard = served(result)
+        assert echo["exec"] == ["/bin/echo", "a", "\\", "discard"]
+        assert daytime["listen"] == ["127.0.0.1:13"]
+        assert time["listen"] == ["0.0.0.0:37", "[::]:37"]
+        assert chargen["listen"] == ["[::1]:19"]
+        assert discard["handler"] == "discard"
+        assert [service["name"] for service in commented(result)] == ["finger"]
 
     def test_unreadable(self, tmp_path: Path) -> None:
         """A file that cannot be read is one line naming it."""
