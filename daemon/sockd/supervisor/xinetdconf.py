@@ -25,6 +25,7 @@ from sockd.supervisor.importer import (
 from sockd.supervisor.tables import one_line
 
 DEFAULT_PATH = "/etc/xinetd.conf"
+MAX_DEPTH = 32  # files including one another, at most
 _ASSIGNMENT = re.compile(r"([A-Za-z_]+)\s*(\+=|-=|=)\s*(.*)")
 # Attributes a service inherits from `defaults`; the cumulative ones add up there.
 _INHERITED = {"bind", "per_source", "instances", "cps", "only_from", "no_access", "passenv"}
@@ -81,9 +82,7 @@ def read(path: str = DEFAULT_PATH) -> list[Entry]:
 
 def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
     """Read the blocks of the file at `path`, included by the files `including` (a loop fails)."""
-    if os.path.realpath(path) in including:
-        raise ConfigError(f"{one_line(path)}: included by itself (an include loop)")
-    including = (*including, os.path.realpath(path))
+    including = _include(path, including)
     block: _Block | None = None
     opened = False
     for number, raw in lines(read_text(path)):
@@ -110,6 +109,19 @@ def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
             block.assignments.append((attribute, operator, values.split()))
     if block is not None:
         raise ConfigError(f"{one_line(block.origin)}: {block.kind} {block.name}: no closing '}}'")
+
+
+def _include(path: str, including: tuple[str, ...]) -> tuple[str, ...]:
+    """Return `including` with `path` added, if it may be included there.
+
+    Raises:
+        ConfigError: an include loop, or files included too deep.
+    """
+    if os.path.realpath(path) in including:
+        raise ConfigError(f"{one_line(path)}: included by itself (an include loop)")
+    if len(including) >= MAX_DEPTH:  # each level is two frames of Python's stack
+        raise ConfigError(f"{one_line(path)}: included more than {MAX_DEPTH} files deep")
+    return (*including, os.path.realpath(path))
 
 
 def _top_level(

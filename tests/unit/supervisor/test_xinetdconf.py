@@ -137,6 +137,14 @@ class TestFiles:
         assert problem in str(caught.value)
         assert "\n" not in str(caught.value)
 
+    def test_include_depth(self, tmp_path: Path) -> None:
+        """A chain of 600 files including the next: one line, not a RecursionError."""
+        for index in range(600):
+            (tmp_path / f"f{index}").write_text(f"include {tmp_path}/f{index + 1}\n")
+        deepest = f"{tmp_path}/f{xinetdconf.MAX_DEPTH}"
+        with pytest.raises(ConfigError, match=f"^{deepest}: included more than 32 files deep$"):
+            xinetdconf.read(f"{tmp_path}/f0")
+
     def test_include_loop(self, tmp_path: Path) -> None:
         """A file that includes itself ends, with an error."""
         path = tmp_path / "xinetd.conf"
