@@ -77,9 +77,9 @@ def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
         line = raw.strip(" \t")
         disabled = ""
         if line.startswith(OFF):
-            if enabled:
-                continue
             line = line.removeprefix(OFF).strip(" \t")
+            if enabled or not line:  # `#<off>#` alone: a comment
+                continue
             disabled = f"disabled by update-inetd ({OFF})"
         elif not line or line.startswith("#"):
             continue

@@ -340,6 +340,13 @@ class TestFields:
             " no such program"
         ) in result.text
 
+    def test_disabled_mark_alone(self, tmp_path: Path) -> None:
+        """A `#<off>#` with nothing after it is a comment (it was an IndexError)."""
+        text = f"{inetdconf.OFF}\n  {inetdconf.OFF} \necho stream tcp nowait root internal\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert [service["name"] for service in served(result)] == ["echo"]
+        assert result.problems == []
+
     def test_buffer_sizes(self, tmp_path: Path) -> None:
         """tcp,rcvbuf=... is served without the buffer size, which is said."""
         result = inetd(tmp_path / "inetd.conf", "echo stream tcp,rcvbuf=64k nowait root internal\n")
