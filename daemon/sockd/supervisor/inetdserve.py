@@ -64,7 +64,7 @@ def services(
     warnings: list[str] = []
     names: set[str] = set()
     for count, entry in enumerate(entries(path, enabled=True)):
-        where = f"{one_line(entry.origin)}: {entry.base}"
+        where = f"{one_line(entry.origin)}: {one_line(entry.base, 256)}"
         if count >= MAX_LINES or len(tables) >= room:
             most = f"{MAX_LINES} lines" if count >= MAX_LINES else f"{room} services"
             warnings.append(f"{where}: skipped, and the lines after it: sockd reads {most} at most")

@@ -94,6 +94,13 @@ class TestServices:
             f"{path}:4: no-such-name: skipped: service 'no-such-name' is not in {SERVICES}",
         ]
 
+    def test_warning_escapes_the_service_field(self, tmp_path: Path) -> None:
+        """A terminal escape in a skipped line's service is escaped in its warning (on stderr)."""
+        path = tmp_path / "inetd.conf"
+        path.write_text("\x1b[2J\x1b]0;owned\x07 stream tcp\n")
+        _, (warning,) = inetdserve.services(str(path))
+        assert warning.startswith(f"{path}:1: \\x1b[2J\\x1b]0;owned\\x07: skipped: 3 fields")
+
     def test_huge_file_costs_little(self, tmp_path: Path) -> None:
         """Past MAX_LINES enabled lines (or the room left) the rest is one warning, not read."""
         path = tmp_path / "inetd.conf"
