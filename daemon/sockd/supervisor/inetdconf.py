@@ -104,7 +104,7 @@ class _Read:
         origin, fields = f"{path}:{self.number}", self.fields
         if not self.utf8:
             shown = " ".join(fields).encode(errors="surrogateescape").decode(errors="replace")
-            entry = Entry(origin, shown, shown.split()[0], disabled=self.disabled)
+            entry = Entry(origin, shown, (shown.split() or ["line"])[0], disabled=self.disabled)
             entry.fail("not UTF-8")
             return hosts, entry
         if fields[0].endswith(":") and len(fields) == 1:

@@ -52,8 +52,9 @@ def services(
     Each table comes with its origin (`FILE:LINE`), which names it in errors.
     A file that does not exist is an empty one (update-inetd creates it). A
     line that cannot be served is skipped with a warning naming FILE:LINE;
-    past `room` tables or MAX_LINES enabled lines, the rest is skipped with
-    one warning (a huge file costs the daemon no more than that).
+    past `room` tables (MAX_SERVICES in all, with sockd.toml's) or MAX_LINES
+    enabled lines, the rest is skipped with one warning (a huge file costs
+    the daemon no more than that).
 
     Raises:
         ConfigError: the file cannot be read.
@@ -66,8 +67,8 @@ def services(
     for count, entry in enumerate(entries(path, enabled=True)):
         where = f"{one_line(entry.origin)}: {one_line(entry.base, 256)}"
         if count >= MAX_LINES or len(tables) >= room:
-            most = f"{MAX_LINES} lines" if count >= MAX_LINES else f"{room} services"
-            warnings.append(f"{where}: skipped, and the lines after it: sockd reads {most} at most")
+            most = f"{MAX_LINES} enabled lines" if count >= MAX_LINES else "no more services"
+            warnings.append(f"{where}: skipped, and the lines after it: sockd reads {most}")
             break
         skipped = [lost for lost in entry.lost if lost.startswith(_NOT_YET)]
         if skipped or entry.failed:
