@@ -173,12 +173,12 @@ class TestInetdConf:
         assert exchange(f"127.0.0.1:{port}", b"x") == b"x", "the old config serves on"
         assert daemon.stop() == 0
 
-    def test_a_port_taken_keeps_the_old_config(
+    def test_a_port_taken_is_skipped_at_a_reload(
         self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
     ) -> None:
-        """A line added on a port another process holds: reload_failed, the others serve on."""
+        """A line added on a port another process holds: a warning, the others serve on."""
         inetd_conf, config = inetd
-        port = free_port()
+        port, added = free_port(), free_port()
         inetd_conf.write_text(cat_line(port))
         daemon = sockd("run", "--config", config)
         daemon.wait_event("ready")
@@ -186,15 +186,41 @@ class TestInetdConf:
             other.bind(("127.0.0.1", 0))
             other.listen()
             taken = other.getsockname()[1]
-            inetd_conf.write_text(cat_line(port) + cat_line(taken))
+            inetd_conf.write_text(cat_line(port) + cat_line(taken) + cat_line(added))
             daemon.signal(signal.SIGHUP)
-            (failed,) = daemon.wait_event("reload_failed")
+            (reloaded,) = daemon.wait_event("reloaded")
+            daemon.signal(signal.SIGHUP)  # still held: tried again, not said again
+            daemon.wait_event("reloaded", count=2)
+        assert reloaded["added"] == [f"inetd.{added}"]
+        (warning,) = daemon.events("config_warning")
         where = f"service 'inetd.{taken}': listen 127.0.0.1:{taken}"
-        assert failed["error"] == f"{where}: cannot bind: Address already in use"
+        assert warning["warning"] == (
+            f"{inetd_conf}: {where}: cannot bind: Address already in use: skipped"
+        )
         assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        assert exchange(f"127.0.0.1:{added}", b"y") == b"y"
         daemon.signal(signal.SIGHUP)  # the port is free now: the same file applies
-        daemon.wait_event("reloaded")
-        assert exchange(f"127.0.0.1:{taken}", b"y") == b"y"
+        reloaded = daemon.wait_event("reloaded", count=3)[-1]
+        assert reloaded["added"] == [f"inetd.{taken}"]
+        assert exchange(f"127.0.0.1:{taken}", b"z") == b"z"
+        assert daemon.stop() == 0
+
+    def test_a_port_taken_at_start_is_skipped(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A line on a port another process holds at start: a warning; sockd serves the others."""
+        inetd_conf, config = inetd
+        port = free_port()
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            taken = other.getsockname()[1]
+            inetd_conf.write_text(cat_line(taken) + cat_line(port))
+            daemon = sockd("run", "--config", config)
+            daemon.wait_event("ready", services=[f"inetd.{port}"])
+        (warning,) = daemon.events("config_warning")
+        assert warning["warning"].endswith("cannot bind: Address already in use: skipped")
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
         assert daemon.stop() == 0
 
     def test_a_datagram_line_is_skipped_with_one_warning(
