@@ -210,10 +210,15 @@ def wrapper_rules(entry: Entry, what: str) -> None:
 
 
 def _has_rules(path: str) -> bool:
+    """Tell whether the file at `path` may hold rules: only a file that is not there holds none.
+
+    A file there that cannot be read (not UTF-8, unreadable, not a regular
+    file) is taken as holding rules: sockd never serves wider than it can tell.
+    """
     try:
-        text = read_text(path)
+        text = read_text(path, errors="surrogateescape")  # a Latin-1 comment is still a comment
     except ConfigError:
-        return False  # absent: hosts_access(5) then allows everyone, as sockd does
+        return os.path.lexists(path)  # absent: hosts_access(5) then allows everyone, as sockd does
     return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
 
 

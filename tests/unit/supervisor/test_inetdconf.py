@@ -303,6 +303,26 @@ class TestFields:
         )
 
     @pytest.mark.parametrize(
+        "hosts_deny",
+        [b"# J\xfcrgen's rules\nALL: ALL\n", b"\xff", None],
+        ids=["latin-1", "bad", "dir"],
+    )
+    def test_tcpd_rules_not_read_are_rules(self, tmp_path: Path, hosts_deny: bytes | None) -> None:
+        """hosts.deny not UTF-8, or not readable: taken as holding rules (never served wider)."""
+        if hosts_deny is None:
+            (tmp_path / "hosts.deny").mkdir()
+        else:
+            (tmp_path / "hosts.deny").write_bytes(hosts_deny)
+        result = inetd(
+            tmp_path / "inetd.conf", "echo stream tcp nowait nobody /usr/sbin/tcpd /bin/cat\n"
+        )
+        (problem,) = result.problems
+        assert problem == (
+            f"{tmp_path}/inetd.conf:1: echo: tcpd dropped (/bin/cat is run directly): the rules in"
+            f" {tmp_path}/hosts.deny no longer apply; write them as allow/deny"
+        )
+
+    @pytest.mark.parametrize(
         ("line", "problem"),
         [
             ("echo stream tcp nowait root", "5 fields: expected service, socket type,"),
