@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import socket
 from typing import TYPE_CHECKING
 
-from sockd.supervisor.config import MAX_RATE
+from sockd.supervisor.config import MAX_ARGS, MAX_RATE
 from sockd.supervisor.importer import (
     Entry,
     lines,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/etc/inetd.conf"
 OFF = "#<off>#"  # update-inetd --disable's mark
 _FIELD = re.compile(r"[^ \t]+")
+MAX_FIELDS = 6 + MAX_ARGS  # service, socket type, protocol, wait, user, server, its argv
 _FAMILIES = {
     "tcp": (socket.AF_INET, socket.AF_INET6),  # openbsd-inetd: both, one socket each
     "tcp4": (socket.AF_INET,),
@@ -66,7 +68,7 @@ def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
     read: _Read | None = None  # the service line read so far, and its continuations
     for number, raw in lines(read_text(path, errors="surrogateescape")):
         if read is not None and not read.disabled and raw[:1] in (" ", "\t"):
-            read.fields += _FIELD.findall(raw)
+            read.fields += _fields(raw, MAX_FIELDS + 1 - len(read.fields))
             read.utf8 = read.utf8 and _is_utf8(raw)
             continue
         if read is not None:
@@ -83,7 +85,7 @@ def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
             disabled = f"disabled by update-inetd ({OFF})"
         elif not line or line.startswith("#"):
             continue
-        read = _Read(number, _FIELD.findall(line), disabled, _is_utf8(line))
+        read = _Read(number, _fields(line, MAX_FIELDS + 1), disabled, _is_utf8(line))
     if read is not None:
         hosts, entry = read.entry(path, hosts)
         if entry is not None:
@@ -107,12 +109,21 @@ class _Read:
             entry = Entry(origin, shown, (shown.split() or ["line"])[0], disabled=self.disabled)
             entry.fail("not UTF-8")
             return hosts, entry
+        if len(fields) > MAX_FIELDS:
+            entry = Entry(origin, " ".join(fields[:7]) + " ...", fields[0], disabled=self.disabled)
+            entry.fail(f"more than {MAX_FIELDS} fields (exec takes {MAX_ARGS} items at most)")
+            return hosts, entry
         if fields[0].endswith(":") and len(fields) == 1:
             return (fields[0][:-1].split(",") if not self.disabled else hosts), None
         if fields[0].endswith(":"):  # `HOST: service ...`
             fields = [fields[0] + fields[1], *fields[2:]]
         source = f"{OFF} {' '.join(fields)}" if self.disabled else " ".join(fields)
         return hosts, _entry(origin, source, fields, hosts, self.disabled)
+
+
+def _fields(line: str, most: int) -> list[str]:
+    """Return the first `most` fields of `line`: a line of millions is never a list of them."""
+    return [match.group() for match in itertools.islice(_FIELD.finditer(line), max(most, 0))]
 
 
 def _is_utf8(text: str) -> bool:

@@ -360,6 +360,14 @@ class TestFields:
             " no such program"
         ) in result.text
 
+    def test_fields_are_bounded(self, tmp_path: Path) -> None:
+        """A line of a million arguments fails, its fields read no further than the bound."""
+        text = "echo stream tcp nowait root /bin/cat cat" + " ab" * 1_000_000 + "\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert result.problems == [
+            f"{tmp_path}/inetd.conf:1: echo: more than 262 fields (exec takes 256 items at most)"
+        ]
+
     def test_disabled_mark_alone(self, tmp_path: Path) -> None:
         """A `#<off>#` with nothing after it is a comment (it was an IndexError)."""
         text = f"{inetdconf.OFF}\n  {inetdconf.OFF} \necho stream tcp nowait root internal\n"
