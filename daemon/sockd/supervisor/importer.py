@@ -76,8 +76,8 @@ class Result:
     served: int
 
 
-def read_text(path: str, errors: str = "strict") -> str:
-    """Return the text of the file at `path` (UTF-8, at most the size of a config file).
+def read_text(path: str, errors: str = "strict", limit: int = sockd_config.MAX_FILE_BYTES) -> str:
+    """Return the text of the file at `path` (UTF-8, at most `limit` bytes: a config file's).
 
     With `errors="surrogateescape"` bytes that are not UTF-8 are kept as
     lone surrogates, for the caller to refuse in the lines that hold them.
@@ -101,13 +101,13 @@ def read_text(path: str, errors: str = "strict") -> str:
         if not stat.S_ISREG(mode):
             raise ConfigError(f"{where}: cannot read: not a regular file")
         with open(fd, "rb", closefd=False) as file:
-            raw = file.read(sockd_config.MAX_FILE_BYTES + 1)
+            raw = file.read(limit + 1)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if len(raw) > sockd_config.MAX_FILE_BYTES:
-        raise ConfigError(f"{where}: larger than {sockd_config.MAX_FILE_BYTES} bytes")
+    if len(raw) > limit:
+        raise ConfigError(f"{where}: larger than {limit} bytes")
     try:
         return raw.decode(errors=errors)
     except UnicodeDecodeError as exc:

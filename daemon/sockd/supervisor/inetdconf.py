@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/etc/inetd.conf"
 OFF = "#<off>#"  # update-inetd --disable's mark
 _FIELD = re.compile(r"[^ \t]+")
+# The daemon reads the file at each SIGHUP, in its loop: a few hundred ms at most (the
+# watchdog waits 30 s). A real inetd.conf is a few kB.
+MAX_BYTES = 4 << 20
 MAX_FIELDS = 6 + MAX_ARGS  # service, socket type, protocol, wait, user, server, its argv
 _FAMILIES = {
     "tcp": (socket.AF_INET, socket.AF_INET6),  # openbsd-inetd: both, one socket each
@@ -66,7 +69,7 @@ def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
     """
     hosts = ["*"]
     read: _Read | None = None  # the service line read so far, and its continuations
-    for number, raw in lines(read_text(path, errors="surrogateescape")):
+    for number, raw in lines(read_text(path, errors="surrogateescape", limit=MAX_BYTES)):
         if read is not None and not read.disabled and raw[:1] in (" ", "\t"):
             read.fields += _fields(raw, MAX_FIELDS + 1 - len(read.fields))
             read.utf8 = read.utf8 and _is_utf8(raw)

@@ -368,6 +368,13 @@ class TestFields:
             f"{tmp_path}/inetd.conf:1: echo: more than 262 fields (exec takes 256 items at most)"
         ]
 
+    def test_size_is_bounded(self, tmp_path: Path) -> None:
+        """A file over 4 MiB is one error, before a line is read: the daemon reads it at SIGHUP."""
+        path = tmp_path / "inetd.conf"
+        path.write_text("##\n" * (inetdconf.MAX_BYTES // 3 + 1))
+        with pytest.raises(ConfigError, match=f"^{path}: larger than 4194304 bytes$"):
+            inetdconf.read(str(path))
+
     def test_disabled_mark_alone(self, tmp_path: Path) -> None:
         """A `#<off>#` with nothing after it is a comment (it was an IndexError)."""
         text = f"{inetdconf.OFF}\n  {inetdconf.OFF} \necho stream tcp nowait root internal\n"
