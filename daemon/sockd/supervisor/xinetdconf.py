@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 import socket
+from typing import TYPE_CHECKING
 
 from sockd.errors import ConfigError
 from sockd.supervisor.config import MAX_CHILDREN, MAX_RATE
@@ -23,6 +24,9 @@ from sockd.supervisor.importer import (
     wrapper_rules,
 )
 from sockd.supervisor.tables import one_line
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DEFAULT_PATH = "/etc/xinetd.conf"
 MAX_DEPTH = 32  # files including one another, at most
@@ -85,11 +89,7 @@ def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
     including = _include(path, including)
     block: _Block | None = None
     opened = False
-    for number, raw in lines(read_text(path)):
-        origin = f"{path}:{number}"
-        words = raw.split()
-        if not words or words[0].startswith("#"):
-            continue
+    for origin, raw, words in _statements(path):
         if block is None:
             block = _top_level(origin, words, blocks, including)
             opened = block is not None and words[-1] == "{"
@@ -109,6 +109,23 @@ def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
             block.assignments.append((attribute, operator, values.split()))
     if block is not None:
         raise ConfigError(f"{one_line(block.origin)}: {block.kind} {block.name}: no closing '}}'")
+
+
+def _statements(path: str) -> Iterator[tuple[str, str, list[str]]]:
+    """Yield the lines of the file at `path` but blanks and comments: FILE:LINE, text, words.
+
+    Raises:
+        ConfigError: the file cannot be read, or such a line is not UTF-8 (a
+            comment may be: old files have Latin-1 ones).
+    """
+    for number, raw in lines(read_text(path, errors="surrogateescape")):
+        words = raw.split()
+        if words and not words[0].startswith("#"):
+            try:
+                raw.encode()
+            except UnicodeEncodeError:  # a lone surrogate: a byte that was not UTF-8
+                raise ConfigError(f"{one_line(path)}:{number}: not UTF-8") from None
+            yield f"{path}:{number}", raw, words
 
 
 def _include(path: str, including: tuple[str, ...]) -> tuple[str, ...]:

@@ -169,7 +169,7 @@ class TestCommand:
         [
             ("inetd", None, "nonexistent: cannot read: No such file or directory"),
             ("xinetd", "service echo\n{\n", "xinetd.conf:1: service echo: no closing '}'"),
-            ("xinetd", b"# \xff\n", "xinetd.conf:1: not UTF-8"),
+            ("xinetd", b"# \xff\nservice \xff\n", "xinetd.conf:2: not UTF-8"),
         ],
     )
     def test_unreadable_or_unparsable_exits_78(

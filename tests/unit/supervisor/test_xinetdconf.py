@@ -137,6 +137,15 @@ class TestFiles:
         assert problem in str(caught.value)
         assert "\n" not in str(caught.value)
 
+    def test_latin1_comment(self, tmp_path: Path) -> None:
+        """A comment not in UTF-8 (an old Latin-1 one) is a comment: the file converts."""
+        path = tmp_path / "xinetd.conf"
+        path.write_bytes(
+            b"# configuraci\xf3n\nservice echo\n{\n# \xe9\n" + PROGRAM.encode() + b"}\n"
+        )
+        result = importer.convert(xinetdconf.read(str(path)), str(path))
+        assert [service["name"] for service in served(result)] == ["echo"]
+
     def test_include_depth(self, tmp_path: Path) -> None:
         """A chain of 600 files including the next: one line, not a RecursionError."""
         for index in range(600):
