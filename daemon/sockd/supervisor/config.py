@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import grp
 import ipaddress
 import os
@@ -231,13 +232,7 @@ def load(path: str, *, import_handlers: bool = True) -> Config:
         ConfigError: with one line naming the file, the key and the problem.
     """
     where = one_line(path, 4096)
-    try:
-        with Path(path).open("rb") as file:
-            raw = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{where}: larger than {MAX_FILE_BYTES} bytes")
+    raw = read_file(path, MAX_FILE_BYTES)
     try:
         data = tomllib.loads(raw.decode())
     except UnicodeDecodeError as exc:
@@ -252,6 +247,36 @@ def load(path: str, *, import_handlers: bool = True) -> Config:
     except RecursionError:
         raise ConfigError(f"{where}: invalid TOML: arrays or tables nested too deeply") from None
     return from_dict(data, path, import_handlers=import_handlers)
+
+
+def read_file(path: str, limit: int) -> bytes:
+    """Return the bytes of the regular file at `path`, at most `limit` of them.
+
+    Opening never waits: a FIFO (which would block the daemon's reload until
+    a writer came) or a device (/dev/zero, endless) is refused.
+
+    Raises:
+        ConfigError: one line naming the file and why it cannot be read.
+    """
+    where = one_line(path, 4096)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            why = os.strerror(errno.EISDIR) if stat.S_ISDIR(mode) else "not a regular file"
+            raise ConfigError(f"{where}: cannot read: {why}")
+        with open(fd, "rb", closefd=False) as file:
+            raw = file.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise ConfigError(f"{where}: larger than {limit} bytes")
+    return raw
 
 
 def from_dict(data: dict[str, Any], path: str, *, import_handlers: bool = True) -> Config:

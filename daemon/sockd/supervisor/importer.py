@@ -10,12 +10,10 @@ a comment, and renders the result.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import os
 import re
 import socket
-import stat
 from typing import TYPE_CHECKING, Any
 
 from sockd.errors import ConfigError
@@ -82,32 +80,14 @@ def read_text(path: str, errors: str = "strict", limit: int = sockd_config.MAX_F
     With `errors="surrogateescape"` bytes that are not UTF-8 are kept as
     lone surrogates, for the caller to refuse in the lines that hold them.
 
-    Only a regular file is read, and opening never waits: a FIFO (which
-    would block until a writer came) or a device (/dev/zero, endless) is
-    refused, as xinetd skips what is not a regular file.
+    Only a regular file is read, and opening never waits (`read_file`), as
+    xinetd skips what is not a regular file.
 
     Raises:
         ConfigError: one line naming the file and why it cannot be read.
     """
     where = one_line(path, 4096)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ConfigError(f"{where}: cannot read: {os.strerror(errno.EISDIR)}")
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"{where}: cannot read: not a regular file")
-        with open(fd, "rb", closefd=False) as file:
-            raw = file.read(limit + 1)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(raw) > limit:
-        raise ConfigError(f"{where}: larger than {limit} bytes")
+    raw = sockd_config.read_file(path, limit)
     try:
         return raw.decode(errors=errors)
     except UnicodeDecodeError as exc:
