@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import threading
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
@@ -540,22 +540,14 @@ class TestFile:
         """A FIFO is refused, never waited on: the daemon reads the file at each SIGHUP."""
         path = tmp_path / "sockd.toml"
         os.mkfifo(path)
-        errors: list[str] = []
-
-        def load() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(config.load, str(path))
             try:
-                config.load(str(path))
-            except ConfigError as exc:
-                errors.append(str(exc))
-
-        reader = threading.Thread(target=load, daemon=True)
-        reader.start()
-        reader.join(5)
-        if reader.is_alive():  # blocked in open(): a writer lets it go
-            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            reader.join(5)
-            pytest.fail("load waited for a writer of a FIFO")
-        assert errors == [f"{path}: cannot read: not a regular file"]
+                error = loading.exception(timeout=5)
+            except TimeoutError:  # blocked in open(): a writer lets it go
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                pytest.fail("load waited for a writer of a FIFO")
+        assert str(error) == f"{path}: cannot read: not a regular file"
 
     def test_device_is_refused(self, tmp_path: Path) -> None:
         """A link to /dev/zero is refused before a byte is read."""
