@@ -89,31 +89,96 @@ class TestInetdConf:
         assert exchange(f"127.0.0.1:{second}", b"two") == b"two"
         assert daemon.stop() == 0
 
-    def test_missing_file_is_empty_and_a_bad_line_keeps_the_old_config(
+    def test_missing_file_is_empty_and_a_bad_line_is_skipped(
         self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
     ) -> None:
-        """No file: sockd serves nothing, and starts; a malformed line: reload_failed, FILE:LINE."""
+        """No file: sockd serves nothing, and starts; a malformed line: a warning, others serve."""
         inetd_conf, config = inetd
         daemon = sockd("run", "--config", config)
         daemon.wait_event("ready", services=[])
-        port = free_port()
+        port, added = free_port(), free_port()
         inetd_conf.write_text(cat_line(port))
         daemon.signal(signal.SIGHUP)
         daemon.wait_event("reloaded")
         assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
-        inetd_conf.write_text(f"# a comment\n{cat_line(port)}finger stream tcp\n")
+        inetd_conf.write_text(f"# a comment\n{cat_line(port)}finger stream tcp\n{cat_line(added)}")
         daemon.signal(signal.SIGHUP)
-        (failed,) = daemon.wait_event("reload_failed")
-        assert failed["error"].startswith(f"{inetd_conf}:3: finger: 3 fields")
-        assert exchange(f"127.0.0.1:{port}", b"y") == b"y", "the old config serves on"
+        daemon.wait_event("reloaded", count=2)
+        (warning,) = daemon.events("config_warning")
+        assert warning["warning"].startswith(f"{inetd_conf}:3: finger: skipped: 3 fields")
+        assert exchange(f"127.0.0.1:{port}", b"y") == b"y"
+        assert exchange(f"127.0.0.1:{added}", b"z") == b"z", "the line after it is served"
         assert daemon.stop() == 0
 
-    def test_a_port_taken_keeps_the_old_config(
+    def test_bad_lines_at_start_stop_nothing_else(
         self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
     ) -> None:
-        """A line added on a port another process holds: reload_failed, the others serve on."""
+        """At start, lines that cannot be served (two on a port, a program missing) are skipped."""
         inetd_conf, config = inetd
         port = free_port()
+        inetd_conf.write_text(
+            f"{cat_line(port)}{cat_line(port)}"
+            f"127.0.0.1:{free_port()}\tstream\ttcp\tnowait\t{ME}\t/nonexistent/prog\tprog\n"
+        )
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready", services=[f"inetd.{port}"])
+        warnings = [event["warning"] for event in daemon.events("config_warning")]
+        assert [warning.split(": ")[0:3] for warning in warnings] == [
+            [f"{inetd_conf}:2", f"inetd.{port}-2", "skipped"],
+            [f"{inetd_conf}:3", warnings[1].split(": ")[1], "skipped"],
+        ]
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        assert daemon.stop() == 0
+
+    def test_a_line_on_a_port_taken_is_skipped_at_a_reload(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A line added on the port of a line before it: a warning; a line added with it serves."""
+        inetd_conf, config = inetd
+        port, added = free_port(), free_port()
+        inetd_conf.write_text(cat_line(port))
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready")
+        inetd_conf.write_text(cat_line(port) * 2 + cat_line(added))
+        daemon.signal(signal.SIGHUP)
+        (reloaded,) = daemon.wait_event("reloaded")
+        assert reloaded["added"] == [f"inetd.{added}"]
+        (warning,) = daemon.events("config_warning")
+        assert warning["warning"].startswith(f"{inetd_conf}:2: inetd.{port}-2: skipped: ")
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        assert exchange(f"127.0.0.1:{added}", b"y") == b"y"
+        assert daemon.stop() == 0
+
+    @pytest.mark.parametrize("kind", ["fifo", "directory", "/dev/zero"])
+    def test_a_file_not_regular_keeps_the_old_config(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str], kind: str
+    ) -> None:
+        """inetd_conf made a FIFO (never read: it would block), a directory, a link to /dev/zero."""
+        inetd_conf, config = inetd
+        port = free_port()
+        inetd_conf.write_text(cat_line(port))
+        daemon = sockd("run", "--config", config)
+        daemon.wait_event("ready")
+        inetd_conf.unlink()
+        if kind == "fifo":
+            os.mkfifo(inetd_conf)
+        elif kind == "directory":
+            inetd_conf.mkdir()
+        else:
+            inetd_conf.symlink_to(kind)
+        daemon.signal(signal.SIGHUP)
+        (failed,) = daemon.wait_event("reload_failed")
+        why = "Is a directory" if kind == "directory" else "not a regular file"
+        assert failed["error"] == f"{inetd_conf}: cannot read: {why}"
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x", "the old config serves on"
+        assert daemon.stop() == 0
+
+    def test_a_port_taken_is_skipped_at_a_reload(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A line added on a port another process holds: a warning, the others serve on."""
+        inetd_conf, config = inetd
+        port, added = free_port(), free_port()
         inetd_conf.write_text(cat_line(port))
         daemon = sockd("run", "--config", config)
         daemon.wait_event("ready")
@@ -121,15 +186,41 @@ class TestInetdConf:
             other.bind(("127.0.0.1", 0))
             other.listen()
             taken = other.getsockname()[1]
-            inetd_conf.write_text(cat_line(port) + cat_line(taken))
+            inetd_conf.write_text(cat_line(port) + cat_line(taken) + cat_line(added))
             daemon.signal(signal.SIGHUP)
-            (failed,) = daemon.wait_event("reload_failed")
+            (reloaded,) = daemon.wait_event("reloaded")
+            daemon.signal(signal.SIGHUP)  # still held: tried again, not said again
+            daemon.wait_event("reloaded", count=2)
+        assert reloaded["added"] == [f"inetd.{added}"]
+        (warning,) = daemon.events("config_warning")
         where = f"service 'inetd.{taken}': listen 127.0.0.1:{taken}"
-        assert failed["error"] == f"{where}: cannot bind: Address already in use"
+        assert warning["warning"] == (
+            f"{inetd_conf}: {where}: cannot bind: Address already in use: skipped"
+        )
         assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
+        assert exchange(f"127.0.0.1:{added}", b"y") == b"y"
         daemon.signal(signal.SIGHUP)  # the port is free now: the same file applies
-        daemon.wait_event("reloaded")
-        assert exchange(f"127.0.0.1:{taken}", b"y") == b"y"
+        reloaded = daemon.wait_event("reloaded", count=3)[-1]
+        assert reloaded["added"] == [f"inetd.{taken}"]
+        assert exchange(f"127.0.0.1:{taken}", b"z") == b"z"
+        assert daemon.stop() == 0
+
+    def test_a_port_taken_at_start_is_skipped(
+        self, sockd: Callable[..., Sockd], inetd: tuple[Path, str]
+    ) -> None:
+        """A line on a port another process holds at start: a warning; sockd serves the others."""
+        inetd_conf, config = inetd
+        port = free_port()
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            taken = other.getsockname()[1]
+            inetd_conf.write_text(cat_line(taken) + cat_line(port))
+            daemon = sockd("run", "--config", config)
+            daemon.wait_event("ready", services=[f"inetd.{port}"])
+        (warning,) = daemon.events("config_warning")
+        assert warning["warning"].endswith("cannot bind: Address already in use: skipped")
+        assert exchange(f"127.0.0.1:{port}", b"x") == b"x"
         assert daemon.stop() == 0
 
     def test_a_datagram_line_is_skipped_with_one_warning(
@@ -164,9 +255,10 @@ class TestCheck:
         assert done.stderr.count("\n") == 1
 
     def test_check_names_a_bad_line(self, inetd: tuple[Path, str]) -> None:
-        """`sockd check` refuses a malformed line with one line naming FILE:LINE, exit 78."""
+        """`sockd check` names a malformed line (FILE:LINE) on stderr, exits 0: it is skipped."""
         inetd_conf, config = inetd
         inetd_conf.write_text("\nfinger stream\n")
         done = run_once("check", "--config", config)
-        assert (done.returncode, done.stdout) == (78, "")
-        assert done.stderr.startswith(f"sockd: {inetd_conf}:2: finger: 2 fields: expected")
+        assert done.returncode == 0, done.stderr
+        fields = "expected service, socket type, protocol, wait, user, server"
+        assert done.stderr == f"sockd: {inetd_conf}:2: finger: skipped: 2 fields: {fields}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import grp
 import ipaddress
 import os
@@ -234,13 +235,7 @@ def load(path: str, *, import_handlers: bool = True) -> Config:
         ConfigError: with one line naming the file, the key and the problem.
     """
     where = one_line(path, 4096)
-    try:
-        with Path(path).open("rb") as file:
-            raw = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{where}: larger than {MAX_FILE_BYTES} bytes")
+    raw = read_file(path, MAX_FILE_BYTES)
     try:
         data = tomllib.loads(raw.decode())
     except UnicodeDecodeError as exc:
@@ -255,6 +250,36 @@ def load(path: str, *, import_handlers: bool = True) -> Config:
     except RecursionError:
         raise ConfigError(f"{where}: invalid TOML: arrays or tables nested too deeply") from None
     return from_dict(data, path, import_handlers=import_handlers)
+
+
+def read_file(path: str, limit: int) -> bytes:
+    """Return the bytes of the regular file at `path`, at most `limit` of them.
+
+    Opening never waits: a FIFO (which would block the daemon's reload until
+    a writer came) or a device (/dev/zero, endless) is refused.
+
+    Raises:
+        ConfigError: one line naming the file and why it cannot be read.
+    """
+    where = one_line(path, 4096)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            why = os.strerror(errno.EISDIR) if stat.S_ISDIR(mode) else "not a regular file"
+            raise ConfigError(f"{where}: cannot read: {why}")
+        with open(fd, "rb", closefd=False) as file:
+            raw = file.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise ConfigError(f"{where}: larger than {limit} bytes")
+    return raw
 
 
 def from_dict(data: dict[str, Any], path: str, *, import_handlers: bool = True) -> Config:
@@ -301,9 +326,13 @@ def _inetd_services(
 ) -> list[str]:
     """Add the services of inetd_conf's enabled lines to `services`; return the warnings.
 
+    A line that cannot be served (malformed, refused as `check` refuses a
+    service, on an address taken before it) is skipped with a warning, as
+    inetd skips it: one line never stops the others, nor sockd.toml's.
+
     Raises:
-        ConfigError: a service of ours takes their prefix; the file cannot be
-            read; a line is malformed or refused (naming FILE:LINE).
+        ConfigError: a service of ours takes their prefix, or two of ours
+            overlap; the file cannot be read.
     """
     # Imported here: the inetd.conf reader uses this module's limits and validation.
     from sockd.supervisor import inetdserve  # noqa: PLC0415
@@ -312,12 +341,19 @@ def _inetd_services(
         if service.name.startswith(inetdserve.PREFIX):
             msg = f"{where}: service {service.name!r}: name: the prefix {inetdserve.PREFIX!r}"
             raise ConfigError(f"{msg} is for the services of daemon.inetd_conf")
-    tables, warnings = inetdserve.services(inetd_conf)
-    if len(services) + len(tables) > MAX_SERVICES:
-        raise ConfigError(f"{one_line(inetd_conf, 4096)}: more than {MAX_SERVICES} services")
+    # At a reload, no DNS in the daemon: numeric addresses only (binding refuses the rest).
+    taken = _check_listen(services, where, numeric=not import_handlers)
+    tables, warnings = inetdserve.services(inetd_conf, MAX_SERVICES - len(services))
     for origin, table in tables:
-        services.append(_service(Table(table, origin, ""), import_handlers=import_handlers))
-    return warnings
+        try:
+            service = _service(Table(table, origin, ""), import_handlers=import_handlers)
+            taken.add(service, one_line(origin, 4096))
+        except ConfigError as exc:
+            problem = str(exc).removeprefix(f"{one_line(origin, 4096)}: ")
+            warnings.append(f"{one_line(origin, 4096)}: {table['name']}: skipped: {problem}")
+            continue
+        services.append(service)
+    return inetdserve.bounded(warnings, inetd_conf)
 
 
 def one_service(handler: str, listen: Iterable[str], name: str) -> Config:
@@ -640,7 +676,9 @@ def _check_unique(services: list[ServiceConfig], where: str) -> None:
         names.add(service.name)
 
 
-def _check_listen(services: list[ServiceConfig], where: str) -> None:
+def _check_listen(
+    services: list[ServiceConfig], where: str, *, numeric: bool = False
+) -> _Addresses:
     """Resolve every address as `sockd run` binds it, and refuse what binding would refuse.
 
     Host names are resolved by the function `run` uses, so that a name which
@@ -648,16 +686,37 @@ def _check_listen(services: list[ServiceConfig], where: str) -> None:
     be bound are refused: the same address (after resolving), a wildcard
     (0.0.0.0, ::) beside an address of its family on the same port, the same
     UNIX socket path; and so is a path taken by a file that is not a socket.
+    With `numeric`, an address with a host name is left out (nothing is resolved).
 
     Raises:
         ConfigError: naming the service, the `listen` entry and the problem.
     """
-    paths: dict[str, str] = {}  # a socket path: whose it is ("ADDRESS of service 'x'")
-    # TCP and UDP ports are apart: each key starts with the socket type.
-    bound: dict[tuple[int, int, str, int], str] = {}  # (type, family, host, port): whose it is
-    ports: dict[tuple[int, int, int], str] = {}  # (type, family, port): the first entry on it
-    wildcards: dict[tuple[int, int, int], str] = {}  # (type, family, port): a wildcard on it
+    taken = _Addresses(numeric=numeric)
     for service in services:
+        taken.add(service, where)
+    return taken
+
+
+class _Addresses:
+    """The addresses of the services checked so far (`_check_listen`), by whom each is taken."""
+
+    def __init__(self, *, numeric: bool = False) -> None:
+        """Start with no address taken; `numeric`: leave out addresses with a host name."""
+        self.numeric = numeric
+        self.paths: dict[str, str] = {}  # a socket path: whose it is ("ADDRESS of service 'x'")
+        # TCP and UDP ports are apart: each key starts with the socket type.
+        self.bound: dict[tuple[int, int, str, int], str] = {}  # (type, family, host, port)
+        self.ports: dict[tuple[int, int, int], str] = {}  # (type, family, port): the first on it
+        self.wildcards: dict[tuple[int, int, int], str] = {}  # (type, family, port): a wildcard
+
+    def add(self, service: ServiceConfig, where: str) -> None:
+        """Take the addresses of `service`, or none if one cannot be bound beside those taken.
+
+        Raises:
+            ConfigError: naming the service, the `listen` entry and the problem.
+        """
+        paths, bound = dict(self.paths), dict(self.bound)
+        ports, wildcards = dict(self.ports), dict(self.wildcards)
         for index, address in enumerate(service.listen):
             key = f"{where}: service {service.name!r}: listen[{index}]"
             mine = f"{one_line(str(address))} of service {service.name!r}"
@@ -668,6 +727,8 @@ def _check_listen(services: list[ServiceConfig], where: str) -> None:
                 if other is not None:
                     raise ConfigError(f"{key}: {one_line(str(address))} overlaps {other}")
                 paths[os.path.normpath(address.path)] = mine
+                continue
+            if self.numeric and not _is_numeric(address.host):
                 continue
             pairs = [
                 (family, sockaddr[0], sockaddr[1])
@@ -685,6 +746,16 @@ def _check_listen(services: list[ServiceConfig], where: str) -> None:
                 ports.setdefault((kind, family, port), mine)
                 if host in _WILDCARDS:
                     wildcards[kind, family, port] = mine
+        self.paths, self.bound, self.ports, self.wildcards = paths, bound, ports, wildcards
+
+
+def _is_numeric(host: str) -> bool:
+    """Tell whether `host` is an IP address (or empty: every address), resolved without DNS."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return not host
+    return True
 
 
 def _check_socket_path(path: str, key: str) -> None:

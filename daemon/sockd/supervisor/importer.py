@@ -14,12 +14,15 @@ import ipaddress
 import os
 import re
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sockd.errors import ConfigError
 from sockd.handlers import BUILTINS
 from sockd.supervisor import config as sockd_config
 from sockd.supervisor.tables import one_line, toml_pairs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Where tcpd finds a daemon named without a path (Debian's REAL_DAEMON_DIR).
 TCPD_DAEMON_DIR = "/usr/sbin"
@@ -71,25 +74,41 @@ class Result:
     served: int
 
 
-def read_text(path: str) -> str:
-    """Return the text of the file at `path` (UTF-8, at most the size of a config file).
+def read_text(path: str, errors: str = "strict", limit: int = sockd_config.MAX_FILE_BYTES) -> str:
+    """Return the text of the file at `path` (UTF-8, at most `limit` bytes: a config file's).
+
+    With `errors="surrogateescape"` bytes that are not UTF-8 are kept as
+    lone surrogates, for the caller to refuse in the lines that hold them.
+
+    Only a regular file is read, and opening never waits (`read_file`), as
+    xinetd skips what is not a regular file.
 
     Raises:
         ConfigError: one line naming the file and why it cannot be read.
     """
     where = one_line(path, 4096)
+    raw = sockd_config.read_file(path, limit)
     try:
-        with open(path, "rb") as file:
-            raw = file.read(sockd_config.MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > sockd_config.MAX_FILE_BYTES:
-        raise ConfigError(f"{where}: larger than {sockd_config.MAX_FILE_BYTES} bytes")
-    try:
-        return raw.decode()
+        return raw.decode(errors=errors)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{where}:{line}: not UTF-8") from None
+
+
+def lines(text: str) -> Iterator[tuple[int, str]]:
+    """Yield the lines of `text` with their numbers, split at newlines only, as inetd splits them.
+
+    `str.splitlines` would also split at form feeds, vertical tabs, U+2028...:
+    a comment holding one would hide a line from inetd (and from `grep`) that
+    sockd served, and every line after it would get the wrong number. One
+    line at a time: a file of many short lines is never a list in memory.
+    """
+    start, number = 0, 1
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        yield number, text[start:end].removesuffix("\r")  # CRLF: a file from elsewhere
+        start, number = end + 1, number + 1
 
 
 def port_of(service: str, protocol: str) -> int:
@@ -171,10 +190,15 @@ def wrapper_rules(entry: Entry, what: str) -> None:
 
 
 def _has_rules(path: str) -> bool:
+    """Tell whether the file at `path` may hold rules: only a file that is not there holds none.
+
+    A file there that cannot be read (not UTF-8, unreadable, not a regular
+    file) is taken as holding rules: sockd never serves wider than it can tell.
+    """
     try:
-        text = read_text(path)
+        text = read_text(path, errors="surrogateescape")  # a Latin-1 comment is still a comment
     except ConfigError:
-        return False  # absent: hosts_access(5) then allows everyone, as sockd does
+        return os.path.lexists(path)  # absent: hosts_access(5) then allows everyone, as sockd does
     return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
+import re
 import socket
+from typing import TYPE_CHECKING
 
-from sockd.supervisor.config import MAX_RATE
+from sockd.supervisor.config import MAX_ARGS, MAX_RATE
 from sockd.supervisor.importer import (
     Entry,
+    lines,
     listen_addresses,
     port_of,
     read_text,
@@ -15,8 +20,16 @@ from sockd.supervisor.importer import (
     set_program,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 DEFAULT_PATH = "/etc/inetd.conf"
 OFF = "#<off>#"  # update-inetd --disable's mark
+_FIELD = re.compile(r"[^ \t]+")
+# The daemon reads the file at each SIGHUP, in its loop: a few hundred ms at most (the
+# watchdog waits 30 s). A real inetd.conf is a few kB.
+MAX_BYTES = 4 << 20
+MAX_FIELDS = 6 + MAX_ARGS  # service, socket type, protocol, wait, user, server, its argv
 _FAMILIES = {
     "tcp": (socket.AF_INET, socket.AF_INET6),  # openbsd-inetd: both, one socket each
     "tcp4": (socket.AF_INET,),
@@ -34,31 +47,94 @@ _UDP = {  # the same families as TCP's
 def read(path: str = DEFAULT_PATH) -> list[Entry]:
     """Read every service line of the inetd.conf at `path`, enabled or disabled by update-inetd.
 
-    A line `HOST[,HOST...]:` alone sets the local addresses of the lines after
-    it (`*:`, every address, before the first), as openbsd-inetd does. Lines
-    do not continue: inetd.conf has no continuation.
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    return list(entries(path))
+
+
+def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
+    """Yield the service lines of the inetd.conf at `path` one by one (`enabled`: those only).
+
+    As openbsd-inetd reads them: a line that starts with a space or a tab
+    continues the service line before it (more arguments, or the rest of its
+    fields); a line `HOST[,HOST...]:` alone sets the local addresses of the
+    lines after it (`*:`, every address, before the first), and `HOST:` may
+    stand apart from the service. A service line that is not UTF-8 is a
+    failed entry; a comment that is not is a comment (old files have Latin-1
+    ones).
 
     Raises:
         ConfigError: the file cannot be read.
     """
-    entries = []
     hosts = ["*"]
-    for number, raw in enumerate(read_text(path).splitlines(), 1):
-        line = raw.strip()
+    read: _Read | None = None  # the service line read so far, and its continuations
+    for number, raw in lines(read_text(path, errors="surrogateescape", limit=MAX_BYTES)):
+        if read is not None and not read.disabled and raw[:1] in (" ", "\t"):
+            read.fields += _fields(raw, MAX_FIELDS + 1 - len(read.fields))
+            read.utf8 = read.utf8 and _is_utf8(raw)
+            continue
+        if read is not None:
+            hosts, entry = read.entry(path, hosts)
+            if entry is not None:
+                yield entry
+            read = None
+        line = raw.strip(" \t")
         disabled = ""
         if line.startswith(OFF):
-            line = line.removeprefix(OFF).strip()
+            line = line.removeprefix(OFF).strip(" \t")
+            if enabled or not line:  # `#<off>#` alone: a comment
+                continue
             disabled = f"disabled by update-inetd ({OFF})"
         elif not line or line.startswith("#"):
             continue
-        fields = line.split()
-        if len(fields) == 1 and fields[0].endswith(":"):
-            if not disabled:
-                hosts = fields[0][:-1].split(",")
-            continue
-        source = f"{OFF} {' '.join(fields)}" if disabled else " ".join(fields)
-        entries.append(_entry(f"{path}:{number}", source, fields, hosts, disabled))
-    return entries
+        read = _Read(number, _fields(line, MAX_FIELDS + 1), disabled, _is_utf8(line))
+    if read is not None:
+        hosts, entry = read.entry(path, hosts)
+        if entry is not None:
+            yield entry
+
+
+@dataclasses.dataclass
+class _Read:
+    """A service line read, with the lines that continue it."""
+
+    number: int
+    fields: list[str]  # as inetd: fields apart by spaces and tabs only
+    disabled: str
+    utf8: bool
+
+    def entry(self, path: str, hosts: list[str]) -> tuple[list[str], Entry | None]:
+        """Return the local addresses for the lines after it, and its entry (None: a HOST: line)."""
+        origin, fields = f"{path}:{self.number}", self.fields
+        if not self.utf8:
+            shown = " ".join(fields).encode(errors="surrogateescape").decode(errors="replace")
+            entry = Entry(origin, shown, (shown.split() or ["line"])[0], disabled=self.disabled)
+            entry.fail("not UTF-8")
+            return hosts, entry
+        if len(fields) > MAX_FIELDS:
+            entry = Entry(origin, " ".join(fields[:7]) + " ...", fields[0], disabled=self.disabled)
+            entry.fail(f"more than {MAX_FIELDS} fields (exec takes {MAX_ARGS} items at most)")
+            return hosts, entry
+        if fields[0].endswith(":") and len(fields) == 1:
+            return (fields[0][:-1].split(",") if not self.disabled else hosts), None
+        if fields[0].endswith(":"):  # `HOST: service ...`
+            fields = [fields[0] + fields[1], *fields[2:]]
+        source = f"{OFF} {' '.join(fields)}" if self.disabled else " ".join(fields)
+        return hosts, _entry(origin, source, fields, hosts, self.disabled)
+
+
+def _fields(line: str, most: int) -> list[str]:
+    """Return the first `most` fields of `line`: a line of millions is never a list of them."""
+    return [match.group() for match in itertools.islice(_FIELD.finditer(line), max(most, 0))]
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: a byte that was not UTF-8
+        return False
+    return True
 
 
 def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled: str) -> Entry:

@@ -14,8 +14,9 @@ add or remove (inetd.conf's) from those it may not.
 What sockd does not serve (RPC, a datagram line it cannot serve, an internal
 service without a built-in, a line run through tcpd while TCP wrappers' rules
 exist, which would no longer apply) is skipped with a warning, never fatal: a
-Debian package may add such a line at any time. A line that no inetd could
-read (too few fields, an unknown protocol or service) is an error.
+Debian package may add such a line at any time. So is a line no inetd could
+read (too few fields, an unknown protocol or service), or one `sockd check`
+refuses (config.py): as inetd skips it, one line never stops the others.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-from sockd.errors import ConfigError
 from sockd.supervisor.importer import Entry, safe_name
-from sockd.supervisor.inetdconf import read
+from sockd.supervisor.inetdconf import entries
 from sockd.supervisor.tables import one_line
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 PREFIX = "inetd."  # of the services of inetd_conf's lines, and theirs only
 MAX_WARNINGS = 64  # a load's warnings beyond these are counted in one more
+MAX_LINES = 1024  # enabled lines read at a load, at most: served or skipped
 # What an inetd reads and serves but sockd does not yet (the start of Entry.lost's text).
 _NOT_YET = (
     *("dgram ", "stream udp", "wait: ", "rpc/", "socket type "),
@@ -43,37 +44,50 @@ _NOT_YET = (
 )
 
 
-def services(path: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+def services(
+    path: str, room: int = MAX_LINES
+) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
     """Return the tables of the enabled lines of the inetd.conf at `path`, and the warnings.
 
     Each table comes with its origin (`FILE:LINE`), which names it in errors.
-    A file that does not exist is an empty one (update-inetd creates it).
+    A file that does not exist is an empty one (update-inetd creates it). A
+    line that cannot be served is skipped with a warning naming FILE:LINE;
+    past `room` tables (MAX_SERVICES in all, with sockd.toml's) or MAX_LINES
+    enabled lines, the rest is skipped with one warning (a huge file costs
+    the daemon no more than that).
 
     Raises:
-        ConfigError: the file cannot be read, or a line is malformed (naming FILE:LINE).
+        ConfigError: the file cannot be read.
     """
     if _missing(path):
         return [], []
-    entries = read(path)
     tables: list[tuple[str, dict[str, Any]]] = []
     warnings: list[str] = []
     names: set[str] = set()
-    for entry in entries:
-        if entry.disabled:
-            continue
-        where = f"{one_line(entry.origin)}: {entry.base}"
+    for count, entry in enumerate(entries(path, enabled=True)):
+        where = f"{one_line(entry.origin)}: {one_line(entry.base, 256)}"
+        if count >= MAX_LINES or len(tables) >= room:
+            most = f"{MAX_LINES} enabled lines" if count >= MAX_LINES else "no more services"
+            warnings.append(f"{where}: skipped, and the lines after it: sockd reads {most}")
+            break
         skipped = [lost for lost in entry.lost if lost.startswith(_NOT_YET)]
-        if skipped:
-            warnings.append(f"{where}: skipped: {one_line(skipped[0])}")
+        if skipped or entry.failed:
+            warnings.append(f"{where}: skipped: {one_line((skipped or entry.lost)[0])}")
             continue
-        if entry.failed:
-            raise ConfigError(f"{where}: {one_line(entry.lost[0])}")
         warnings += [f"{where}: {one_line(lost)}" for lost in entry.lost]
         tables.append((entry.origin, {"name": _name(entry, names), **entry.keys}))
-    if len(warnings) > MAX_WARNINGS:
-        more = len(warnings) - MAX_WARNINGS
-        warnings[MAX_WARNINGS:] = [f"{one_line(path, 4096)}: {more} more lines skipped or changed"]
     return tables, warnings
+
+
+def bounded(warnings: list[str], path: str) -> list[str]:
+    """Return at most MAX_WARNINGS of `warnings`, and one line counting the rest."""
+    if len(warnings) <= MAX_WARNINGS:
+        return warnings
+    more = len(warnings) - MAX_WARNINGS
+    return [
+        *warnings[:MAX_WARNINGS],
+        f"{one_line(path, 4096)}: {more} more lines skipped or changed",
+    ]
 
 
 def _missing(path: str) -> bool:

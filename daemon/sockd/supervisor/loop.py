@@ -460,11 +460,14 @@ class MainLoop:
         self.notifier.reloading()
         try:
             new = sockd_config.load(_reload_path(self.config.path), import_handlers=False)
+            warned = self.warned
             self._warn(new)
             _check_reloadable(self.config, new)
             rebind, renew = inetdserve.changes(self.config.services, new.services)
             if renew:
-                self.relisten.start(new, rebind)
+                new = self.relisten.start(new, rebind)
+                self.warned |= warned  # a line left out (not bound) again is not said again
+                self._warn(new)
                 self.reload_pending = True
                 self.next_config = new
                 return

@@ -13,17 +13,21 @@ there.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from sockd.errors import ConfigError
+from sockd.errors import ConfigError, SockdError
 from sockd.supervisor import sockets
+from sockd.supervisor.inetdserve import PREFIX
 from sockd.supervisor.renewal import STANDBY_LIMIT
+from sockd.supervisor.tables import one_line
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from sockd import privileges
+    from sockd.listeners import InheritedFd
     from sockd.supervisor.config import Config, ServiceConfig
     from sockd.supervisor.loop import ForkerProcess, MainLoop
     from sockd.supervisor.sockets import Listener
@@ -42,8 +46,10 @@ class Relisten:
         self.servers: list[Listener] = []  # every listener it serves
         self.bound: list[Listener] = []  # those bound for it: closed if it fails
 
-    def start(self, new: Config, rebind: set[str]) -> None:
-        """Bind what `rebind` names, and start a fresh forker on standby with `new`.
+    def start(self, new: Config, rebind: set[str]) -> Config:
+        """Bind what `rebind` names, start a fresh forker on standby with `new`; return its config.
+
+        A service of inetd_conf's that cannot be bound is left out (`bind`).
 
         Raises:
             SockdError: sockd cannot start forkers any more, or an address cannot be bound.
@@ -59,7 +65,8 @@ class Relisten:
             for server in loop.servers
             if server.endpoint.service in names and server.endpoint.service not in rebind
         ]
-        bound = bind([service for service in new.services if service.name in rebind])
+        bound, failed = bind([service for service in new.services if service.name in rebind])
+        new = without(new, failed)
         who: privileges.Identity | None = None  # the daemon's own: it is `who` by now
         try:
             forker = self.spawn([*kept, *bound], new, who, standby=True)
@@ -71,6 +78,7 @@ class Relisten:
         loop.timers.set("standby_limit", time.monotonic() + STANDBY_LIMIT)
         loop.watch(forker)
         self.forker, self.servers, self.bound = forker, [*kept, *bound], bound
+        return new
 
     def taken_over(self) -> tuple[list[str], list[str]]:
         """Close our copies of the listeners no longer served; return the services added, removed.
@@ -103,19 +111,55 @@ class Relisten:
         return error or f"the new forker exited with status {forker.status}"
 
 
-def bind(services: list[ServiceConfig]) -> list[Listener]:
-    """Bind the listeners of `services` (inetd_conf's, added at a reload).
+def bind(
+    services: Sequence[ServiceConfig],
+    inherited: Sequence[InheritedFd] = (),
+    owner: tuple[int, int] | None = None,
+) -> tuple[list[Listener], dict[str, str]]:
+    """Bind the listeners of `services`; return them, and those of inetd_conf's services not bound.
+
+    As inetd leaves out a line whose address it cannot bind (a port another
+    program holds), a service of inetd_conf's (`PREFIX`) whose address cannot
+    be bound is left out whole: the second value maps its name to the error.
+    Anything else that cannot be bound fails. `owner` gets the UNIX socket files.
 
     Raises:
-        SockdError: an address does not resolve or cannot be bound (none is left open).
+        SockdError: an address does not resolve, or one not inetd_conf's cannot
+            be bound (none is left open).
     """
     bound: list[Listener] = []
+    failed: dict[str, str] = {}
+    unix_modes = {service.name: service.unix_mode for service in services}
     try:
-        for endpoint in sockets.plan(services, []):
-            unix_mode = next(s.unix_mode for s in services if s.name == endpoint.service)
-            bound.append(sockets.Listener(endpoint, unix_mode))
+        for endpoint in sockets.plan(services, inherited):
+            if endpoint.service in failed:
+                continue
+            if owner is not None:
+                endpoint.owner = owner
+            # One at a time, so the ones made are closed if a later one fails.
+            try:
+                bound.append(sockets.Listener(endpoint, unix_modes[endpoint.service]))
+            except SockdError as exc:
+                if not endpoint.service.startswith(PREFIX) or endpoint.adopted is not None:
+                    raise
+                failed[endpoint.service] = str(exc)
     except BaseException:
         for server in bound:
             server.close()
         raise
-    return bound
+    for server in bound:
+        if server.endpoint.service in failed:
+            server.close()
+    return [server for server in bound if server.endpoint.service not in failed], failed
+
+
+def without(config: Config, failed: dict[str, str]) -> Config:
+    """Return `config` without the services not bound, each one said in a warning."""
+    if not failed:
+        return config
+    where = one_line(config.daemon.inetd_conf or "", 4096)
+    return dataclasses.replace(
+        config,
+        services=tuple(service for service in config.services if service.name not in failed),
+        warnings=(*config.warnings, *(f"{where}: {error}: skipped" for error in failed.values())),
+    )

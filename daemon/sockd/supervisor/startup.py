@@ -13,17 +13,17 @@ import structlog
 from sockd import listeners, privileges
 from sockd._version import __version__
 from sockd.errors import OSFailure
-from sockd.supervisor import daemonize, sockets
+from sockd.supervisor import daemonize, relisten, sockets
 from sockd.supervisor import log as sockd_log
 from sockd.supervisor.loop import MainLoop, spawn
 from sockd.supervisor.notify import Notifier
-from sockd.supervisor.sockets import Listener
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sockd.supervisor.config import Config
     from sockd.supervisor.loop import ForkerProcess
+    from sockd.supervisor.sockets import Listener
 
 log = structlog.get_logger()
 
@@ -69,12 +69,10 @@ def run(options: RunOptions) -> int:
     inherited = listeners.listen_fds(os.environ, os.getpid())
     servers: list[Listener] = []
     try:
-        unix_modes = {service.name: service.unix_mode for service in config.services}
-        for endpoint in sockets.plan(config.services, inherited):
-            if who is not None:
-                endpoint.owner = (who[1], who[2])  # of the UNIX socket files we bind
-            # One at a time, so the ones made are closed if a later one fails.
-            servers.append(Listener(endpoint, unix_modes[endpoint.service]))
+        # A line of inetd_conf's whose address cannot be bound is left out, as inetd does.
+        owner = (who[1], who[2]) if who is not None else None  # of the UNIX socket files
+        servers, failed = relisten.bind(config.services, inherited, owner)
+        config = relisten.without(config, failed)
         if options.detach:
             keep = [server.fileno() for server in servers]
             daemonize.detach(str(options.pidfile), str(options.log_file), keep)

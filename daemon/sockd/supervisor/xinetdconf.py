@@ -9,12 +9,14 @@ import os
 import pwd
 import re
 import socket
+from typing import TYPE_CHECKING
 
 from sockd.errors import ConfigError
 from sockd.supervisor import rlimits as resource_limits
 from sockd.supervisor.config import MAX_CHILDREN, MAX_RATE
 from sockd.supervisor.importer import (
     Entry,
+    lines,
     listen_addresses,
     port_of,
     read_text,
@@ -24,7 +26,11 @@ from sockd.supervisor.importer import (
 )
 from sockd.supervisor.tables import one_line
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 DEFAULT_PATH = "/etc/xinetd.conf"
+MAX_DEPTH = 32  # files including one another, at most
 _ASSIGNMENT = re.compile(r"([A-Za-z_]+)\s*(\+=|-=|=)\s*(.*)")
 # Attributes a service inherits from `defaults`; the cumulative ones add up there.
 _INHERITED = {"bind", "per_source", "instances", "cps", "only_from", "no_access", "passenv"}
@@ -85,17 +91,10 @@ def read(path: str = DEFAULT_PATH) -> list[Entry]:
 
 def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
     """Read the blocks of the file at `path`, included by the files `including` (a loop fails)."""
-    if os.path.realpath(path) in including:
-        raise ConfigError(f"{one_line(path)}: included by itself (an include loop)")
-    including = (*including, os.path.realpath(path))
+    including = _include(path, including)
     block: _Block | None = None
     opened = False
-    lines = read_text(path).splitlines()
-    for number, raw in enumerate(lines, 1):
-        origin = f"{path}:{number}"
-        words = raw.split()
-        if not words or words[0].startswith("#"):
-            continue
+    for origin, raw, words in _statements(path):
         if block is None:
             block = _top_level(origin, words, blocks, including)
             opened = block is not None and words[-1] == "{"
@@ -115,6 +114,36 @@ def _parse(path: str, blocks: list[_Block], including: tuple[str, ...]) -> None:
             block.assignments.append((attribute, operator, values.split()))
     if block is not None:
         raise ConfigError(f"{one_line(block.origin)}: {block.kind} {block.name}: no closing '}}'")
+
+
+def _statements(path: str) -> Iterator[tuple[str, str, list[str]]]:
+    """Yield the lines of the file at `path` but blanks and comments: FILE:LINE, text, words.
+
+    Raises:
+        ConfigError: the file cannot be read, or such a line is not UTF-8 (a
+            comment may be: old files have Latin-1 ones).
+    """
+    for number, raw in lines(read_text(path, errors="surrogateescape")):
+        words = raw.split()
+        if words and not words[0].startswith("#"):
+            try:
+                raw.encode()
+            except UnicodeEncodeError:  # a lone surrogate: a byte that was not UTF-8
+                raise ConfigError(f"{one_line(path)}:{number}: not UTF-8") from None
+            yield f"{path}:{number}", raw, words
+
+
+def _include(path: str, including: tuple[str, ...]) -> tuple[str, ...]:
+    """Return `including` with `path` added, if it may be included there.
+
+    Raises:
+        ConfigError: an include loop, or files included too deep.
+    """
+    if os.path.realpath(path) in including:
+        raise ConfigError(f"{one_line(path)}: included by itself (an include loop)")
+    if len(including) >= MAX_DEPTH:  # each level is two frames of Python's stack
+        raise ConfigError(f"{one_line(path)}: included more than {MAX_DEPTH} files deep")
+    return (*including, os.path.realpath(path))
 
 
 def _top_level(
@@ -316,8 +345,8 @@ def _networks(host: str) -> list[str]:
     """
     if "{" in host:  # factorized: 10.0.{1,2}
         head, _, tail = host.partition("{")
-        if not tail.endswith("}") or not head.endswith("."):
-            raise ValueError("not a factorized address (A.B.{C,D})")
+        if not tail.endswith("}") or not head.endswith(".") or "{" in tail:
+            raise ValueError("not a factorized address (A.B.{C,D})")  # (nested: no recursion)
         return [net for part in tail[:-1].split(",") for net in _networks(f"{head}{part}")]
     if host.startswith("."):
         raise ValueError("a domain: sockd matches addresses only, never names")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import resource
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
@@ -531,10 +533,33 @@ class TestFile:
         with pytest.raises(ConfigError, match="^" + re.escape(f"{path}: {where}") + "$"):
             config.load(str(path))
 
-    def test_size_is_bounded(self) -> None:
-        """A file larger than 32 MiB (or /dev/zero) is refused without reading it all."""
-        with pytest.raises(ConfigError, match=r"^/dev/zero: larger than 33554432 bytes$"):
-            config.load("/dev/zero")
+    def test_size_is_bounded(self, tmp_path: Path) -> None:
+        """A file larger than 32 MiB is refused without reading it all."""
+        path = tmp_path / "sockd.toml"
+        with path.open("wb") as file:
+            file.truncate(config.MAX_FILE_BYTES + 1)  # sparse: no disk used
+        with pytest.raises(ConfigError, match=f"^{path}: larger than 33554432 bytes$"):
+            config.load(str(path))
+
+    def test_fifo_is_refused_at_once(self, tmp_path: Path) -> None:
+        """A FIFO is refused, never waited on: the daemon reads the file at each SIGHUP."""
+        path = tmp_path / "sockd.toml"
+        os.mkfifo(path)
+        with ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(config.load, str(path))
+            try:
+                error = loading.exception(timeout=5)
+            except TimeoutError:  # blocked in open(): a writer lets it go
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                pytest.fail("load waited for a writer of a FIFO")
+        assert str(error) == f"{path}: cannot read: not a regular file"
+
+    def test_device_is_refused(self, tmp_path: Path) -> None:
+        """A link to /dev/zero is refused before a byte is read."""
+        path = tmp_path / "sockd.toml"
+        path.symlink_to("/dev/zero")
+        with pytest.raises(ConfigError, match=f"^{path}: cannot read: not a regular file$"):
+            config.load(str(path))
 
     def test_handler_that_exits_at_import(self, tmp_path: Path) -> None:
         """A handler module that calls sys.exit() as it is imported is a config error."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
 from importing import DATA, check, debian_xinetd, inetd, served
 
+from sockd.errors import ConfigError
 from sockd.supervisor import cli, importer
 
 if TYPE_CHECKING:
@@ -26,6 +29,41 @@ def run_main(argv: list[str]) -> int:
     with pytest.raises(SystemExit) as caught:
         cli.main(argv)
     return int(caught.value.code or 0)
+
+
+class TestReadText:
+    def test_fifo_is_refused_at_once(self, tmp_path: Path) -> None:
+        """A FIFO is refused, never waited on: the daemon reads inetd_conf at each reload."""
+        path = tmp_path / "inetd.conf"
+        os.mkfifo(path)
+        errors: list[str] = []
+
+        def read() -> None:
+            try:
+                importer.read_text(str(path))
+            except ConfigError as exc:
+                errors.append(str(exc))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(5)
+        if reader.is_alive():  # blocked in open(): a writer lets it go
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            reader.join(5)
+            pytest.fail("read_text waited for a writer of a FIFO")
+        assert errors == [f"{path}: cannot read: not a regular file"]
+
+    def test_endless_device_is_refused(self, tmp_path: Path) -> None:
+        """A symlink to /dev/zero is refused before any byte is read."""
+        path = tmp_path / "inetd.conf"
+        path.symlink_to("/dev/zero")
+        with pytest.raises(ConfigError, match=f"^{path}: cannot read: not a regular file$"):
+            importer.read_text(str(path))
+
+    def test_lines_split_at_newlines_only(self) -> None:
+        """A form feed, a vertical tab or U+2028 stays in its line; CRLF ends a line."""
+        text = "# a\x0cb\n#\x0bc\u2028d\r\nlast"
+        assert list(importer.lines(text)) == [(1, "# a\x0cb"), (2, "#\x0bc\u2028d"), (3, "last")]
 
 
 class TestConvert:
@@ -131,7 +169,7 @@ class TestCommand:
         [
             ("inetd", None, "nonexistent: cannot read: No such file or directory"),
             ("xinetd", "service echo\n{\n", "xinetd.conf:1: service echo: no closing '}'"),
-            ("inetd", b"echo\xff\n", "inetd.conf:1: not UTF-8"),
+            ("xinetd", b"# \xff\nservice \xff\n", "xinetd.conf:2: not UTF-8"),
         ],
     )
     def test_unreadable_or_unparsable_exits_78(

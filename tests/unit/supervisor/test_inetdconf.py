@@ -318,6 +318,26 @@ class TestFields:
         )
 
     @pytest.mark.parametrize(
+        "hosts_deny",
+        [b"# J\xfcrgen's rules\nALL: ALL\n", b"\xff", None],
+        ids=["latin-1", "bad", "dir"],
+    )
+    def test_tcpd_rules_not_read_are_rules(self, tmp_path: Path, hosts_deny: bytes | None) -> None:
+        """hosts.deny not UTF-8, or not readable: taken as holding rules (never served wider)."""
+        if hosts_deny is None:
+            (tmp_path / "hosts.deny").mkdir()
+        else:
+            (tmp_path / "hosts.deny").write_bytes(hosts_deny)
+        result = inetd(
+            tmp_path / "inetd.conf", "echo stream tcp nowait nobody /usr/sbin/tcpd /bin/cat\n"
+        )
+        (problem,) = result.problems
+        assert problem == (
+            f"{tmp_path}/inetd.conf:1: echo: tcpd dropped (/bin/cat is run directly): the rules in"
+            f" {tmp_path}/hosts.deny no longer apply; write them as allow/deny"
+        )
+
+    @pytest.mark.parametrize(
         ("line", "problem"),
         [
             ("echo stream tcp nowait root", "5 fields: expected service, socket type,"),
@@ -355,18 +375,79 @@ class TestFields:
             " no such program"
         ) in result.text
 
+    def test_fields_are_bounded(self, tmp_path: Path) -> None:
+        """A line of a million arguments fails, its fields read no further than the bound."""
+        text = "echo stream tcp nowait root /bin/cat cat" + " ab" * 1_000_000 + "\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert result.problems == [
+            f"{tmp_path}/inetd.conf:1: echo: more than 262 fields (exec takes 256 items at most)"
+        ]
+
+    def test_size_is_bounded(self, tmp_path: Path) -> None:
+        """A file over 4 MiB is one error, before a line is read: the daemon reads it at SIGHUP."""
+        path = tmp_path / "inetd.conf"
+        path.write_text("##\n" * (inetdconf.MAX_BYTES // 3 + 1))
+        with pytest.raises(ConfigError, match=f"^{path}: larger than 4194304 bytes$"):
+            inetdconf.read(str(path))
+
+    def test_disabled_mark_alone(self, tmp_path: Path) -> None:
+        """A `#<off>#` with nothing after it is a comment (it was an IndexError)."""
+        text = f"{inetdconf.OFF}\n  {inetdconf.OFF} \necho stream tcp nowait root internal\n"
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert [service["name"] for service in served(result)] == ["echo"]
+        assert result.problems == []
+
     def test_buffer_sizes(self, tmp_path: Path) -> None:
         """tcp,rcvbuf=... is served without the buffer size, which is said."""
         result = inetd(tmp_path / "inetd.conf", "echo stream tcp,rcvbuf=64k nowait root internal\n")
         assert served(result)[0]["handler"] == "echo"
         assert result.problems[0].endswith("rcvbuf=64k: sockd does not size socket buffers")
 
-    def test_no_continuation(self, tmp_path: Path) -> None:
-        """A line ending in a backslash does not continue: inetd.conf has no continuation."""
-        text = "echo stream tcp nowait nobody /bin/echo echo a \\\n  discard\n"
+    def test_a_comment_hides_no_line(self, tmp_path: Path) -> None:
+        """A form feed in a comment does not start a line: inetd sees one comment, so does sockd."""
+        text = "# old\x0c7 stream tcp nowait root /bin/sh sh -i\n"
+        text += "echo stream tcp nowait root internal\n"
+        path = tmp_path / "inetd.conf"
+        path.write_text(text)
+        entries = inetdconf.read(str(path))
+        assert [(entry.origin, entry.base) for entry in entries] == [(f"{path}:2", "echo")]
+
+    def test_fields_apart_by_spaces_and_tabs_only(self, tmp_path: Path) -> None:
+        """A no-break space is part of a field, as in inetd; a CRLF ends the line."""
+        text = "echo\tstream tcp nowait nobody /bin/echo echo a\xa0b\r\n"
         result = inetd(tmp_path / "inetd.conf", text)
-        assert served(result)[0]["exec"] == ["/bin/echo", "a", "\\"]
-        assert "2: discard: 1 fields" in result.problems[0]
+        assert served(result)[0]["exec"] == ["/bin/echo", "a\xa0b"]
+
+    def test_not_utf8(self, tmp_path: Path) -> None:
+        """A Latin-1 comment is a comment; a service line not UTF-8 fails alone, named."""
+        path = tmp_path / "inetd.conf"
+        path.write_bytes(
+            b"# J\xfcrgen's services\n"
+            b"discard stream tcp nowait nobody /bin/echo \xe9cho\n"
+            b"echo stream tcp nowait root internal\n"
+        )
+        result = importer.convert(inetdconf.read(str(path)), str(path))
+        assert [service["name"] for service in served(result)] == ["echo"]
+        assert result.problems == [f"{path}:2: discard: not UTF-8"]
+
+    def test_continuation(self, tmp_path: Path) -> None:
+        """A line starting with a space or a tab continues the one before, as in openbsd-inetd."""
+        text = (
+            "echo stream tcp nowait nobody /bin/echo echo a \\\n  discard\n"  # not a service
+            "127.0.0.1:\n\tdaytime stream tcp nowait root internal\n"  # HOST: on its own line
+            "\n  time stream tcp nowait root internal\n"  # after a blank line: a line
+            "::1: chargen stream tcp6 nowait root internal\n"
+            f"{inetdconf.OFF} finger stream tcp nowait nobody /bin/echo echo\n"
+            "\tdiscard stream tcp nowait root internal\n"  # after a comment: a line
+        )
+        result = inetd(tmp_path / "inetd.conf", text)
+        echo, daytime, time, chargen, discard = served(result)
+        assert echo["exec"] == ["/bin/echo", "a", "\\", "discard"]
+        assert daytime["listen"] == ["127.0.0.1:13"]
+        assert time["listen"] == ["0.0.0.0:37", "[::]:37"]
+        assert chargen["listen"] == ["[::1]:19"]
+        assert discard["handler"] == "discard"
+        assert [service["name"] for service in commented(result)] == ["finger"]
 
     def test_unreadable(self, tmp_path: Path) -> None:
         """A file that cannot be read is one line naming it."""

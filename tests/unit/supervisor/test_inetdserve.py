@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 CAT = shutil.which("cat")
+SERVICES = "/etc/services for tcp"
 BOTH_79 = ["0.0.0.0:79", "[::]:79"]
 
 
@@ -27,14 +28,16 @@ def no_wrapper_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importer, "HOSTS_ACCESS", paths)
 
 
-def load(tmp_path: Path, inetd_conf: str | None, own: str = "") -> config.Config:
+def load(
+    tmp_path: Path, inetd_conf: str | None, own: str = "", *, reload: bool = False
+) -> config.Config:
     """Load a sockd.toml whose inetd_conf is tmp_path/inetd.conf, written with `inetd_conf`."""
     path = tmp_path / "inetd.conf"
     if inetd_conf is not None:
         path.write_text(inetd_conf)
     toml = tmp_path / "sockd.toml"
     toml.write_text(f'[daemon]\ninetd_conf = "{path}"\n{own}')
-    return config.load(str(toml))
+    return config.load(str(toml), import_handlers=not reload)
 
 
 class TestServices:
@@ -75,12 +78,42 @@ class TestServices:
         with pytest.raises(ConfigError, match=f"^{tmp_path}: cannot read: Is a directory$"):
             inetdserve.services(str(tmp_path))
 
-    def test_malformed_line_names_file_and_line(self, tmp_path: Path) -> None:
-        """A line no inetd reads is an error naming FILE:LINE and the service."""
+    def test_malformed_line_is_skipped_naming_file_and_line(self, tmp_path: Path) -> None:
+        """A line no inetd reads is skipped with a warning naming FILE:LINE; the others serve."""
         path = tmp_path / "inetd.conf"
-        path.write_text("# comment\n\nfinger stream tcp nowait\n")
-        with pytest.raises(ConfigError, match=f"^{path}:3: finger: 4 fields: expected"):
-            inetdserve.services(str(path))
+        path.write_text(
+            "# comment\n\nfinger stream tcp nowait\n"
+            f"no-such-name stream tcp nowait root {CAT} cat\n"
+            "echo stream tcp nowait root internal\n"
+        )
+        tables, warnings = inetdserve.services(str(path))
+        assert [table["name"] for _, table in tables] == ["inetd.echo"]
+        fields = "expected service, socket type, protocol, wait, user, server"
+        assert warnings == [
+            f"{path}:3: finger: skipped: 4 fields: {fields}",
+            f"{path}:4: no-such-name: skipped: service 'no-such-name' is not in {SERVICES}",
+        ]
+
+    def test_warning_escapes_the_service_field(self, tmp_path: Path) -> None:
+        """A terminal escape in a skipped line's service is escaped in its warning (on stderr)."""
+        path = tmp_path / "inetd.conf"
+        path.write_text("\x1b[2J\x1b]0;owned\x07 stream tcp\n")
+        _, (warning,) = inetdserve.services(str(path))
+        assert warning.startswith(f"{path}:1: \\x1b[2J\\x1b]0;owned\\x07: skipped: 3 fields")
+
+    def test_huge_file_costs_little(self, tmp_path: Path) -> None:
+        """Past MAX_LINES enabled lines (or the room left) the rest is one warning, not read."""
+        path = tmp_path / "inetd.conf"
+        lines = [f"{port} stream tcp nowait root {CAT} cat" for port in range(1000, 3000)]
+        path.write_text("##\n" * 100_000 + "\n".join(lines) + "\n")
+        tables, warnings = inetdserve.services(str(path), room=3)
+        assert [table["name"] for _, table in tables] == ["inetd.1000", "inetd.1001", "inetd.1002"]
+        assert warnings == [
+            f"{path}:100004: 1003: skipped, and the lines after it: sockd reads no more services"
+        ]
+        tables, warnings = inetdserve.services(str(path))
+        assert len(tables) == inetdserve.MAX_LINES
+        assert warnings[-1].endswith(": sockd reads 1024 enabled lines")
 
     def test_not_yet_served_lines_are_skipped(self, tmp_path: Path) -> None:
         """RPC, raw sockets, internal services without a built-in: one warning each."""
@@ -129,12 +162,10 @@ class TestServices:
 
     def test_warnings_are_bounded(self, tmp_path: Path) -> None:
         """A file of many lines sockd skips gives MAX_WARNINGS warnings and a count."""
-        path = tmp_path / "inetd.conf"
         line = "rstatd/1-3 dgram rpc/udp wait root /usr/sbin/rpc.rstatd rpc.rstatd\n"
-        path.write_text(line * (inetdserve.MAX_WARNINGS + 5))
-        _, warnings = inetdserve.services(str(path))
-        assert len(warnings) == inetdserve.MAX_WARNINGS + 1
-        assert warnings[-1] == f"{path}: 5 more lines skipped or changed"
+        loaded = load(tmp_path, line * (inetdserve.MAX_WARNINGS + 5))
+        assert len(loaded.warnings) == inetdserve.MAX_WARNINGS + 1
+        assert loaded.warnings[-1] == f"{tmp_path}/inetd.conf: 5 more lines skipped or changed"
 
 
 class TestConfig:
@@ -179,22 +210,74 @@ class TestConfig:
         with pytest.raises(ConfigError, match=r"inetd_conf: 'inetd\.conf': give an absolute"):
             config.load(str(toml))
 
-    def test_refused_line_names_file_and_line(self, tmp_path: Path) -> None:
-        """A line sockd check refuses (a program that is not there) names FILE:LINE."""
-        with pytest.raises(ConfigError) as raised:
-            load(
-                tmp_path, "\nfinger stream tcp nowait nobody /usr/sbin/tcpd /nonexistent/fingerd\n"
-            )
+    def test_refused_line_is_skipped_naming_file_and_line(self, tmp_path: Path) -> None:
+        """A line sockd check refuses (a program, a user not there) is skipped, named; not fatal."""
+        own = '[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:7007"]\n'
+        loaded = load(
+            tmp_path,
+            "\nfinger stream tcp nowait nobody /usr/sbin/tcpd /nonexistent/fingerd\n"
+            f"127.0.0.1:7101 stream tcp nowait no-such-user {CAT} cat\n"
+            f"127.0.0.1:7102 stream tcp nowait root {CAT} cat\n",
+            own,
+        )
+        assert [service.name for service in loaded.services] == ["echo", "inetd.7102"]
         path = tmp_path / "inetd.conf"
-        assert str(raised.value) == (
-            f"{path}:2: service 'inetd.finger': exec[0]: /nonexistent/fingerd: no such program"
+        assert loaded.warnings == (
+            (
+                f"{path}:2: inetd.finger: skipped: service 'inetd.finger': exec[0]:"
+                " /nonexistent/fingerd: no such program"
+            ),
+            (
+                f"{path}:3: inetd.7101: skipped: service 'inetd.7101': user: no such user"
+                " 'no-such-user'"
+            ),
         )
 
-    def test_address_taken_by_own_service(self, tmp_path: Path) -> None:
-        """A line on an address of sockd.toml's own services is refused, as two services are."""
+    def test_address_taken_is_skipped(self, tmp_path: Path) -> None:
+        """A line on an address of sockd.toml's services, or of a line before it, is skipped."""
         own = '[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:7"]\n'
-        with pytest.raises(ConfigError, match=r"'inetd\.echo': listen\[0\]: 0\.0\.0\.0:7 overlaps"):
-            load(tmp_path, "echo stream tcp nowait root internal\n", own)
+        loaded = load(
+            tmp_path,
+            "echo stream tcp nowait root internal\n"
+            "127.0.0.1:7103 stream tcp nowait root internal\n"  # not a built-in: skipped
+            f"127.0.0.1:7104 stream tcp nowait root {CAT} cat\n"
+            f"7104 stream tcp4 nowait root {CAT} cat -u\n",
+            own,
+        )
+        assert [service.name for service in loaded.services] == ["echo", "inetd.7104"]
+        path = tmp_path / "inetd.conf"
+        assert loaded.warnings[1] == (  # after what the reader skipped (line 2)
+            f"{path}:1: inetd.echo: skipped: service 'inetd.echo': listen[0]: 0.0.0.0:7 overlaps"
+            " 127.0.0.1:7 of service 'echo'"
+        )
+        assert loaded.warnings[2] == (
+            f"{path}:4: inetd.7104-tcp4: skipped: service 'inetd.7104-tcp4': listen[0]:"
+            " 0.0.0.0:7104 overlaps 127.0.0.1:7104 of service 'inetd.7104'"
+        )
+
+    def test_address_taken_is_skipped_at_a_reload_without_dns(self, tmp_path: Path) -> None:
+        """At a reload numeric addresses are checked too; a host name is left to binding."""
+        own = '[[service]]\nname = "echo"\nhandler = "echo"\nlisten = ["127.0.0.1:7106"]\n'
+        loaded = load(
+            tmp_path,
+            f"127.0.0.1:7106 stream tcp nowait root {CAT} cat\n"
+            f"no-such-host.invalid:7107 stream tcp nowait root {CAT} cat\n",
+            own,
+            reload=True,
+        )
+        assert [service.name for service in loaded.services] == ["echo", "inetd.7107"]
+        (warning,) = loaded.warnings
+        assert warning.startswith(f"{tmp_path}/inetd.conf:1: inetd.7106: skipped: service")
+        assert warning.endswith("127.0.0.1:7106 overlaps 127.0.0.1:7106 of service 'echo'")
+
+    def test_own_services_overlapping_are_an_error(self, tmp_path: Path) -> None:
+        """sockd.toml's own services still may not overlap: that is its error, not a line's."""
+        own = '[[service]]\nname = "a"\nhandler = "echo"\nlisten = ["127.0.0.1:7105"]\n'
+        own += '[[service]]\nname = "b"\nhandler = "echo"\nlisten = ["127.0.0.1:7105"]\n'
+        with pytest.raises(
+            ConfigError, match=r"sockd\.toml: service 'b': listen\[0\]: .* overlaps"
+        ):
+            load(tmp_path, "", own)
 
 
 class TestChanges:

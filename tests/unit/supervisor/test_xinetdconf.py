@@ -138,6 +138,23 @@ class TestFiles:
         assert problem in str(caught.value)
         assert "\n" not in str(caught.value)
 
+    def test_latin1_comment(self, tmp_path: Path) -> None:
+        """A comment not in UTF-8 (an old Latin-1 one) is a comment: the file converts."""
+        path = tmp_path / "xinetd.conf"
+        path.write_bytes(
+            b"# configuraci\xf3n\nservice echo\n{\n# \xe9\n" + PROGRAM.encode() + b"}\n"
+        )
+        result = importer.convert(xinetdconf.read(str(path)), str(path))
+        assert [service["name"] for service in served(result)] == ["echo"]
+
+    def test_include_depth(self, tmp_path: Path) -> None:
+        """A chain of 600 files including the next: one line, not a RecursionError."""
+        for index in range(600):
+            (tmp_path / f"f{index}").write_text(f"include {tmp_path}/f{index + 1}\n")
+        deepest = f"{tmp_path}/f{xinetdconf.MAX_DEPTH}"
+        with pytest.raises(ConfigError, match=f"^{deepest}: included more than 32 files deep$"):
+            xinetdconf.read(f"{tmp_path}/f0")
+
     def test_include_loop(self, tmp_path: Path) -> None:
         """A file that includes itself ends, with an error."""
         path = tmp_path / "xinetd.conf"
@@ -243,6 +260,15 @@ class TestAttributes:
         assert service.get("deny") == deny
         assert result.problems == []
         check(tmp_path, result)
+
+    def test_nested_factorized_address(self, tmp_path: Path) -> None:
+        """Braces in braces are not xinetd's form: one lost part, not a RecursionError."""
+        host = "10." + "{1." * 2000 + "1" + "}" * 2000
+        result = one(tmp_path, f"{PROGRAM}only_from = {host}\n")
+        assert len(served(result)) == 1
+        (problem,) = result.problems  # one line, shortened
+        assert problem.startswith(f"{tmp_path}/xinetd.conf:1: echo: only_from 10.{{1.{{1.")
+        assert "# - no equivalent: only_from 10.{1." in result.text
 
     @pytest.mark.parametrize(
         ("attributes", "problem"),
