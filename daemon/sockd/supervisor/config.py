@@ -341,7 +341,9 @@ def _inetd_services(
         if service.name.startswith(inetdserve.PREFIX):
             msg = f"{where}: service {service.name!r}: name: the prefix {inetdserve.PREFIX!r}"
             raise ConfigError(f"{msg} is for the services of daemon.inetd_conf")
-    # At a reload, no DNS in the daemon: numeric addresses only (binding refuses the rest).
+    # At a reload, the overlap check looks up no name (numeric addresses only). An
+    # inetd.conf line's host name on tcp4/udp4/tcp6/udp6 is looked up as openbsd-inetd
+    # does, once a name a read (importer.listen_addresses).
     taken = _check_listen(services, where, numeric=not import_handlers)
     tables, warnings = inetdserve.services(inetd_conf, MAX_SERVICES - len(services))
     for origin, table in tables:

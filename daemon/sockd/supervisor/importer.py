@@ -127,17 +127,31 @@ def port_of(service: str, protocol: str) -> int:
         raise ValueError(f"service {service!r} is not in /etc/services for {protocol}") from None
 
 
-def listen_addresses(hosts: list[str], families: tuple[int, ...], port: int) -> list[str]:
+# Host names looked up, by (name, family): their (address, family) pairs (none: failed).
+Resolved = dict[tuple[str, int], list[tuple[str, int]]]
+
+
+def listen_addresses(
+    hosts: list[str],
+    families: tuple[int, ...],
+    port: int,
+    resolved: Resolved | None = None,
+) -> list[str]:
     """Return `listen` entries for `hosts` ("*" is every address) of `families` on `port`.
 
     An address of another family than `families` is left out; a host name is
     kept as it is (sockd binds every address it resolves to) when both
-    families are asked for, else resolved to the addresses of the one asked.
+    families are asked for, else resolved to the addresses of the one asked
+    (once a name and family for as long as `resolved` lives: a reader gives
+    one to a file's lines, which may share one `HOST:` line's names).
 
     Raises:
-        ValueError: a host name that does not resolve, or no address left.
+        ValueError: more hosts than a service may listen on, a host name that
+            does not resolve, or no address left.
     """
-    found: list[str] = []
+    if len(hosts) > sockd_config.MAX_LISTEN:
+        raise ValueError(f"{len(hosts)} hosts: at most {sockd_config.MAX_LISTEN}")
+    found: dict[str, None] = {}  # ordered, and a test of membership in constant time
     pairs: list[tuple[str, int]]
     for host in hosts:
         bare = host.removeprefix("[").removesuffix("]")
@@ -146,17 +160,16 @@ def listen_addresses(hosts: list[str], families: tuple[int, ...], port: int) -> 
         elif (address := _ip(bare)) is not None:
             pairs = [(str(address), socket.AF_INET6 if address.version == 6 else socket.AF_INET)]
         elif len(families) == 2:
-            found.append(f"{bare}:{port}")
+            found[f"{bare}:{port}"] = None
             continue
         else:
-            pairs = _resolve(bare, families[0])
+            pairs = _resolve(bare, families[0], {} if resolved is None else resolved)
         for text, family in pairs:
-            entry = f"[{text}]:{port}" if family == socket.AF_INET6 else f"{text}:{port}"
-            if family in families and entry not in found:
-                found.append(entry)
+            if family in families:
+                found[f"[{text}]:{port}" if family == socket.AF_INET6 else f"{text}:{port}"] = None
     if not found:
         raise ValueError(f"no address of {' '.join(hosts)} for this protocol")
-    return found
+    return list(found)
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -166,12 +179,17 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _resolve(host: str, family: int) -> list[tuple[str, int]]:
-    try:
-        infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        raise ValueError(f"host {host!r} does not resolve") from None
-    return [(str(info[4][0]), family) for info in infos]
+def _resolve(host: str, family: int, resolved: Resolved) -> list[tuple[str, int]]:
+    """Return the (address, family) pairs of `host`: looked up once in `resolved`, a failure too."""
+    if (host, family) not in resolved:
+        try:
+            infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            infos = []
+        resolved[host, family] = [(str(info[4][0]), family) for info in infos]
+    if not resolved[host, family]:
+        raise ValueError(f"host {host!r} does not resolve")
+    return resolved[host, family]
 
 
 def wrapper_rules(entry: Entry, what: str) -> None:

@@ -23,6 +23,8 @@ from sockd.supervisor.importer import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from sockd.supervisor.importer import Resolved
+
 DEFAULT_PATH = "/etc/inetd.conf"
 OFF = "#<off>#"  # update-inetd --disable's mark
 _FIELD = re.compile(r"[^ \t]+")
@@ -68,6 +70,7 @@ def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
         ConfigError: the file cannot be read.
     """
     hosts = ["*"]
+    resolved: Resolved = {}  # a host name is looked up once a read (HOST: lines are shared)
     read: _Read | None = None  # the service line read so far, and its continuations
     for number, raw in lines(read_text(path, errors="surrogateescape", limit=MAX_BYTES)):
         if read is not None and not read.disabled and raw[:1] in (" ", "\t"):
@@ -75,7 +78,7 @@ def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
             read.utf8 = read.utf8 and _is_utf8(raw)
             continue
         if read is not None:
-            hosts, entry = read.entry(path, hosts)
+            hosts, entry = read.entry(path, hosts, resolved)
             if entry is not None:
                 yield entry
             read = None
@@ -90,7 +93,7 @@ def entries(path: str, *, enabled: bool = False) -> Iterator[Entry]:
             continue
         read = _Read(number, _fields(line, MAX_FIELDS + 1), disabled, _is_utf8(line))
     if read is not None:
-        hosts, entry = read.entry(path, hosts)
+        hosts, entry = read.entry(path, hosts, resolved)
         if entry is not None:
             yield entry
 
@@ -104,7 +107,9 @@ class _Read:
     disabled: str
     utf8: bool
 
-    def entry(self, path: str, hosts: list[str]) -> tuple[list[str], Entry | None]:
+    def entry(
+        self, path: str, hosts: list[str], resolved: Resolved
+    ) -> tuple[list[str], Entry | None]:
         """Return the local addresses for the lines after it, and its entry (None: a HOST: line)."""
         origin, fields = f"{path}:{self.number}", self.fields
         if not self.utf8:
@@ -121,7 +126,7 @@ class _Read:
         if fields[0].endswith(":"):  # `HOST: service ...`
             fields = [fields[0] + fields[1], *fields[2:]]
         source = f"{OFF} {' '.join(fields)}" if self.disabled else " ".join(fields)
-        return hosts, _entry(origin, source, fields, hosts, self.disabled)
+        return hosts, _entry(origin, source, fields, (hosts, resolved), self.disabled)
 
 
 def _fields(line: str, most: int) -> list[str]:
@@ -137,7 +142,11 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled: str) -> Entry:
+def _entry(
+    origin: str, line: str, fields: list[str], where: tuple[list[str], Resolved], disabled: str
+) -> Entry:
+    """Return the entry of a service line; `where` is its hosts, and the names looked up so far."""
+    hosts, resolved = where
     head, sep, service = fields[0].rpartition(":")
     if sep and head:
         hosts = head.split(",")
@@ -153,7 +162,7 @@ def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled
         entry.base = os.path.basename(service) or service
     if protocol != "tcp":
         entry.suffix = protocol
-    _listen(entry, service, socket_type, protocol, hosts)
+    _listen(entry, service, (socket_type, protocol), (hosts, resolved))
     entry.lost += [f"{option}: sockd does not size socket buffers" for option in buffers]
     _wait(entry, wait, internal_dgram=server == "internal" and socket_type == "dgram")
     if server == "internal":
@@ -171,11 +180,14 @@ def _entry(origin: str, line: str, fields: list[str], hosts: list[str], disabled
     return entry
 
 
-def _listen(entry: Entry, service: str, socket_type: str, protocol: str, hosts: list[str]) -> None:
+def _listen(
+    entry: Entry, service: str, kind: tuple[str, str], where: tuple[list[str], Resolved]
+) -> None:
+    socket_type, protocol = kind
     if protocol.startswith("rpc/"):
         entry.fail(f"{protocol}: RPC services (through the portmapper) have no equivalent")
     elif protocol in _UDP or socket_type == "dgram":
-        _datagrams(entry, service, socket_type, protocol, hosts)
+        _datagrams(entry, service, kind, where)
     elif socket_type != "stream":
         entry.fail(f"socket type {socket_type!r}: sockd serves stream sockets only")
     elif protocol == "unix":
@@ -185,7 +197,7 @@ def _listen(entry: Entry, service: str, socket_type: str, protocol: str, hosts: 
     else:
         try:
             port = port_of(service, "tcp")
-            entry.keys["listen"] = listen_addresses(hosts, _FAMILIES[protocol], port)
+            entry.keys["listen"] = listen_addresses(where[0], _FAMILIES[protocol], port, where[1])
         except ValueError as exc:
             entry.fail(str(exc))
         if protocol == "tcp46":
@@ -193,15 +205,16 @@ def _listen(entry: Entry, service: str, socket_type: str, protocol: str, hosts: 
 
 
 def _datagrams(
-    entry: Entry, service: str, socket_type: str, protocol: str, hosts: list[str]
+    entry: Entry, service: str, kind: tuple[str, str], where: tuple[list[str], Resolved]
 ) -> None:
     """Listen on a `dgram udp` line's UDP addresses, or a `dgram unix` line's path."""
+    socket_type, protocol = kind
     if socket_type == "dgram" and protocol == "unix":
         entry.keys["listen"] = [f"unix-dgram:{service}"]
     elif socket_type == "dgram" and protocol in _UDP:
         try:
             port = port_of(service, "udp")
-            addresses = listen_addresses(hosts, _UDP[protocol], port)
+            addresses = listen_addresses(where[0], _UDP[protocol], port, where[1])
         except ValueError as exc:
             entry.fail(str(exc))
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from importing import DATA, check, commented, inetd, served
@@ -147,6 +147,48 @@ class TestListen:
         assert served(result) == [{"name": "time", "handler": "time", "listen": listen}]
         assert result.problems == []
         check(tmp_path, result)
+
+    def test_too_many_hosts_fail_the_line_alone(self, tmp_path: Path) -> None:
+        """More hosts than a service may listen on: that line fails, at once, the next serves."""
+        hosts = ",".join(f"127.0.{n // 250}.{n % 250 + 1}" for n in range(2000))
+        text = (
+            f"{hosts}:echo stream tcp4 nowait root internal\n"
+            "127.0.0.1:time stream tcp4 nowait root internal\n"
+        )
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert [service["name"] for service in served(result)] == ["time"]
+        assert result.problems == [f"{tmp_path}/inetd.conf:1: echo: 2000 hosts: at most 64"]
+
+    def test_a_host_name_is_looked_up_once_a_read(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A HOST: line's name, shared by the lines after it: looked up once, a failure too.
+
+        A daemon's reload must not wait on a dead resolver once a line.
+        """
+        asked: list[str] = []
+        real = importer.socket.getaddrinfo
+
+        def counting(host: str, *args: Any, **kwargs: Any) -> Any:
+            if not host[:1].isdigit():
+                asked.append(host)
+            if host == "nowhere.invalid":
+                raise importer.socket.gaierror(-2, "Name or service not known")
+            return real(host, *args, **kwargs)
+
+        monkeypatch.setattr(importer.socket, "getaddrinfo", counting)
+        lines = [f"{port} stream tcp4 nowait root /bin/cat cat\n" for port in range(7001, 7004)]
+        text = "localhost:\n" + "".join(lines) + "nowhere.invalid:\n" + "".join(lines)
+        result = inetd(tmp_path / "inetd.conf", text)
+        assert asked == ["localhost", "nowhere.invalid"]
+        assert [service["listen"] for service in served(result)] == [
+            [f"127.0.0.1:{port}"] for port in range(7001, 7004)
+        ]
+        assert len(result.problems) == 3
+        assert all(
+            problem.endswith("host 'nowhere.invalid' does not resolve")
+            for problem in result.problems
+        )
 
     def test_udp_nowait_program_and_unix_dgram(self, tmp_path: Path) -> None:
         """A dgram nowait program is served per datagram; a unix dgram line is unix-dgram:."""
