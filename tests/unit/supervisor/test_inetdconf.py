@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -167,16 +168,16 @@ class TestListen:
         A daemon's reload must not wait on a dead resolver once a line.
         """
         asked: list[str] = []
-        real = importer.socket.getaddrinfo
+        real = socket.getaddrinfo
 
         def counting(host: str, *args: Any, **kwargs: Any) -> Any:
             if not host[:1].isdigit():
                 asked.append(host)
             if host == "nowhere.invalid":
-                raise importer.socket.gaierror(-2, "Name or service not known")
+                raise socket.gaierror(-2, "Name or service not known")
             return real(host, *args, **kwargs)
 
-        monkeypatch.setattr(importer.socket, "getaddrinfo", counting)
+        monkeypatch.setattr(socket, "getaddrinfo", counting)
         lines = [f"{port} stream tcp4 nowait root /bin/cat cat\n" for port in range(7001, 7004)]
         text = "localhost:\n" + "".join(lines) + "nowhere.invalid:\n" + "".join(lines)
         result = inetd(tmp_path / "inetd.conf", text)
