@@ -263,7 +263,8 @@ def read_file(path: str, limit: int) -> bytes:
     """
     where = one_line(path, 4096)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Never waiting (a FIFO), never taking a terminal as the daemon's controlling one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
     try:

@@ -561,6 +561,33 @@ class TestFile:
         with pytest.raises(ConfigError, match=f"^{path}: cannot read: not a regular file$"):
             config.load(str(path))
 
+    def test_terminal_is_refused_and_never_taken(self, tmp_path: Path) -> None:
+        """A link to a terminal: refused, and the daemon (a session leader) gets no terminal."""
+        leader, follower = os.openpty()
+        path = tmp_path / "sockd.toml"
+        path.symlink_to(os.ttyname(follower))
+        os.close(follower)
+        pid = os.fork()
+        if not pid:  # a session leader with no terminal, as the daemon under systemd
+            status = 1
+            try:
+                os.setsid()
+                try:
+                    config.load(str(path))
+                except ConfigError as exc:
+                    status = 2 if str(exc).endswith("not a regular file") else 1
+                try:
+                    os.close(os.open("/dev/tty", os.O_RDONLY))
+                    status = 3  # the terminal became its controlling one
+                except OSError:
+                    pass
+            finally:
+                os._exit(status)
+        try:
+            assert os.waitpid(pid, 0)[1] >> 8 == 2
+        finally:
+            os.close(leader)
+
     def test_handler_that_exits_at_import(self, tmp_path: Path) -> None:
         """A handler module that calls sys.exit() as it is imported is a config error."""
         (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
@@ -804,7 +831,8 @@ class TestRlimits:
         ("table", "where"),
         [
             ("nice = 1", "rlimits.nice: not a resource: as, core, cpu, data, files, fsize, nproc"),
-            ("files = -1", 'rlimits.files: must be at least 0 (or "unlimited"), got -1'),
+            ("files = -1", 'rlimits.files: must be at least 4 (or "unlimited"), got -1'),
+            ("cpu = 0", 'rlimits.cpu: must be at least 1 (or "unlimited"), got 0'),
             (f"as = {HUGE}", 'rlimits.as: must be at most 9223372036854775807 (or "unlimited")'),
             ('files = "64K"', "rlimits.files: '64K': files is a count, not bytes: no K, M or G"),
             ('cpu = "1M"', "rlimits.cpu: '1M': cpu is seconds, not bytes: no K, M or G"),
