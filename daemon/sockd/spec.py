@@ -145,8 +145,8 @@ def _rlimits(value: object) -> tuple[tuple[str, int | None], ...]:
         if name in limits:
             raise WireError(f"item {index}: {name!r} given twice")
         limit = _within(f"item {index}: limit", _OPTIONAL_INTEGER, pair[1])
-        if limit is not None and limit < 0:
-            raise WireError(f"item {index}: a negative limit")
+        if limit is not None and not 0 <= limit < 1 << 63:
+            raise WireError(f"item {index}: {limit} is not a limit (0 to 2^63-1)")
         limits[name] = limit
     return tuple(limits.items())
 

@@ -169,7 +169,11 @@ class TestMalformed:
             (wire(rlimits=[(1, 1)]), "rlimits: item 0: name: expected a string, got int"),
             (wire(rlimits=[("as", 1), ("as", 2)]), "rlimits: item 1: 'as' given twice"),
             (wire(rlimits=[("as", "1")]), "rlimits: item 0: limit: expected an integer or None"),
-            (wire(rlimits=[("as", -1)]), "rlimits: item 0: a negative limit"),
+            (wire(rlimits=[("as", -1)]), "rlimits: item 0: -1 is not a limit (0 to 2^63-1)"),
+            (
+                wire(rlimits=[("as", 1 << 63)]),
+                "rlimits: item 0: 9223372036854775808 is not a limit",
+            ),
         ],
     )
     def test_is_refused_naming_the_field(self, data: object, problem: str) -> None:

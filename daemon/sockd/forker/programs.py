@@ -263,7 +263,8 @@ class Program:
             step = "close the forker's descriptors"
             # Then the forker's descriptors: a wait service's socket is one of them.
             in_child()
-            # Before the identity, as xinetd: setuid() then counts nproc for the program's user.
+            # Before the identity (xinetd sets them after): a hard limit may still be raised
+            # by a privileged forker, and setuid() then counts nproc for the program's user.
             for step, which, value in self.rlimits:  # noqa: B007 (step: said if it fails)
                 resource.setrlimit(which, (value, value))
             if self.identity is not None:

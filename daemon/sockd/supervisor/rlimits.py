@@ -20,6 +20,10 @@ SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 # Below RLIM_INFINITY, as the C library's 64-bit rlim_t holds it (Python's -1).
 MAX_VALUE = (1 << 63) - 1
 _MAX_TEXT = 32  # characters of a value written as a string
+# The least of each a program can start with: 0 means none only for core files and files
+# written; a CPU limit of 0 kills at the first tick, and a dynamic program's loader needs
+# a fourth descriptor. The others: at least 1 (xinetd takes 0 as "not set": sockd refuses it).
+MINIMUMS = {"core": 0, "fsize": 0, "files": 4}
 
 
 def parse(name: str, value: object) -> int | None:
@@ -31,13 +35,13 @@ def parse(name: str, value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | str):
         msg = f"expected an integer or a string, got {type(value).__name__}"
         raise ValueError(msg)  # noqa: TRY004 (one exception for every value the file may hold)
-    if isinstance(value, str):
-        return _parse_text(name, value)
-    if value < 0:
-        raise ValueError(f'must be at least 0 (or "unlimited"), got {value}')
-    if value > MAX_VALUE:
+    limit = _parse_text(name, value) if isinstance(value, str) else value
+    least = MINIMUMS.get(name, 1)
+    if limit is not None and limit < least:
+        raise ValueError(f'must be at least {least} (or "unlimited"), got {limit}')
+    if limit is not None and limit > MAX_VALUE:
         raise ValueError(f'must be at most {MAX_VALUE} (or "unlimited")')
-    return value
+    return limit
 
 
 def _parse_text(name: str, text: str) -> int | None:

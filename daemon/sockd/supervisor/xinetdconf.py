@@ -413,6 +413,9 @@ def _rlimits(entry: Entry, values: dict[str, list[str]]) -> None:
         name = _RLIMITS[attribute]
         try:
             value = _rlimit(name, values[attribute])
+            if value == 0:  # xinetd sets no limit of 0
+                entry.notes.append(f"{text}: xinetd sets no limit of 0: nor does sockd")
+                continue
             limit = resource_limits.parse(name, value)
         except ValueError as exc:
             entry.lost.append(f"{text}: {exc}")
@@ -420,8 +423,6 @@ def _rlimits(entry: Entry, values: dict[str, list[str]]) -> None:
         problem = resource_limits.beyond_hard(name, limit)
         if problem is not None:
             entry.lost.append(f"{text}: {problem}")
-        elif limit == 0:  # xinetd sets no limit of 0
-            entry.notes.append(f"{text}: xinetd sets no limit of 0: nor does sockd")
         else:
             limits[name] = value
     if limits:

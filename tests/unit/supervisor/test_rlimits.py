@@ -16,7 +16,9 @@ class TestParse:
         [
             ("files", 64, 64),
             ("files", "64", 64),
-            ("cpu", 0, 0),
+            ("core", 0, 0),
+            ("fsize", "0", 0),
+            ("files", 4, 4),
             ("as", "512M", 512 << 20),
             ("as", "512m", 512 << 20),
             ("stack", "8k", 8 << 10),
@@ -40,7 +42,11 @@ class TestParse:
             ("as", "٣", "'٣' is neither a number"),  # a digit, but not an ASCII one
             ("as", "9" * 40, "is neither a number"),
             ("as", "9" * 19 + "G", 'is more than 9223372036854775807 (write "unlimited")'),
-            ("as", -1, 'must be at least 0 (or "unlimited"), got -1'),
+            ("as", -1, 'must be at least 1 (or "unlimited"), got -1'),
+            ("cpu", 0, 'must be at least 1 (or "unlimited"), got 0'),  # killed at its first tick
+            ("nproc", "0", 'must be at least 1 (or "unlimited"), got 0'),
+            ("files", 3, 'must be at least 4 (or "unlimited"), got 3'),  # no library loads
+            ("core", -1, 'must be at least 0 (or "unlimited"), got -1'),
             ("as", 1 << 63, "must be at most 9223372036854775807"),
             ("as", None, "expected an integer or a string, got NoneType"),
             ("as", False, "expected an integer or a string, got bool"),
